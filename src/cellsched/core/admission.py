@@ -1,0 +1,399 @@
+"""Admission: the pure decision ``Schedule.admit(request, now) -> Grant | Refusal``.
+
+A :class:`Schedule` is a snapshot of the cluster's commitments: one capacity calendar per
+pool, one per team with ``max_gpus``, and every team's charges per period. ``admit`` only
+reads it; ``commit``, ``release`` and ``move_earlier`` are the only writers, and they are
+what the ledger (for real) and the simulator (on a virtual clock) both call. No I/O, no
+wall clock: time is an integer passed in.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field, replace
+
+from cellsched.core.allowance import TeamBook, period_bounds
+from cellsched.core.calendar import CapacityCalendar, earliest_common
+from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What admission needs from a spec, in integer units."""
+
+    project: str
+    team: str
+    width: int
+    gpu_seconds: int
+    pool: str | None = None
+    gpu_type: str | None = None
+    not_before: int | None = None
+    deadline: int | None = None
+
+    @property
+    def duration(self) -> int:
+        return -(-self.gpu_seconds // self.width)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A window of ``width`` GPUs of ``pool`` over [start, end) that belongs to ``project``."""
+
+    project: str
+    team: str
+    pool: str
+    width: int
+    start: int
+    end: int
+
+    @property
+    def gpu_seconds(self) -> int:
+        return self.width * (self.end - self.start)
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """A shape that would be granted now, and one sentence saying how it differs."""
+
+    kind: str  # "later_start" | "narrower" | "smaller"
+    pool: str
+    width: int
+    start: int
+    end: int
+    gpu_seconds: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request was not granted: a reason code, a sentence, and what would be."""
+
+    reason: str
+    message: str
+    alternatives: tuple[Alternative, ...] = ()
+    needed: int | None = None
+    available: int | None = None
+    earliest_start: int | None = None
+
+
+REASONS = (
+    "unknown_team",
+    "unknown_pool",
+    "wider_than_pool",
+    "over_max_gpus",
+    "longer_than_max_grant",
+    "deadline_passed",
+    "over_allowance",
+    "no_capacity_in_window",
+)
+
+
+def fmt_time(t: int) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def fmt_gh(gpu_seconds: int) -> str:
+    return f"{gpu_seconds / 3600:,.1f}".removesuffix(".0")
+
+
+@dataclass
+class TeamState:
+    config: Team
+    book: TeamBook
+    calendar: CapacityCalendar | None  # only when the team has max_gpus
+
+
+@dataclass
+class Schedule:
+    """Commitments of the whole cluster; admission reads it, commits write it."""
+
+    pools: dict[str, tuple[Pool, CapacityCalendar]]
+    teams: dict[str, TeamState]
+    policy: Policy = field(default_factory=Policy)
+
+    @classmethod
+    def empty(cls, cluster: ClusterConfig) -> Schedule:
+        return cls(
+            pools={p.name: (p, CapacityCalendar(p.gpus)) for p in cluster.pools},
+            teams={t.name: _team_state(t) for t in cluster.teams},
+            policy=cluster.policy,
+        )
+
+    # -- writers -----------------------------------------------------------------------
+
+    def commit(self, grant: Grant) -> None:
+        """Reserve the grant's GPUs and charge its team. Raises ValueError on over-commit."""
+        _, cal = self.pools[grant.pool]
+        team = self.teams[grant.team]
+        cal.reserve(grant.start, grant.end, grant.width)
+        if team.calendar is not None:
+            try:
+                team.calendar.reserve(grant.start, grant.end, grant.width)
+            except ValueError:
+                cal.release(grant.start, grant.end, grant.width)
+                raise
+        team.book.charge(grant.start, grant.end, grant.width)
+
+    def release(self, grant: Grant, at: int) -> Grant:
+        """Give back the part of the window from ``at`` on (the whole of it if ``at`` is
+        before the start); refund it. Returns the grant as it now stands."""
+        cut = min(max(at, grant.start), grant.end)
+        if cut < grant.end:
+            _, cal = self.pools[grant.pool]
+            team = self.teams[grant.team]
+            cal.release(cut, grant.end, grant.width)
+            if team.calendar is not None:
+                team.calendar.release(cut, grant.end, grant.width)
+            team.book.refund(cut, grant.end, grant.width)
+        return replace(grant, end=cut)
+
+    def move_earlier(self, grant: Grant, now: int) -> Grant:
+        """Start a waiting grant as early as capacity now allows, never later than it was.
+
+        Same pool, width and length; the new window is re-charged by period. Returns the
+        grant as it now stands (unchanged if it cannot move)."""
+        if grant.start <= now:
+            return grant
+        length = grant.end - grant.start
+        self.release(grant, grant.start)
+        cals = self._calendars(grant.pool, grant.team, grant.width)
+        t = earliest_common(cals, length, now, grant.end)
+        team = self.teams[grant.team]
+        while t is not None and t < grant.start:
+            if team.book.shortfall(t, t + length, grant.width) is None:
+                break
+            t = earliest_common(cals, length, period_bounds(t, team.book.period)[1], grant.end)
+        moved = grant if t is None or t >= grant.start else replace(grant, start=t, end=t + length)
+        self.commit(moved)
+        return moved
+
+    # -- the decision ------------------------------------------------------------------
+
+    def admit(self, req: Request, now: int) -> Grant | Refusal:
+        """Grant the earliest feasible window for ``req``, or say why not and what would fit."""
+        team = self.teams.get(req.team)
+        if team is None:
+            return Refusal("unknown_team", f"team {req.team!r} is not in the cluster config.")
+        pools = self._candidate_pools(req)
+        if isinstance(pools, Refusal):
+            return pools
+        width, duration = req.width, req.duration
+        widest = max(p.gpus for p in pools)
+        if width > widest:
+            where = f"pool {pools[0].name}" if len(pools) == 1 else "any matching pool"
+            return Refusal(
+                "wider_than_pool",
+                f"{width} GPUs requested, {where} has only {widest}.",
+                needed=width,
+                available=widest,
+            )
+        max_gpus = team.config.max_gpus
+        if max_gpus is not None and width > max_gpus:
+            return Refusal(
+                "over_max_gpus",
+                f"{width} GPUs requested, team {req.team} may hold at most {max_gpus} at once.",
+                needed=width,
+                available=max_gpus,
+            )
+        max_s = self.policy.max_grant_s
+        if max_s is not None and duration > max_s:
+            need = -(-req.gpu_seconds // max_s)
+            return Refusal(
+                "longer_than_max_grant",
+                f"{width} GPUs for {req.gpu_seconds / 3600:,.1f} GPU-hours is a window of "
+                f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h "
+                f"(ask for at least {need} GPUs).",
+                needed=duration,
+                available=max_s,
+            )
+        earliest = max(now + self.policy.min_notice_s, req.not_before or now)
+        if req.deadline is not None and earliest + duration > req.deadline:
+            return Refusal(
+                "deadline_passed",
+                f"a {duration / 3600:,.1f} h window starting no earlier than "
+                f"{fmt_time(earliest)} cannot end by the deadline {fmt_time(req.deadline)}.",
+                needed=duration,
+                available=max(0, req.deadline - earliest),
+            )
+        gs_needed = width * duration
+        book = team.book
+        if book.allowance < gs_needed:
+            return Refusal(
+                "over_allowance",
+                f"{fmt_gh(gs_needed)} GPU-hours is more than team {req.team}'s whole "
+                f"allowance of {fmt_gh(book.allowance)} GPU-hours per {book.period}.",
+                needed=gs_needed,
+                available=book.allowance,
+            )
+        horizon = now + self.policy.horizon_days * 86400
+        found = self._search(pools, req.team, width, duration, earliest, req.deadline, horizon, True)
+        if found is not None:
+            pool, start = found
+            return Grant(req.project, req.team, pool, width, start, start + duration)
+        return self._refuse(req, pools, earliest, horizon)
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def _candidate_pools(self, req: Request) -> list[Pool] | Refusal:
+        if req.pool is not None:
+            entry = self.pools.get(req.pool)
+            if entry is None:
+                known = ", ".join(self.pools)
+                return Refusal("unknown_pool", f"no pool named {req.pool!r} (pools: {known}).")
+            return [entry[0]]
+        pools = [p for p, _ in self.pools.values()]
+        if req.gpu_type is not None:
+            pools = [p for p in pools if p.gpu_type == req.gpu_type]
+            if not pools:
+                types = ", ".join(sorted({p.gpu_type for p, _ in self.pools.values()}))
+                return Refusal("unknown_pool", f"no pool has gpu_type {req.gpu_type!r} (types: {types}).")
+        return pools
+
+    def _calendars(self, pool: str, team: str, width: int) -> list[tuple[CapacityCalendar, int]]:
+        cals = [(self.pools[pool][1], width)]
+        tcal = self.teams[team].calendar
+        if tcal is not None:
+            cals.append((tcal, width))
+        return cals
+
+    def _search(
+        self,
+        pools: list[Pool],
+        team: str,
+        width: int,
+        duration: int,
+        earliest: int,
+        deadline: int | None,
+        horizon: int,
+        with_allowance: bool,
+    ) -> tuple[str, int] | None:
+        """Earliest (pool, start) over the candidate pools; ties go to config order."""
+        best: tuple[str, int] | None = None
+        book = self.teams[team].book
+        for pool in pools:
+            if pool.gpus < width:
+                continue
+            cals = self._calendars(pool.name, team, width)
+            limit = horizon if best is None else min(horizon, best[1] - 1)
+            t = earliest_common(cals, duration, earliest, deadline)
+            while t is not None and t <= limit and with_allowance:
+                if book.shortfall(t, t + duration, width) is None:
+                    break
+                t = earliest_common(cals, duration, period_bounds(t, book.period)[1], deadline)
+            if t is not None and t <= limit:
+                best = (pool.name, t)
+        return best
+
+    def _refuse(self, req: Request, pools: list[Pool], earliest: int, horizon: int) -> Refusal:
+        width, duration = req.width, req.duration
+        book = self.teams[req.team].book
+        capacity_only = self._search(pools, req.team, width, duration, earliest, req.deadline, horizon, False)
+        alternatives: list[Alternative] = []
+        later = self._search(pools, req.team, width, duration, earliest, None, horizon, True)
+        if later is not None and req.deadline is not None:
+            pool, start = later
+            alternatives.append(
+                Alternative(
+                    "later_start", pool, width, start, start + duration, width * duration,
+                    f"start {fmt_time(start)} (move the deadline to {fmt_time(start + duration)})",
+                )
+            )
+        narrower = self._widest_in_window(req, pools, earliest, horizon)
+        if narrower is not None:
+            alternatives.append(narrower)
+        if capacity_only is not None:
+            pool, start = capacity_only
+            left = max(0, book.remaining(start))
+            smaller = self._smaller_in_allowance(req, pools, earliest, horizon)
+            if smaller is not None:
+                alternatives.append(smaller)
+            return Refusal(
+                "over_allowance",
+                f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has "
+                f"{fmt_gh(left)} GPU-hours left this {book.period} "
+                f"(allowance {fmt_gh(book.allowance)}).",
+                tuple(alternatives),
+                needed=width * duration,
+                available=left,
+                earliest_start=start,
+            )
+        if req.deadline is None:
+            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
+        elif later is not None:
+            msg = (
+                f"{width} GPUs are free together only from {fmt_time(later[1])}, "
+                f"after your deadline {fmt_time(req.deadline)}."
+            )
+        else:
+            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
+        return Refusal(
+            "no_capacity_in_window",
+            msg,
+            tuple(alternatives),
+            needed=width,
+            available=max((self.pools[p.name][1].widest(earliest, earliest + duration) for p in pools), default=0),
+            earliest_start=None if later is None else later[1],
+        )
+
+    def _widest_in_window(
+        self, req: Request, pools: list[Pool], earliest: int, horizon: int
+    ) -> Alternative | None:
+        """The most GPUs below the asked width that fit the same GPU-hours in the window."""
+        if req.deadline is None:
+            return None
+        best = None
+        lo, hi = 1, req.width - 1
+        while lo <= hi:  # feasibility is monotone enough in width to bisect, then verified
+            mid = (lo + hi) // 2
+            d = -(-req.gpu_seconds // mid)
+            found = self._search(pools, req.team, mid, d, earliest, req.deadline, horizon, True)
+            if found is not None:
+                best = (mid, d, found)
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        if best is None:
+            return None
+        w, d, (pool, start) = best
+        return Alternative(
+            "narrower", pool, w, start, start + d, w * d,
+            f"{w} GPUs in your window ({fmt_time(start)} to {fmt_time(start + d)})",
+        )
+
+    def _smaller_in_allowance(
+        self, req: Request, pools: list[Pool], earliest: int, horizon: int
+    ) -> Alternative | None:
+        """The same width for as many GPU-hours as the allowance has left."""
+        book = self.teams[req.team].book
+        left = book.remaining(earliest)
+        d = left // req.width
+        if d <= 0:
+            return None
+        found = self._search(pools, req.team, req.width, d, earliest, req.deadline, horizon, True)
+        if found is None:
+            return None
+        pool, start = found
+        return Alternative(
+            "smaller", pool, req.width, start, start + d, req.width * d,
+            f"{fmt_gh(req.width * d)} GPU-hours on {req.width} GPUs from {fmt_time(start)}",
+        )
+
+
+def _team_state(team: Team) -> TeamState:
+    cal = None if team.max_gpus is None else CapacityCalendar(team.max_gpus)
+    return TeamState(team, TeamBook(team.allowance_gpu_seconds, team.period), cal)
+
+
+def request_from_spec(spec) -> Request:  # type: ignore[no-untyped-def]
+    """The admission view of a :class:`~cellsched.spec.models.ProjectSpec`."""
+    b = spec.budget
+    return Request(
+        project=spec.name,
+        team=spec.team,
+        width=b.gpus,
+        gpu_seconds=b.gpu_seconds,
+        pool=b.pool,
+        gpu_type=b.gpu_type,
+        not_before=b.not_before_s,
+        deadline=b.deadline_s,
+    )

@@ -1,0 +1,77 @@
+"""Team allowances: GPU-seconds per period, charged by the part of a window in each period.
+
+Periods are calendar months, quarters or years in UTC, or ``none`` (one period forever).
+A grant is charged in full when granted; an early release refunds the part not held.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from cellsched.core.calendar import FAR_FUTURE, FAR_PAST
+
+UTC = dt.timezone.utc
+_MONTHS = {"month": 1, "quarter": 3, "year": 12}
+
+
+@lru_cache(maxsize=4096)
+def _bounds_cached(month_index: int, period: str) -> tuple[int, int]:
+    step = _MONTHS[period]
+    first = month_index - month_index % step
+    y0, m0 = divmod(first, 12)
+    y1, m1 = divmod(first + step, 12)
+    start = dt.datetime(y0, m0 + 1, 1, tzinfo=UTC)
+    end = dt.datetime(y1, m1 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()), int(end.timestamp())
+
+
+def period_bounds(t: int, period: str) -> tuple[int, int]:
+    """[start, end) of the period containing ``t`` (epoch seconds, UTC)."""
+    if period == "none":
+        return FAR_PAST, FAR_FUTURE
+    d = dt.datetime.fromtimestamp(t, UTC)
+    return _bounds_cached(d.year * 12 + d.month - 1, period)
+
+
+def split_by_period(start: int, end: int, width: int, period: str) -> list[tuple[int, int]]:
+    """GPU-seconds of ``width`` GPUs over [start, end), as (period start, GPU-seconds)."""
+    out: list[tuple[int, int]] = []
+    t = start
+    while t < end:
+        p0, p1 = period_bounds(t, period)
+        stop = min(end, p1)
+        out.append((p0, width * (stop - t)))
+        t = stop
+    return out
+
+
+@dataclass
+class TeamBook:
+    """Charged GPU-seconds of one team, per period start."""
+
+    allowance: int
+    period: str
+    charged: dict[int, int] = field(default_factory=dict)
+
+    def charge(self, start: int, end: int, width: int, sign: int = 1) -> None:
+        for p0, gs in split_by_period(start, end, width, self.period):
+            self.charged[p0] = self.charged.get(p0, 0) + sign * gs
+            if self.charged[p0] == 0:
+                del self.charged[p0]
+
+    def refund(self, start: int, end: int, width: int) -> None:
+        self.charge(start, end, width, sign=-1)
+
+    def remaining(self, t: int) -> int:
+        """GPU-seconds not yet charged in the period containing ``t``."""
+        return self.allowance - self.charged.get(period_bounds(t, self.period)[0], 0)
+
+    def shortfall(self, start: int, end: int, width: int) -> tuple[int, int] | None:
+        """First (period start, GPU-seconds missing) if the window does not fit, else None."""
+        for p0, gs in split_by_period(start, end, width, self.period):
+            missing = self.charged.get(p0, 0) + gs - self.allowance
+            if missing > 0:
+                return p0, missing
+        return None

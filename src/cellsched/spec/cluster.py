@@ -1,0 +1,90 @@
+"""Cluster config (``cluster.toml``): pools, teams and their allowances, admins, policy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cellsched.spec.models import Name
+
+Period = Literal["month", "quarter", "year", "none"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Pool(_Frozen):
+    """A set of identical GPUs admission treats as one capacity calendar."""
+
+    name: Name
+    gpu_type: str = Field(min_length=1, max_length=64)
+    gpus: int = Field(ge=1, le=1_000_000)
+    gpus_per_node: int = Field(default=8, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _nodes(self) -> Pool:
+        if self.gpus_per_node > self.gpus:
+            raise ValueError("gpus_per_node: more than the pool's gpus")
+        return self
+
+
+class Team(_Frozen):
+    """A team: who is in it and how many GPU-hours it may commit per period."""
+
+    name: Name
+    members: tuple[str, ...] = ()
+    allowance_gpu_hours: float = Field(ge=0, le=1e12)
+    period: Period = "month"
+    max_gpus: int | None = Field(default=None, ge=1)
+
+    @field_validator("allowance_gpu_hours", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number")
+        return v
+
+    @property
+    def allowance_gpu_seconds(self) -> int:
+        return round(self.allowance_gpu_hours * 3600)
+
+
+class Policy(_Frozen):
+    """Knobs an admin turns: longest grant, notice before a start, grace before a kill."""
+
+    max_grant_hours: float | None = Field(default=None, gt=0)
+    min_notice_s: int = Field(default=0, ge=0)
+    grace_s: int = Field(default=60, ge=0)
+    horizon_days: int = Field(default=366, ge=1, le=3660)
+    lend_idle: bool = False
+
+    @property
+    def max_grant_s(self) -> int | None:
+        return None if self.max_grant_hours is None else round(self.max_grant_hours * 3600)
+
+
+class ClusterConfig(_Frozen):
+    """The whole cluster as the admin declares it."""
+
+    pools: tuple[Pool, ...] = Field(min_length=1)
+    teams: tuple[Team, ...] = ()
+    admins: tuple[str, ...] = ()
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _unique(self) -> ClusterConfig:
+        for kind, names in (("pools", [p.name for p in self.pools]), ("teams", [t.name for t in self.teams])):
+            seen: set[str] = set()
+            for i, n in enumerate(names):
+                if n in seen:
+                    raise ValueError(f"{kind}.{i}.name: duplicate name {n!r}")
+                seen.add(n)
+        return self
+
+    def pool(self, name: str) -> Pool | None:
+        return next((p for p in self.pools if p.name == name), None)
+
+    def team(self, name: str) -> Team | None:
+        return next((t for t in self.teams if t.name == name), None)

@@ -1,0 +1,251 @@
+"""Project specs: what a team lead writes, validated and frozen.
+
+A spec is the user's words; :mod:`cellsched.spec.seal` turns it into canonical JSON and a
+digest. All quantities are exposed in integer units (seconds, GPU-seconds) for the core.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+NAME_MAX = 63
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(value: str) -> str:
+    """A name that becomes a file name, a Ray name and a CLI argument: no paths, no spaces."""
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > NAME_MAX:
+        raise ValueError(f"at most {NAME_MAX} characters, got {len(value)}")
+    if ".." in value or not _NAME_RE.match(value):
+        raise ValueError(
+            "use letters, digits, '-', '_' and '.', starting with a letter or digit "
+            "(no '/', '..', spaces or control characters)"
+        )
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
+def to_utc(value: dt.datetime | dt.date) -> dt.datetime:
+    """Times without a zone are UTC by rule; times are whole seconds."""
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    value = value.astimezone(dt.timezone.utc)
+    if value.microsecond:
+        raise ValueError("times are whole seconds")
+    return value
+
+
+def epoch(value: dt.datetime) -> int:
+    return int(value.timestamp())
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+
+
+class Budget(_Frozen):
+    """The GPU budget: total GPU-hours, the width held together, where and when."""
+
+    gpu_hours: float = Field(gt=0, le=10_000_000)
+    gpus: int = Field(ge=1, le=100_000)
+    pool: Name | None = None
+    gpu_type: str | None = Field(default=None, min_length=1, max_length=64)
+    not_before: dt.datetime | None = None
+    deadline: dt.datetime | None = None
+
+    @field_validator("gpu_hours", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError("must be a number")
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
+        return v
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _int(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be a whole number")
+        return v
+
+    @field_validator("not_before", "deadline", mode="before")
+    @classmethod
+    def _time(cls, v: Any) -> Any:
+        if isinstance(v, (dt.date, dt.datetime)):
+            return to_utc(v)
+        if isinstance(v, str):
+            try:
+                parsed = dt.datetime.fromisoformat(v.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                raise ValueError("must be a time like 2026-12-01T00:00:00Z") from None
+            return to_utc(parsed)
+        if v is None:
+            return v
+        raise ValueError("must be a time like 2026-12-01T00:00:00Z")
+
+    @property
+    def gpu_seconds(self) -> int:
+        return round(self.gpu_hours * 3600)
+
+    @property
+    def duration_s(self) -> int:
+        """Window length: GPU-seconds spread over the width, rounded up to a whole second."""
+        return -(-self.gpu_seconds // self.gpus)
+
+    @property
+    def not_before_s(self) -> int | None:
+        return None if self.not_before is None else epoch(self.not_before)
+
+    @property
+    def deadline_s(self) -> int | None:
+        return None if self.deadline is None else epoch(self.deadline)
+
+    @model_validator(mode="after")
+    def _window(self) -> Budget:
+        if self.gpu_seconds < 1:
+            raise ValueError("gpu_hours: must be at least one GPU-second")
+        if self.pool is not None and self.gpu_type is not None:
+            raise ValueError("pool: give pool or gpu_type, not both")
+        if self.not_before is not None and self.deadline is not None:
+            if self.not_before >= self.deadline:
+                raise ValueError("not_before: must be before the deadline")
+            room = epoch(self.deadline) - epoch(self.not_before)
+            if room < self.duration_s:
+                raise ValueError(
+                    f"deadline: window of {room} s is shorter than gpu_hours / gpus "
+                    f"= {self.duration_s} s"
+                )
+        return self
+
+
+class Job(_Frozen):
+    """One step of the project: a gang of ``gpus`` one-GPU ranks running ``run``."""
+
+    name: Name
+    run: list[str] | str
+    gpus: int = Field(default=1, ge=1, le=100_000)
+    cpus: int = Field(default=0, ge=0, le=1024)
+    after: tuple[Name, ...] = ()
+    retries: int = Field(default=0, ge=0, le=100)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("gpus", "cpus", "retries", mode="before")
+    @classmethod
+    def _int(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be a whole number")
+        return v
+
+    @field_validator("run")
+    @classmethod
+    def _run(cls, v: list[str] | str) -> list[str] | str:
+        items = [v] if isinstance(v, str) else v
+        if not items or any(not s.strip() for s in items[:1]):
+            raise ValueError("must be a command: an argv list or a shell string")
+        if any("\x00" in s for s in items):
+            raise ValueError("must not contain NUL characters")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not _ENV_KEY_RE.match(key):
+                raise ValueError(f"{key!r} is not an environment variable name")
+            if "\x00" in value:
+                raise ValueError(f"{key}: must not contain NUL characters")
+        return v
+
+    @field_validator("after", mode="before")
+    @classmethod
+    def _after(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+
+class ProjectSpec(_Frozen):
+    """A project: one team, one problem, one budget, jobs run in ``after`` order."""
+
+    name: Name
+    team: Name
+    owner: str = Field(min_length=1, max_length=128)
+    problem: str = Field(min_length=1, max_length=8000)
+    replaces: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[0-9a-f]{6,64}$")
+    notify: str | None = Field(default=None, min_length=1, max_length=2000)
+    budget: Budget
+    jobs: tuple[Job, ...] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _jobs(self) -> ProjectSpec:
+        names: list[str] = [j.name for j in self.jobs]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise ValueError(f"jobs.{i}.name: duplicate job name {name!r}")
+            seen.add(name)
+        for i, job in enumerate(self.jobs):
+            if job.gpus > self.budget.gpus:
+                raise ValueError(
+                    f"jobs.{i}.gpus: {job.gpus} is more than budget.gpus = {self.budget.gpus}"
+                )
+            for dep in job.after:
+                if dep not in seen:
+                    raise ValueError(f"jobs.{i}.after: no job named {dep!r}")
+                if dep == job.name:
+                    raise ValueError(f"jobs.{i}.after: {job.name!r} cannot wait for itself")
+        cycle = find_cycle({j.name: j.after for j in self.jobs})
+        if cycle:
+            raise ValueError("jobs.after: cycle " + " -> ".join(cycle))
+        return self
+
+    def job_order(self) -> list[Job]:
+        """Jobs in a deterministic topological order (ties by position in the spec)."""
+        done: set[str] = set()
+        order: list[Job] = []
+        pending = list(self.jobs)
+        while pending:
+            ready = next(j for j in pending if all(d in done for d in j.after))
+            order.append(ready)
+            done.add(ready.name)
+            pending.remove(ready)
+        return order
+
+
+def find_cycle(graph: dict[str, tuple[str, ...]]) -> list[str] | None:
+    """Return one cycle in ``after`` edges as a list of names (first == last), or None."""
+    remaining = dict(graph)
+    changed = True
+    while changed:
+        changed = False
+        for node, deps in list(remaining.items()):
+            if not any(d in remaining for d in deps):
+                del remaining[node]
+                changed = True
+    if not remaining:
+        return None
+    # Every remaining node waits for another remaining node: walk until a name repeats.
+    path: list[str] = []
+    node = next(iter(remaining))
+    while node not in path:
+        path.append(node)
+        node = next(d for d in remaining[node] if d in remaining)
+    return path[path.index(node):] + [node]

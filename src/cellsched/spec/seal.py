@@ -1,0 +1,75 @@
+"""The seal: canonical JSON of a validated spec and its SHA-256 digest.
+
+Canonical means: sorted keys, no insignificant whitespace, UTF-8, times as UTC
+``YYYY-MM-DDTHH:MM:SSZ``, GPU-hours as integer GPU-seconds, defaults written out, and
+``after`` sorted (its order carries no meaning). Anything that changes meaning changes it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+from cellsched.spec.models import ProjectSpec
+
+DIGEST_SHORT = 12
+
+
+def _time(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def canonical_dict(spec: ProjectSpec) -> dict[str, Any]:
+    b = spec.budget
+    return {
+        "name": spec.name,
+        "team": spec.team,
+        "owner": spec.owner,
+        "problem": spec.problem,
+        "replaces": spec.replaces,
+        "notify": spec.notify,
+        "budget": {
+            "gpu_seconds": b.gpu_seconds,
+            "gpus": b.gpus,
+            "pool": b.pool,
+            "gpu_type": b.gpu_type,
+            "not_before": _time(b.not_before),
+            "deadline": _time(b.deadline),
+        },
+        "jobs": [
+            {
+                "name": j.name,
+                "run": j.run if isinstance(j.run, str) else list(j.run),
+                "gpus": j.gpus,
+                "cpus": j.cpus,
+                "after": sorted(j.after),
+                "retries": j.retries,
+                "env": dict(j.env),
+            }
+            for j in spec.jobs
+        ],
+    }
+
+
+def canonical_json(spec: ProjectSpec) -> str:
+    return json.dumps(canonical_dict(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def digest(spec: ProjectSpec) -> str:
+    return hashlib.sha256(canonical_json(spec).encode("utf-8")).hexdigest()
+
+
+def project_id(spec: ProjectSpec, spec_digest: str | None = None) -> str:
+    return f"{spec.name}@{(spec_digest or digest(spec))[:DIGEST_SHORT]}"
+
+
+def from_canonical(text: str) -> ProjectSpec:
+    """Rebuild the spec from its sealed JSON (as stored in the ledger)."""
+    data = json.loads(text)
+    budget = dict(data["budget"])
+    budget["gpu_hours"] = budget.pop("gpu_seconds") / 3600
+    data["budget"] = {k: v for k, v in budget.items() if v is not None}
+    data = {k: v for k, v in data.items() if v is not None}
+    return ProjectSpec.model_validate(data)
