@@ -1,0 +1,51 @@
+"""Executor layer: the Protocol, the in-memory twin and the Ray adapter.
+
+``import cellsched.executor`` never imports ray: ``RayExecutor`` is loaded on first access.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import (
+    Executor,
+    ExecutorError,
+    GangResult,
+    GangSpec,
+    InvalidGang,
+    NotReady,
+    Outcome,
+    ReservationConflict,
+    ReservationState,
+    RunningGang,
+    UnknownReservation,
+)
+from .memory import Behaviour, MemoryExecutor
+
+if TYPE_CHECKING:
+    from .ray_adapter import RayExecutor
+
+__all__ = [
+    "Behaviour",
+    "Executor",
+    "ExecutorError",
+    "GangResult",
+    "GangSpec",
+    "InvalidGang",
+    "MemoryExecutor",
+    "NotReady",
+    "Outcome",
+    "RayExecutor",
+    "ReservationConflict",
+    "ReservationState",
+    "RunningGang",
+    "UnknownReservation",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RayExecutor":
+        from .ray_adapter import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(name)

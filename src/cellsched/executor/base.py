@@ -1,0 +1,255 @@
+"""The executor contract: plain data in, plain data out, and a small poll-based Protocol.
+
+A reconciler drives an executor in two phases each tick: it *observes* (``reservation_state``,
+``running``, ``poll``) and then *acts* (``reserve``, ``launch``, ``terminate``, ``kill``,
+``release``). Every action is idempotent so that a tick repeated after a crash is harmless,
+and every observation is cheap and non-blocking (bounded by a short timeout at most).
+
+Two implementations share this contract: :class:`cellsched.executor.memory.MemoryExecutor`
+(virtual clock, for unit tests and the simulator) and
+:class:`cellsched.executor.ray_adapter.RayExecutor` (real Ray). Nothing here imports ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+Outcome = Literal["succeeded", "failed", "killed", "lost"]
+"""How a gang attempt ended.
+
+- ``succeeded``: every rank exited 0 on its own.
+- ``failed``: some rank exited non-zero (or could not start) without being asked to stop;
+  its peers were then stopped by the executor.
+- ``killed``: the executor was asked to stop it (``terminate``/``kill``/``release``) while it
+  ran, whatever the exit codes (a job that checkpoints and exits 0 on SIGTERM is ``killed``:
+  it did not finish its work, it was stopped).
+- ``lost``: a rank vanished with its node (or its rank actor died); the survivors were killed.
+"""
+
+ReservationState = Literal["pending", "ready", "rescheduling", "missing"]
+"""``pending``: not placed yet (possibly forever: Ray never fails an infeasible group);
+``ready``: placed and every rank worker answers, so ``launch`` is fast;
+``rescheduling``: was ready, lost a node, Ray is re-placing bundles; ``missing``: no such group."""
+
+# Variables the executor sets for every rank; they win over a gang's own ``env`` because
+# they carry the allocator's isolation and rendezvous (a spec must not point a rank at
+# another project's GPU).
+RESERVED_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CELLSCHED_PROJECT",
+    "CELLSCHED_JOB",
+    "CELLSCHED_ATTEMPT",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+@dataclass(frozen=True)
+class GangSpec:
+    """One attempt of one job: ``len(bundles)`` one-GPU ranks, rank ``r`` on ``bundles[r]``.
+
+    ``run`` is an argv list, or a string run with ``/bin/sh -c``. Rank ``r`` writes stdout and
+    stderr to ``<log_dir>/<job>/attempt-<attempt>/rank-<r>.log`` (``log_dir`` must be visible
+    from every node of the reservation).
+    """
+
+    reservation: str
+    project: str
+    job: str
+    attempt: int
+    run: Sequence[str] | str
+    bundles: Sequence[int]
+    log_dir: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None  # working directory of every rank (None: the worker's)
+
+    def __post_init__(self) -> None:
+        # Normalise to immutable tuples so a spec can be hashed, compared and shipped to Ray.
+        if not isinstance(self.run, str):
+            object.__setattr__(self, "run", tuple(self.run))
+        object.__setattr__(self, "bundles", tuple(self.bundles))
+        object.__setattr__(self, "env", dict(self.env))
+
+    @property
+    def width(self) -> int:
+        return len(self.bundles)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.job, self.attempt)
+
+    def argv(self) -> list[str]:
+        """The argv each rank executes."""
+        if isinstance(self.run, str):
+            return ["/bin/sh", "-c", self.run]
+        return list(self.run)
+
+    def log_path(self, rank: int) -> str:
+        """Where rank ``rank`` writes its output (relative to nothing: ``log_dir`` decides)."""
+        return f"{self.log_dir}/{self.job}/attempt-{self.attempt}/rank-{rank}.log"
+
+
+@dataclass(frozen=True)
+class GangResult:
+    """How one gang attempt ended. Reported exactly once, by ``poll`` or ``release``.
+
+    ``exit_codes[r]`` is rank r's exit status (negative = killed by that signal, ``None`` =
+    unknown because the rank was lost). ``started_at``/``ended_at`` are seconds on the
+    executor's clock (wall clock of the rank workers for Ray, virtual for the twin): first
+    rank start, last rank end. ``gpu_seconds`` is the sum over ranks of (end − start),
+    rounded to the nearest integer. ``gpu_ids[r]`` is the device id rank r was given.
+    """
+
+    reservation: str
+    job: str
+    attempt: int
+    outcome: Outcome
+    exit_codes: tuple[int | None, ...]
+    started_at: float
+    ended_at: float
+    gpu_seconds: int
+    gpu_ids: tuple[str, ...]
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class RunningGang:
+    """A gang some of whose ranks are still running (others may already have exited).
+
+    ``bundles`` lets a restarted reconciler rebuild which bundles are busy.
+    """
+
+    job: str
+    attempt: int
+    bundles: tuple[int, ...]
+    started_at: float
+
+
+class ExecutorError(Exception):
+    """A misuse of the executor (not a job failure: those are ``GangResult``s)."""
+
+    def __init__(self, reservation: str, message: str) -> None:
+        super().__init__(f"{reservation}: {message}")
+        self.reservation = reservation
+
+
+class UnknownReservation(ExecutorError):
+    """No live group of that name."""
+
+
+class NotReady(ExecutorError):
+    """The group exists but is not ``ready`` (pending, rescheduling, rank workers starting)."""
+
+
+class ReservationConflict(ExecutorError):
+    """A group of that name exists with a different shape."""
+
+
+class InvalidGang(ExecutorError):
+    """Bundles out of range, repeated, or busy with another gang."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """What the reconciler (and the simulator) may do with reserved GPUs."""
+
+    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
+        """Ask for ``width`` one-GPU bundles named ``name``; returns at once.
+
+        Idempotent: a live group of that name is adopted (``ReservationConflict`` if its shape
+        differs). Watch ``reservation_state`` for ``ready``.
+        """
+        ...
+
+    def reservation_state(self, name: str) -> ReservationState:
+        """Current state of the group; never raises for an unknown name (``missing``)."""
+        ...
+
+    def reservations(self) -> list[str]:
+        """Names of live groups owned by this executor's prefix, sorted (for re-adoption)."""
+        ...
+
+    def launch(self, gang: GangSpec) -> None:
+        """Start every rank of ``gang``; returns once each rank's process is running.
+
+        Idempotent on ``(reservation, job, attempt)``: launching a gang that already started
+        (or already ended and was reported) does nothing. A command that cannot be executed is
+        not an error here: it ends as a ``failed`` result (exit code 127).
+        Raises ``UnknownReservation``, ``NotReady`` or ``InvalidGang``.
+        """
+        ...
+
+    def running(self, name: str) -> list[RunningGang]:
+        """Gangs with a rank still running (so their bundles are busy), sorted by (job, attempt)."""
+        ...
+
+    def poll(self, name: str) -> list[GangResult]:
+        """Gangs that ended since the last poll, each reported once, sorted by (job, attempt)."""
+        ...
+
+    def terminate(self, name: str, job: str | None = None) -> None:
+        """SIGTERM every running job's process group (or only ``job``'s). No escalation."""
+        ...
+
+    def kill(self, name: str, job: str | None = None) -> None:
+        """SIGKILL every running job's process group (or only ``job``'s)."""
+        ...
+
+    def release(self, name: str) -> list[GangResult]:
+        """Kill everything, free the GPUs, forget the group; idempotent.
+
+        Returns the results ``poll`` had not reported yet (jobs killed here are ``killed``),
+        so every launched gang is reported exactly once by ``poll`` or ``release``.
+        """
+        ...
+
+
+def check_name(name: str, prefix: str) -> None:
+    """Names must carry the executor's prefix: ``reservations()`` finds groups by it and
+    must never adopt (or release) someone else's."""
+    if not name.startswith(prefix) or len(name) == len(prefix):
+        raise ValueError(f"reservation name {name!r} must start with {prefix!r}")
+
+
+def check_gang(gang: GangSpec, width: int, busy: set[int]) -> None:
+    """Validate ``gang`` against a group of ``width`` bundles of which ``busy`` are taken."""
+    b = gang.bundles
+    if not b:
+        raise InvalidGang(gang.reservation, f"{gang.job}: a gang needs at least one bundle")
+    if len(set(b)) != len(b):
+        raise InvalidGang(gang.reservation, f"{gang.job}: repeated bundles {list(b)}")
+    out = [i for i in b if not 0 <= i < width]
+    if out:
+        raise InvalidGang(gang.reservation, f"{gang.job}: bundles {out} outside 0..{width - 1}")
+    taken = sorted(set(b) & busy)
+    if taken:
+        raise InvalidGang(gang.reservation, f"{gang.job}: bundles {taken} are busy")
+
+
+def classify(
+    exit_codes: Sequence[int | None],
+    stopped_by_executor: bool,
+    natural_failure: bool,
+    lost: bool,
+) -> Outcome:
+    """The one rule turning rank facts into an outcome (shared by both executors).
+
+    Precedence: lost > failed (a rank failed on its own) > killed (we stopped it) > succeeded.
+    """
+    if lost:
+        return "lost"
+    if natural_failure:
+        return "failed"
+    if stopped_by_executor:
+        return "killed"
+    return "succeeded" if all(c == 0 for c in exit_codes) else "failed"
+
+
+def round_seconds(x: float) -> int:
+    """Round half up to integer seconds (units are integers; ``round`` would round to even)."""
+    return int(x + 0.5) if x >= 0 else -int(-x + 0.5)

@@ -1,0 +1,426 @@
+"""The executor on a real Ray cluster. The only module of cellsched that imports ray.
+
+Mapping (see docs/executor.md):
+
+- reservation ``name`` → one detached placement group named ``name`` in the fixed namespace,
+  ``width`` × ``{"GPU": 1}`` (+ ``{"CPU": cpus_per_gpu}``), strategy PACK;
+- bundle ``i`` → one detached named actor ``<name>/rank-<i>`` (``num_gpus=1, num_cpus=0``,
+  pinned to bundle ``i``, restarted by Ray if its node dies), created together with the group
+  so that it is warm when the group is placed;
+- a gang of k ranks → one subprocess per rank, in its own process group, started by the
+  rank actors; results stay in the actors until ``poll`` hands them over.
+
+The driver keeps only caches: everything it needs after a restart is in Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Mapping
+
+from ._rank import EXECUTOR_REASONS, RankWorker
+from .base import (
+    RESERVED_ENV,
+    GangResult,
+    GangSpec,
+    InvalidGang,
+    NotReady,
+    ReservationConflict,
+    ReservationState,
+    RunningGang,
+    UnknownReservation,
+    check_gang,
+    check_name,
+    classify,
+    round_seconds,
+)
+
+_STATES: dict[str, ReservationState] = {
+    "PENDING": "pending",
+    "CREATED": "ready",
+    "RESCHEDULING": "rescheduling",
+}
+
+Key = tuple[str, int]
+
+# A member's status in a snapshot round: its snapshot, or one of these.
+_DEAD = "dead"  # actor gone for good (or replaced by a new incarnation): its ranks are lost
+_UNKNOWN = "unknown"  # unreachable right now (restarting, slow): decide on a later poll
+
+
+class RayExecutor:
+    """The executor Protocol on Ray.
+
+    Connects on construction: if ray is already initialised (e.g. by a test fixture) it is
+    used as is, provided its namespace is ``namespace``; otherwise ``ray.init(address=address,
+    namespace=namespace, **ray_init)`` (``address=None`` honours ``RAY_ADDRESS`` or starts a
+    local Ray). ``peer_grace_s``: when a rank fails, its peers get SIGTERM, then SIGKILL after
+    this long. ``call_timeout_s`` bounds every observation call.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        namespace: str = "cellsched",
+        *,
+        prefix: str = "cellsched/",
+        peer_grace_s: float = 3.0,
+        call_timeout_s: float = 2.0,
+        ray_init: Mapping[str, Any] | None = None,
+    ) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ns = ray.get_runtime_context().namespace
+            if ns != namespace:
+                # Group and actor names are namespace-scoped: in another namespace we would
+                # neither find nor protect our reservations.
+                raise RuntimeError(f"ray is initialised in namespace {ns!r}, not {namespace!r}")
+        else:
+            ray.init(address=address, namespace=namespace, **dict(ray_init or {}))
+        self._ray = ray
+        self.namespace = namespace
+        self.prefix = prefix
+        self.peer_grace_s = peer_grace_s
+        self.call_timeout_s = call_timeout_s
+        self._rank_cls = ray.remote(RankWorker)
+        self._handles: dict[str, list[Any]] = {}
+        self._pings: dict[str, list[Any]] = {}
+        self._ready: set[str] = set()
+        # Gangs this instance launched: the only memory of a gang all of whose ranks were lost
+        # together (their records died with them).
+        self._launched: dict[str, dict[Key, tuple[float, list[tuple[int, str]], list[str]]]] = (
+            defaultdict(dict)
+        )
+
+    # -- groups --------------------------------------------------------------------------
+
+    def _group(self, name: str) -> tuple[Any, dict[str, Any]] | None:
+        """The live placement group called ``name`` and its table entry, or None."""
+        from ray.util import get_placement_group, placement_group_table
+
+        try:
+            pg = get_placement_group(name)
+        except ValueError:
+            return None
+        entry = placement_group_table(pg)
+        if not entry or entry.get("state") == "REMOVED":
+            return None
+        return pg, entry
+
+    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
+        from ray.util import placement_group
+
+        check_name(name, self.prefix)
+        if width < 1:
+            raise ValueError(f"{name}: width must be >= 1, got {width}")
+        bundle: dict[str, float] = {"GPU": 1}
+        if cpus_per_gpu:
+            bundle["CPU"] = cpus_per_gpu
+        found = self._group(name)
+        if found is not None:
+            pg, entry = found
+            bundles = [dict(b) for b in entry["bundles"].values()]
+            if bundles != [bundle] * width:
+                raise ReservationConflict(name, f"exists with bundles {bundles}")
+        else:
+            pg = placement_group([dict(bundle) for _ in range(width)], strategy="PACK",
+                                 name=name, lifetime="detached")
+        # Rank actors are created right away: Ray holds them until the group is placed and
+        # then starts them at once, which saves a driver round trip on the critical path.
+        self._handles[name] = [self._rank_actor(name, pg, i) for i in range(width)]
+
+    def _rank_actor(self, name: str, pg: Any, i: int) -> Any:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        return self._rank_cls.options(
+            name=f"{name}/rank-{i}",
+            namespace=self.namespace,
+            get_if_exists=True,  # idempotent reserve / re-adoption
+            lifetime="detached",
+            num_gpus=1,
+            num_cpus=0,  # a {GPU:1} bundle has no CPU: asking one makes Ray refuse at submit
+            max_restarts=-1,  # after a node loss the bundle is re-placed and the rank comes back
+            max_task_retries=0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
+            ),
+        ).remote(name, i)
+
+    def _ranks(self, name: str, width: int | None = None) -> list[Any] | None:
+        """Handles of the rank actors of ``name`` (looked up by name after a restart)."""
+        hs = self._handles.get(name)
+        if hs is not None:
+            return hs
+        found = self._group(name)
+        if found is None:
+            return None
+        pg, entry = found
+        hs = []
+        for i in range(len(entry["bundles"])):
+            try:
+                hs.append(self._ray.get_actor(f"{name}/rank-{i}", namespace=self.namespace))
+            except ValueError:
+                # Actor gone (killed from outside, or never created): make it again.
+                hs.append(self._rank_actor(name, pg, i))
+        self._handles[name] = hs
+        return hs
+
+    def _forget(self, name: str) -> None:
+        self._handles.pop(name, None)
+        self._pings.pop(name, None)
+        self._ready.discard(name)
+
+    def reservation_state(self, name: str) -> ReservationState:
+        found = self._group(name)
+        if found is None:
+            self._forget(name)
+            return "missing"
+        state = _STATES.get(found[1]["state"], "pending")
+        if state != "ready":
+            self._ready.discard(name)
+            self._pings.pop(name, None)
+            return state
+        if name in self._ready:
+            return "ready"
+        # Placed, but "ready" also promises warm rank workers: probe them without waiting
+        # for a worker process to start (that is what the next call is for).
+        hs = self._ranks(name)
+        assert hs is not None
+        pings = self._pings.get(name)
+        if pings is None:
+            pings = self._pings[name] = [h.info.remote() for h in hs]
+        done, _ = self._ray.wait(pings, num_returns=len(pings), timeout=0.05)
+        if len(done) < len(pings):
+            return "pending"
+        statuses = [self._status(p) for p in pings]
+        if any(isinstance(s, str) for s in statuses):
+            self._pings.pop(name, None)  # probe again next time
+            return "rescheduling" if _UNKNOWN in statuses else "pending"
+        self._ready.add(name)
+        return "ready"
+
+    def reservations(self) -> list[str]:
+        from ray.util import placement_group_table
+
+        names = {
+            e.get("name", "")
+            for e in placement_group_table().values()
+            if e.get("state") != "REMOVED"
+        }
+        return sorted(n for n in names if n.startswith(self.prefix))
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _status(self, ref: Any) -> Any:
+        """The value of a finished call, or _DEAD / _UNKNOWN for an actor failure."""
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        try:
+            return self._ray.get(ref, timeout=0)
+        except ActorUnavailableError:
+            return _UNKNOWN  # transient: restarting or unreachable
+        except ActorDiedError:
+            return _DEAD
+        except RayActorError:
+            return _UNKNOWN
+        except self._ray.exceptions.GetTimeoutError:
+            return _UNKNOWN
+
+    def _call_all(self, refs: list[Any]) -> list[Any]:
+        """Wait (bounded) for calls issued together; per call a value, _DEAD or _UNKNOWN."""
+        if refs:
+            self._ray.wait(refs, num_returns=len(refs), timeout=self.call_timeout_s)
+        return [self._status(r) for r in refs]
+
+    def launch(self, gang: GangSpec) -> None:
+        name = gang.reservation
+        hs = self._ranks(name)
+        if hs is None:
+            raise UnknownReservation(name, "no such reservation")
+        check_gang(gang, len(hs), set())
+        members = [hs[b] for b in gang.bundles]
+        infos = self._call_all(
+            [h.info.remote(key=gang.key, want_port=(r == 0)) for r, h in enumerate(members)]
+        )
+        if any(isinstance(i, dict) and i["known"] for i in infos):
+            return  # already launched: launch is idempotent
+        if any(isinstance(i, str) for i in infos) or self.reservation_state(name) != "ready":
+            self._ready.discard(name)
+            raise NotReady(name, f"cannot launch {gang.job}: rank workers not all reachable")
+        busy = {b for b, i in zip(gang.bundles, infos) if i["busy"]}
+        check_gang(gang, len(hs), busy)
+
+        # LOCAL_RANK: position among this gang's ranks on the same node.
+        per_node: dict[str, int] = defaultdict(int)
+        local = []
+        for i in infos:
+            local.append(per_node[i["node_id"]])
+            per_node[i["node_id"]] += 1
+        base_env = {k: v for k, v in gang.env.items() if k not in RESERVED_ENV}
+        base_env.update(
+            WORLD_SIZE=str(gang.width),
+            MASTER_ADDR=infos[0]["node_ip"],
+            MASTER_PORT=str(infos[0]["port"]),
+            CELLSCHED_PROJECT=gang.project,
+            CELLSCHED_JOB=gang.job,
+            CELLSCHED_ATTEMPT=str(gang.attempt),
+        )
+        member_ids = [(b, i["incarnation"]) for b, i in zip(gang.bundles, infos)]
+        gpu_ids = [",".join(i["gpu_ids"]) for i in infos]
+        self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)
+        refs = []
+        for r, h in enumerate(members):
+            env = dict(base_env, RANK=str(r), LOCAL_RANK=str(local[r]),
+                       LOCAL_WORLD_SIZE=str(per_node[infos[r]["node_id"]]))
+            peers = [p for p in members if p is not h]
+            refs.append(h.start.remote(
+                gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), env,
+                gang.log_path(r), gang.cwd, peers, self.peer_grace_s,
+            ))
+        got = self._call_all(refs)
+        if any(g != "started" for g in got):
+            # Some rank could not start (its node went, or it was busy after all): the gang
+            # cannot run. Stop those that did start; poll reports it as lost.
+            self._signal(name, gang.job, gang.attempt, 9, "lost")
+            if any(g == "busy" for g in got):
+                raise InvalidGang(name, f"{gang.job}: a bundle became busy during launch")
+
+    def _gangs(self, name: str) -> tuple[list[Any], list[Any], dict[Key, dict[int, dict[str, Any]]]]:
+        """Handles, snapshots, and records grouped by attempt then bundle."""
+        hs = self._ranks(name) or []
+        snaps = self._call_all([h.snapshot.remote() for h in hs])
+        gangs: dict[Key, dict[int, dict[str, Any]]] = defaultdict(dict)
+        for b, s in enumerate(snaps):
+            if isinstance(s, dict):
+                for rec in s["records"]:
+                    gangs[(rec["job"], rec["attempt"])][b] = rec
+        return hs, snaps, gangs
+
+    def running(self, name: str) -> list[RunningGang]:
+        _, _, gangs = self._gangs(name)
+        out = []
+        for key in sorted(gangs):
+            recs = gangs[key]
+            if any(r["acked"] for r in recs.values()):
+                continue
+            if any(r["ended_at"] is None for r in recs.values()):
+                first = next(iter(recs.values()))
+                out.append(RunningGang(
+                    key[0], key[1], tuple(b for b, _ in first["members"]),
+                    min(r["started_at"] for r in recs.values()),
+                ))
+        return out
+
+    def poll(self, name: str) -> list[GangResult]:
+        hs, snaps, gangs = self._gangs(name)
+        out: list[GangResult] = []
+        acks: dict[int, list[Key]] = defaultdict(list)
+        now = time.time()
+        for key in sorted(set(gangs) | set(self._launched.get(name, {}))):
+            recs = gangs.get(key, {})
+            if any(r["acked"] for r in recs.values()):
+                # Delivered before (maybe by a daemon that died mid-acknowledgement): tidy up.
+                for b, r in recs.items():
+                    if not r["acked"]:
+                        acks[b].append(key)
+                continue
+            if recs:
+                first = next(iter(recs.values()))
+                t0 = min(r["started_at"] for r in recs.values())
+                members, gpu_ids = first["members"], first["gang_gpu_ids"]
+            elif key in self._launched.get(name, {}):
+                t0, members, gpu_ids = self._launched[name][key]
+            else:
+                continue
+            status = []
+            for b, inc in members:
+                s = snaps[b] if b < len(snaps) else _DEAD
+                if s == _UNKNOWN:
+                    status.append(_UNKNOWN)
+                elif s == _DEAD or s["incarnation"] != inc or b not in recs:
+                    status.append(_DEAD)
+                else:
+                    status.append(recs[b])
+            if _UNKNOWN in status:
+                continue
+            lost = _DEAD in status
+            live = [s for s in status if isinstance(s, dict)]
+            if any(r["ended_at"] is None for r in live):
+                if lost:
+                    self._signal(name, key[0], key[1], 9, "lost")
+                continue
+            codes = tuple(s["exit_code"] if isinstance(s, dict) else None for s in status)
+            ended = [s["ended_at"] if isinstance(s, dict) else now for s in status]
+            used = sum(s["duration"] if isinstance(s, dict) else now - t0 for s in status)
+            reasons = [r["stop_reason"] for r in live]
+            result = GangResult(
+                reservation=name,
+                job=key[0],
+                attempt=key[1],
+                outcome=classify(
+                    codes,
+                    stopped_by_executor=any(x in EXECUTOR_REASONS for x in reasons),
+                    natural_failure=any(r["exit_code"] != 0 and r["stop_reason"] is None
+                                        for r in live),
+                    lost=lost,
+                ),
+                exit_codes=codes,
+                started_at=t0,
+                ended_at=max(ended),
+                gpu_seconds=round_seconds(used),
+                gpu_ids=tuple(gpu_ids),
+                detail="lost ranks " + ",".join(
+                    str(r) for r, s in enumerate(status) if s == _DEAD) if lost else "",
+            )
+            out.append(result)
+            self._launched.get(name, {}).pop(key, None)
+            for b in recs:
+                acks[b].append(key)
+        if acks:
+            self._call_all([hs[b].ack.remote(ks) for b, ks in sorted(acks.items())])
+        return out
+
+    def _signal(self, name: str, job: str | None, attempt: int | None, sig: int,
+                reason: str) -> None:
+        hs = self._ranks(name)
+        if hs:
+            self._call_all([h.stop.remote(job, attempt, sig, reason) for h in hs])
+
+    def terminate(self, name: str, job: str | None = None) -> None:
+        self._signal(name, job, None, 15, "terminate")
+
+    def kill(self, name: str, job: str | None = None) -> None:
+        self._signal(name, job, None, 9, "kill")
+
+    def release(self, name: str, settle_s: float = 5.0) -> list[GangResult]:
+        """See the Protocol. ``settle_s`` bounds the wait for killed processes to be reaped."""
+        from ray.util import remove_placement_group
+
+        found = self._group(name)
+        if found is None:
+            self._forget(name)
+            self._launched.pop(name, None)
+            return []
+        pg, entry = found
+        hs = self._ranks(name) or []
+        out: list[GangResult] = []
+        if entry["state"] == "CREATED":
+            # Our own killpg, not ray.kill: that would leave the jobs' grandchildren running.
+            self._signal(name, None, None, 9, "release")
+            deadline = time.monotonic() + settle_s
+            while True:
+                out += self.poll(name)
+                if not self.running(name) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        for h in hs:
+            try:
+                self._ray.kill(h, no_restart=True)
+            except Exception:  # already dead: nothing to free
+                pass
+        remove_placement_group(pg)
+        self._forget(name)
+        self._launched.pop(name, None)
+        return out

@@ -1,0 +1,72 @@
+"""Pytest fixtures for tests that need a real local Ray (imports pytest; tests only).
+
+Reuse from any test package by importing the fixtures into its ``conftest.py``::
+
+    from cellsched.executor.testing import ray_cluster, ray_leak_check  # noqa: F401
+
+and mark the tests ``@pytest.mark.ray`` and use ``ray_leak_check`` (or ``ray_cluster``).
+One local Ray is started per test process (≈5–7 s), shared by every conftest that imports
+these fixtures, and shut down at exit. ``ray_leak_check`` fails a test that leaves any GPU
+reserved, polling because ``available_resources()`` is eventually consistent (settles in
+tens of ms).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from typing import Any, Iterator
+
+import pytest
+
+GPUS = 8
+CPUS = 2
+NAMESPACE = "cellsched"
+LEAK_DEADLINE_S = 10.0
+
+_started = False
+
+
+def start_local_ray() -> Any:
+    """Start (once per process) the local Ray used by tests; returns the ray module."""
+    global _started
+    # Ray 2.60 enables token auth by default and writes a token under the home directory.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=CPUS,
+            num_gpus=GPUS,
+            include_dashboard=False,
+            log_to_driver=False,
+            namespace=NAMESPACE,
+        )
+        _started = True
+        atexit.register(ray.shutdown)
+    return ray
+
+
+def wait_gpus_free(ray: Any, expected: float = GPUS, deadline_s: float = LEAK_DEADLINE_S) -> float:
+    """Poll until ``available_resources()["GPU"] == expected``; returns the last value seen."""
+    end = time.monotonic() + deadline_s
+    while True:
+        free = ray.available_resources().get("GPU", 0.0)
+        if free == expected or time.monotonic() > end:
+            return free
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """The session's local Ray (8 logical GPUs, 2 CPUs, namespace "cellsched")."""
+    yield start_local_ray()
+
+
+@pytest.fixture
+def ray_leak_check(ray_cluster: Any) -> Iterator[Any]:
+    """Yields ray; after the test, fails unless every GPU is free again."""
+    yield ray_cluster
+    free = wait_gpus_free(ray_cluster)
+    assert free == GPUS, f"GPU leak: {free} of {GPUS} GPUs free after the test"
