@@ -1,0 +1,74 @@
+"""The ``cellsched`` command. Each noun lives in its own module; heavy imports stay inside
+the commands so that ``cellsched budget`` answers quickly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cellsched import __version__
+from cellsched.cli import ledger_cmds, project_cmds, read_cmds
+from cellsched.cli.state import G
+
+app = typer.Typer(
+    name="cellsched",
+    help=(
+        "Guaranteed GPU windows for small research teams, on Ray.\n\n"
+        "Write a project spec, submit it, get a window nobody can take away (or the reason "
+        "and the nearest thing that would be granted).\n\n"
+        "Exit codes: 0 ok, 1 refused or failed, 2 bad input."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cellsched {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _globals(
+    cluster: Annotated[Path, typer.Option("--cluster", "-c", envvar="CELLSCHED_CLUSTER",
+                                          help="Cluster config file.")] = Path("cluster.toml"),
+    db: Annotated[Optional[str], typer.Option("--db", envvar="CELLSCHED_DB",
+                                              help="Ledger URL (default: cellsched.db beside the cluster config).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    G.cluster = cluster
+    G.db = db
+
+
+app.command("validate")(project_cmds.validate)
+app.command("submit")(project_cmds.submit)
+app.command("cancel")(project_cmds.cancel)
+app.command("verify")(project_cmds.verify)
+app.command("status")(read_cmds.status)
+app.command("budget")(read_cmds.budget)
+app.command("init")(ledger_cmds.init)
+app.command("audit")(ledger_cmds.audit)
+
+for _name, _module, _attr in (
+    ("simulate", "cellsched.cli.simulate", "simulate"),
+    ("report", "cellsched.cli.report", "report"),
+    ("serve", "cellsched.cli.run_cmds", "serve"),
+    ("demo", "cellsched.cli.run_cmds", "demo"),
+    ("logs", "cellsched.cli.run_cmds", "logs"),
+):
+    try:
+        import importlib
+
+        app.command(_name)(getattr(importlib.import_module(_module), _attr))
+    except (ImportError, AttributeError):
+        pass  # that noun is not built yet
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,72 @@
+"""Cluster setup and ledger commands: init, audit."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cellsched.cli.errors import handled
+from cellsched.cli.render import emit_json
+from cellsched.cli.state import G, JsonFlag, caller
+
+
+@handled
+def init(
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing cluster config.")] = False,
+) -> None:
+    """Write a commented starter cluster.toml, create the cluster signing key and the ledger.
+
+    Existing files are kept (the key is never overwritten). Edit the config, then submit.
+
+    [bold]Example[/]: cellsched --cluster /etc/cellsched/cluster.toml init
+    """
+    from importlib.resources import files
+
+    from cellsched.errors import BadInput
+    from cellsched.ledger.db import Ledger, default_url
+    from cellsched.receipt import create_keys, key_paths
+    from cellsched.spec.load import load_cluster
+
+    path = G.cluster
+    if path.exists() and not force:
+        print(f"kept     {path} (exists; --force to overwrite)")
+    else:
+        if not path.parent.exists():
+            raise BadInput(f"{path.parent}: no such directory")
+        text = files("cellsched").joinpath("templates/cluster.toml").read_text()
+        path.write_text(text.replace("{user}", caller()))
+        print(f"wrote    {path}")
+    load_cluster(path)  # a hand-edited file must still be valid
+    private, public = key_paths(path)
+    if create_keys(private, public):
+        print(f"wrote    {private} (private signing key, mode 600) and {public}")
+    else:
+        print(f"kept     {private}")
+    url = G.db or default_url(path)
+    Ledger(url).ensure_schema()
+    print(f"ledger   {url.split('@')[-1] if '@' in url else url}")
+
+
+@handled
+def audit(json_out: JsonFlag = False) -> None:
+    """Verify the ledger's hash chain; exit 1 naming the first event that was edited or removed.
+
+    [bold]Example[/]: cellsched audit
+    """
+    from cellsched.errors import Failed
+    from cellsched.ledger import events
+    from cellsched.ledger.db import Ledger, default_url
+
+    ledger = Ledger(G.db or default_url(G.cluster))
+    with ledger.read() as s:
+        result = events.audit(s)
+    if json_out:
+        emit_json({"ok": result.ok, "events": result.events, "first_bad": result.first_bad,
+                   "problem": result.problem, "head": result.head})
+        if not result.ok:
+            raise typer.Exit(1)
+        return
+    if not result.ok:
+        raise Failed(f"audit failed: {result.problem}")
+    print(f"ok  {result.events} events, chain head sha256:{result.head}")

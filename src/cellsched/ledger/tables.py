@@ -1,0 +1,86 @@
+"""Ledger tables. Events are the append-only record; the other tables are derived state
+written in the same transaction as the event that explains them."""
+
+from __future__ import annotations
+
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+# Grant states. "granted" waits for its start; the daemon moves it through "reserving" to
+# "active"; it ends "completed" (all jobs done), "expired" (window over), "cancelled" or
+# "replaced" (a new version of the project took its place).
+LIVE_STATES = ("granted", "reserving", "active")
+END_STATES = ("completed", "expired", "cancelled", "replaced")
+
+
+class SchemaInfo(SQLModel, table=True):
+    __tablename__ = "cs_schema"
+    id: int = Field(default=1, primary_key=True)
+    version: int
+    # The chain's head, so that removing the newest events shows too.
+    head_seq: int = 0
+    head_hash: str = "0" * 64
+
+
+class ProjectRow(SQLModel, table=True):
+    __tablename__ = "cs_project"
+    id: str = Field(primary_key=True)  # name@digest[:12]
+    name: str = Field(index=True)
+    digest: str = Field(unique=True)
+    team: str = Field(index=True)
+    owner: str
+    submitted_by: str
+    spec_json: str
+    created_at: int
+    replaces: str | None = None
+
+
+class GrantRow(SQLModel, table=True):
+    __tablename__ = "cs_grant"
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: str = Field(index=True, foreign_key="cs_project.id")
+    project: str = Field(index=True)  # the project's name, for lookups by name
+    digest: str
+    team: str = Field(index=True)
+    pool: str
+    width: int
+    start: int  # current start: may move earlier than promised, never later
+    end: int  # current end: cut on early release or cancel
+    promised_start: int
+    promised_end: int
+    charged_gs: int  # GPU-seconds charged when granted
+    refunded_gs: int = 0
+    state: str = Field(default="granted", index=True)
+    created_at: int
+    started_at: int | None = None  # when the reservation became ready on the cluster
+    ended_at: int | None = None
+    breach_gs: int = 0  # GPU-seconds of the window the cluster could not provide
+    receipt: str = ""  # signed JSON (see cellsched.receipt)
+    report_json: str | None = None
+
+
+class JobRunRow(SQLModel, table=True):
+    __tablename__ = "cs_job_run"
+    id: int | None = Field(default=None, primary_key=True)
+    grant_id: int = Field(index=True, foreign_key="cs_grant.id")
+    job: str
+    attempt: int
+    state: str  # running | succeeded | failed | killed | lost
+    gpus: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    gpu_seconds: int = 0
+    exit_codes: str = "[]"  # JSON list, one per rank
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "cs_event"
+    seq: int = Field(primary_key=True)
+    at: int
+    kind: str = Field(index=True)
+    subject: str
+    actor: str
+    data: str  # canonical JSON
+    prev_hash: str
+    hash: str

@@ -1,0 +1,34 @@
+"""The one wall clock. Everything else takes time as an integer argument.
+
+``CELLSCHED_NOW`` (epoch seconds or ISO 8601) pins the clock, for tests and what-if runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+
+from cellsched.errors import BadInput
+
+
+def parse_time(value: str, what: str = "time") -> int:
+    """Epoch seconds from ``1764547200``, ``2026-12-01``, ``2026-12-01T12:00`` or with a zone
+    (no zone means UTC)."""
+    v = value.strip()
+    if v.lstrip("-").isdigit():
+        return int(v)
+    try:
+        parsed = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadInput(f"{what}: {value!r} is not a time (use 2026-12-01 or 2026-12-01T12:00:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp())
+
+
+def now_s() -> int:
+    pinned = os.environ.get("CELLSCHED_NOW")
+    if pinned:
+        return parse_time(pinned, "CELLSCHED_NOW")
+    return int(time.time())

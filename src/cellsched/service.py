@@ -1,0 +1,401 @@
+"""The service layer: submit, cancel and the reads, as functions of (env, caller, now).
+
+The CLI passes the OS user as ``caller``; a server in front of the ledger would pass an
+authenticated identity to the same functions. Each write is one ledger transaction holding
+the ledger-wide write lock: read the snapshot, decide with the pure core, write, commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from cellsched.core.admission import Grant, Refusal, Schedule, request_from_spec
+from cellsched.core.allowance import period_bounds, split_by_period
+from cellsched.errors import BadInput, Denied, Failed, NotFound
+from cellsched.ledger import events
+from cellsched.ledger.db import Ledger, default_url
+from cellsched.ledger.tables import LIVE_STATES, GrantRow, JobRunRow, ProjectRow
+from cellsched.receipt import key_paths, sign, verify as verify_receipt
+from cellsched.spec.cluster import ClusterConfig
+from cellsched.spec.load import load_cluster, load_spec
+from cellsched.spec.models import ProjectSpec
+from cellsched.spec.seal import canonical_json, digest, from_canonical, project_id
+
+
+@dataclass
+class Env:
+    """What every service call needs: the cluster config, its path and the ledger."""
+
+    cluster: ClusterConfig
+    cluster_path: Path
+    ledger: Ledger
+
+    @property
+    def private_key(self) -> Path:
+        return key_paths(self.cluster_path)[0]
+
+    @property
+    def public_key(self) -> Path:
+        return key_paths(self.cluster_path)[1]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.cluster_path.parent
+
+
+def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
+    path = Path(cluster_path)
+    if not path.exists():
+        raise NotFound(f"{path}: no cluster config (run `cellsched init` or pass --cluster)")
+    cluster = load_cluster(path)
+    return Env(cluster, path, Ledger(db_url or default_url(path)))
+
+
+# -- snapshot --------------------------------------------------------------------------
+
+
+def grant_of(row: GrantRow) -> Grant:
+    return Grant(row.project, row.team, row.pool, row.width, row.start, row.end)
+
+
+def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
+    """The core's snapshot: every window still ahead reserved, every charge counted."""
+    sched = Schedule.empty(cluster)
+    rows = s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id)))
+    for row in rows:
+        if row.pool not in sched.pools or row.team not in sched.teams:
+            continue  # config no longer names it; nothing of it can be admitted against
+        team = sched.teams[row.team]
+        team.book.charge(row.start, row.end, row.width)
+        lo = max(row.start, now)
+        if row.end > lo:
+            try:
+                sched.pools[row.pool][1].reserve(lo, row.end, row.width)
+                if team.calendar is not None:
+                    team.calendar.reserve(lo, row.end, row.width)
+            except ValueError:
+                pass  # the pool shrank below what was granted: a breach, shown by status
+    return sched
+
+
+# -- submit ----------------------------------------------------------------------------
+
+
+@dataclass
+class SubmitOutcome:
+    project_id: str
+    digest: str
+    granted: bool
+    grant: GrantRow | None = None
+    refusal: Refusal | None = None
+    existing: bool = False
+    remaining_gs: int | None = None
+    allowance_gs: int | None = None
+    replaced: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "project": self.project_id,
+            "digest": self.digest,
+            "decision": "granted" if self.granted else "refused",
+            "existing": self.existing,
+        }
+        if self.grant is not None:
+            out["grant"] = grant_json(self.grant)
+            out["remaining_gpu_hours"] = None if self.remaining_gs is None else self.remaining_gs / 3600
+            out["allowance_gpu_hours"] = None if self.allowance_gs is None else self.allowance_gs / 3600
+        if self.refusal is not None:
+            out["refusal"] = refusal_json(self.refusal)
+        if self.replaced:
+            out["replaced"] = self.replaced
+        return out
+
+
+def _team_member(env: Env, team: str, caller: str) -> bool:
+    cfg = env.cluster.team(team)
+    return caller in env.cluster.admins or (cfg is not None and caller in cfg.members)
+
+
+def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> SubmitOutcome:
+    """Validate, seal, admit and record ``spec`` in one transaction (all or nothing)."""
+    if not isinstance(spec, ProjectSpec):
+        spec = load_spec(spec)
+    d = digest(spec)
+    pid = project_id(spec, d)
+    team = env.cluster.team(spec.team)
+    if team is not None and not _team_member(env, spec.team, caller):
+        raise Denied(f"{caller} is not a member of team {spec.team} (members: {', '.join(team.members) or 'none'})")
+    with env.ledger.write() as s:
+        existing = s.exec(select(ProjectRow).where(ProjectRow.digest == d)).first()
+        if existing is not None:
+            row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
+            if row is not None:
+                return SubmitOutcome(pid, d, True, row, existing=True)
+        sched = load_schedule(s, env.cluster, now)
+        old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
+        if old is not None:
+            sched.release(grant_of(old), now)
+        decision = sched.admit(request_from_spec(spec), now)
+        if isinstance(decision, Refusal):
+            events.append(s, now, "refused", pid, caller, {
+                "digest": d, "team": spec.team, "reason": decision.reason,
+                "gpus": spec.budget.gpus, "gpu_seconds": spec.budget.gpu_seconds,
+                "message": decision.message,
+            })
+            return SubmitOutcome(pid, d, False, refusal=decision)
+        if existing is None:
+            s.add(ProjectRow(
+                id=pid, name=spec.name, digest=d, team=spec.team, owner=spec.owner,
+                submitted_by=caller, spec_json=canonical_json(spec), created_at=now, replaces=spec.replaces,
+            ))
+            s.flush()
+        replaced = None
+        if old is not None:
+            replaced = f"{old.project_id}"
+            _cut(s, old, now, "replaced", caller, {"by": pid})
+        row = GrantRow(
+            project_id=pid, project=spec.name, digest=d, team=spec.team, pool=decision.pool,
+            width=decision.width, start=decision.start, end=decision.end,
+            promised_start=decision.start, promised_end=decision.end,
+            charged_gs=decision.gpu_seconds, created_at=now,
+        )
+        s.add(row)
+        s.flush()
+        payload = {
+            "grant": row.id, "project": pid, "digest": d, "team": spec.team, "pool": row.pool,
+            "width": row.width, "start": row.start, "end": row.end,
+            "gpu_seconds": row.charged_gs, "issued_at": now,
+        }
+        row.receipt = sign(payload, env.private_key)
+        s.add(row)
+        events.append(s, now, "granted", pid, caller, {k: v for k, v in payload.items() if k != "project"})
+        book = load_schedule(s, env.cluster, now).teams[spec.team].book
+        return SubmitOutcome(
+            pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
+            replaced=replaced,
+        )
+
+
+def _replaced_grant(s: Session, spec: ProjectSpec, caller: str, env: Env) -> GrantRow:
+    name, _, short = (spec.replaces or "").partition("@")
+    if name != spec.name:
+        raise BadInput(f"replaces: {spec.replaces!r} names another project (this one is {spec.name!r})")
+    rows = s.exec(select(GrantRow).where(GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES))).all()
+    old = next((r for r in rows if r.digest.startswith(short)), None)
+    if old is None:
+        raise NotFound(f"replaces: no live grant for {spec.replaces}")
+    if not _team_member(env, old.team, caller):
+        raise Denied(f"{caller} may not replace {old.project_id} of team {old.team}")
+    return old
+
+
+def _cut(s: Session, row: GrantRow, now: int, state: str, caller: str, extra: dict[str, Any]) -> int:
+    """End ``row`` at ``now`` (or before it starts) with ``state``; returns GPU-seconds refunded."""
+    cut = min(max(now, row.start), row.end)
+    refund = row.width * (row.end - cut)
+    row.end = cut
+    row.refunded_gs += refund
+    row.state = state
+    row.ended_at = now
+    s.add(row)
+    events.append(s, now, state, row.project_id, caller, {"grant": row.id, "end": cut, "refunded_gpu_seconds": refund, **extra})
+    return refund
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+def find_grant(s: Session, project: str, live_only: bool = False) -> GrantRow:
+    """The newest grant of a project named ``name`` or ``name@digest``."""
+    name, _, short = project.partition("@")
+    q = select(GrantRow).where(GrantRow.project == name)
+    if live_only:
+        q = q.where(col(GrantRow.state).in_(LIVE_STATES))
+    rows = [r for r in s.exec(q.order_by(col(GrantRow.id).desc())).all() if r.digest.startswith(short)]
+    if not rows:
+        raise NotFound(f"no {'live ' if live_only else ''}grant for project {project!r}")
+    return rows[0]
+
+
+def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
+    """Cancel a live grant: its GPUs are free for later submits at once, the rest refunded."""
+    with env.ledger.write() as s:
+        row = find_grant(s, project, live_only=True)
+        if not _team_member(env, row.team, caller):
+            raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
+        refund = _cut(s, row, now, "cancelled", caller, {})
+        return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600, "grant": grant_json(row)}
+
+
+# -- reads -----------------------------------------------------------------------------
+
+
+def grant_json(row: GrantRow) -> dict[str, Any]:
+    return {
+        "id": row.id, "project": row.project_id, "team": row.team, "pool": row.pool, "width": row.width,
+        "start": row.start, "end": row.end, "promised_start": row.promised_start,
+        "promised_end": row.promised_end, "state": row.state,
+        "gpu_hours": row.charged_gs / 3600, "refunded_gpu_hours": row.refunded_gs / 3600,
+        "started_at": row.started_at, "ended_at": row.ended_at, "breach_gpu_hours": row.breach_gs / 3600,
+    }
+
+
+def refusal_json(r: Refusal) -> dict[str, Any]:
+    return {
+        "reason": r.reason, "message": r.message, "needed": r.needed, "available": r.available,
+        "earliest_start": r.earliest_start,
+        "alternatives": [
+            {"kind": a.kind, "pool": a.pool, "gpus": a.width, "start": a.start, "end": a.end,
+             "gpu_hours": a.gpu_seconds / 3600, "message": a.message}
+            for a in r.alternatives
+        ],
+    }
+
+
+def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+@dataclass
+class BudgetLine:
+    project: str
+    state: str
+    granted_gs: int = 0
+    committed_gs: int = 0
+    held_gs: int = 0
+    used_gs: int = 0
+    refunded_gs: int = 0
+
+
+@dataclass
+class Budget:
+    team: str
+    period: str
+    period_start: int
+    period_end: int
+    allowance_gs: int
+    lines: list[BudgetLine] = field(default_factory=list)
+
+    def total(self, attr: str) -> int:
+        return sum(getattr(line, attr) for line in self.lines)
+
+    @property
+    def remaining_gs(self) -> int:
+        return self.allowance_gs - self.total("committed_gs") - self.total("held_gs")
+
+    def to_json(self) -> dict[str, Any]:
+        h = 3600
+        return {
+            "team": self.team, "period": self.period,
+            "period_start": None if self.period == "none" else self.period_start,
+            "period_end": None if self.period == "none" else self.period_end,
+            "allowance_gpu_hours": self.allowance_gs / h,
+            "committed_gpu_hours": self.total("committed_gs") / h,
+            "held_gpu_hours": self.total("held_gs") / h,
+            "used_gpu_hours": self.total("used_gs") / h,
+            "refunded_gpu_hours": self.total("refunded_gs") / h,
+            "remaining_gpu_hours": self.remaining_gs / h,
+            "projects": [
+                {"project": l.project, "state": l.state, "granted_gpu_hours": l.granted_gs / h,
+                 "committed_gpu_hours": l.committed_gs / h, "held_gpu_hours": l.held_gs / h,
+                 "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.refunded_gs / h}
+                for l in self.lines
+            ],
+        }
+
+
+def budget(env: Env, team_or_project: str, now: int) -> Budget:
+    """A team's allowance this period: committed (ahead), held (elapsed), used, refunded."""
+    cfg = env.cluster.team(team_or_project)
+    with env.ledger.read() as s:
+        if cfg is None:
+            row = find_grant(s, team_or_project)
+            cfg = env.cluster.team(row.team)
+            if cfg is None:
+                raise NotFound(f"team {row.team!r} of {row.project_id} is not in the cluster config")
+            only: str | None = row.project_id
+        else:
+            only = None
+        p0, p1 = period_bounds(now, cfg.period)
+        out = Budget(cfg.name, cfg.period, p0, p1, cfg.allowance_gpu_seconds)
+        rows = s.exec(select(GrantRow).where(GrantRow.team == cfg.name).order_by(col(GrantRow.id))).all()
+        used = _used_by_grant(s, [r.id for r in rows if r.id is not None], p0, p1)
+        for r in rows:
+            if only is not None and r.project_id != only:
+                continue
+            in_period = _overlap(r.promised_start, r.promised_end, p0, p1) > 0 or _overlap(r.start, r.end, p0, p1) > 0
+            if not in_period:
+                continue
+            line = BudgetLine(r.project_id, r.state)
+            line.granted_gs = sum(gs for q, gs in split_by_period(r.start, r.end, r.width, cfg.period) if q == p0)
+            line.held_gs = r.width * _overlap(r.start, r.end, p0, min(p1, now))
+            line.committed_gs = r.width * _overlap(r.start, r.end, max(p0, now), p1)
+            line.used_gs = used.get(r.id or 0, 0)
+            line.refunded_gs = r.refunded_gs if p0 <= r.promised_start < p1 or cfg.period == "none" else 0
+            out.lines.append(line)
+        return out
+
+
+def _used_by_grant(s: Session, grant_ids: list[int], p0: int, p1: int) -> dict[int, int]:
+    used: dict[int, int] = {}
+    if not grant_ids:
+        return used
+    for run in s.exec(select(JobRunRow).where(col(JobRunRow.grant_id).in_(grant_ids))):
+        if run.started_at is None or not (p0 <= run.started_at < p1):
+            continue
+        used[run.grant_id] = used.get(run.grant_id, 0) + run.gpu_seconds
+    return used
+
+
+def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
+    """Every project's newest grant (or one project's), with progress and job runs."""
+    with env.ledger.read() as s:
+        if project is not None:
+            rows = [find_grant(s, project)]
+        else:
+            latest: dict[str, GrantRow] = {}
+            for r in s.exec(select(GrantRow).order_by(col(GrantRow.id))):
+                latest[r.project] = r
+            rows = sorted(latest.values(), key=lambda r: (r.start, r.id or 0))
+        out = []
+        for r in rows:
+            runs = s.exec(select(JobRunRow).where(JobRunRow.grant_id == r.id).order_by(col(JobRunRow.id))).all()
+            item = grant_json(r)
+            length = max(1, r.end - r.start)
+            item["progress"] = min(1.0, max(0.0, (now - r.start) / length)) if r.state in LIVE_STATES else 1.0
+            item["used_gpu_hours"] = sum(j.gpu_seconds for j in runs) / 3600
+            item["jobs"] = [
+                {"job": j.job, "attempt": j.attempt, "state": j.state, "gpus": j.gpus,
+                 "started_at": j.started_at, "ended_at": j.ended_at, "gpu_hours": j.gpu_seconds / 3600,
+                 "exit_codes": json.loads(j.exit_codes)}
+                for j in runs
+            ]
+            out.append(item)
+        return out
+
+
+def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[str, Any]:
+    """Check a grant's receipt against the cluster's public key and the sealed spec."""
+    with env.ledger.read() as s:
+        row = find_grant(s, project)
+        proj = s.get(ProjectRow, row.project_id)
+    payload = verify_receipt(row.receipt, env.public_key)
+    if proj is None:
+        raise Failed(f"{row.project_id}: the sealed spec is missing from the ledger")
+    sealed = digest(from_canonical(proj.spec_json))
+    if payload.get("digest") != sealed or sealed != row.digest:
+        raise Failed(f"{row.project_id}: receipt digest {payload.get('digest')} does not match the sealed spec {sealed}")
+    if spec_path is not None:
+        file_digest = digest(load_spec(spec_path))
+        if file_digest != sealed:
+            raise Failed(f"{spec_path}: digest {file_digest[:12]} is not the sealed spec {sealed[:12]}")
+    if (payload.get("pool"), payload.get("width")) != (row.pool, row.width):
+        raise Failed(f"{row.project_id}: the ledger's pool/width differ from the receipt's")
+    if row.start > payload.get("start", row.start):
+        raise Failed(f"{row.project_id}: the ledger's start is later than the receipt promised")
+    return {"project": row.project_id, "digest": sealed, "valid": True, "receipt": payload}

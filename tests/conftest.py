@@ -1,0 +1,107 @@
+"""Shared fixtures: ledger URLs for SQLite and PostgreSQL, each test in its own database.
+
+PostgreSQL: ``CELLSCHED_TEST_PG`` (default the machine's server, database ``test``); each
+test gets a fresh schema (via ``search_path`` in the URL, so other processes see it too),
+dropped afterwards. If the server is unreachable the PostgreSQL variants are skipped
+locally, but fail under CI (``CI=true``) so a broken setup cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_URL = os.environ.get("CELLSCHED_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _pg_engine():  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_available() -> bool:
+    try:
+        eng = _pg_engine()
+        with eng.connect() as c:
+            c.exec_driver_sql("SELECT 1")
+        eng.dispose()
+        return True
+    except Exception:
+        if os.environ.get("CI"):
+            raise
+        return False
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: bool) -> Iterator[str]:
+    """A URL to an empty ledger database, on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.db'}"
+        return
+    if not pg_available:
+        pytest.skip("PostgreSQL is not reachable")
+    schema = "cs_" + uuid.uuid4().hex[:12]
+    eng = _pg_engine()
+    with eng.connect() as c:
+        c.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with eng.connect() as c:
+            c.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        eng.dispose()
+
+
+EXAMPLE_CLUSTER = """
+admins = ["root-admin"]
+[policy]
+grace_s = 5
+[[pools]]
+name = "h100"
+gpu_type = "H100"
+gpus = 16
+gpus_per_node = 8
+[[teams]]
+name = "interp"
+members = ["alice", "bob"]
+allowance_gpu_hours = 1500
+[[teams]]
+name = "evals"
+members = ["carol"]
+allowance_gpu_hours = 100
+max_gpus = 8
+[[teams]]
+name = "pretraining"
+members = ["dave"]
+allowance_gpu_hours = 20000
+"""
+
+
+@pytest.fixture
+def cluster_file(tmp_path: Path) -> Path:
+    """A small cluster config (16 H100s, three teams) with its signing key."""
+    from cellsched.receipt import create_keys, key_paths
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(EXAMPLE_CLUSTER)
+    create_keys(*key_paths(path))
+    return path
+
+
+@pytest.fixture
+def env(cluster_file: Path, ledger_url: str):  # type: ignore[no-untyped-def]
+    """A service environment over the small cluster, on SQLite and on PostgreSQL."""
+    from cellsched.service import open_env
+
+    e = open_env(cluster_file, ledger_url)
+    yield e
+    e.ledger.dispose()
