@@ -15,6 +15,7 @@ The driver keeps only caches: everything it needs after a restart is in Ray.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any, Mapping
@@ -43,6 +44,17 @@ _STATES: dict[str, ReservationState] = {
 }
 
 Key = tuple[str, int]
+
+
+class _QuietPGRestartWarning(logging.Filter):
+    """Ray warns that a restartable detached actor in a placement group dies with the group.
+    That is exactly what we want (release removes the group; the restart is for node loss),
+    so the warning, printed once per rank per reserve, is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "restartable detached actor with a placement group" not in record.getMessage()
+
+_QUIET = _QuietPGRestartWarning()
 
 # A member's status in a snapshot round: its snapshot, or one of these.
 _DEAD = "dead"  # actor gone for good (or replaced by a new incarnation): its ranks are lost
@@ -79,6 +91,7 @@ class RayExecutor:
                 raise RuntimeError(f"ray is initialised in namespace {ns!r}, not {namespace!r}")
         else:
             ray.init(address=address, namespace=namespace, **dict(ray_init or {}))
+        logging.getLogger("ray.actor").addFilter(_QUIET)
         self._ray = ray
         self.namespace = namespace
         self.prefix = prefix
