@@ -249,9 +249,13 @@ class RayExecutor:
 
     def launch(self, gang: GangSpec) -> None:
         name = gang.reservation
-        hs = self._ranks(name)
-        if hs is None:
+        state = self.reservation_state(name)
+        if state == "missing":
             raise UnknownReservation(name, "no such reservation")
+        if state != "ready":
+            raise NotReady(name, f"cannot launch {gang.job}: group is {state}")
+        hs = self._ranks(name)
+        assert hs is not None
         check_gang(gang, len(hs), set())
         members = [hs[b] for b in gang.bundles]
         infos = self._call_all(
@@ -259,7 +263,7 @@ class RayExecutor:
         )
         if any(isinstance(i, dict) and i["known"] for i in infos):
             return  # already launched: launch is idempotent
-        if any(isinstance(i, str) for i in infos) or self.reservation_state(name) != "ready":
+        if any(isinstance(i, str) for i in infos):
             self._ready.discard(name)
             raise NotReady(name, f"cannot launch {gang.job}: rank workers not all reachable")
         busy = {b for b, i in zip(gang.bundles, infos) if i["busy"]}

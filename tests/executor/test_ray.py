@@ -1,0 +1,216 @@
+"""The Ray adapter against a real local Ray (8 logical GPUs), with real short commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+from cellsched.executor import (
+    Executor,
+    GangResult,
+    GangSpec,
+    InvalidGang,
+    NotReady,
+    ReservationConflict,
+    UnknownReservation,
+)
+
+pytestmark = pytest.mark.ray
+
+T = TypeVar("T")
+PY = sys.executable
+
+
+def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
+    """Poll ``fn`` until it returns something truthy."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > end:
+            assert v, f"timed out after {timeout}s"
+            return v
+        time.sleep(every)
+
+
+def name() -> str:
+    return f"cellsched/test/{uuid.uuid4().hex[:8]}"
+
+
+def ready(ex: Any, width: int) -> str:
+    n = name()
+    ex.reserve(n, width)
+    until(lambda: ex.reservation_state(n) == "ready")
+    return n
+
+
+def result(ex: Any, resv: str, timeout: float = 15.0) -> GangResult:
+    (r,) = until(lambda: ex.poll(resv), timeout)
+    return r
+
+
+def spec(resv: str, run: list[str] | str, bundles: tuple[int, ...], log_dir: Path,
+         job: str = "job", attempt: int = 0, env: dict[str, str] | None = None) -> GangSpec:
+    return GangSpec(resv, "proj", job, attempt, run, bundles, str(log_dir), env or {})
+
+
+def test_is_an_executor(rex: Any) -> None:
+    assert isinstance(rex, Executor)
+
+
+def test_rank_environment(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 4)
+    keys = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "CUDA_VISIBLE_DEVICES", "CELLSCHED_PROJECT", "CELLSCHED_JOB", "CELLSCHED_ATTEMPT",
+            "MY_VAR"]
+    code = f"import os, json; print(json.dumps({{k: os.environ.get(k) for k in {keys!r}}}))"
+    # the spec's env passes through, but cannot override what the allocator sets
+    g = spec(n, [PY, "-c", code], (3, 1, 0, 2), tmp_path, job="envs", attempt=2,
+             env={"MY_VAR": "x", "RANK": "99", "CUDA_VISIBLE_DEVICES": "7"})
+    rex.launch(g)
+    r = result(rex, n)
+    assert r.outcome == "succeeded" and r.exit_codes == (0, 0, 0, 0)
+    seen = [json.loads(Path(g.log_path(k)).read_text()) for k in range(4)]
+    assert [s["RANK"] for s in seen] == ["0", "1", "2", "3"]
+    assert [s["LOCAL_RANK"] for s in seen] == ["0", "1", "2", "3"]  # one node
+    assert {s["WORLD_SIZE"] for s in seen} == {"4"} and {s["LOCAL_WORLD_SIZE"] for s in seen} == {"4"}
+    assert len({(s["MASTER_ADDR"], s["MASTER_PORT"]) for s in seen}) == 1
+    assert int(seen[0]["MASTER_PORT"]) > 0
+    devices = [s["CUDA_VISIBLE_DEVICES"] for s in seen]
+    assert len(set(devices)) == 4 and tuple(devices) == r.gpu_ids
+    assert {(s["CELLSCHED_PROJECT"], s["CELLSCHED_JOB"], s["CELLSCHED_ATTEMPT"], s["MY_VAR"])
+            for s in seen} == {("proj", "envs", "2", "x")}
+    assert r.started_at <= r.ended_at
+
+
+def test_failing_rank_stops_its_gang(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 3)
+    # rank 1 fails at once; ranks 0 and 2 would sleep a minute
+    run = 'if [ "$RANK" = 1 ]; then exit 3; fi; exec sleep 60'
+    rex.launch(spec(n, run, (0, 1, 2), tmp_path))
+    t0 = time.monotonic()
+    r = result(rex, n, timeout=10)
+    assert time.monotonic() - t0 < 5
+    assert (r.outcome, r.exit_codes) == ("failed", (-15, 3, -15))
+    assert rex.running(n) == []
+
+
+def test_terminate_cooperative_then_kill_stubborn(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["sleep", "60"], (0,), tmp_path, job="coop"))
+    pidfile = tmp_path / "grandchild.pid"
+    stubborn = f"trap '' TERM; sleep 300 & echo $! > {pidfile}; while :; do sleep 0.05; done"
+    rex.launch(spec(n, stubborn, (1,), tmp_path, job="stubborn"))
+    until(lambda: pidfile.exists() and pidfile.read_text().strip())
+    grandchild = int(pidfile.read_text())
+
+    rex.terminate(n)
+    coop = result(rex, n, timeout=5)
+    assert (coop.job, coop.outcome, coop.exit_codes) == ("coop", "killed", (-15,))
+    time.sleep(0.3)
+    assert [g.job for g in rex.running(n)] == ["stubborn"]  # ignored SIGTERM
+
+    rex.kill(n, job="stubborn")
+    r = result(rex, n, timeout=5)
+    assert (r.job, r.outcome, r.exit_codes) == ("stubborn", "killed", (-9,))
+    assert not alive(grandchild)
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_release_frees_gpus_and_reports_killed(rex: Any, ray_cluster: Any, tmp_path: Path) -> None:
+    n = ready(rex, 8)
+    rex.launch(spec(n, ["sleep", "60"], tuple(range(8)), tmp_path))
+    assert ray_cluster.available_resources().get("GPU", 0) == 0
+    (r,) = rex.release(n)
+    assert (r.outcome, r.exit_codes) == ("killed", (-9,) * 8)
+    assert rex.reservation_state(n) == "missing"
+    assert rex.release(n) == []  # idempotent
+    assert rex.poll(n) == [] and rex.running(n) == []
+    with pytest.raises(UnknownReservation):
+        rex.launch(spec(n, ["true"], (0,), tmp_path))
+
+
+def test_restarted_daemon_readopts_and_collects(rex: Any, ray_cluster: Any, tmp_path: Path) -> None:
+    n = name()
+    address = ray_cluster.get_runtime_context().gcs_address
+    # A separate driver process reserves, launches a short job and exits: the "old daemon".
+    driver = textwrap.dedent(f"""
+        import time, ray
+        from cellsched.executor import RayExecutor, GangSpec
+        ex = RayExecutor(address={address!r})
+        ex.reserve({n!r}, 2)
+        while ex.reservation_state({n!r}) != "ready":
+            time.sleep(0.01)
+        ex.launch(GangSpec({n!r}, "proj", "job", 0, "sleep 0.5; exit 4", [0, 1], {str(tmp_path)!r}))
+        """)
+    subprocess.run([PY, "-c", driver], check=True, timeout=60, env=os.environ.copy())
+    # The new daemon finds the group by name and gets the result nobody watched.
+    assert n in rex.reservations()
+    rex.reserve(n, 2)  # adopting is idempotent
+    with pytest.raises(ReservationConflict):
+        rex.reserve(n, 3)
+    assert rex.reservation_state(n) == "ready" or until(lambda: rex.reservation_state(n) == "ready")
+    r = result(rex, n)
+    assert (r.outcome, r.exit_codes) == ("failed", (4, 4))
+    assert r.ended_at - r.started_at >= 0.5
+    assert rex.poll(n) == []
+    # ... and a third instance does not get it again (acknowledged in the rank actors)
+    from cellsched.executor import RayExecutor
+    assert RayExecutor().poll(n) == []
+
+
+def test_pending_when_wider_than_cluster(rex: Any, ray_cluster: Any) -> None:
+    n = name()
+    rex.reserve(n, 9)  # 8 GPUs exist: Ray neither fails nor places it
+    time.sleep(0.5)
+    assert rex.reservation_state(n) == "pending"
+    with pytest.raises(NotReady):
+        rex.launch(GangSpec(n, "proj", "job", 0, ["true"], (0,), "/tmp"))
+    assert rex.release(n) == []
+    assert rex.reservation_state(n) == "missing"
+
+
+def test_launch_idempotent_busy_and_exec_failure(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    g = spec(n, ["sleep", "60"], (0,), tmp_path, job="a")
+    rex.launch(g)
+    rex.launch(g)  # repeated act: no second process
+    assert [(x.job, x.bundles) for x in rex.running(n)] == [("a", (0,))]
+    with pytest.raises(InvalidGang, match="busy"):
+        rex.launch(spec(n, ["true"], (0, 1), tmp_path, job="b"))
+    with pytest.raises(InvalidGang):
+        rex.launch(spec(n, ["true"], (2,), tmp_path, job="b"))
+    rex.launch(spec(n, ["/no/such/program"], (1,), tmp_path, job="c"))
+    r = result(rex, n)
+    assert (r.job, r.outcome, r.exit_codes) == ("c", "failed", (127,))
+    assert "cannot execute" in (tmp_path / "c" / "attempt-0" / "rank-0.log").read_text()
+    rex.kill(n)
+    r = result(rex, n)
+    assert (r.job, r.outcome) == ("a", "killed")
+    rex.launch(g)  # already reported: still a no-op, not a re-run
+    assert rex.running(n) == []
+
+
+def test_metering_uses_rank_clocks(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["sleep", "1"], (0, 1), tmp_path))
+    r = result(rex, n)
+    assert r.outcome == "succeeded"
+    assert 1.0 <= r.ended_at - r.started_at < 1.5
+    assert r.gpu_seconds == 2
