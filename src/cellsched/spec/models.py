@@ -21,8 +21,8 @@ from pydantic import (
 )
 
 NAME_MAX = 63
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_name(value: str) -> str:
@@ -31,7 +31,7 @@ def check_name(value: str) -> str:
         raise ValueError("must not be empty")
     if len(value) > NAME_MAX:
         raise ValueError(f"at most {NAME_MAX} characters, got {len(value)}")
-    if ".." in value or not _NAME_RE.match(value):
+    if ".." in value or not _NAME_RE.fullmatch(value):
         raise ValueError(
             "use letters, digits, '-', '_' and '.', starting with a letter or digit "
             "(no '/', '..', spaces or control characters)"
@@ -48,7 +48,10 @@ def to_utc(value: dt.datetime | dt.date) -> dt.datetime:
         value = dt.datetime(value.year, value.month, value.day)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
-    value = value.astimezone(dt.timezone.utc)
+    try:
+        value = value.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range (years 1 to 9999, in UTC)") from None
     if value.microsecond:
         raise ValueError("times are whole seconds")
     return value
@@ -77,9 +80,20 @@ class Budget(_Frozen):
     def _number(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ValueError("must be a number")
-        if not math.isfinite(v):
+        try:
+            finite = math.isfinite(v)
+        except OverflowError:
+            raise ValueError("too large (at most 10000000)") from None
+        if not finite:
             raise ValueError("must be finite")
         return v
+
+    @field_validator("gpu_hours")
+    @classmethod
+    def _whole_gpu_seconds(cls, v: float) -> float:
+        # The seal keeps integer GPU-seconds; keeping the same quantity here makes a spec
+        # rebuilt from its sealed JSON equal to the one that was sealed.
+        return round(v * 3600) / 3600
 
     @field_validator("gpus", mode="before")
     @classmethod
@@ -156,21 +170,26 @@ class Job(_Frozen):
             raise ValueError("must be a whole number")
         return v
 
-    @field_validator("run")
+    @field_validator("run", mode="before")
     @classmethod
-    def _run(cls, v: list[str] | str) -> list[str] | str:
+    def _run(cls, v: Any) -> Any:
         items = [v] if isinstance(v, str) else v
-        if not items or any(not s.strip() for s in items[:1]):
+        if (
+            not isinstance(items, (list, tuple))
+            or not items
+            or not all(isinstance(s, str) for s in items)
+            or not items[0].strip()
+        ):
             raise ValueError("must be a command: an argv list or a shell string")
         if any("\x00" in s for s in items):
             raise ValueError("must not contain NUL characters")
-        return v
+        return v if isinstance(v, str) else list(v)
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
-            if not _ENV_KEY_RE.match(key):
+            if not _ENV_KEY_RE.fullmatch(key):
                 raise ValueError(f"{key!r} is not an environment variable name")
             if "\x00" in value:
                 raise ValueError(f"{key}: must not contain NUL characters")
@@ -180,6 +199,11 @@ class Job(_Frozen):
     @classmethod
     def _after(cls, v: Any) -> Any:
         return (v,) if isinstance(v, str) else v
+
+    @field_validator("after")
+    @classmethod
+    def _after_set(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(v)))
 
 
 class ProjectSpec(_Frozen):

@@ -18,7 +18,8 @@ DIGEST_SHORT = 12
 
 
 def _time(value: dt.datetime | None) -> str | None:
-    return None if value is None else value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime("%Y"): the C library does not pad years before 1000.
+    return None if value is None else value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
 
 
 def canonical_dict(spec: ProjectSpec) -> dict[str, Any]:
