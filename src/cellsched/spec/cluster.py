@@ -15,6 +15,19 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Like specs: a count written as "16", 16.0 or true is a mistake, not something to coerce.
+def _whole(v: Any) -> Any:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+        raise ValueError("must be a whole number")
+    return v
+
+
+def _number(v: Any) -> Any:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+        raise ValueError("must be a number")
+    return v
+
+
 class Pool(_Frozen):
     """A set of identical GPUs admission treats as one capacity calendar."""
 
@@ -22,6 +35,8 @@ class Pool(_Frozen):
     gpu_type: str = Field(min_length=1, max_length=64)
     gpus: int = Field(ge=1, le=1_000_000)
     gpus_per_node: int = Field(default=8, ge=1, le=1024)
+
+    _counts = field_validator("gpus", "gpus_per_node", mode="before")(_whole)
 
     @model_validator(mode="after")
     def _nodes(self) -> Pool:
@@ -39,12 +54,8 @@ class Team(_Frozen):
     period: Period = "month"
     max_gpus: int | None = Field(default=None, ge=1)
 
-    @field_validator("allowance_gpu_hours", mode="before")
-    @classmethod
-    def _number(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError("must be a number")
-        return v
+    _allowance = field_validator("allowance_gpu_hours", mode="before")(_number)
+    _counts = field_validator("max_gpus", mode="before")(_whole)
 
     @property
     def allowance_gpu_seconds(self) -> int:
@@ -59,6 +70,16 @@ class Policy(_Frozen):
     grace_s: int = Field(default=60, ge=0)
     horizon_days: int = Field(default=366, ge=1, le=3660)
     lend_idle: bool = False
+
+    _hours = field_validator("max_grant_hours", mode="before")(_number)
+    _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", mode="before")(_whole)
+
+    @field_validator("lend_idle", mode="before")
+    @classmethod
+    def _flag(cls, v: Any) -> Any:
+        if not isinstance(v, bool):
+            raise ValueError("must be true or false")
+        return v
 
     @property
     def max_grant_s(self) -> int | None:

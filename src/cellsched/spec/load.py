@@ -75,9 +75,21 @@ def _loc(loc: tuple[Any, ...]) -> str:
 _FIELD_PREFIX = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.*)$", re.S)
 
 
+def _echo(err: Any) -> bool:
+    ctx = err.get("ctx") or {}
+    return (
+        err["type"] == "too_short"
+        and isinstance(err.get("input"), (list, tuple))
+        and len(err["input"]) > ctx.get("actual_length", len(err["input"]))
+    )
+
+
 def describe(e: ValidationError) -> str:
     """One line for the first problem in a pydantic error (and how many more there are)."""
     errors = e.errors(include_url=False)
+    # A list whose items failed is also reported "too short after validation": that is the
+    # same problem again, and would show as a misleading "(and 1 more)".
+    errors = [x for x in errors if not _echo(x)] or errors
     err = errors[0]
     loc = _loc(tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
     kind = err["type"]
