@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field, replace
 
-from cellsched.core.allowance import TeamBook, period_bounds
+from cellsched.core.allowance import TeamBook, periods_touched_at_most
 from cellsched.core.calendar import CapacityCalendar, earliest_common
 from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
 
@@ -158,11 +158,12 @@ class Schedule:
         self.release(grant, grant.start)
         cals = self._calendars(grant.pool, grant.team, grant.width)
         t = earliest_common(cals, length, now, grant.end)
-        team = self.teams[grant.team]
+        book = self.teams[grant.team].book
         while t is not None and t < grant.start:
-            if team.book.shortfall(t, t + length, grant.width) is None:
+            nxt = book.next_fit(t, t + length, grant.width)
+            if nxt is None:
                 break
-            t = earliest_common(cals, length, period_bounds(t, team.book.period)[1], grant.end)
+            t = earliest_common(cals, length, nxt, grant.end)
         moved = grant if t is None or t >= grant.start else replace(grant, start=t, end=t + length)
         self.commit(moved)
         return moved
@@ -217,7 +218,9 @@ class Schedule:
             )
         gs_needed = width * duration
         book = team.book
-        if book.allowance < gs_needed:
+        # A window may straddle periods and is charged to each by its part, so only what
+        # cannot fit even spread over every period it could touch is refused outright.
+        if book.allowance * periods_touched_at_most(duration, book.period) < gs_needed:
             return Refusal(
                 "over_allowance",
                 f"{fmt_gh(gs_needed)} GPU-hours is more than team {req.team}'s whole "
@@ -277,9 +280,10 @@ class Schedule:
             limit = horizon if best is None else min(horizon, best[1] - 1)
             t = earliest_common(cals, duration, earliest, deadline)
             while t is not None and t <= limit and with_allowance:
-                if book.shortfall(t, t + duration, width) is None:
+                nxt = book.next_fit(t, t + duration, width)
+                if nxt is None:
                     break
-                t = earliest_common(cals, duration, period_bounds(t, book.period)[1], deadline)
+                t = earliest_common(cals, duration, nxt, deadline)
             if t is not None and t <= limit:
                 best = (pool.name, t)
         return best
@@ -342,7 +346,10 @@ class Schedule:
         if req.deadline is None:
             return None
         best = None
-        lo, hi = 1, req.width - 1
+        max_s = self.policy.max_grant_s
+        # Narrower means longer: below this width the window exceeds the longest grant.
+        lo = 1 if max_s is None else max(1, -(-req.gpu_seconds // max_s))
+        hi = req.width - 1
         while lo <= hi:  # feasibility is monotone enough in width to bisect, then verified
             mid = (lo + hi) // 2
             d = -(-req.gpu_seconds // mid)

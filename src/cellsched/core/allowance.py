@@ -14,6 +14,7 @@ from cellsched.core.calendar import FAR_FUTURE, FAR_PAST
 
 UTC = dt.timezone.utc
 _MONTHS = {"month": 1, "quarter": 3, "year": 12}
+_SHORTEST_DAYS = {"month": 28, "quarter": 90, "year": 365}
 
 
 @lru_cache(maxsize=4096)
@@ -33,6 +34,13 @@ def period_bounds(t: int, period: str) -> tuple[int, int]:
         return FAR_PAST, FAR_FUTURE
     d = dt.datetime.fromtimestamp(t, UTC)
     return _bounds_cached(d.year * 12 + d.month - 1, period)
+
+
+def periods_touched_at_most(duration: int, period: str) -> int:
+    """How many periods a window of ``duration`` seconds can touch at most."""
+    if period == "none":
+        return 1
+    return 2 + duration // (_SHORTEST_DAYS[period] * 86400)
 
 
 def split_by_period(start: int, end: int, width: int, period: str) -> list[tuple[int, int]]:
@@ -75,3 +83,18 @@ class TeamBook:
             if missing > 0:
                 return p0, missing
         return None
+
+    def next_fit(self, start: int, end: int, width: int) -> int | None:
+        """None if [start, end) fits the allowance; else the earliest later start that could.
+
+        Every start in between overdraws the same period at least as much: sliding the window
+        later shrinks that period's part only once the window reaches past the period's end,
+        so the first start that can fit puts exactly the room left (rounded down to whole
+        seconds of ``width`` GPUs) into that period, or lies past it when there is no room."""
+        short = self.shortfall(start, end, width)
+        if short is None:
+            return None
+        p0 = short[0]
+        p1 = period_bounds(p0, self.period)[1]
+        room = self.allowance - self.charged.get(p0, 0)
+        return max(start + 1, p1 - room // width if room >= 0 else p1)
