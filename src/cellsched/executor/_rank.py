@@ -34,7 +34,7 @@ class RankRecord:
     attempt: int
     rank: int
     bundle: int
-    members: list[tuple[int, str]]  # (bundle, incarnation) of every rank, in rank order
+    members: list[tuple[int, str, str]]  # (bundle, incarnation, node id) of each rank, in order
     gang_gpu_ids: list[str]  # device ids of every rank, in rank order
     started_at: float  # wall clock of this worker
     ended_at: float | None = None
@@ -98,7 +98,7 @@ class RankWorker:
         job: str,
         attempt: int,
         rank: int,
-        members: list[tuple[int, str]],
+        members: list[tuple[int, str, str]],
         gang_gpu_ids: list[str],
         argv: list[str],
         env: dict[str, str],

@@ -78,7 +78,7 @@ class RayExecutor:
         *,
         prefix: str = "cellsched/",
         peer_grace_s: float = 3.0,
-        call_timeout_s: float = 2.0,
+        call_timeout_s: float = 1.0,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
         import ray
@@ -103,7 +103,7 @@ class RayExecutor:
         self._ready: set[str] = set()
         # Gangs this instance launched: the only memory of a gang all of whose ranks were lost
         # together (their records died with them).
-        self._launched: dict[str, dict[Key, tuple[float, list[tuple[int, str]], list[str]]]] = (
+        self._launched: dict[str, dict[Key, tuple[float, list[Any], list[str]]]] = (
             defaultdict(dict)
         )
 
@@ -284,7 +284,7 @@ class RayExecutor:
             CELLSCHED_JOB=gang.job,
             CELLSCHED_ATTEMPT=str(gang.attempt),
         )
-        member_ids = [(b, i["incarnation"]) for b, i in zip(gang.bundles, infos)]
+        member_ids = [(b, i["incarnation"], i["node_id"]) for b, i in zip(gang.bundles, infos)]
         gpu_ids = [",".join(i["gpu_ids"]) for i in infos]
         self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)
         refs = []
@@ -325,7 +325,7 @@ class RayExecutor:
             if any(r["ended_at"] is None for r in recs.values()):
                 first = next(iter(recs.values()))
                 out.append(RunningGang(
-                    key[0], key[1], tuple(b for b, _ in first["members"]),
+                    key[0], key[1], tuple(m[0] for m in first["members"]),
                     min(r["started_at"] for r in recs.values()),
                 ))
         return out
@@ -335,6 +335,7 @@ class RayExecutor:
         out: list[GangResult] = []
         acks: dict[int, list[Key]] = defaultdict(list)
         now = time.time()
+        dead_nodes: set[str] | None = None
         for key in sorted(set(gangs) | set(self._launched.get(name, {}))):
             recs = gangs.get(key, {})
             if any(r["acked"] for r in recs.values()):
@@ -352,10 +353,14 @@ class RayExecutor:
             else:
                 continue
             status = []
-            for b, inc in members:
+            for b, inc, node in members:
                 s = snaps[b] if b < len(snaps) else _DEAD
                 if s == _UNKNOWN:
-                    status.append(_UNKNOWN)
+                    # Unreachable: lost if its node is dead (the actor may wait forever for a
+                    # re-placement that has no capacity), else transient: ask again later.
+                    if dead_nodes is None:
+                        dead_nodes = {n["NodeID"] for n in self._ray.nodes() if not n["Alive"]}
+                    status.append(_DEAD if node in dead_nodes else _UNKNOWN)
                 elif s == _DEAD or s["incarnation"] != inc or b not in recs:
                     status.append(_DEAD)
                 else:

@@ -1,0 +1,89 @@
+"""Node loss on a real multi-node Ray (``ray.cluster_utils.Cluster``), in a subprocess so it
+does not disturb the session's Ray. Slow: ~10 s of cluster start, ~4 s crash detection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util import placement_group_table
+    from cellsched.executor import GangSpec, RayExecutor
+
+    def until(fn, timeout=60):
+        end = time.monotonic() + timeout
+        while not (v := fn()):
+            assert time.monotonic() < end, "timed out"
+            time.sleep(0.05)
+        return v
+
+    logs = sys.argv[1]
+    # Tuned health checks: a crashed node is declared dead in ~2 s instead of ~15 s.
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=4) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="cellsched", log_to_driver=False)
+    ex = RayExecutor()
+    n = "cellsched/test/nodeloss"
+    ex.reserve(n, 6)
+    until(lambda: ex.reservation_state(n) == "ready")
+    env = "echo $LOCAL_RANK/$LOCAL_WORLD_SIZE; exec sleep 60"
+    ex.launch(GangSpec(n, "proj", "wide", 0, env, range(6), logs))
+    until(lambda: len(ex.running(n)) == 1)
+    where = placement_group_table(ray.util.get_placement_group(n))["bundles_to_node_id"]
+    per_node = {}
+    for b in range(6):
+        per_node.setdefault(where[b], []).append(b)
+    small = min(per_node, key=lambda k: len(per_node[k]))
+    victim = next(x for x in nodes if x.node_id == small)
+    time.sleep(0.3)  # let every rank print its LOCAL_RANK
+    local = [open(f"{logs}/wide/attempt-0/rank-{r}.log").read().strip() for r in range(6)]
+    t = time.monotonic()
+    cluster.remove_node(victim, allow_graceful=False)
+    (lost,) = until(lambda: ex.poll(n))
+    detect = time.monotonic() - t
+    state_after = ex.reservation_state(n)
+    cluster.add_node(num_cpus=1, num_gpus=4)
+    until(lambda: ex.reservation_state(n) == "ready")
+    ex.launch(GangSpec(n, "proj", "wide", 1, "true", range(6), logs))
+    (again,) = until(lambda: ex.poll(n))
+    ex.release(n)
+    free = until(lambda: ray.available_resources().get("GPU") == 8 and 8)
+    print("RESULT " + json.dumps({
+        "lost_bundles": per_node[small], "local": local, "outcome": lost.outcome,
+        "codes": lost.exit_codes, "detail": lost.detail, "detect_s": detect,
+        "state_after": state_after, "retry": again.outcome, "free": free}), flush=True)
+    ray.shutdown()
+    cluster.shutdown()
+""")
+
+
+def test_node_loss_loses_gang_and_group_heals(tmp_path: Path) -> None:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    p = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
+                       text=True, timeout=180, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (line,) = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+    print(out)
+    lost = out["lost_bundles"]
+    assert out["outcome"] == "lost"
+    assert [c is None for c in out["codes"]] == [b in lost for b in range(6)]
+    assert {c for c in out["codes"] if c is not None} == {-9}  # survivors killed
+    # ranks are numbered per node: four on one node, two on the other
+    assert sorted(out["local"]) == ["0/2", "0/4", "1/2", "1/4", "2/4", "3/4"]
+    assert out["state_after"] in ("rescheduling", "pending")
+    assert out["retry"] == "succeeded" and out["free"] == 8
