@@ -1,0 +1,510 @@
+"""The utilisation report as one pure computation: (snapshot, cluster, period, now) -> dict.
+
+Nothing here reads a clock or a database; ``now`` is an argument. Every figure is summed in
+integer GPU-seconds and turned into GPU-hours once, in :func:`build`; the terminal, JSON and
+HTML renderers all print the dict this returns, so their numbers agree by construction.
+
+Definitions (P is the report period [since, until); E is its elapsed part [since, min(until, now))):
+
+- capacity: pool GPUs x seconds of P (``elapsed_capacity``: of E).
+- granted: GPU-seconds of grant windows *as granted* (before early release) inside P.
+- refunded: the part of those windows given back by cancel, replacement or early finish.
+- reserved: granted - refunded (the windows as they stand).
+- held: reserved inside E (reservations whose time has passed); committed: reserved in P after now.
+- used: GPU-seconds jobs ran inside E (each attempt prorated by its overlap with E; an attempt
+  still running counts its GPUs from its start to ``now``).
+- idle while reserved: per grant, held - used (never below zero), summed.
+- unreserved: elapsed capacity - held of every team (cluster-wide, even with ``team``).
+- utilisation: used / elapsed capacity, used / held, held / elapsed capacity.
+- guarantee breaches: grants overlapping P with ``breach_gs`` > 0, and their breach GPU-hours.
+- wait: submit (grant creation) to start, for grants submitted in P that were not cancelled
+  before starting; the start is the measured ``started_at`` when the daemon recorded one,
+  otherwise the granted window start.
+- team remaining: allowance minus what was booked (net of refunds) by the report's reference
+  time ``ref = min(until - 1, now)`` in the allowance period containing ``ref``; with ``ref =
+  now`` this is exactly what ``cellsched budget`` shows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cellsched.core.allowance import period_bounds, split_by_period
+from cellsched.core.calendar import FAR_FUTURE, FAR_PAST
+from cellsched.report.snapshot import GrantFact, RunFact, Snapshot
+from cellsched.spec.cluster import ClusterConfig
+
+H = 3600.0
+DAY = 86400
+# Timeline bucket lengths a person can read on an axis, smallest first.
+_BUCKETS = (900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY)
+MAX_BUCKETS = 180
+CALENDAR_MAX_DAYS = 90
+
+
+def utc(t: int | None) -> str | None:
+    """ISO 8601 UTC for an epoch second (pure: no local zone, no clock)."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ov(a0: int, a1: int, b0: int, b1: int) -> int:
+    return max(0, min(a1, b1) - max(a0, b0))
+
+
+def _h(gs: int | float) -> float:
+    return gs / H
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return None if b <= 0 else a / b
+
+
+def percentile(values: list[int], q: float) -> int | None:
+    """Nearest-rank percentile of integers (deterministic; no interpolation)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, math.ceil(q / 100 * len(v)) - 1)
+    return v[k]
+
+
+def run_span(run: RunFact, now: int) -> tuple[int, int, float] | None:
+    """[start, end) of an attempt and its GPU-seconds per second (None if it never started)."""
+    if run.started_at is None:
+        return None
+    s = run.started_at
+    if run.ended_at is None:
+        e = max(s, now)
+        return (s, e, float(run.gpus)) if e > s else None
+    e = run.ended_at
+    if e <= s:
+        return None
+    return s, e, run.gpu_seconds / (e - s)
+
+
+def run_used(run: RunFact, a: int, b: int, now: int) -> int:
+    """Integer GPU-seconds of an attempt inside [a, b)."""
+    if run.started_at is None:
+        return 0
+    s = run.started_at
+    if run.ended_at is None:
+        return run.gpus * _ov(s, max(s, now), a, b)
+    e = run.ended_at
+    if e <= s:
+        return run.gpu_seconds if a <= s < b else 0
+    ov = _ov(s, e, a, b)
+    return run.gpu_seconds if ov == e - s else run.gpu_seconds * ov // (e - s)
+
+
+@dataclass
+class _Acc:
+    """GPU-seconds summed for one team, one pool or the whole cluster."""
+
+    granted: int = 0
+    refunded: int = 0
+    reserved: int = 0
+    held: int = 0
+    committed: int = 0
+    used: int = 0
+    idle: int = 0
+    breach_count: int = 0
+    breach: int = 0
+    grants: int = 0
+
+    def add(self, o: _Acc) -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(o, k))
+
+    def json(self) -> dict[str, float | int]:
+        return {
+            "granted_gpu_hours": _h(self.granted),
+            "refunded_gpu_hours": _h(self.refunded),
+            "reserved_gpu_hours": _h(self.reserved),
+            "held_gpu_hours": _h(self.held),
+            "committed_gpu_hours": _h(self.committed),
+            "used_gpu_hours": _h(self.used),
+            "idle_reserved_gpu_hours": _h(self.idle),
+        }
+
+
+def _bucket_len(span: int) -> int:
+    for b in _BUCKETS:
+        if span / b <= MAX_BUCKETS:
+            return b
+    return max(_BUCKETS[-1], -(-span // MAX_BUCKETS))
+
+
+class _Series:
+    """Average GPUs per time bucket, filled by intervals in O(buckets + intervals)."""
+
+    def __init__(self, t0: int, t1: int, step: int) -> None:
+        self.t0, self.t1, self.step = t0, t1, step
+        self.n = max(1, -(-(t1 - t0) // step))
+        self.gs = [0.0] * self.n  # GPU-seconds per bucket
+        self._diff = [0.0] * (self.n + 1)  # rate added to whole buckets (prefix-summed later)
+
+    def add(self, a: int, b: int, rate: float) -> None:
+        a, b = max(a, self.t0), min(b, self.t1)
+        if b <= a or rate == 0:
+            return
+        i, j = (a - self.t0) // self.step, (b - 1 - self.t0) // self.step
+        if i == j:
+            self.gs[i] += rate * (b - a)
+            return
+        self.gs[i] += rate * (self.t0 + (i + 1) * self.step - a)
+        self.gs[j] += rate * (b - (self.t0 + j * self.step))
+        if j > i + 1:
+            self._diff[i + 1] += rate
+            self._diff[j] -= rate
+
+    def length(self, i: int) -> int:
+        return min(self.t1, self.t0 + (i + 1) * self.step) - (self.t0 + i * self.step)
+
+    def mean_gpus(self) -> list[float]:
+        out, run = [], 0.0
+        for i in range(self.n):
+            run += self._diff[i]
+            ln = self.length(i)
+            out.append(round((self.gs[i] + run * ln) / ln, 4))
+        return out
+
+
+def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: int,
+          team: str | None = None) -> dict:
+    """The whole report as JSON-ready data. ``team`` narrows every figure to one team
+    (capacity and unreserved stay the cluster's)."""
+    if until <= since:
+        raise ValueError("until must be after since")
+    p0, p1 = since, until
+    e1 = max(p0, min(p1, now))  # end of the elapsed part
+    ref = max(p0, min(p1 - 1, now))
+
+    pools = {p.name: p for p in cluster.pools}
+    cap = sum(p.gpus for p in cluster.pools) * (p1 - p0)
+    cap_elapsed = sum(p.gpus for p in cluster.pools) * (e1 - p0)
+
+    runs_by_grant: dict[int, list[RunFact]] = defaultdict(list)
+    for r in snap.runs:
+        runs_by_grant[r.grant_id].append(r)
+
+    team_names = [t.name for t in cluster.teams]
+    for g in snap.grants:
+        if g.team not in team_names:
+            team_names.append(g.team)
+    wanted = (lambda name: name == team) if team is not None else (lambda name: True)
+
+    total = _Acc()
+    held_all_teams = 0
+    by_team: dict[str, _Acc] = {n: _Acc() for n in team_names}
+    by_pool: dict[str, _Acc] = {n: _Acc() for n in pools}
+    projects: list[dict] = []
+    breaches: list[dict] = []
+    waits: list[int] = []
+    wait_sources = {"measured": 0, "granted_start": 0}
+    starts_late = 0
+
+    step = _bucket_len(p1 - p0)
+    reserved_tl: dict[str, dict[str, _Series]] = {n: {} for n in pools}
+    used_tl: dict[str, dict[str, _Series]] = {n: {} for n in pools}
+    horizon = now + DAY
+    future: list[GrantFact] = []
+
+    for g in snap.grants:
+        gross_end = g.gross_end
+        net_p = g.width * _ov(g.start, g.end, p0, p1)
+        held = g.width * _ov(g.start, g.end, p0, e1)
+        held_all_teams += held
+        if not wanted(g.team):
+            continue
+        if g.end > now and g.end > g.start:
+            future.append(g)
+            horizon = max(horizon, g.end)
+        gross_p = g.width * _ov(g.start, gross_end, p0, p1)
+        touches = gross_p > 0 or p0 <= g.created_at < p1
+        if not touches:
+            continue
+        acc = _Acc(
+            granted=gross_p,
+            refunded=g.width * _ov(g.end, gross_end, p0, p1),
+            reserved=net_p,
+            held=held,
+            committed=g.width * _ov(g.start, g.end, max(p0, now), p1),
+            grants=1,
+        )
+        used_whole = 0
+        used_held = 0
+        for r in runs_by_grant.get(g.id, ()):
+            acc.used += run_used(r, p0, e1, now)
+            used_whole += run_used(r, FAR_PAST, FAR_FUTURE, now)
+            used_held += run_used(r, max(p0, g.start), min(e1, g.end), now)
+            span = run_span(r, now)
+            if span is not None and g.pool in used_tl:
+                s = used_tl[g.pool].get(g.team)
+                if s is None:
+                    s = used_tl[g.pool][g.team] = _Series(p0, p1, step)
+                s.add(span[0], min(span[1], e1), span[2])
+        acc.idle = max(0, held - used_held)
+        if g.breach_gs > 0 and (net_p > 0 or gross_p > 0):
+            acc.breach_count, acc.breach = 1, g.breach_gs
+            breaches.append({"grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool,
+                             "breach_gpu_hours": _h(g.breach_gs)})
+        total.add(acc)
+        by_team.setdefault(g.team, _Acc()).add(acc)
+        if g.pool in by_pool:
+            by_pool[g.pool].add(acc)
+            s = reserved_tl[g.pool].get(g.team)
+            if s is None:
+                s = reserved_tl[g.pool][g.team] = _Series(p0, p1, step)
+            s.add(g.start, g.end, float(g.width))
+
+        wait: int | None = None
+        if p0 <= g.created_at < p1 and g.end > g.start:
+            actual = g.started_at if g.started_at is not None else g.start
+            wait = max(0, actual - g.created_at)
+            waits.append(wait)
+            wait_sources["measured" if g.started_at is not None else "granted_start"] += 1
+        delay = None if g.started_at is None else g.started_at - g.promised_start
+        if delay is not None and delay > 0:
+            starts_late += 1
+        projects.append({
+            "grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool, "gpus": g.width,
+            "state": g.state, "submitted_at": g.created_at,
+            "promised_start": g.promised_start, "promised_end": g.promised_end,
+            "start": g.start, "end": g.end, "started_at": g.started_at,
+            "start_delay_s": delay, "wait_s": wait,
+            "granted_gpu_hours": _h(g.width * (gross_end - g.start)),
+            "reserved_gpu_hours": _h(g.width * max(0, g.end - g.start)),
+            "used_gpu_hours": _h(used_whole),
+            "refunded_gpu_hours": _h(g.refunded_gs),
+            "breach_gpu_hours": _h(g.breach_gs),
+            "used_over_granted": _ratio(used_whole, g.width * (gross_end - g.start)),
+        })
+
+    # -- decisions ------------------------------------------------------------------------
+    team_of = {g.project_id: g.team for g in snap.grants}
+    decisions: dict[str, int] = {"granted": 0, "refused": 0, "cancelled": 0, "replaced": 0}
+    reasons: dict[str, int] = {}
+    for ev in snap.events:
+        ev_team = ev.team if ev.team is not None else team_of.get(ev.subject)
+        if not (p0 <= ev.at < p1) or (team is not None and ev_team != team):
+            continue
+        if ev.kind in decisions:
+            decisions[ev.kind] += 1
+        if ev.kind == "refused":
+            key = ev.reason or "unknown"
+            reasons[key] = reasons.get(key, 0) + 1
+
+    # -- teams ----------------------------------------------------------------------------
+    teams_out = _teams(snap, cluster, team_names, by_team, total, p0, p1, e1, now, ref, team, wanted)
+
+    # -- pools ----------------------------------------------------------------------------
+    pools_out = []
+    for name, pool in pools.items():
+        acc = by_pool[name]
+        pcap = pool.gpus * (p1 - p0)
+        pcap_e = pool.gpus * (e1 - p0)
+        tl_teams = [t for t in team_names if t in reserved_tl[name] or t in used_tl[name]]
+        base = _Series(p0, p1, step)
+        used_series = {t: used_tl[name][t].mean_gpus() if t in used_tl[name] else [0.0] * base.n for t in tl_teams}
+        for t in used_series:  # no use is known for what has not happened yet
+            used_series[t] = [v if p0 + i * step < e1 else None for i, v in enumerate(used_series[t])]  # type: ignore[misc]
+        pools_out.append({
+            "pool": name, "gpu_type": pool.gpu_type, "gpus": pool.gpus,
+            "capacity_gpu_hours": _h(pcap), "elapsed_capacity_gpu_hours": _h(pcap_e),
+            **acc.json(),
+            "utilisation": _ratio(acc.used, pcap_e),
+            "timeline": {
+                "bucket_s": step,
+                "starts": [p0 + i * step for i in range(base.n)],
+                "capacity_gpus": [pool.gpus] * base.n,
+                "reserved_gpus": {t: reserved_tl[name][t].mean_gpus() if t in reserved_tl[name]
+                                  else [0.0] * base.n for t in tl_teams},
+                "used_gpus": used_series,
+            },
+            "calendar": _calendar(name, pool.gpus, [g for g in future if g.pool == name], team_names, now,
+                                  min(horizon, now + CALENDAR_MAX_DAYS * DAY)),
+        })
+
+    projects.sort(key=lambda p: (p["start"], p["grant"]))
+    empty = total.grants == 0 and sum(decisions.values()) == 0 and total.used == 0
+    unreserved = max(0, cap_elapsed - held_all_teams)
+    return {
+        "period": {"since": p0, "until": p1, "now": now, "elapsed_until": e1, "reference": ref,
+                   "seconds": p1 - p0, "since_utc": utc(p0), "until_utc": utc(p1), "now_utc": utc(now)},
+        "team": team,
+        "empty": empty,
+        "message": "nothing in this period: no grants, job runs or decisions" if empty else None,
+        "capacity_gpu_hours": _h(cap),
+        "elapsed_capacity_gpu_hours": _h(cap_elapsed),
+        **total.json(),
+        "unreserved_gpu_hours": _h(unreserved),
+        "utilisation": {
+            "used_over_capacity": _ratio(total.used, cap_elapsed),
+            "used_over_held": _ratio(total.used, total.held),
+            "held_over_capacity": _ratio(total.held, cap_elapsed),
+        },
+        "guarantee_breaches": {"count": total.breach_count, "gpu_hours": _h(total.breach), "grants": breaches},
+        "admissions": decisions,
+        "refusals": {"count": decisions["refused"], "by_reason": dict(sorted(reasons.items()))},
+        "wait": {
+            "count": len(waits),
+            "p50_s": percentile(waits, 50), "p95_s": percentile(waits, 95),
+            "p50_hours": None if not waits else percentile(waits, 50) / H,  # type: ignore[operator]
+            "p95_hours": None if not waits else percentile(waits, 95) / H,  # type: ignore[operator]
+            "sources": wait_sources,
+            "started_late": starts_late,
+        },
+        "teams": teams_out,
+        "pools": pools_out,
+        "projects": projects,
+    }
+
+
+def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: dict[str, _Acc], total: _Acc,
+           p0: int, p1: int, e1: int, now: int, ref: int, only: str | None, wanted) -> list[dict]:  # type: ignore[no-untyped-def]
+    cfgs = {t.name: t for t in cluster.teams}
+    # The allowance each team is entitled to over P, prorated by the part of each allowance
+    # period P covers ("none" periods: the whole allowance).
+    entitled: dict[str, float] = {}
+    for n in names:
+        cfg = cfgs.get(n)
+        if cfg is None:
+            continue
+        if cfg.period == "none":
+            entitled[n] = float(cfg.allowance_gpu_seconds)
+            continue
+        amt, t = 0.0, p0
+        while t < p1:
+            a0, a1 = period_bounds(t, cfg.period)
+            amt += cfg.allowance_gpu_seconds * _ov(a0, a1, p0, p1) / (a1 - a0)
+            t = a1
+        entitled[n] = amt
+    entitled_total = sum(entitled.values())
+    grants_by_team: dict[str, list[GrantFact]] = defaultdict(list)
+    for g in snap.grants:
+        grants_by_team[g.team].append(g)
+
+    out = []
+    for n in names:
+        if not wanted(n):
+            continue
+        acc = by_team.get(n, _Acc())
+        cfg = cfgs.get(n)
+        item: dict = {"team": n, "in_config": cfg is not None, **acc.json(), "grants": acc.grants}
+        item["share_of_cluster"] = _ratio(acc.reserved, total.reserved) if only is None else None
+        item["share_of_allowance"] = (entitled[n] / entitled_total) if n in entitled and entitled_total > 0 else None
+        item["entitled_gpu_hours"] = _h(entitled[n]) if n in entitled else None
+        if cfg is None:
+            item.update({"period": None, "allowance_gpu_hours": None, "remaining_gpu_hours": None,
+                         "allowance_period_start": None, "allowance_period_end": None,
+                         "burndown": None, "forecast": None})
+            out.append(item)
+            continue
+        a0, a1 = period_bounds(ref, cfg.period)
+        booked_events = _bookings(grants_by_team[n], cfg.period)
+        remaining = cfg.allowance_gpu_seconds - _booked_by(booked_events, a0, ref)
+        item.update({
+            "period": cfg.period,
+            "allowance_gpu_hours": _h(cfg.allowance_gpu_seconds),
+            "remaining_gpu_hours": _h(remaining),
+            "allowance_period_start": None if cfg.period == "none" else a0,
+            "allowance_period_end": None if cfg.period == "none" else a1,
+        })
+        item["burndown"] = _burndown(booked_events, cfg.allowance_gpu_seconds, cfg.period, p0, p1, ref)
+        # Forecast: the team's net booking rate over the elapsed report period, carried on.
+        net_booked = sum(gs for at, _p, gs in booked_events if p0 <= at < e1)
+        elapsed = e1 - p0
+        rate = net_booked / elapsed if elapsed > 0 else 0.0
+        runs_out = None
+        if remaining <= 0:
+            runs_out = ref
+        elif rate > 0:
+            runs_out = ref + math.ceil(remaining / rate)
+        before_reset = runs_out is not None and (cfg.period == "none" or runs_out < a1)
+        item["forecast"] = {
+            "rate_gpu_hours_per_day": rate * DAY / H,
+            "runs_out_at": runs_out if before_reset else None,
+            "note": ("already used up" if remaining <= 0 else
+                     "runs out before the allowance resets" if before_reset else
+                     "no bookings in the period" if rate == 0 else
+                     "does not run out before the allowance resets"),
+        }
+        out.append(item)
+    return out
+
+
+def _bookings(grants: Iterable[GrantFact], period: str) -> list[tuple[int, int, int]]:
+    """(when, allowance period start, +/- GPU-seconds): charges at grant time, refunds when
+    the grant was cut (``ended_at``), each split by allowance period like the core does."""
+    ev: list[tuple[int, int, int]] = []
+    for g in grants:
+        gross_end = g.gross_end
+        for ps, gs in split_by_period(g.start, gross_end, g.width, period):
+            ev.append((g.created_at, ps, gs))
+        if g.end < gross_end:
+            when = g.ended_at if g.ended_at is not None else g.end
+            for ps, gs in split_by_period(g.end, gross_end, g.width, period):
+                ev.append((when, ps, -gs))
+    ev.sort()
+    return ev
+
+
+def _booked_by(events: list[tuple[int, int, int]], period_start: int, t: int) -> int:
+    return sum(gs for at, ps, gs in events if at <= t and ps == period_start)
+
+
+def _burndown(events: list[tuple[int, int, int]], allowance: int, period: str, p0: int, p1: int,
+              ref: int) -> dict:
+    """Remaining allowance (GPU-hours) as a step function over [p0, ref]: at each booking,
+    cancellation and allowance reset. ``times``/``remaining_gpu_hours`` are parallel lists."""
+    points: list[int] = [p0]
+    t = p0
+    while period != "none":
+        _a0, a1 = period_bounds(t, period)
+        if a1 > ref:
+            break
+        points.append(a1)
+        t = a1
+    points.extend(at for at, _ps, _gs in events if p0 < at <= ref)
+    points.append(ref)
+    points = sorted(set(points))
+    booked: dict[int, int] = defaultdict(int)
+    i = 0
+    times, remaining = [], []
+    for t in points:
+        while i < len(events) and events[i][0] <= t:
+            booked[events[i][1]] += events[i][2]
+            i += 1
+        a0 = period_bounds(t, period)[0]
+        times.append(t)
+        remaining.append(_h(allowance - booked.get(a0, 0)))
+    return {"times": times, "remaining_gpu_hours": remaining, "allowance_gpu_hours": _h(allowance)}
+
+
+def _calendar(pool: str, gpus: int, grants: list[GrantFact], team_names: list[str], now: int,
+              horizon: int) -> dict:
+    """Who holds what from ``now`` on: every live window, and GPUs reserved per team over time."""
+    grants = sorted(grants, key=lambda g: (g.start, g.id))
+    span = max(1, horizon - now)
+    step = _bucket_len(span)
+    series: dict[str, _Series] = {}
+    for g in grants:
+        s = series.get(g.team)
+        if s is None:
+            s = series[g.team] = _Series(now, horizon, step)
+        s.add(g.start, g.end, float(g.width))
+    n = max(1, -(-span // step))
+    return {
+        "from": now, "to": horizon, "bucket_s": step,
+        "starts": [now + i * step for i in range(n)],
+        "reserved_gpus": {t: series[t].mean_gpus() for t in team_names if t in series},
+        "capacity_gpus": gpus,
+        "grants": [{"grant": g.id, "project": g.project_id, "team": g.team, "gpus": g.width,
+                    "start": g.start, "end": g.end, "state": g.state} for g in grants],
+    }

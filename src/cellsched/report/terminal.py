@@ -1,0 +1,122 @@
+"""The report for a terminal: rich tables printed from the dict :func:`compute.build` returns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellsched.cli.render import console, hours, local, table, tzname
+
+PROJECT_ROWS = 20
+CALENDAR_ROWS = 10
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def duration(seconds: int | float | None) -> str:
+    """A duration for people: 45s, 12m, 3.5h, 2.1d."""
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    sign = "-" if s < 0 else ""
+    s = abs(s)
+    if s < 60:
+        return f"{sign}{s:.0f}s"
+    if s < 3600:
+        return f"{sign}{s / 60:.0f}m"
+    if s < 86400:
+        return f"{sign}{s / 3600:.1f}h".replace(".0h", "h")
+    return f"{sign}{s / 86400:.1f}d".replace(".0d", "d")
+
+
+def headline_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, label, text) for the headline figures: the terminal and HTML both use these."""
+    u = r["utilisation"]
+    b = r["guarantee_breaches"]
+    w = r["wait"]
+    return [
+        ("capacity_gpu_hours", "capacity", hours(r["capacity_gpu_hours"]) + " GPU-h"),
+        ("granted_gpu_hours", "granted", hours(r["granted_gpu_hours"]) + " GPU-h"),
+        ("refunded_gpu_hours", "refunded (released early)", hours(r["refunded_gpu_hours"]) + " GPU-h"),
+        ("held_gpu_hours", "held (reserved, elapsed)", hours(r["held_gpu_hours"]) + " GPU-h"),
+        ("used_gpu_hours", "used by jobs", hours(r["used_gpu_hours"]) + " GPU-h"),
+        ("idle_reserved_gpu_hours", "idle while reserved", hours(r["idle_reserved_gpu_hours"]) + " GPU-h"),
+        ("unreserved_gpu_hours", "unreserved", hours(r["unreserved_gpu_hours"]) + " GPU-h"),
+        ("committed_gpu_hours", "committed (ahead, in period)", hours(r["committed_gpu_hours"]) + " GPU-h"),
+        ("utilisation.used_over_capacity", "utilisation (used / capacity)", pct(u["used_over_capacity"])),
+        ("utilisation.used_over_held", "used / held", pct(u["used_over_held"])),
+        ("guarantee_breaches.count", "guarantee breaches",
+         f"{b['count']} ({hours(b['gpu_hours'])} GPU-h)"),
+        ("admissions.granted", "admitted", str(r["admissions"]["granted"])),
+        ("refusals.count", "refused", str(r["refusals"]["count"])),
+        ("wait.p50_s", "wait submit → start p50", duration(w["p50_s"])),
+        ("wait.p95_s", "wait submit → start p95", duration(w["p95_s"])),
+    ]
+
+
+def print_report(r: dict[str, Any]) -> None:
+    p = r["period"]
+    who = f"team {r['team']}" if r["team"] else "all teams"
+    print(f"cluster utilisation  ·  {who}  ·  {local(p['since'])} → {local(p['until'])} {tzname()}")
+    if r["empty"]:
+        print(f"  nothing in this period: no grants, job runs or decisions between "
+              f"{local(p['since'])} and {local(p['until'])}.")
+        print(f"  capacity {hours(r['capacity_gpu_hours'])} GPU-h, all unreserved.")
+        return
+    if p["elapsed_until"] < p["until"]:
+        print(f"  (period runs past now, {local(p['now'])}: held, used and utilisation cover the part "
+              "until now; capacity for utilisation is the elapsed part)")
+    table(None, ["figure", "value"], [(label, text) for _k, label, text in headline_rows(r)],
+          justify=lambda c: "right" if c == "value" else "left")
+    if r["refusals"]["by_reason"]:
+        table("refusals by reason", ["reason", "count"], sorted(r["refusals"]["by_reason"].items()),
+              justify=lambda c: "right" if c == "count" else "left")
+    teams = [t for t in r["teams"] if t["grants"] or t["in_config"]]
+    if teams:
+        table("teams (GPU-hours)",
+              ["team", "allowance", "granted", "used", "refunded", "remaining", "share of cluster",
+               "share of allowance", "runs out"],
+              [[t["team"],
+                "-" if t["allowance_gpu_hours"] is None else f"{hours(t['allowance_gpu_hours'])}/{t['period']}",
+                hours(t["granted_gpu_hours"]), hours(t["used_gpu_hours"]), hours(t["refunded_gpu_hours"]),
+                "-" if t["remaining_gpu_hours"] is None else hours(t["remaining_gpu_hours"]),
+                pct(t["share_of_cluster"]), pct(t["share_of_allowance"]),
+                _runs_out(t)]
+               for t in teams],
+              justify=lambda c: "left" if c in ("team", "runs out") else "right")
+    table("pools (GPU-hours)", ["pool", "GPUs", "capacity", "granted", "held", "used", "idle reserved", "utilisation"],
+          [[pl["pool"], pl["gpus"], hours(pl["capacity_gpu_hours"]), hours(pl["granted_gpu_hours"]),
+            hours(pl["held_gpu_hours"]), hours(pl["used_gpu_hours"]), hours(pl["idle_reserved_gpu_hours"]),
+            pct(pl["utilisation"])] for pl in r["pools"]],
+          justify=lambda c: "left" if c == "pool" else "right")
+    projects = r["projects"]
+    if projects:
+        shown = projects[:PROJECT_ROWS]
+        table(f"projects (whole windows; {len(projects)} in period)",
+              ["project", "team", "state", "GPUs", "granted GPU-h", "used GPU-h", f"promised start ({tzname()})",
+               "actual start", "delay"],
+              [[x["project"], x["team"], x["state"], x["gpus"], hours(x["granted_gpu_hours"]),
+                hours(x["used_gpu_hours"]), local(x["promised_start"]), local(x["started_at"]),
+                duration(x["start_delay_s"])] for x in shown],
+              justify=lambda c: "right" if c in ("GPUs", "granted GPU-h", "used GPU-h", "delay") else "left")
+        if len(projects) > len(shown):
+            print(f"  … {len(projects) - len(shown)} more (see --json or --html)")
+    upcoming = [(pl["pool"], g) for pl in r["pools"] for g in pl["calendar"]["grants"] if g["start"] >= p["now"]]
+    if upcoming:
+        upcoming.sort(key=lambda x: (x[1]["start"], x[1]["grant"]))
+        table("calendar: next grants to start", ["pool", "project", "team", "GPUs", f"start ({tzname()})", "end"],
+              [[pool, g["project"], g["team"], g["gpus"], local(g["start"]), local(g["end"])]
+               for pool, g in upcoming[:CALENDAR_ROWS]])
+        if len(upcoming) > CALENDAR_ROWS:
+            print(f"  … {len(upcoming) - CALENDAR_ROWS} more ahead")
+    console()  # keeps rich's import where tables already paid for it
+
+
+def _runs_out(t: dict[str, Any]) -> str:
+    f = t["forecast"]
+    if f is None:
+        return "-"
+    if f["runs_out_at"] is not None:
+        return local(f["runs_out_at"])
+    return f["note"]
