@@ -116,9 +116,9 @@ class SubmitOutcome:
         return out
 
 
-def _team_member(env: Env, team: str, caller: str) -> bool:
+def _team_member(env: Env, team: str, caller: str, admins_too: bool = True) -> bool:
     cfg = env.cluster.team(team)
-    return caller in env.cluster.admins or (cfg is not None and caller in cfg.members)
+    return (admins_too and caller in env.cluster.admins) or (cfg is not None and caller in cfg.members)
 
 
 def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> SubmitOutcome:
@@ -128,13 +128,15 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
     d = digest(spec)
     pid = project_id(spec, d)
     team = env.cluster.team(spec.team)
-    if team is not None and not _team_member(env, spec.team, caller):
+    # Only members spend a team's hours; admins may cancel, not submit, for a team.
+    if team is not None and not _team_member(env, spec.team, caller, admins_too=False):
         raise Denied(f"{caller} is not a member of team {spec.team} (members: {', '.join(team.members) or 'none'})")
     with env.ledger.write() as s:
         existing = s.exec(select(ProjectRow).where(ProjectRow.digest == d)).first()
         if existing is not None:
             row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
-            if row is not None:
+            # A cancelled or replaced grant is no answer to a new submit: admit it again.
+            if row is not None and row.state not in ("cancelled", "replaced"):
                 return SubmitOutcome(pid, d, True, row, existing=True)
         sched = load_schedule(s, env.cluster, now)
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
@@ -394,8 +396,10 @@ def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[
         file_digest = digest(load_spec(spec_path))
         if file_digest != sealed:
             raise Failed(f"{spec_path}: digest {file_digest[:12]} is not the sealed spec {sealed[:12]}")
-    if (payload.get("pool"), payload.get("width")) != (row.pool, row.width):
-        raise Failed(f"{row.project_id}: the ledger's pool/width differ from the receipt's")
-    if row.start > payload.get("start", row.start):
-        raise Failed(f"{row.project_id}: the ledger's start is later than the receipt promised")
+    signed = (payload.get("grant"), payload.get("project"), payload.get("team"), payload.get("pool"), payload.get("width"))
+    if signed != (row.id, row.project_id, row.team, row.pool, row.width):
+        raise Failed(f"{row.project_id}: the ledger's grant/project/team/pool/width differ from the receipt's")
+    # A window may start earlier than promised or be cut short, never start or end later.
+    if row.start > payload.get("start", row.start) or row.end > payload.get("end", row.end):
+        raise Failed(f"{row.project_id}: the ledger's window is later than the receipt promised")
     return {"project": row.project_id, "digest": sealed, "valid": True, "receipt": payload}

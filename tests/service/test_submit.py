@@ -1,0 +1,202 @@
+"""The service layer on a real ledger (SQLite and PostgreSQL): submit, cancel, budget,
+status, verify, with the caller's identity passed in."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlmodel import col, select
+
+from cellsched import service
+from cellsched.errors import BadInput, Denied, Failed, NotFound
+from cellsched.ledger.tables import EventRow, GrantRow, ProjectRow
+from specs import H, JAN, T0, spec
+
+
+def grants(env) -> list[GrantRow]:  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        return list(s.exec(select(GrantRow).order_by(col(GrantRow.id))).all())
+
+
+def test_granted_then_the_same_digest_returns_the_existing_grant(env) -> None:  # type: ignore[no-untyped-def]
+    first = service.submit(env, spec("a"), "alice", T0)
+    assert first.granted and not first.existing
+    assert first.grant is not None and (first.grant.start, first.grant.end) == (T0, T0 + 2 * H)
+    assert first.remaining_gs == 1500 * H - 16 * H and first.allowance_gs == 1500 * H
+    again = service.submit(env, spec("a"), "bob", T0 + 60)
+    assert again.granted and again.existing
+    assert again.grant is not None and again.grant.id == first.grant.id
+    assert len(grants(env)) == 1
+    with env.ledger.read() as s:
+        kinds = [e.kind for e in s.exec(select(EventRow).order_by(col(EventRow.seq)))]
+    assert kinds == ["granted"]
+
+
+def test_refusal_is_recorded_and_writes_no_grant(env) -> None:  # type: ignore[no-untyped-def]
+    out = service.submit(env, spec("wide", gpus=17, hours=17), "alice", T0)
+    assert not out.granted and out.refusal is not None and out.refusal.reason == "wider_than_pool"
+    assert grants(env) == []
+    with env.ledger.read() as s:
+        ev = s.exec(select(EventRow)).one()
+        assert ev.kind == "refused" and json.loads(ev.data)["reason"] == "wider_than_pool"
+        assert s.exec(select(ProjectRow)).first() is None
+
+
+def test_cancel_frees_capacity_for_the_next_submit_at_once(env) -> None:  # type: ignore[no-untyped-def]
+    whole = service.submit(env, spec("whole", "pretraining", gpus=16, hours=160, owner="dave"), "dave", T0)
+    assert whole.grant is not None and whole.grant.end == T0 + 10 * H
+    waits = service.submit(env, spec("next", gpus=8, hours=8), "alice", T0)
+    assert waits.grant is not None and waits.grant.start == T0 + 10 * H
+    out = service.cancel(env, "whole", "dave", T0 + H)
+    assert out["state"] == "cancelled" and out["refunded_gpu_hours"] == 16 * 9
+    now = service.submit(env, spec("after", gpus=8, hours=8), "alice", T0 + H)
+    assert now.grant is not None and now.grant.start == T0 + H
+    with pytest.raises(NotFound):
+        service.cancel(env, "whole", "dave", T0 + 2 * H)  # no live grant any more
+
+
+def test_resubmitting_a_cancelled_spec_admits_it_again(env) -> None:  # type: ignore[no-untyped-def]
+    first = service.submit(env, spec("a"), "alice", T0)
+    service.cancel(env, "a", "alice", T0)
+    again = service.submit(env, spec("a"), "alice", T0 + 60)
+    assert again.granted and not again.existing
+    assert again.grant is not None and again.grant.id != first.grant.id  # type: ignore[union-attr]
+    assert again.grant.state == "granted" and again.grant.start == T0 + 60
+
+
+def test_only_team_members_submit(env) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(Denied, match="carol is not a member of team interp"):
+        service.submit(env, spec("a"), "carol", T0)
+    with pytest.raises(Denied):
+        service.submit(env, spec("a"), "root-admin", T0)  # admins cancel; they don't spend a team's hours
+    assert grants(env) == []
+
+
+def test_only_members_or_admins_cancel(env) -> None:  # type: ignore[no-untyped-def]
+    service.submit(env, spec("a"), "alice", T0)
+    service.submit(env, spec("b"), "alice", T0)
+    with pytest.raises(Denied, match="only members of team interp or admins"):
+        service.cancel(env, "a", "carol", T0)
+    assert all(g.state == "granted" for g in grants(env))
+    assert service.cancel(env, "a", "bob", T0)["state"] == "cancelled"  # another member
+    assert service.cancel(env, "b", "root-admin", T0)["state"] == "cancelled"
+
+
+def test_replacement_takes_the_capacity_freed_by_the_old_version(env) -> None:  # type: ignore[no-untyped-def]
+    old = service.submit(env, spec("p", gpus=8, hours=80), "alice", T0)  # 8 GPUs, 10 h
+    service.submit(env, spec("other", "pretraining", gpus=8, hours=160, owner="dave"), "dave", T0)
+    assert old.grant is not None
+    # The pool is full until T0 + 10 h: 8 GPUs fit at T0 + 1 h only if the old version's 8
+    # are given back in the same transaction.
+    new = service.submit(env, spec("p", gpus=8, hours=24, replaces=old.project_id), "alice", T0 + H)
+    assert new.granted and new.grant is not None, new.refusal
+    assert new.grant.start == T0 + H and new.replaced == old.project_id
+    rows = {g.project_id: g for g in grants(env)}
+    assert rows[old.project_id].state == "replaced" and rows[old.project_id].end == T0 + H
+    assert rows[old.project_id].refunded_gs == 8 * 9 * H
+
+
+def test_refused_replacement_leaves_the_old_grant_untouched(env) -> None:  # type: ignore[no-untyped-def]
+    old = service.submit(env, spec("p", gpus=8, hours=80), "alice", T0)
+    before = [(g.id, g.state, g.start, g.end, g.refunded_gs) for g in grants(env)]
+    out = service.submit(env, spec("p", gpus=17, hours=17, replaces=old.project_id), "alice", T0 + H)
+    assert not out.granted and out.refusal is not None and out.refusal.reason == "wider_than_pool"
+    assert [(g.id, g.state, g.start, g.end, g.refunded_gs) for g in grants(env)] == before
+    with pytest.raises(BadInput, match="names another project"):
+        service.submit(env, spec("q", replaces=old.project_id), "alice", T0 + H)
+    with pytest.raises(NotFound):
+        service.submit(env, spec("p", hours=1, replaces="p@abcdef123456"), "alice", T0 + H)
+    with pytest.raises(Denied):  # carol is not in interp: neither submit nor replace
+        service.submit(env, spec("p", hours=1, replaces=old.project_id), "carol", T0 + H)
+
+
+def test_budget_charges_each_month_by_its_part(env) -> None:  # type: ignore[no-untyped-def]
+    """Worked example of docs/admission.md: 8 GPUs for 48 GPU-hours from Dec 31 21:00."""
+    out = service.submit(env, spec("ny", gpus=8, hours=48, not_before=JAN - 3 * H), "alice", T0)
+    assert out.grant is not None and (out.grant.start, out.grant.end) == (JAN - 3 * H, JAN + 3 * H)
+    dec = service.budget(env, "interp", T0).to_json()
+    assert dec["committed_gpu_hours"] == 24 and dec["held_gpu_hours"] == 0
+    assert dec["remaining_gpu_hours"] == 1500 - 24
+    # Cancelled at 00:30 on Jan 1: December held 24, January held 4, 20 refunded.
+    service.cancel(env, "ny", "alice", JAN + 1800)
+    dec = service.budget(env, "interp", JAN - 1).to_json()  # the last second of December
+    jan = service.budget(env, "interp", JAN + H).to_json()
+    assert dec["held_gpu_hours"] + dec["committed_gpu_hours"] == 24 and dec["remaining_gpu_hours"] == 1476
+    assert (jan["held_gpu_hours"], jan["committed_gpu_hours"], jan["remaining_gpu_hours"]) == (4, 0, 1496)
+    assert jan["refunded_gpu_hours"] + dec["refunded_gpu_hours"] == 20
+    by_project = service.budget(env, "ny", JAN + H).to_json()
+    assert [p["project"] for p in by_project["projects"]] == [out.project_id]
+    with pytest.raises(NotFound):
+        service.budget(env, "nobody", T0)
+
+
+def test_status_lists_every_project(env) -> None:  # type: ignore[no-untyped-def]
+    a = service.submit(env, spec("a", gpus=16, hours=32, team="pretraining", owner="dave"), "dave", T0)
+    b = service.submit(env, spec("b", gpus=8, hours=8), "alice", T0)
+    items = service.status(env, None, T0 + H)
+    assert [i["project"] for i in items] == [a.project_id, b.project_id]
+    assert items[0]["progress"] == 0.5 and items[1]["progress"] == 0.0
+    assert service.status(env, "b", T0)[0]["start"] == T0 + 2 * H
+
+
+def test_verify_accepts_a_true_receipt(env) -> None:  # type: ignore[no-untyped-def]
+    out = service.submit(env, spec("a"), "alice", T0)
+    v = service.verify(env, "a")
+    assert v["valid"] and v["project"] == out.project_id and v["receipt"]["width"] == 8
+
+
+def _tamper(env, **changes) -> None:  # type: ignore[no-untyped-def]
+    with env.ledger.write() as s:
+        row = s.exec(select(GrantRow)).one()
+        for k, v in changes.items():
+            setattr(row, k, v(row) if callable(v) else v)
+        s.add(row)
+
+
+@pytest.mark.parametrize("what", ["receipt width", "receipt signature", "row width", "row later start",
+                                  "row later end", "row team", "sealed spec", "row digest"])
+def test_verify_detects_tampering(env, what: str) -> None:  # type: ignore[no-untyped-def]
+    service.submit(env, spec("a"), "alice", T0)
+
+    def receipt(edit):  # type: ignore[no-untyped-def]
+        def f(row: GrantRow) -> str:
+            doc = json.loads(row.receipt)
+            edit(doc)
+            return json.dumps(doc)
+        return f
+
+    if what == "receipt width":
+        _tamper(env, receipt=receipt(lambda d: d["payload"].update(width=16)))
+    elif what == "receipt signature":
+        _tamper(env, receipt=receipt(lambda d: d.update(signature="A" * 88)))
+    elif what == "row width":
+        _tamper(env, width=16)
+    elif what == "row later start":
+        _tamper(env, start=lambda r: r.start + H)
+    elif what == "row later end":
+        _tamper(env, end=lambda r: r.end + H)
+    elif what == "row team":
+        _tamper(env, team="pretraining")
+    elif what == "row digest":
+        _tamper(env, digest="0" * 64)
+    else:
+        with env.ledger.write() as s:
+            p = s.exec(select(ProjectRow)).one()
+            p.spec_json = p.spec_json.replace('"gpus":8', '"gpus":4')
+            s.add(p)
+    with pytest.raises(Failed):
+        service.verify(env, "a")
+
+
+def test_verify_against_a_spec_file(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from cellsched.spec.seal import canonical_json
+
+    service.submit(env, spec("a"), "alice", T0)
+    same = tmp_path / "a.json"
+    same.write_text(canonical_json(spec("a")).replace('"gpu_seconds":57600', '"gpu_hours":16'))
+    assert service.verify(env, "a", same)["valid"]
+    other = tmp_path / "b.json"
+    other.write_text(canonical_json(spec("a", hours=17)).replace('"gpu_seconds":61200', '"gpu_hours":17'))
+    with pytest.raises(Failed, match="is not the sealed spec"):
+        service.verify(env, "a", other)
