@@ -116,6 +116,7 @@ def cancel(
 
     out = service.cancel(env(), project, caller(), now_s())
     if json_out:
+        _iso_times(out)
         emit_json(out)
         return
     print(f"cancelled  {out['project']}  refunded {hours(out['refunded_gpu_hours'])} GPU-hours")
@@ -137,6 +138,9 @@ def verify(
 
     out = service.verify(env(), project, spec)
     if json_out:
+        # Beside the receipt, not inside it: the signed payload stays exactly as signed.
+        for k in ("start", "end", "issued_at"):
+            out[k + "_utc"] = iso(out["receipt"].get(k))
         emit_json(out)
         return
     p = out["receipt"]
