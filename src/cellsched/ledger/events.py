@@ -24,13 +24,17 @@ def append(s: Session, at: int, kind: str, subject: str, actor: str, data: dict[
     last = s.exec(select(EventRow).order_by(col(EventRow.seq).desc()).limit(1)).first()
     seq = 1 if last is None else last.seq + 1
     prev = GENESIS if last is None else last.hash
+    info = s.get(SchemaInfo, 1)
+    if info is not None and info.head_seq >= seq:
+        # The newest events were deleted: chain from the recorded head, so the gap stays
+        # visible to audit instead of being papered over by this append.
+        seq, prev = info.head_seq + 1, info.head_hash
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     row = EventRow(
         seq=seq, at=at, kind=kind, subject=subject, actor=actor, data=text, prev_hash=prev,
         hash=_event_hash(prev, seq, at, kind, subject, actor, text),
     )
     s.add(row)
-    info = s.get(SchemaInfo, 1)
     if info is not None:
         info.head_seq, info.head_hash = seq, row.hash
         s.add(info)
