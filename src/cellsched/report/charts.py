@@ -264,6 +264,6 @@ def stacked_bar(title: str, parts: Mapping[str, float], *, unit: str, name: str 
     ax.set_xlabel(unit)
     ax.set_title(title, loc="left")
     ax.grid(axis="y", visible=False)
-    ax.legend(loc="upper left", bbox_to_anchor=(0, -0.45), ncol=min(4, len(parts)), fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
     return Chart(name, title, fig)

@@ -423,9 +423,9 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
         rate = net_booked / elapsed if elapsed > 0 else 0.0
         runs_out = None
         if remaining <= 0:
-            runs_out = ref
+            runs_out = e1
         elif rate > 0:
-            runs_out = ref + math.ceil(remaining / rate)
+            runs_out = e1 + math.ceil(remaining / rate)
         before_reset = runs_out is not None and (cfg.period == "none" or runs_out < a1)
         item["forecast"] = {
             "rate_gpu_hours_per_day": rate * DAY / H,

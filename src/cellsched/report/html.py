@@ -36,7 +36,7 @@ body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, 
        color: var(--ink); background: var(--bg); }
 main { max-width: 1100px; margin: 0 auto; padding: 20px 20px 60px; }
 h1 { font-size: 22px; margin: 8px 0 2px; }
-h2 { font-size: 17px; margin: 28px 0 10px; padding-top: 8px; border-top: 1px solid var(--line); }
+h2 { font-size: 17px; margin: 14px 0 10px; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
 p.sub, p.note { color: var(--muted); margin: 2px 0 10px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 4px 16px 14px; margin: 14px 0; }
@@ -47,7 +47,8 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 8px; p
 .stat .unit { color: var(--muted); font-size: 12px; margin-left: 3px; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; margin: 6px 0 10px; }
-th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; white-space: nowrap; }
+th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }
+td.num, th.num, th { white-space: nowrap; }
 th { font-weight: 600; background: #f1f3f6; position: sticky; top: 0; }
 td.num, th.num { text-align: right; }
 figure.chart { margin: 10px 0; }

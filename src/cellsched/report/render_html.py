@@ -107,7 +107,7 @@ def report_charts(r: dict[str, Any]) -> list[Chart]:
         a = bd["allowance_gpu_hours"]
         burn[t["team"]] = (bd["times"], [100 * v / a for v in bd["remaining_gpu_hours"]])
         f = t["forecast"]
-        ref = p["reference"]
+        ref = p["elapsed_until"]
         rem = t["remaining_gpu_hours"]
         if f and f["rate_gpu_hours_per_day"] > 0 and rem > 0:
             end = f["runs_out_at"] or t["allowance_period_end"] or p["until"]
