@@ -72,6 +72,9 @@ class JobRunRow(SQLModel, table=True):
     ended_at: int | None = None
     gpu_seconds: int = 0
     exit_codes: str = "[]"  # JSON list, one per rank
+    # Appended for the reconciler: why an attempt ended as it did, and the devices it had.
+    detail: str = ""
+    gpu_ids: str = "[]"  # JSON list, one per rank
 
 
 class EventRow(SQLModel, table=True):
@@ -84,3 +87,40 @@ class EventRow(SQLModel, table=True):
     data: str  # canonical JSON
     prev_hash: str
     hash: str
+
+
+# -- runtime (the daemon's crash-safe memory; appended for the reconciler) -------------------
+
+
+class RuntimeInfo(SQLModel, table=True):
+    """One row: this ledger's identity on a shared Ray cluster.
+
+    Group names carry ``ledger_id`` so that several ledgers (tests, staging) may share one
+    Ray cluster without ever adopting or releasing each other's groups."""
+
+    __tablename__ = "cs_runtime_info"
+    id: int = Field(default=1, primary_key=True)
+    ledger_id: str
+
+
+class GrantRuntimeRow(SQLModel, table=True):
+    """What the daemon must remember about a grant it has started handling.
+
+    Created (with the ``reserving`` event) before the placement group is asked for; the
+    daemon keeps working on a grant until ``finalized`` (group released, attempts closed,
+    report written) and ``notified`` (the spec's ``notify`` told, or found failing)."""
+
+    __tablename__ = "cs_grant_runtime"
+    grant_id: int = Field(primary_key=True, foreign_key="cs_grant.id")
+    reservation: str  # the placement group's name
+    log_dir: str
+    pending_since: int  # when the group was (last) asked for
+    # Guarantee breach accounting: an open outage (group unplaceable, rescheduling after a
+    # node loss, or vanished) started at outage_since; closed outages add up in
+    # breach_closed_gs; GrantRow.breach_gs = closed + width * (now - outage_since).
+    outage_since: int | None = None
+    breach_closed_gs: int = 0
+    breach_noted_at: int | None = None  # last time breach_gs was brought up to date
+    term_sent_at: int | None = None  # SIGTERM sent at end - grace
+    finalized: bool = Field(default=False, index=True)
+    notified: bool = Field(default=False, index=True)

@@ -1,0 +1,807 @@
+"""The reconciler: each ``tick(now)`` observes the ledger and the executor, then acts.
+
+Rules it keeps (DESIGN §4, STYLE 8):
+
+- **Intent first.** Every change is written to the ledger (row + event, one transaction)
+  *before* the executor is asked to do it: ``reserving`` before ``reserve``, an attempt row
+  ``running`` before ``launch``, ``expired``/``completed`` before ``release``. A daemon killed
+  between the two finds the intent on restart and finishes the job idempotently.
+- **Stateless between ticks.** Everything needed after a crash is in the ledger
+  (``GrantRuntimeRow``, ``JobRunRow``) or in the executor (groups found by name, results held
+  by the rank workers until polled). In-memory state is only caches and a debounce.
+- **Idempotent ticks.** A tick repeated at the same ``now`` writes nothing new.
+- **Never later.** Capacity freed by an early finish lets waiting grants start earlier via the
+  core's ``Schedule.move_earlier``; nothing ever moves a grant later.
+
+The same class drives :class:`~cellsched.executor.memory.MemoryExecutor` (virtual clock, unit
+tests) and :class:`~cellsched.executor.ray_adapter.RayExecutor` (real Ray).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from sqlmodel import Session, col, or_, select
+
+from cellsched.executor.base import (
+    Executor,
+    ExecutorError,
+    GangResult,
+    GangSpec,
+)
+from cellsched.ledger import events
+from cellsched.ledger.tables import (
+    LIVE_STATES,
+    GrantRow,
+    GrantRuntimeRow,
+    JobRunRow,
+    ProjectRow,
+    RuntimeInfo,
+)
+from cellsched.runtime.clock import now_s
+from cellsched.runtime.notify import notify
+from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
+from cellsched.runtime.report import build_report, render_markdown
+from cellsched.service import Env, grant_of, load_schedule
+from cellsched.spec.models import ProjectSpec
+from cellsched.spec.seal import from_canonical
+
+log = logging.getLogger("cellsched.daemon")
+
+ACTOR = "daemon"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs of the reconciler (seconds unless said otherwise)."""
+
+    # A group still not placed this long after the promised start is a guarantee breach,
+    # counted from the promised start (Ray never fails an infeasible group: we must decide).
+    placement_timeout_s: int = 10
+    # How often breach_gs is brought up to date while an outage lasts.
+    breach_update_s: int = 60
+    # An attempt the ledger says runs but the executor neither runs nor reports is lost once
+    # it has been missing for two observations at least this far apart (a debounce against
+    # a rank that is briefly unreachable).
+    lost_after_s: float = 2.0
+    # How often to look for groups of ours that no live grant owns (and release them).
+    sweep_every_s: int = 10
+    # Where job logs and reports go: <logs_root>/<project>/<digest12>-g<grant>/.
+    logs_root: Path | None = None
+    # Raise instead of logging when one grant's step fails (tests).
+    strict: bool = False
+    # Run notify in a background thread (the daemon) or inline (tests, --once).
+    notify_in_background: bool = True
+
+
+def logs_root_for(env: Env, settings: Settings | None = None) -> Path:
+    if settings is not None and settings.logs_root is not None:
+        return Path(settings.logs_root)
+    if os.environ.get("CELLSCHED_LOGS"):
+        return Path(os.environ["CELLSCHED_LOGS"])
+    return env.base_dir / "logs"
+
+
+def log_dir_for(root: Path, grant: GrantRow) -> Path:
+    return root / grant.project / f"{grant.digest[:12]}-g{grant.id}"
+
+
+def _ledger_id(env: Env) -> str:
+    """This ledger's id (created once, with its event)."""
+    with env.ledger.read() as s:
+        info = s.get(RuntimeInfo, 1)
+        if info is not None:
+            return info.ledger_id
+    with env.ledger.write() as s:
+        info = s.get(RuntimeInfo, 1)
+        if info is None:
+            info = RuntimeInfo(id=1, ledger_id=uuid.uuid4().hex[:10])
+            s.add(info)
+            events.append(s, now_s(), "ledger_id", info.ledger_id, ACTOR, {"ledger_id": info.ledger_id})
+        return info.ledger_id
+
+
+@dataclass
+class _Work:
+    grant: GrantRow
+    rt: GrantRuntimeRow | None
+    project: ProjectRow
+
+
+@dataclass
+class TickResult:
+    """What one tick did, for logs and loops (not a source of truth)."""
+
+    actions: list[str] = field(default_factory=list)
+    errors: int = 0
+
+    def add(self, what: str) -> None:
+        self.actions.append(what)
+        log.info("%s", what)
+
+
+class Reconciler:
+    """Drives ``executor`` from the ledger of ``env``; see the module docstring."""
+
+    def __init__(
+        self,
+        env: Env,
+        executor: Executor,
+        clock: Callable[[], int] = now_s,
+        settings: Settings | None = None,
+    ) -> None:
+        self.env = env
+        self.ex = executor
+        self.clock = clock
+        self.settings = settings or Settings()
+        self.logs_root = logs_root_for(env, self.settings)
+        self.ledger_id = _ledger_id(env)
+        self.prefix = f"{getattr(executor, 'prefix', 'cellsched/')}{self.ledger_id}/"
+        self._specs: dict[str, ProjectSpec] = {}
+        # (grant, job, attempt) -> (first tick it was missing, times seen missing)
+        self._missing: dict[tuple[int, str, int], tuple[float, int]] = {}
+        self._last_sweep: float | None = None
+        self._notifying: set[int] = set()
+        self._threads: list[threading.Thread] = []
+
+    # -- the tick ---------------------------------------------------------------------
+
+    def tick(self, now: int | None = None) -> TickResult:
+        """One observe → act pass over every grant that needs the daemon."""
+        now = self.clock() if now is None else now
+        res = TickResult()
+        if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
+            self._guard(res, "sweep", lambda: self._sweep(now, res))
+            self._last_sweep = now
+        seen: set[int] = set()
+        for _ in range(3):  # an early finish can make a moved grant due in the same tick
+            moved_before = sum(1 for a in res.actions if a.startswith("moved"))
+            work = [w for w in self._observe(now) if w.grant.id not in seen]
+            for w in work:
+                seen.add(w.grant.id or 0)
+                self._guard(res, f"grant {w.grant.id}", lambda w=w: self._step(w, now, res))
+            if sum(1 for a in res.actions if a.startswith("moved")) == moved_before:
+                break
+        return res
+
+    def _guard(self, res: TickResult, what: str, fn: Callable[[], None]) -> None:
+        # One broken grant must not stop the daemon from keeping everyone else's guarantees.
+        try:
+            fn()
+        except Exception:
+            if self.settings.strict:
+                raise
+            res.errors += 1
+            log.exception("%s: step failed; will retry next tick", what)
+
+    def drain(self, timeout: float = 60.0) -> None:
+        """Wait for background notifications (``--once``, tests, shutdown)."""
+        for t in list(self._threads):
+            t.join(timeout)
+        self._threads = [t for t in self._threads if t.is_alive()]
+
+    # -- observe ----------------------------------------------------------------------
+
+    def _observe(self, now: int) -> list[_Work]:
+        """Grants the daemon is handling, plus granted ones whose start has come."""
+        with self.env.ledger.read() as s:
+            rts = s.exec(
+                select(GrantRuntimeRow)
+                .where(or_(col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.notified).is_(False)))
+                .order_by(col(GrantRuntimeRow.grant_id))
+            ).all()
+            by_id = {r.grant_id: r for r in rts}
+            grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(by_id)))).all()) if by_id else []
+            due = s.exec(
+                select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) <= now)
+            ).all()
+            grants += [g for g in due if g.id not in by_id]
+            grants.sort(key=lambda g: (g.start, g.id or 0))
+            out = []
+            for g in grants:
+                proj = s.get(ProjectRow, g.project_id)
+                if proj is None:
+                    continue
+                out.append(_Work(g, by_id.get(g.id or 0), proj))
+            return out
+
+    def spec(self, proj: ProjectRow) -> ProjectSpec:
+        sp = self._specs.get(proj.digest)
+        if sp is None:
+            sp = self._specs[proj.digest] = from_canonical(proj.spec_json)
+        return sp
+
+    def name_for(self, g: GrantRow) -> str:
+        return f"{self.prefix}{g.project}/g{g.id}"
+
+    # -- act --------------------------------------------------------------------------
+
+    def _step(self, w: _Work, now: int, res: TickResult) -> None:
+        g, rt = w.grant, w.rt
+        if rt is None:
+            if g.state != "granted":
+                return
+            if now >= g.end:
+                self._missed(g, w.project, now, res)
+                return
+            rt = self._begin(g, w.project, now, res)
+            if rt is None:
+                return
+            g = self._grant(g.id)
+        if rt.finalized:
+            self._notify(g, rt, w.project, res)
+            return
+        if g.state not in LIVE_STATES:
+            self._finalize(g, rt, w.project, now, res, reason=g.state)
+            return
+        if now >= g.end:
+            self._expire(g, rt, w.project, now, res)
+            return
+        self._live(g, rt, w.project, now, res)
+
+    def _grant(self, gid: int | None) -> GrantRow:
+        with self.env.ledger.read() as s:
+            g = s.get(GrantRow, gid)
+            assert g is not None
+            return g
+
+    def _cpus_per_gpu(self, spec: ProjectSpec) -> int:
+        return max((j.cpus for j in spec.jobs), default=0)
+
+    def _begin(self, g: GrantRow, proj: ProjectRow, now: int, res: TickResult) -> GrantRuntimeRow | None:
+        """granted → reserving (intent), then ask the executor for the group."""
+        name = self.name_for(g)
+        log_dir = log_dir_for(self.logs_root, g)
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            if row is None or row.state != "granted" or s.get(GrantRuntimeRow, g.id) is not None:
+                return None  # someone (cancel, another daemon) got there first
+            row.state = "reserving"
+            s.add(row)
+            rt = GrantRuntimeRow(grant_id=row.id, reservation=name, log_dir=str(log_dir), pending_since=now)
+            s.add(rt)
+            events.append(s, now, "reserving", row.project_id, ACTOR, {
+                "grant": row.id, "reservation": name, "width": row.width,
+                "late_s": max(0, now - row.start),
+            })
+        res.add(f"reserving {g.project_id} as {name} ({g.width} GPUs)")
+        self.ex.reserve(name, g.width, self._cpus_per_gpu(self.spec(proj)))
+        return rt
+
+    def _missed(self, g: GrantRow, proj: ProjectRow, now: int, res: TickResult) -> None:
+        """A window that passed entirely while no daemon ran: nothing was provided."""
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            if row is None or row.state != "granted" or s.get(GrantRuntimeRow, g.id) is not None:
+                return
+            row.state = "expired"
+            row.ended_at = now
+            row.breach_gs = row.width * (row.end - row.start)
+            s.add(row)
+            s.add(GrantRuntimeRow(
+                grant_id=row.id, reservation=self.name_for(row),
+                log_dir=str(log_dir_for(self.logs_root, row)), pending_since=now,
+            ))
+            events.append(s, now, "expired", row.project_id, ACTOR, {
+                "grant": row.id, "reason": "window passed before any daemon started it",
+                "breach_gpu_seconds": row.breach_gs,
+            })
+        res.add(f"expired {g.project_id}: its window passed unserved (breach)")
+
+    # -- a live grant -----------------------------------------------------------------
+
+    def _live(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult) -> None:
+        name = rt.reservation
+        state = self.ex.reservation_state(name)
+        if state == "missing":
+            self._group_missing(g, rt, proj, now, res)
+            return
+        if g.state == "reserving":
+            if state == "ready":
+                self._activate(g, rt, now, res)
+                g, rt = self._reload(g.id)
+            else:
+                self._pending(g, rt, now, res)
+                return
+        # active
+        if state == "rescheduling" and rt.outage_since is None:
+            self._outage(g, now, res, "rescheduling", "a node of the group was lost; Ray is re-placing its bundles")
+            g, rt = self._reload(g.id)
+        elif state == "ready" and rt.outage_since is not None:
+            self._close_outage(g, now, res, "group ready again")
+            g, rt = self._reload(g.id)
+        elif rt.outage_since is not None:
+            self._breach_update(g, rt, now)
+        spec = self.spec(proj)
+        running = self.ex.running(name)
+        results = self.ex.poll(name)
+        self._record(g, results, running, now, res)
+        g, rt = self._reload(g.id)
+        runs = self._runs(g.id)
+        views = [AttemptView(r.job, r.attempt, r.state) for r in runs]
+        still = [r for r in runs if r.state == "running"]
+        grace = self.env.cluster.policy.grace_s
+        if rt.term_sent_at is None and now >= g.end - grace:
+            with self.env.ledger.write() as s:
+                r2 = s.get(GrantRuntimeRow, g.id)
+                if r2 is not None and r2.term_sent_at is None:
+                    r2.term_sent_at = now
+                    s.add(r2)
+                    events.append(s, now, "terminating", g.project_id, ACTOR, {
+                        "grant": g.id, "end": g.end, "grace_s": grace,
+                        "jobs": sorted({r.job for r in still}),
+                    })
+            res.add(f"SIGTERM to {g.project_id} (window ends in {g.end - now} s)")
+            self.ex.terminate(name)
+            return
+        states = job_states(spec, views)
+        if rt.term_sent_at is not None:
+            if not still:
+                done = all(s in ("succeeded", "failed", "blocked") for s in states.values())
+                self._finish_early(g, rt, proj, now, res, "completed" if done else "expired")
+            return
+        if not still and all_ended(states):
+            self._finish_early(g, rt, proj, now, res, "completed")
+            return
+        if state != "ready":
+            return
+        busy = {b for rg in running for b in rg.bundles}
+        for launch in next_launches(spec, views, g.width, busy):
+            self._launch(g, rt, spec, launch.job, launch.attempt, launch.bundles, now, res)
+
+    def _reload(self, gid: int | None) -> tuple[GrantRow, GrantRuntimeRow]:
+        with self.env.ledger.read() as s:
+            g = s.get(GrantRow, gid)
+            rt = s.get(GrantRuntimeRow, gid)
+            assert g is not None and rt is not None
+            return g, rt
+
+    def _runs(self, gid: int | None) -> list[JobRunRow]:
+        with self.env.ledger.read() as s:
+            return list(s.exec(
+                select(JobRunRow).where(JobRunRow.grant_id == gid).order_by(col(JobRunRow.id))
+            ).all())
+
+    def _activate(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or row.state != "reserving":
+                return
+            closed = self._close(row, r2, now)
+            first = row.started_at is None
+            row.state = "active"
+            if first:
+                row.started_at = now
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, "active", row.project_id, ACTOR, {
+                "grant": row.id, "reservation": r2.reservation, "first": first,
+                "start_delay_s": now - row.start if first else None,
+                "breach_gpu_seconds": row.breach_gs, "breach_closed_gpu_seconds": closed,
+            })
+        res.add(f"active {g.project_id} ({g.width} GPUs ready)")
+
+    def _close(self, row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
+        """Close an open outage at ``now`` (capped at the window's end); returns GPU-seconds."""
+        if rt.outage_since is None:
+            return 0
+        lost = row.width * max(0, min(now, row.end) - rt.outage_since)
+        rt.breach_closed_gs += lost
+        rt.outage_since = None
+        rt.breach_noted_at = now
+        row.breach_gs = rt.breach_closed_gs
+        return lost
+
+    def _pending(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
+        """Reserving and not placed: after the timeout it is a breach, counted from the
+        promised start (or from when an active group went missing); keep asking."""
+        if rt.outage_since is not None:
+            self._breach_update(g, rt, now)
+            return
+        if g.started_at is None and now - g.start >= self.settings.placement_timeout_s:
+            self._outage(g, now, res, "unplaceable",
+                         f"a group of {g.width} one-GPU bundles could not be placed within "
+                         f"{self.settings.placement_timeout_s} s: the cluster has fewer free GPUs "
+                         "than declared; still trying", since=g.start)
+
+    def _outage(self, g: GrantRow, now: int, res: TickResult, kind: str, message: str,
+                since: int | None = None) -> None:
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or r2.outage_since is not None:
+                return
+            r2.outage_since = now if since is None else since
+            r2.breach_noted_at = now
+            row.breach_gs = r2.breach_closed_gs + row.width * max(0, now - r2.outage_since)
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, kind, row.project_id, ACTOR, {
+                "grant": row.id, "width": row.width, "since": r2.outage_since,
+                "breach_gpu_seconds": row.breach_gs, "message": message,
+            })
+        res.add(f"{kind} {g.project_id}: {message}")
+
+    def _close_outage(self, g: GrantRow, now: int, res: TickResult, message: str) -> None:
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or r2.outage_since is None:
+                return
+            lost = self._close(row, r2, now)
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, "restored", row.project_id, ACTOR, {
+                "grant": row.id, "breach_gpu_seconds": row.breach_gs, "this_outage_gpu_seconds": lost,
+                "message": message,
+            })
+        res.add(f"restored {g.project_id}: {message}")
+
+    def _breach_update(self, g: GrantRow, rt: GrantRuntimeRow, now: int) -> None:
+        if rt.outage_since is None or now - (rt.breach_noted_at or 0) < self.settings.breach_update_s:
+            return
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or r2.outage_since is None:
+                return
+            r2.breach_noted_at = now
+            row.breach_gs = r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since)
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, "breach", row.project_id, ACTOR, {
+                "grant": row.id, "breach_gpu_seconds": row.breach_gs, "since": r2.outage_since,
+            })
+
+    def _group_missing(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int,
+                       res: TickResult) -> None:
+        """The group is gone (never created after a crash, removed from outside, Ray
+        restarted): whatever ran in it is lost; ask for it again."""
+        runs = [r for r in self._runs(g.id) if r.state == "running"]
+        if g.state == "active" or runs:
+            with self.env.ledger.write() as s:
+                row = s.get(GrantRow, g.id)
+                r2 = s.get(GrantRuntimeRow, g.id)
+                if row is None or r2 is None or row.state not in LIVE_STATES:
+                    return
+                lost = []
+                for r in runs:
+                    jr = s.get(JobRunRow, r.id)
+                    if jr is not None and jr.state == "running":
+                        jr.state, jr.ended_at, jr.detail = "lost", now, "its placement group vanished"
+                        s.add(jr)
+                        lost.append([jr.job, jr.attempt])
+                if row.state == "active":
+                    row.state = "reserving"
+                    if r2.outage_since is None:
+                        r2.outage_since = now
+                        r2.breach_noted_at = now
+                r2.pending_since = now
+                s.add(row)
+                s.add(r2)
+                events.append(s, now, "group_missing", row.project_id, ACTOR, {
+                    "grant": row.id, "reservation": r2.reservation, "lost_attempts": lost,
+                })
+            res.add(f"group of {g.project_id} is missing; asking again")
+        self.ex.reserve(rt.reservation, g.width, self._cpus_per_gpu(self.spec(proj)))
+
+    # -- attempts ---------------------------------------------------------------------
+
+    def _launch(self, g: GrantRow, rt: GrantRuntimeRow, spec: ProjectSpec, job_name: str, attempt: int,
+                bundles: tuple[int, ...], now: int, res: TickResult) -> None:
+        job = next(j for j in spec.jobs if j.name == job_name)
+        with self.env.ledger.write() as s:
+            dup = s.exec(select(JobRunRow).where(
+                JobRunRow.grant_id == g.id, JobRunRow.job == job_name, JobRunRow.attempt == attempt
+            )).first()
+            if dup is not None:
+                return
+            s.add(JobRunRow(grant_id=g.id or 0, job=job_name, attempt=attempt, state="running",
+                            gpus=job.gpus, started_at=now))
+            events.append(s, now, "attempt_started", g.project_id, ACTOR, {
+                "grant": g.id, "job": job_name, "attempt": attempt, "bundles": list(bundles),
+            })
+        gang = GangSpec(
+            reservation=rt.reservation, project=g.project, job=job_name, attempt=attempt,
+            run=job.run, bundles=bundles, log_dir=rt.log_dir, env=dict(job.env),
+        )
+        try:
+            self.ex.launch(gang)
+        except ExecutorError as e:
+            self._end_attempt(g, job_name, attempt, now, "lost", f"could not launch: {e}")
+            res.add(f"launch of {g.project_id}/{job_name}#{attempt} failed: {e}")
+            return
+        res.add(f"launched {g.project_id}/{job_name}#{attempt} on bundles {list(bundles)}")
+
+    def _end_attempt(self, g: GrantRow, job: str, attempt: int, now: int, state: str, detail: str) -> None:
+        with self.env.ledger.write() as s:
+            jr = s.exec(select(JobRunRow).where(
+                JobRunRow.grant_id == g.id, JobRunRow.job == job, JobRunRow.attempt == attempt
+            )).first()
+            if jr is None or jr.state != "running":
+                return
+            jr.state, jr.ended_at, jr.detail = state, now, detail
+            s.add(jr)
+            events.append(s, now, "attempt_ended", g.project_id, ACTOR, {
+                "grant": g.id, "job": job, "attempt": attempt, "outcome": state, "detail": detail,
+            })
+
+    def _record(self, g: GrantRow, results: Iterable[GangResult], running: Iterable[Any], now: int,
+                res: TickResult) -> None:
+        """Write results; an attempt neither running nor reported (twice, ``lost_after_s``
+        apart) has an unknown fate: ``lost`` (it will be retried)."""
+        results = list(results)
+        if results:
+            self._write_results(g, results, now, res)
+        reported = {(r.job, r.attempt) for r in results}
+        alive = {(rg.job, rg.attempt) for rg in running}
+        for jr in self._runs(g.id):
+            key = (g.id or 0, jr.job, jr.attempt)
+            if jr.state != "running" or (jr.job, jr.attempt) in reported | alive:
+                self._missing.pop(key, None)
+                continue
+            first, count = self._missing.get(key, (now, 0))
+            count += 1
+            self._missing[key] = (first, count)
+            if count >= 2 and now - first >= self.settings.lost_after_s:
+                self._missing.pop(key, None)
+                self._end_attempt(g, jr.job, jr.attempt, now, "lost",
+                                  "fate unknown: neither running nor reported by the executor "
+                                  "(daemon restarted or rank workers lost)")
+                res.add(f"lost {g.project_id}/{jr.job}#{jr.attempt}: fate unknown; will retry")
+
+    def _write_results(self, g: GrantRow, results: list[GangResult], now: int, res: TickResult) -> None:
+        with self.env.ledger.write() as s:
+            for r in results:
+                jr = s.exec(select(JobRunRow).where(
+                    JobRunRow.grant_id == g.id, JobRunRow.job == r.job, JobRunRow.attempt == r.attempt
+                )).first()
+                late = jr is not None and jr.state != "running"
+                if jr is None:  # not ours by the ledger (should not happen): keep the facts anyway
+                    jr = JobRunRow(grant_id=g.id or 0, job=r.job, attempt=r.attempt, state="running",
+                                   gpus=len(r.exit_codes))
+                if not late:
+                    jr.state = r.outcome
+                    jr.detail = r.detail
+                else:
+                    jr.detail = f"{jr.detail}; late result: {r.outcome} {r.detail}".strip()
+                jr.started_at = int(r.started_at)
+                jr.ended_at = int(r.ended_at + 0.5)
+                jr.gpu_seconds = r.gpu_seconds
+                jr.exit_codes = json.dumps(list(r.exit_codes))
+                jr.gpu_ids = json.dumps(list(r.gpu_ids))
+                s.add(jr)
+                events.append(s, now, "attempt_ended", g.project_id, ACTOR, {
+                    "grant": g.id, "job": r.job, "attempt": r.attempt, "outcome": r.outcome,
+                    "exit_codes": list(r.exit_codes), "gpu_seconds": r.gpu_seconds,
+                    "detail": r.detail, "late": late,
+                })
+                res.add(f"{r.outcome} {g.project_id}/{r.job}#{r.attempt} exit {list(r.exit_codes)}")
+
+    # -- the end of a grant -----------------------------------------------------------
+
+    def _finish_early(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int,
+                      res: TickResult, state: str) -> None:
+        """Every job has ended: cut the window at ``now``, refund the rest, let waiting grants
+        start earlier (all one transaction), then release the group and report."""
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or row.state not in LIVE_STATES:
+                return
+            self._close(row, r2, now)
+            cut = min(max(now, row.start), row.end)
+            refund = row.width * (row.end - cut)
+            row.end = cut
+            row.refunded_gs += refund
+            row.state = state
+            row.ended_at = now
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, state, row.project_id, ACTOR, {
+                "grant": row.id, "end": cut, "refunded_gpu_seconds": refund,
+                "breach_gpu_seconds": row.breach_gs,
+            })
+            moved = self._pull_forward(s, now)
+        res.add(f"{state} {g.project_id}: refunded {refund} GPU-seconds")
+        for m in moved:
+            res.add(m)
+        self._finalize(self._grant(g.id), rt, proj, now, res, reason=state)
+
+    def _expire(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult) -> None:
+        """The window is over: ``expired`` (intent), then SIGKILL + release in finalize."""
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or row.state not in LIVE_STATES:
+                return
+            never = row.started_at is None
+            if never and r2.outage_since is None:
+                r2.outage_since = row.start  # never placed at all
+            self._close(row, r2, now)
+            row.state = "expired"
+            row.ended_at = now
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, "expired", row.project_id, ACTOR, {
+                "grant": row.id, "end": row.end, "breach_gpu_seconds": row.breach_gs,
+                "reason": "window ended" if not never else "window ended before the group was placed",
+            })
+        res.add(f"expired {g.project_id}: window over")
+        self._finalize(self._grant(g.id), rt, proj, now, res, reason="expired")
+
+    def _finalize(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult,
+                  reason: str) -> None:
+        """The grant has ended (completed, expired, cancelled, replaced): release the group,
+        close attempts, write the report; then notify. Idempotent."""
+        results = self.ex.release(rt.reservation)
+        if results:
+            self._write_results(g, results, now, res)
+        why = {"expired": "killed at the window's end", "cancelled": "grant cancelled",
+               "replaced": "grant replaced by a new version"}.get(reason, "group released")
+        spec = self.spec(proj)
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            r2 = s.get(GrantRuntimeRow, g.id)
+            if row is None or r2 is None or r2.finalized:
+                return
+            self._close(row, r2, now)
+            runs = list(s.exec(select(JobRunRow).where(JobRunRow.grant_id == g.id).order_by(col(JobRunRow.id))).all())
+            for jr in runs:
+                if jr.state == "running":
+                    jr.state, jr.ended_at = "killed", now
+                    jr.detail = f"{why}; result not collected"
+                    s.add(jr)
+            if row.ended_at is None:
+                row.ended_at = now
+            report = build_report(row, proj, spec, runs, r2.log_dir, now)
+            md = render_markdown(report)
+            row.report_json = json.dumps({**report, "markdown": md}, sort_keys=True)
+            r2.finalized = True
+            r2.notified = not spec.notify
+            s.add(row)
+            s.add(r2)
+            events.append(s, now, "report", row.project_id, ACTOR, {
+                "grant": row.id, "state": row.state, "succeeded": report["succeeded"],
+                "used_gpu_seconds": report["gpu_seconds"]["used"],
+                "refunded_gpu_seconds": row.refunded_gs, "breach_gpu_seconds": row.breach_gs,
+            })
+            # A cancel (service layer) freed capacity too: waiting grants may move up.
+            moved = self._pull_forward(s, now) if reason in ("cancelled", "replaced") else []
+        for m in moved:
+            res.add(m)
+        res.add(f"report {g.project_id}: {report['state']}, succeeded={report['succeeded']}")
+        self._notify(self._grant(g.id), self._reload(g.id)[1], proj, res)
+
+    def _pull_forward(self, s: Session, now: int) -> list[str]:
+        """Waiting grants start as early as the freed capacity allows (never later)."""
+        sched = load_schedule(s, self.env.cluster, now)
+        waiting = s.exec(
+            select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
+            .order_by(col(GrantRow.start), col(GrantRow.id))
+        ).all()
+        out = []
+        for row in waiting:
+            if row.pool not in sched.pools or row.team not in sched.teams:
+                continue
+            proj = s.get(ProjectRow, row.project_id)
+            nb = self.spec(proj).budget.not_before_s if proj is not None else None
+            earliest = max(now, nb or now)
+            before = grant_of(row)
+            try:
+                moved = sched.move_earlier(before, earliest)
+            except ValueError:
+                continue  # the schedule is over-committed (pool shrank): leave it be
+            if moved.start >= row.start:
+                continue
+            old = (row.start, row.end)
+            row.start, row.end = moved.start, moved.end
+            s.add(row)
+            events.append(s, now, "moved_earlier", row.project_id, ACTOR, {
+                "grant": row.id, "from_start": old[0], "from_end": old[1],
+                "start": row.start, "end": row.end,
+            })
+            out.append(f"moved {row.project_id} earlier by {old[0] - row.start} s")
+        return out
+
+    # -- reports on disk and notify ---------------------------------------------------
+
+    def _notify(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, res: TickResult) -> None:
+        if g.report_json is None:
+            return
+        data = json.loads(g.report_json)
+        md = data.pop("markdown", "")
+        path = self._write_files(rt, data, md)
+        if rt.notified:
+            return
+        target = self.spec(proj).notify
+        gid = g.id or 0
+        if not target:
+            return
+        if gid in self._notifying:
+            return
+        self._notifying.add(gid)
+
+        def run() -> None:
+            err = notify(target, data, path)
+            try:
+                with self.env.ledger.write() as s:
+                    r2 = s.get(GrantRuntimeRow, gid)
+                    if r2 is not None and not r2.notified:
+                        r2.notified = True
+                        s.add(r2)
+                        kind = "notified" if err is None else "notify_failed"
+                        payload: dict[str, Any] = {"grant": gid, "target": _redact(target)}
+                        if err is not None:
+                            payload["error"] = err
+                        events.append(s, self.clock(), kind, g.project_id, ACTOR, payload)
+                if err is None:
+                    log.info("notified %s: %s", g.project_id, _redact(target))
+                else:
+                    log.warning("notify for %s failed (report kept in the ledger and %s): %s",
+                                g.project_id, path, err)
+            finally:
+                self._notifying.discard(gid)
+
+        res.add(f"notify {g.project_id}: {_redact(target)}")
+        if self.settings.notify_in_background:
+            t = threading.Thread(target=run, name=f"notify-{gid}", daemon=True)
+            self._threads.append(t)
+            t.start()
+        else:
+            run()
+
+    def _write_files(self, rt: GrantRuntimeRow, data: dict[str, Any], md: str) -> Path | None:
+        d = Path(rt.log_dir)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            p = d / "report.json"
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            if not p.exists() or p.read_text() != text:
+                tmp = d / ".report.json.tmp"
+                tmp.write_text(text)
+                tmp.replace(p)
+                (d / "report.md").write_text(md)
+            return p
+        except OSError as e:
+            log.warning("cannot write report files in %s: %s (the ledger has the report)", d, e)
+            return None
+
+    # -- groups nobody owns -------------------------------------------------------------
+
+    def _sweep(self, now: int, res: TickResult) -> None:
+        """Release groups of this ledger that no unfinished grant owns (a crash between a
+        grant's end and its release, or a grant deleted by hand): nothing leaks."""
+        names = [n for n in self.ex.reservations() if n.startswith(self.prefix)]
+        if not names:
+            return
+        with self.env.ledger.read() as s:
+            keep = {
+                r.reservation
+                for r in s.exec(select(GrantRuntimeRow).where(col(GrantRuntimeRow.finalized).is_(False))).all()
+            }
+        for n in names:
+            if n in keep:
+                continue
+            results = self.ex.release(n)
+            with self.env.ledger.write() as s:
+                events.append(s, now, "orphan_released", n, ACTOR, {
+                    "reservation": n, "unreported_results": len(results),
+                })
+            res.add(f"released orphan group {n}")
+
+
+def _redact(target: str) -> str:
+    """URLs may carry tokens: keep scheme and host only in logs and events."""
+    if target.startswith(("http://", "https://")):
+        scheme, _, rest = target.partition("://")
+        return f"{scheme}://{rest.split('/', 1)[0].split('@')[-1]}/…"
+    return target

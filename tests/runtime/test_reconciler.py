@@ -1,0 +1,383 @@
+"""The reconciler on the in-memory twin (virtual clock), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellsched import service
+from cellsched.executor import Behaviour, GangSpec, MemoryExecutor
+from cellsched.ledger import events as ledger_events
+from cellsched.service import Env
+
+from runtime_builders import T0, Harness, job, project, submit
+
+GRACE = 5  # tests/conftest.py's cluster: grace_s = 5, 16 H100s
+
+
+# -- DAG order, retries, reports ----------------------------------------------------------
+
+
+def test_jobs_run_in_dag_order_and_the_report_says_so(env: Env, tmp_path: Path) -> None:
+    spec = project("dag", [
+        job("prep"),
+        job("train-a", gpus=2, after=("prep",)),
+        job("train-b", gpus=2, after=("prep",)),
+        job("merge", after=("train-a", "train-b")),
+    ], gpus=4, window_s=100)
+    g = submit(env, spec)
+    h = Harness(env, tmp_path, {"prep": Behaviour(5), "train-a": Behaviour(7),
+                                "train-b": Behaviour(5), "merge": Behaviour(3)})
+    done = h.run_until_done(g.id)
+    runs = {r.job: r for r in h.runs(g.id)}
+    assert [r.state for r in runs.values()] == ["succeeded"] * 4
+    assert runs["prep"].ended_at <= runs["train-a"].started_at  # type: ignore[operator]
+    assert runs["train-a"].started_at == runs["train-b"].started_at  # both fit at once
+    assert runs["merge"].started_at >= max(runs["train-a"].ended_at, runs["train-b"].ended_at)  # type: ignore[operator,type-var]
+    assert runs["train-a"].gpu_seconds == 14 and runs["merge"].gpu_seconds == 3
+    assert done.state == "completed"
+    rep = h.report(g.id)
+    assert rep["succeeded"] and [j["state"] for j in rep["jobs"]] == ["succeeded"] * 4
+    assert rep["digest"] == g.digest and rep["receipt"]["signature"]
+    assert rep["gpu_seconds"]["used"] == 5 + 14 + 10 + 3
+    md = Path(rep["log_dir"]) / "report.md"
+    assert md.exists() and "dag@" in md.read_text() and (Path(rep["log_dir"]) / "report.json").exists()
+    with env.ledger.read() as s:
+        assert ledger_events.audit(s).ok
+
+
+def test_failing_job_is_retried_then_reported_and_its_dependants_never_run(env: Env, tmp_path: Path) -> None:
+    spec = project("flaky", [job("train", retries=2), job("eval", after=("train",))])
+    g = submit(env, spec)
+    h = Harness(env, tmp_path, {"train": Behaviour(4, exit_code=3)})
+    done = h.run_until_done(g.id)
+    assert h.attempts(g.id) == [("train", 1, "failed"), ("train", 2, "failed"), ("train", 3, "failed")]
+    assert [json.loads(r.exit_codes) for r in h.runs(g.id)] == [[3]] * 3
+    assert done.state == "completed"  # every job ended: the window is released early
+    rep = h.report(g.id)
+    assert not rep["succeeded"]
+    assert [(j["name"], j["state"]) for j in rep["jobs"]] == [("train", "failed"), ("eval", "blocked")]
+
+
+def test_a_retry_that_succeeds_unblocks_the_rest(env: Env, tmp_path: Path) -> None:
+    spec = project("second-time", [job("train", gpus=2, retries=1), job("eval", after=("train",))])
+    g = submit(env, spec)
+
+    def script(gang: GangSpec) -> Behaviour:
+        return Behaviour(3, exit_code=1 if gang.job == "train" and gang.attempt == 1 else 0)
+
+    h = Harness(env, tmp_path, script)
+    h.run_until_done(g.id)
+    assert h.attempts(g.id) == [("train", 1, "failed"), ("train", 2, "succeeded"), ("eval", 1, "succeeded")]
+    assert h.report(g.id)["succeeded"]
+
+
+# -- the window's end ---------------------------------------------------------------------
+
+
+def test_window_end_terminates_then_kills_a_job_that_ignores_sigterm(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("stubborn", [job("train", gpus=4), job("eval", after=("train",))], window_s=60))
+    h = Harness(env, tmp_path, {"train": Behaviour(None, ignores_sigterm=True)})
+    h.run(T0 + 60 - GRACE - 1)
+    assert not h.events("terminating")
+    h.tick(T0 + 60 - GRACE)
+    (term,) = h.events("terminating")
+    assert term.at == T0 + 60 - GRACE
+    h.run(T0 + 59)
+    assert h.grant(g.id).state == "active" and h.attempts(g.id) == [("train", 1, "running")]
+    h.tick(T0 + 60)
+    done = h.grant(g.id)
+    assert done.state == "expired" and done.end == T0 + 60 and done.refunded_gs == 0
+    (run,) = h.runs(g.id)
+    assert run.state == "killed" and json.loads(run.exit_codes) == [-9] * 4
+    assert h.ex.reservations() == []
+    rep = h.report(g.id)
+    assert [(j["name"], j["state"]) for j in rep["jobs"]] == [("train", "killed"), ("eval", "blocked")]
+
+
+def test_a_job_that_checkpoints_on_sigterm_ends_the_window_early(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("polite", [job("train", gpus=4)], window_s=60))
+    h = Harness(env, tmp_path, {"train": Behaviour(None, term_delay=2, term_exit_code=0)})
+    done = h.run_until_done(g.id)
+    assert done.state == "expired"  # its work was cut short by the window, not finished
+    assert done.end == T0 + 60 - GRACE + 2
+    assert done.refunded_gs == 4 * (GRACE - 2)
+    assert h.attempts(g.id) == [("train", 1, "killed")]
+
+
+# -- early finish -------------------------------------------------------------------------
+
+
+def test_early_finish_refunds_exactly_and_a_waiting_grant_starts_early(env: Env, tmp_path: Path) -> None:
+    a = submit(env, project("first", [job("train", gpus=16)], gpus=16, window_s=100))
+    b = submit(env, project("second", [job("train", gpus=16)], gpus=16, window_s=50))
+    assert b.start == a.end == T0 + 100
+    h = Harness(env, tmp_path, {"train": Behaviour(10)})
+    h.run(T0 + 10)  # first's job ran T0+0 .. T0+10 and was collected at T0+10
+    a2, b2 = h.grant(a.id), h.grant(b.id)
+    assert a2.state == "completed" and a2.end == a2.ended_at == T0 + 10
+    assert a2.refunded_gs == 16 * 90 and a2.charged_gs == 16 * 100
+    assert (b2.start, b2.end) == (T0 + 10, T0 + 60)  # moved up, same length
+    assert (b2.promised_start, b2.promised_end) == (T0 + 100, T0 + 150)
+    assert b2.state == "active"  # and started in the same tick
+    (moved,) = h.events("moved_earlier")
+    assert json.loads(moved.data)["from_start"] == T0 + 100
+    h.run_until_done(b.id)
+    assert h.grant(b.id).refunded_gs == 16 * 40
+    # the capacity is visible to the next submit at once
+    c = submit(env, project("third", [job("x", gpus=16)], gpus=16, window_s=10), now=h.now)
+    assert c.start == h.now
+
+
+def test_waiting_grant_never_moves_before_its_not_before(env: Env, tmp_path: Path) -> None:
+    a = submit(env, project("first", [job("train", gpus=16)], gpus=16, window_s=100))
+    nb = T0 + 30
+    from datetime import datetime, timezone
+
+    b = submit(env, project("later", [job("train", gpus=16)], gpus=16, window_s=50,
+                            not_before=datetime.fromtimestamp(nb, timezone.utc)))
+    assert b.start == a.end
+    h = Harness(env, tmp_path, {"train": Behaviour(5)})
+    h.run(T0 + 6)
+    assert h.grant(b.id).start == nb
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_releases_the_group_and_reports(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("doomed", [job("train", gpus=4)]))
+    h = Harness(env, tmp_path, {"train": Behaviour(None)})
+    h.run(T0 + 3)
+    assert h.ex.reservations() and h.attempts(g.id) == [("train", 1, "running")]
+    service.cancel(env, "doomed", "root-admin", h.now)
+    h.tick(T0 + 4)
+    assert h.ex.reservations() == []
+    assert h.attempts(g.id) == [("train", 1, "killed")]
+    assert h.grant(g.id).state == "cancelled" and h.report(g.id)["state"] == "cancelled"
+
+
+def test_cancel_before_start_needs_no_daemon_work(env: Env, tmp_path: Path) -> None:
+    submit(env, project("busy", [job("t", gpus=16)], gpus=16, window_s=100))
+    g = submit(env, project("never", [job("t", gpus=16)], gpus=16, window_s=100))
+    service.cancel(env, "never", "root-admin", T0)
+    h = Harness(env, tmp_path, {"t": Behaviour(None)})
+    h.run(T0 + 150)
+    assert h.runtime(g.id) is None and h.grant(g.id).state == "cancelled"
+
+
+# -- crash safety ---------------------------------------------------------------------------
+
+
+def test_restarted_daemon_reattaches_to_a_running_gang(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("steady", [job("train", gpus=4)]))
+    h = Harness(env, tmp_path, {"train": Behaviour(20)})
+    h.run(T0 + 5)
+    n_events = len(h.events())
+    h.restart()  # the old daemon is gone; the executor (Ray) kept running
+    h.tick(T0 + 5)
+    assert len(h.events()) == n_events  # idempotent: nothing new to say
+    done = h.run_until_done(g.id)
+    assert h.attempts(g.id) == [("train", 1, "succeeded")]
+    assert len(h.events("reserving")) == 1 and done.charged_gs == 4 * 100
+    assert done.refunded_gs == 4 * (100 - 20)
+
+
+def test_result_lost_between_poll_and_ledger_is_recorded_lost_and_retried(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("unlucky", [job("train", gpus=2, retries=0)]))
+    h = Harness(env, tmp_path, {"train": Behaviour(10)})
+    h.run(T0 + 5)
+    (name,) = h.ex.reservations()
+    h.ex.advance(T0 + 12)
+    assert h.ex.poll(name)  # the old daemon took the result and died before writing it
+    h.restart()
+    h.tick(T0 + 12)
+    assert h.attempts(g.id) == [("train", 1, "running")]  # one observation is not enough
+    h.tick(T0 + 13)
+    assert h.attempts(g.id)[0] == ("train", 1, "lost")
+    h.run_until_done(g.id)
+    assert h.attempts(g.id) == [("train", 1, "lost"), ("train", 2, "succeeded")]
+    assert h.report(g.id)["succeeded"]
+
+
+class Crash(Exception):
+    """The daemon dies here (kill -9): nothing after this line of the tick happens."""
+
+
+class CrashingExecutor:
+    """The twin, except that calling ``at`` once kills the daemon before the call."""
+
+    def __init__(self, inner: MemoryExecutor, at: str) -> None:
+        self.inner, self.at, self.prefix = inner, at, inner.prefix
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+        if name == self.at:
+            def crash(*a: Any, **k: Any) -> Any:
+                self.at = ""
+                raise Crash(name)
+            return crash
+        return fn
+
+
+@pytest.mark.parametrize("at", ["reserve", "launch", "release", "terminate"])
+def test_kill_9_between_intent_and_action_is_repaired_on_restart(env: Env, tmp_path: Path, at: str) -> None:
+    window = 30
+    g = submit(env, project("crashy", [job("train", gpus=4)], window_s=window))
+    script = {"train": Behaviour(None if at == "terminate" else 5, term_delay=1)}
+    h = Harness(env, tmp_path, script)
+    h.restart(CrashingExecutor(h.ex, at))
+    with pytest.raises(Crash):
+        h.run(T0 + window + 10)
+    h.restart()
+    done = h.run_until_done(g.id)
+    assert h.ex.reservations() == []  # no leaked group
+    assert len(h.events("reserving")) == 1 and done.charged_gs == 4 * window
+    states = h.attempts(g.id)
+    if at == "launch":
+        assert states == [("train", 1, "lost"), ("train", 2, "succeeded")]
+    elif at == "terminate":
+        assert done.state == "expired" and states[-1][2] == "killed"
+    else:
+        assert states == [("train", 1, "succeeded")] and done.state == "completed"
+    assert h.runtime(g.id).finalized  # type: ignore[union-attr]
+    with env.ledger.read() as s:
+        assert ledger_events.audit(s).ok
+
+
+def test_orphan_groups_of_this_ledger_are_released_and_others_left_alone(env: Env, tmp_path: Path) -> None:
+    h = Harness(env, tmp_path)
+    mine, theirs = f"{h.rec.prefix}ghost/g99", "cellsched/otherledger/x/g1"
+    h.ex.reserve(mine, 2)
+    h.ex.reserve(theirs, 2)
+    h.tick(T0)
+    assert h.ex.reservations() == [theirs]
+    (ev,) = h.events("orphan_released")
+    assert ev.subject == mine
+
+
+# -- guarantee breaches ---------------------------------------------------------------------
+
+
+def test_unplaceable_group_is_recorded_as_a_breach_and_retried(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("too-wide", [job("train", gpus=16)], gpus=16, window_s=200))
+    h = Harness(env, tmp_path, {"train": Behaviour(10)}, capacity=8, breach_update_s=30)
+    h.run(T0 + 9)
+    assert h.grant(g.id).state == "reserving" and not h.events("unplaceable")
+    h.tick(T0 + 10)
+    (ev,) = h.events("unplaceable")
+    assert h.grant(g.id).breach_gs == 16 * 10
+    h.run(T0 + 45)
+    assert h.grant(g.id).breach_gs == 16 * 40  # brought up to date every 30 s
+    st = service.status(env, "too-wide", h.now)[0]
+    assert st["breach_gpu_hours"] == pytest.approx(16 * 40 / 3600)
+    h.run(T0 + 200)
+    done = h.grant(g.id)
+    assert done.state == "expired" and done.breach_gs == 16 * 200
+    rep = h.report(g.id)
+    assert rep["gpu_seconds"]["breach"] == 16 * 200 and rep["jobs"][0]["state"] == "not run"
+    assert h.ex.reservations() == []
+
+
+def test_late_placement_breach_is_the_time_not_provided(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("squeezed", [job("train", gpus=16)], gpus=16, window_s=200))
+    h = Harness(env, tmp_path, {"train": Behaviour(10)}, capacity=16)
+    blocker = f"{h.rec.prefix}squeezed/g{g.id}x"  # someone else's work on "our" GPUs
+    h.ex.reserve("cellsched/intruder", 8)
+    h.run(T0 + 25)
+    assert h.grant(g.id).state == "reserving"
+    h.ex.release("cellsched/intruder")
+    h.tick(T0 + 26)
+    g2 = h.grant(g.id)
+    assert g2.state == "active" and g2.started_at == T0 + 26 and g2.breach_gs == 16 * 26
+    del blocker
+    h.run_until_done(g.id)
+    assert h.grant(g.id).breach_gs == 16 * 26
+
+
+def test_node_loss_fails_the_gang_which_is_retried_after_rescheduling(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("fragile", [job("train", gpus=4, retries=0)]))
+    h = Harness(env, tmp_path, {"train": Behaviour(20)})
+    h.run(T0 + 5)
+    (name,) = h.ex.reservations()
+    h.ex.lose_bundles(name, [2, 3], back_at=T0 + 15)
+    h.run(T0 + 14)
+    assert h.attempts(g.id) == [("train", 1, "lost")]
+    assert h.events("rescheduling")
+    h.run_until_done(g.id)
+    assert h.attempts(g.id) == [("train", 1, "lost"), ("train", 2, "succeeded")]
+    done = h.grant(g.id)
+    assert done.breach_gs == 4 * 9  # rescheduling from the tick that saw it (T0+6) to T0+15
+    assert h.report(g.id)["succeeded"]
+
+
+# -- notify ---------------------------------------------------------------------------------
+
+
+def test_notify_command_gets_the_report(env: Env, tmp_path: Path) -> None:
+    out = tmp_path / "told.json"
+    g = submit(env, project("chatty", [job("t")], notify=f"cat > {out}"))
+    h = Harness(env, tmp_path, {"t": Behaviour(2)})
+    h.run_until_done(g.id)
+    h.tick(h.now + 1)
+    assert json.loads(out.read_text())["project"] == g.project_id
+    assert h.events("notified") and h.runtime(g.id).notified  # type: ignore[union-attr]
+
+
+def test_notify_url_is_posted_and_a_failing_one_never_loses_the_report(env: Env, tmp_path: Path) -> None:
+    got: list[dict[str, Any]] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        ok = submit(env, project("hooked", [job("t")], notify=f"http://127.0.0.1:{srv.server_port}/hook?token=s3cret"))
+        bad = submit(env, project("broken-hook", [job("t")], notify="http://127.0.0.1:9/nothing-listens"))
+        h = Harness(env, tmp_path, {"t": Behaviour(2)})
+        h.run_until_done(ok.id)
+        h.run_until_done(bad.id)
+        h.tick(h.now + 1)
+    finally:
+        srv.shutdown()
+    assert [r["project"] for r in got] == [ok.project_id]
+    (failed,) = h.events("notify_failed")
+    assert "s3cret" not in "".join(e.data for e in h.events())  # no secrets in the ledger
+    assert h.grant(bad.id).report_json and h.runtime(bad.id).notified  # type: ignore[union-attr]
+    assert json.loads(failed.data)["error"]
+
+
+# -- idempotence ----------------------------------------------------------------------------
+
+
+def test_repeated_ticks_at_the_same_instant_write_nothing(env: Env, tmp_path: Path) -> None:
+    submit(env, project("calm", [job("a", gpus=2), job("b", gpus=2, after=("a",))]))
+    h = Harness(env, tmp_path, {"a": Behaviour(5), "b": Behaviour(5)})
+    for t in range(T0, T0 + 15):
+        h.tick(t)
+        n = len(h.events())
+        h.tick(t)
+        h.tick(t)
+        assert len(h.events()) == n, t
+
+
+def test_a_window_missed_entirely_is_expired_with_a_full_breach(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("forgotten", [job("t")], window_s=50))
+    h = Harness(env, tmp_path)
+    h.tick(T0 + 500)  # no daemon ran during the whole window
+    h.tick(T0 + 501)
+    done = h.grant(g.id)
+    assert done.state == "expired" and done.breach_gs == 4 * 50
+    assert h.report(g.id)["jobs"][0]["state"] == "not run"
