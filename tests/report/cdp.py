@@ -43,6 +43,7 @@ class PageResult:
     exceptions: list[dict[str, Any]] = field(default_factory=list)  # Runtime.exceptionThrown
     log: list[dict[str, Any]] = field(default_factory=list)  # Log.entryAdded
     requests: list[str] = field(default_factory=list)  # every URL the page asked for
+    blocked: dict[str, str] = field(default_factory=dict)  # URL -> why it failed (e.g. "csp")
     value: Any = None  # what the evaluated expression returned
     screenshot: bytes = b""
 
@@ -199,6 +200,7 @@ class Chromium:
                              session=session, timeout=60)
             out.screenshot = base64.b64decode(shot["data"])
             screenshot.write_bytes(out.screenshot)
+        ids: dict[str, str] = {}
         for ev in self.events:
             if ev.get("sessionId") != session:
                 continue
@@ -211,5 +213,8 @@ class Chromium:
                 out.log.append(p)
             elif m == "Network.requestWillBeSent":
                 out.requests.append(p["request"]["url"])
+                ids[p["requestId"]] = p["request"]["url"]
+            elif m == "Network.loadingFailed":
+                out.blocked[ids.get(p["requestId"], p["requestId"])] = p.get("blockedReason") or p.get("errorText", "")
         self.send("Target.closeTarget", {"targetId": target})
         return out

@@ -12,12 +12,18 @@ from builders import DAY, H, T0, LedgerBuilder  # noqa: E402
 
 @pytest.fixture
 def known(env):  # type: ignore[no-untyped-def]
+    """``env`` holding the hand-built ledger of :func:`fill_known`."""
+    fill_known(env.ledger)
+    return env
+
+
+def fill_known(ledger) -> None:  # type: ignore[no-untyped-def]
     """The hand-built ledger whose report is worked out in ``test_compute.KNOWN``.
 
     Cluster: one pool of 16 H100s; interp 1500, evals 100, pretraining 20000 GPU-h a month.
     Period: [T0, T0 + 7 d) = 2026-11-01 .. 11-08; now = T0 + 10 d.
     """
-    b = LedgerBuilder(env.ledger)
+    b = LedgerBuilder(ledger)
     # a: crosses the period's start; its job started 10 minutes after the window opened.
     b.grant("a", "interp", 4, T0 - 10 * H, T0 + 10 * H, created=T0 - 12 * H, started_at=T0 - 10 * H + 600)
     b.run("a", 4, T0 - 10 * H + 600, T0 + 6 * H)
@@ -39,4 +45,3 @@ def known(env):  # type: ignore[no-untyped-def]
     b.refused(T0 + 2 * DAY, "y", "evals", "over_allowance")
     b.refused(T0 + 3 * DAY, "z", "pretraining", "no_capacity_in_window")
     b.refused(T0 - 1 * DAY, "w", "interp", "wider_than_pool")  # before the period
-    return env

@@ -71,6 +71,8 @@ class Chart:
             self.fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
         text = buf.getvalue()
         text = text[text.index("<svg"):]
+        text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, count=1, flags=re.S)
+        text = re.sub(r'\s+xmlns:(dc|cc|rdf)="[^"]*"', "", text)
         text = re.sub(r'<svg([^>]*?) width="[^"]*" height="[^"]*"',
                       lambda m: f'<svg{m.group(1)} class="chart" role="img" aria-label="{_attr(self.title)}"',
                       text, count=1)
