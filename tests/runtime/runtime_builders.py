@@ -57,7 +57,7 @@ class Harness:
                  **settings: Any) -> None:
         self.env = env
         self.ex = MemoryExecutor(script, capacity=capacity, now=T0)
-        kw: dict[str, Any] = dict(strict=True, notify_in_background=False, lost_after_s=0,
+        kw: dict[str, Any] = dict(strict=True, notify_in_background=False, lost_after_s=0, placement_timeout_s=10,
                                   logs_root=tmp / "logs")
         kw.update(settings)
         self.settings = Settings(**kw)

@@ -64,7 +64,7 @@ class Settings:
 
     # A group still not placed this long after the promised start is a guarantee breach,
     # counted from the promised start (Ray never fails an infeasible group: we must decide).
-    placement_timeout_s: int = 10
+    placement_timeout_s: int = 30
     # How often breach_gs is brought up to date while an outage lasts.
     breach_update_s: int = 60
     # An attempt the ledger says runs but the executor neither runs nor reports is lost once

@@ -1,0 +1,120 @@
+"""Run commands: serve (the daemon), logs, demo. Ray is imported only when a command runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cellsched.cli.errors import handled
+from cellsched.cli.state import G, caller, env
+
+
+@handled
+def serve(
+    once: Annotated[bool, typer.Option("--once", help="One reconcile pass, then exit (1 if a step failed).")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.05, help="Seconds between passes.")] = 1.0,
+    address: Annotated[Optional[str], typer.Option("--address", envvar="RAY_ADDRESS",
+                                                   help="Ray cluster to use (default: RAY_ADDRESS, else a new local Ray).")] = None,
+    gpus: Annotated[Optional[int], typer.Option("--gpus", min=0,
+                                                help="Logical GPUs of a new local Ray (ignored with --address).")] = None,
+    logs_dir: Annotated[Optional[Path], typer.Option("--logs-dir", envvar="CELLSCHED_LOGS",
+                                                     help="Job logs and reports (default: logs/ beside the cluster config).")] = None,
+    placement_timeout: Annotated[int, typer.Option("--placement-timeout", min=1,
+                                                   help="Seconds a group may stay unplaced before it counts as a guarantee breach.")] = 30,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """The daemon: reserve each grant's GPUs on Ray at its start, run its jobs, stop them at
+    its end, release early and refund, write completion reports. Logs go to stderr.
+
+    Safe to kill at any point (even kill -9): a restarted daemon re-adopts its groups by name.
+
+    [bold]Example[/]: RAY_ADDRESS=ray://head:10001 cellsched serve
+    """
+    from cellsched.runtime.daemon import ray_executor, serve as run, setup_logging
+    from cellsched.runtime.reconciler import Settings
+
+    setup_logging(verbose)
+    e = env()
+    ex = ray_executor(address, local_gpus=gpus)
+    settings = Settings(logs_root=logs_dir, placement_timeout_s=placement_timeout, notify_in_background=not once)
+    code = run(e, ex, interval=interval, once=once, settings=settings)
+    raise typer.Exit(code)
+
+
+@handled
+def logs(
+    project: Annotated[str, typer.Argument(help="Project name (or name@digest).")],
+    job: Annotated[Optional[str], typer.Argument(help="One job (default: the newest attempt of every job).")] = None,
+    rank: Annotated[Optional[int], typer.Option("--rank", "-r", min=0, help="One rank (default: all; 0 with --follow).")] = None,
+    attempt: Annotated[Optional[int], typer.Option("--attempt", "-a", min=1, help="One attempt (default: the newest).")] = None,
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows, until the grant ends.")] = False,
+) -> None:
+    """A project's job output, per rank, as the daemon's workers wrote it.
+
+    [bold]Example[/]: cellsched logs pythia-ablation ablate --rank 3 --follow
+    """
+    from cellsched.errors import BadInput
+    from cellsched.runtime import logs as L
+
+    e = env()
+    if follow_:
+        if job is None:
+            raise BadInput("--follow needs a JOB")
+        L.follow(e, project, job, rank or 0, attempt)
+        return
+    L.show(e, project, job, rank, attempt)
+
+
+@handled
+def demo(
+    projects: Annotated[Optional[Path], typer.Option("--projects", help="Directory of specs (default: the repository's projects/).")] = None,
+    workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to put the cluster config, ledger and logs (default: a new temp dir).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=5, help="Give up after this many seconds.")] = 110.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the completion reports as JSON.")] = False,
+) -> None:
+    """Fresh machine, one command: a local Ray with 8 logical GPUs, a temporary cluster and
+    ledger, the example projects submitted, run, released early, reported. Exit 0 only if
+    every project completed with every job succeeded.
+
+    [bold]Example[/]: cellsched demo
+    """
+    import sys
+
+    from cellsched.cli.render import emit_json, hours, table
+    from cellsched.runtime.daemon import setup_logging
+    from cellsched.runtime.demo import run_demo
+
+    setup_logging(False)
+    import logging
+
+    logging.getLogger("cellsched").setLevel(logging.WARNING)  # the demo narrates itself
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr if json_out else sys.stdout, flush=True)
+
+    ok, work, reports = run_demo(projects, caller(), say, timeout_s=timeout, workdir=workdir)
+    if json_out:
+        emit_json(reports)
+    else:
+        print()
+        table("status", ["project", "state", "gpus", "granted", "held", "used GPU-h", "refunded GPU-h", "jobs ok"],
+              [[r["project"], r["state"], r["grant"]["width"], _dur(r["window"]["granted_s"]),
+                _dur(r["window"]["held_s"]), f"{r['gpu_hours']['used']:.4f}", hours(r["gpu_hours"]["refunded"]),
+                f"{sum(j['state'] == 'succeeded' for j in r['jobs'])}/{len(r['jobs'])}"] for r in reports])
+        for r in reports:
+            md = r.get("markdown", "")
+            print()
+            print(md.split("## Receipt")[0].rstrip())
+        print()
+        print(f"reports, receipts and logs: {work}/logs/<project>/ ; ledger: {work}/cellsched.db")
+        print(f"look around: cellsched --cluster {work}/cluster.toml status <project>")
+    G.cluster = work / "cluster.toml"
+    if not ok:
+        print("demo: not every project completed successfully", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _dur(s: int) -> str:
+    return f"{s} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
