@@ -289,3 +289,9 @@ def test_specs_are_frozen() -> None:
 def test_after_is_a_set_of_names() -> None:
     jobs = [make_job("a", gpus=1), make_job("b", gpus=1), make_job("c", gpus=1, after=["b", "a", "b"])]
     assert ok(make_spec(jobs=jobs)).jobs[2].after == ("a", "b")
+
+
+def test_a_misspelt_key_is_named_before_the_key_it_should_have_been() -> None:
+    doc = make_spec()
+    doc["budget"] = {"gpu_hourz": 96, "gpus": 8}
+    assert bad(doc) == "x.toml: budget.gpu_hourz: unknown key (and 1 more)"

@@ -90,6 +90,8 @@ def describe(e: ValidationError) -> str:
     # A list whose items failed is also reported "too short after validation": that is the
     # same problem again, and would show as a misleading "(and 1 more)".
     errors = [x for x in errors if not _echo(x)] or errors
+    # A misspelt key also shows as the right key missing: name the misspelling first.
+    errors.sort(key=lambda x: x["type"] != "extra_forbidden")
     err = errors[0]
     loc = _loc(tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
     kind = err["type"]
