@@ -176,7 +176,8 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
         row.receipt = sign(payload, env.private_key)
         s.add(row)
         events.append(s, now, "granted", pid, caller, {k: v for k, v in payload.items() if k != "project"})
-        book = load_schedule(s, env.cluster, now).teams[spec.team].book
+        sched.commit(decision)  # the snapshot as the ledger now stands, without reading it again
+        book = sched.teams[spec.team].book
         return SubmitOutcome(
             pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
             replaced=replaced,

@@ -278,12 +278,14 @@ class Schedule:
                 continue
             cals = self._calendars(pool.name, team, width)
             limit = horizon if best is None else min(horizon, best[1] - 1)
-            t = earliest_common(cals, duration, earliest, deadline)
+            # Starts past the limit are no answer: let the calendar stop scanning there.
+            end_by = limit + duration if deadline is None else min(deadline, limit + duration)
+            t = earliest_common(cals, duration, earliest, end_by)
             while t is not None and t <= limit and with_allowance:
                 nxt = book.next_fit(t, t + duration, width)
                 if nxt is None:
                     break
-                t = earliest_common(cals, duration, nxt, deadline)
+                t = earliest_common(cals, duration, nxt, end_by)
             if t is not None and t <= limit:
                 best = (pool.name, t)
         return best
