@@ -35,6 +35,7 @@ from cellsched.executor.base import (
     ExecutorError,
     GangResult,
     GangSpec,
+    round_seconds,
 )
 from cellsched.ledger import events
 from cellsched.ledger.tables import (
@@ -573,8 +574,9 @@ class Reconciler:
                     jr.detail = r.detail
                 else:
                     jr.detail = f"{jr.detail}; late result: {r.outcome} {r.detail}".strip()
-                jr.started_at = int(r.started_at)
-                jr.ended_at = int(r.ended_at + 0.5)
+                # One rounding rule for both ends, so a job's order in time survives it.
+                jr.started_at = round_seconds(r.started_at)
+                jr.ended_at = round_seconds(r.ended_at)
                 jr.gpu_seconds = r.gpu_seconds
                 jr.exit_codes = json.dumps(list(r.exit_codes))
                 jr.gpu_ids = json.dumps(list(r.gpu_ids))
