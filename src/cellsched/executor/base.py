@@ -69,7 +69,7 @@ class GangSpec:
     cwd: str | None = None  # working directory of every rank (None: the worker's)
 
     def __post_init__(self) -> None:
-        # Normalise to immutable tuples so a spec can be hashed, compared and shipped to Ray.
+        # Normalise so specs built from lists, tuples or ranges compare equal and ship to Ray.
         if not isinstance(self.run, str):
             object.__setattr__(self, "run", tuple(self.run))
         object.__setattr__(self, "bundles", tuple(self.bundles))

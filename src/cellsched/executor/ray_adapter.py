@@ -25,7 +25,6 @@ from .base import (
     RESERVED_ENV,
     GangResult,
     GangSpec,
-    InvalidGang,
     NotReady,
     ReservationConflict,
     ReservationState,
@@ -68,7 +67,8 @@ class RayExecutor:
     used as is, provided its namespace is ``namespace``; otherwise ``ray.init(address=address,
     namespace=namespace, **ray_init)`` (``address=None`` honours ``RAY_ADDRESS`` or starts a
     local Ray). ``peer_grace_s``: when a rank fails, its peers get SIGTERM, then SIGKILL after
-    this long. ``call_timeout_s`` bounds every observation call.
+    this long. ``call_timeout_s`` bounds every observation call (a rank that does not answer
+    in time counts as unreachable for that call); ``launch_timeout_s`` bounds ``launch``.
     """
 
     def __init__(
@@ -78,7 +78,8 @@ class RayExecutor:
         *,
         prefix: str = "cellsched/",
         peer_grace_s: float = 3.0,
-        call_timeout_s: float = 1.0,
+        call_timeout_s: float = 2.0,
+        launch_timeout_s: float = 10.0,
         ray_init: Mapping[str, Any] | None = None,
     ) -> None:
         import ray
@@ -97,6 +98,7 @@ class RayExecutor:
         self.prefix = prefix
         self.peer_grace_s = peer_grace_s
         self.call_timeout_s = call_timeout_s
+        self.launch_timeout_s = launch_timeout_s
         self._rank_cls = ray.remote(RankWorker)
         self._handles: dict[str, list[Any]] = {}
         self._pings: dict[str, list[Any]] = {}
@@ -241,10 +243,11 @@ class RayExecutor:
         except self._ray.exceptions.GetTimeoutError:
             return _UNKNOWN
 
-    def _call_all(self, refs: list[Any]) -> list[Any]:
+    def _call_all(self, refs: list[Any], timeout: float | None = None) -> list[Any]:
         """Wait (bounded) for calls issued together; per call a value, _DEAD or _UNKNOWN."""
         if refs:
-            self._ray.wait(refs, num_returns=len(refs), timeout=self.call_timeout_s)
+            t = self.call_timeout_s if timeout is None else timeout
+            self._ray.wait(refs, num_returns=len(refs), timeout=t)
         return [self._status(r) for r in refs]
 
     def launch(self, gang: GangSpec) -> None:
@@ -259,7 +262,8 @@ class RayExecutor:
         check_gang(gang, len(hs), set())
         members = [hs[b] for b in gang.bundles]
         infos = self._call_all(
-            [h.info.remote(key=gang.key, want_port=(r == 0)) for r, h in enumerate(members)]
+            [h.info.remote(key=gang.key, want_port=(r == 0)) for r, h in enumerate(members)],
+            self.launch_timeout_s,
         )
         if any(isinstance(i, dict) and i["known"] for i in infos):
             return  # already launched: launch is idempotent
@@ -296,16 +300,19 @@ class RayExecutor:
                 gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), env,
                 gang.log_path(r), gang.cwd, peers, self.peer_grace_s,
             ))
-        got = self._call_all(refs)
+        got = self._call_all(refs, self.launch_timeout_s)
         if any(g != "started" for g in got):
-            # Some rank could not start (its node went, or it was busy after all): the gang
-            # cannot run. Stop those that did start; poll reports it as lost.
+            # Some rank could not start (its node went, or another driver took the bundle in
+            # between): the gang cannot run. Stop those that did start; poll reports it
+            # "lost", so the caller sees one result either way and no exception.
             self._signal(name, gang.job, gang.attempt, 9, "lost")
-            if any(g == "busy" for g in got):
-                raise InvalidGang(name, f"{gang.job}: a bundle became busy during launch")
 
     def _gangs(self, name: str) -> tuple[list[Any], list[Any], dict[Key, dict[int, dict[str, Any]]]]:
         """Handles, snapshots, and records grouped by attempt then bundle."""
+        found = self._group(name)
+        if found is not None and found[1]["state"] == "PENDING":
+            # Never placed, so nothing ran; and calls to its unstarted ranks would only time out.
+            return [], [], {}
         hs = self._ranks(name) or []
         snaps = self._call_all([h.snapshot.remote() for h in hs])
         gangs: dict[Key, dict[int, dict[str, Any]]] = defaultdict(dict)
@@ -331,7 +338,13 @@ class RayExecutor:
         return out
 
     def poll(self, name: str) -> list[GangResult]:
+        return self._collect(name)[0]
+
+    def _collect(self, name: str) -> tuple[list[GangResult], bool]:
+        """Results of gangs that ended, acknowledged in the rank actors; and whether every
+        gang is accounted for (no rank unreachable, none still running)."""
         hs, snaps, gangs = self._gangs(name)
+        settled = _UNKNOWN not in snaps
         out: list[GangResult] = []
         acks: dict[int, list[Key]] = defaultdict(list)
         now = time.time()
@@ -366,10 +379,12 @@ class RayExecutor:
                 else:
                     status.append(recs[b])
             if _UNKNOWN in status:
+                settled = False
                 continue
             lost = _DEAD in status
             live = [s for s in status if isinstance(s, dict)]
             if any(r["ended_at"] is None for r in live):
+                settled = False
                 if lost:
                     self._signal(name, key[0], key[1], 9, "lost")
                 continue
@@ -402,7 +417,7 @@ class RayExecutor:
                 acks[b].append(key)
         if acks:
             self._call_all([hs[b].ack.remote(ks) for b, ks in sorted(acks.items())])
-        return out
+        return out, settled
 
     def _signal(self, name: str, job: str | None, attempt: int | None, sig: int,
                 reason: str) -> None:
@@ -428,13 +443,14 @@ class RayExecutor:
         pg, entry = found
         hs = self._ranks(name) or []
         out: list[GangResult] = []
-        if entry["state"] == "CREATED":
+        if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
             # Our own killpg, not ray.kill: that would leave the jobs' grandchildren running.
             self._signal(name, None, None, 9, "release")
             deadline = time.monotonic() + settle_s
             while True:
-                out += self.poll(name)
-                if not self.running(name) or time.monotonic() > deadline:
+                got, settled = self._collect(name)
+                out += got
+                if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
         for h in hs:
