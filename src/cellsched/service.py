@@ -137,7 +137,11 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
             row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
             # A cancelled or replaced grant is no answer to a new submit: admit it again.
             if row is not None and row.state not in ("cancelled", "replaced"):
-                return SubmitOutcome(pid, d, True, row, existing=True)
+                book = load_schedule(s, env.cluster, now).teams.get(row.team)
+                return SubmitOutcome(
+                    pid, d, True, row, existing=True, allowance_gs=book.book.allowance if book else None,
+                    remaining_gs=book.book.remaining(row.start) if book else None,
+                )
         sched = load_schedule(s, env.cluster, now)
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
         if old is not None:

@@ -292,3 +292,19 @@ def test_narrower_alternative_respects_the_longest_grant() -> None:
     for alt in out.alternatives:
         got = _admit_alternative(s, r, alt, T0)
         assert isinstance(got, Grant), (alt, got)
+
+
+def test_narrower_alternative_found_when_narrow_widths_are_too_long_for_the_window() -> None:
+    """Feasibility is not monotone in width under a deadline: too narrow is too long for the
+    window, too wide is not free. 128 asked, 56 free for the first 12 h and 64 after: every
+    width from 48 (24 h) to 56 (20.6 h) fits; 56 is the widest."""
+    s = cluster().pool("h100", 128).team("interp").team("other").schedule()
+    s.commit(grant("a", "other", "h100", 8, T0, T0 + 12 * H))
+    s.commit(grant("b", "other", "h100", 64, T0, T0 + 24 * H))
+    r = req("too-big").gpus(128).hours(1152).deadline(T0 + 24 * H).build()
+    out = s.admit(r, T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window"
+    narrower = [a for a in out.alternatives if a.kind == "narrower"]
+    assert narrower and narrower[0].width == 56 and narrower[0].start == T0, out.alternatives
+    got = _admit_alternative(s, r, narrower[0], T0)
+    assert isinstance(got, Grant) and got.width == 56

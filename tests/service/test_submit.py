@@ -27,6 +27,7 @@ def test_granted_then_the_same_digest_returns_the_existing_grant(env) -> None:  
     again = service.submit(env, spec("a"), "bob", T0 + 60)
     assert again.granted and again.existing
     assert again.grant is not None and again.grant.id == first.grant.id
+    assert (again.remaining_gs, again.allowance_gs) == (first.remaining_gs, first.allowance_gs)
     assert len(grants(env)) == 1
     with env.ledger.read() as s:
         kinds = [e.kind for e in s.exec(select(EventRow).order_by(col(EventRow.seq)))]

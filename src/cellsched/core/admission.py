@@ -348,11 +348,15 @@ class Schedule:
         if req.deadline is None:
             return None
         best = None
+        # Narrower means longer: below these widths the window exceeds the longest grant or
+        # no longer fits between the earliest start and the deadline.
+        room = req.deadline - earliest
+        if room <= 0:
+            return None
         max_s = self.policy.max_grant_s
-        # Narrower means longer: below this width the window exceeds the longest grant.
-        lo = 1 if max_s is None else max(1, -(-req.gpu_seconds // max_s))
+        lo = max(1, -(-req.gpu_seconds // room), 1 if max_s is None else -(-req.gpu_seconds // max_s))
         hi = req.width - 1
-        while lo <= hi:  # feasibility is monotone enough in width to bisect, then verified
+        while lo <= hi:  # above those bounds feasibility is monotone enough to bisect, then verified
             mid = (lo + hi) // 2
             d = -(-req.gpu_seconds // mid)
             found = self._search(pools, req.team, mid, d, earliest, req.deadline, horizon, True)
