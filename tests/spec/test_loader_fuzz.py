@@ -19,7 +19,7 @@ from cellsched.spec.cluster import ClusterConfig
 from cellsched.spec.load import SUFFIXES, load_cluster, load_spec, parse_document, validate
 from cellsched.spec.models import ProjectSpec
 
-FUZZ = settings(max_examples=200, deadline=None,
+FUZZ = settings(max_examples=150, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 

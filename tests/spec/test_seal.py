@@ -267,13 +267,16 @@ def written(draw: st.DrawFn, doc: dict[str, Any]) -> tuple[str, str]:
     if fmt == "toml":
         return fmt, to_toml(out)
     if fmt == "yaml":
-        return fmt, yaml.safe_dump(out, sort_keys=draw(st.booleans()), allow_unicode=draw(st.booleans()),
+        # PyYAML writes NEL and the Unicode line/paragraph separators raw when allowed to, and
+        # then reads them back as line breaks: its bug, not ours, so escape them there.
+        raw_ok = not any(c in json.dumps(out, default=str, ensure_ascii=False) for c in "\x85\u2028\u2029")
+        return fmt, yaml.safe_dump(out, sort_keys=draw(st.booleans()), allow_unicode=raw_ok and draw(st.booleans()),
                                    default_flow_style=draw(st.sampled_from([False, True, None])))
     indent = draw(st.sampled_from([None, 0, 2, "\t"]))
     return fmt, json.dumps(out, indent=indent, ensure_ascii=draw(st.booleans()))
 
 
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @PROPS
