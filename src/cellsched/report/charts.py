@@ -119,7 +119,6 @@ def _time_axis(ax: Any, xlabel: str) -> None:
 def _finish(fig: Any, ax: Any, n_series: int) -> None:
     if n_series > 1 or ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.tight_layout()
 
 
 def _zero_none(v: Sequence[float | None]) -> list[float]:
@@ -206,8 +205,8 @@ def stacked_panels(title: str, times: Sequence[int], panels: Sequence[tuple[str,
                 handles.append(h)
                 labels.append(lab)
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
-    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.91, 0.93), fontsize=8, frameon=False)
+    fig.subplots_adjust(hspace=0.35, top=0.9)
     return Chart(name, title, fig)
 
 
@@ -249,7 +248,6 @@ def bar(title: str, labels: Sequence[str], values: Sequence[float], *, ylabel: s
         ax.set_ylabel(ylabel)
         ax.set_xlabel(xlabel)
     ax.set_title(title, loc="left")
-    fig.tight_layout()
     return Chart(name, title, fig)
 
 
@@ -267,5 +265,4 @@ def stacked_bar(title: str, parts: Mapping[str, float], *, unit: str, name: str 
     ax.set_title(title, loc="left")
     ax.grid(axis="y", visible=False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    fig.tight_layout()
     return Chart(name, title, fig)

@@ -199,10 +199,10 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
             team_names.append(g.team)
     wanted = (lambda name: name == team) if team is not None else (lambda name: True)
 
-    total = _Acc()
     held_all_teams = 0
-    by_team: dict[str, _Acc] = {n: _Acc() for n in team_names}
-    by_pool: dict[str, _Acc] = {n: _Acc() for n in pools}
+    # GPU-seconds per (team, pool) cell, in _Acc field order; teams, pools and the total are
+    # summed from the few cells afterwards, so the per-grant work is one list update.
+    cells: dict[tuple[str, str], list[int]] = {}
     projects: list[dict] = []
     breaches: list[dict] = []
     waits: list[int] = []
@@ -214,77 +214,97 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
     used_tl: dict[str, dict[str, _Series]] = {n: {} for n in pools}
     horizon = now + DAY
     future: list[GrantFact] = []
+    c0 = max(p0, now)  # committed: reserved time in P after now
 
     for g in snap.grants:
-        gross_end = g.gross_end
-        net_p = g.width * _ov(g.start, g.end, p0, p1)
-        held = g.width * _ov(g.start, g.end, p0, e1)
+        w, gs0, ge = g.width, g.start, g.end
+        lo = gs0 if gs0 > p0 else p0
+        hi_e = ge if ge < e1 else e1
+        held = w * (hi_e - lo) if hi_e > lo else 0
         held_all_teams += held
-        if not wanted(g.team):
+        if team is not None and g.team != team:
             continue
-        if g.end > now and g.end > g.start:
+        if ge > now and ge > gs0:
             future.append(g)
-            horizon = max(horizon, g.end)
-        gross_p = g.width * _ov(g.start, gross_end, p0, p1)
-        touches = gross_p > 0 or p0 <= g.created_at < p1
-        if not touches:
+            if ge > horizon:
+                horizon = ge
+        gross_end = g.gross_end
+        hi_g = gross_end if gross_end < p1 else p1
+        gross_p = w * (hi_g - lo) if hi_g > lo else 0
+        if gross_p == 0 and not (p0 <= g.created_at < p1):
             continue
-        acc = _Acc(
-            granted=gross_p,
-            refunded=g.width * _ov(g.end, gross_end, p0, p1),
-            reserved=net_p,
-            held=held,
-            committed=g.width * _ov(g.start, g.end, max(p0, now), p1),
-            grants=1,
-        )
-        used_whole = 0
-        used_held = 0
-        for r in runs_by_grant.get(g.id, ()):
-            acc.used += run_used(r, p0, e1, now)
-            used_whole += run_used(r, FAR_PAST, FAR_FUTURE, now)
-            used_held += run_used(r, max(p0, g.start), min(e1, g.end), now)
-            span = run_span(r, now)
-            if span is not None and g.pool in used_tl:
-                s = used_tl[g.pool].get(g.team)
-                if s is None:
-                    s = used_tl[g.pool][g.team] = _Series(p0, p1, step)
-                s.add(span[0], min(span[1], e1), span[2])
-        acc.idle = max(0, held - used_held)
+        hi = ge if ge < p1 else p1
+        net_p = w * (hi - lo) if hi > lo else 0
+        key = (g.team, g.pool)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = [0] * 10
+        cell[0] += gross_p
+        cell[1] += gross_p - net_p  # [start, gross_end) = [start, end) + the refunded [end, gross_end)
+        cell[2] += net_p
+        cell[3] += held
+        if ge > c0:
+            cell[4] += w * (hi - (gs0 if gs0 > c0 else c0))
+        cell[9] += 1
+        used_whole = used_held = 0
+        runs = runs_by_grant.get(g.id)
+        if runs:
+            for r in runs:
+                cell[5] += run_used(r, p0, e1, now)
+                used_whole += run_used(r, FAR_PAST, FAR_FUTURE, now)
+                used_held += run_used(r, lo, hi_e, now)
+                span = run_span(r, now)
+                if span is not None and g.pool in used_tl:
+                    ser = used_tl[g.pool].get(g.team)
+                    if ser is None:
+                        ser = used_tl[g.pool][g.team] = _Series(p0, p1, step)
+                    ser.add(span[0], min(span[1], e1), span[2])
+        if held > used_held:
+            cell[6] += held - used_held
         if g.breach_gs > 0 and (net_p > 0 or gross_p > 0):
-            acc.breach_count, acc.breach = 1, g.breach_gs
+            cell[7] += 1
+            cell[8] += g.breach_gs
             breaches.append({"grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool,
                              "breach_gpu_hours": _h(g.breach_gs)})
-        total.add(acc)
-        by_team.setdefault(g.team, _Acc()).add(acc)
-        if g.pool in by_pool:
-            by_pool[g.pool].add(acc)
-            s = reserved_tl[g.pool].get(g.team)
-            if s is None:
-                s = reserved_tl[g.pool][g.team] = _Series(p0, p1, step)
-            s.add(g.start, g.end, float(g.width))
+        if g.pool in reserved_tl:
+            ser = reserved_tl[g.pool].get(g.team)
+            if ser is None:
+                ser = reserved_tl[g.pool][g.team] = _Series(p0, p1, step)
+            ser.add(gs0, ge, float(w))
 
         wait: int | None = None
-        if p0 <= g.created_at < p1 and g.end > g.start:
-            actual = g.started_at if g.started_at is not None else g.start
+        if p0 <= g.created_at < p1 and ge > gs0:
+            actual = g.started_at if g.started_at is not None else gs0
             wait = max(0, actual - g.created_at)
             waits.append(wait)
             wait_sources["measured" if g.started_at is not None else "granted_start"] += 1
         delay = None if g.started_at is None else g.started_at - g.promised_start
         if delay is not None and delay > 0:
             starts_late += 1
+        granted_whole = w * (gross_end - gs0)
         projects.append({
-            "grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool, "gpus": g.width,
+            "grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool, "gpus": w,
             "state": g.state, "submitted_at": g.created_at,
             "promised_start": g.promised_start, "promised_end": g.promised_end,
-            "start": g.start, "end": g.end, "started_at": g.started_at,
+            "start": gs0, "end": ge, "started_at": g.started_at,
             "start_delay_s": delay, "wait_s": wait,
-            "granted_gpu_hours": _h(g.width * (gross_end - g.start)),
-            "reserved_gpu_hours": _h(g.width * max(0, g.end - g.start)),
-            "used_gpu_hours": _h(used_whole),
-            "refunded_gpu_hours": _h(g.refunded_gs),
-            "breach_gpu_hours": _h(g.breach_gs),
-            "used_over_granted": _ratio(used_whole, g.width * (gross_end - g.start)),
+            "granted_gpu_hours": granted_whole / H,
+            "reserved_gpu_hours": w * max(0, ge - gs0) / H,
+            "used_gpu_hours": used_whole / H,
+            "refunded_gpu_hours": g.refunded_gs / H,
+            "breach_gpu_hours": g.breach_gs / H,
+            "used_over_granted": _ratio(used_whole, granted_whole),
         })
+
+    total = _Acc()
+    by_team: dict[str, _Acc] = {n: _Acc() for n in team_names}
+    by_pool: dict[str, _Acc] = {n: _Acc() for n in pools}
+    for (t_name, p_name), cell in sorted(cells.items()):
+        acc = _Acc(*cell)
+        total.add(acc)
+        by_team.setdefault(t_name, _Acc()).add(acc)
+        if p_name in by_pool:
+            by_pool[p_name].add(acc)
 
     # -- decisions ------------------------------------------------------------------------
     team_of = {g.project_id: g.team for g in snap.grants}
@@ -416,7 +436,8 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
             "allowance_period_start": None if cfg.period == "none" else a0,
             "allowance_period_end": None if cfg.period == "none" else a1,
         })
-        item["burndown"] = _burndown(booked_events, cfg.allowance_gpu_seconds, cfg.period, p0, p1, ref)
+        item["burndown"] = _burndown(booked_events, cfg.allowance_gpu_seconds, cfg.period, p0, p1, ref,
+                                     _bucket_len(p1 - p0))
         # Forecast: the team's net booking rate over the elapsed report period, carried on.
         net_booked = sum(gs for at, _p, gs in booked_events if p0 <= at < e1)
         elapsed = e1 - p0
@@ -439,17 +460,43 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
     return out
 
 
+class _Periods:
+    """``period_bounds`` with the last answer kept: sweeps ask about the same period again
+    and again, and each fresh answer costs a datetime conversion."""
+
+    def __init__(self, period: str) -> None:
+        self.period = period
+        self.lo, self.hi = 0, 0
+
+    def start(self, t: int) -> int:
+        if not (self.lo <= t < self.hi):
+            self.lo, self.hi = period_bounds(t, self.period)
+        return self.lo
+
+    def split(self, start: int, end: int, width: int) -> list[tuple[int, int]]:
+        """Like ``split_by_period``."""
+        out = []
+        t = start
+        while t < end:
+            p0 = self.start(t)
+            stop = min(end, self.hi)
+            out.append((p0, width * (stop - t)))
+            t = stop
+        return out
+
+
 def _bookings(grants: Iterable[GrantFact], period: str) -> list[tuple[int, int, int]]:
     """(when, allowance period start, +/- GPU-seconds): charges at grant time, refunds when
     the grant was cut (``ended_at``), each split by allowance period like the core does."""
     ev: list[tuple[int, int, int]] = []
+    periods = _Periods(period)
     for g in grants:
         gross_end = g.gross_end
-        for ps, gs in split_by_period(g.start, gross_end, g.width, period):
+        for ps, gs in periods.split(g.start, gross_end, g.width):
             ev.append((g.created_at, ps, gs))
         if g.end < gross_end:
             when = g.ended_at if g.ended_at is not None else g.end
-            for ps, gs in split_by_period(g.end, gross_end, g.width, period):
+            for ps, gs in periods.split(g.end, gross_end, g.width):
                 ev.append((when, ps, -gs))
     ev.sort()
     return ev
@@ -459,31 +506,38 @@ def _booked_by(events: list[tuple[int, int, int]], period_start: int, t: int) ->
     return sum(gs for at, ps, gs in events if at <= t and ps == period_start)
 
 
+BURNDOWN_EXACT = 2000  # up to this many bookings in the period, every step is kept
+
+
 def _burndown(events: list[tuple[int, int, int]], allowance: int, period: str, p0: int, p1: int,
-              ref: int) -> dict:
-    """Remaining allowance (GPU-hours) as a step function over [p0, ref]: at each booking,
-    cancellation and allowance reset. ``times``/``remaining_gpu_hours`` are parallel lists."""
-    points: list[int] = [p0]
+              ref: int, step: int) -> dict:
+    """Remaining allowance (GPU-hours) over [p0, ref] as parallel lists ``times`` and
+    ``remaining_gpu_hours``: at every booking, cancellation and allowance reset when there
+    are few, else at every reset and every timeline bucket boundary (``step`` seconds)."""
+    points: list[int] = [p0, ref]
+    periods = _Periods(period)
     t = p0
     while period != "none":
-        _a0, a1 = period_bounds(t, period)
-        if a1 > ref:
+        periods.start(t)
+        if periods.hi > ref:
             break
-        points.append(a1)
-        t = a1
-    points.extend(at for at, _ps, _gs in events if p0 < at <= ref)
-    points.append(ref)
+        points.append(periods.hi)
+        t = periods.hi
+    inside = [at for at, _ps, _gs in events if p0 < at <= ref]
+    if len(inside) <= BURNDOWN_EXACT:
+        points.extend(inside)
+    else:
+        points.extend(range(p0 + step, ref, step))
     points = sorted(set(points))
     booked: dict[int, int] = defaultdict(int)
-    i = 0
+    i, n = 0, len(events)
     times, remaining = [], []
     for t in points:
-        while i < len(events) and events[i][0] <= t:
+        while i < n and events[i][0] <= t:
             booked[events[i][1]] += events[i][2]
             i += 1
-        a0 = period_bounds(t, period)[0]
         times.append(t)
-        remaining.append(_h(allowance - booked.get(a0, 0)))
+        remaining.append(_h(allowance - booked.get(periods.start(t), 0)))
     return {"times": times, "remaining_gpu_hours": remaining, "allowance_gpu_hours": _h(allowance)}
 
 
