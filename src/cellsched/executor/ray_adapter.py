@@ -212,6 +212,8 @@ class RayExecutor:
         statuses = [self._status(p) for p in pings]
         if any(isinstance(s, str) for s in statuses):
             self._pings.pop(name, None)  # probe again next time
+            if _DEAD in statuses:
+                self._handles.pop(name, None)  # look up again, recreating the dead ranks
             return "rescheduling" if _UNKNOWN in statuses else "pending"
         self._ready.add(name)
         return "ready"
@@ -356,6 +358,7 @@ class RayExecutor:
                 for b, r in recs.items():
                     if not r["acked"]:
                         acks[b].append(key)
+                self._launched.get(name, {}).pop(key, None)
                 continue
             if recs:
                 first = next(iter(recs.values()))
