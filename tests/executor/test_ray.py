@@ -214,3 +214,16 @@ def test_metering_uses_rank_clocks(rex: Any, tmp_path: Path) -> None:
     assert r.outcome == "succeeded"
     assert 1.0 <= r.ended_at - r.started_at < 1.5
     assert r.gpu_seconds == 2
+
+
+def test_rank_actor_crash_loses_gang_and_rank_comes_back(rex: Any, ray_cluster: Any,
+                                                        tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["sleep", "60"], (0, 1), tmp_path))
+    rank1 = ray_cluster.get_actor(f"{n}/rank-1", namespace="cellsched")
+    ray_cluster.kill(rank1, no_restart=False)  # like a worker crash: Ray restarts the actor
+    r = result(rex, n)
+    assert (r.outcome, r.exit_codes, r.detail) == ("lost", (-9, None), "lost ranks 1")
+    until(lambda: rex.reservation_state(n) == "ready")
+    rex.launch(spec(n, ["true"], (0, 1), tmp_path, attempt=1))
+    assert result(rex, n).outcome == "succeeded"
