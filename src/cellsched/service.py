@@ -335,7 +335,9 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
         for r in rows:
             if only is not None and r.project_id != only:
                 continue
-            in_period = _overlap(r.promised_start, r.promised_end, p0, p1) > 0 or _overlap(r.start, r.end, p0, p1) > 0
+            # A cut refunds the window from the cut on: ``gross_end`` is where it ended before.
+            gross_end = r.end + (r.refunded_gs // r.width if r.width else 0)
+            in_period = _overlap(r.promised_start, r.promised_end, p0, p1) > 0 or _overlap(r.start, gross_end, p0, p1) > 0
             if not in_period:
                 continue
             line = BudgetLine(r.project_id, r.state)
@@ -343,7 +345,7 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
             line.held_gs = r.width * _overlap(r.start, r.end, p0, min(p1, now))
             line.committed_gs = r.width * _overlap(r.start, r.end, max(p0, now), p1)
             line.used_gs = used.get(r.id or 0, 0)
-            line.refunded_gs = r.refunded_gs if p0 <= r.promised_start < p1 or cfg.period == "none" else 0
+            line.refunded_gs = r.width * _overlap(r.end, gross_end, p0, p1)
             out.lines.append(line)
         return out
 
