@@ -7,8 +7,9 @@ on every change, so the list stays as short as the schedule is busy.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
+from itertools import compress, islice
 
 FAR_PAST = -(1 << 62)
 FAR_FUTURE = 1 << 62
@@ -40,16 +41,10 @@ class CapacityCalendar:
         """Fewest free GPUs at any instant of [start, end) (capacity if the span is empty)."""
         if end <= start:
             return self.capacity
-        t, f = self._t, self._f
+        t = self._t
         i = bisect_right(t, start) - 1
-        lo = f[i]
-        n = len(t)
-        i += 1
-        while i < n and t[i] < end:
-            if f[i] < lo:
-                lo = f[i]
-            i += 1
-        return lo
+        j = bisect_left(t, end, i + 1)
+        return min(self._f[i:j]) if j - i > 1 else self._f[i]
 
     def reserve(self, start: int, end: int, width: int) -> None:
         """Take ``width`` GPUs over [start, end); refuses (ValueError) to over-commit."""
@@ -72,29 +67,69 @@ class CapacityCalendar:
         t + duration <= deadline; None when there is no such t."""
         if width > self.capacity:
             return None
+        limit = FAR_FUTURE if deadline is None else deadline - duration
+        if start > limit:
+            return None
         t, f = self._t, self._f
         n = len(t)
         i = bisect_right(t, start) - 1
         cand = start
-        limit = FAR_FUTURE if deadline is None else deadline - duration
-        if cand > limit:
-            return None
+        # Scans run in C (map/compress over the lists): skip segments with too few GPUs,
+        # then check a whole window with one min(); only a too-short run costs another round.
+        enough = width.__le__
+        short = width.__gt__
         while True:
             if f[i] < width:
-                i += 1
-                if i >= n:
+                i = next(compress(range(i + 1, n), map(enough, islice(f, i + 1, None))), n)
+                if i >= n:  # cannot happen: the last segment is the idle tail of the pool
                     return None
                 cand = t[i]
-                if cand > limit:
-                    return None
-                continue
-            i += 1
-            if i >= n or t[i] >= cand + duration:
+            if cand > limit:
+                return None
+            j = bisect_left(t, cand + duration, i + 1)
+            if j - i == 1 or min(f[i + 1 : j]) >= width:
                 return cand
+            i = next(compress(range(i + 1, j), map(short, islice(f, i + 1, j))))
 
     def widest(self, start: int, end: int) -> int:
         """The most GPUs free together over the whole of [start, end)."""
         return self.min_free(start, end)
+
+    def max_free(self, start: int, end: int) -> int:
+        """Most free GPUs at any instant of [start, end) (0 if the span is empty)."""
+        if end <= start:
+            return 0
+        return self._max_free(start, end)
+
+    def runs(self, width: int, start: int, end: int, floor: int = FAR_PAST) -> list[tuple[int, int]]:
+        """The maximal spans [a, b) with at least ``width`` GPUs free throughout that meet
+        [start, end), in time order; ``a`` is cut at ``floor`` and ``b`` is FAR_FUTURE for
+        the idle tail."""
+        if end <= start:
+            return []
+        t, f = self._t, self._f
+        n = len(t)
+        i = bisect_right(t, start) - 1
+        j = bisect_left(t, end, i + 1)
+        out: list[tuple[int, int]] = []
+        enough, short = width.__le__, width.__gt__
+        k = i
+        while True:
+            if f[k] < width:
+                k = next(compress(range(k + 1, j), map(enough, islice(f, k + 1, j))), j)
+                if k >= j:
+                    break
+            a = k
+            while a > 0 and f[a - 1] >= width and t[a] > floor:
+                a -= 1
+            b = k + 1
+            if b < n and f[b] >= width:  # most runs end at the next breakpoint: skip the scan
+                b = next(compress(range(b + 1, n), map(short, islice(f, b + 1, None))), n)
+            out.append((max(t[a], floor), t[b] if b < n else FAR_FUTURE))
+            if b >= j:
+                break
+            k = b
+        return out
 
     def forget_before(self, t: int) -> None:
         """Drop history before ``t``: nothing can be reserved in the past any more."""
@@ -106,14 +141,10 @@ class CapacityCalendar:
     # -- internals ---------------------------------------------------------------------
 
     def _max_free(self, start: int, end: int) -> int:
-        t, f = self._t, self._f
+        t = self._t
         i = bisect_right(t, start) - 1
-        hi = f[i]
-        i += 1
-        while i < len(t) and t[i] < end:
-            hi = max(hi, f[i])
-            i += 1
-        return hi
+        j = bisect_left(t, end, i + 1)
+        return max(self._f[i:j]) if j - i > 1 else self._f[i]
 
     def _split(self, at: int) -> int:
         """Index of the breakpoint at ``at``, inserting one if needed."""
@@ -129,8 +160,7 @@ class CapacityCalendar:
         i = self._split(start)
         j = self._split(end)
         f = self._f
-        for k in range(i, j):
-            f[k] += delta
+        f[i:j] = [x + delta for x in f[i:j]]
         # Merge equal neighbours at both edges (j first: deleting it keeps i valid).
         t = self._t
         if j < len(t) and f[j] == f[j - 1]:
@@ -146,6 +176,9 @@ def earliest_common(
     deadline: int | None = None,
 ) -> int | None:
     """Earliest t >= start at which every (calendar, width) pair fits over [t, t+duration)."""
+    if len(calendars) == 1:
+        cal, width = calendars[0]
+        return cal.earliest(width, duration, start, deadline)
     t = start
     while True:
         moved = False

@@ -1,0 +1,69 @@
+"""What one simulation replays: the trace, and the cluster sized and staffed for it.
+
+``--gpus N`` replaces the cluster's pools with one pool of N GPUs (named after the first
+pool). When the cluster file names no teams, every trace team gets an allowance equal to the
+GPU-hours it requests in the trace, for the whole replay (period ``none``), so the whole
+trace is admissible; ``--allowance-scale`` multiplies every allowance (configured or default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cellsched.errors import BadInput
+from cellsched.sim.trace import Trace
+from cellsched.spec.cluster import ClusterConfig, Pool, Team
+
+
+@dataclass(frozen=True)
+class SimSetup:
+    trace: Trace
+    cluster: ClusterConfig
+
+    @property
+    def gpus(self) -> int:
+        return sum(p.gpus for p in self.cluster.pools)
+
+    def allowance_shares(self) -> dict[str, float]:
+        """Each team's allowance as a fraction of all allowances (config order)."""
+        total = sum(t.allowance_gpu_seconds for t in self.cluster.teams)
+        if total <= 0:
+            return {t.name: 0.0 for t in self.cluster.teams}
+        return {t.name: t.allowance_gpu_seconds / total for t in self.cluster.teams}
+
+
+def build_setup(
+    trace: Trace,
+    cluster: ClusterConfig,
+    gpus: int | None = None,
+    allowance_scale: float = 1.0,
+) -> SimSetup:
+    if not (allowance_scale > 0):
+        raise BadInput(f"--allowance-scale must be above 0, got {allowance_scale}")
+    pools = cluster.pools
+    if gpus is not None:
+        if gpus < 1:
+            raise BadInput(f"--gpus must be at least 1, got {gpus}")
+        first = pools[0]
+        pools = (Pool.model_construct(
+            name=first.name, gpu_type=first.gpu_type, gpus=gpus,
+            gpus_per_node=min(first.gpus_per_node, gpus),
+        ),)
+    if cluster.teams:
+        teams = tuple(
+            t.model_copy(update={"allowance_gpu_hours": t.allowance_gpu_hours * allowance_scale})
+            for t in cluster.teams
+        )
+    else:
+        asked = trace.requested_gpu_seconds()
+        # Names come from the trace, not from a person: they are only keys here, so they
+        # skip the Name check that a cluster file's team names get.
+        teams = tuple(
+            Team.model_construct(
+                name=name, members=(), period="none", max_gpus=None,
+                allowance_gpu_hours=asked[name] * allowance_scale / 3600,
+            )
+            for name in trace.teams()
+        )
+    sim = ClusterConfig.model_construct(pools=pools, teams=teams, admins=cluster.admins, policy=cluster.policy)
+    return SimSetup(trace, sim)

@@ -1,0 +1,198 @@
+"""Trace input: CSV ``job_id,submit_s,duration_s,gpus,team[,requested_s]``.
+
+Each row becomes one :class:`TraceJob`, a one-job project. Its *requested* run time is what a
+user would have asked for (``requested_s`` when the trace has it, else the true duration times
+the estimate factor, rounded up to a whole second); its *true* duration is known to the
+simulator only when the job ends. Bad rows are skipped and reported with their line numbers;
+too many of them, or a missing column, is :class:`~cellsched.errors.BadInput`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cellsched.errors import BadInput, NotFound
+
+REQUIRED = ("job_id", "submit_s", "duration_s", "gpus", "team")
+MAX_BAD_FRACTION = 0.01  # more bad rows than this (and more than MAX_BAD_ALWAYS) is an error
+MAX_BAD_ALWAYS = 10
+
+
+@dataclass(slots=True)
+class TraceJob:
+    """One trace row. ``seq`` is its position in submission order (the tie-breaker)."""
+
+    seq: int
+    job_id: str
+    submit: int
+    duration: int  # true run time, seconds
+    gpus: int
+    team: str
+    requested: int  # what the user asked for, seconds
+
+    @property
+    def run(self) -> int:
+        """Seconds the job actually holds GPUs: it is stopped at the end of what it asked for."""
+        return self.duration if self.duration <= self.requested else self.requested
+
+
+@dataclass
+class Trace:
+    """The jobs in submission order (ties by file order), and what was skipped."""
+
+    source: str
+    jobs: list[TraceJob]
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
+    estimate_factor: float = 1.5
+    requested_column: bool = False
+
+    def teams(self) -> list[str]:
+        """Team names in order of first appearance."""
+        seen: dict[str, None] = {}
+        for j in self.jobs:
+            seen.setdefault(j.team, None)
+        return list(seen)
+
+    def requested_gpu_seconds(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for j in self.jobs:
+            out[j.team] = out.get(j.team, 0) + j.gpus * j.requested
+        return out
+
+    def summary(self) -> dict[str, object]:
+        """What was read, for people (one line) and for ``--json``."""
+        jobs = self.jobs
+        if jobs:
+            span = max(j.submit for j in jobs) - min(j.submit for j in jobs)
+            gs = sum(j.gpus * j.duration for j in jobs)
+            widest = max(j.gpus for j in jobs)
+        else:
+            span = gs = widest = 0
+        return {
+            "source": self.source,
+            "jobs": len(jobs),
+            "bad_rows": len(self.bad_rows),
+            "bad_lines": [n for n, _ in self.bad_rows[:10]],
+            "teams": len(self.teams()),
+            "span_s": span,
+            "gpu_hours": round(gs / 3600, 1),
+            "widest_job_gpus": widest,
+            "requested": "column requested_s" if self.requested_column else f"duration x {self.estimate_factor:g}",
+        }
+
+    def summary_line(self) -> str:
+        s = self.summary()
+        line = (
+            f"{s['source']}: {s['jobs']:,} jobs, {s['teams']} teams, span {s['span_s'] / 86400:,.1f} days, "
+            f"{s['gpu_hours']:,.0f} GPU-hours, widest {s['widest_job_gpus']} GPUs, requested = {s['requested']}"
+        )
+        if self.bad_rows:
+            first = ", ".join(f"line {n} ({why})" for n, why in self.bad_rows[:3])
+            more = "" if len(self.bad_rows) <= 3 else f" and {len(self.bad_rows) - 3} more"
+            line += f"; skipped {len(self.bad_rows)} bad rows: {first}{more}"
+        return line
+
+
+def _int(text: str, name: str, minimum: int) -> int:
+    text = text.strip()
+    try:
+        v = int(text)
+    except ValueError:
+        try:
+            x = float(text)
+        except ValueError:
+            raise ValueError(f"{name} {text!r} is not a number") from None
+        if not math.isfinite(x):
+            raise ValueError(f"{name} {text!r} is not finite") from None
+        v = math.ceil(x) if name != "submit_s" else math.floor(x)
+    if v < minimum:
+        raise ValueError(f"{name} {v} is below {minimum}")
+    return v
+
+
+def parse_trace(
+    lines,  # an iterable of text lines (a file object)
+    source: str,
+    estimate_factor: float = 1.5,
+    max_bad_fraction: float = MAX_BAD_FRACTION,
+) -> Trace:
+    """Read a trace from text lines; see the module docstring for the rules."""
+    if not (estimate_factor >= 1.0 and math.isfinite(estimate_factor)):
+        raise BadInput(f"--estimate-factor must be a number >= 1, got {estimate_factor}")
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise BadInput(f"{source}: file is empty") from None
+    except csv.Error as e:
+        raise BadInput(f"{source}:1: not CSV: {e}") from None
+    cols = [h.strip() for h in header]
+    missing = [c for c in REQUIRED if c not in cols]
+    if missing:
+        raise BadInput(f"{source}:1: header lacks column(s) {', '.join(missing)} (need {','.join(REQUIRED)})")
+    ix = [cols.index(c) for c in REQUIRED]
+    ireq = cols.index("requested_s") if "requested_s" in cols else None
+    width = max(ix + ([ireq] if ireq is not None else [])) + 1
+    rows: list[tuple[int, int, str, int, int, str, int]] = []
+    bad: list[tuple[int, str]] = []
+    seen_ids: set[str] = set()
+    line = 1
+    try:
+        for row in reader:
+            line = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < width:
+                bad.append((line, f"{len(row)} fields, need {width}"))
+                continue
+            try:
+                jid = row[ix[0]].strip()
+                if not jid:
+                    raise ValueError("empty job_id")
+                if jid in seen_ids:
+                    raise ValueError(f"duplicate job_id {jid!r}")
+                submit = _int(row[ix[1]], "submit_s", 0)
+                duration = _int(row[ix[2]], "duration_s", 1)
+                gpus = _int(row[ix[3]], "gpus", 1)
+                team = row[ix[4]].strip()
+                if not team:
+                    raise ValueError("empty team")
+                if ireq is not None and row[ireq].strip():
+                    requested = _int(row[ireq], "requested_s", 1)
+                else:
+                    requested = math.ceil(duration * estimate_factor - 1e-9)
+            except ValueError as e:
+                bad.append((line, str(e)))
+                continue
+            seen_ids.add(jid)
+            rows.append((submit, len(rows), jid, duration, gpus, team, requested))
+    except csv.Error as e:
+        raise BadInput(f"{source}:{reader.line_num}: not CSV: {e}") from None
+    total = len(rows) + len(bad)
+    if bad and len(bad) > max(MAX_BAD_ALWAYS, max_bad_fraction * total):
+        n, why = bad[0]
+        raise BadInput(f"{source}:{n}: {why} ({len(bad):,} bad rows of {total:,}; first shown)")
+    if not rows:
+        raise BadInput(f"{source}: no usable rows")
+    rows.sort()  # by submit time, then file order: the trace's own order breaks ties
+    jobs = [TraceJob(i, r[2], r[0], r[3], r[4], r[5], r[6]) for i, r in enumerate(rows)]
+    return Trace(source, jobs, bad, estimate_factor, ireq is not None)
+
+
+def load_trace(path: str | Path, estimate_factor: float = 1.5, max_bad_fraction: float = MAX_BAD_FRACTION) -> Trace:
+    """Load a trace file; missing or unreadable files are :class:`BadInput`."""
+    p = Path(path)
+    if not p.exists():
+        raise NotFound(f"{p}: no such file")
+    if p.is_dir():
+        raise BadInput(f"{p}: is a directory, not a trace file")
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            return parse_trace(fh, str(p), estimate_factor, max_bad_fraction)
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{p}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{p}: cannot read: {e.strerror}") from None
