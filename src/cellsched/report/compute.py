@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from cellsched.core.allowance import period_bounds, split_by_period
+from cellsched.core.allowance import period_bounds
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST
 from cellsched.report.snapshot import GrantFact, RunFact, Snapshot
 from cellsched.spec.cluster import ClusterConfig
