@@ -1,0 +1,92 @@
+"""``simulate --html``: one self-contained page per run, drawn with the report's renderer
+(``cellsched.report.html`` for the page, ``cellsched.report.charts`` for the SVG charts).
+matplotlib is imported only here, and only when a page is asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from cellsched.sim.metrics import busy_over_time, wait_list
+from cellsched.sim.run import Replay
+
+COLUMNS = [
+    ("policy", "policy"), ("done", "done"), ("refused", "refused"), ("utilisation", "utilisation"),
+    ("wait mean h", "wait_mean_s"), ("wait p50 h", "wait_p50_s"), ("wait p95 h", "wait_p95_s"),
+    ("wait p99 h", "wait_p99_s"), ("bounded slowdown", "bounded_slowdown_mean"),
+    ("makespan d", "makespan_s"), ("Jain", "jain_index"), ("promise kept", "promise_kept"),
+    ("breaches", "guarantee_breaches"),
+]
+
+
+def cell(key: str, v: object) -> str:
+    if v is None:
+        return "n/a"
+    if key.startswith("wait_"):
+        return f"{float(v) / 3600:,.1f}"  # type: ignore[arg-type]
+    if key == "makespan_s":
+        return f"{float(v) / 86400:,.1f}"  # type: ignore[arg-type]
+    if key == "promise_kept":
+        return f"{float(v):.2%}"  # type: ignore[arg-type]
+    if isinstance(v, float):
+        return f"{v:,.3f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str) -> None:
+    from cellsched.report import charts, html
+
+    plt = charts._plt()  # the report's matplotlib setup (Agg, fonts, grid)
+    pal = charts.colours([r.policy for r in replays])
+    rows = [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays]
+    table = html.table([c for c, _ in COLUMNS], rows, numeric=[c for c, _ in COLUMNS[1:]],
+                       row_keys=[r.policy for r in replays], cell_keys=[k for _, k in COLUMNS],
+                       cell_values=[[r.metrics.get(k) for _, k in COLUMNS] for r in replays])
+
+    fig, ax = plt.subplots(figsize=(charts.WIDTH_IN, charts.HEIGHT_IN))
+    for r in replays:
+        w = wait_list(r.engine)
+        if w:
+            n = len(w)
+            ax.plot([x / 3600 for x in w], [(i + 1) / n for i in range(n)], color=pal[r.policy],
+                    linewidth=1.6, drawstyle="steps-post", label=r.policy)
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("wait from submission to start (hours, log scale above 1 h)")
+    ax.set_ylabel("fraction of jobs")
+    ax.set_title("wait-time CDF", loc="left")
+    if len(replays) > 1:
+        ax.legend(loc="lower right")
+    cdf = charts.Chart("wait-cdf", "wait-time CDF", fig)
+
+    fig, ax = plt.subplots(figsize=(charts.WIDTH_IN, charts.HEIGHT_IN))
+    for r in replays:
+        xs, ys = busy_over_time(r.engine)
+        ax.plot(xs, ys, color=pal[r.policy], linewidth=1.2, label=r.policy)
+    ax.set_xlabel("hours since the first submission")
+    ax.set_ylabel("GPUs busy (fraction)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("utilisation over time", loc="left")
+    if len(replays) > 1:
+        ax.legend(loc="lower right")
+    util = charts.Chart("utilisation", "utilisation over time", fig)
+
+    teams = []
+    for r in replays:
+        trows = [[t["team"], f"{t['allowance_share']:.2%}", f"{t['gpu_time_share']:.2%}"] for t in r.metrics["teams"]]  # type: ignore[index]
+        teams.append(f"<h3>{html.escape(r.policy)}</h3>" + html.table(["team", "allowance share", "GPU-time share"], trows,
+                                                                        numeric=["allowance share", "GPU-time share"]))
+    page = html.page(title, [
+        html.Section("Policies", table, id="policies",
+                     note="waits in hours, makespan in days; promise kept and breaches only for policies that promise a start"),
+        html.Section("Wait times", cdf.html(), id="waits"),
+        html.Section("Utilisation", util.html(), id="utilisation"),
+        html.Section("Per team", "".join(teams), id="teams"),
+    ], subtitle=subtitle, generator="cellsched simulate")
+    cdf.close()
+    util.close()
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        from cellsched.errors import BadInput
+
+        raise BadInput(f"{path}: cannot write: {e.strerror}") from None
