@@ -20,6 +20,8 @@ Reusable API (the simulator's ``--html`` uses it too)::
   ``Chart.png()`` is PNG bytes; ``Chart.html()`` wraps the SVG in a ``<figure>``.
 - Series order is the order of the dict; colours are stable per series name within a call.
 - ``None`` in a series is a gap (not drawn), so "not yet happened" stays visibly unknown.
+- For a figure the helpers don't cover: ``fig, ax = charts.pyplot().subplots(...)``, draw,
+  then ``charts.Chart(name, title, fig)``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b
 WIDTH_IN, HEIGHT_IN = 9.0, 3.6
 
 
-def _plt():  # type: ignore[no-untyped-def]
+def pyplot():  # type: ignore[no-untyped-def]
+    """matplotlib.pyplot on the Agg backend with the report's style, for drawing a figure
+    the helpers don't cover; wrap it as ``Chart(name, title, fig)`` to get SVG/PNG/HTML."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -53,6 +57,9 @@ def _plt():  # type: ignore[no-untyped-def]
         "legend.frameon": False,
     })
     return plt
+
+
+_plt = pyplot  # the name other modules used first; kept working
 
 
 class Chart:
