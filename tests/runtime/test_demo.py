@@ -1,0 +1,46 @@
+"""`cellsched demo` end to end (its own local Ray), then `status` and `logs` on what it left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~40-55 s: its own Ray, four projects
+
+CLI = str(Path(sys.executable).parent / "cellsched")
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_demo_runs_every_example_project_to_completion(tmp_path: Path) -> None:
+    work = tmp_path / "demo"
+    t = time.monotonic()
+    out = run("demo", "--workdir", str(work), timeout=180)
+    took = time.monotonic() - t
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert took < 120, took
+    for name in ("eval-harness", "pretrain-small", "pythia-ablation", "tokenizer-study"):
+        assert f"# {name}@" in out.stdout and "completed (all jobs succeeded)" in out.stdout
+    cluster = str(work / "cluster.toml")
+    st = run("--cluster", cluster, "status", "pythia-ablation", "--json")
+    assert st.returncode == 0, st.stderr
+    (item,) = json.loads(st.stdout)
+    assert item["state"] == "completed"
+    assert [(j["job"], j["state"]) for j in item["jobs"]] == [("ablate", "succeeded"), ("probe", "succeeded")]
+    assert item["jobs"][0]["exit_codes"] == [0] * 8
+    logs = run("--cluster", cluster, "logs", "pythia-ablation", "ablate", "--rank", "3")
+    assert logs.returncode == 0 and logs.stdout.startswith("rank 3 of 8 GPUs"), logs.stdout + logs.stderr
+    table = run("--cluster", cluster, "status", "pythia-ablation")
+    assert "ablate" in table.stdout and "0,0,0,0,0,0,0,0" in table.stdout
+    report = json.loads(next((work / "logs" / "pythia-ablation").glob("*/report.json")).read_text())
+    assert report["succeeded"] and report["gpu_seconds"]["refunded"] > 0
