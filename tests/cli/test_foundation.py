@@ -214,3 +214,23 @@ def test_relative_cluster_path_puts_the_ledger_beside_it(tmp_path: Path, monkeyp
     assert run("--cluster", "conf/cluster.toml", "init").exit_code == 0
     assert (tmp_path / "conf" / "cellsched.db").is_file() and not (tmp_path / "cellsched.db").exists()
     assert os.listdir(tmp_path) == ["conf"]
+
+
+def test_init_check_validates_and_writes_nothing(tmp_path: Path) -> None:
+    cfg = tmp_path / "cluster.toml"
+    missing = run("--cluster", str(cfg), "init", "--check")
+    assert (missing.exit_code, missing.stderr) == (2, f"cellsched: {cfg}: no such file\n")
+    cfg.write_text('[[pools]]\nname = "h100"\ngpu_type = "H100"\ngpus = "16"\n')
+    bad = run("--cluster", str(cfg), "init", "--check")
+    assert (bad.exit_code, bad.stderr) == (2, f"cellsched: {cfg}: pools.0.gpus: must be a whole number\n")
+    cfg.write_text('[[pools]]\nname = "h100"\ngpu_type = "H100"\ngpus = 16\n')
+    good = run("--cluster", str(cfg), "init", "--check")
+    assert (good.exit_code, good.stdout) == (0, f"ok  {cfg}: 1 pools, 16 GPUs, 0 teams\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.toml"]
+
+
+def test_audit_without_a_ledger_says_so_and_creates_none(tmp_path: Path) -> None:
+    r = run("--cluster", str(tmp_path / "cluster.toml"), "audit")
+    assert r.exit_code == 2
+    assert r.stderr == f"cellsched: {tmp_path / 'cellsched.db'}: no ledger here (run `cellsched init`, or pass --db)\n"
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -14,10 +15,12 @@ from cellsched.cli.state import G, JsonFlag, caller
 @handled
 def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing cluster config.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Only check the cluster config; write nothing.")] = False,
 ) -> None:
     """Write a commented starter cluster.toml, create the cluster signing key and the ledger.
 
-    Existing files are kept (the key is never overwritten). Edit the config, then submit.
+    Existing files are kept (the key is never overwritten). Edit the config, then submit;
+    --check validates an edited config without writing anything.
 
     [bold]Example[/]: cellsched --cluster /etc/cellsched/cluster.toml init
     """
@@ -29,6 +32,11 @@ def init(
     from cellsched.spec.load import load_cluster
 
     path = G.cluster
+    if check:
+        cluster = load_cluster(path)
+        print(f"ok  {path}: {len(cluster.pools)} pools, {sum(p.gpus for p in cluster.pools)} GPUs, "
+              f"{len(cluster.teams)} teams")
+        return
     if path.exists() and not force:
         print(f"kept     {path} (exists; --force to overwrite)")
     else:
@@ -54,11 +62,17 @@ def audit(json_out: JsonFlag = False) -> None:
 
     [bold]Example[/]: cellsched audit
     """
-    from cellsched.errors import Failed
+    from cellsched.errors import Failed, NotFound
     from cellsched.ledger import events
     from cellsched.ledger.db import Ledger, default_url
 
-    ledger = Ledger(G.db or default_url(G.cluster))
+    url = G.db or default_url(G.cluster)
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        # Opening would create an empty ledger, and "ok, 0 events" for the wrong path is a lie.
+        file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if not file.exists():
+            raise NotFound(f"{file}: no ledger here (run `cellsched init`, or pass --db)")
+    ledger = Ledger(url)
     with ledger.read() as s:
         result = events.audit(s)
     if json_out:
