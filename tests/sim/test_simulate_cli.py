@@ -1,0 +1,96 @@
+"""``cellsched simulate`` through the real CLI: table, JSON keys, HTML, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cellsched.cli.app import app
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "examples" / "sim-cluster.toml"
+ITP = REPO.parent / "shared" / "traces" / "itp.csv"
+KEYS = {"utilisation", "wait_mean_s", "wait_p50_s", "wait_p95_s", "wait_p99_s", "refused", "promise_kept",
+        "guarantee_breaches"}
+
+
+@pytest.fixture
+def trace_file(tmp_path):
+    p = tmp_path / "jobs.csv"
+    rows = ["job_id,submit_s,duration_s,gpus,team"]
+    for i in range(60):
+        rows.append(f"j{i},{i * 30},{600 + 37 * (i % 11)},{[1, 1, 2, 4, 8][i % 5]},t{i % 3}")
+    p.write_text("\n".join(rows) + "\n")
+    return p
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, ["simulate", *args], catch_exceptions=False)
+
+
+def test_json_has_every_policy_and_key(trace_file):
+    r = invoke("--trace", str(trace_file), "--cluster", str(CLUSTER), "--gpus", "16", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert set(data["policies"]) == {"cellsched", "easy", "fifo", "quota"}
+    for name, m in data["policies"].items():
+        assert KEYS <= set(m), name
+        assert (m["promise_kept"] is None) == (name != "cellsched")
+    assert data["policies"]["cellsched"]["promise_kept"] == 1.0
+    assert data["policies"]["cellsched"]["guarantee_breaches"] == 0
+    assert data["trace"]["jobs"] == 60
+
+
+def test_table_and_html(trace_file, tmp_path):
+    out = tmp_path / "sim.html"
+    r = invoke("--trace", str(trace_file), "--cluster", str(CLUSTER), "--gpus", "16", "-p", "cellsched",
+               "-p", "easy", "--estimate-factor", "2", "--html", str(out))
+    assert r.exit_code == 0, r.output
+    assert "cellsched" in r.stdout and "easy" in r.stdout and "fifo" not in r.stdout
+    page = out.read_text()
+    assert "wait-time CDF" in page and "utilisation over time" in page and "<svg" in page
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trace", "missing.csv"], "missing.csv: no such file"),
+        (["--policy", "sjf"], "unknown policy 'sjf'"),
+        (["--gpus", "0"], "--gpus must be at least 1"),
+        (["--estimate-factor", "0.5"], "estimate-factor"),
+    ],
+)
+def test_bad_input_is_exit_2_one_line(trace_file, args, message):
+    base = {"--trace": str(trace_file), "--cluster": str(CLUSTER)}
+    full = []
+    for k, v in base.items():
+        if k not in args:
+            full += [k, v]
+    r = invoke(*full, *args)
+    assert r.exit_code == 2
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_bad_cluster_file(trace_file, tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[[pools]]\nname = 'x'\n")
+    r = invoke("--trace", str(trace_file), "--cluster", str(bad))
+    assert r.exit_code == 2 and str(bad) in r.stderr
+
+
+@pytest.mark.skipif(not ITP.exists(), reason="../shared/traces/itp.csv is not here")
+def test_itp_prefix_keeps_every_promise():
+    from cellsched.sim.run import replay
+    from cellsched.sim.setup import build_setup
+    from cellsched.sim.trace import load_trace
+    from cellsched.spec.load import load_cluster
+
+    tr = load_trace(ITP)
+    assert len(tr.jobs) == 69_351 and not tr.bad_rows
+    tr.jobs = tr.jobs[:1500]
+    m = replay(build_setup(tr, load_cluster(CLUSTER)), "cellsched").metrics
+    assert m["refused"] == 0 and m["promise_kept"] == 1.0 and m["guarantee_breaches"] == 0
