@@ -137,10 +137,10 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
             row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
             # A cancelled or replaced grant is no answer to a new submit: admit it again.
             if row is not None and row.state not in ("cancelled", "replaced"):
-                book = load_schedule(s, env.cluster, now).teams.get(row.team)
+                held = load_schedule(s, env.cluster, now).teams.get(row.team)
                 return SubmitOutcome(
-                    pid, d, True, row, existing=True, allowance_gs=book.book.allowance if book else None,
-                    remaining_gs=book.book.remaining(row.start) if book else None,
+                    pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
+                    remaining_gs=held.book.remaining(row.start) if held else None,
                 )
         sched = load_schedule(s, env.cluster, now)
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
