@@ -25,12 +25,9 @@ CPUS = 2
 NAMESPACE = "cellsched"
 LEAK_DEADLINE_S = 10.0
 
-_started = False
-
 
 def start_local_ray() -> Any:
     """Start (once per process) the local Ray used by tests; returns the ray module."""
-    global _started
     # Ray 2.60 enables token auth by default and writes a token under the home directory.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -43,7 +40,6 @@ def start_local_ray() -> Any:
             log_to_driver=False,
             namespace=NAMESPACE,
         )
-        _started = True
         atexit.register(ray.shutdown)
     return ray
 
