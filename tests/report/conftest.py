@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from builders import DAY, H, T0, LedgerBuilder  # noqa: E402
+from report_builders import DAY, H, T0, LedgerBuilder  # noqa: E402
 
 
 @pytest.fixture

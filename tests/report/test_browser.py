@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from builders import DAY, T0
+from report_builders import DAY, T0
 from cdp import Chromium, find_chromium
 from conftest import fill_known
 

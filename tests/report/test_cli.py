@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from builders import DAY, T0
+from report_builders import DAY, T0
 
 from cellsched.report.compute import utc
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import DAY, H, T0, LedgerBuilder
+from report_builders import DAY, H, T0, LedgerBuilder
 
 from cellsched import service
 from cellsched.report import compute, snapshot
