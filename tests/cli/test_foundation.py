@@ -40,7 +40,6 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(strict=True, reason="the top-level help (cli/app.py) shows no example yet")
 def test_top_level_help_shows_an_example() -> None:
     r = run("--help")
     assert r.exit_code == 0

@@ -18,7 +18,9 @@ app = typer.Typer(
         "Guaranteed GPU windows for small research teams, on Ray.\n\n"
         "Write a project spec, submit it, get a window nobody can take away (or the reason "
         "and the nearest thing that would be granted).\n\n"
-        "Exit codes: 0 ok, 1 refused or failed, 2 bad input."
+        "Exit codes: 0 ok, 1 refused or failed, 2 bad input.\n\n"
+        "[bold]Example[/]: cellsched init && cellsched submit projects/pythia-ablation.toml "
+        "&& cellsched budget interp"
     ),
     no_args_is_help=True,
     add_completion=False,
