@@ -381,3 +381,33 @@ def test_a_window_missed_entirely_is_expired_with_a_full_breach(env: Env, tmp_pa
     done = h.grant(g.id)
     assert done.state == "expired" and done.breach_gs == 4 * 50
     assert h.report(g.id)["jobs"][0]["state"] == "not run"
+
+
+# -- logs -----------------------------------------------------------------------------------
+
+
+def test_logs_show_the_newest_attempt_and_follow_stops_when_the_grant_ends(env: Env, tmp_path: Path) -> None:
+    import io
+
+    from cellsched.runtime import logs as L
+
+    g = submit(env, project("chatty-logs", [job("train", gpus=2, retries=1)]))
+
+    def script(gang: GangSpec) -> Behaviour:
+        for r in range(gang.width):  # the twin runs nothing: write what a rank would print
+            p = Path(gang.log_path(r))
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f"attempt {gang.attempt} rank {r}\n")
+        return Behaviour(3, exit_code=1 if gang.attempt == 1 else 0)
+
+    h = Harness(env, tmp_path, script)
+    h.run_until_done(g.id)
+    out = io.StringIO()
+    assert L.show(env, "chatty-logs", "train", 1, None, out) == 1
+    assert out.getvalue() == "attempt 2 rank 1\n"
+    out = io.StringIO()
+    L.show(env, "chatty-logs", "train", None, 1, out)
+    assert "attempt 1 rank 0" in out.getvalue() and "attempt 1 rank 1" in out.getvalue()
+    out = io.StringIO()
+    L.follow(env, "chatty-logs", "train", 0, out=out, wait_s=5)  # returns: the grant is over
+    assert out.getvalue() == "attempt 2 rank 0\n"
