@@ -101,16 +101,24 @@ class CapacityCalendar:
             return 0
         return self._max_free(start, end)
 
-    def runs(self, width: int, start: int, end: int, floor: int = FAR_PAST) -> list[tuple[int, int]]:
+    def runs(
+        self, width: int, start: int, end: int, floor: int = FAR_PAST, ceiling: int = FAR_FUTURE
+    ) -> list[tuple[int, int]]:
         """The maximal spans [a, b) with at least ``width`` GPUs free throughout that meet
-        [start, end), in time order; ``a`` is cut at ``floor`` and ``b`` is FAR_FUTURE for
-        the idle tail."""
+        [start, end), in time order; ``a`` is cut at ``floor``, and ``b`` is FAR_FUTURE for
+        the idle tail or for a span that reaches ``ceiling`` (so a caller that only cares
+        about spans ending before ``ceiling`` does not pay for scanning past it)."""
         if end <= start:
             return []
         t, f = self._t, self._f
         n = len(t)
         i = bisect_right(t, start) - 1
         j = bisect_left(t, end, i + 1)
+        if ceiling < FAR_FUTURE:
+            n = bisect_left(t, ceiling, i + 1)
+            j = min(j, n)
+            if j <= i:
+                j = i + 1
         out: list[tuple[int, int]] = []
         enough, short = width.__le__, width.__gt__
         k = i
@@ -124,7 +132,7 @@ class CapacityCalendar:
                 a -= 1
             b = k + 1
             if b < n and f[b] >= width:  # most runs end at the next breakpoint: skip the scan
-                b = next(compress(range(b + 1, n), map(short, islice(f, b + 1, None))), n)
+                b = next(compress(range(b + 1, n), map(short, islice(f, b + 1, n))), n)
             out.append((max(t[a], floor), t[b] if b < n else FAR_FUTURE))
             if b >= j:
                 break

@@ -158,12 +158,19 @@ class Compressor:
             top = cal.max_free(x, y)
             runs = {}
             lo, hi = x, y
+            outside = None
             for w, wk in lane.width_keys.items():
                 if w > top or not wk:
                     continue
                 shortest = lane.min_len[w]
+                if y - x < shortest:
+                    # A long enough run must leave the region on one side or the other.
+                    if outside is None:
+                        outside = max(cal.free_at(x - 1), cal.free_at(y))
+                    if outside < w:
+                        continue
                 last = wk[-1][0]
-                rs = [(a, b) for a, b in cal.runs(w, x, y, now) if b - a >= shortest and b < last]
+                rs = [(a, b) for a, b in cal.runs(w, x, y, now, last) if b - a >= shortest and b < last]
                 if rs:
                     runs[w] = rs
                     lo = min(lo, rs[0][0])
