@@ -9,7 +9,7 @@ from typing import Any, Callable
 import pytest
 
 from cellsched.core.admission import REASONS, Grant, Refusal, Request, Schedule
-from builders import DAY, H, JAN, T0, at, cluster, decide, grant, req
+from admission_builders import DAY, H, JAN, T0, at, cluster, decide, grant, req
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from cellsched.core.admission import REASONS, Grant, Refusal, Request, Schedule
-from builders import H, at, cluster
+from admission_builders import H, at, cluster
 
 START = at(2026, 12, 30)  # two days before a month boundary
 POOLS = {"a": 6, "b": 4}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from specs import H, T0, spec
+from service_specs import H, T0, spec
 
 MEMBER = {"interp": "alice", "evals": "carol", "pretraining": "dave"}
 TEAMS = ("interp", "evals", "pretraining")

@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from cellsched import service
 from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger.tables import EventRow, GrantRow, ProjectRow
-from specs import H, JAN, T0, spec
+from service_specs import H, JAN, T0, spec
 
 
 def grants(env) -> list[GrantRow]:  # type: ignore[no-untyped-def]
