@@ -8,11 +8,18 @@ on every change, so the list stays as short as the schedule is busy.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from itertools import compress, islice
 
 FAR_PAST = -(1 << 62)
 FAR_FUTURE = 1 << 62
+
+
+def _tail(xs: list[int], k: int) -> Iterator[int]:
+    """An iterator over ``xs[k:]`` without copying or stepping over the first ``k``."""
+    it = iter(xs)
+    it.__setstate__(k)  # type: ignore[attr-defined]
+    return it
 
 
 class CapacityCalendar:
@@ -80,7 +87,7 @@ class CapacityCalendar:
         short = width.__gt__
         while True:
             if f[i] < width:
-                i = next(compress(range(i + 1, n), map(enough, islice(f, i + 1, None))), n)
+                i = next(compress(range(i + 1, n), map(enough, _tail(f, i + 1))), n)
                 if i >= n:  # cannot happen: the last segment is the idle tail of the pool
                     return None
                 cand = t[i]
@@ -89,7 +96,7 @@ class CapacityCalendar:
             j = bisect_left(t, cand + duration, i + 1)
             if j - i == 1 or min(f[i + 1 : j]) >= width:
                 return cand
-            i = next(compress(range(i + 1, j), map(short, islice(f, i + 1, j))))
+            i = next(compress(range(i + 1, j), map(short, islice(_tail(f, i + 1), j - i - 1))))
 
     def widest(self, start: int, end: int) -> int:
         """The most GPUs free together over the whole of [start, end)."""
@@ -124,7 +131,7 @@ class CapacityCalendar:
         k = i
         while True:
             if f[k] < width:
-                k = next(compress(range(k + 1, j), map(enough, islice(f, k + 1, j))), j)
+                k = next(compress(range(k + 1, j), map(enough, islice(_tail(f, k + 1), j - k - 1))), j)
                 if k >= j:
                     break
             a = k
@@ -132,7 +139,7 @@ class CapacityCalendar:
                 a -= 1
             b = k + 1
             if b < n and f[b] >= width:  # most runs end at the next breakpoint: skip the scan
-                b = next(compress(range(b + 1, n), map(short, islice(f, b + 1, n))), n)
+                b = next(compress(range(b + 1, n), map(short, islice(_tail(f, b + 1), n - b - 1))), n)
             out.append((max(t[a], floor), t[b] if b < n else FAR_FUTURE))
             if b >= j:
                 break
