@@ -18,6 +18,12 @@ for grants starting inside the region, or through (ii) for runs crossing the reg
 region is a *source* that proposes its next such grant; proposals are taken from a heap in
 (start, seq) order, each is tried with the real ``move_earlier``, and a move adds a region.
 
+Measured on itp.csv prefixes and on the benchmark's traces, this path is exact (the tests
+hold it equal to the exhaustive pass, including a real case where a cut run turns a slide
+into a jump) but slower than the exhaustive pass: re-finding jump runs after every take costs
+more than trying every grant. It stays as the starting point for a calendar index that
+answers "runs of F >= w around here" without scanning; the exhaustive pass is the default.
+
 That argument needs F to be the only thing that can block a move. Team calendars
 (``max_gpus``) and allowances split by month/quarter/year can block one too, so with either
 of them the compressor falls back to the exhaustive pass.
@@ -135,48 +141,70 @@ class Compressor:
         cal = self.schedule.pools[pool][1]
         lane = self.lanes[pool]
         waiting = self.waiting
-        heap: list[tuple[tuple[int, int], int]] = []  # (proposed key, source)
+        heap: list[tuple[tuple[int, int], int, int]] = []  # (proposed key, source, generation)
         sources: list[tuple[int, int]] = []  # regions [x, y) where F rose during this pass
-        cache: list[tuple[int, int, int, dict[int, list[tuple[int, int]]]]] = []
+        cache: list[dict[int, tuple[int, int, int, list[tuple[int, int]]] | None] | None] = []
+        watch: list[tuple[int, int, int, int, int]] = []  # (lo, hi, width, source, ident) of runs computed
+        watch_made: list[int] = []
+        gen: list[int] = []  # per source: which of its proposals is the live one
         taken: list[tuple[int, int]] = []  # windows moves took during this pass
         cursor = (now, INF)  # keys <= cursor have had their turn (or start now and cannot move)
 
-        def jump_runs(src: int) -> dict[int, list[tuple[int, int]]]:
+        def jump_runs(src: int) -> list[tuple[int, list[tuple[int, int]]]]:
             """Per width, the runs of F >= width meeting region ``src`` that a later grant
-            could jump into. Cached until a move takes capacity where they lie: F rises
-            only in regions, which are sources of their own."""
+            could jump into (long enough, ending before that width's last waiting start).
+
+            Kept per width until a move takes capacity within the *unfiltered* runs of
+            that width (cut at the last waiting start): F rises only in regions, which are
+            sources of their own, so only a take can change them; and a take can split a
+            run that was of no use (it reached past every waiting start) into one that is,
+            which is why the span watched is the unfiltered one."""
             x, y = sources[src]
-            c = cache[src]
-            if c[0] >= 0:
-                version, lo, hi, runs = c
-                for a, b in islice(taken, version, None):
-                    if a < hi and b > lo:
-                        break
-                else:
-                    cache[src] = (len(taken), lo, hi, runs)
-                    return runs
-            top = cal.max_free(x, y)
-            runs = {}
-            lo, hi = x, y
-            outside = None
-            for w, wk in lane.width_keys.items():
-                if w > top or not wk:
+            entry = cache[src]
+            if entry is None:
+                top = cal.max_free(x, y)
+                outside = -1
+                entry = {}
+                for w, wk in lane.width_keys.items():
+                    if w > top or not wk:
+                        continue  # F in the region only falls from here on
+                    if y - x < lane.min_len[w]:
+                        # A long enough run must leave the region on one side or the other.
+                        if outside < 0:
+                            outside = max(cal.free_at(x - 1), cal.free_at(y))
+                        if outside < w:
+                            continue
+                    entry[w] = None
+                cache[src] = entry
+            out = []
+            for w, kept in entry.items():
+                wk = lane.width_keys[w]
+                if not wk:
                     continue
-                shortest = lane.min_len[w]
-                if y - x < shortest:
-                    # A long enough run must leave the region on one side or the other.
-                    if outside is None:
-                        outside = max(cal.free_at(x - 1), cal.free_at(y))
-                    if outside < w:
+                if kept is not None:
+                    version, lo, hi, rs, _ = kept
+                    for a, b in islice(taken, version, None):
+                        if a < hi and b > lo:
+                            break
+                    else:
+                        entry[w] = (len(taken), lo, hi, rs, kept[4])  # still the same runs
+                        if rs:
+                            out.append((w, rs))
                         continue
+                shortest = lane.min_len[w]
                 last = wk[-1][0]
-                rs = [(a, b) for a, b in cal.runs(w, x, y, now, last) if b - a >= shortest and b < last]
+                every = cal.runs(w, x, y, now, last)
+                lo = min(x, every[0][0]) if every else x
+                hi = max(y, min(every[-1][1], last)) if every else y
+                rs = [(a, b) for a, b in every if b - a >= shortest and b < last]
+                ident = len(watch_made)
+                watch_made.append(ident)
+                entry[w] = (len(taken), lo, hi, rs, ident)
+                if hi > lo:
+                    watch.append((lo, hi, w, src, ident))
                 if rs:
-                    runs[w] = rs
-                    lo = min(lo, rs[0][0])
-                    hi = max(hi, rs[-1][1])
-            cache[src] = (len(taken), lo, hi, runs)
-            return runs
+                    out.append((w, rs))
+            return out
 
         def propose(src: int) -> None:
             """Push the first grant after the cursor that capacity given back over region
@@ -199,7 +227,7 @@ class Compressor:
                 k += 1
             # (ii) jumps: for each run of F >= w meeting [x, y), the first grant of width w
             # starting after the run and no longer than it.
-            for w, rs in jump_runs(src).items():
+            for w, rs in jump_runs(src):
                 wk = lane.width_keys[w]
                 lens = lane.width_lens[w]
                 for a, b in rs:
@@ -209,19 +237,23 @@ class Compressor:
                     hit = next(compress(range(lo, hi), map(span.__ge__, islice(lens, lo, hi))), None)
                     if hit is not None:
                         best = wk[hit]
+            gen[src] += 1  # this proposal replaces any the source still has in the heap
             if best is not None:
-                heappush(heap, (best, src))
+                heappush(heap, (best, src, gen[src]))
 
         def open_region(x: int, y: int) -> None:
             if y > x:
                 sources.append((x, y))
-                cache.append((-1, 0, 0, {}))
+                cache.append(None)
+                gen.append(0)
                 propose(len(sources) - 1)
 
         for x, y in regions:
             open_region(max(x, now), y)
         while heap:
-            key, src = heappop(heap)
+            key, src, made = heappop(heap)
+            if made != gen[src]:
+                continue  # the source has proposed again since
             seq = key[1]
             g = waiting.get(seq)
             # key <= cursor: another source proposed it first and it has had its turn.
@@ -230,6 +262,20 @@ class Compressor:
                 ng = self._move(seq, g, now)
                 if ng is not None:
                     yield seq, g, ng
-                    taken.append((ng.start, ng.end))
+                    t0, t1 = ng.start, ng.end
+                    taken.append((t0, t1))
+                    # The take may cut a run another source watches, so that a grant that
+                    # sat inside the run (it could slide, through some region) now starts
+                    # after it and can only jump: such sources look again at once.
+                    again = set()
+                    for lo, hi, w, other, version in watch:
+                        if lo < t1 and hi > t0 and other != src and other not in again:
+                            kept = cache[other][w]  # type: ignore[index]
+                            if kept is not None and kept[4] == version and cal.min_free(max(lo, t0), min(hi, t1)) < w:
+                                again.add(other)
+                    for other in sorted(again):
+                        propose(other)
+                    if len(watch) > 4 * len(sources) + 64:  # drop entries of runs computed again since
+                        watch[:] = [e for e in watch if (k := cache[e[3]][e[2]]) is not None and k[4] == e[4]]  # type: ignore[index]
                     open_region(max(g.start, ng.end), g.end)
             propose(src)
