@@ -130,9 +130,19 @@ class Compressor:
         return ng
 
     def _exhaustive(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+        """Every waiting grant in (start, seq) order gets its turn. A grant that its pool
+        calendar alone cannot let move is passed over without ``move_earlier``: it could
+        only slide if F >= W just before its start, or jump into a window that ends by its
+        start (with the grant released, F only rises inside its own window). Team calendars
+        and allowances can only refuse more, so passing over changes nothing."""
+        pools = self.schedule.pools
         order = sorted((g.start, seq) for seq, g in self.waiting.items())
-        for _, seq in order:
+        for start, seq in order:
             g = self.waiting[seq]
+            cal = pools[g.pool][1]
+            w = g.width
+            if cal.free_at(start - 1) < w and cal.earliest(w, g.end - start, now, start) is None:
+                continue
             ng = self._move(seq, g, now)
             if ng is not None:
                 yield seq, g, ng
