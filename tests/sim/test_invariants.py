@@ -4,7 +4,7 @@ than promised, and its fast compression gives exactly the exhaustive pass's sche
 
 from __future__ import annotations
 
-from builders import run, setup, trace
+from simbuild import run, setup, trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,7 +97,7 @@ def test_fast_compression_equals_exhaustive_on_a_real_prefix():
         pytest.skip("../shared/traces/itp.csv is not here")
     tr = load_trace(itp)
     tr.jobs = tr.jobs[:1400]
-    from builders import cluster
+    from simbuild import cluster
 
     from cellsched.sim.setup import build_setup
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import run, setup, starts, trace
+from simbuild import run, setup, starts, trace
 
 from cellsched.sim.metrics import summarise
 
