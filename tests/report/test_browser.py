@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from report_builders import DAY, T0
 from cdp import Chromium, find_chromium
-from conftest import fill_known
+from report_builders import fill_known
 
 from cellsched.ledger.db import Ledger
 from cellsched.report import compute, render_html, snapshot

@@ -54,7 +54,7 @@ def test_bad_input_exits_2(cluster_file: Path, args: list[str], message: str) ->
 
 def _fill(cluster_file: Path) -> str:
     """The ``known`` ledger on SQLite (these tests are about the command, not the database)."""
-    from conftest import fill_known
+    from report_builders import fill_known
 
     from cellsched.ledger.db import Ledger
 

@@ -9,7 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched import __version__
-from cellsched.cli import ledger_cmds, project_cmds, read_cmds
+from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, simulate
+
+# The ledger stack (pydantic, SQLModel/SQLAlchemy, the service layer) is what nearly every
+# command needs, so it loads with the CLI; only ray and matplotlib, which cost seconds and
+# serve few commands, are imported inside the commands that use them.
+import cellsched.service  # noqa: F401,E402
 from cellsched.cli.state import G
 
 app = typer.Typer(
@@ -19,13 +24,13 @@ app = typer.Typer(
         "Write a project spec, submit it, get a window nobody can take away (or the reason "
         "and the nearest thing that would be granted).\n\n"
         "Exit codes: 0 ok, 1 refused or failed, 2 bad input.\n\n"
-        "[bold]Example[/]: cellsched init && cellsched submit projects/pythia-ablation.toml "
+        "**Example**: cellsched init && cellsched submit projects/pythia-ablation.toml "
         "&& cellsched budget interp"
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 
 
@@ -57,19 +62,11 @@ app.command("budget")(read_cmds.budget)
 app.command("init")(ledger_cmds.init)
 app.command("audit")(ledger_cmds.audit)
 
-for _name, _module, _attr in (
-    ("simulate", "cellsched.cli.simulate", "simulate"),
-    ("report", "cellsched.cli.report", "report"),
-    ("serve", "cellsched.cli.run_cmds", "serve"),
-    ("demo", "cellsched.cli.run_cmds", "demo"),
-    ("logs", "cellsched.cli.run_cmds", "logs"),
-):
-    try:
-        import importlib
-
-        app.command(_name)(getattr(importlib.import_module(_module), _attr))
-    except (ImportError, AttributeError):
-        pass  # that noun is not built yet
+app.command("serve")(run_cmds.serve)
+app.command("demo")(run_cmds.demo)
+app.command("logs")(run_cmds.logs)
+app.command("report")(report.report)
+app.command("simulate")(simulate.simulate)
 
 
 def main() -> None:

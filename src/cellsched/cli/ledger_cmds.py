@@ -22,7 +22,7 @@ def init(
     Existing files are kept (the key is never overwritten). Edit the config, then submit;
     --check validates an edited config without writing anything.
 
-    [bold]Example[/]: cellsched --cluster /etc/cellsched/cluster.toml init
+    **Example**: cellsched --cluster /etc/cellsched/cluster.toml init
     """
     from importlib.resources import files
 
@@ -60,7 +60,7 @@ def init(
 def audit(json_out: JsonFlag = False) -> None:
     """Verify the ledger's hash chain; exit 1 naming the first event that was edited or removed.
 
-    [bold]Example[/]: cellsched audit
+    **Example**: cellsched audit
     """
     from cellsched.errors import Failed, NotFound
     from cellsched.ledger import events

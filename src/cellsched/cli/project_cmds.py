@@ -21,7 +21,7 @@ def validate(
 
     Nothing is written. Exit 2 at the first bad file, with one line naming the file and field.
 
-    [bold]Example[/]: cellsched validate projects/*.toml
+    **Example**: cellsched validate projects/*.toml
     """
     from cellsched.spec.load import load_spec
     from cellsched.spec.seal import digest, project_id
@@ -49,7 +49,7 @@ def submit(
     Submitting the same spec again returns the existing grant. A spec with
     replaces = "name@digest" swaps the old grant for the new one atomically, or leaves it.
 
-    [bold]Example[/]: cellsched submit projects/pythia-ablation.toml
+    **Example**: cellsched submit projects/pythia-ablation.toml
     """
     from cellsched import service
     from cellsched.runtime.clock import now_s
@@ -109,7 +109,7 @@ def cancel(
 
     Only members of the owning team and admins may cancel.
 
-    [bold]Example[/]: cellsched cancel pythia-ablation
+    **Example**: cellsched cancel pythia-ablation
     """
     from cellsched import service
     from cellsched.runtime.clock import now_s
@@ -132,7 +132,7 @@ def verify(
 
     Exit 1 if anything does not match.
 
-    [bold]Example[/]: cellsched verify pythia-ablation --spec projects/pythia-ablation.toml
+    **Example**: cellsched verify pythia-ablation --spec projects/pythia-ablation.toml
     """
     from cellsched import service
 

@@ -18,7 +18,7 @@ def budget(
 ) -> None:
     """A team's allowance this period: committed, held, used, refunded, remaining, per project.
 
-    [bold]Example[/]: cellsched budget interp --json
+    **Example**: cellsched budget interp --json
     """
     from cellsched import service
     from cellsched.runtime.clock import now_s
@@ -51,7 +51,7 @@ def status(
 ) -> None:
     """Every project: state, window, progress; with a project, its jobs and attempts too.
 
-    [bold]Example[/]: cellsched status pythia-ablation
+    **Example**: cellsched status pythia-ablation
     """
     from cellsched import service
     from cellsched.runtime.clock import now_s

@@ -26,8 +26,8 @@ def report(
     """Cluster utilisation over a period: capacity, granted, held, used, idle while reserved;
     per team, pool and project; refusals by reason; wait from submit to start; breaches.
 
-    [bold]Examples[/]: cellsched report · cellsched report --since 2026-11-01 --until 2026-12-01 --html report.html ·
-    cellsched report --team interp --json · cellsched report --png charts/
+    **Examples**: `cellsched report` · `cellsched report --since 2026-11-01 --until 2026-12-01 --html report.html` ·
+    `cellsched report --team interp --json` · `cellsched report --png charts/`
     """
     from cellsched.errors import BadInput
     from cellsched.report import compute, snapshot

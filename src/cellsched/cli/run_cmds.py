@@ -30,7 +30,7 @@ def serve(
 
     Safe to kill at any point (even kill -9): a restarted daemon re-adopts its groups by name.
 
-    [bold]Example[/]: RAY_ADDRESS=ray://head:10001 cellsched serve
+    **Example**: RAY_ADDRESS=ray://head:10001 cellsched serve
     """
     from cellsched.runtime.daemon import ray_executor, serve as run, setup_logging
     from cellsched.runtime.reconciler import Settings
@@ -53,7 +53,7 @@ def logs(
 ) -> None:
     """A project's job output, per rank, as the daemon's workers wrote it.
 
-    [bold]Example[/]: cellsched logs pythia-ablation ablate --rank 3 --follow
+    **Example**: cellsched logs pythia-ablation ablate --rank 3 --follow
     """
     from cellsched.errors import BadInput
     from cellsched.runtime import logs as L
@@ -78,7 +78,7 @@ def demo(
     ledger, the example projects submitted, run, released early, reported. Exit 0 only if
     every project completed with every job succeeded.
 
-    [bold]Example[/]: cellsched demo
+    **Example**: cellsched demo
     """
     import sys
 
