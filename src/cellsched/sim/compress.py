@@ -137,12 +137,39 @@ class Compressor:
         and allowances can only refuse more, so passing over changes nothing."""
         pools = self.schedule.pools
         order = sorted((g.start, seq) for seq, g in self.waiting.items())
+        # Per (pool, width): how far the calendar has been read for runs of F >= width, the
+        # longest run seen that ended by then, and where the run still open then began. A
+        # move takes capacity only before the mover's start (behind this sweep) and gives it
+        # back only from its old start on (ahead of it), so what was read can only have
+        # shrunk since: an over-estimate, safe for passing over, confirmed by earliest().
+        seen: dict[tuple[str, int], list[int]] = {}
         for start, seq in order:
             g = self.waiting[seq]
             cal = pools[g.pool][1]
             w = g.width
-            if cal.free_at(start - 1) < w and cal.earliest(w, g.end - start, now, start) is None:
-                continue
+            length = g.end - start
+            if cal.free_at(start - 1) < w:
+                st = seen.get((g.pool, w))
+                if st is None:
+                    st = seen[(g.pool, w)] = [now, 0, -1]
+                upto, best, open_at = st
+                longest = best
+                if start > upto:
+                    open_at_next = -1
+                    for a, b in cal.runs(w, upto, start, upto):
+                        if a == upto and open_at >= 0:
+                            a = open_at
+                        if b <= start:
+                            best = max(best, b - a)
+                        else:
+                            open_at_next = a
+                            longest = max(longest, start - a)
+                    longest = max(longest, best)
+                    st[0], st[1], st[2] = start, best, open_at_next
+                elif open_at >= 0:
+                    longest = max(best, start - open_at)
+                if longest < length or cal.earliest(w, length, now, start) is None:
+                    continue
             ng = self._move(seq, g, now)
             if ng is not None:
                 yield seq, g, ng
