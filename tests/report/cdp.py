@@ -11,6 +11,7 @@ from fd 3 and writes replies to fd 4, each a JSON message ended by a NUL byte.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -67,9 +68,11 @@ class Chromium:
         self.width, self.height = width, height
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        # Move the child's ends above 10 so the dup2 onto 3 and 4 cannot clobber either one.
-        hi_r = os.dup2(to_child_r, 20)
-        hi_w = os.dup2(from_child_w, 21)
+        # Move the child's ends to free descriptors above 10 so that the child's dup2 onto 3 and
+        # 4 cannot clobber either one. F_DUPFD picks a *free* number: a fixed one (dup2 onto
+        # 20) would silently close whatever this process had there, e.g. Ray's GCS socket.
+        hi_r = fcntl.fcntl(to_child_r, fcntl.F_DUPFD, 10)
+        hi_w = fcntl.fcntl(from_child_w, fcntl.F_DUPFD, 10)
         os.close(to_child_r)
         os.close(from_child_w)
 
