@@ -19,7 +19,7 @@ from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger, default_url
-from cellsched.ledger.tables import LIVE_STATES, GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, JobRunRow, ProjectRow
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
 from cellsched.spec.load import load_cluster, load_spec
@@ -63,15 +63,38 @@ def grant_of(row: GrantRow) -> Grant:
     return Grant(row.project, row.team, row.pool, row.width, row.start, row.end)
 
 
+def breach_intervals(s: Session, rows: list[GrantRow]) -> dict[int, list[tuple[int, int, int]]]:
+    """Per grant, the ``(start, end, width)`` intervals its window was not provided (breach),
+    from ``BreachRow``. A breach recorded before those rows existed (``breach_gs`` larger than
+    its rows add up to) is placed from the window's start, where breaches usually begin."""
+    ids = [r.id for r in rows if r.id is not None and r.breach_gs > 0]
+    out: dict[int, list[tuple[int, int, int]]] = {}
+    if not ids:
+        return out
+    seen: dict[int, int] = {}
+    for b in s.exec(select(BreachRow).where(col(BreachRow.grant_id).in_(ids)).order_by(col(BreachRow.id))):
+        out.setdefault(b.grant_id, []).append((b.start, b.end, b.width))
+        seen[b.grant_id] = seen.get(b.grant_id, 0) + b.gpu_seconds
+    for r in rows:
+        rest = r.breach_gs - seen.get(r.id or 0, 0)
+        if r.id is not None and rest > 0 and r.width > 0:
+            out.setdefault(r.id, []).append((r.start, r.start + rest // r.width, r.width))
+    return out
+
+
 def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
-    """The core's snapshot: every window still ahead reserved, every charge counted."""
+    """The core's snapshot: every window still ahead reserved, every charge counted, every
+    breach refunded (DESIGN §2) to the period in which the GPUs were not provided."""
     sched = Schedule.empty(cluster)
-    rows = s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id)))
+    rows = list(s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id))))
+    breaches = breach_intervals(s, rows)
     for row in rows:
         if row.pool not in sched.pools or row.team not in sched.teams:
             continue  # config no longer names it; nothing of it can be admitted against
         team = sched.teams[row.team]
         team.book.charge(row.start, row.end, row.width)
+        for b0, b1, w in breaches.get(row.id or 0, ()):
+            team.book.refund(b0, b1, w)
         lo = max(row.start, now)
         if row.end > lo:
             try:
@@ -276,7 +299,12 @@ class BudgetLine:
     committed_gs: int = 0
     held_gs: int = 0
     used_gs: int = 0
-    refunded_gs: int = 0
+    refunded_gs: int = 0  # cut off the window (cancel, early finish)
+    breach_gs: int = 0  # not provided by the cluster (lost hardware): refunded too
+
+    @property
+    def all_refunded_gs(self) -> int:
+        return self.refunded_gs + self.breach_gs
 
 
 @dataclass
@@ -293,7 +321,9 @@ class Budget:
 
     @property
     def remaining_gs(self) -> int:
-        return self.allowance_gs - self.total("committed_gs") - self.total("held_gs")
+        # A breach lies in the held part of a window (it is counted up to now), but the team
+        # did not get those GPU-seconds: they are given back (DESIGN §2).
+        return self.allowance_gs - self.total("committed_gs") - self.total("held_gs") + self.total("breach_gs")
 
     def to_json(self) -> dict[str, Any]:
         h = 3600
@@ -305,19 +335,22 @@ class Budget:
             "committed_gpu_hours": self.total("committed_gs") / h,
             "held_gpu_hours": self.total("held_gs") / h,
             "used_gpu_hours": self.total("used_gs") / h,
-            "refunded_gpu_hours": self.total("refunded_gs") / h,
+            "refunded_gpu_hours": self.total("all_refunded_gs") / h,
+            "breach_refunded_gpu_hours": self.total("breach_gs") / h,
             "remaining_gpu_hours": self.remaining_gs / h,
             "projects": [
                 {"project": l.project, "state": l.state, "granted_gpu_hours": l.granted_gs / h,
                  "committed_gpu_hours": l.committed_gs / h, "held_gpu_hours": l.held_gs / h,
-                 "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.refunded_gs / h}
+                 "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.all_refunded_gs / h,
+                 "breach_refunded_gpu_hours": l.breach_gs / h}
                 for l in self.lines
             ],
         }
 
 
 def budget(env: Env, team_or_project: str, now: int) -> Budget:
-    """A team's allowance this period: committed (ahead), held (elapsed), used, refunded."""
+    """A team's allowance this period: committed (ahead), held (elapsed), used, refunded
+    (cut off a window, or not provided by the cluster: breaches), remaining."""
     cfg = env.cluster.team(team_or_project)
     with env.ledger.read() as s:
         if cfg is None:
@@ -330,8 +363,9 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
             only = None
         p0, p1 = period_bounds(now, cfg.period)
         out = Budget(cfg.name, cfg.period, p0, p1, cfg.allowance_gpu_seconds)
-        rows = s.exec(select(GrantRow).where(GrantRow.team == cfg.name).order_by(col(GrantRow.id))).all()
+        rows = list(s.exec(select(GrantRow).where(GrantRow.team == cfg.name).order_by(col(GrantRow.id))).all())
         used = _used_by_grant(s, [r.id for r in rows if r.id is not None], p0, p1)
+        breaches = breach_intervals(s, rows)
         for r in rows:
             if only is not None and r.project_id != only:
                 continue
@@ -346,6 +380,7 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
             line.committed_gs = r.width * _overlap(r.start, r.end, max(p0, now), p1)
             line.used_gs = used.get(r.id or 0, 0)
             line.refunded_gs = r.width * _overlap(r.end, gross_end, p0, p1)
+            line.breach_gs = sum(w * _overlap(b0, b1, p0, p1) for b0, b1, w in breaches.get(r.id or 0, ()))
             out.lines.append(line)
         return out
 

@@ -64,19 +64,28 @@ def test_outcomes(behaviour: Behaviour, stop: str | None, outcome: str,
     assert (res.outcome, res.exit_codes, res.ended_at, res.gpu_seconds) == (
         outcome, codes, ended_at, gpu_seconds)
     assert res.gpu_ids == ("2", "3")
-    assert ex.poll(R) == []  # exactly once
+    assert ex.poll(R) == [res]  # shown again until acknowledged
+    ex.ack(R, [res.key])
+    assert ex.poll(R) == []
 
 
-def test_running_then_poll_once() -> None:
+def test_running_then_poll_until_acked() -> None:
     ex = ready({"a": Behaviour(5), "b": Behaviour(7)})
     ex.launch(gang("a", (0,)))
     ex.launch(gang("b", (1, 2)))
     assert [(g.job, g.bundles) for g in ex.running(R)] == [("a", (0,)), ("b", (1, 2))]
     ex.advance(5)
     assert [r.job for r in ex.poll(R)] == ["a"]
+    assert [r.job for r in ex.poll(R)] == ["a"]  # poll has no side effects
     assert [g.job for g in ex.running(R)] == ["b"]
+    ex.ack(R, [("b", 0)])  # still running: ignored
+    ex.ack(R, [("a", 0), ("nope", 3)])  # unknown keys: ignored
+    ex.ack(R, [("a", 0)])  # idempotent
+    ex.ack("cellsched/proj/gone", [("a", 0)])  # unknown group: ignored
+    assert ex.poll(R) == []
     ex.advance(8)
     assert [r.job for r in ex.poll(R)] == ["b"]
+    ex.ack(R, [("b", 0)])
     assert ex.running(R) == [] and ex.poll(R) == []
 
 
@@ -120,9 +129,12 @@ def test_capacity_pending_until_release() -> None:
     ex.reserve("cellsched/a", 6)
     ex.reserve("cellsched/big", 4)
     ex.reserve("cellsched/small", 2)
-    # no FIFO, like Ray: the small later group passes the big pending one
+    # no FIFO, like Ray: the small later group passes the big pending one; placed groups hold
+    # their GPUs at once, their rank workers are ready ``ready_delay`` later
     assert [ex.reservation_state(n) for n in ("cellsched/a", "cellsched/big", "cellsched/small")] \
-        == ["pending", "pending", "pending"]
+        == ["placed", "pending", "placed"]
+    with pytest.raises(NotReady):
+        ex.launch(gang(resv="cellsched/a"))
     ex.advance(1)
     assert ex.reservation_state("cellsched/a") == "ready"
     assert ex.reservation_state("cellsched/small") == "ready"
@@ -130,18 +142,21 @@ def test_capacity_pending_until_release() -> None:
     with pytest.raises(NotReady):
         ex.launch(gang(resv="cellsched/big"))
     ex.release("cellsched/a")
-    assert ex.reservation_state("cellsched/big") == "pending"  # placed, warming up
+    assert ex.reservation_state("cellsched/big") == "placed"  # GPUs held, warming up
     ex.advance(2)
     assert ex.reservation_state("cellsched/big") == "ready"
     assert ex.reservation_state("cellsched/a") == "missing"
     ex.release("cellsched/a")  # idempotent
 
 
-def test_release_reports_what_poll_has_not() -> None:
-    ex = ready({"long": Behaviour(None), "short": Behaviour(1)})
+def test_release_reports_what_was_never_acked() -> None:
+    ex = ready({"long": Behaviour(None), "short": Behaviour(1), "done": Behaviour(1)})
     ex.launch(gang("long", (0, 1)))
     ex.launch(gang("short", (2,)))
+    ex.launch(gang("done", (3,)))
     ex.advance(3)
+    assert [r.job for r in ex.poll(R)] == ["done", "short"]
+    ex.ack(R, [("done", 0)])  # stored by the caller; "short" was shown but never acked
     res = ex.release(R)
     assert [(r.job, r.outcome, r.exit_codes) for r in res] == [
         ("long", "killed", (-9, -9)), ("short", "succeeded", (0,))]
@@ -157,6 +172,7 @@ def test_node_loss() -> None:
     assert ex.reservation_state(R) == "rescheduling"
     (res,) = ex.poll(R)
     assert (res.job, res.outcome, res.exit_codes, res.gpu_seconds) == ("wide", "lost", (-9, None), 10)
+    ex.ack(R, [res.key])
     assert [g.job for g in ex.running(R)] == ["other"]
     with pytest.raises(NotReady):
         ex.launch(gang("retry", (0, 1), attempt=1))

@@ -45,15 +45,19 @@ def name() -> str:
     return f"cellsched/test/{uuid.uuid4().hex[:8]}"
 
 
-def ready(ex: Any, width: int) -> str:
+def ready(ex: Any, width: int, seen: list[str] | None = None) -> str:
+    """Reserve and wait until ready; ``seen`` collects the states observed on the way."""
     n = name()
     ex.reserve(n, width)
-    until(lambda: ex.reservation_state(n) == "ready")
+    states = seen if seen is not None else []
+    until(lambda: states.append(ex.reservation_state(n)) or states[-1] == "ready")
     return n
 
 
 def result(ex: Any, resv: str, timeout: float = 15.0) -> GangResult:
+    """The one unacknowledged result, acknowledged (as the reconciler does once stored)."""
     (r,) = until(lambda: ex.poll(resv), timeout)
+    ex.ack(resv, [r.key])
     return r
 
 
@@ -133,8 +137,23 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def test_release_returns_what_was_never_acked(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["true"], (0,), tmp_path, job="shown"))
+    rex.launch(spec(n, ["sleep", "60"], (1,), tmp_path, job="long"))
+    (r,) = until(lambda: rex.poll(n))  # shown, never acknowledged (the daemon died)
+    got = rex.release(n)
+    assert [(x.job, x.outcome) for x in got] == [("long", "killed"), ("shown", "succeeded")]
+    assert got[1] == r
+
+
 def test_release_frees_gpus_and_reports_killed(rex: Any, ray_cluster: Any, tmp_path: Path) -> None:
-    n = ready(rex, 8)
+    seen: list[str] = []
+    n = ready(rex, 8, seen)
+    # 8 new rank workers take seconds to start: meanwhile the group holds its GPUs ("placed"),
+    # which is not a shortfall of hardware; states only move forward
+    order = ["pending", "placed", "ready"]
+    assert "placed" in seen and [order.index(x) for x in seen] == sorted(order.index(x) for x in seen)
     rex.launch(spec(n, ["sleep", "60"], tuple(range(8)), tmp_path))
     assert ray_cluster.available_resources().get("GPU", 0) == 0
     (r,) = rex.release(n)
@@ -166,13 +185,17 @@ def test_restarted_daemon_readopts_and_collects(rex: Any, ray_cluster: Any, tmp_
     with pytest.raises(ReservationConflict):
         rex.reserve(n, 3)
     assert rex.reservation_state(n) == "ready" or until(lambda: rex.reservation_state(n) == "ready")
-    r = result(rex, n)
+    (r,) = until(lambda: rex.poll(n))
     assert (r.outcome, r.exit_codes) == ("succeeded", (0, 0))
     assert r.ended_at - r.started_at >= 0.5
-    assert rex.poll(n) == []
-    # ... and a third instance does not get it again (acknowledged in the rank actors)
+    assert rex.poll(n) == [r]  # shown until acknowledged
+    # A daemon that died before storing it: the next instance gets the same result again
     from cellsched.executor import RayExecutor
-    assert RayExecutor().poll(n) == []
+    assert RayExecutor().poll(n) == [r]
+    rex.ack(n, [r.key])
+    rex.ack(n, [r.key, ("nope", 9)])  # idempotent; unknown keys ignored
+    assert rex.poll(n) == [] and RayExecutor().poll(n) == []  # acknowledged in the rank actors
+    assert rex.release(n) == []  # nothing unacknowledged left
 
 
 def test_pending_when_wider_than_cluster(rex: Any, ray_cluster: Any) -> None:

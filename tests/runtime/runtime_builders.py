@@ -54,9 +54,10 @@ class Harness:
     """A reconciler over a ``MemoryExecutor``, ticking once per virtual second."""
 
     def __init__(self, env: Env, tmp: Path, script: Any = None, capacity: int | None = None,
-                 **settings: Any) -> None:
+                 ready_delay: float = 0.0, **settings: Any) -> None:
         self.env = env
-        self.ex = MemoryExecutor(script, capacity=capacity, now=T0)
+        # ready_delay: rank workers' start-up (the group is "placed" meanwhile)
+        self.ex = MemoryExecutor(script, capacity=capacity, now=T0, ready_delay=ready_delay)
         kw: dict[str, Any] = dict(strict=True, notify_in_background=False, lost_after_s=0, placement_timeout_s=10,
                                   logs_root=tmp / "logs")
         kw.update(settings)

@@ -17,6 +17,7 @@ from .base import (
     Outcome,
     ReservationConflict,
     ReservationState,
+    ResultKey,
     RunningGang,
     UnknownReservation,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RayExecutor",
     "ReservationConflict",
     "ReservationState",
+    "ResultKey",
     "RunningGang",
     "UnknownReservation",
 ]

@@ -1,9 +1,14 @@
 """The executor contract: plain data in, plain data out, and a small poll-based Protocol.
 
 A reconciler drives an executor in two phases each tick: it *observes* (``reservation_state``,
-``running``, ``poll``) and then *acts* (``reserve``, ``launch``, ``terminate``, ``kill``,
-``release``). Every action is idempotent so that a tick repeated after a crash is harmless,
-and every observation is cheap and non-blocking (bounded by a short timeout at most).
+``running``, ``poll``) and then *acts* (``reserve``, ``launch``, ``ack``, ``terminate``,
+``kill``, ``release``). Every action is idempotent so that a tick repeated after a crash is
+harmless, and every observation is cheap and non-blocking (bounded by a short timeout at most).
+
+Results are handed over in two steps: ``poll`` shows every ended gang that has not been
+acknowledged (again and again, without side effects), and ``ack`` marks some delivered once
+the caller has stored them durably. A caller that dies in between loses nothing: the next
+``poll`` (or ``release``) shows the same results again.
 
 Two implementations share this contract: :class:`cellsched.executor.memory.MemoryExecutor`
 (virtual clock, for unit tests and the simulator) and
@@ -13,7 +18,7 @@ Two implementations share this contract: :class:`cellsched.executor.memory.Memor
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 Outcome = Literal["succeeded", "failed", "killed", "lost"]
 """How a gang attempt ended.
@@ -27,10 +32,18 @@ Outcome = Literal["succeeded", "failed", "killed", "lost"]
 - ``lost``: a rank vanished with its node (or its rank actor died); the survivors were killed.
 """
 
-ReservationState = Literal["pending", "ready", "rescheduling", "missing"]
+ReservationState = Literal["pending", "placed", "ready", "rescheduling", "missing"]
 """``pending``: not placed yet (possibly forever: Ray never fails an infeasible group);
+``placed``: the group holds its GPUs but its rank workers are still starting (or restarting
+on the same GPUs), so ``launch`` would raise ``NotReady``; not a shortfall of hardware;
 ``ready``: placed and every rank worker answers, so ``launch`` is fast;
-``rescheduling``: was ready, lost a node, Ray is re-placing bundles; ``missing``: no such group."""
+``rescheduling``: was placed, lost a node (or a rank is unreachable), Ray is re-placing
+bundles; ``missing``: no such group.
+
+Only ``pending``, ``rescheduling`` and ``missing`` mean the cluster is not providing the GPUs."""
+
+ResultKey = tuple[str, int]
+"""``(job, attempt)``: how results are acknowledged."""
 
 # Variables the executor sets for every rank; they win over a gang's own ``env`` because
 # they carry the allocator's isolation and rendezvous (a spec must not point a rank at
@@ -96,7 +109,8 @@ class GangSpec:
 
 @dataclass(frozen=True)
 class GangResult:
-    """How one gang attempt ended. Reported exactly once, by ``poll`` or ``release``.
+    """How one gang attempt ended. Shown by ``poll`` until acknowledged with ``ack``; what was
+    never acknowledged is returned by ``release``.
 
     ``exit_codes[r]`` is rank r's exit status (negative = killed by that signal, ``None`` =
     unknown because the rank was lost). ``started_at``/``ended_at`` are seconds on the
@@ -115,6 +129,11 @@ class GangResult:
     gpu_seconds: int
     gpu_ids: tuple[str, ...]
     detail: str = ""
+
+    @property
+    def key(self) -> ResultKey:
+        """What ``ack`` takes: ``(job, attempt)``."""
+        return (self.job, self.attempt)
 
 
 @dataclass(frozen=True)
@@ -158,11 +177,14 @@ class InvalidGang(ExecutorError):
 class Executor(Protocol):
     """What the reconciler (and the simulator) may do with reserved GPUs."""
 
+    prefix: str
+    """Every reservation name starts with it; ``reservations()`` lists only names with it."""
+
     def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
         """Ask for ``width`` one-GPU bundles named ``name``; returns at once.
 
         Idempotent: a live group of that name is adopted (``ReservationConflict`` if its shape
-        differs). Watch ``reservation_state`` for ``ready``.
+        differs). Watch ``reservation_state`` for ``placed`` (GPUs held) then ``ready``.
         """
         ...
 
@@ -189,7 +211,17 @@ class Executor(Protocol):
         ...
 
     def poll(self, name: str) -> list[GangResult]:
-        """Gangs that ended since the last poll, each reported once, sorted by (job, attempt)."""
+        """Gangs that ended and are not acknowledged yet, sorted by (job, attempt).
+
+        No side effects: the same results are returned by every poll until ``ack``ed (the
+        caller must tolerate seeing a result it already stored, e.g. after a crash between
+        storing and acknowledging)."""
+        ...
+
+    def ack(self, name: str, keys: Iterable[ResultKey]) -> None:
+        """Mark the results of these ``(job, attempt)``s delivered: ``poll`` and ``release``
+        no longer return them. Call it only after they are stored durably. Idempotent;
+        unknown names, unknown keys and gangs still running are ignored."""
         ...
 
     def terminate(self, name: str, job: str | None = None) -> None:
@@ -203,8 +235,9 @@ class Executor(Protocol):
     def release(self, name: str) -> list[GangResult]:
         """Kill everything, free the GPUs, forget the group; idempotent.
 
-        Returns the results ``poll`` had not reported yet (jobs killed here are ``killed``),
-        so every launched gang is reported exactly once by ``poll`` or ``release``.
+        Returns every result not acknowledged yet, whether ``poll`` showed it before or not
+        (jobs killed here are ``killed``), so no launched gang goes unreported. Nothing is
+        kept afterwards: the caller must store these results (there is nothing to ack).
         """
         ...
 

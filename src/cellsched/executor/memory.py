@@ -8,21 +8,23 @@ ties are broken by creation order.
 Timing model (what the twin promises, in virtual seconds):
 
 - a reservation is placed as soon as capacity allows (first fit in creation order, like Ray,
-  which lets a small later group pass a big pending one) and is ``ready`` ``ready_delay``
-  later;
+  which lets a small later group pass a big pending one): it is ``placed`` (GPUs held, rank
+  workers starting) from then, and ``ready`` ``ready_delay`` later;
 - a gang launched at ``now`` starts at ``now``; it ends ``duration`` later, or earlier if
   stopped: SIGTERM makes a cooperative job exit ``term_delay`` later with ``term_exit_code``
   (a SIGTERM-ignoring one keeps running), SIGKILL ends it at once with -9;
 - when a rank fails (non-zero exit), its peers get SIGTERM at that instant and SIGKILL
   ``peer_grace`` later (as the Ray rank workers do);
-- ``lose_bundles`` loses the ranks on those bundles (exit code ``None``) and kills their peers.
+- ``lose_bundles`` loses the ranks on those bundles (exit code ``None``) and kills their peers;
+- results stay until ``ack``ed (``poll`` shows them every time); ``release`` returns the
+  un-acknowledged ones and forgets the rest.
 """
 
 from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from .base import (
     GangResult,
@@ -30,6 +32,7 @@ from .base import (
     NotReady,
     ReservationConflict,
     ReservationState,
+    ResultKey,
     RunningGang,
     UnknownReservation,
     check_gang,
@@ -81,7 +84,7 @@ class _Gang:
     started_at: float
     gpu_ids: tuple[str, ...]
     ranks: list[_Rank]
-    reported: bool = False
+    acked: bool = False  # the caller has stored the result: never shown again
 
     def ended_by(self, t: float) -> bool:
         return all(r.end is not None and r.end <= t for r in self.ranks)
@@ -183,13 +186,15 @@ class MemoryExecutor:
         r = self._resv.get(name)
         if r is None:
             return "missing"
-        if r.placed_at is None or self.now < r.placed_at + self.ready_delay:
+        if r.placed_at is None:
             return "pending"
         if r.lost:
             if r.back_at is not None and self.now >= r.back_at:
                 self.heal(name)
             else:
                 return "rescheduling"
+        if self.now < r.placed_at + self.ready_delay:
+            return "placed"  # GPUs held, rank workers still starting
         return "ready"
 
     def reservations(self) -> list[str]:
@@ -232,19 +237,27 @@ class MemoryExecutor:
         return [
             RunningGang(g.spec.job, g.spec.attempt, tuple(g.spec.bundles), g.started_at)
             for k, g in sorted(r.gangs.items())
-            if not g.reported and not g.ended_by(self.now)
+            if not g.ended_by(self.now)
         ]
 
     def poll(self, name: str) -> list[GangResult]:
         r = self._resv.get(name)
         if r is None:
             return []
-        out = []
-        for _, g in sorted(r.gangs.items()):
-            if not g.reported and g.ended_by(self.now):
-                g.reported = True
-                out.append(self._result(r.name, g))
-        return out
+        return [
+            self._result(r.name, g)
+            for _, g in sorted(r.gangs.items())
+            if not g.acked and g.ended_by(self.now)
+        ]
+
+    def ack(self, name: str, keys: Iterable[ResultKey]) -> None:
+        r = self._resv.get(name)
+        if r is None:
+            return
+        for k in keys:
+            g = r.gangs.get((k[0], k[1]))
+            if g is not None and g.ended_by(self.now):
+                g.acked = True
 
     def terminate(self, name: str, job: str | None = None) -> None:
         self._signal(name, job, signal.SIGTERM)
@@ -289,7 +302,7 @@ class MemoryExecutor:
             return
         t = self.now
         for g in r.gangs.values():
-            if g.reported or (job is not None and g.spec.job != job):
+            if g.ended_by(t) or (job is not None and g.spec.job != job):
                 continue
             b = g.behaviour
             for i, rank in enumerate(g.ranks):

@@ -8,7 +8,8 @@ Mapping (see docs/executor.md):
   pinned to bundle ``i``, restarted by Ray if its node dies), created together with the group
   so that it is warm when the group is placed;
 - a gang of k ranks → one subprocess per rank, in its own process group, started by the
-  rank actors; results stay in the actors until ``poll`` hands them over.
+  rank actors; results stay in the actors until the caller ``ack``s them (``poll`` only
+  reads them).
 
 The driver keeps only caches: everything it needs after a restart is in Ray.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from ._rank import EXECUTOR_REASONS, RankWorker
 from .base import (
@@ -28,6 +29,7 @@ from .base import (
     NotReady,
     ReservationConflict,
     ReservationState,
+    ResultKey,
     RunningGang,
     UnknownReservation,
     check_gang,
@@ -199,8 +201,9 @@ class RayExecutor:
             return state
         if name in self._ready:
             return "ready"
-        # Placed, but "ready" also promises warm rank workers: probe them without waiting
-        # for a worker process to start (that is what the next call is for).
+        # Placed (the group holds its GPUs), but "ready" also promises warm rank workers:
+        # probe them without waiting for a worker process to start (that is what the next
+        # call is for). Until they answer the group is "placed", not a hardware shortfall.
         hs = self._ranks(name)
         assert hs is not None
         pings = self._pings.get(name)
@@ -208,13 +211,15 @@ class RayExecutor:
             pings = self._pings[name] = [h.info.remote() for h in hs]
         done, _ = self._ray.wait(pings, num_returns=len(pings), timeout=0.05)
         if len(done) < len(pings):
-            return "pending"
+            return "placed"
         statuses = [self._status(p) for p in pings]
         if any(isinstance(s, str) for s in statuses):
             self._pings.pop(name, None)  # probe again next time
             if _DEAD in statuses:
                 self._handles.pop(name, None)  # look up again, recreating the dead ranks
-            return "rescheduling" if _UNKNOWN in statuses else "pending"
+            # Unreachable: maybe its node is gone and Ray has not noticed yet (~15 s by
+            # default), so not "placed". Dead: it is recreated on the group's own GPUs.
+            return "rescheduling" if _UNKNOWN in statuses else "placed"
         self._ready.add(name)
         return "ready"
 
@@ -342,19 +347,32 @@ class RayExecutor:
     def poll(self, name: str) -> list[GangResult]:
         return self._collect(name)[0]
 
+    def ack(self, name: str, keys: Iterable[ResultKey]) -> None:
+        """Tell every rank actor of ``name`` that these results are stored (they keep a
+        tombstone). A rank that misses it is tidied up by a later ``poll``: one acknowledged
+        record marks the whole gang delivered."""
+        ks = [(str(k[0]), int(k[1])) for k in keys]
+        if not ks:
+            return
+        launched = self._launched.get(name, {})
+        for k in ks:
+            launched.pop(k, None)  # a gang all of whose ranks were lost lives only here
+        hs = self._ranks(name) or []  # none if the group is gone: nothing left to mark
+        self._call_all([h.ack.remote(ks) for h in hs])
+
     def _collect(self, name: str) -> tuple[list[GangResult], bool]:
-        """Results of gangs that ended, acknowledged in the rank actors; and whether every
-        gang is accounted for (no rank unreachable, none still running)."""
+        """Results of gangs that ended and are not acknowledged (nothing is acknowledged
+        here); and whether every gang is accounted for (no rank unreachable, none running)."""
         hs, snaps, gangs = self._gangs(name)
         settled = _UNKNOWN not in snaps
         out: list[GangResult] = []
-        acks: dict[int, list[Key]] = defaultdict(list)
+        acks: dict[int, list[Key]] = defaultdict(list)  # tidying up half-finished acks only
         now = time.time()
         dead_nodes: set[str] | None = None
         for key in sorted(set(gangs) | set(self._launched.get(name, {}))):
             recs = gangs.get(key, {})
             if any(r["acked"] for r in recs.values()):
-                # Delivered before (maybe by a daemon that died mid-acknowledgement): tidy up.
+                # Acknowledged before (maybe an ack that reached only some ranks): tidy up.
                 for b, r in recs.items():
                     if not r["acked"]:
                         acks[b].append(key)
@@ -415,9 +433,6 @@ class RayExecutor:
                     str(r) for r, s in enumerate(status) if s == _DEAD) if lost else "",
             )
             out.append(result)
-            self._launched.get(name, {}).pop(key, None)
-            for b in recs:
-                acks[b].append(key)
         if acks:
             self._call_all([hs[b].ack.remote(ks) for b, ks in sorted(acks.items())])
         return out, settled
@@ -445,14 +460,15 @@ class RayExecutor:
             return []
         pg, entry = found
         hs = self._ranks(name) or []
-        out: list[GangResult] = []
+        out: dict[Key, GangResult] = {}
         if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
             # Our own killpg, not ray.kill: that would leave the jobs' grandchildren running.
             self._signal(name, None, None, 9, "release")
             deadline = time.monotonic() + settle_s
             while True:
                 got, settled = self._collect(name)
-                out += got
+                for r in got:  # collect is side-effect free: a result shows on every round
+                    out.setdefault((r.job, r.attempt), r)
                 if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
@@ -464,4 +480,4 @@ class RayExecutor:
         remove_placement_group(pg)
         self._forget(name)
         self._launched.pop(name, None)
-        return out
+        return [out[k] for k in sorted(out)]

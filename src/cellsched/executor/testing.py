@@ -34,6 +34,10 @@ def start_local_ray() -> Any:
 
     if not ray.is_initialized():
         ray.init(
+            # "local": always a new cluster of our own. Without it ray.init attaches to any
+            # cluster another process started on this machine (ray start, or a test's
+            # ray.cluster_utils.Cluster) and refuses num_cpus/num_gpus.
+            address="local",
             num_cpus=CPUS,
             num_gpus=GPUS,
             include_dashboard=False,

@@ -124,3 +124,25 @@ class GrantRuntimeRow(SQLModel, table=True):
     term_sent_at: int | None = None  # SIGTERM sent at end - grace
     finalized: bool = Field(default=False, index=True)
     notified: bool = Field(default=False, index=True)
+
+
+class BreachRow(SQLModel, table=True):
+    """GPU-seconds of a grant's window the cluster did not provide, and when (appended for
+    breach refunds).
+
+    One row per increase of ``GrantRow.breach_gs``, written in the same transaction, covering
+    ``[start, end)`` on ``width`` GPUs (``gpu_seconds = width * (end - start)``), so that per
+    grant ``sum(gpu_seconds) == breach_gs``. Append-only. DESIGN §2: lost hardware is
+    refunded; the refund is credited to the team in the period(s) ``[start, end)`` falls in
+    (``service.load_schedule`` and ``service.budget``). ``GrantRow.refunded_gs`` stays the
+    refund of a cut window only (reports derive the original end from it)."""
+
+    __tablename__ = "cs_breach"
+    id: int | None = Field(default=None, primary_key=True)
+    grant_id: int = Field(index=True, foreign_key="cs_grant.id")
+    team: str = Field(index=True)
+    start: int
+    end: int
+    width: int
+    gpu_seconds: int
+    recorded_at: int

@@ -7,8 +7,16 @@ Rules it keeps (DESIGN §4, STYLE 8):
   ``running`` before ``launch``, ``expired``/``completed`` before ``release``. A daemon killed
   between the two finds the intent on restart and finishes the job idempotently.
 - **Stateless between ticks.** Everything needed after a crash is in the ledger
-  (``GrantRuntimeRow``, ``JobRunRow``) or in the executor (groups found by name, results held
-  by the rank workers until polled). In-memory state is only caches and a debounce.
+  (``GrantRuntimeRow``, ``JobRunRow``, ``BreachRow``) or in the executor (groups found by
+  name, results held by the rank workers until acknowledged). In-memory state is only caches
+  and a debounce.
+- **Results: store, then acknowledge.** ``poll`` only reads; a result is ``ack``ed after the
+  transaction that records it has committed, and recording is idempotent (a result already
+  recorded is not written again), so a crash between poll and commit, or between commit and
+  ack, neither loses a result nor records it twice.
+- **Breaches are refunds.** Every increase of ``GrantRow.breach_gs`` appends a ``BreachRow``
+  (the interval it covers) in the same transaction; the service layer credits the team's
+  allowance with them, in the period where the loss happened.
 - **Idempotent ticks.** A tick repeated at the same ``now`` writes nothing new.
 - **Never later.** Capacity freed by an early finish lets waiting grants start earlier via the
   core's ``Schedule.move_earlier``; nothing ever moves a grant later.
@@ -40,6 +48,8 @@ from cellsched.executor.base import (
 from cellsched.ledger import events
 from cellsched.ledger.tables import (
     LIVE_STATES,
+    BreachRow,
+    EventRow,
     GrantRow,
     GrantRuntimeRow,
     JobRunRow,
@@ -65,7 +75,9 @@ class Settings:
 
     # A group still not placed this long after the promised start is a guarantee breach,
     # counted from the promised start (Ray never fails an infeasible group: we must decide).
-    placement_timeout_s: int = 30
+    # "Placed" means the group holds its GPUs; slow rank-worker start-up is not a breach, so
+    # this can be tight.
+    placement_timeout_s: int = 10
     # How often breach_gs is brought up to date while an outage lasts.
     breach_update_s: int = 60
     # An attempt the ledger says runs but the executor neither runs nor reports is lost once
@@ -144,11 +156,13 @@ class Reconciler:
         self.settings = settings or Settings()
         self.logs_root = logs_root_for(env, self.settings)
         self.ledger_id = _ledger_id(env)
-        self.prefix = f"{getattr(executor, 'prefix', 'cellsched/')}{self.ledger_id}/"
+        self.prefix = f"{executor.prefix}{self.ledger_id}/"
         self._specs: dict[str, ProjectSpec] = {}
         # (grant, job, attempt) -> (first tick it was missing, times seen missing)
         self._missing: dict[tuple[int, str, int], tuple[float, int]] = {}
         self._last_sweep: float | None = None
+        # grant -> whether its group has ever been placed (a cache of the "placed" events)
+        self._was_placed: dict[int, bool] = {}
         self._notifying: set[int] = set()
         self._threads: list[threading.Thread] = []
 
@@ -284,7 +298,7 @@ class Reconciler:
                 return
             row.state = "expired"
             row.ended_at = now
-            row.breach_gs = row.width * (row.end - row.start)
+            _set_breach(s, row, row.width * (row.end - row.start), now)
             s.add(row)
             s.add(GrantRuntimeRow(
                 grant_id=row.id, reservation=self.name_for(row),
@@ -304,19 +318,29 @@ class Reconciler:
         if state == "missing":
             self._group_missing(g, rt, proj, now, res)
             return
+        # "placed": the group holds its GPUs, its rank workers are still starting. The cluster
+        # is providing the window (no breach), but nothing can be launched yet.
+        held = state in ("placed", "ready")
         if g.state == "reserving":
+            if held:
+                self._placed(g, rt, now, res)
+                g, rt = self._reload(g.id)
             if state == "ready":
                 self._activate(g, rt, now, res)
                 g, rt = self._reload(g.id)
             else:
-                self._pending(g, rt, now, res)
+                if not held:
+                    self._pending(g, rt, now, res)
                 return
         # active
-        if state == "rescheduling" and rt.outage_since is None:
-            self._outage(g, now, res, "rescheduling", "a node of the group was lost; Ray is re-placing its bundles")
+        if not held and rt.outage_since is None:
+            why = ("a node of the group was lost; Ray is re-placing its bundles" if state == "rescheduling"
+                   else f"the group is {state} again")
+            self._outage(g, now, res, "rescheduling", why)
             g, rt = self._reload(g.id)
-        elif state == "ready" and rt.outage_since is not None:
-            self._close_outage(g, now, res, "group ready again")
+        elif held and rt.outage_since is not None:
+            self._close_outage(g, now, res, "group ready again" if state == "ready" else
+                               "group placed again; rank workers starting")
             g, rt = self._reload(g.id)
         elif rt.outage_since is not None:
             self._breach_update(g, rt, now)
@@ -324,6 +348,9 @@ class Reconciler:
         running = self.ex.running(name)
         results = self.ex.poll(name)
         self._record(g, results, running, now, res)
+        if results:
+            # Only now that the ledger has them: a crash before this line shows them again.
+            self.ex.ack(name, [(r.job, r.attempt) for r in results])
         g, rt = self._reload(g.id)
         runs = self._runs(g.id)
         views = [AttemptView(r.job, r.attempt, r.state) for r in runs]
@@ -376,7 +403,7 @@ class Reconciler:
             r2 = s.get(GrantRuntimeRow, g.id)
             if row is None or r2 is None or row.state != "reserving":
                 return
-            closed = self._close(row, r2, now)
+            closed = self._close(s, row, r2, now)
             first = row.started_at is None
             row.state = "active"
             if first:
@@ -390,7 +417,7 @@ class Reconciler:
             })
         res.add(f"active {g.project_id} ({g.width} GPUs ready)")
 
-    def _close(self, row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
+    def _close(self, s: Session, row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
         """Close an open outage at ``now`` (capped at the window's end); returns GPU-seconds."""
         if rt.outage_since is None:
             return 0
@@ -398,20 +425,57 @@ class Reconciler:
         rt.breach_closed_gs += lost
         rt.outage_since = None
         rt.breach_noted_at = now
-        row.breach_gs = rt.breach_closed_gs
+        _set_breach(s, row, rt.breach_closed_gs, now)
         return lost
 
     def _pending(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
-        """Reserving and not placed: after the timeout it is a breach, counted from the
-        promised start (or from when an active group went missing); keep asking."""
+        """Reserving and not placed (pending or rescheduling): a group never placed is a
+        breach after the timeout, counted from the promised start; one that was placed
+        before and no longer is, from now (or from when an active group went missing).
+        Keep asking either way."""
         if rt.outage_since is not None:
             self._breach_update(g, rt, now)
             return
-        if g.started_at is None and now - g.start >= self.settings.placement_timeout_s:
-            self._outage(g, now, res, "unplaceable",
-                         f"a group of {g.width} one-GPU bundles could not be placed within "
-                         f"{self.settings.placement_timeout_s} s: the cluster has fewer free GPUs "
-                         "than declared; still trying", since=g.start)
+        if g.started_at is None and not self._ever_placed(g):
+            if now - g.start >= self.settings.placement_timeout_s:
+                self._outage(g, now, res, "unplaceable",
+                             f"a group of {g.width} one-GPU bundles could not be placed within "
+                             f"{self.settings.placement_timeout_s} s: the cluster has fewer free GPUs "
+                             "than declared; still trying", since=g.start)
+            return
+        self._outage(g, now, res, "rescheduling",
+                     "the group held its GPUs before and no longer does; still trying")
+
+    def _ever_placed(self, g: GrantRow) -> bool:
+        """Whether this grant's group has held its GPUs at some point (a ``placed`` event)."""
+        gid = g.id or 0
+        known = self._was_placed.get(gid)
+        if known is None:
+            with self.env.ledger.read() as s:
+                evs = s.exec(select(EventRow).where(
+                    EventRow.kind == "placed", EventRow.subject == g.project_id)).all()
+                known = any(json.loads(e.data).get("grant") == gid for e in evs)
+            self._was_placed[gid] = known
+        return known
+
+    def _placed(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
+        """Reserving, and the group holds its GPUs (its rank workers may still be starting):
+        the cluster provides the window from now, so an open outage closes here, not when
+        the workers answer. The first placement of a grant is a ``placed`` event."""
+        if rt.outage_since is not None:
+            self._close_outage(g, now, res, "group placed; rank workers starting")
+        if self._ever_placed(g):
+            return
+        with self.env.ledger.write() as s:
+            row = s.get(GrantRow, g.id)
+            if row is None or row.state != "reserving":
+                return
+            events.append(s, now, "placed", row.project_id, ACTOR, {
+                "grant": row.id, "reservation": rt.reservation, "width": row.width,
+                "placement_delay_s": now - row.start,
+            })
+        self._was_placed[g.id or 0] = True
+        res.add(f"placed {g.project_id} ({g.width} GPUs held)")
 
     def _outage(self, g: GrantRow, now: int, res: TickResult, kind: str, message: str,
                 since: int | None = None) -> None:
@@ -422,7 +486,7 @@ class Reconciler:
                 return
             r2.outage_since = now if since is None else since
             r2.breach_noted_at = now
-            row.breach_gs = r2.breach_closed_gs + row.width * max(0, now - r2.outage_since)
+            _set_breach(s, row, r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since), now)
             s.add(row)
             s.add(r2)
             events.append(s, now, kind, row.project_id, ACTOR, {
@@ -437,7 +501,7 @@ class Reconciler:
             r2 = s.get(GrantRuntimeRow, g.id)
             if row is None or r2 is None or r2.outage_since is None:
                 return
-            lost = self._close(row, r2, now)
+            lost = self._close(s, row, r2, now)
             s.add(row)
             s.add(r2)
             events.append(s, now, "restored", row.project_id, ACTOR, {
@@ -455,7 +519,7 @@ class Reconciler:
             if row is None or r2 is None or r2.outage_since is None:
                 return
             r2.breach_noted_at = now
-            row.breach_gs = r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since)
+            _set_breach(s, row, r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since), now)
             s.add(row)
             s.add(r2)
             events.append(s, now, "breach", row.project_id, ACTOR, {
@@ -560,11 +624,16 @@ class Reconciler:
                 res.add(f"lost {g.project_id}/{jr.job}#{jr.attempt}: fate unknown; will retry")
 
     def _write_results(self, g: GrantRow, results: list[GangResult], now: int, res: TickResult) -> None:
+        """Record results, once each: the executor shows a result until it is acknowledged
+        (after this transaction), so one already recorded (a crash between commit and ack,
+        or ``release`` returning what ``poll`` showed) is skipped here."""
         with self.env.ledger.write() as s:
             for r in results:
                 jr = s.exec(select(JobRunRow).where(
                     JobRunRow.grant_id == g.id, JobRunRow.job == r.job, JobRunRow.attempt == r.attempt
                 )).first()
+                if jr is not None and _has_result(jr):
+                    continue
                 late = jr is not None and jr.state != "running"
                 if jr is None:  # not ours by the ledger (should not happen): keep the facts anyway
                     jr = JobRunRow(grant_id=g.id or 0, job=r.job, attempt=r.attempt, state="running",
@@ -599,7 +668,7 @@ class Reconciler:
             r2 = s.get(GrantRuntimeRow, g.id)
             if row is None or r2 is None or row.state not in LIVE_STATES:
                 return
-            self._close(row, r2, now)
+            self._close(s, row, r2, now)
             cut = min(max(now, row.start), row.end)
             refund = row.width * (row.end - cut)
             row.end = cut
@@ -628,7 +697,7 @@ class Reconciler:
             never = row.started_at is None
             if never and r2.outage_since is None:
                 r2.outage_since = row.start  # never placed at all
-            self._close(row, r2, now)
+            self._close(s, row, r2, now)
             row.state = "expired"
             row.ended_at = now
             s.add(row)
@@ -655,7 +724,7 @@ class Reconciler:
             r2 = s.get(GrantRuntimeRow, g.id)
             if row is None or r2 is None or r2.finalized:
                 return
-            self._close(row, r2, now)
+            self._close(s, row, r2, now)
             runs = list(s.exec(select(JobRunRow).where(JobRunRow.grant_id == g.id).order_by(col(JobRunRow.id))).all())
             for jr in runs:
                 if jr.state == "running":
@@ -799,6 +868,29 @@ class Reconciler:
                     "reservation": n, "unreported_results": len(results),
                 })
             res.add(f"released orphan group {n}")
+
+
+def _has_result(jr: JobRunRow) -> bool:
+    """Whether an executor result was recorded for this attempt: only results set the exit
+    codes (one per rank, so never empty); the reconciler's own verdicts (``lost`` when the
+    fate is unknown, ``killed`` at finalize) leave them empty."""
+    return jr.exit_codes not in ("", "[]")
+
+
+def _set_breach(s: Session, row: GrantRow, total: int, now: int) -> None:
+    """Bring ``row.breach_gs`` up to ``total`` and record the increase as a ``BreachRow``.
+
+    Breach time accrues from an outage's start up to ``now`` (never past the window's end),
+    so an increase of ``d`` GPU-seconds is the interval of ``d / width`` seconds ending at
+    ``min(now, end)``: that is what lets the refund land in the period where the loss
+    happened. Never decreases (the rows are append-only, and so is the loss)."""
+    added = total - row.breach_gs
+    if added <= 0 or row.width <= 0:
+        return
+    row.breach_gs = total
+    until = min(now, row.end)
+    s.add(BreachRow(grant_id=row.id or 0, team=row.team, start=until - added // row.width, end=until,
+                    width=row.width, gpu_seconds=added, recorded_at=now))
 
 
 def _redact(target: str) -> str:
