@@ -163,7 +163,7 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{g['width']} GPUs of pool `{g['pool']}` (grant {g['id']}). GPU-hours: "
         f"charged {gh['charged']:.4g}, held {gh['held']:.4g}, used by jobs {gh['used']:.4g}, "
         f"refunded {gh['refunded']:.4g}"
-        + (f", **guarantee breach {gh['breach']:.4g}** (GPU-hours the cluster could not provide)"
+        + (f", **guarantee breach {gh['breach']:.4g}** (GPU-hours the cluster could not provide, refunded to the team)"
            if r["gpu_seconds"]["breach"] else ", guarantee breach 0")
         + ".",
         "",
