@@ -465,3 +465,13 @@ def test_logs_show_the_newest_attempt_and_follow_stops_when_the_grant_ends(env: 
     out = io.StringIO()
     L.follow(env, "chatty-logs", "train", 0, out=out, wait_s=5)  # returns: the grant is over
     assert out.getvalue() == "attempt 2 rank 0\n"
+
+
+def test_a_window_spent_placed_waiting_for_workers_is_no_breach(env: Env, tmp_path: Path) -> None:
+    g = submit(env, project("never-warm", [job("train", gpus=4)], window_s=40))
+    h = Harness(env, tmp_path, {"train": Behaviour(10)}, ready_delay=1000)  # workers never answer
+    h.run(T0 + 41)
+    done = h.grant(g.id)
+    assert done.state == "expired" and done.breach_gs == 0  # the GPUs were held all along
+    assert not h.events("unplaceable") and h.events("placed")
+    assert h.report(g.id)["jobs"][0]["state"] == "not run"

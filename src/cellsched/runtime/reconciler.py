@@ -689,12 +689,13 @@ class Reconciler:
 
     def _expire(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult) -> None:
         """The window is over: ``expired`` (intent), then SIGKILL + release in finalize."""
+        placed = self._ever_placed(g)  # held its GPUs, even if its workers never answered
         with self.env.ledger.write() as s:
             row = s.get(GrantRow, g.id)
             r2 = s.get(GrantRuntimeRow, g.id)
             if row is None or r2 is None or row.state not in LIVE_STATES:
                 return
-            never = row.started_at is None
+            never = row.started_at is None and not placed
             if never and r2.outage_since is None:
                 r2.outage_since = row.start  # never placed at all
             self._close(s, row, r2, now)
