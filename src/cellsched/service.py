@@ -335,14 +335,14 @@ class Budget:
             "committed_gpu_hours": self.total("committed_gs") / h,
             "held_gpu_hours": self.total("held_gs") / h,
             "used_gpu_hours": self.total("used_gs") / h,
+            # breaches included (DESIGN §2); the split is on the lines (breach_gs), and per
+            # grant in ``status`` (breach_gpu_hours)
             "refunded_gpu_hours": self.total("all_refunded_gs") / h,
-            "breach_refunded_gpu_hours": self.total("breach_gs") / h,
             "remaining_gpu_hours": self.remaining_gs / h,
             "projects": [
                 {"project": l.project, "state": l.state, "granted_gpu_hours": l.granted_gs / h,
                  "committed_gpu_hours": l.committed_gs / h, "held_gpu_hours": l.held_gs / h,
-                 "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.all_refunded_gs / h,
-                 "breach_refunded_gpu_hours": l.breach_gs / h}
+                 "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.all_refunded_gs / h}
                 for l in self.lines
             ],
         }

@@ -55,6 +55,7 @@ SCRIPT = textwrap.dedent("""
     cluster.remove_node(victim, allow_graceful=False)
     (lost,) = until(lambda: ex.poll(n))
     detect = time.monotonic() - t
+    ex.ack(n, [lost.key])
     state_after = ex.reservation_state(n)
     cluster.add_node(num_cpus=1, num_gpus=4)
     until(lambda: ex.reservation_state(n) == "ready")
