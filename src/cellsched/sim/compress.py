@@ -136,19 +136,24 @@ class Compressor:
         start (with the grant released, F only rises inside its own window). Team calendars
         and allowances can only refuse more, so passing over changes nothing."""
         pools = self.schedule.pools
-        order = sorted((g.start, seq) for seq, g in self.waiting.items())
+        lanes = [lane.keys for lane in self.lanes.values() if lane.keys]
+        if not lanes:
+            return
+        # The lanes are kept sorted: a copy (or a merge of several pools) beats sorting.
+        order = list(lanes[0]) if len(lanes) == 1 else sorted(k for keys in lanes for k in keys)
         # Per (pool, width): how far the calendar has been read for runs of F >= width, the
         # longest run seen that ended by then, and where the run still open then began. A
         # move takes capacity only before the mover's start (behind this sweep) and gives it
         # back only from its old start on (ahead of it), so what was read can only have
         # shrunk since: an over-estimate, safe for passing over, confirmed by earliest().
         seen: dict[tuple[str, int], list[int]] = {}
+        waiting = self.waiting
         for start, seq in order:
-            g = self.waiting[seq]
+            g = waiting[seq]
             cal = pools[g.pool][1]
             w = g.width
-            length = g.end - start
             if cal.free_at(start - 1) < w:
+                length = g.end - start
                 st = seen.get((g.pool, w))
                 if st is None:
                     st = seen[(g.pool, w)] = [now, 0, -1]
