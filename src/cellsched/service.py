@@ -186,7 +186,7 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
         replaced = None
         if old is not None:
             replaced = f"{old.project_id}"
-            _cut(s, old, now, "replaced", caller, {"by": pid})
+            end_grant(s, old, now, "replaced", caller, {"by": pid})
         row = GrantRow(
             project_id=pid, project=spec.name, digest=d, team=spec.team, pool=decision.pool,
             width=decision.width, start=decision.start, end=decision.end,
@@ -224,8 +224,9 @@ def _replaced_grant(s: Session, spec: ProjectSpec, caller: str, env: Env) -> Gra
     return old
 
 
-def _cut(s: Session, row: GrantRow, now: int, state: str, caller: str, extra: dict[str, Any]) -> int:
-    """End ``row`` at ``now`` (or before it starts) with ``state``; returns GPU-seconds refunded."""
+def end_grant(s: Session, row: GrantRow, now: int, state: str, caller: str, extra: dict[str, Any]) -> int:
+    """End ``row`` at ``now`` (or before it starts) with ``state``, refund the rest of the
+    window, and record the event; returns GPU-seconds refunded. Runs inside a write."""
     cut = min(max(now, row.start), row.end)
     refund = row.width * (row.end - cut)
     row.end = cut
@@ -258,7 +259,7 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
         row = find_grant(s, project, live_only=True)
         if not _team_member(env, row.team, caller):
             raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
-        refund = _cut(s, row, now, "cancelled", caller, {})
+        refund = end_grant(s, row, now, "cancelled", caller, {})
         return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600, "grant": grant_json(row)}
 
 

@@ -22,7 +22,7 @@ def serve(
     logs_dir: Annotated[Optional[Path], typer.Option("--logs-dir", envvar="CELLSCHED_LOGS",
                                                      help="Job logs and reports (default: logs/ beside the cluster config).")] = None,
     placement_timeout: Annotated[int, typer.Option("--placement-timeout", min=1,
-                                                   help="Seconds a group may stay unplaced before it counts as a guarantee breach.")] = 30,
+                                                   help="Seconds a group may stay unplaced before it counts as a guarantee breach.")] = 10,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """The daemon: reserve each grant's GPUs on Ray at its start, run its jobs, stop them at

@@ -60,7 +60,7 @@ from cellsched.runtime.clock import now_s
 from cellsched.runtime.notify import notify
 from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
 from cellsched.runtime.report import build_report, render_markdown
-from cellsched.service import Env, grant_of, load_schedule
+from cellsched.service import Env, end_grant, grant_of, load_schedule
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
 
@@ -669,18 +669,8 @@ class Reconciler:
             if row is None or r2 is None or row.state not in LIVE_STATES:
                 return
             self._close(s, row, r2, now)
-            cut = min(max(now, row.start), row.end)
-            refund = row.width * (row.end - cut)
-            row.end = cut
-            row.refunded_gs += refund
-            row.state = state
-            row.ended_at = now
-            s.add(row)
             s.add(r2)
-            events.append(s, now, state, row.project_id, ACTOR, {
-                "grant": row.id, "end": cut, "refunded_gpu_seconds": refund,
-                "breach_gpu_seconds": row.breach_gs,
-            })
+            refund = end_grant(s, row, now, state, ACTOR, {"breach_gpu_seconds": row.breach_gs})
             moved = self._pull_forward(s, now)
         res.add(f"{state} {g.project_id}: refunded {refund} GPU-seconds")
         for m in moved:
