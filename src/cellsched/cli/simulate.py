@@ -26,7 +26,7 @@ def simulate(
 ) -> None:
     """Replay a job trace on a virtual clock through cellsched's admission core and baselines.
 
-    [bold]Example[/]: cellsched simulate --trace jobs.csv --cluster examples/sim-cluster.toml --policy cellsched --policy easy
+    **Example**: cellsched simulate --trace jobs.csv --cluster examples/sim-cluster.toml --policy cellsched --policy easy
     """
     from cellsched.errors import BadInput
     from cellsched.sim.policies import POLICIES
