@@ -20,7 +20,7 @@ Definitions (P is the report period [since, until); E is its elapsed part [since
 - wait: submit (grant creation) to start, for grants submitted in P that were not cancelled
   before starting; the start is the measured ``started_at`` when the daemon recorded one,
   otherwise the granted window start.
-- team remaining: allowance minus what was booked (net of refunds) by the report's reference
+- team remaining: allowance minus what was booked (net of refunds, breaches included) by the report's reference
   time ``ref = min(until - 1, now)`` in the allowance period containing ``ref``; with ``ref =
   now`` this is exactly what ``cellsched budget`` shows.
 """
@@ -427,7 +427,7 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
             out.append(item)
             continue
         a0, a1 = period_bounds(ref, cfg.period)
-        booked_events = _bookings(grants_by_team[n], cfg.period)
+        booked_events = _bookings(grants_by_team[n], cfg.period, snap.breaches)
         remaining = cfg.allowance_gpu_seconds - _booked_by(booked_events, a0, ref)
         item.update({
             "period": cfg.period,
@@ -485,9 +485,11 @@ class _Periods:
         return out
 
 
-def _bookings(grants: Iterable[GrantFact], period: str) -> list[tuple[int, int, int]]:
+def _bookings(grants: Iterable[GrantFact], period: str,
+              breaches: dict[int, list[tuple[int, int, int]]]) -> list[tuple[int, int, int]]:
     """(when, allowance period start, +/- GPU-seconds): charges at grant time, refunds when
-    the grant was cut (``ended_at``), each split by allowance period like the core does."""
+    the grant was cut (``ended_at``) and for breaches (when the span not provided ended),
+    each split by allowance period like the core does."""
     ev: list[tuple[int, int, int]] = []
     periods = _Periods(period)
     for g in grants:
@@ -498,6 +500,9 @@ def _bookings(grants: Iterable[GrantFact], period: str) -> list[tuple[int, int, 
             when = g.ended_at if g.ended_at is not None else g.end
             for ps, gs in periods.split(g.end, gross_end, g.width):
                 ev.append((when, ps, -gs))
+        for b0, b1, w in breaches.get(g.id, ()):
+            for ps, gs in periods.split(b0, b1, w):
+                ev.append((b1, ps, -gs))
     ev.sort()
     return ev
 

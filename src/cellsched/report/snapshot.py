@@ -9,7 +9,7 @@ ledger of 100,000 grants loads in well under a second.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from sqlalchemy import or_, select
@@ -73,6 +73,8 @@ class Snapshot:
     grants: tuple[GrantFact, ...]
     runs: tuple[RunFact, ...]
     events: tuple[EventFact, ...]
+    # grant id -> (start, end, width) spans the cluster did not provide; refunded to the team
+    breaches: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
 
 
 EVENT_KINDS = ("granted", "refused", "cancelled", "replaced", "completed", "expired")
@@ -111,7 +113,10 @@ def load(ledger: Ledger, cluster: ClusterConfig, since: int, until: int) -> Snap
             .order_by(e.seq)
         )
         events = tuple(_event(*row) for row in _fetch(conn, eq))
-    return Snapshot(grants, runs, events)
+        from cellsched.service import breach_intervals  # the same breach refunds as budget
+
+        breaches = breach_intervals(s, grants)  # type: ignore[arg-type]
+    return Snapshot(grants, runs, events, breaches)
 
 
 def _fetch(conn: Any, query: Any) -> list[tuple[Any, ...]]:
