@@ -18,8 +18,9 @@ from cellsched.core.admission import Grant, Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger import events
+from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
-from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import LIVE_STATES, GrantRow, JobRunRow, ProjectRow
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
 from cellsched.spec.load import load_cluster, load_spec
@@ -61,25 +62,6 @@ def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
 
 def grant_of(row: GrantRow) -> Grant:
     return Grant(row.project, row.team, row.pool, row.width, row.start, row.end)
-
-
-def breach_intervals(s: Session, rows: list[GrantRow]) -> dict[int, list[tuple[int, int, int]]]:
-    """Per grant, the ``(start, end, width)`` intervals its window was not provided (breach),
-    from ``BreachRow``. A breach recorded before those rows existed (``breach_gs`` larger than
-    its rows add up to) is placed from the window's start, where breaches usually begin."""
-    ids = [r.id for r in rows if r.id is not None and r.breach_gs > 0]
-    out: dict[int, list[tuple[int, int, int]]] = {}
-    if not ids:
-        return out
-    seen: dict[int, int] = {}
-    for b in s.exec(select(BreachRow).where(col(BreachRow.grant_id).in_(ids)).order_by(col(BreachRow.id))):
-        out.setdefault(b.grant_id, []).append((b.start, b.end, b.width))
-        seen[b.grant_id] = seen.get(b.grant_id, 0) + b.gpu_seconds
-    for r in rows:
-        rest = r.breach_gs - seen.get(r.id or 0, 0)
-        if r.id is not None and rest > 0 and r.width > 0:
-            out.setdefault(r.id, []).append((r.start, r.start + rest // r.width, r.width))
-    return out
 
 
 def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:

@@ -16,6 +16,7 @@ from sqlalchemy import or_, select
 
 from cellsched.core.allowance import period_bounds
 from cellsched.core.calendar import FAR_PAST
+from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger
 from cellsched.ledger.tables import EventRow, GrantRow, JobRunRow
 from cellsched.spec.cluster import ClusterConfig
@@ -113,9 +114,7 @@ def load(ledger: Ledger, cluster: ClusterConfig, since: int, until: int) -> Snap
             .order_by(e.seq)
         )
         events = tuple(_event(*row) for row in _fetch(conn, eq))
-        from cellsched.service import breach_intervals  # the same breach refunds as budget
-
-        breaches = breach_intervals(s, grants)  # type: ignore[arg-type]
+        breaches = breach_intervals(s, grants)  # the same breach refunds as budget
     return Snapshot(grants, runs, events, breaches)
 
 
