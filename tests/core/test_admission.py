@@ -264,6 +264,18 @@ def _admit_alternative(s: Schedule, r: Request, alt: Any, now: int) -> Grant | R
     return s.admit(shape, now)
 
 
+def test_refusal_when_capacity_frees_before_the_deadline_but_too_late_to_finish() -> None:
+    """The GPUs free up a day before the deadline, but the window needs two days."""
+    s = cluster().pool("h100", 160).team("interp").team("other").schedule()
+    s.commit(grant("big", "other", "h100", 64, T0, T0 + 6 * DAY))
+    r = req("late").gpus(128).hours(128 * 48).deadline(T0 + 7 * DAY).build()
+    out = s.admit(r, T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window", out
+    assert out.message == ("128 GPUs are free together for 48 h only from 2026-12-07 00:00 UTC, "
+                           "too late to end by your deadline 2026-12-08 00:00 UTC.")
+    assert out.earliest_start == T0 + 6 * DAY
+
+
 def test_refusal_from_the_issue_offers_a_later_start_and_a_narrower_width() -> None:
     """128 GPUs free together only after the deadline; 96 fit in the window."""
     s = cluster().pool("h100", 160).team("interp").team("other").schedule()

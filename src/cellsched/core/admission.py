@@ -325,10 +325,16 @@ class Schedule:
             )
         if req.deadline is None:
             msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
-        elif later is not None:
+        elif later is not None and later[1] >= req.deadline:
             msg = (
                 f"{width} GPUs are free together only from {fmt_time(later[1])}, "
                 f"after your deadline {fmt_time(req.deadline)}."
+            )
+        elif later is not None:
+            # Free before the deadline, but not for long enough to finish by it.
+            msg = (
+                f"{width} GPUs are free together for {fmt_gh(duration)} h only from "
+                f"{fmt_time(later[1])}, too late to end by your deadline {fmt_time(req.deadline)}."
             )
         else:
             msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
