@@ -1,5 +1,5 @@
 """Hypothesis state machine on the pure core: random submits, cancels, early completions,
-clock advances and compressions of waiting grants, checked after every step against an
+clock advances and both pull-forward rules on waiting grants (compaction, start now), checked after every step against an
 independent brute-force recount (not the calendars or books themselves)."""
 
 from __future__ import annotations
@@ -136,6 +136,19 @@ class CoreMachine(RuleBasedStateMachine):
             new = self.sched.move_earlier(old, self.now)
             assert (new.pool, new.width, new.end - new.start) == (old.pool, old.width, old.end - old.start)
             assert self.now <= new.start <= old.start
+            h.grant = new
+
+    @rule()
+    def start_now(self) -> None:
+        """Waiting grants, in order of start, start now if their whole window fits now."""
+        waiting = sorted((i for i, h in enumerate(self.held) if not h.done and h.grant.start > self.now),
+                         key=lambda i: (self.held[i].grant.start, i))
+        for i in waiting:
+            h = self.held[i]
+            old = h.grant
+            new = self.sched.start_now(old, self.now)
+            assert new == old or (new.start, new.end) == (self.now, self.now + old.end - old.start)
+            assert (new.pool, new.width) == (old.pool, old.width)
             h.grant = new
 
     # -- invariants -------------------------------------------------------------------

@@ -143,8 +143,42 @@ def test_waiting_grant_never_moves_before_its_not_before(env: Env, tmp_path: Pat
                             not_before=datetime.fromtimestamp(nb, timezone.utc)))
     assert b.start == a.end
     h = Harness(env, tmp_path, {"train": Behaviour(5)})
-    h.run(T0 + 6)
-    assert h.grant(b.id).start == nb
+    h.run(T0 + 29)
+    assert h.grant(b.id).start == T0 + 100  # free from T0+5, but not before its not_before
+    h.run(T0 + 40)
+    # start_now (the default): it starts at the daemon's first look at or after not_before.
+    assert nb <= h.grant(b.id).start <= nb + 10 and h.grant(b.id).started_at == h.grant(b.id).start
+
+
+@pytest.mark.parametrize("rule", ["start_now", "compact"])
+def test_pull_forward_rules(rule: str, cluster_file: Path, ledger_url: str, tmp_path: Path) -> None:
+    """a and a2 (8 GPUs each) hold T0..T0+100 and T0..T0+40, b (16) T0+100..T0+200, and c
+    (16 GPUs, 50 s) waits behind b. a ends at T0+10: ``compact`` moves b to T0+40 (16 GPUs
+    are free from there) and c behind it, at once; ``start_now`` moves nothing into the
+    future. When a2 is stopped (T0+36, its grace), b's whole window fits now and it starts
+    under both rules; c follows b under ``compact`` and keeps its window under ``start_now``."""
+    cluster_file.write_text(cluster_file.read_text().replace("[policy]\n", f'[policy]\npull_forward = "{rule}"\n'))
+    e = service.open_env(cluster_file, ledger_url)
+    try:
+        a = submit(e, project("a", [job("t", gpus=8)], gpus=8, window_s=100))
+        a2 = submit(e, project("a2", [job("u", gpus=8)], gpus=8, window_s=40))
+        b = submit(e, project("b", [job("v", gpus=16)], gpus=16, window_s=100))
+        c = submit(e, project("c", [job("w", gpus=16)], gpus=16, window_s=50))
+        assert (a.start, a2.start, b.start, c.start) == (T0, T0, T0 + 100, T0 + 200)
+        h = Harness(e, tmp_path, {"t": Behaviour(10), "u": Behaviour(None),
+                                  "v": Behaviour(None), "w": Behaviour(None)})
+        h.run(T0 + 12)
+        if rule == "compact":
+            assert [(h.grant(g.id).start - T0, h.grant(g.id).end - T0) for g in (b, c)] == [(40, 140), (140, 190)]
+            assert [json.loads(m.data)["from_start"] - T0 for m in h.events("moved_earlier")] == [100, 200]
+        else:
+            assert (h.grant(b.id).start, h.grant(c.id).start) == (T0 + 100, T0 + 200)
+            assert h.events("moved_earlier") == []
+        h.run(T0 + 42)
+        assert h.grant(b.id).start == T0 + 36 and h.grant(b.id).state == "active"
+        assert h.grant(c.id).start == (T0 + 136 if rule == "compact" else T0 + 200)
+    finally:
+        e.ledger.dispose()
 
 
 # -- cancel ---------------------------------------------------------------------------------

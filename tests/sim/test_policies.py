@@ -67,6 +67,26 @@ def test_cellsched_jump_into_a_hole():
     assert starts(e) == [0, 0, 30, 5]
 
 
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        # A's early end at 2 frees a GPU, but E holds the other until 6: compact moves B
+        # to 6 at once, so N (submitted at 3, 5 s) finds only a 4 s gap and goes after B.
+        ("compact", [0, 0, 6, 16]),
+        # start_now leaves B's window at 10, so N starts at 3 in the free GPU; B starts when
+        # its whole window fits now, at 8 when N ends: still before its promise.
+        ("start_now", [0, 0, 8, 3]),
+    ],
+)
+def test_pull_forward_rules_differ_on_a_newcomer(rule, expected):
+    # 2 GPUs: A (1 GPU, asks 10, runs 2), E (1 GPU, 6 s), B (2 GPUs, 10 s, promised 10),
+    # then N (1 GPU, 5 s) at 3.
+    tr = trace((0, 2, 1, 10), (0, 6, 1, 6), (0, 10, 2, 10), (3, 5, 1, 5))
+    e = run("cellsched", setup(tr, 2), rule=rule)
+    assert e.promised[:3] == [0, 0, 10]
+    assert starts(e) == expected
+
+
 def test_wider_than_the_pool_is_refused_by_everyone():
     tr = trace((0, 5, 8), (0, 5, 1))
     for p in ("cellsched", "easy", "fifo", "quota"):

@@ -168,6 +168,29 @@ class Schedule:
         self.commit(moved)
         return moved
 
+    def start_now(self, grant: Grant, now: int) -> Grant:
+        """Start a waiting grant at ``now`` if its whole window fits there, else leave it.
+
+        Same pool, width and length; "fits" means the GPUs are free over [now, now + length)
+        with the grant's own window given back, the team's ``max_gpus`` holds, and the
+        allowance covers the window charged by period. No other grant moves. Returns the
+        grant as it now stands."""
+        if grant.start <= now:
+            return grant
+        length = grant.end - grant.start
+        # Before its own window the grant holds nothing: free GPUs there must suffice.
+        upto = min(grant.start, now + length)
+        for cal, width in self._calendars(grant.pool, grant.team, grant.width):
+            if cal.min_free(now, upto) < width:
+                return grant
+        moved = replace(grant, start=now, end=now + length)
+        book = self.teams[grant.team].book
+        self.release(grant, grant.start)
+        if book.period != "none" and book.next_fit(now, now + length, grant.width) is not None:
+            moved = grant  # the window would overdraw the period it moves into
+        self.commit(moved)
+        return moved
+
     # -- the decision ------------------------------------------------------------------
 
     def admit(self, req: Request, now: int) -> Grant | Refusal:

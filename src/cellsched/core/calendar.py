@@ -98,6 +98,17 @@ class CapacityCalendar:
                 return cand
             i = next(compress(range(i + 1, j), map(short, islice(_tail(f, i + 1), j - i - 1))))
 
+    def free_until(self, width: int, t: int) -> int:
+        """The end of the span from ``t`` on with at least ``width`` GPUs free throughout:
+        ``t`` itself when fewer are free at ``t``, FAR_FUTURE when the span never ends."""
+        tt, f = self._t, self._f
+        i = bisect_right(tt, t) - 1
+        if f[i] < width:
+            return t
+        n = len(tt)
+        k = next(compress(range(i + 1, n), map(width.__gt__, _tail(f, i + 1))), n)
+        return tt[k] if k < n else FAR_FUTURE
+
     def widest(self, start: int, end: int) -> int:
         """The most GPUs free together over the whole of [start, end)."""
         return self.min_free(start, end)

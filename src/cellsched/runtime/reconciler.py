@@ -18,8 +18,9 @@ Rules it keeps (DESIGN §4, STYLE 8):
   (the interval it covers) in the same transaction; the service layer credits the team's
   allowance with them, in the period where the loss happened.
 - **Idempotent ticks.** A tick repeated at the same ``now`` writes nothing new.
-- **Never later.** Capacity freed by an early finish lets waiting grants start earlier via the
-  core's ``Schedule.move_earlier``; nothing ever moves a grant later.
+- **Never later.** Capacity freed by an early finish, a cancel or a window's end lets waiting
+  grants start earlier by the cluster's ``policy.pull_forward`` rule, through the core's
+  ``Schedule.start_now`` or ``Schedule.move_earlier``; nothing ever moves a grant later.
 
 The same class drives :class:`~cellsched.executor.memory.MemoryExecutor` (virtual clock, unit
 tests) and :class:`~cellsched.executor.ray_adapter.RayExecutor` (real Ray).
@@ -174,6 +175,9 @@ class Reconciler:
         res = TickResult()
         if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
             self._guard(res, "sweep", lambda: self._sweep(now, res))
+            if self.env.cluster.policy.pull_forward == "start_now":
+                # A waiting grant whose not_before has now passed may fit now.
+                self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
         seen: set[int] = set()
         for _ in range(3):  # an early finish can make a moved grant due in the same tick
@@ -736,15 +740,33 @@ class Reconciler:
                 "used_gpu_seconds": report["gpu_seconds"]["used"],
                 "refunded_gpu_seconds": row.refunded_gs, "breach_gpu_seconds": row.breach_gs,
             })
-            # A cancel (service layer) freed capacity too: waiting grants may move up.
-            moved = self._pull_forward(s, now) if reason in ("cancelled", "replaced") else []
+            # A cancel (service layer) freed capacity too, and so did a window's end for a
+            # grant that under start_now could not start before it: waiting grants may move up.
+            pull = reason in ("cancelled", "replaced") or (
+                reason == "expired" and self.env.cluster.policy.pull_forward == "start_now")
+            moved = self._pull_forward(s, now) if pull else []
         for m in moved:
             res.add(m)
         res.add(f"report {g.project_id}: {report['state']}, succeeded={report['succeeded']}")
         self._notify(self._grant(g.id), self._reload(g.id)[1], proj, res)
 
+    def _pull_now(self, now: int, res: TickResult) -> None:
+        with self.env.ledger.read() as s:
+            waiting = s.exec(
+                select(GrantRow.id).where(GrantRow.state == "granted", col(GrantRow.start) > now).limit(1)
+            ).first()
+        if waiting is None:
+            return
+        with self.env.ledger.write() as s:
+            for m in self._pull_forward(s, now):
+                res.add(m)
+
     def _pull_forward(self, s: Session, now: int) -> list[str]:
-        """Waiting grants start as early as the freed capacity allows (never later)."""
+        """Waiting grants start earlier where freed capacity allows (never later), by the
+        cluster's ``policy.pull_forward``: ``start_now`` starts each one whose whole window
+        fits now; ``compact`` moves each to the earliest window that fits (docs/admission.md).
+        In (start, id) order, as the simulator does."""
+        rule = self.env.cluster.policy.pull_forward
         sched = load_schedule(s, self.env.cluster, now)
         waiting = s.exec(
             select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
@@ -758,8 +780,10 @@ class Reconciler:
             nb = self.spec(proj).budget.not_before_s if proj is not None else None
             earliest = max(now, nb or now)
             before = grant_of(row)
+            if rule == "start_now" and earliest > now:
+                continue  # it may not start yet
             try:
-                moved = sched.move_earlier(before, earliest)
+                moved = sched.start_now(before, now) if rule == "start_now" else sched.move_earlier(before, earliest)
             except ValueError:
                 continue  # the schedule is over-committed (pool shrank): leave it be
             if moved.start >= row.start:

@@ -70,6 +70,7 @@ class Policy(_Frozen):
     grace_s: int = Field(default=60, ge=0)
     horizon_days: int = Field(default=366, ge=1, le=3660)
     lend_idle: bool = False
+    pull_forward: Literal["start_now", "compact"] = "start_now"
 
     _hours = field_validator("max_grant_hours", mode="before")(_number)
     _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", mode="before")(_whole)

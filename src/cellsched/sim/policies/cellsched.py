@@ -2,23 +2,17 @@
 
 Each trace job is a one-job project: ``Schedule.admit`` gives it the earliest window that
 fits the pool calendar and its team's allowance (that start is the *promise*), or a refusal.
-The job starts at its window's start. When it ends (true duration <= requested), the rest of
-its window is released (``Schedule.release``) and the waiting grants are compressed with
-``Schedule.move_earlier``: they may start earlier, never later than promised.
-
-Compression is exact and done in order of current start (ties by submission): a grant whose
-turn comes is moved to the earliest window the calendar then allows. One pass in that order
-is a fixed point, because a move only takes capacity before the mover's old start and only
-gives back capacity at or after it. ``cellsched.sim.compress`` finds, without trying them
-all, the grants that could move, with the same result as trying every one; it is opt-in
-(``exhaustive=False``) because, as measured so far, trying every grant is faster (see
-docs/simulate.md).
+The job starts at its window's start at the latest. When GPUs come free (a job ends, early
+or on time), the waiting grants are pulled forward by the cluster's ``policy.pull_forward``
+rule, the same one ``cellsched serve`` applies (``cellsched.sim.compress``): by default each
+waiting grant whose whole window fits now starts now; with ``compact`` every waiting grant
+moves to the earliest window the calendar then allows. Never later than promised.
 """
 
 from __future__ import annotations
 
 from cellsched.core.admission import Grant, Refusal, Request, Schedule
-from cellsched.sim.compress import Compressor
+from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import START, Engine
 from cellsched.sim.setup import SimSetup
 from cellsched.sim.trace import TraceJob
@@ -28,10 +22,10 @@ class Cellsched:
     name = "cellsched"
     promises = True
 
-    def __init__(self, setup: SimSetup, exhaustive: bool = True) -> None:
+    def __init__(self, setup: SimSetup, rule: str | None = None) -> None:
         self.schedule = Schedule.empty(setup.cluster)
         self.grants: dict[int, Grant] = {}  # job seq -> its grant as it now stands
-        self.compressor = Compressor(self.schedule, exhaustive=exhaustive)
+        self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward)
         self.moves = 0
         self.tries = 0
         self._forget_at = 0
@@ -52,14 +46,17 @@ class Cellsched:
         if out.start == now:
             self.engine.run_job(job, now)
         else:
-            self.compressor.add(job.seq, out)
+            self.waiting.add(job.seq, out)
             self.engine.at(out.start, START, job)
 
     def on_start(self, job: TraceJob, now: int) -> None:
         g = self.grants.get(job.seq)
         if g is None or g.start != now or self.engine.start[job.seq] >= 0:
-            return  # a stale event: the grant moved earlier and already started
-        self.compressor.remove(job.seq, g)
+            # A stale event: the grant moved earlier. Its old window, free from here on,
+            # is capacity given back at this instant.
+            self.waiting.freed()
+            return
+        self.waiting.remove(job.seq, g)
         self.engine.run_job(job, now)
 
     def on_end(self, job: TraceJob, now: int) -> None:
@@ -67,7 +64,7 @@ class Cellsched:
         if g.end < now:
             raise AssertionError(f"job {job.job_id} ran past its window")
         self.schedule.release(g, now)
-        self.compressor.freed(g.pool, now, g.end)
+        self.waiting.freed()
 
     def settle(self, now: int) -> None:
         self._compress(now)
@@ -80,21 +77,22 @@ class Cellsched:
             self._forget_at = now + 3600
 
     def _compress(self, now: int) -> None:
-        if not self.compressor.pending():
-            return
-        grants, engine, jobs = self.grants, self.engine, engine_jobs(self.engine)
-        for seq, old, new in self.compressor.run(now):
+        grants, engine, jobs = self.grants, self.engine, self.engine.jobs
+        start_now = self.waiting.rule == "start_now"
+        for seq, old, new in self.waiting.run(now):
             grants[seq] = new
             self.moves += 1
             if new.start == now:
                 engine.run_job(jobs[seq], now)
             else:
                 engine.at(new.start, START, jobs[seq])
-        self.tries = self.compressor.tries
-
-
-def engine_jobs(engine: Engine):  # type: ignore[no-untyped-def]
-    return engine.jobs
+            # Under start_now its old window is given back from where the new one no longer
+            # covers it, and a stale START there says so (events can be sparse then); a
+            # compacting pass has already given that capacity to whoever could use it.
+            back = max(old.start, new.end)
+            if start_now and back < old.end:
+                engine.at(back, START, jobs[seq])
+        self.tries = self.waiting.tries
 
 
 def make(setup: SimSetup) -> Cellsched:
