@@ -1,7 +1,7 @@
 """Invariants under hypothesis, for every policy: no over-commit at any instant, every job
 runs exactly once (or is refused), runs for its run time; cellsched never starts a job later
 than promised, under both pull-forward rules; and the indexed start_now pass gives exactly
-the schedule of the plain one (every waiting grant tried in order)."""
+the schedule of the core's plain rule (``start_waiting_now``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from simbuild import run, setup, trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
 from cellsched.sim.metrics import summarise
 from cellsched.sim.policies import POLICIES
@@ -63,24 +62,11 @@ def test_invariants_every_policy(rows, cap):
             assert m["guarantee_breaches"] == 0 and m["promise_kept"] in (1.0, None)
 
 
-class PlainWaiting(Waiting):
-    """The start_now rule as written in the docs: every waiting grant, in (start, seq)
-    order, is offered ``Schedule.start_now``. The oracle for the indexed pass."""
-
-    def _start_now(self, pool, now):  # noqa: ANN001, ANN202
-        for start, seq in list(self.lanes[pool].keys):
-            g = self.grants[seq]
-            if start <= now:
-                continue
-            ng = self.schedule.start_now(g, now)
-            if ng.start == now:
-                self._take(seq, g, ng, now)
-                yield seq, g, ng
-
-
 def run_plain(stp):  # noqa: ANN001, ANN202
+    """The start_now rule as the core writes it plainly (``start_waiting_now``, what the
+    daemon runs): the oracle for the simulator's indexed pass."""
     pol = Cellsched(stp)
-    pol.waiting = PlainWaiting(pol.schedule, "start_now")
+    pol.waiting.constrained = True  # what the simulator does when teams have limits
     e = Engine(stp.trace.jobs, stp.gpus, pol)
     e.run()
     return e

@@ -47,13 +47,16 @@ def test_cellsched_compresses_when_a_job_ends_early_and_keeps_promises():
     assert m["promise_kept"] == 1.0 and m["guarantee_breaches"] == 0
 
 
-def test_cellsched_compression_cascades_in_start_order():
+@pytest.mark.parametrize("rule, expected", [("compact", [0, 2, 2, 8]), ("start_now", [0, 9, 9, 2])])
+def test_cellsched_pull_forward_order(rule, expected):
     # 2 GPUs. A (2 GPUs) asks 10, runs 2. B (1 GPU, 6) and C (1 GPU, 6) are promised 10;
-    # D (2 GPUs, 4) is promised 16. When A ends at 2, B and C slide to 2, then D to 8.
-    tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 4, 2))
-    e = run("cellsched", setup(tr, 2))
+    # D (2 GPUs, 7) is promised 16. When A ends at 2: compact takes them in start order, so
+    # B and C slide to 2, then D to 8; start_now starts the longest that fits now first:
+    # D (7 s) at 2, then B and C when it ends at 9.
+    tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 7, 2))
+    e = run("cellsched", setup(tr, 2), rule=rule)
     assert e.promised == [0, 10, 10, 16]
-    assert starts(e) == [0, 2, 2, 8]
+    assert starts(e) == expected
 
 
 def test_cellsched_jump_into_a_hole():

@@ -21,6 +21,7 @@ def simulate(
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="Replace the pools with one pool of N GPUs.")] = None,
     estimate_factor: Annotated[float, typer.Option("--estimate-factor", help="Requested run time = true duration x this (when the trace has no requested_s).")] = 1.5,
     allowance_scale: Annotated[float, typer.Option("--allowance-scale", help="Multiply every team allowance (e.g. 0.8 to study refusals).")] = 1.0,
+    pull_forward: Annotated[Optional[str], typer.Option("--pull-forward", help="start_now or compact: how cellsched pulls waiting grants forward (default: the cluster's policy.pull_forward).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of a table.")] = False,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
 ) -> None:
@@ -39,7 +40,11 @@ def simulate(
     for p in names:
         if p not in POLICIES:
             raise BadInput(f"--policy: unknown policy {p!r} (choose from {', '.join(POLICIES)})")
+    if pull_forward not in (None, "start_now", "compact"):
+        raise BadInput(f"--pull-forward: must be start_now or compact, got {pull_forward!r}")
     config = load_cluster(cluster)
+    if pull_forward is not None:
+        config = config.model_copy(update={"policy": config.policy.model_copy(update={"pull_forward": pull_forward})})
     tr = load_trace(trace, estimate_factor)
     setup = build_setup(tr, config, gpus, allowance_scale)
     err = sys.stderr
@@ -68,13 +73,15 @@ def simulate(
             "gpus": setup.gpus,
             "estimate_factor": estimate_factor,
             "allowance_scale": allowance_scale,
+            "pull_forward": config.policy.pull_forward,
             "policies": {r.policy: r.metrics for r in replays},
         })
         return
     from cellsched.cli.render import table
     from cellsched.sim.html import COLUMNS, cell
 
-    table(f"{setup.gpus:,} GPUs · {len(tr.jobs):,} jobs (waits in hours, makespan in days)",
+    table(f"{setup.gpus:,} GPUs · {len(tr.jobs):,} jobs · pull_forward {config.policy.pull_forward} "
+          "(waits in hours, makespan in days)",
           [c for c, _ in COLUMNS], [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays],
           justify=lambda c: "left" if c == "policy" else "right")
     if html_path is not None:

@@ -421,6 +421,27 @@ class Schedule:
         )
 
 
+def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int) -> list[tuple[int, Grant, Grant]]:
+    """The ``start_now`` pull-forward rule over waiting grants keyed by a tie-breaker
+    (submission order): repeatedly start the longest grant (length of its window; ties by
+    earlier start, then key) whose whole window fits now, until none does. Longest first
+    because a long window needs a long run of free GPUs, which is rare; short ones fit the
+    gaps later. Returns (key, old, new) for each start, in order. The simulator finds the
+    same grants by index."""
+    left = sorted(((k, g) for k, g in waiting if g.start > now),
+                  key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
+    out = []
+    while True:
+        for i, (k, g) in enumerate(left):
+            ng = schedule.start_now(g, now)
+            if ng.start == now:
+                out.append((k, g, ng))
+                del left[i]
+                break
+        else:
+            return out
+
+
 def _team_state(team: Team) -> TeamState:
     cal = None if team.max_gpus is None else CapacityCalendar(team.max_gpus)
     return TeamState(team, TeamBook(team.allowance_gpu_seconds, team.period), cal)

@@ -61,6 +61,7 @@ from cellsched.runtime.clock import now_s
 from cellsched.runtime.notify import notify
 from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
 from cellsched.runtime.report import build_report, render_markdown
+from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.service import Env, end_grant, grant_of, load_schedule
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
@@ -763,33 +764,46 @@ class Reconciler:
 
     def _pull_forward(self, s: Session, now: int) -> list[str]:
         """Waiting grants start earlier where freed capacity allows (never later), by the
-        cluster's ``policy.pull_forward``: ``start_now`` starts each one whose whole window
-        fits now; ``compact`` moves each to the earliest window that fits (docs/admission.md).
-        In (start, id) order, as the simulator does."""
+        cluster's ``policy.pull_forward`` (docs/admission.md), exactly as the simulator does:
+        ``start_now`` starts, longest first, each grant whose whole window fits now;
+        ``compact`` moves each, in (start, id) order, to the earliest window that fits."""
         rule = self.env.cluster.policy.pull_forward
         sched = load_schedule(s, self.env.cluster, now)
-        waiting = s.exec(
+        rows = s.exec(
             select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
             .order_by(col(GrantRow.start), col(GrantRow.id))
         ).all()
-        out = []
-        for row in waiting:
+        waiting: list[tuple[GrantRow, int]] = []
+        for row in rows:
             if row.pool not in sched.pools or row.team not in sched.teams:
                 continue
             proj = s.get(ProjectRow, row.project_id)
             nb = self.spec(proj).budget.not_before_s if proj is not None else None
             earliest = max(now, nb or now)
-            before = grant_of(row)
             if rule == "start_now" and earliest > now:
                 continue  # it may not start yet
+            waiting.append((row, earliest))
+        # A ValueError means the schedule is over-committed (a pool shrank): leave it be.
+        moves: list[tuple[GrantRow, Grant]] = []
+        if rule == "start_now":
+            by_id = {row.id or 0: row for row, _ in waiting}
             try:
-                moved = sched.start_now(before, now) if rule == "start_now" else sched.move_earlier(before, earliest)
+                started = start_waiting_now(sched, [(row.id or 0, grant_of(row)) for row, _ in waiting], now)
             except ValueError:
-                continue  # the schedule is over-committed (pool shrank): leave it be
-            if moved.start >= row.start:
-                continue
+                started = []
+            moves = [(by_id[k], new) for k, _, new in started]
+        else:
+            for row, earliest in waiting:
+                try:
+                    new = sched.move_earlier(grant_of(row), earliest)
+                except ValueError:
+                    continue
+                if new.start < row.start:
+                    moves.append((row, new))
+        out = []
+        for row, new in moves:
             old = (row.start, row.end)
-            row.start, row.end = moved.start, moved.end
+            row.start, row.end = new.start, new.end
             s.add(row)
             events.append(s, now, "moved_earlier", row.project_id, ACTOR, {
                 "grant": row.id, "from_start": old[0], "from_end": old[1],

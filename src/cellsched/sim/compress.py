@@ -2,14 +2,11 @@
 
 The cluster's ``policy.pull_forward`` names the rule (docs/admission.md):
 
-- ``start_now`` (default): at every instant when GPUs come free, the waiting grants are taken
-  in order of (start, submission) and each one whose whole window fits *now* starts now
-  (``Schedule.start_now``); no other grant moves. One pass in that order is a fixed point:
-  a grant g can start now iff the pool has at least its width free over
-  [now, min(its start, now + its length)), a span that ends by g's start; a start takes
-  capacity only from now on, and gives back only g's old window, at or after g's start, so
-  it never helps a grant that came before g in the order.
-- ``compact``: exact compression. In the same order each waiting grant is moved by
+- ``start_now`` (default): at every instant when GPUs come free, the longest waiting grant
+  (window length; ties by start, then submission) whose whole window fits *now* starts now
+  (``Schedule.start_now``), and again, until none fits (``start_waiting_now`` in the core
+  is the rule written plainly). Nothing moves into the future.
+- ``compact``: exact compression. In order of (start, submission) each waiting grant is moved by
   ``Schedule.move_earlier`` to the earliest window the calendar then allows, now or later.
   One pass is again a fixed point (a move takes capacity only before the mover's old start
   and gives it back only from there on). Every early end can shift the whole queue, so a
@@ -17,18 +14,19 @@ The cluster's ``policy.pull_forward`` names the rule (docs/admission.md):
 
 Both passes only *find* grants; moving them is the core's job. ``start_now`` finds its
 grants without trying every one: per width w, the span from now with at least w GPUs free
-ends at R(w), so a grant of width w starts now iff its start <= R(w) or its length <= R(w) -
-now. The waiting grants are kept per (pool, width) sorted by (start, submission) with their
-lengths beside them, so the first such grant is a bisect plus one C-level scan of lengths.
+ends at R(w), and a grant of width w fits now iff its start <= R(w) or its length <= R(w) -
+now (before its own window it holds nothing). The waiting grants are kept per (pool, width)
+sorted by (start, submission) with their lengths beside them, so the longest grant that
+fits is a bisect and two C-level scans of lengths per width.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
-from itertools import compress, islice
+from itertools import islice
 
-from cellsched.core.admission import Grant, Schedule
+from cellsched.core.admission import Grant, Schedule, start_waiting_now
 
 INF = 1 << 62
 
@@ -72,8 +70,7 @@ class Waiting:
         self.schedule = schedule
         self.rule = rule
         # Team calendars and allowances split by period can block a start the pool allows;
-        # a period allowance can even be unblocked by a later grant's start (it moves charge
-        # out of a period the blocked window reaches into), so then the pass is repeated.
+        # with either of them the index below (pool calendars only) is not enough.
         self.constrained = any(
             t.calendar is not None or t.book.period != "none" for t in schedule.teams.values()
         )
@@ -106,14 +103,15 @@ class Waiting:
         if self.rule == "compact":
             yield from self._compact(now)
             return
-        while True:
-            moved = 0
-            for pool in self.schedule.pools:
-                for out in self._start_now(pool, now):
-                    moved += 1
-                    yield out
-            if not (moved and self.constrained):
-                return
+        if self.constrained:
+            # Team limits can hold a grant back and let it go again after another start:
+            # the core's plain rule, over every pool at once.
+            for seq, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now):
+                self._take(seq, g, ng, now)
+                yield seq, g, ng
+            return
+        for pool in self.schedule.pools:
+            yield from self._start_now(pool, now)
 
     def _take(self, seq: int, g: Grant, ng: Grant, now: int) -> None:
         self.remove(seq, g)
@@ -121,44 +119,49 @@ class Waiting:
             self.add(seq, ng)
 
     def _start_now(self, pool: str, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+        """``core.admission.start_waiting_now`` on one pool, by index: per width w, the
+        grants that fit now are those starting by R(w) (a prefix of the width's list) and
+        those no longer than R(w) - now; the longest of them is one C-level max away."""
         lane = self.lanes[pool]
         if not lane.keys:
             return
         cal = self.schedule.pools[pool][1]
-        free = cal.free_at(now)
-        widths = sorted(w for w, wk in lane.width_keys.items() if wk and w <= free)
-        cursor = (now, INF)  # keys <= cursor have had their turn, or start now anyway
-        grants, schedule = self.grants, self.schedule
-        while widths:
-            best: tuple[int, int] | None = None
-            for w in widths:
-                wk = lane.width_keys[w]
-                lo = bisect_right(wk, cursor)
-                hi = len(wk) if best is None else bisect_left(wk, best, lo)
-                if lo >= hi:
+        schedule = self.schedule
+        floor = (now, INF)  # grants starting now start by their own event
+        while True:
+            free = cal.free_at(now)
+            best: tuple[int, tuple[int, int]] | None = None  # (-length, key)
+            for w, wk in lane.width_keys.items():
+                if w > free or not wk:
+                    continue
+                lens = lane.width_lens[w]
+                lo = bisect_right(wk, floor)
+                if lo >= len(wk):
                     continue
                 reach = cal.free_until(w, now)
-                if wk[lo][0] <= reach:
-                    best = wk[lo]
-                    continue
                 room = reach - now
-                lens = lane.width_lens[w]
-                hit = next(compress(range(lo, hi), map(room.__ge__, islice(lens, lo, hi))), None)
-                if hit is not None:
-                    best = wk[hit]
+                k = bisect_right(wk, (reach, INF), lo)
+                longest = max(islice(lens, lo, k)) if k > lo else -1
+                fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
+                if fits >= longest:
+                    if fits < 0:
+                        continue
+                    longest, at = fits, lens.index(fits, lo)
+                else:
+                    at = lens.index(longest, lo, k)
+                cand = (-longest, wk[at])
+                if best is None or cand < best:
+                    best = cand
             if best is None:
-                return
-            cursor = best
-            seq = best[1]
-            g = grants[seq]
+                break
+            seq = best[1][1]
+            g = self.grants[seq]
             self.tries += 1
             ng = schedule.start_now(g, now)
             if ng.start != now:
-                continue  # the team's max_gpus or allowance holds it back
+                raise AssertionError(f"grant {g.project} fits the pool now but the core did not start it")
             self._take(seq, g, ng, now)
             yield seq, g, ng
-            free = cal.free_at(now)
-            widths = [w for w in widths if w <= free and lane.width_keys[w]]
 
     def _compact(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
         """Every waiting grant in (start, seq) order gets its turn. A grant that its pool
