@@ -9,7 +9,8 @@ shape. Arrivals are Poisson at a rate that offers ``--load`` (default 0.9) of th
 queue neither empties nor grows without bound: the trace's size, not its congestion, is what
 changes between sizes. Prints one JSON object: ``jobs_per_s`` per policy (at the largest
 size), seconds per size, and the fitted exponent of time against size (1.0 is linear; n log n
-over 10k..100k fits about 1.1; n^2 would be 2).
+over 10k..100k fits about 1.1; n^2 would be 2). ``cellsched`` uses the default pull-forward
+rule (``start_now``); ``--pull-forward compact`` measures the other one.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from cellsched.sim.run import replay
 from cellsched.sim.setup import build_setup
 from cellsched.sim.trace import Trace, TraceJob, load_trace
-from cellsched.spec.cluster import ClusterConfig, Pool
+from cellsched.spec.cluster import ClusterConfig, Policy, Pool
 
 ITP = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "itp.csv"
 
@@ -65,10 +66,12 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--load", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pull-forward", choices=["start_now", "compact"], default="start_now")
     args = ap.parse_args()
 
     source, jobs = pool_of_jobs(args.seed)
-    cluster = ClusterConfig(pools=(Pool(name="main", gpu_type="gpu", gpus=args.gpus),))
+    cluster = ClusterConfig(pools=(Pool(name="main", gpu_type="gpu", gpus=args.gpus),),
+                            policy=Policy(pull_forward=args.pull_forward))
     seconds: dict[str, dict[str, float]] = {p: {} for p in args.policies}
     quality: dict[str, dict[str, object]] = {p: {} for p in args.policies}
     for n in args.sizes:
@@ -88,6 +91,7 @@ def main() -> None:
         "trace": source,
         "gpus": args.gpus,
         "offered_load": args.load,
+        "pull_forward": args.pull_forward,
         "sizes": args.sizes,
         "jobs_per_s": {p: round(int(big) / max(seconds[p][big], 1e-9)) for p in args.policies},
         "seconds": seconds,

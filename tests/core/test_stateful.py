@@ -125,12 +125,14 @@ class CoreMachine(RuleBasedStateMachine):
     def advance(self, seconds: int) -> None:
         self.now += seconds
 
+    def _waiting(self) -> list[int]:
+        return sorted((i for i, h in enumerate(self.held) if not h.done and h.grant.start > self.now),
+                      key=lambda i: (self.held[i].grant.start, i))
+
     @rule()
     def compress(self) -> None:
         """Waiting grants, in order of start, move as early as capacity now allows."""
-        waiting = sorted((i for i, h in enumerate(self.held) if not h.done and h.grant.start > self.now),
-                         key=lambda i: (self.held[i].grant.start, i))
-        for i in waiting:
+        for i in self._waiting():
             h = self.held[i]
             old = h.grant
             new = self.sched.move_earlier(old, self.now)
@@ -141,9 +143,7 @@ class CoreMachine(RuleBasedStateMachine):
     @rule()
     def start_now(self) -> None:
         """Waiting grants, in order of start, start now if their whole window fits now."""
-        waiting = sorted((i for i, h in enumerate(self.held) if not h.done and h.grant.start > self.now),
-                         key=lambda i: (self.held[i].grant.start, i))
-        for i in waiting:
+        for i in self._waiting():
             h = self.held[i]
             old = h.grant
             new = self.sched.start_now(old, self.now)
