@@ -63,6 +63,7 @@ def test_table_and_html(trace_file, tmp_path):
     assert "cellsched" in r.stdout and "easy" in r.stdout and "fifo" not in r.stdout
     page = out.read_text()
     assert "wait-time CDF" in page and "utilisation over time" in page and "<svg" in page
+    assert "pull_forward start_now" in page
 
 
 @pytest.mark.parametrize(

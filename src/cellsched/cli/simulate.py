@@ -64,7 +64,8 @@ def simulate(
     if html_path is not None:
         from cellsched.sim.html import write_html
 
-        write_html(html_path, replays, "cellsched simulate", f"{tr.summary_line()} · {setup.gpus:,} GPUs")
+        write_html(html_path, replays, "cellsched simulate",
+                   f"{tr.summary_line()} · {setup.gpus:,} GPUs · pull_forward {config.policy.pull_forward}")
     if json_out:
         from cellsched.cli.render import emit_json
 
