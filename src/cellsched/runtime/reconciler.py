@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 from sqlmodel import Session, col, or_, select
 
+from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.executor.base import (
     Executor,
     ExecutorError,
@@ -61,7 +62,6 @@ from cellsched.runtime.clock import now_s
 from cellsched.runtime.notify import notify
 from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
 from cellsched.runtime.report import build_report, render_markdown
-from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.service import Env, end_grant, grant_of, load_schedule
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
@@ -177,7 +177,7 @@ class Reconciler:
         if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
             self._guard(res, "sweep", lambda: self._sweep(now, res))
             if self.env.cluster.policy.pull_forward == "start_now":
-                # A waiting grant whose not_before has now passed may fit now.
+                # Catches what no grant's end announces, such as a not_before that has passed.
                 self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
         seen: set[int] = set()
