@@ -16,13 +16,13 @@ Both passes only *find* grants; moving them is the core's job. ``start_now`` fin
 grants without trying every one: per width w, the span from now with at least w GPUs free
 ends at R(w), and a grant of width w fits now iff its start <= R(w) or its length <= R(w) -
 now (before its own window it holds nothing). The waiting grants are kept per (pool, width)
-sorted by (start, submission) with their lengths beside them, so the longest grant that
-fits is a bisect and two C-level scans of lengths per width.
+sorted by (start, submission) with their lengths beside them and sorted, so the longest
+grant that fits is a few bisects and short C-level scans per width.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from itertools import islice
 
@@ -32,14 +32,16 @@ INF = 1 << 62
 
 
 class _Lane:
-    """Waiting grants of one pool: all of them by (start, seq), and per width with lengths."""
+    """Waiting grants of one pool: all of them by (start, seq), and per width with their
+    lengths in the same order and sorted."""
 
-    __slots__ = ("keys", "width_keys", "width_lens")
+    __slots__ = ("keys", "width_keys", "width_lens", "width_sorted")
 
     def __init__(self) -> None:
         self.keys: list[tuple[int, int]] = []
         self.width_keys: dict[int, list[tuple[int, int]]] = {}
         self.width_lens: dict[int, list[int]] = {}
+        self.width_sorted: dict[int, list[int]] = {}
 
     def add(self, key: tuple[int, int], width: int, length: int) -> None:
         keys = self.keys
@@ -48,9 +50,11 @@ class _Lane:
         if wk is None:
             wk = self.width_keys[width] = []
             self.width_lens[width] = []
+            self.width_sorted[width] = []
         i = bisect_left(wk, key)
         wk.insert(i, key)
         self.width_lens[width].insert(i, length)
+        insort(self.width_sorted[width], length)
 
     def remove(self, key: tuple[int, int], width: int) -> None:
         keys = self.keys
@@ -58,7 +62,9 @@ class _Lane:
         wk = self.width_keys[width]
         i = bisect_left(wk, key)
         del wk[i]
-        del self.width_lens[width][i]
+        length = self.width_lens[width].pop(i)
+        ws = self.width_sorted[width]
+        del ws[bisect_left(ws, length)]
 
 
 class Waiting:
@@ -142,7 +148,16 @@ class Waiting:
                 room = reach - now
                 k = bisect_right(wk, (reach, INF), lo)
                 longest = max(islice(lens, lo, k)) if k > lo else -1
-                fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
+                # The longest no longer than the room, from the sorted lengths; it may belong
+                # only to grants before lo (starting now), then the slow way.
+                ws = lane.width_sorted[w]
+                p = bisect_right(ws, room)
+                fits = ws[p - 1] if p else -1
+                if fits > longest:
+                    try:
+                        at = lens.index(fits, lo)
+                    except ValueError:
+                        fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
                 if fits >= longest:
                     if fits < 0:
                         continue
