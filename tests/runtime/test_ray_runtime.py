@@ -142,8 +142,9 @@ def test_failing_job_is_retried_then_reported(rec: Reconciler, renv: Env) -> Non
 def test_window_end_kills_a_job_that_ignores_sigterm(rec: Reconciler, renv: Env) -> None:
     stubborn = [PY, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                           "print('ignoring TERM', flush=True); time.sleep(120)"]
-    g = submit(renv, project("stubborn", [job("train", gpus=2, run=stubborn)], gpus=2, window_s=6), now=now_s())
-    done = drive(rec, finalized(renv, g.id), timeout=20)
+    # 12 s: room for placement and launch before SIGTERM even on a loaded machine.
+    g = submit(renv, project("stubborn", [job("train", gpus=2, run=stubborn)], gpus=2, window_s=12), now=now_s())
+    done = drive(rec, finalized(renv, g.id), timeout=40)
     (r,) = runs(renv, g.id)
     assert done.state == "expired" and r.state == "killed"
     assert json.loads(r.exit_codes) == [-9, -9]
