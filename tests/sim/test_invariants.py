@@ -9,6 +9,8 @@ from simbuild import run, setup, trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cellsched.core.admission import start_waiting_now
+from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
 from cellsched.sim.metrics import summarise
 from cellsched.sim.policies import POLICIES
@@ -62,11 +64,19 @@ def test_invariants_every_policy(rows, cap):
             assert m["guarantee_breaches"] == 0 and m["promise_kept"] in (1.0, None)
 
 
-def run_plain(stp):  # noqa: ANN001, ANN202
+class PlainWaiting(Waiting):
     """The start_now rule as the core writes it plainly (``start_waiting_now``, what the
     daemon runs): the oracle for the simulator's indexed pass."""
+
+    def _start_now(self, now):  # noqa: ANN001, ANN202
+        for seq, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now):
+            self._take(seq, g, ng, now)
+            yield seq, g, ng
+
+
+def run_plain(stp):  # noqa: ANN001, ANN202
     pol = Cellsched(stp)
-    pol.waiting.constrained = True  # what the simulator does when teams have limits
+    pol.waiting = PlainWaiting(pol.schedule, "start_now")
     e = Engine(stp.trace.jobs, stp.gpus, pol)
     e.run()
     return e
@@ -120,28 +130,35 @@ def test_indexed_start_now_equals_the_plain_pass_on_a_real_prefix():
 @settings(max_examples=80, deadline=None)
 @given(rows=st.lists(job, min_size=1, max_size=40), cap=st.integers(2, 10), limit=st.integers(1, 4))
 def test_team_limits_hold_and_promises_too(rows, cap, limit):
-    """Team ``a`` may hold at most ``limit`` GPUs at once: the simulator then runs the core's
-    plain rule (team limits can hold a grant back), and neither the limit nor a promise
-    is ever broken."""
+    """Team ``a`` may hold at most ``limit`` GPUs at once, and team ``b`` has a monthly
+    allowance: the core can refuse a start the pool allows, and the simulator's index then
+    holds the grant back. Same schedule as the plain rule; no limit or promise broken."""
     from cellsched.sim.setup import build_setup
     from cellsched.spec.cluster import ClusterConfig, Pool, Team
 
-    tr = build(rows, cap)
+    feb = 31 * 86400  # 1970-02-01: the replay crosses a month boundary
+    tr = build([(feb - 150 + s, d, g, x, t) for s, d, g, x, t in rows], cap)
     config = ClusterConfig(
         pools=(Pool(name="p", gpu_type="g", gpus=cap, gpus_per_node=1),),
         teams=(Team(name="a", allowance_gpu_hours=1e6, period="none", max_gpus=limit),
-               Team(name="b", allowance_gpu_hours=1e6, period="none"),
+               Team(name="b", allowance_gpu_hours=0.4, period="month"),
                Team(name="c", allowance_gpu_hours=1e6, period="none")),
     )
     stp = build_setup(tr, config)
     e = run("cellsched", stp)
     check_engine(e, cap)
+    assert e.start == run_plain(stp).start
     held = []
     for j in e.jobs:
         if j.team == "a" and e.start[j.seq] >= 0:
             held += [(e.start[j.seq], 1, j.gpus), (e.end[j.seq], 0, -j.gpus)]
         if j.seq not in e.refused:
             assert e.start[j.seq] <= e.promised[j.seq]
+    for month in (0, 1):  # team b's allowance, month by month, by the part of each run in it
+        lo, hi = (0, feb) if month == 0 else (feb, 2 * feb)
+        used = sum(j.gpus * max(0, min(e.end[j.seq], hi) - max(e.start[j.seq], lo))
+                   for j in e.jobs if j.team == "b" and e.start[j.seq] >= 0)
+        assert used <= 0.4 * 3600
     busy = 0
     for _, _, d in sorted(held):
         busy += d

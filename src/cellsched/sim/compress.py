@@ -26,7 +26,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
 from itertools import islice
 
-from cellsched.core.admission import Grant, Schedule, start_waiting_now
+from cellsched.core.admission import Grant, Schedule
 
 INF = 1 << 62
 
@@ -75,8 +75,8 @@ class Waiting:
             raise ValueError(f"unknown pull_forward rule {rule!r}")
         self.schedule = schedule
         self.rule = rule
-        # Team calendars and allowances split by period can block a start the pool allows;
-        # with either of them the index below (pool calendars only) is not enough.
+        # Team calendars and allowances split by period can block a start the pool allows:
+        # with either of them the core's word is final, not the pool index's.
         self.constrained = any(
             t.calendar is not None or t.book.period != "none" for t in schedule.teams.values()
         )
@@ -109,74 +109,89 @@ class Waiting:
         if self.rule == "compact":
             yield from self._compact(now)
             return
-        if self.constrained:
-            # Team limits can hold a grant back and let it go again after another start:
-            # the core's plain rule, over every pool at once.
-            for seq, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now):
-                self._take(seq, g, ng, now)
-                yield seq, g, ng
-            return
-        for pool in self.schedule.pools:
-            yield from self._start_now(pool, now)
+        yield from self._start_now(now)
 
     def _take(self, seq: int, g: Grant, ng: Grant, now: int) -> None:
         self.remove(seq, g)
         if ng.start > now:
             self.add(seq, ng)
 
-    def _start_now(self, pool: str, now: int) -> Iterator[tuple[int, Grant, Grant]]:
-        """``core.admission.start_waiting_now`` on one pool, by index: per width w, the
-        grants that fit now are those starting by R(w) (a prefix of the width's list) and
-        those no longer than R(w) - now; the longest of them is one C-level max away."""
-        lane = self.lanes[pool]
-        if not lane.keys:
-            return
-        cal = self.schedule.pools[pool][1]
+    def _start_now(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+        """``core.admission.start_waiting_now``, by index: repeatedly the longest grant (ties
+        by start, then submission) that fits its pool now is offered ``Schedule.start_now``.
+        With team limits the core may still say no: that grant is held back until the next
+        start (which can free team capacity or allowance it needs), as the plain rule, which
+        tries every grant again after each start, would find it."""
         schedule = self.schedule
+        lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
+        held: list[tuple[int, Grant]] = []
+        try:
+            while True:
+                best: tuple[int, tuple[int, int]] | None = None
+                for pool, lane in lanes:
+                    cand = self._longest_fit(pool, lane, now)
+                    if cand is not None and (best is None or cand < best):
+                        best = cand
+                if best is None:
+                    return
+                seq = best[1][1]
+                g = self.grants[seq]
+                self.tries += 1
+                ng = schedule.start_now(g, now)
+                if ng.start != now:
+                    if not self.constrained:
+                        raise AssertionError(f"grant {g.project} fits its pool now but the core did not start it")
+                    self.remove(seq, g)
+                    held.append((seq, g))
+                    continue
+                self._take(seq, g, ng, now)
+                yield seq, g, ng
+                for seq, g in held:
+                    self.add(seq, g)
+                held.clear()
+        finally:
+            for seq, g in held:
+                self.add(seq, g)
+
+    def _longest_fit(self, pool: str, lane: _Lane, now: int) -> tuple[int, tuple[int, int]] | None:
+        """(-length, key) of the longest waiting grant of ``pool`` that fits its pool now.
+        Per width w the grants that fit are those starting by R(w) (a prefix of the width's
+        list) and those no longer than R(w) - now."""
+        cal = self.schedule.pools[pool][1]
+        free = cal.free_at(now)
         floor = (now, INF)  # grants starting now start by their own event
-        while True:
-            free = cal.free_at(now)
-            best: tuple[int, tuple[int, int]] | None = None  # (-length, key)
-            for w, wk in lane.width_keys.items():
-                if w > free or not wk:
+        best: tuple[int, tuple[int, int]] | None = None
+        for w, wk in lane.width_keys.items():
+            if w > free or not wk:
+                continue
+            lens = lane.width_lens[w]
+            lo = bisect_right(wk, floor)
+            if lo >= len(wk):
+                continue
+            reach = cal.free_until(w, now)
+            room = reach - now
+            k = bisect_right(wk, (reach, INF), lo)
+            longest = max(islice(lens, lo, k)) if k > lo else -1
+            # The longest no longer than the room, from the sorted lengths; it may belong
+            # only to grants before lo (starting now), then the slow way.
+            ws = lane.width_sorted[w]
+            p = bisect_right(ws, room)
+            fits = ws[p - 1] if p else -1
+            if fits > longest:
+                try:
+                    lens.index(fits, lo)
+                except ValueError:
+                    fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
+            if fits >= longest:
+                if fits < 0:
                     continue
-                lens = lane.width_lens[w]
-                lo = bisect_right(wk, floor)
-                if lo >= len(wk):
-                    continue
-                reach = cal.free_until(w, now)
-                room = reach - now
-                k = bisect_right(wk, (reach, INF), lo)
-                longest = max(islice(lens, lo, k)) if k > lo else -1
-                # The longest no longer than the room, from the sorted lengths; it may belong
-                # only to grants before lo (starting now), then the slow way.
-                ws = lane.width_sorted[w]
-                p = bisect_right(ws, room)
-                fits = ws[p - 1] if p else -1
-                if fits > longest:
-                    try:
-                        at = lens.index(fits, lo)
-                    except ValueError:
-                        fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
-                if fits >= longest:
-                    if fits < 0:
-                        continue
-                    longest, at = fits, lens.index(fits, lo)
-                else:
-                    at = lens.index(longest, lo, k)
-                cand = (-longest, wk[at])
-                if best is None or cand < best:
-                    best = cand
-            if best is None:
-                break
-            seq = best[1][1]
-            g = self.grants[seq]
-            self.tries += 1
-            ng = schedule.start_now(g, now)
-            if ng.start != now:
-                raise AssertionError(f"grant {g.project} fits the pool now but the core did not start it")
-            self._take(seq, g, ng, now)
-            yield seq, g, ng
+                longest, at = fits, lens.index(fits, lo)
+            else:
+                at = lens.index(longest, lo, k)
+            cand = (-longest, wk[at])
+            if best is None or cand < best:
+                best = cand
+        return best
 
     def _compact(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
         """Every waiting grant in (start, seq) order gets its turn. A grant that its pool
