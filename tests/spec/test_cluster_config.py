@@ -30,6 +30,7 @@ def test_a_small_cluster_is_valid() -> None:
     assert (t.period, t.max_gpus, t.members) == ("month", None, ("alice",))
     assert t.allowance_gpu_seconds == 1500 * 3600 and isinstance(t.allowance_gpu_seconds, int)
     assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, False, None)
+    assert c.policy.pull_forward == "start_now"
 
 
 def test_defaults() -> None:
@@ -60,6 +61,7 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("policy.max_grant_hours", "336", "policy.max_grant_hours", "number"),
     ("policy.lend_idle", "true", "policy.lend_idle", "true or false"),
     ("policy.lend_idle", 1, "policy.lend_idle", "true or false"),
+    ("policy.pull_forward", "later", "policy.pull_forward", "must be 'start_now' or 'compact'"),
     ("pools.0.gpus_per_node", 0, "pools.0.gpus_per_node", "greater than or equal to 1"),
     ("pools.0.gpus_per_node", 32, "pools.0.gpus_per_node", "more than the pool's gpus"),
     ("pools.0.gpu_type", "", "pools.0.gpu_type", "at least 1 character"),
