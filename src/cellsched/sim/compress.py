@@ -83,10 +83,6 @@ class Waiting:
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self.freed_since = False  # capacity came back since the last pass
-        self.tries = 0
-
-    def __len__(self) -> int:
-        return len(self.grants)
 
     def add(self, seq: int, g: Grant) -> None:
         self.grants[seq] = g
@@ -136,7 +132,6 @@ class Waiting:
                     return
                 seq = best[1][1]
                 g = self.grants[seq]
-                self.tries += 1
                 ng = schedule.start_now(g, now)
                 if ng.start != now:
                     if not self.constrained:
@@ -177,15 +172,18 @@ class Waiting:
             ws = lane.width_sorted[w]
             p = bisect_right(ws, room)
             fits = ws[p - 1] if p else -1
+            at = -1
             if fits > longest:
                 try:
-                    lens.index(fits, lo)
+                    at = lens.index(fits, lo)
                 except ValueError:
                     fits = max(filter(room.__ge__, islice(lens, lo, None)), default=-1)
             if fits >= longest:
                 if fits < 0:
                     continue
-                longest, at = fits, lens.index(fits, lo)
+                if at < 0:
+                    at = lens.index(fits, lo)
+                longest = fits
             else:
                 at = lens.index(longest, lo, k)
             cand = (-longest, wk[at])
@@ -239,7 +237,6 @@ class Waiting:
                     longest = max(best, start - open_at)
                 if longest < length or cal.earliest(w, length, now, start) is None:
                     continue
-            self.tries += 1
             ng = self.schedule.move_earlier(g, now)
             if ng.start < g.start:
                 self._take(seq, g, ng, now)

@@ -26,15 +26,13 @@ class Cellsched:
         self.schedule = Schedule.empty(setup.cluster)
         self.grants: dict[int, Grant] = {}  # job seq -> its grant as it now stands
         self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward)
-        self.moves = 0
-        self.tries = 0
         self._forget_at = 0
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
 
     def on_submit(self, job: TraceJob, now: int) -> None:
-        self._compress(now)  # grants already waiting come before newcomers
+        self._pull_forward(now)  # grants already waiting come before newcomers
         req = Request(job.job_id, job.team, job.gpus, job.gpus * job.requested)
         out = self.schedule.admit(req, now)
         if isinstance(out, Refusal):
@@ -52,9 +50,11 @@ class Cellsched:
     def on_start(self, job: TraceJob, now: int) -> None:
         g = self.grants.get(job.seq)
         if g is None or g.start != now or self.engine.start[job.seq] >= 0:
-            # A stale event: the grant moved earlier. Its old window, free from here on,
-            # is capacity given back at this instant.
-            self.waiting.freed()
+            # A stale event: the grant moved earlier. Under start_now its old window, free
+            # from here on, is capacity given back at this instant (see _pull_forward); a
+            # compacting pass has already given it to whoever could use it.
+            if self.waiting.rule == "start_now":
+                self.waiting.freed()
             return
         self.waiting.remove(job.seq, g)
         self.engine.run_job(job, now)
@@ -67,7 +67,7 @@ class Cellsched:
         self.waiting.freed()
 
     def settle(self, now: int) -> None:
-        self._compress(now)
+        self._pull_forward(now)
         if now >= self._forget_at:  # the past can no longer be reserved: keep calendars short
             for _, cal in self.schedule.pools.values():
                 cal.forget_before(now)
@@ -76,23 +76,21 @@ class Cellsched:
                     team.calendar.forget_before(now)
             self._forget_at = now + 3600
 
-    def _compress(self, now: int) -> None:
+    def _pull_forward(self, now: int) -> None:
         grants, engine, jobs = self.grants, self.engine, self.engine.jobs
         start_now = self.waiting.rule == "start_now"
         for seq, old, new in self.waiting.run(now):
             grants[seq] = new
-            self.moves += 1
             if new.start == now:
                 engine.run_job(jobs[seq], now)
             else:
                 engine.at(new.start, START, jobs[seq])
-            # Under start_now its old window is given back from where the new one no longer
-            # covers it, and a stale START there says so (events can be sparse then); a
-            # compacting pass has already given that capacity to whoever could use it.
+            # Under start_now the old window is given back from where the new one no longer
+            # covers it, and a stale START then says so (events can be sparse). The START
+            # still booked at the old start says it when that is the place.
             back = max(old.start, new.end)
-            if start_now and back < old.end:
+            if start_now and old.start < back < old.end:
                 engine.at(back, START, jobs[seq])
-        self.tries = self.waiting.tries
 
 
 def make(setup: SimSetup) -> Cellsched:
