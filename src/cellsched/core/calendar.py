@@ -65,7 +65,7 @@ class CapacityCalendar:
         """Give back ``width`` GPUs over [start, end) that an earlier reserve took."""
         if end <= start:
             return
-        if self.capacity - self._max_free(start, end) < width:
+        if self.capacity - self.max_free(start, end) < width:
             raise ValueError(f"release of GPUs that were not reserved over [{start}, {end})")
         self._add(start, end, width)
 
@@ -117,26 +117,21 @@ class CapacityCalendar:
         """Most free GPUs at any instant of [start, end) (0 if the span is empty)."""
         if end <= start:
             return 0
-        return self._max_free(start, end)
+        t = self._t
+        i = bisect_right(t, start) - 1
+        j = bisect_left(t, end, i + 1)
+        return max(self._f[i:j]) if j - i > 1 else self._f[i]
 
-    def runs(
-        self, width: int, start: int, end: int, floor: int = FAR_PAST, ceiling: int = FAR_FUTURE
-    ) -> list[tuple[int, int]]:
+    def runs(self, width: int, start: int, end: int, floor: int = FAR_PAST) -> list[tuple[int, int]]:
         """The maximal spans [a, b) with at least ``width`` GPUs free throughout that meet
         [start, end), in time order; ``a`` is cut at ``floor``, and ``b`` is FAR_FUTURE for
-        the idle tail or for a span that reaches ``ceiling`` (so a caller that only cares
-        about spans ending before ``ceiling`` does not pay for scanning past it)."""
+        the idle tail."""
         if end <= start:
             return []
         t, f = self._t, self._f
         n = len(t)
         i = bisect_right(t, start) - 1
         j = bisect_left(t, end, i + 1)
-        if ceiling < FAR_FUTURE:
-            n = bisect_left(t, ceiling, i + 1)
-            j = min(j, n)
-            if j <= i:
-                j = i + 1
         out: list[tuple[int, int]] = []
         enough, short = width.__le__, width.__gt__
         k = i
@@ -165,12 +160,6 @@ class CapacityCalendar:
             del self._f[: i]
 
     # -- internals ---------------------------------------------------------------------
-
-    def _max_free(self, start: int, end: int) -> int:
-        t = self._t
-        i = bisect_right(t, start) - 1
-        j = bisect_left(t, end, i + 1)
-        return max(self._f[i:j]) if j - i > 1 else self._f[i]
 
     def _split(self, at: int) -> int:
         """Index of the breakpoint at ``at``, inserting one if needed."""
