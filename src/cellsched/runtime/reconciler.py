@@ -753,11 +753,8 @@ class Reconciler:
 
     def _pull_now(self, now: int, res: TickResult) -> None:
         with self.env.ledger.read() as s:
-            waiting = s.exec(
-                select(GrantRow.id).where(GrantRow.state == "granted", col(GrantRow.start) > now).limit(1)
-            ).first()
-        if waiting is None:
-            return
+            if s.exec(_waiting(now).limit(1)).first() is None:
+                return  # no write lock for nothing
         with self.env.ledger.write() as s:
             for m in self._pull_forward(s, now):
                 res.add(m)
@@ -769,10 +766,7 @@ class Reconciler:
         ``compact`` moves each, in (start, id) order, to the earliest window that fits."""
         rule = self.env.cluster.policy.pull_forward
         sched = load_schedule(s, self.env.cluster, now)
-        rows = s.exec(
-            select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
-            .order_by(col(GrantRow.start), col(GrantRow.id))
-        ).all()
+        rows = s.exec(_waiting(now).order_by(col(GrantRow.start), col(GrantRow.id))).all()
         waiting: list[tuple[GrantRow, int]] = []
         for row in rows:
             if row.pool not in sched.pools or row.team not in sched.teams:
@@ -897,6 +891,11 @@ class Reconciler:
                     "reservation": n, "unreported_results": len(results),
                 })
             res.add(f"released orphan group {n}")
+
+
+def _waiting(now: int):  # type: ignore[no-untyped-def]
+    """Grants not started whose window is still ahead: what a pull-forward may move."""
+    return select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
 
 
 def _has_result(jr: JobRunRow) -> bool:
