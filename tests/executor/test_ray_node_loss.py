@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SCRIPT = textwrap.dedent("""
     import json, sys, time
     import ray
-    from ray.cluster_utils import Cluster
+    from cellsched.executor.testing import start_two_node_ray
     from ray.util import placement_group_table
     from cellsched.executor import GangSpec, RayExecutor
 
@@ -29,13 +29,7 @@ SCRIPT = textwrap.dedent("""
         return v
 
     logs = sys.argv[1]
-    # Tuned health checks: a crashed node is declared dead in ~2 s instead of ~15 s.
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
-    nodes = [cluster.add_node(num_cpus=1, num_gpus=4) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="cellsched", log_to_driver=False)
+    cluster, nodes = start_two_node_ray()
     ex = RayExecutor()
     n = "cellsched/test/nodeloss"
     ex.reserve(n, 6)

@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     import ray
-    from ray.cluster_utils import Cluster
+    from cellsched.executor.testing import start_two_node_ray
     from ray.util import get_placement_group, placement_group_table
     from sqlmodel import select
     from cellsched.executor import RayExecutor
@@ -37,12 +37,7 @@ SCRIPT = textwrap.dedent("""
     create_keys(*key_paths(cfg))
     env = open_env(cfg, f"sqlite:///{tmp}/ledger.db")
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
-    nodes = [cluster.add_node(num_cpus=1, num_gpus=4) for _ in range(2)]
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="cellsched", log_to_driver=False)
+    cluster, nodes = start_two_node_ray()
     rec = Reconciler(env, RayExecutor(peer_grace_s=1.0), settings=Settings(strict=True,
                      notify_in_background=False, logs_root=tmp / "logs", lost_after_s=1.0))
     spec = ProjectSpec.model_validate({"name": "fragile", "team": "t", "owner": "u", "problem": "x",
