@@ -51,7 +51,6 @@ class Engine:
         self.policy = policy
         self.now = 0
         self.busy = 0
-        self.peak_busy = 0
         self.start = [-1] * n
         self.end = [-1] * n
         self.promised: list[int | None] = [None] * n
@@ -59,7 +58,6 @@ class Engine:
         self.breaches: list[tuple[int, str]] = []  # (seq, what) for promises not kept
         self._heap: list[tuple[int, int, int, int]] = []  # (time, priority, seq, job seq)
         self._seq = 0
-        self.events = 0
 
     # -- what policies call ------------------------------------------------------------
 
@@ -80,8 +78,6 @@ class Engine:
         self.busy += job.gpus
         if self.busy > self.capacity:
             raise OverCommit(f"{self.policy.name}: {self.busy} GPUs busy of {self.capacity} at t={now}")
-        if self.busy > self.peak_busy:
-            self.peak_busy = self.busy
         self.start[i] = now
         p = self.promised[i]
         if p is not None and now > p:
@@ -115,12 +111,10 @@ class Engine:
                     j = jobs[heappop(heap)[3]]
                     self.busy -= j.gpus
                     self.end[j.seq] = t
-                    self.events += 1
                     on_end(j, t)
                 while nxt < n and jobs[nxt].submit == t:
                     j = jobs[nxt]
                     nxt += 1
-                    self.events += 1
                     on_submit(j, t)
                     if progress is not None and nxt % every == 0:
                         progress(nxt)

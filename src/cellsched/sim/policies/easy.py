@@ -84,7 +84,6 @@ class Easy:
         self.head_at = 0
         self.running: list[tuple[int, int]] = []  # (requested end, seq), sorted
         self.req_end: dict[int, int] = {}
-        self.backfilled = 0
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
@@ -160,7 +159,6 @@ class Easy:
             j = jobs[best]
             if j.requested > window:
                 extra -= j.gpus
-            self.backfilled += 1
             self._start(j, now)
 
 
