@@ -79,11 +79,11 @@ def simulate(
         })
         return
     from cellsched.cli.render import table
-    from cellsched.sim.html import COLUMNS, cell
+    from cellsched.sim.html import COLUMNS, table_rows
 
     table(f"{setup.gpus:,} GPUs · {len(tr.jobs):,} jobs · pull_forward {config.policy.pull_forward} "
           "(waits in hours, makespan in days)",
-          [c for c, _ in COLUMNS], [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays],
+          [c for c, _ in COLUMNS], table_rows(replays),
           justify=lambda c: "left" if c == "policy" else "right")
     if html_path is not None:
         print(f"wrote {html_path}", file=err)

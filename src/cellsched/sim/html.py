@@ -33,13 +33,17 @@ def cell(key: str, v: object) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def table_rows(replays: Sequence[Replay]) -> list[list[str]]:
+    """One row of ``COLUMNS`` cells per policy, for the terminal table and the page."""
+    return [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays]
+
+
 def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str) -> None:
     from cellsched.report import charts, html
 
     plt = charts._plt()  # the report's matplotlib setup (Agg, fonts, grid)
     pal = charts.colours([r.policy for r in replays])
-    rows = [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays]
-    table = html.table([c for c, _ in COLUMNS], rows, numeric=[c for c, _ in COLUMNS[1:]],
+    table = html.table([c for c, _ in COLUMNS], table_rows(replays), numeric=[c for c, _ in COLUMNS[1:]],
                        row_keys=[r.policy for r in replays], cell_keys=[k for _, k in COLUMNS],
                        cell_values=[[r.metrics.get(k) for _, k in COLUMNS] for r in replays])
 
