@@ -14,12 +14,14 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cellsched.core.admission import Grant, Refusal, Schedule, request_from_spec
+from cellsched.core.admission import Refusal, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
+from cellsched.ledger.lifecycle import end_grant
+from cellsched.ledger.snapshot import grant_of, load_schedule
 from cellsched.ledger.tables import LIVE_STATES, GrantRow, JobRunRow, ProjectRow
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
@@ -55,37 +57,6 @@ def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
         raise NotFound(f"{path}: no cluster config (run `cellsched init` or pass --cluster)")
     cluster = load_cluster(path)
     return Env(cluster, path, Ledger(db_url or default_url(path)))
-
-
-# -- snapshot --------------------------------------------------------------------------
-
-
-def grant_of(row: GrantRow) -> Grant:
-    return Grant(row.project, row.team, row.pool, row.width, row.start, row.end)
-
-
-def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
-    """The core's snapshot: every window still ahead reserved, every charge counted, every
-    breach refunded (DESIGN §2) to the period in which the GPUs were not provided."""
-    sched = Schedule.empty(cluster)
-    rows = list(s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id))))
-    breaches = breach_intervals(s, rows)
-    for row in rows:
-        if row.pool not in sched.pools or row.team not in sched.teams:
-            continue  # config no longer names it; nothing of it can be admitted against
-        team = sched.teams[row.team]
-        team.book.charge(row.start, row.end, row.width)
-        for b0, b1, w in breaches.get(row.id or 0, ()):
-            team.book.refund(b0, b1, w)
-        lo = max(row.start, now)
-        if row.end > lo:
-            try:
-                sched.pools[row.pool][1].reserve(lo, row.end, row.width)
-                if team.calendar is not None:
-                    team.calendar.reserve(lo, row.end, row.width)
-            except ValueError:
-                pass  # the pool shrank below what was granted: a breach, shown by status
-    return sched
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -204,20 +175,6 @@ def _replaced_grant(s: Session, spec: ProjectSpec, caller: str, env: Env) -> Gra
     if not _team_member(env, old.team, caller):
         raise Denied(f"{caller} may not replace {old.project_id} of team {old.team}")
     return old
-
-
-def end_grant(s: Session, row: GrantRow, now: int, state: str, caller: str, extra: dict[str, Any]) -> int:
-    """End ``row`` at ``now`` (or before it starts) with ``state``, refund the rest of the
-    window, and record the event; returns GPU-seconds refunded. Runs inside a write."""
-    cut = min(max(now, row.start), row.end)
-    refund = row.width * (row.end - cut)
-    row.end = cut
-    row.refunded_gs += refund
-    row.state = state
-    row.ended_at = now
-    s.add(row)
-    events.append(s, now, state, row.project_id, caller, {"grant": row.id, "end": cut, "refunded_gpu_seconds": refund, **extra})
-    return refund
 
 
 # -- cancel ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Breach spans: when and how many GPUs of a grant's window the cluster did not provide.
 
-Read by admission's snapshot (``service.load_schedule``), ``budget`` and the report, which
+Read by admission's snapshot (``ledger.snapshot.load_schedule``), ``budget`` and the report, which
 all refund them to the team in the period they fall in (DESIGN §2)."""
 
 from __future__ import annotations

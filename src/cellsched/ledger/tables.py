@@ -134,7 +134,7 @@ class BreachRow(SQLModel, table=True):
     ``[start, end)`` on ``width`` GPUs (``gpu_seconds = width * (end - start)``), so that per
     grant ``sum(gpu_seconds) == breach_gs``. Append-only. DESIGN §2: lost hardware is
     refunded; the refund is credited to the team in the period(s) ``[start, end)`` falls in
-    (``service.load_schedule`` and ``service.budget``). ``GrantRow.refunded_gs`` stays the
+    (``ledger.snapshot.load_schedule`` and ``service.budget``). ``GrantRow.refunded_gs`` stays the
     refund of a cut window only (reports derive the original end from it)."""
 
     __tablename__ = "cs_breach"
@@ -146,3 +146,24 @@ class BreachRow(SQLModel, table=True):
     width: int
     gpu_seconds: int
     recorded_at: int
+
+
+class LeaseRow(SQLModel, table=True):
+    """One row: the daemon lease (``cellsched.ledger.lease``). Times are the database's
+    clock, as epoch seconds; ``epoch`` goes up by one on every acquisition and fences every
+    daemon write (``Ledger.write(epoch=...)``)."""
+
+    __tablename__ = "cs_lease"
+    id: int = Field(default=1, primary_key=True)
+    holder: str  # a uuid per acquisition
+    host: str
+    pid: int
+    since: float
+    renewed_at: float  # last heartbeat (or the release)
+    expires_at: float
+    duration_s: float
+    epoch: int
+    released: bool = False
+    prev_renewed_at: float | None = None  # the previous holder's last heartbeat
+    ray_gpus: int | None = None  # GPUs Ray had when the holder started serving
+    declared_gpus: int | None = None  # sum of the cluster config's pools

@@ -62,7 +62,9 @@ from cellsched.runtime.clock import now_s
 from cellsched.runtime.notify import notify
 from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
 from cellsched.runtime.report import build_report, render_markdown
-from cellsched.service import Env, end_grant, grant_of, load_schedule
+from cellsched.ledger.lifecycle import end_grant
+from cellsched.ledger.snapshot import grant_of, load_schedule
+from cellsched.service import Env
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
 
