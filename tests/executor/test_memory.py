@@ -7,12 +7,15 @@ import pytest
 from cellsched.executor import (
     Behaviour,
     Executor,
+    Fenced,
     GangSpec,
     InvalidGang,
     MemoryExecutor,
     NotReady,
+    Overlap,
     ReservationConflict,
     UnknownReservation,
+    job_environment,
 )
 
 R = "cellsched/proj/r1"
@@ -185,3 +188,194 @@ def test_clock_never_goes_back() -> None:
     ex = MemoryExecutor(now=5)
     with pytest.raises(ValueError):
         ex.advance(4)
+
+
+# -- windows, fencing, fate, crashes (issue 11) ---------------------------------------------
+
+
+def windowed(job: str = "train", bundles: tuple[int, ...] = (0,), attempt: int = 0,
+             term_at: float | None = None, kill_at: float | None = None) -> GangSpec:
+    return GangSpec(R, "proj", job, attempt, ["true"], bundles, "/logs",
+                    term_at=term_at, kill_at=kill_at)
+
+
+@pytest.mark.parametrize(
+    "behaviour, term_at, kill_at, outcome, codes, ended_at",
+    [
+        # cooperative: SIGTERM at 6, exits 1 s later
+        (Behaviour(None, term_delay=1), 6, 10, "killed", (-15, -15), 7),
+        # ignores SIGTERM: SIGKILL at kill_at, with no daemon call at all
+        (Behaviour(None, ignores_sigterm=True), 6, 10, "killed", (-9, -9), 10),
+        # slow to exit on SIGTERM: the kill comes first
+        (Behaviour(None, term_delay=9), 6, 10, "killed", (-9, -9), 10),
+        # ends before its window does: untouched
+        (Behaviour(3), 6, 10, "succeeded", (0, 0), 3),
+        # only a kill time
+        (Behaviour(None), None, 4, "killed", (-9, -9), 4),
+    ],
+)
+def test_ranks_enforce_their_window(behaviour: Behaviour, term_at: float | None,
+                                    kill_at: float | None, outcome: str,
+                                    codes: tuple[int, ...], ended_at: float) -> None:
+    ex = ready({"train": behaviour})
+    ex.launch(windowed(bundles=(0, 1), term_at=term_at, kill_at=kill_at))
+    ex.advance(ended_at - 0.5)
+    assert len(ex.running(R)) == 1
+    ex.advance(ended_at)
+    (res,) = ex.poll(R)
+    assert (res.outcome, res.exit_codes, res.ended_at) == (outcome, codes, ended_at)
+
+
+def test_window_already_over_at_launch() -> None:
+    ex = ready({"train": Behaviour(None, ignores_sigterm=True)}, now=20)
+    ex.launch(windowed(term_at=5, kill_at=10))
+    (res,) = ex.poll(R)
+    assert (res.outcome, res.exit_codes, res.started_at, res.ended_at) == ("killed", (-9,), 20, 20)
+
+
+def test_fence_refuses_older_epochs() -> None:
+    old = ready({"a": Behaviour(None)})
+    old.launch(gang("a", (0,)))
+    new = old.connect(epoch=5)  # a second daemon on the same cluster
+    assert new.running(R) == old.running(R) and new.now == old.now
+    new.fence(5)
+    assert new.epoch == 5
+    deposed = new.connect(epoch=4)
+    for act in (lambda e: e.launch(gang("b", (1,))), lambda e: e.terminate(R),
+                lambda e: e.kill(R, "a"), lambda e: e.ack(R, [("a", 0)]),
+                lambda e: e.release(R), lambda e: e.attempt_fate(R, "a", 0, 1, "/logs")):
+        for e in (old, deposed):
+            with pytest.raises(Fenced):
+                act(e)
+    assert [g.job for g in new.running(R)] == ["a"]  # nothing the deposed ones did happened
+    # observing is never refused
+    assert old.running(R) == new.running(R) and old.reservation_state(R) == "ready"
+    new.launch(gang("b", (1,)))
+    new.kill(R, "a")
+    # a newer epoch carried by a command becomes what the ranks remember
+    newer = new.connect(epoch=7)
+    newer.terminate(R, "b")
+    with pytest.raises(Fenced):
+        new.ack(R, [("a", 0)])
+    # groups reserved by a fenced-in daemon start at its epoch
+    newer.reserve("cellsched/proj/r2", 1)
+    with pytest.raises(Fenced):
+        new.launch(gang("c", resv="cellsched/proj/r2"))
+
+
+def test_attempt_fate() -> None:
+    ex = ready({"a": Behaviour(5)})
+    ex.launch(gang("a", (0, 1)))
+    assert ex.attempt_fate(R, "a", 0, 2, "/logs") == "alive"
+    ex.advance(5)
+    assert ex.attempt_fate(R, "a", 0, 2, "/logs") == "dead"  # its ranks report it stopped
+    assert ex.attempt_fate(R, "never", 0, 1, "/logs") == "dead"  # ranks answer: unknown to them
+    ex.release(R)
+    assert ex.attempt_fate(R, "a", 0, 2, "/logs") == "dead"
+
+
+def test_crash_leaves_orphans_until_they_die() -> None:
+    ex = ready({"a": Behaviour(None), "b": Behaviour(2)})
+    ex.launch(gang("a", (0, 1), attempt=3))
+    ex.launch(gang("b", (2,)))
+    ex.advance(1)
+    ex.crash_cluster(orphans_until=10)
+    assert ex.reservations() == [] and ex.reservation_state(R) == "missing"
+    assert ex.running(R) == [] and ex.poll(R) == [] and ex.release(R) == []
+    assert ex.attempt_fate(R, "a", 3, 2, "/logs") == "unknown"
+    assert ex.attempt_fate(R, "b", 0, 1, "/logs") == "unknown"
+    ex.advance(2)
+    assert ex.attempt_fate(R, "b", 0, 1, "/logs") == "dead"  # ended on its own
+    ex.advance(9.5)
+    assert ex.attempt_fate(R, "a", 3, 2, "/logs") == "unknown"
+    ex.advance(10)
+    assert ex.attempt_fate(R, "a", 3, 2, "/logs") == "dead"
+    assert ex.overlaps() == []
+
+
+def test_orphan_without_deadline_lives_until_its_kill_at() -> None:
+    ex = ready({"a": Behaviour(None, ignores_sigterm=True)})
+    ex.launch(windowed("a", term_at=50, kill_at=60))
+    ex.crash_cluster(orphans_until=None)
+    ex.advance(59)
+    assert ex.attempt_fate(R, "a", 0, 1, "/logs") == "unknown"
+    ex.advance(60)
+    assert ex.attempt_fate(R, "a", 0, 1, "/logs") == "dead"
+
+
+def test_overlaps_are_recorded() -> None:
+    ex = ready({"a": Behaviour(None)})
+    ex.launch(gang("a", (0,), attempt=0))
+    ex.advance(1)
+    ex.crash_cluster(orphans_until=5)
+    # a careless daemon re-reserves and starts attempt 1 while attempt 0 still runs
+    ex.reserve(R, 4)
+    ex.advance(2)
+    ex.launch(gang("a", (0,), attempt=1))
+    ex.advance(3)
+    ex.kill(R)
+    ex.advance(4)
+    ex.launch(gang("a", (1,), attempt=2))  # again, still before the orphan dies at 5
+    ex.advance(6)
+    ex.kill(R)
+    ex.launch(gang("a", (2,), attempt=3))  # after every other attempt ended: fine
+    assert ex.overlaps() == [Overlap(R, "a", 0, 1, 2), Overlap(R, "a", 0, 2, 4)]
+    assert [(o.first, o.second) for o in ex.overlaps()] == [(0, 1), (0, 2)]
+
+
+def test_overlap_of_a_running_gang_and_a_same_time_end_is_none() -> None:
+    ex = ready({"a": Behaviour(2)})
+    ex.launch(gang("a", (0,), attempt=0))
+    ex.advance(2)
+    ex.launch(gang("a", (0,), attempt=1))  # starts exactly when attempt 0 ended
+    assert ex.overlaps() == []
+
+
+# -- the job's environment --------------------------------------------------------------
+
+WORKER = {
+    "PATH": "/usr/bin", "HOME": "/home/w", "USER": "w", "LANG": "C.UTF-8", "LC_ALL": "C",
+    "TMPDIR": "/tmp/w", "CUDA_VISIBLE_DEVICES": "3", "PYTHONPATH": "/code",
+    "VIRTUAL_ENV": "/venv", "CONDA_PREFIX": "/conda", "LD_LIBRARY_PATH": "/cuda/lib",
+    "CELLSCHED_DB": "postgresql://u:secret@db/ledger", "AWS_SECRET_ACCESS_KEY": "k",
+    "GITHUB_TOKEN": "t", "RAY_ADDRESS": "head:6379", "PYTHONHOME": "/stale", "WANDB_API_KEY": "w",
+    "HTTP_PROXY": "http://proxy",
+}
+
+
+@pytest.mark.parametrize(
+    "pass_env, gang_env, rank_env, present, absent",
+    [
+        # the allowlist only
+        ((), {}, {}, {"PATH": "/usr/bin", "HOME": "/home/w", "LC_ALL": "C", "TMPDIR": "/tmp/w",
+                      "CUDA_VISIBLE_DEVICES": "3", "PYTHONPATH": "/code", "VIRTUAL_ENV": "/venv",
+                      "CONDA_PREFIX": "/conda", "LD_LIBRARY_PATH": "/cuda/lib"},
+         {"CELLSCHED_DB", "AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "RAY_ADDRESS", "PYTHONHOME",
+          "WANDB_API_KEY", "HTTP_PROXY"}),
+        # what the cluster config passes through explicitly; unknown names are skipped
+        (("WANDB_API_KEY", "HTTP_PROXY", "NOT_SET"), {}, {},
+         {"WANDB_API_KEY": "w", "HTTP_PROXY": "http://proxy"}, {"CELLSCHED_DB", "NOT_SET"}),
+        # the spec's env wins over the worker's, but not over the reserved names
+        ((), {"PATH": "/opt/bin", "MY": "x", "CUDA_VISIBLE_DEVICES": "7", "RANK": "9"}, {},
+         {"PATH": "/opt/bin", "MY": "x", "CUDA_VISIBLE_DEVICES": "3"}, {"RANK"}),
+        # the rank's variables win over everything
+        ((), {"RANK": "9"}, {"RANK": "1", "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "5"},
+         {"RANK": "1", "WORLD_SIZE": "2", "CUDA_VISIBLE_DEVICES": "5"}, {"CELLSCHED_DB"}),
+        # a spec may set a variable the allowlist would have dropped: that is its own choice
+        ((), {"CELLSCHED_DB": "mine"}, {}, {"CELLSCHED_DB": "mine"}, {"GITHUB_TOKEN"}),
+    ],
+)
+def test_job_environment(pass_env: tuple[str, ...], gang_env: dict[str, str],
+                         rank_env: dict[str, str], present: dict[str, str],
+                         absent: set[str]) -> None:
+    env = job_environment(WORKER, pass_env, gang_env, rank_env)
+    assert {k: env.get(k) for k in present} == present
+    assert not absent & set(env)
+    extra = set(env) - set(WORKER) - set(gang_env) - set(rank_env)
+    assert not extra
+
+
+def test_job_environment_is_exactly_the_allowlist() -> None:
+    env = job_environment(WORKER, (), {}, {})
+    assert set(env) == {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES",
+                        "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH"}

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from .base import (
     Executor,
     ExecutorError,
+    Fate,
+    Fenced,
     GangResult,
     GangSpec,
     InvalidGang,
@@ -20,8 +22,9 @@ from .base import (
     ResultKey,
     RunningGang,
     UnknownReservation,
+    job_environment,
 )
-from .memory import Behaviour, MemoryExecutor
+from .memory import Behaviour, MemoryExecutor, Overlap
 
 if TYPE_CHECKING:
     from .ray_adapter import RayExecutor
@@ -30,18 +33,22 @@ __all__ = [
     "Behaviour",
     "Executor",
     "ExecutorError",
+    "Fate",
+    "Fenced",
     "GangResult",
     "GangSpec",
     "InvalidGang",
     "MemoryExecutor",
     "NotReady",
     "Outcome",
+    "Overlap",
     "RayExecutor",
     "ReservationConflict",
     "ReservationState",
     "ResultKey",
     "RunningGang",
     "UnknownReservation",
+    "job_environment",
 ]
 
 

@@ -45,6 +45,10 @@ Only ``pending``, ``rescheduling`` and ``missing`` mean the cluster is not provi
 ResultKey = tuple[str, int]
 """``(job, attempt)``: how results are acknowledged."""
 
+Fate = Literal["alive", "dead", "unknown"]
+"""What ``attempt_fate`` can say about an attempt nobody sees any more: ``dead`` only with
+proof (then the next attempt may start), ``unknown`` means "not now: ask again later"."""
+
 # Variables the executor sets for every rank; they win over a gang's own ``env`` because
 # they carry the allocator's isolation and rendezvous (a spec must not point a rank at
 # another project's GPU).
@@ -60,6 +64,69 @@ RESERVED_ENV = (
     "CELLSCHED_ATTEMPT",
     "CUDA_VISIBLE_DEVICES",
 )
+
+# What a job inherits from its Ray worker's environment (see ``job_environment``). Nothing
+# else: the worker's environment is the daemon's (or ``ray start``'s) and may hold the
+# ledger's URL, keys and tokens.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM")
+BASE_ENV_PREFIXES = ("LC_",)
+# Device selection Ray sets per worker (ray/_private/accelerators/*: one variable per kind
+# of accelerator), and NVIDIA_VISIBLE_DEVICES from container runtimes.
+ACCELERATOR_ENV = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ONEAPI_DEVICE_SELECTOR",
+    "NEURON_RT_VISIBLE_CORES",
+    "TPU_VISIBLE_CHIPS",
+    "TPU_CHIPS_PER_HOST_BOUNDS",
+    "ASCEND_RT_VISIBLE_DEVICES",
+    "HABANA_VISIBLE_MODULES",
+    "TT_VISIBLE_DEVICES",
+    "MBLT_RT_VISIBLE_DEVICES",
+    "RBLN_RT_VISIBLE_DEVICES",
+    "QBRUNTIME_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",  # Ray sets it from the worker's CPUs when unset
+)
+# What Ray's runtime_env puts in a worker's environment: working_dir/py_modules prepend
+# PYTHONPATH; pip/uv run the worker from a virtualenv it activates (VIRTUAL_ENV, PATH);
+# conda activates an environment (CONDA_*). LD_LIBRARY_PATH is how CUDA libraries are found.
+# PYTHONHOME is not passed: activation unsets it and a stale one breaks every interpreter.
+RUNTIME_ENV = (
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "CONDA_DEFAULT_ENV",
+    "CONDA_SHLVL",
+    "CONDA_EXE",
+    "CONDA_PYTHON_EXE",
+    "LD_LIBRARY_PATH",
+)
+
+
+def job_environment(
+    worker_env: Mapping[str, str],
+    pass_env: Iterable[str],
+    gang_env: Mapping[str, str],
+    rank_env: Mapping[str, str],
+) -> dict[str, str]:
+    """The whole environment of a job's process, built from an allowlist.
+
+    From ``worker_env`` (the Ray worker's ``os.environ``) only ``BASE_ENV`` (+ ``LC_*``),
+    ``ACCELERATOR_ENV``, ``RUNTIME_ENV`` and the names in ``pass_env`` (the cluster
+    config's explicit pass-through); then the spec's ``gang_env``, except ``RESERVED_ENV``
+    names; then ``rank_env`` (the executor's rank variables), which wins over everything.
+    """
+    wanted = set(BASE_ENV) | set(ACCELERATOR_ENV) | set(RUNTIME_ENV) | set(pass_env)
+    env = {
+        k: v
+        for k, v in sorted(worker_env.items())
+        if k in wanted or k.startswith(BASE_ENV_PREFIXES)
+    }
+    env.update((k, str(v)) for k, v in gang_env.items() if k not in RESERVED_ENV)
+    env.update((k, str(v)) for k, v in rank_env.items())
+    return env
 
 
 @dataclass(frozen=True)
@@ -80,6 +147,14 @@ class GangSpec:
     log_dir: str
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None  # working directory of every rank (None: the worker's)
+    # The window, enforced by each rank itself even with no daemon alive (executor-clock
+    # seconds: wall clock for Ray, virtual for the twin): SIGTERM to the whole job tree at
+    # ``term_at``, SIGKILL at ``kill_at``. None: no limit.
+    term_at: float | None = None
+    kill_at: float | None = None
+    # Extra variable names copied from the worker's environment (the cluster config's
+    # ``policy.pass_env``); see ``job_environment``.
+    pass_env: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Normalise so specs built from lists, tuples or ranges compare equal and ship to Ray.
@@ -87,6 +162,7 @@ class GangSpec:
             object.__setattr__(self, "run", tuple(self.run))
         object.__setattr__(self, "bundles", tuple(self.bundles))
         object.__setattr__(self, "env", dict(self.env))
+        object.__setattr__(self, "pass_env", tuple(self.pass_env))
 
     @property
     def width(self) -> int:
@@ -104,7 +180,17 @@ class GangSpec:
 
     def log_path(self, rank: int) -> str:
         """Where rank ``rank`` writes its output (relative to nothing: ``log_dir`` decides)."""
-        return f"{self.log_dir}/{self.job}/attempt-{self.attempt}/rank-{rank}.log"
+        return attempt_path(self.log_dir, self.job, self.attempt, rank, "log")
+
+    def lock_path(self, rank: int) -> str:
+        """The lock file rank ``rank``'s supervisor holds while anything of the job lives
+        (the local proof of death; see ``Executor.attempt_fate``)."""
+        return attempt_path(self.log_dir, self.job, self.attempt, rank, "lock")
+
+
+def attempt_path(log_dir: str, job: str, attempt: int, rank: int, ext: str) -> str:
+    """``<log_dir>/<job>/attempt-<attempt>/rank-<rank>.<ext>``: per-rank files of an attempt."""
+    return f"{log_dir}/{job}/attempt-{attempt}/rank-{rank}.{ext}"
 
 
 @dataclass(frozen=True)
@@ -173,12 +259,22 @@ class InvalidGang(ExecutorError):
     """Bundles out of range, repeated, or busy with another gang."""
 
 
+class Fenced(ExecutorError):
+    """A command carried an epoch older than one the ranks have seen: a newer daemon has
+    taken over (``fence``), and this executor must not act any more."""
+
+
 @runtime_checkable
 class Executor(Protocol):
     """What the reconciler (and the simulator) may do with reserved GPUs."""
 
     prefix: str
     """Every reservation name starts with it; ``reservations()`` lists only names with it."""
+
+    epoch: int
+    """The fencing token every command carries (0 until set by ``fence``). Ranks refuse
+    ``launch``/``terminate``/``kill``/``ack``/``release`` with an epoch older than the newest
+    they have seen (``Fenced``); a command with a newer one raises what they remember."""
 
     def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
         """Ask for ``width`` one-GPU bundles named ``name``; returns at once.
@@ -239,6 +335,26 @@ class Executor(Protocol):
         (jobs killed here are ``killed``), so no launched gang goes unreported. Nothing is
         kept afterwards: the caller must store these results (there is nothing to ack).
         """
+        ...
+
+    def fence(self, epoch: int) -> None:
+        """Push ``epoch`` to every rank of every live reservation with this prefix, and take
+        it as this executor's own ``epoch``. Afterwards commands carrying an older epoch
+        (a deposed daemon's) are refused with ``Fenced``. Bounded in time: a rank that does
+        not answer is not fenced (and ``attempt_fate`` then takes nothing it says as proof).
+        Never lowers anything."""
+        ...
+
+    def attempt_fate(self, name: str, job: str, attempt: int, width: int, log_dir: str) -> Fate:
+        """For an attempt the caller's ledger says may be running but which neither
+        ``running`` nor ``poll`` shows: is anything of it still alive?
+
+        ``dead`` only with proof, for every rank ``0..width-1`` of the attempt: its rank
+        reports it stopped, or (after ``fence``) answers and does not know it; or its node
+        is declared dead; or, on this host, the rank's lock file (``GangSpec.lock_path``) is
+        free or marked dead (it is then marked dead so that a late start never runs).
+        ``alive`` if some rank still runs it; ``unknown`` otherwise: do not start the next
+        attempt, ask again later. ``log_dir`` is the attempt's ``GangSpec.log_dir``."""
         ...
 
 

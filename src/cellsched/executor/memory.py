@@ -16,17 +16,31 @@ Timing model (what the twin promises, in virtual seconds):
 - when a rank fails (non-zero exit), its peers get SIGTERM at that instant and SIGKILL
   ``peer_grace`` later (as the Ray rank workers do);
 - ``lose_bundles`` loses the ranks on those bundles (exit code ``None``) and kills their peers;
+- a gang's window is enforced by its ranks: SIGTERM at ``term_at`` (a cooperative job exits
+  ``term_delay`` later), SIGKILL at ``kill_at``, whoever is watching;
+- ``fence(epoch)`` raises the epoch the ranks of every live reservation remember; commands
+  from an executor with an older ``epoch`` raise ``Fenced`` (``connect`` gives a second
+  executor on the same fake cluster, as a second daemon would have);
+- ``crash_cluster`` models a local Ray that died with the daemon: every reservation is gone,
+  but the gangs that were running go on as orphans that nobody can see or stop; an orphan's
+  ``attempt_fate`` is ``unknown`` while it lives and ``dead`` afterwards;
+- ``overlaps`` lists every time two attempts of one (reservation, job) ran at once;
 - results stay until ``ack``ed (``poll`` shows them every time); ``release`` returns the
   un-acknowledged ones and forgets the rest.
 """
 
 from __future__ import annotations
 
+import copy
 import signal
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from itertools import combinations
+from typing import Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
 
 from .base import (
+    Fate,
+    Fenced,
     GangResult,
     GangSpec,
     NotReady,
@@ -89,6 +103,22 @@ class _Gang:
     def ended_by(self, t: float) -> bool:
         return all(r.end is not None and r.end <= t for r in self.ranks)
 
+    @property
+    def last_end(self) -> float | None:
+        """When the last rank ends (None: not planned yet, maybe never)."""
+        ends = [r.end for r in self.ranks]
+        return None if None in ends else max(e for e in ends if e is not None)
+
+
+class Overlap(NamedTuple):
+    """Two attempts of one job in one reservation running at once (from ``start`` on)."""
+
+    reservation: str
+    job: str
+    first: int  # attempt that started first
+    second: int
+    start: float
+
 
 @dataclass
 class _Reservation:
@@ -101,6 +131,18 @@ class _Reservation:
     lost: set[int] = field(default_factory=set)
     back_at: float | None = None  # when lost bundles are re-placed (None: until heal())
     gangs: dict[tuple[str, int], _Gang] = field(default_factory=dict)
+    epoch: int = 0  # the newest epoch its ranks have seen
+
+
+@dataclass
+class _World:
+    """The fake cluster, shared by every executor ``connect``ed to it."""
+
+    now: float
+    resv: dict[str, _Reservation] = field(default_factory=dict)
+    seq: int = 0
+    orphans: list[tuple[str, _Gang]] = field(default_factory=list)  # outlived a crash
+    history: list[tuple[str, _Gang]] = field(default_factory=list)  # every gang launched
 
 
 class MemoryExecutor:
@@ -120,14 +162,28 @@ class MemoryExecutor:
         ready_delay: float = 0.0,
         peer_grace: float = 3.0,
     ) -> None:
-        self.now = now
+        self._w = _World(now)
         self.prefix = prefix
         self.capacity = capacity
         self.ready_delay = ready_delay
         self.peer_grace = peer_grace
+        self.epoch = 0
         self._script = script
-        self._resv: dict[str, _Reservation] = {}
-        self._seq = 0
+
+    @property
+    def now(self) -> float:
+        return self._w.now
+
+    @property
+    def _resv(self) -> dict[str, _Reservation]:
+        return self._w.resv
+
+    def connect(self, epoch: int = 0) -> MemoryExecutor:
+        """Another executor on the same fake cluster (same clock, groups and jobs), with its
+        own ``epoch``: what a second daemon would have."""
+        other = copy.copy(self)
+        other.epoch = epoch
+        return other
 
     # -- clock and fault injection -------------------------------------------------------
 
@@ -135,7 +191,7 @@ class MemoryExecutor:
         """Move the virtual clock to ``now`` (never backwards)."""
         if now < self.now:
             raise ValueError(f"time goes forward: {now} < {self.now}")
-        self.now = now
+        self._w.now = now
         self._place()
 
     def lose_bundles(self, name: str, bundles: Sequence[int], back_at: float | None = None) -> None:
@@ -159,6 +215,38 @@ class MemoryExecutor:
         r.lost |= lost
         r.back_at = back_at
 
+    def crash_cluster(self, orphans_until: float | None = None) -> None:
+        """The local Ray dies with the daemon at ``now``: every reservation vanishes
+        (``missing``, ``reservations()`` empty) and no result is ever reported, but the gangs
+        running now survive as orphans until ``orphans_until`` (then they die, as their
+        supervisors would once they notice; ``None``: until their own end or ``kill_at``)."""
+        t = self.now
+        for name, r in sorted(self._resv.items()):
+            for _, g in sorted(r.gangs.items()):
+                if g.ended_by(t):
+                    continue
+                if orphans_until is not None:
+                    until = max(t, orphans_until)
+                    for i, rank in enumerate(g.ranks):
+                        if rank.running_at(until):
+                            g.ranks[i] = _Rank(until, SIGKILL_CODE, "lost")
+                self._w.orphans.append((name, g))
+        self._resv.clear()
+
+    def overlaps(self) -> list[Overlap]:
+        """Every pair of gangs of one (reservation, job) that ran at the same virtual time,
+        over the whole history (released and orphaned gangs included); should be empty."""
+        by: dict[tuple[str, str], list[_Gang]] = defaultdict(list)
+        for name, g in self._w.history:
+            by[(name, g.spec.job)].append(g)
+        out = []
+        for (name, job), gangs in sorted(by.items()):
+            for a, b in combinations(gangs, 2):  # in launch order: a started first
+                a_end = a.last_end
+                if a_end is None or b.started_at < a_end:
+                    out.append(Overlap(name, job, a.spec.attempt, b.spec.attempt, b.started_at))
+        return out
+
     def heal(self, name: str) -> None:
         """Lost bundles of ``name`` are placed again (the group is ``ready`` again)."""
         r = self._get(name)
@@ -178,8 +266,8 @@ class MemoryExecutor:
                     name, f"exists with width {old.width}, cpus_per_gpu {old.cpus_per_gpu}"
                 )
             return
-        self._seq += 1
-        self._resv[name] = _Reservation(name, width, cpus_per_gpu, self._seq)
+        self._w.seq += 1
+        self._resv[name] = _Reservation(name, width, cpus_per_gpu, self._w.seq, epoch=self.epoch)
         self._place()
 
     def reservation_state(self, name: str) -> ReservationState:
@@ -198,10 +286,11 @@ class MemoryExecutor:
         return "ready"
 
     def reservations(self) -> list[str]:
-        return sorted(self._resv)
+        return sorted(n for n in self._resv if n.startswith(self.prefix))
 
     def launch(self, gang: GangSpec) -> None:
         r = self._get(gang.reservation)
+        self._check_epoch(r)
         if gang.key in r.gangs:
             return
         state = self.reservation_state(r.name)
@@ -227,8 +316,10 @@ class MemoryExecutor:
                 for i in range(len(ranks)):
                     if i != fr:
                         ranks[i] = self._peer_stop(b, e)
+        ranks = [self._windowed(b, rank, gang.term_at, gang.kill_at) for rank in ranks]
         ids = tuple(r.gpu_ids[i] for i in gang.bundles)
-        r.gangs[gang.key] = _Gang(gang, b, t, ids, ranks)
+        g = r.gangs[gang.key] = _Gang(gang, b, t, ids, ranks)
+        self._w.history.append((r.name, g))
 
     def running(self, name: str) -> list[RunningGang]:
         r = self._resv.get(name)
@@ -254,6 +345,7 @@ class MemoryExecutor:
         r = self._resv.get(name)
         if r is None:
             return
+        self._check_epoch(r)
         for k in keys:
             g = r.gangs.get((k[0], k[1]))
             if g is not None and g.ended_by(self.now):
@@ -274,7 +366,49 @@ class MemoryExecutor:
         self._place()
         return out
 
+    def fence(self, epoch: int) -> None:
+        for name in self.reservations():
+            r = self._resv[name]
+            r.epoch = max(r.epoch, epoch)
+        self.epoch = epoch
+
+    def attempt_fate(self, name: str, job: str, attempt: int, width: int, log_dir: str) -> Fate:
+        # The twin's ranks always answer and its supervisors never linger, so only an orphan
+        # (nobody can see it, but its processes live) is "unknown".
+        key = (job, attempt)
+        t = self.now
+        if any(n == name and g.spec.key == key and not g.ended_by(t) for n, g in self._w.orphans):
+            return "unknown"
+        r = self._resv.get(name)
+        if r is not None:
+            self._check_epoch(r, raise_only=True)
+            g = r.gangs.get(key)
+            if g is not None and not g.ended_by(t):
+                return "alive"
+        return "dead"
+
     # -- internals -----------------------------------------------------------------------
+
+    def _check_epoch(self, r: _Reservation, raise_only: bool = False) -> None:
+        """Refuse a command with an older epoch than the ranks have seen; a newer one
+        becomes what they remember (a fencing token)."""
+        if self.epoch < r.epoch:
+            raise Fenced(r.name, f"epoch {self.epoch} is older than the ranks' {r.epoch}")
+        if not raise_only:
+            r.epoch = self.epoch
+
+    def _windowed(self, b: Behaviour, rank: _Rank, term_at: float | None,
+                  kill_at: float | None) -> _Rank:
+        """``rank`` as its own window leaves it: SIGTERM at ``term_at``, SIGKILL at ``kill_at``."""
+        if term_at is not None and not b.ignores_sigterm:
+            t = max(term_at, self.now)
+            if rank.running_at(t) and (rank.end is None or t + b.term_delay < rank.end):
+                rank = _Rank(t + b.term_delay, b.term_exit_code, "executor")
+        if kill_at is not None:
+            t = max(kill_at, self.now)
+            if rank.running_at(t):
+                rank = _Rank(t, SIGKILL_CODE, "executor")
+        return rank
 
     def _get(self, name: str) -> _Reservation:
         r = self._resv.get(name)
@@ -300,6 +434,7 @@ class MemoryExecutor:
         r = self._resv.get(name)
         if r is None:
             return
+        self._check_epoch(r)
         t = self.now
         for g in r.gangs.values():
             if g.ended_by(t) or (job is not None and g.spec.job != job):
