@@ -58,7 +58,7 @@ class Harness:
         self.env = env
         # ready_delay: rank workers' start-up (the group is "placed" meanwhile)
         self.ex = MemoryExecutor(script, capacity=capacity, now=T0, ready_delay=ready_delay)
-        kw: dict[str, Any] = dict(strict=True, notify_in_background=False, lost_after_s=0, placement_timeout_s=10,
+        kw: dict[str, Any] = dict(strict=True, notify_in_background=False, placement_timeout_s=10,
                                   logs_root=tmp / "logs")
         kw.update(settings)
         self.settings = Settings(**kw)

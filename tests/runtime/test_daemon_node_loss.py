@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent("""
 
     cluster, nodes = start_two_node_ray()
     rec = Reconciler(env, RayExecutor(peer_grace_s=1.0), settings=Settings(strict=True,
-                     notify_in_background=False, logs_root=tmp / "logs", lost_after_s=1.0))
+                     notify_in_background=False, logs_root=tmp / "logs"))
     spec = ProjectSpec.model_validate({"name": "fragile", "team": "t", "owner": "u", "problem": "x",
         "budget": {"gpu_hours": 6 * 600 / 3600, "gpus": 6, "pool": "h100"},
         "jobs": [{"name": "train", "gpus": 6, "run": "sleep 6; echo ok"}]})

@@ -140,7 +140,7 @@ def test_a_node_lost_mid_window_is_refunded_once_and_not_the_early_finish_twice(
     before = remaining(env, "evals", T0)
     ex = MemoryExecutor({"run": Behaviour(60)}, capacity=16, now=T0)
     rec = Reconciler(env, ex, clock=lambda: int(ex.now), settings=Settings(
-        strict=True, notify_in_background=False, lost_after_s=0, logs_root=tmp_path / "logs"))
+        strict=True, notify_in_background=False, logs_root=tmp_path / "logs"))
     tick(rec, ex, T0)
     tick(rec, ex, T0 + 5)
     (name,) = ex.reservations()

@@ -1,29 +1,20 @@
-"""The reconciler: each ``tick(now)`` observes the ledger and the executor, then acts.
+"""The reconciler: each ``tick(now)`` observes everything, decides, then acts.
 
-Rules it keeps (DESIGN §4, STYLE 8):
+The shape of Ray autoscaler v2 and Kueue (STYLE.md):
 
-- **Intent first.** Every change is written to the ledger (row + event, one transaction)
-  *before* the executor is asked to do it: ``reserving`` before ``reserve``, an attempt row
-  ``running`` before ``launch``, ``expired``/``completed`` before ``release``. A daemon killed
-  between the two finds the intent on restart and finishes the job idempotently.
-- **Stateless between ticks.** Everything needed after a crash is in the ledger
-  (``GrantRuntimeRow``, ``JobRunRow``, ``BreachRow``) or in the executor (groups found by
-  name, results held by the rank workers until acknowledged). In-memory state is only caches
-  and a debounce.
-- **Results: store, then acknowledge.** ``poll`` only reads; a result is ``ack``ed after the
-  transaction that records it has committed, and recording is idempotent (a result already
-  recorded is not written again), so a crash between poll and commit, or between commit and
-  ack, neither loses a result nor records it twice.
-- **Breaches are refunds.** Every increase of ``GrantRow.breach_gs`` appends a ``BreachRow``
-  (the interval it covers) in the same transaction; the service layer credits the team's
-  allowance with them, in the period where the loss happened.
-- **Idempotent ticks.** A tick repeated at the same ``now`` writes nothing new.
-- **Never later.** Capacity freed by an early finish, a cancel or a window's end lets waiting
-  grants start earlier by the cluster's ``policy.pull_forward`` rule, through the core's
-  ``Schedule.start_now`` or ``Schedule.move_earlier``; nothing ever moves a grant later.
+1. **Observe**: one ledger snapshot of the grants the daemon handles (one read transaction),
+   then one executor observation per live group: its state, what runs, what ended, and the
+   fate of attempts the ledger says run and the executor does not show.
+2. **Decide**: :func:`cellsched.runtime.decide.decide`, pure, per grant.
+3. **Apply**: through the ledger's write side (:class:`cellsched.ledger.lifecycle.GrantWriter`,
+   which carries the lease epoch), intent first: the ledger is written *before* the executor
+   is asked (``reserving`` before ``reserve``, an attempt row before ``launch``, ``expired``
+   before ``release``); results are acknowledged only after the transaction recording them.
 
-The same class drives :class:`~cellsched.executor.memory.MemoryExecutor` (virtual clock, unit
-tests) and :class:`~cellsched.executor.ray_adapter.RayExecutor` (real Ray).
+Stateless between ticks: everything needed after a crash is in the ledger or in the executor
+(groups found by name, results held by the rank workers until acknowledged). In memory there
+are only caches. The same class drives :class:`~cellsched.executor.memory.MemoryExecutor`
+(virtual clock) and :class:`~cellsched.executor.ray_adapter.RayExecutor` (real Ray).
 """
 
 from __future__ import annotations
@@ -31,39 +22,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable
 
 from sqlmodel import Session, col, or_, select
 
 from cellsched.core.admission import Grant, start_waiting_now
-from cellsched.executor.base import (
-    Executor,
-    ExecutorError,
-    GangResult,
-    GangSpec,
-    round_seconds,
-)
+from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult, GangSpec
 from cellsched.ledger import events
-from cellsched.ledger.tables import (
-    LIVE_STATES,
-    BreachRow,
-    EventRow,
-    GrantRow,
-    GrantRuntimeRow,
-    JobRunRow,
-    ProjectRow,
-    RuntimeInfo,
-)
-from cellsched.runtime.clock import now_s
-from cellsched.runtime.notify import notify
-from cellsched.runtime.plan import AttemptView, all_ended, job_states, next_launches
-from cellsched.runtime.report import build_report, render_markdown
-from cellsched.ledger.lifecycle import end_grant
+from cellsched.ledger.db import Deposed
+from cellsched.ledger.lifecycle import GrantWriter
 from cellsched.ledger.snapshot import grant_of, load_schedule
+from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, RuntimeInfo
+from cellsched.runtime import decide as D
+from cellsched.runtime.clock import now_s
+from cellsched.runtime.notify import Notifier, write_report_files
+from cellsched.runtime.report import build_report, render_markdown
 from cellsched.service import Env
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
@@ -79,15 +56,10 @@ class Settings:
 
     # A group still not placed this long after the promised start is a guarantee breach,
     # counted from the promised start (Ray never fails an infeasible group: we must decide).
-    # "Placed" means the group holds its GPUs; slow rank-worker start-up is not a breach, so
-    # this can be tight.
+    # "Placed" means the group holds its GPUs; slow rank-worker start-up is not a breach.
     placement_timeout_s: int = 10
     # How often breach_gs is brought up to date while an outage lasts.
     breach_update_s: int = 60
-    # An attempt the ledger says runs but the executor neither runs nor reports is lost once
-    # it has been missing for two observations at least this far apart (a debounce against
-    # a rank that is briefly unreachable).
-    lost_after_s: float = 2.0
     # How often to look for groups of ours that no live grant owns (and release them).
     sweep_every_s: int = 10
     # Where job logs and reports go: <logs_root>/<project>/<digest12>-g<grant>/.
@@ -126,13 +98,6 @@ def _ledger_id(env: Env) -> str:
 
 
 @dataclass
-class _Work:
-    grant: GrantRow
-    rt: GrantRuntimeRow | None
-    project: ProjectRow
-
-
-@dataclass
 class TickResult:
     """What one tick did, for logs and loops (not a source of truth)."""
 
@@ -144,8 +109,22 @@ class TickResult:
         log.info("%s", what)
 
 
+@dataclass
+class _Seen:
+    """One grant as observed: the ledger's view, its rows, and its group."""
+
+    view: D.GrantView
+    row: GrantRow
+    project: ProjectRow
+    group: D.GroupView | None
+
+
 class Reconciler:
-    """Drives ``executor`` from the ledger of ``env``; see the module docstring."""
+    """Drives ``executor`` from the ledger of ``env``; see the module docstring.
+
+    ``epoch``: the daemon's lease epoch (every ledger write carries it; the executor's ranks
+    are fenced with it on the first tick). ``down_since``: the previous daemon's last
+    heartbeat, where outages found on start began."""
 
     def __init__(
         self,
@@ -153,50 +132,67 @@ class Reconciler:
         executor: Executor,
         clock: Callable[[], int] = now_s,
         settings: Settings | None = None,
+        epoch: int | None = None,
+        down_since: int | None = None,
     ) -> None:
         self.env = env
         self.ex = executor
         self.clock = clock
         self.settings = settings or Settings()
+        self.epoch = epoch
         self.logs_root = logs_root_for(env, self.settings)
         self.ledger_id = _ledger_id(env)
         self.prefix = f"{executor.prefix}{self.ledger_id}/"
+        self.writer = GrantWriter(env.ledger, epoch, ACTOR)
+        policy = env.cluster.policy
+        self.rules = D.Rules(grace_s=policy.grace_s, placement_timeout_s=self.settings.placement_timeout_s,
+                             breach_update_s=self.settings.breach_update_s, down_since=down_since)
+        self.pass_env = tuple(getattr(policy, "pass_env", ()))
+        self.notifier = Notifier(self._notified, self.settings.notify_in_background, self.pass_env)
         self._specs: dict[str, ProjectSpec] = {}
-        # (grant, job, attempt) -> (first tick it was missing, times seen missing)
-        self._missing: dict[tuple[int, str, int], tuple[float, int]] = {}
         self._last_sweep: float | None = None
-        # grant -> whether its group has ever been placed (a cache of the "placed" events)
-        self._was_placed: dict[int, bool] = {}
-        self._notifying: set[int] = set()
-        self._threads: list[threading.Thread] = []
+        self._was_placed: dict[int, bool] = {}  # a cache of the "placed" events
+        self._first_look: set[int] | None = None  # grants whose group was missing at our first look
+        self._fenced = False
 
     # -- the tick ---------------------------------------------------------------------
 
     def tick(self, now: int | None = None) -> TickResult:
-        """One observe → act pass over every grant that needs the daemon."""
+        """Observe → decide → apply, until nothing more follows at this instant (at most 3
+        passes: a group placed at once is activated and launched in the same tick)."""
         now = self.clock() if now is None else now
         res = TickResult()
+        if not self._fenced and self.epoch is not None:
+            self.ex.fence(self.epoch)  # before any "the rank does not know it" is taken as proof
+        self._fenced = True
         if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
             self._guard(res, "sweep", lambda: self._sweep(now, res))
             if self.env.cluster.policy.pull_forward == "start_now":
                 # Catches what no grant's end announces, such as a not_before that has passed.
                 self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
-        seen: set[int] = set()
-        for _ in range(3):  # an early finish can make a moved grant due in the same tick
-            moved_before = sum(1 for a in res.actions if a.startswith("moved"))
-            work = [w for w in self._observe(now) if w.grant.id not in seen]
-            for w in work:
-                seen.add(w.grant.id or 0)
-                self._guard(res, f"grant {w.grant.id}", lambda w=w: self._step(w, now, res))
-            if sum(1 for a in res.actions if a.startswith("moved")) == moved_before:
+        only: set[int] | None = None
+        for _ in range(3):
+            again: set[int] = set()
+            moves = _moves(res)
+            for seen in self._observe(now, only):
+                gid = seen.view.id
+                self._guard(res, f"grant {gid}", lambda s=seen: again.update(self._apply(s, now, res)))
+            if _moves(res) > moves:
+                only = None  # a waiting grant moved up: it may be due now
+            elif again:
+                only = again
+            else:
                 break
         return res
 
     def _guard(self, res: TickResult, what: str, fn: Callable[[], None]) -> None:
-        # One broken grant must not stop the daemon from keeping everyone else's guarantees.
+        # One broken grant must not stop the daemon from keeping everyone else's guarantees;
+        # but a deposed daemon (a newer one holds the lease) must stop at once.
         try:
             fn()
+        except (Deposed, Fenced):
+            raise
         except Exception:
             if self.settings.strict:
                 raise
@@ -205,34 +201,85 @@ class Reconciler:
 
     def drain(self, timeout: float = 60.0) -> None:
         """Wait for background notifications (``--once``, tests, shutdown)."""
-        for t in list(self._threads):
-            t.join(timeout)
-        self._threads = [t for t in self._threads if t.is_alive()]
+        self.notifier.drain(timeout)
 
     # -- observe ----------------------------------------------------------------------
 
-    def _observe(self, now: int) -> list[_Work]:
-        """Grants the daemon is handling, plus granted ones whose start has come."""
+    def _observe(self, now: int, only: set[int] | None = None) -> list[_Seen]:
+        """Grants the daemon handles, plus granted ones whose start has come, from one read
+        transaction; then the executor's view of each live group."""
         with self.env.ledger.read() as s:
-            rts = s.exec(
-                select(GrantRuntimeRow)
-                .where(or_(col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.notified).is_(False)))
-                .order_by(col(GrantRuntimeRow.grant_id))
-            ).all()
-            by_id = {r.grant_id: r for r in rts}
-            grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(by_id)))).all()) if by_id else []
-            due = s.exec(
-                select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) <= now)
-            ).all()
-            grants += [g for g in due if g.id not in by_id]
+            q = select(GrantRuntimeRow).where(
+                or_(col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.notified).is_(False)))
+            if only is not None:
+                q = q.where(col(GrantRuntimeRow.grant_id).in_(list(only)))
+            rts = {r.grant_id: r for r in s.exec(q).all()}
+            grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(rts)))).all()) if rts else []
+            q2 = select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) <= now)
+            if only is not None:
+                q2 = q2.where(col(GrantRow.id).in_(list(only)))
+            grants += [g for g in s.exec(q2).all() if g.id not in rts]
             grants.sort(key=lambda g: (g.start, g.id or 0))
-            out = []
-            for g in grants:
-                proj = s.get(ProjectRow, g.project_id)
-                if proj is None:
-                    continue
-                out.append(_Work(g, by_id.get(g.id or 0), proj))
-            return out
+            ids = [g.id for g in grants]
+            runs: dict[int, list[JobRunRow]] = {}
+            if ids:
+                for jr in s.exec(select(JobRunRow).where(col(JobRunRow.grant_id).in_(ids)).order_by(col(JobRunRow.id))):
+                    runs.setdefault(jr.grant_id, []).append(jr)
+            projects = {p.id: p for p in s.exec(select(ProjectRow).where(
+                col(ProjectRow.id).in_(list({g.project_id for g in grants}))))} if grants else {}
+            self._load_placed(s, [g for g in grants if g.id in rts])
+        first = self._first_look is None
+        if first:
+            self._first_look = set()
+        out = []
+        for g in grants:
+            proj = projects.get(g.project_id)
+            if proj is None:
+                continue
+            gid = g.id or 0
+            rt = rts.get(gid)
+            view = D.GrantView(
+                id=gid, project_id=g.project_id, state=g.state, start=g.start, end=g.end, width=g.width,
+                started_at=g.started_at, spec=self.spec(proj),
+                rt=None if rt is None else D.RuntimeView(
+                    reservation=rt.reservation, log_dir=rt.log_dir, outage_since=rt.outage_since,
+                    breach_noted_at=rt.breach_noted_at, term_sent_at=rt.term_sent_at,
+                    finalized=rt.finalized, notified=rt.notified, ever_placed=self._was_placed.get(gid, False)),
+                attempts=tuple(D.AttemptRow(r.job, r.attempt, r.state, r.gpus, r.started_at)
+                               for r in runs.get(gid, ())),
+            )
+            group = None
+            if rt is not None and not rt.finalized and g.state in D.LIVE and now < g.end:
+                group = self._group(view, first)
+            out.append(_Seen(view, g, proj, group))
+        return out
+
+    def _group(self, v: D.GrantView, first: bool) -> D.GroupView:
+        assert v.rt is not None
+        name = v.rt.reservation
+        state = self.ex.reservation_state(name)
+        if first and state == "missing":
+            assert self._first_look is not None
+            self._first_look.add(v.id)
+        running = tuple(self.ex.running(name)) if state != "missing" else ()
+        results = tuple(self.ex.poll(name)) if state != "missing" else ()
+        fates = {(a.job, a.attempt): self.ex.attempt_fate(name, a.job, a.attempt, a.gpus, v.rt.log_dir)
+                 for a in D.needs_fate(v, running, results)}
+        gone = state == "missing" and v.id in (self._first_look or ())
+        return D.GroupView(state, running, results, fates, gone_with_daemon=gone)
+
+    def _load_placed(self, s: Session, grants: list[GrantRow]) -> None:
+        """Whether each grant's group ever held its GPUs (a ``placed`` event): one query for
+        the grants not cached yet."""
+        todo = [g for g in grants if (g.id or 0) not in self._was_placed]
+        if not todo:
+            return
+        subjects = list({g.project_id for g in todo})
+        placed = set()
+        for e in s.exec(select(EventRow).where(EventRow.kind == "placed", col(EventRow.subject).in_(subjects))):
+            placed.add(json.loads(e.data).get("grant"))
+        for g in todo:
+            self._was_placed[g.id or 0] = g.id in placed
 
     def spec(self, proj: ProjectRow) -> ProjectSpec:
         sp = self._specs.get(proj.digest)
@@ -243,521 +290,194 @@ class Reconciler:
     def name_for(self, g: GrantRow) -> str:
         return f"{self.prefix}{g.project}/g{g.id}"
 
-    # -- act --------------------------------------------------------------------------
+    # -- apply ------------------------------------------------------------------------
 
-    def _step(self, w: _Work, now: int, res: TickResult) -> None:
-        g, rt = w.grant, w.rt
-        if rt is None:
-            if g.state != "granted":
-                return
-            if now >= g.end:
-                self._missed(g, w.project, now, res)
-                return
-            rt = self._begin(g, w.project, now, res)
-            if rt is None:
-                return
-            g = self._grant(g.id)
-        if rt.finalized:
-            self._notify(g, rt, w.project, res)
+    def _apply(self, seen: _Seen, now: int, res: TickResult) -> set[int]:
+        """Apply the decided actions in order; returns the grants to observe again now."""
+        v, row = seen.view, seen.row
+        w, gid, pid = self.writer, v.id, v.project_id
+        name = v.rt.reservation if v.rt is not None else self.name_for(row)
+        again: set[int] = set()
+        for a in D.decide(v, seen.group, now, self.rules):
+            if isinstance(a, D.Begin):
+                if w.begin(gid, name, str(log_dir_for(self.logs_root, row)), now, a.unserved_since):
+                    res.add(f"reserving {pid} as {name} ({v.width} GPUs)")
+                    self._reserve(name, v)
+                    again.add(gid)
+            elif isinstance(a, D.Missed):
+                if w.missed(gid, name, str(log_dir_for(self.logs_root, row)), now):
+                    res.add(f"expired {pid}: its window passed unserved (breach)")
+            elif isinstance(a, D.Reserve):
+                self._reserve(name, v)
+            elif isinstance(a, D.Regroup):
+                if w.regroup(gid, now, a.since):
+                    res.add(f"group of {pid} is missing; asking again")
+                self._reserve(name, v)
+                again.add(gid)
+            elif isinstance(a, D.Placed):
+                for m in w.placed(gid, now, a.first):
+                    res.add(m)
+                self._was_placed[gid] = True
+            elif isinstance(a, D.Activate):
+                if w.activate(gid, now):
+                    res.add(f"active {pid} ({v.width} GPUs ready)")
+            elif isinstance(a, D.OpenOutage):
+                if w.open_outage(gid, now, a.kind, a.since, a.message):
+                    res.add(f"{a.kind} {pid}: {a.message}")
+            elif isinstance(a, D.CloseOutage):
+                if w.close_outage(gid, now, a.message):
+                    res.add(f"restored {pid}: {a.message}")
+            elif isinstance(a, D.UpdateBreach):
+                w.update_breach(gid, now)
+            elif isinstance(a, D.RecordResults):
+                self._record(gid, list(a.results), now, res)
+                # Only now that the ledger has them: a crash before this line shows them again.
+                self.ex.ack(name, [r.key for r in a.results])
+            elif isinstance(a, D.EndAttempt):
+                if w.end_attempt(gid, a.job, a.attempt, now, a.state, a.detail):
+                    res.add(f"{a.state} {pid}/{a.job}#{a.attempt}: {a.detail}")
+            elif isinstance(a, D.Terminate):
+                if w.terminating(gid, now, self.rules.grace_s, a.jobs):
+                    res.add(f"SIGTERM to {pid} (window ends in {v.end - now} s)")
+                self.ex.terminate(name)
+            elif isinstance(a, D.Launch):
+                self._launch(v, name, a, now, res)
+            elif isinstance(a, D.FinishEarly):
+                done = w.finish_early(gid, now, a.state, self._pull_forward)
+                if done is not None:
+                    res.add(f"{a.state} {pid}: refunded {done[0]} GPU-seconds")
+                    for m in done[1]:
+                        res.add(m)
+                self._finalize(seen, name, now, res, a.state)
+            elif isinstance(a, D.Expire):
+                if w.expire(gid, now, self._was_placed.get(gid, False)):
+                    res.add(f"expired {pid}: window over")
+                self._finalize(seen, name, now, res, "expired")
+            elif isinstance(a, D.Finalize):
+                self._finalize(seen, name, now, res, a.reason)
+            elif isinstance(a, D.Notify):
+                self._notify(gid, pid, seen.project, res)
+        return again
+
+    def _reserve(self, name: str, v: D.GrantView) -> None:
+        self.ex.reserve(name, v.width, max((j.cpus for j in v.spec.jobs), default=0))
+
+    def _record(self, gid: int, results: list[GangResult], now: int, res: TickResult,
+                relabel: Callable[[GangResult], str] | None = None) -> None:
+        for m in self.writer.record_results(gid, results, now, relabel):
+            res.add(m)
+
+    def _launch(self, v: D.GrantView, name: str, a: D.Launch, now: int, res: TickResult) -> None:
+        assert v.rt is not None
+        job = next(j for j in v.spec.jobs if j.name == a.job)
+        if not self.writer.start_attempt(v.id, a.job, a.attempt, job.gpus, a.bundles, now):
             return
-        if g.state not in LIVE_STATES:
-            self._finalize(g, rt, w.project, now, res, reason=g.state)
-            return
-        if now >= g.end:
-            self._expire(g, rt, w.project, now, res)
-            return
-        self._live(g, rt, w.project, now, res)
-
-    def _grant(self, gid: int | None) -> GrantRow:
-        with self.env.ledger.read() as s:
-            g = s.get(GrantRow, gid)
-            assert g is not None
-            return g
-
-    def _cpus_per_gpu(self, spec: ProjectSpec) -> int:
-        return max((j.cpus for j in spec.jobs), default=0)
-
-    def _begin(self, g: GrantRow, proj: ProjectRow, now: int, res: TickResult) -> GrantRuntimeRow | None:
-        """granted → reserving (intent), then ask the executor for the group."""
-        name = self.name_for(g)
-        log_dir = log_dir_for(self.logs_root, g)
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            if row is None or row.state != "granted" or s.get(GrantRuntimeRow, g.id) is not None:
-                return None  # someone (cancel, another daemon) got there first
-            row.state = "reserving"
-            s.add(row)
-            rt = GrantRuntimeRow(grant_id=row.id, reservation=name, log_dir=str(log_dir), pending_since=now)
-            s.add(rt)
-            events.append(s, now, "reserving", row.project_id, ACTOR, {
-                "grant": row.id, "reservation": name, "width": row.width,
-                "late_s": max(0, now - row.start),
-            })
-        res.add(f"reserving {g.project_id} as {name} ({g.width} GPUs)")
-        self.ex.reserve(name, g.width, self._cpus_per_gpu(self.spec(proj)))
-        return rt
-
-    def _missed(self, g: GrantRow, proj: ProjectRow, now: int, res: TickResult) -> None:
-        """A window that passed entirely while no daemon ran: nothing was provided."""
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            if row is None or row.state != "granted" or s.get(GrantRuntimeRow, g.id) is not None:
-                return
-            row.state = "expired"
-            row.ended_at = now
-            _set_breach(s, row, row.width * (row.end - row.start), now)
-            s.add(row)
-            s.add(GrantRuntimeRow(
-                grant_id=row.id, reservation=self.name_for(row),
-                log_dir=str(log_dir_for(self.logs_root, row)), pending_since=now,
-            ))
-            events.append(s, now, "expired", row.project_id, ACTOR, {
-                "grant": row.id, "reason": "window passed before any daemon started it",
-                "breach_gpu_seconds": row.breach_gs,
-            })
-        res.add(f"expired {g.project_id}: its window passed unserved (breach)")
-
-    # -- a live grant -----------------------------------------------------------------
-
-    def _live(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult) -> None:
-        name = rt.reservation
-        state = self.ex.reservation_state(name)
-        if state == "missing":
-            self._group_missing(g, rt, proj, now, res)
-            return
-        # "placed": the group holds its GPUs, its rank workers are still starting. The cluster
-        # is providing the window (no breach), but nothing can be launched yet.
-        held = state in ("placed", "ready")
-        if g.state == "reserving":
-            if held:
-                self._placed(g, rt, now, res)
-                g, rt = self._reload(g.id)
-            if state == "ready":
-                self._activate(g, rt, now, res)
-                g, rt = self._reload(g.id)
-            else:
-                if not held:
-                    self._pending(g, rt, now, res)
-                return
-        # active
-        if not held and rt.outage_since is None:
-            why = ("a node of the group was lost; Ray is re-placing its bundles" if state == "rescheduling"
-                   else f"the group is {state} again")
-            self._outage(g, now, res, "rescheduling", why)
-            g, rt = self._reload(g.id)
-        elif held and rt.outage_since is not None:
-            self._close_outage(g, now, res, "group ready again" if state == "ready" else
-                               "group placed again; rank workers starting")
-            g, rt = self._reload(g.id)
-        elif rt.outage_since is not None:
-            self._breach_update(g, rt, now)
-        spec = self.spec(proj)
-        running = self.ex.running(name)
-        results = self.ex.poll(name)
-        self._record(g, results, running, now, res)
-        if results:
-            # Only now that the ledger has them: a crash before this line shows them again.
-            self.ex.ack(name, [(r.job, r.attempt) for r in results])
-        g, rt = self._reload(g.id)
-        runs = self._runs(g.id)
-        views = [AttemptView(r.job, r.attempt, r.state) for r in runs]
-        still = [r for r in runs if r.state == "running"]
-        grace = self.env.cluster.policy.grace_s
-        if rt.term_sent_at is None and now >= g.end - grace:
-            with self.env.ledger.write() as s:
-                r2 = s.get(GrantRuntimeRow, g.id)
-                if r2 is not None and r2.term_sent_at is None:
-                    r2.term_sent_at = now
-                    s.add(r2)
-                    events.append(s, now, "terminating", g.project_id, ACTOR, {
-                        "grant": g.id, "end": g.end, "grace_s": grace,
-                        "jobs": sorted({r.job for r in still}),
-                    })
-            res.add(f"SIGTERM to {g.project_id} (window ends in {g.end - now} s)")
-            self.ex.terminate(name)
-            return
-        states = job_states(spec, views)
-        if rt.term_sent_at is not None:
-            if not still:
-                done = all(s in ("succeeded", "failed", "blocked") for s in states.values())
-                self._finish_early(g, rt, proj, now, res, "completed" if done else "expired")
-            return
-        if not still and all_ended(states):
-            self._finish_early(g, rt, proj, now, res, "completed")
-            return
-        if state != "ready":
-            return
-        busy = {b for rg in running for b in rg.bundles}
-        for launch in next_launches(spec, views, g.width, busy):
-            self._launch(g, rt, spec, launch.job, launch.attempt, launch.bundles, now, res)
-
-    def _reload(self, gid: int | None) -> tuple[GrantRow, GrantRuntimeRow]:
-        with self.env.ledger.read() as s:
-            g = s.get(GrantRow, gid)
-            rt = s.get(GrantRuntimeRow, gid)
-            assert g is not None and rt is not None
-            return g, rt
-
-    def _runs(self, gid: int | None) -> list[JobRunRow]:
-        with self.env.ledger.read() as s:
-            return list(s.exec(
-                select(JobRunRow).where(JobRunRow.grant_id == gid).order_by(col(JobRunRow.id))
-            ).all())
-
-    def _activate(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or row.state != "reserving":
-                return
-            closed = self._close(s, row, r2, now)
-            first = row.started_at is None
-            row.state = "active"
-            if first:
-                row.started_at = now
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, "active", row.project_id, ACTOR, {
-                "grant": row.id, "reservation": r2.reservation, "first": first,
-                "start_delay_s": now - row.start if first else None,
-                "breach_gpu_seconds": row.breach_gs, "breach_closed_gpu_seconds": closed,
-            })
-        res.add(f"active {g.project_id} ({g.width} GPUs ready)")
-
-    def _close(self, s: Session, row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
-        """Close an open outage at ``now`` (capped at the window's end); returns GPU-seconds."""
-        if rt.outage_since is None:
-            return 0
-        lost = row.width * max(0, min(now, row.end) - rt.outage_since)
-        rt.breach_closed_gs += lost
-        rt.outage_since = None
-        rt.breach_noted_at = now
-        _set_breach(s, row, rt.breach_closed_gs, now)
-        return lost
-
-    def _pending(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
-        """Reserving and not placed (pending or rescheduling): a group never placed is a
-        breach after the timeout, counted from the promised start; one that was placed
-        before and no longer is, from now (or from when an active group went missing).
-        Keep asking either way."""
-        if rt.outage_since is not None:
-            self._breach_update(g, rt, now)
-            return
-        if g.started_at is None and not self._ever_placed(g):
-            if now - g.start >= self.settings.placement_timeout_s:
-                self._outage(g, now, res, "unplaceable",
-                             f"a group of {g.width} one-GPU bundles could not be placed within "
-                             f"{self.settings.placement_timeout_s} s: the cluster has fewer free GPUs "
-                             "than declared; still trying", since=g.start)
-            return
-        self._outage(g, now, res, "rescheduling",
-                     "the group held its GPUs before and no longer does; still trying")
-
-    def _ever_placed(self, g: GrantRow) -> bool:
-        """Whether this grant's group has held its GPUs at some point (a ``placed`` event)."""
-        gid = g.id or 0
-        known = self._was_placed.get(gid)
-        if known is None:
-            with self.env.ledger.read() as s:
-                evs = s.exec(select(EventRow).where(
-                    EventRow.kind == "placed", EventRow.subject == g.project_id)).all()
-                known = any(json.loads(e.data).get("grant") == gid for e in evs)
-            self._was_placed[gid] = known
-        return known
-
-    def _placed(self, g: GrantRow, rt: GrantRuntimeRow, now: int, res: TickResult) -> None:
-        """Reserving, and the group holds its GPUs (its rank workers may still be starting):
-        the cluster provides the window from now, so an open outage closes here, not when
-        the workers answer. The first placement of a grant is a ``placed`` event."""
-        if rt.outage_since is not None:
-            self._close_outage(g, now, res, "group placed; rank workers starting")
-        if self._ever_placed(g):
-            return
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            if row is None or row.state != "reserving":
-                return
-            events.append(s, now, "placed", row.project_id, ACTOR, {
-                "grant": row.id, "reservation": rt.reservation, "width": row.width,
-                "placement_delay_s": now - row.start,
-            })
-        self._was_placed[g.id or 0] = True
-        res.add(f"placed {g.project_id} ({g.width} GPUs held)")
-
-    def _outage(self, g: GrantRow, now: int, res: TickResult, kind: str, message: str,
-                since: int | None = None) -> None:
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or r2.outage_since is not None:
-                return
-            r2.outage_since = now if since is None else since
-            r2.breach_noted_at = now
-            _set_breach(s, row, r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since), now)
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, kind, row.project_id, ACTOR, {
-                "grant": row.id, "width": row.width, "since": r2.outage_since,
-                "breach_gpu_seconds": row.breach_gs, "message": message,
-            })
-        res.add(f"{kind} {g.project_id}: {message}")
-
-    def _close_outage(self, g: GrantRow, now: int, res: TickResult, message: str) -> None:
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or r2.outage_since is None:
-                return
-            lost = self._close(s, row, r2, now)
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, "restored", row.project_id, ACTOR, {
-                "grant": row.id, "breach_gpu_seconds": row.breach_gs, "this_outage_gpu_seconds": lost,
-                "message": message,
-            })
-        res.add(f"restored {g.project_id}: {message}")
-
-    def _breach_update(self, g: GrantRow, rt: GrantRuntimeRow, now: int) -> None:
-        if rt.outage_since is None or now - (rt.breach_noted_at or 0) < self.settings.breach_update_s:
-            return
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or r2.outage_since is None:
-                return
-            r2.breach_noted_at = now
-            _set_breach(s, row, r2.breach_closed_gs + row.width * max(0, min(now, row.end) - r2.outage_since), now)
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, "breach", row.project_id, ACTOR, {
-                "grant": row.id, "breach_gpu_seconds": row.breach_gs, "since": r2.outage_since,
-            })
-
-    def _group_missing(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int,
-                       res: TickResult) -> None:
-        """The group is gone (never created after a crash, removed from outside, Ray
-        restarted): whatever ran in it is lost; ask for it again."""
-        runs = [r for r in self._runs(g.id) if r.state == "running"]
-        if g.state == "active" or runs:
-            with self.env.ledger.write() as s:
-                row = s.get(GrantRow, g.id)
-                r2 = s.get(GrantRuntimeRow, g.id)
-                if row is None or r2 is None or row.state not in LIVE_STATES:
-                    return
-                lost = []
-                for r in runs:
-                    jr = s.get(JobRunRow, r.id)
-                    if jr is not None and jr.state == "running":
-                        jr.state, jr.ended_at, jr.detail = "lost", now, "its placement group vanished"
-                        s.add(jr)
-                        lost.append([jr.job, jr.attempt])
-                if row.state == "active":
-                    row.state = "reserving"
-                    if r2.outage_since is None:
-                        r2.outage_since = now
-                        r2.breach_noted_at = now
-                r2.pending_since = now
-                s.add(row)
-                s.add(r2)
-                events.append(s, now, "group_missing", row.project_id, ACTOR, {
-                    "grant": row.id, "reservation": r2.reservation, "lost_attempts": lost,
-                })
-            res.add(f"group of {g.project_id} is missing; asking again")
-        self.ex.reserve(rt.reservation, g.width, self._cpus_per_gpu(self.spec(proj)))
-
-    # -- attempts ---------------------------------------------------------------------
-
-    def _launch(self, g: GrantRow, rt: GrantRuntimeRow, spec: ProjectSpec, job_name: str, attempt: int,
-                bundles: tuple[int, ...], now: int, res: TickResult) -> None:
-        job = next(j for j in spec.jobs if j.name == job_name)
-        with self.env.ledger.write() as s:
-            dup = s.exec(select(JobRunRow).where(
-                JobRunRow.grant_id == g.id, JobRunRow.job == job_name, JobRunRow.attempt == attempt
-            )).first()
-            if dup is not None:
-                return
-            s.add(JobRunRow(grant_id=g.id or 0, job=job_name, attempt=attempt, state="running",
-                            gpus=job.gpus, started_at=now))
-            events.append(s, now, "attempt_started", g.project_id, ACTOR, {
-                "grant": g.id, "job": job_name, "attempt": attempt, "bundles": list(bundles),
-            })
         gang = GangSpec(
-            reservation=rt.reservation, project=g.project, job=job_name, attempt=attempt,
-            run=job.run, bundles=bundles, log_dir=rt.log_dir, env=dict(job.env),
+            reservation=name, project=v.spec.name, job=a.job, attempt=a.attempt, run=job.run,
+            bundles=a.bundles, log_dir=v.rt.log_dir, env=dict(job.env),
+            # The ranks keep the window themselves, daemon or not.
+            term_at=v.end - self.rules.grace_s, kill_at=v.end, pass_env=self.pass_env,
         )
         try:
             self.ex.launch(gang)
+        except Fenced:
+            raise
         except ExecutorError as e:
-            self._end_attempt(g, job_name, attempt, now, "lost", f"could not launch: {e}")
-            res.add(f"launch of {g.project_id}/{job_name}#{attempt} failed: {e}")
+            self.writer.end_attempt(v.id, a.job, a.attempt, now, "lost", f"could not launch: {e}")
+            res.add(f"launch of {v.project_id}/{a.job}#{a.attempt} failed: {e}")
             return
-        res.add(f"launched {g.project_id}/{job_name}#{attempt} on bundles {list(bundles)}")
-
-    def _end_attempt(self, g: GrantRow, job: str, attempt: int, now: int, state: str, detail: str) -> None:
-        with self.env.ledger.write() as s:
-            jr = s.exec(select(JobRunRow).where(
-                JobRunRow.grant_id == g.id, JobRunRow.job == job, JobRunRow.attempt == attempt
-            )).first()
-            if jr is None or jr.state != "running":
-                return
-            jr.state, jr.ended_at, jr.detail = state, now, detail
-            s.add(jr)
-            events.append(s, now, "attempt_ended", g.project_id, ACTOR, {
-                "grant": g.id, "job": job, "attempt": attempt, "outcome": state, "detail": detail,
-            })
-
-    def _record(self, g: GrantRow, results: Iterable[GangResult], running: Iterable[Any], now: int,
-                res: TickResult) -> None:
-        """Write results; an attempt neither running nor reported (twice, ``lost_after_s``
-        apart) has an unknown fate: ``lost`` (it will be retried)."""
-        results = list(results)
-        if results:
-            self._write_results(g, results, now, res)
-        reported = {(r.job, r.attempt) for r in results}
-        alive = {(rg.job, rg.attempt) for rg in running}
-        for jr in self._runs(g.id):
-            key = (g.id or 0, jr.job, jr.attempt)
-            if jr.state != "running" or (jr.job, jr.attempt) in reported | alive:
-                self._missing.pop(key, None)
-                continue
-            first, count = self._missing.get(key, (now, 0))
-            count += 1
-            self._missing[key] = (first, count)
-            if count >= 2 and now - first >= self.settings.lost_after_s:
-                self._missing.pop(key, None)
-                self._end_attempt(g, jr.job, jr.attempt, now, "lost",
-                                  "fate unknown: neither running nor reported by the executor "
-                                  "(daemon restarted or rank workers lost)")
-                res.add(f"lost {g.project_id}/{jr.job}#{jr.attempt}: fate unknown; will retry")
-
-    def _write_results(self, g: GrantRow, results: list[GangResult], now: int, res: TickResult) -> None:
-        """Record results, once each: the executor shows a result until it is acknowledged
-        (after this transaction), so one already recorded (a crash between commit and ack,
-        or ``release`` returning what ``poll`` showed) is skipped here."""
-        with self.env.ledger.write() as s:
-            for r in results:
-                jr = s.exec(select(JobRunRow).where(
-                    JobRunRow.grant_id == g.id, JobRunRow.job == r.job, JobRunRow.attempt == r.attempt
-                )).first()
-                if jr is not None and _has_result(jr):
-                    continue
-                late = jr is not None and jr.state != "running"
-                if jr is None:  # not ours by the ledger (should not happen): keep the facts anyway
-                    jr = JobRunRow(grant_id=g.id or 0, job=r.job, attempt=r.attempt, state="running",
-                                   gpus=len(r.exit_codes))
-                if not late:
-                    jr.state = r.outcome
-                    jr.detail = r.detail
-                else:
-                    jr.detail = f"{jr.detail}; late result: {r.outcome} {r.detail}".strip()
-                # One rounding rule for both ends, so a job's order in time survives it.
-                jr.started_at = round_seconds(r.started_at)
-                jr.ended_at = round_seconds(r.ended_at)
-                jr.gpu_seconds = r.gpu_seconds
-                jr.exit_codes = json.dumps(list(r.exit_codes))
-                jr.gpu_ids = json.dumps(list(r.gpu_ids))
-                s.add(jr)
-                events.append(s, now, "attempt_ended", g.project_id, ACTOR, {
-                    "grant": g.id, "job": r.job, "attempt": r.attempt, "outcome": r.outcome,
-                    "exit_codes": list(r.exit_codes), "gpu_seconds": r.gpu_seconds,
-                    "detail": r.detail, "late": late,
-                })
-                res.add(f"{r.outcome} {g.project_id}/{r.job}#{r.attempt} exit {list(r.exit_codes)}")
+        res.add(f"launched {v.project_id}/{a.job}#{a.attempt} on bundles {list(a.bundles)}")
 
     # -- the end of a grant -----------------------------------------------------------
 
-    def _finish_early(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int,
-                      res: TickResult, state: str) -> None:
-        """Every job has ended: cut the window at ``now``, refund the rest, let waiting grants
-        start earlier (all one transaction), then release the group and report."""
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or row.state not in LIVE_STATES:
-                return
-            self._close(s, row, r2, now)
-            s.add(r2)
-            refund = end_grant(s, row, now, state, ACTOR, {"breach_gpu_seconds": row.breach_gs})
-            moved = self._pull_forward(s, now)
-        res.add(f"{state} {g.project_id}: refunded {refund} GPU-seconds")
-        for m in moved:
-            res.add(m)
-        self._finalize(self._grant(g.id), rt, proj, now, res, reason=state)
-
-    def _expire(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult) -> None:
-        """The window is over: ``expired`` (intent), then SIGKILL + release in finalize."""
-        placed = self._ever_placed(g)  # held its GPUs, even if its workers never answered
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or row.state not in LIVE_STATES:
-                return
-            never = row.started_at is None and not placed
-            if never and r2.outage_since is None:
-                r2.outage_since = row.start  # never placed at all
-            self._close(s, row, r2, now)
-            row.state = "expired"
-            row.ended_at = now
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, "expired", row.project_id, ACTOR, {
-                "grant": row.id, "end": row.end, "breach_gpu_seconds": row.breach_gs,
-                "reason": "window ended" if not never else "window ended before the group was placed",
-            })
-        res.add(f"expired {g.project_id}: window over")
-        self._finalize(self._grant(g.id), rt, proj, now, res, reason="expired")
-
-    def _finalize(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, now: int, res: TickResult,
-                  reason: str) -> None:
-        """The grant has ended (completed, expired, cancelled, replaced): release the group,
-        close attempts, write the report; then notify. Idempotent."""
-        results = self.ex.release(rt.reservation)
+    def _finalize(self, seen: _Seen, name: str, now: int, res: TickResult, reason: str) -> None:
+        """The grant has ended: release the group, close attempts, write the report; then
+        notify. Idempotent."""
+        gid = seen.view.id
+        results = self.ex.release(name)
         if results:
-            self._write_results(g, results, now, res)
+            self._record(gid, results, now, res)
         why = {"expired": "killed at the window's end", "cancelled": "grant cancelled",
                "replaced": "grant replaced by a new version"}.get(reason, "group released")
-        spec = self.spec(proj)
-        with self.env.ledger.write() as s:
-            row = s.get(GrantRow, g.id)
-            r2 = s.get(GrantRuntimeRow, g.id)
-            if row is None or r2 is None or r2.finalized:
-                return
-            self._close(s, row, r2, now)
-            runs = list(s.exec(select(JobRunRow).where(JobRunRow.grant_id == g.id).order_by(col(JobRunRow.id))).all())
-            for jr in runs:
-                if jr.state == "running":
-                    jr.state, jr.ended_at = "killed", now
-                    jr.detail = f"{why}; result not collected"
-                    s.add(jr)
-            if row.ended_at is None:
-                row.ended_at = now
-            report = build_report(row, proj, spec, runs, r2.log_dir, now)
-            md = render_markdown(report)
-            row.report_json = json.dumps({**report, "markdown": md}, sort_keys=True)
-            r2.finalized = True
-            r2.notified = not spec.notify
-            s.add(row)
-            s.add(r2)
-            events.append(s, now, "report", row.project_id, ACTOR, {
-                "grant": row.id, "state": row.state, "succeeded": report["succeeded"],
-                "used_gpu_seconds": report["gpu_seconds"]["used"],
-                "refunded_gpu_seconds": row.refunded_gs, "breach_gpu_seconds": row.breach_gs,
-            })
-            # A cancel (service layer) freed capacity too, and so did a window's end for a
-            # grant that under start_now could not start before it: waiting grants may move up.
-            pull = reason in ("cancelled", "replaced") or (
-                reason == "expired" and self.env.cluster.policy.pull_forward == "start_now")
-            moved = self._pull_forward(s, now) if pull else []
+        spec, proj = seen.view.spec, seen.project
+
+        def report(row: GrantRow, runs: list[JobRunRow], log_dir: str) -> dict:  # type: ignore[type-arg]
+            rep = build_report(row, proj, spec, runs, log_dir, now)
+            return {**rep, "markdown": render_markdown(rep)}
+
+        # A cancel (service layer) freed capacity too, and so did a window's end for a grant
+        # that under start_now could not start before it: waiting grants may move up.
+        pull = reason in ("cancelled", "replaced") or (
+            reason == "expired" and self.env.cluster.policy.pull_forward == "start_now")
+        done = self.writer.finalize(gid, now, why, report, bool(spec.notify),
+                                    self._pull_forward if pull else None)
+        if done is None:
+            return
+        rep, moved = done
         for m in moved:
             res.add(m)
-        res.add(f"report {g.project_id}: {report['state']}, succeeded={report['succeeded']}")
-        self._notify(self._grant(g.id), self._reload(g.id)[1], proj, res)
+        res.add(f"report {seen.view.project_id}: {rep['state']}, succeeded={rep['succeeded']}")
+        self._notify(gid, seen.view.project_id, proj, res)
+
+    def _notify(self, gid: int, project_id: str, proj: ProjectRow, res: TickResult) -> None:
+        with self.env.ledger.read() as s:
+            row, rt = s.get(GrantRow, gid), s.get(GrantRuntimeRow, gid)
+        if row is None or rt is None or row.report_json is None:
+            return
+        data = json.loads(row.report_json)
+        md = data.pop("markdown", "")
+        path = write_report_files(rt.log_dir, data, md)
+        target = self.spec(proj).notify
+        if rt.notified or not target:
+            return
+        if self.notifier.tell(gid, project_id, target, data, path):
+            from cellsched.runtime.notify import redact
+
+            res.add(f"notify {project_id}: {redact(target)}")
+
+    def _notified(self, gid: int, target: str, error: str | None) -> None:
+        self.writer.notified(gid, self.clock(), target, error)
+
+    # -- stopping ---------------------------------------------------------------------
+
+    def shutdown(self, local_ray: bool, grace_s: float | None = None, poll_s: float = 0.2) -> TickResult:
+        """The daemon is stopping (SIGINT/SIGTERM). With an external Ray nothing is touched:
+        jobs keep running and the next daemon re-adopts them. With a local Ray that dies with
+        this process: every running job gets SIGTERM, the grace, then SIGKILL; its attempt is
+        recorded ``interrupted`` (not a failure; it resumes when a daemon is back, inside the
+        window), and the window is an outage from now until a daemon places it again."""
+        res = TickResult()
+        if local_ray:
+            now = self.clock()
+            live = [x for x in self._observe(now) if x.view.rt is not None and x.group is not None
+                    and x.view.state in ("reserving", "active")]
+            names = {x.view.id: x.view.rt.reservation for x in live if x.view.rt is not None}
+            for x in live:
+                if self.writer.interrupt(x.view.id, now):
+                    res.add(f"interrupted {x.view.project_id}: the daemon is stopping with its local Ray")
+                self.ex.terminate(names[x.view.id])
+            grace = self.env.cluster.policy.grace_s if grace_s is None else grace_s
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(self.ex.running(n) for n in names.values()):
+                time.sleep(poll_s)
+            now = self.clock()
+            for gid, n in names.items():
+                self.ex.kill(n)
+                results = self.ex.release(n)
+                # An attempt that reported nothing stays "running": the next daemon ends it only
+                # with a proof of death (its lock files), never on this daemon's word.
+                self._record(gid, results, now, res,
+                             relabel=lambda r: "interrupted" if r.outcome == "killed" else r.outcome)
+        self.drain()
+        return res
+
+    # -- waiting grants move up -------------------------------------------------------
 
     def _pull_now(self, now: int, res: TickResult) -> None:
         with self.env.ledger.read() as s:
             if s.exec(_waiting(now).limit(1)).first() is None:
                 return  # no write lock for nothing
-        with self.env.ledger.write() as s:
+        with self.writer.tx() as s:
             for m in self._pull_forward(s, now):
                 res.add(m)
 
@@ -796,80 +516,7 @@ class Reconciler:
                     continue
                 if new.start < row.start:
                     moves.append((row, new))
-        out = []
-        for row, new in moves:
-            old = (row.start, row.end)
-            row.start, row.end = new.start, new.end
-            s.add(row)
-            events.append(s, now, "moved_earlier", row.project_id, ACTOR, {
-                "grant": row.id, "from_start": old[0], "from_end": old[1],
-                "start": row.start, "end": row.end,
-            })
-            out.append(f"moved {row.project_id} earlier by {old[0] - row.start} s")
-        return out
-
-    # -- reports on disk and notify ---------------------------------------------------
-
-    def _notify(self, g: GrantRow, rt: GrantRuntimeRow, proj: ProjectRow, res: TickResult) -> None:
-        if g.report_json is None:
-            return
-        data = json.loads(g.report_json)
-        md = data.pop("markdown", "")
-        path = self._write_files(rt, data, md)
-        if rt.notified:
-            return
-        target = self.spec(proj).notify
-        gid = g.id or 0
-        if not target:
-            return
-        if gid in self._notifying:
-            return
-        self._notifying.add(gid)
-
-        def run() -> None:
-            err = notify(target, data, path)
-            try:
-                with self.env.ledger.write() as s:
-                    r2 = s.get(GrantRuntimeRow, gid)
-                    if r2 is not None and not r2.notified:
-                        r2.notified = True
-                        s.add(r2)
-                        kind = "notified" if err is None else "notify_failed"
-                        payload: dict[str, Any] = {"grant": gid, "target": _redact(target)}
-                        if err is not None:
-                            payload["error"] = err
-                        events.append(s, self.clock(), kind, g.project_id, ACTOR, payload)
-                if err is None:
-                    log.info("notified %s: %s", g.project_id, _redact(target))
-                else:
-                    log.warning("notify for %s failed (report kept in the ledger and %s): %s",
-                                g.project_id, path, err)
-            finally:
-                self._notifying.discard(gid)
-
-        res.add(f"notify {g.project_id}: {_redact(target)}")
-        if self.settings.notify_in_background:
-            t = threading.Thread(target=run, name=f"notify-{gid}", daemon=True)
-            self._threads.append(t)
-            t.start()
-        else:
-            run()
-
-    def _write_files(self, rt: GrantRuntimeRow, data: dict[str, Any], md: str) -> Path | None:
-        d = Path(rt.log_dir)
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            p = d / "report.json"
-            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-            if not p.exists() or p.read_text() != text:
-                tmp = d / ".report.json.tmp"
-                tmp.write_text(text)
-                tmp.replace(p)
-                (d / "report.md").write_text(md)
-            return p
-        except OSError as e:
-            log.warning("cannot write report files in %s: %s (the ledger has the report)", d, e)
-            return None
+        return [self.writer.moved_earlier(s, row, new.start, new.end, now) for row, new in moves]
 
     # -- groups nobody owns -------------------------------------------------------------
 
@@ -880,52 +527,20 @@ class Reconciler:
         if not names:
             return
         with self.env.ledger.read() as s:
-            keep = {
-                r.reservation
-                for r in s.exec(select(GrantRuntimeRow).where(col(GrantRuntimeRow.finalized).is_(False))).all()
-            }
+            keep = {r.reservation for r in s.exec(
+                select(GrantRuntimeRow).where(col(GrantRuntimeRow.finalized).is_(False))).all()}
         for n in names:
             if n in keep:
                 continue
             results = self.ex.release(n)
-            with self.env.ledger.write() as s:
-                events.append(s, now, "orphan_released", n, ACTOR, {
-                    "reservation": n, "unreported_results": len(results),
-                })
+            self.writer.orphan_released(n, len(results), now)
             res.add(f"released orphan group {n}")
+
+
+def _moves(res: TickResult) -> int:
+    return sum(1 for a in res.actions if a.startswith("moved"))
 
 
 def _waiting(now: int):  # type: ignore[no-untyped-def]
     """Grants not started whose window is still ahead: what a pull-forward may move."""
     return select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
-
-
-def _has_result(jr: JobRunRow) -> bool:
-    """Whether an executor result was recorded for this attempt: only results set the exit
-    codes (one per rank, so never empty); the reconciler's own verdicts (``lost`` when the
-    fate is unknown, ``killed`` at finalize) leave them empty."""
-    return jr.exit_codes not in ("", "[]")
-
-
-def _set_breach(s: Session, row: GrantRow, total: int, now: int) -> None:
-    """Bring ``row.breach_gs`` up to ``total`` and record the increase as a ``BreachRow``.
-
-    Breach time accrues from an outage's start up to ``now`` (never past the window's end),
-    so an increase of ``d`` GPU-seconds is the interval of ``d / width`` seconds ending at
-    ``min(now, end)``: that is what lets the refund land in the period where the loss
-    happened. Never decreases (the rows are append-only, and so is the loss)."""
-    added = total - row.breach_gs
-    if added <= 0 or row.width <= 0:
-        return
-    row.breach_gs = total
-    until = min(now, row.end)
-    s.add(BreachRow(grant_id=row.id or 0, team=row.team, start=until - added // row.width, end=until,
-                    width=row.width, gpu_seconds=added, recorded_at=now))
-
-
-def _redact(target: str) -> str:
-    """URLs may carry tokens: keep scheme and host only in logs and events."""
-    if target.startswith(("http://", "https://")):
-        scheme, _, rest = target.partition("://")
-        return f"{scheme}://{rest.split('/', 1)[0].split('@')[-1]}/…"
-    return target
