@@ -63,6 +63,7 @@ app.command("init")(ledger_cmds.init)
 app.command("audit")(ledger_cmds.audit)
 
 app.command("serve")(run_cmds.serve)
+app.command("daemon")(run_cmds.daemon)
 app.command("demo")(run_cmds.demo)
 app.command("logs")(run_cmds.logs)
 app.command("report")(report.report)

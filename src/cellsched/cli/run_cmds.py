@@ -1,4 +1,4 @@
-"""Run commands: serve (the daemon), logs, demo. Ray is imported only when a command runs."""
+"""Run commands: serve (the daemon), daemon (who serves), logs, demo. Ray is imported only when a command runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.state import G, caller, env
+from cellsched.cli.render import emit_json
+from cellsched.cli.state import G, JsonFlag, caller, env
 
 
 @handled
@@ -23,24 +24,65 @@ def serve(
                                                      help="Job logs and reports (default: logs/ beside the cluster config).")] = None,
     placement_timeout: Annotated[int, typer.Option("--placement-timeout", min=1,
                                                    help="Seconds a group may stay unplaced before it counts as a guarantee breach.")] = 10,
+    standby: Annotated[bool, typer.Option("--standby", help="If another daemon holds the ledger's lease, connect to Ray and wait; take over when its lease expires.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """The daemon: reserve each grant's GPUs on Ray at its start, run its jobs, stop them at
     its end, release early and refund, write completion reports. Logs go to stderr.
 
-    Safe to kill at any point (even kill -9): a restarted daemon re-adopts its groups by name.
+    One daemon per ledger: it holds the ledger's lease. If another daemon holds it, exit 2
+    naming it, or with --standby wait and take over when its lease expires (`cellsched daemon`
+    shows who holds it). SIGINT/SIGTERM stops it cleanly and releases the lease.
 
-    **Example**: RAY_ADDRESS=ray://head:10001 cellsched serve
+    **Example**: RAY_ADDRESS=ray://head:10001 cellsched serve --standby
     """
-    from cellsched.runtime.daemon import ray_executor, serve as run, setup_logging
+    from cellsched.runtime.daemon import run, setup_logging
     from cellsched.runtime.reconciler import Settings
 
     setup_logging(verbose)
     e = env()
-    ex = ray_executor(address, local_gpus=gpus)
     settings = Settings(logs_root=logs_dir, placement_timeout_s=placement_timeout, notify_in_background=not once)
-    code = run(e, ex, interval=interval, once=once, settings=settings)
+    code = run(e, address, gpus, standby=standby, interval=interval, once=once, settings=settings)
     raise typer.Exit(code)
+
+
+@handled
+def daemon(json_out: JsonFlag = False) -> None:
+    """Who serves this ledger: the lease holder (host, pid, since, epoch), its last heartbeat
+    and lease expiry, Ray's GPUs against the cluster config's; or since when no daemon has.
+    Exit 0 either way.
+
+    **Example**: cellsched daemon --json
+    """
+    from cellsched.cli.render import iso
+    from cellsched.ledger.lease import state
+
+    st = state(env().ledger)
+    if json_out:
+        data = st.to_json()
+        for k in ("since", "renewed_at", "expires_at", "down_since", "db_now"):
+            data[k + "_utc"] = iso(None if data[k] is None else int(data[k]))
+        emit_json(data)
+        return
+    print(daemon_text(st))
+
+
+def daemon_text(st) -> str:  # type: ignore[no-untyped-def]
+    """``cellsched daemon`` for people: the state line, then the lease's details."""
+    from cellsched.cli.render import local
+
+    lines = [st.line()]
+    if st.alive:
+        lines.append(f"  last heartbeat {local(int(st.renewed_at), True)} ({st.db_now - st.renewed_at:.1f} s ago), "
+                     f"lease expires {local(int(st.expires_at), True)} (in {st.expires_at - st.db_now:.1f} s)")
+    elif st.epoch is not None:
+        how = "released" if st.released else "expired"
+        lines.append(f"  last daemon: pid {st.pid} on {st.host} (epoch {st.epoch}), lease {how} "
+                     f"{local(int(st.expires_at), True)}")
+    if st.declared_gpus is not None:
+        short = f", {st.gpu_shortfall} short" if st.gpu_shortfall else ""
+        lines.append(f"  Ray GPUs {'?' if st.ray_gpus is None else st.ray_gpus} of {st.declared_gpus} declared{short}")
+    return "\n".join(lines)
 
 
 @handled

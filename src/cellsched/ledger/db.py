@@ -4,6 +4,10 @@ Every write goes through :func:`Ledger.write`, which holds the one ledger-wide w
 the whole transaction: ``BEGIN IMMEDIATE`` on SQLite, a transaction-scoped advisory lock on
 PostgreSQL. Admission reads the snapshot and writes its grant under that lock, so concurrent
 submits from any number of processes can never both take the same GPUs.
+
+A daemon write carries its lease epoch (``Ledger.write(epoch=...)``): under the lock, the
+lease row must still have that epoch, not be released and not be expired by the database's
+clock, else :class:`Deposed` is raised and nothing is written (``ledger/lease.py``).
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
-from cellsched.errors import BadInput
+from cellsched.errors import BadInput, Failed
 from cellsched.ledger.tables import SCHEMA_VERSION, SchemaInfo
 
 ADVISORY_LOCK_KEY = 0x63656C6C  # "cell"
+
+
+class Deposed(Failed):
+    """A daemon write (or lease renewal) whose lease epoch is no longer the ledger's current,
+    live lease: another daemon took over, or the lease expired by the database's clock. The
+    daemon that gets it must stop acting at once (exit 1)."""
+
+
+def db_now_sql(is_sqlite: bool) -> str:
+    """SQL for the database's clock as epoch seconds (float). SQLite's is the host's own
+    clock (its standbys can only be on the same host); PostgreSQL's is the server's."""
+    if is_sqlite:
+        return "((julianday('now') - 2440587.5) * 86400.0)"
+    return "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS double precision)"
 
 
 def default_url(cluster_path: Path) -> str:
@@ -94,15 +112,34 @@ class Ledger:
                 yield conn
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Session]:
-        """A session holding the ledger-wide write lock; commits on success, else rolls back."""
+    def write(self, epoch: int | None = None) -> Iterator[Session]:
+        """A session holding the ledger-wide write lock; commits on success, else rolls back.
+
+        With ``epoch`` (a daemon's lease epoch), raises :class:`Deposed` before anything is
+        written unless that epoch is the ledger's current, live lease."""
         self.ensure_schema()
         with self._connection(write=True) as conn:
             if not self.is_sqlite:
                 conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})")
+            if epoch is not None:
+                self._fence(conn, epoch)
             with Session(bind=conn, expire_on_commit=False) as s:
                 yield s
                 s.flush()
+
+    def _fence(self, conn, epoch: int) -> None:  # type: ignore[no-untyped-def]
+        row = conn.exec_driver_sql(
+            f"SELECT epoch, released, expires_at, {db_now_sql(self.is_sqlite)} FROM cs_lease WHERE id = 1"
+        ).first()
+        if row is None:
+            raise Deposed(f"lease epoch {epoch}: this ledger has no daemon lease")
+        current, released, expires_at, now = row
+        if current != epoch:
+            raise Deposed(f"lease epoch {epoch} was taken over (the ledger is at epoch {current})")
+        if released:
+            raise Deposed(f"lease epoch {epoch} was released")
+        if expires_at <= now:
+            raise Deposed(f"lease epoch {epoch} expired {now - expires_at:.1f} s ago (database clock)")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
