@@ -7,6 +7,10 @@ The worker owns the truth about the jobs it ran: start/end (its own clocks), exi
 why it stopped, kept until the driver acknowledges them. That is what lets a restarted
 daemon collect a result that finished while nobody was watching. Acknowledged attempts
 leave a tombstone so a repeated ``start`` or a half-finished acknowledgement is harmless.
+
+Each job runs under a supervisor process (``_supervisor.py``) that owns its whole process
+tree, enforces its window (``term_at``/``kill_at``) and kills everything when this worker
+dies. Commands carry the daemon's epoch: one older than the newest seen is refused.
 """
 
 from __future__ import annotations
@@ -14,16 +18,19 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# Why a rank was asked to stop. The first three are the executor's own requests
-# (outcome "killed"); "peer" means a peer rank failed; "lost" means a peer rank was lost.
-EXECUTOR_REASONS = ("terminate", "kill", "release")
+from ._supervisor import SupervisedJob
+from .base import job_environment
+
+# Why a rank was asked to stop. The first four are the executor's own requests or its
+# window (outcome "killed"); "peer" means a peer rank failed; "lost" means a peer rank was lost.
+EXECUTOR_REASONS = ("terminate", "kill", "release", "window")
+FENCED = "fenced"
 
 
 @dataclass
@@ -41,15 +48,9 @@ class RankRecord:
     duration: float | None = None  # monotonic, so a clock step can't bend the metering
     exit_code: int | None = None
     stop_reason: str | None = None
-    pid: int | None = None
+    pid: int | None = None  # the job's main process
+    supervisor: int | None = None  # its supervisor's pid
     acked: bool = False
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def free_port() -> int:
@@ -62,11 +63,12 @@ def free_port() -> int:
 class RankWorker:
     """Runs one command at a time for one bundle; see the module docstring."""
 
-    def __init__(self, reservation: str, bundle: int) -> None:
+    def __init__(self, reservation: str, bundle: int, epoch: int = 0) -> None:
         import ray
 
         self.reservation = reservation
         self.bundle = bundle
+        self.epoch = epoch  # the newest daemon epoch seen (a fencing token)
         # A fresh id per incarnation: after Ray restarts this actor elsewhere (node lost),
         # the driver sees a different id and knows the jobs started here are lost.
         self.incarnation = uuid.uuid4().hex
@@ -76,13 +78,33 @@ class RankWorker:
         self.gpu_ids = [str(g) for g in ray.get_gpu_ids()]
         self._lock = threading.Lock()
         self._records: dict[tuple[str, int], RankRecord] = {}
-        self._procs: dict[tuple[str, int], subprocess.Popen[bytes]] = {}
+        self._procs: dict[tuple[str, int], SupervisedJob] = {}
+
+    def _fenced(self, epoch: int | None) -> bool:
+        """True if ``epoch`` is older than the newest seen; a newer one is remembered.
+        ``None``: a rank's own call to a peer, never refused. Call with the lock held."""
+        if epoch is None:
+            return False
+        if epoch < self.epoch:
+            return True
+        self.epoch = epoch
+        return False
+
+    def fence(self, epoch: int) -> int:
+        """Remember ``epoch`` if newer; returns the epoch now remembered."""
+        with self._lock:
+            self.epoch = max(self.epoch, int(epoch))
+            return self.epoch
 
     def info(self, key: tuple[str, int] | None = None, want_port: bool = False) -> dict[str, Any]:
-        """Who and where this rank is; whether it is busy; whether it knows attempt ``key``."""
+        """Who and where this rank is; whether it is busy; whether it knows attempt ``key``
+        (``state``: None, "running" or "ended")."""
         with self._lock:
             busy = any(r.ended_at is None for r in self._records.values())
-            known = key is not None and tuple(key) in self._records
+            rec = None if key is None else self._records.get((str(key[0]), int(key[1])))
+            known = rec is not None
+            state = None if rec is None else ("running" if rec.ended_at is None else "ended")
+            epoch = self.epoch
         return {
             "incarnation": self.incarnation,
             "node_id": self.node_id,
@@ -90,6 +112,8 @@ class RankWorker:
             "gpu_ids": self.gpu_ids,
             "busy": busy,
             "known": known,
+            "state": state,
+            "epoch": epoch,
             "port": free_port() if want_port else None,
         }
 
@@ -101,16 +125,25 @@ class RankWorker:
         members: list[tuple[int, str, str]],
         gang_gpu_ids: list[str],
         argv: list[str],
-        env: dict[str, str],
+        gang_env: dict[str, str],
+        rank_env: dict[str, str],
         log_path: str,
+        lock_path: str,
         cwd: str | None,
         peers: list[Any],
         peer_grace: float,
+        epoch: int | None = None,
+        term_at: float | None = None,
+        kill_at: float | None = None,
+        pass_env: tuple[str, ...] = (),
     ) -> str:
         """Start the command for (job, attempt) unless already known; returns "started",
-        "exists" or "busy". Returns once the process is running (or has failed to exec)."""
+        "exists", "busy" or "fenced". Returns once the process is running (or has failed
+        to start)."""
         key = (job, attempt)
         with self._lock:
+            if self._fenced(epoch):
+                return FENCED
             if key in self._records:
                 return "exists"
             if any(r.ended_at is None for r in self._records.values()):
@@ -121,58 +154,50 @@ class RankWorker:
             )
             self._records[key] = rec
         t0 = time.monotonic()
+        # The allowlisted environment (the worker's holds the daemon's secrets); Ray's
+        # CUDA_VISIBLE_DEVICES for this bundle comes from the worker's.
+        env = job_environment(os.environ, pass_env, gang_env, rank_env)
+        orders = {"argv": list(argv), "log": log_path, "lock": lock_path, "cwd": cwd,
+                  "term_at": term_at, "kill_at": kill_at, "grace": peer_grace,
+                  "node": self.node_id}
         try:
-            os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-            log = open(log_path, "ab")
-        except OSError as e:
-            self._finish(rec, 126, t0, peers, peer_grace, note=f"cannot open log {log_path}: {e}")
-            return "started"
-        try:
-            with log:
-                # Own session = own process group, so killpg reaches every descendant that
-                # does not deliberately escape (ray.kill alone leaves grandchildren behind).
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **env},  # inherits Ray's CUDA_VISIBLE_DEVICES
-                    cwd=cwd,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-        except OSError as e:
-            code = 127 if isinstance(e, FileNotFoundError) else 126
-            with open(log_path, "ab") as f:
-                f.write(f"cellsched: cannot execute {argv!r}: {e}\n".encode())
-            self._finish(rec, code, t0, peers, peer_grace)
+            got = SupervisedJob.spawn(orders, env)
+        except OSError as e:  # cannot even start the supervisor (no memory, no processes)
+            got = (126, f"cannot start the supervisor: {e}")
+        if isinstance(got, tuple):
+            self._finish(rec, got[0], time.monotonic() - t0, peers, peer_grace)
             return "started"
         with self._lock:
-            rec.pid = proc.pid
-            self._procs[key] = proc
+            rec.started_at = got.started_at
+            rec.pid = got.pid
+            rec.supervisor = got.supervisor
+            self._procs[key] = got
+            reason = rec.stop_reason
+        if reason is not None:  # a stop came while the supervisor was starting
+            got.signal(int(signal.SIGKILL))
         threading.Thread(
-            target=self._wait, args=(rec, proc, t0, peers, peer_grace), daemon=True
+            target=self._wait, args=(rec, got, t0, peers, peer_grace), daemon=True
         ).start()
         return "started"
 
     def _wait(
-        self, rec: RankRecord, proc: subprocess.Popen[bytes], t0: float, peers: list[Any],
+        self, rec: RankRecord, job: SupervisedJob, t0: float, peers: list[Any],
         peer_grace: float,
     ) -> None:
-        # Wait without reaping: while the leader is a zombie its pgid cannot be reused, so the
-        # killpg below is sure to hit only this job's leftovers (e.g. background grandchildren
-        # that would otherwise keep the GPU after the job's recorded end).
-        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        _killpg(proc.pid, signal.SIGKILL)
-        code = proc.wait()
-        self._finish(rec, code, t0, peers, peer_grace)
+        # The supervisor answers only once every process of the job is gone.
+        code, seconds, why = job.wait()
+        if why in ("term_at", "kill_at"):
+            with self._lock:
+                if rec.stop_reason is None:
+                    rec.stop_reason = "window"
+        self._finish(rec, code, time.monotonic() - t0 if seconds is None else seconds,
+                     peers, peer_grace)
 
     def _finish(
-        self, rec: RankRecord, code: int, t0: float, peers: list[Any], peer_grace: float,
-        note: str | None = None,
+        self, rec: RankRecord, code: int, duration: float, peers: list[Any], peer_grace: float,
     ) -> None:
         with self._lock:
-            rec.duration = time.monotonic() - t0
+            rec.duration = duration
             rec.ended_at = rec.started_at + rec.duration
             rec.exit_code = code
             self._procs.pop((rec.job, rec.attempt), None)
@@ -190,10 +215,14 @@ class RankWorker:
         sig: int = int(signal.SIGTERM),
         reason: str = "terminate",
         grace: float | None = None,
+        epoch: int | None = None,
     ) -> int:
-        """Send ``sig`` to the process group of each matching running attempt; SIGKILL after
-        ``grace`` seconds if still running. Returns how many were signalled."""
+        """Have the supervisor of each matching running attempt send ``sig`` to the job's
+        whole tree (SIGKILL after ``grace`` seconds if given). Returns how many were
+        signalled, or -1 if ``epoch`` is fenced."""
         with self._lock:
+            if self._fenced(epoch):
+                return -1
             targets = [
                 (k, p)
                 for k, p in self._procs.items()
@@ -204,32 +233,32 @@ class RankWorker:
                 # First reason wins: a failure's peers stay "peer" even if killed later.
                 if rec.stop_reason is None:
                     rec.stop_reason = reason
-        for k, p in targets:
-            _killpg(p.pid, sig)
-            if grace is not None and sig != signal.SIGKILL:
-                t = threading.Timer(grace, self._escalate, args=(k, p))
-                t.daemon = True
-                t.start()
+            # A start still spawning its supervisor: the reason is recorded, start kills it.
+            for k, r in self._records.items():
+                if (r.ended_at is None and k not in self._procs and r.stop_reason is None
+                        and (job is None or k[0] == job) and (attempt is None or k[1] == attempt)):
+                    r.stop_reason = reason
+        for _, p in targets:
+            p.signal(sig, None if sig == signal.SIGKILL else grace)
         return len(targets)
-
-    def _escalate(self, key: tuple[str, int], proc: subprocess.Popen[bytes]) -> None:
-        with self._lock:
-            alive = self._procs.get(key) is proc
-        if alive:
-            _killpg(proc.pid, signal.SIGKILL)
 
     def snapshot(self) -> dict[str, Any]:
         """Every record (acknowledged ones as tombstones) plus this incarnation's id."""
         with self._lock:
             return {
                 "incarnation": self.incarnation,
+                "epoch": self.epoch,
                 "records": [asdict(r) for r in self._records.values()],
             }
 
-    def ack(self, keys: list[tuple[str, int]]) -> None:
-        """The driver has the results of these attempts: keep only a tombstone."""
+    def ack(self, keys: list[tuple[str, int]], epoch: int | None = None) -> bool:
+        """The driver has the results of these attempts: keep only a tombstone. False if
+        ``epoch`` is fenced (nothing done)."""
         with self._lock:
+            if self._fenced(epoch):
+                return False
             for k in keys:
                 r = self._records.get(tuple(k))  # type: ignore[arg-type]
                 if r is not None and r.ended_at is not None:
                     r.acked = True
+        return True

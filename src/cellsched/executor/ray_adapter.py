@@ -7,9 +7,10 @@ Mapping (see docs/executor.md):
 - bundle ``i`` → one detached named actor ``<name>/rank-<i>`` (``num_gpus=1, num_cpus=0``,
   pinned to bundle ``i``, restarted by Ray if its node dies), created together with the group
   so that it is warm when the group is placed;
-- a gang of k ranks → one subprocess per rank, in its own process group, started by the
-  rank actors; results stay in the actors until the caller ``ack``s them (``poll`` only
-  reads them).
+- a gang of k ranks → one supervised subprocess per rank (``_supervisor.py``: it owns the
+  job's whole process tree and enforces the window), started by the rank actors; results
+  stay in the actors until the caller ``ack``s them (``poll`` only reads them);
+- epochs: every command carries ``epoch``; ranks refuse older ones (``Fenced``).
 
 The driver keeps only caches: everything it needs after a restart is in Ray.
 """
@@ -17,14 +18,16 @@ The driver keeps only caches: everything it needs after a restart is in Ray.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from ._rank import EXECUTOR_REASONS, RankWorker
+from ._rank import EXECUTOR_REASONS, FENCED, RankWorker
+from ._supervisor import claim_dead
 from .base import (
-    RESERVED_ENV,
     Fate,
+    Fenced,
     GangResult,
     GangSpec,
     NotReady,
@@ -34,6 +37,7 @@ from .base import (
     RunningGang,
     UnknownReservation,
     check_gang,
+    attempt_path,
     check_name,
     classify,
     round_seconds,
@@ -165,7 +169,7 @@ class RayExecutor:
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
             ),
-        ).remote(name, i)
+        ).remote(name, i, self.epoch)
 
     def _ranks(self, name: str, width: int | None = None) -> list[Any] | None:
         """Handles of the rank actors of ``name`` (looked up by name after a restart)."""
@@ -279,6 +283,7 @@ class RayExecutor:
         if any(isinstance(i, str) for i in infos):
             self._ready.discard(name)
             raise NotReady(name, f"cannot launch {gang.job}: rank workers not all reachable")
+        self._check_epoch(name, [i["epoch"] for i in infos])
         busy = {b for b, i in zip(gang.bundles, infos) if i["busy"]}
         check_gang(gang, len(hs), busy)
 
@@ -288,8 +293,7 @@ class RayExecutor:
         for i in infos:
             local.append(per_node[i["node_id"]])
             per_node[i["node_id"]] += 1
-        base_env = {k: v for k, v in gang.env.items() if k not in RESERVED_ENV}
-        base_env.update(
+        base_env = dict(
             WORLD_SIZE=str(gang.width),
             MASTER_ADDR=infos[0]["node_ip"],
             MASTER_PORT=str(infos[0]["port"]),
@@ -306,10 +310,16 @@ class RayExecutor:
                        LOCAL_WORLD_SIZE=str(per_node[infos[r]["node_id"]]))
             peers = [p for p in members if p is not h]
             refs.append(h.start.remote(
-                gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), env,
-                gang.log_path(r), gang.cwd, peers, self.peer_grace_s,
+                gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), dict(gang.env),
+                env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,
+                self.epoch, gang.term_at, gang.kill_at, tuple(gang.pass_env),
             ))
         got = self._call_all(refs, self.launch_timeout_s)
+        if FENCED in got:
+            # A newer daemon fenced the ranks in between: the ranks that did start are a
+            # broken gang that its next poll reports lost (and stops).
+            self._launched[name].pop(gang.key, None)
+            raise Fenced(name, f"epoch {self.epoch} is older than the ranks'")
         if any(g != "started" for g in got):
             # Some rank could not start (its node went, or another driver took the bundle in
             # between): the gang cannot run. Stop those that did start; poll reports it
@@ -360,7 +370,8 @@ class RayExecutor:
         for k in ks:
             launched.pop(k, None)  # a gang all of whose ranks were lost lives only here
         hs = self._ranks(name) or []  # none if the group is gone: nothing left to mark
-        self._call_all([h.ack.remote(ks) for h in hs])
+        if False in self._call_all([h.ack.remote(ks, self.epoch) for h in hs]):
+            raise Fenced(name, f"epoch {self.epoch} is older than the ranks'")
 
     def _collect(self, name: str) -> tuple[list[GangResult], bool]:
         """Results of gangs that ended and are not acknowledged (nothing is acknowledged
@@ -436,20 +447,30 @@ class RayExecutor:
             )
             out.append(result)
         if acks:
-            self._call_all([hs[b].ack.remote(ks) for b, ks in sorted(acks.items())])
+            self._call_all([hs[b].ack.remote(ks, self.epoch) for b, ks in sorted(acks.items())])
         return out, settled
 
     def _signal(self, name: str, job: str | None, attempt: int | None, sig: int,
-                reason: str) -> None:
+                reason: str, check: bool = False) -> None:
+        """Have the ranks signal matching jobs; ``check``: raise ``Fenced`` if refused
+        (the caller's own commands; internal clean-ups during a poll never raise)."""
         hs = self._ranks(name)
         if hs:
-            self._call_all([h.stop.remote(job, attempt, sig, reason) for h in hs])
+            got = self._call_all([h.stop.remote(job, attempt, sig, reason, None, self.epoch)
+                                  for h in hs])
+            if check and -1 in got:
+                raise Fenced(name, f"epoch {self.epoch} is older than the ranks'")
+
+    def _check_epoch(self, name: str, epochs: Iterable[Any]) -> None:
+        newest = max((e for e in epochs if isinstance(e, int)), default=0)
+        if newest > self.epoch:
+            raise Fenced(name, f"epoch {self.epoch} is older than the ranks' {newest}")
 
     def terminate(self, name: str, job: str | None = None) -> None:
-        self._signal(name, job, None, 15, "terminate")
+        self._signal(name, job, None, 15, "terminate", check=True)
 
     def kill(self, name: str, job: str | None = None) -> None:
-        self._signal(name, job, None, 9, "kill")
+        self._signal(name, job, None, 9, "kill", check=True)
 
     def release(self, name: str, settle_s: float = 5.0) -> list[GangResult]:
         """See the Protocol. ``settle_s`` bounds the wait for killed processes to be reaped."""
@@ -464,8 +485,9 @@ class RayExecutor:
         hs = self._ranks(name) or []
         out: dict[Key, GangResult] = {}
         if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
-            # Our own killpg, not ray.kill: that would leave the jobs' grandchildren running.
-            self._signal(name, None, None, 9, "release")
+            # The supervisors kill the jobs' trees first; ray.kill alone would leave the
+            # jobs' grandchildren running (and its result would be lost).
+            self._signal(name, None, None, 9, "release", check=True)
             deadline = time.monotonic() + settle_s
             while True:
                 got, settled = self._collect(name)
@@ -485,7 +507,38 @@ class RayExecutor:
         return [out[k] for k in sorted(out)]
 
     def fence(self, epoch: int) -> None:
-        self.epoch = epoch  # ranks are told in the next commit
+        self.epoch = epoch
+        refs = []
+        for name in self.reservations():
+            found = self._group(name)
+            if found is None or found[1]["state"] == "PENDING":
+                continue  # its ranks have not started: calls would only time out
+            refs += [h.fence.remote(epoch) for h in self._ranks(name) or []]
+        # One bounded wait for all: a rank that does not answer is simply not fenced.
+        self._call_all(refs)
 
     def attempt_fate(self, name: str, job: str, attempt: int, width: int, log_dir: str) -> Fate:
-        return "unknown"  # no proof gathered yet (next commit): never "dead" without one
+        key = (job, attempt)
+        found = self._group(name)
+        ray_proof = True  # the group is gone: only the lock files can tell
+        dead_nodes = frozenset(n["NodeID"] for n in self._ray.nodes() if not n["Alive"])
+        if found is not None and found[1]["state"] != "PENDING":
+            hs = self._ranks(name) or []
+            # Fence first (calls from one caller run in order): "I don't know it" from a
+            # rank that has seen our epoch cannot come from before a deposed daemon's launch.
+            refs = [(h.fence.remote(self.epoch), h.info.remote(key)) for h in hs]
+            self._call_all([r for pair in refs for r in pair])
+            infos = [self._status(i) for _, i in refs]
+            self._check_epoch(name, [i["epoch"] for i in infos if isinstance(i, dict)])
+            if any(isinstance(i, dict) and i["state"] == "running" for i in infos):
+                return "alive"
+            where = found[1].get("bundles_to_node_id", {})
+            ray_proof = all(
+                (isinstance(i, dict) and i["epoch"] == self.epoch) or where.get(b) in dead_nodes
+                for b, i in enumerate(infos)
+            )
+        # Claim every lock (a late supervisor then never starts the job), even without
+        # the ranks' word: the attempt stays "unknown" until both agree.
+        locks = [claim_dead(attempt_path(log_dir, job, attempt, r, "lock"),
+                            socket.gethostname(), dead_nodes) for r in range(width)]
+        return "dead" if ray_proof and all(locks) else "unknown"
