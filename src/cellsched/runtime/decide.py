@@ -81,6 +81,8 @@ class GroupView:
     # Missing already at this daemon's first look: it went away with the previous daemon
     # (a local Ray dies with the process that started it).
     gone_with_daemon: bool = False
+    # Attempts that were running when it did: proven dead later, they are ``interrupted``.
+    orphaned: frozenset[tuple[str, int]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,7 @@ def _attempts_after(g: GrantView, group: GroupView, rules: Rules) -> tuple[list[
         if state == "running" and key in got:
             state = got[key].outcome
         elif state == "running" and key not in alive and group.fates.get(key) == "dead":
-            state, detail = _dead(gone=False, with_daemon=False)
+            state, detail = _dead(gone=False, with_daemon=key in group.orphaned)
             ended.append(EndAttempt(a.job, a.attempt, state, detail))
         views.append(AttemptView(a.job, a.attempt, state))
     return views, ended
@@ -319,8 +321,9 @@ def _missing(g: GrantView, group: GroupView, rules: Rules) -> list[Action]:
     out: list[Action] = []
     running = [a for a in g.attempts if a.state == "running"]
     for a in running:
-        if group.fates.get((a.job, a.attempt)) == "dead":
-            state, detail = _dead(gone=True, with_daemon=group.gone_with_daemon)
+        key = (a.job, a.attempt)
+        if group.fates.get(key) == "dead":
+            state, detail = _dead(gone=True, with_daemon=group.gone_with_daemon or key in group.orphaned)
             out.append(EndAttempt(a.job, a.attempt, state, detail))
     if g.state == "active" or running:
         since = rules.down_since if group.gone_with_daemon else None

@@ -153,6 +153,8 @@ class Reconciler:
         self._last_sweep: float | None = None
         self._was_placed: dict[int, bool] = {}  # a cache of the "placed" events
         self._first_look: set[int] | None = None  # grants whose group was missing at our first look
+        # Per grant, the attempts that were running when its group went with the last daemon.
+        self._orphaned: dict[int, frozenset[tuple[str, int]]] = {}
         self._fenced = False
 
     # -- the tick ---------------------------------------------------------------------
@@ -261,12 +263,14 @@ class Reconciler:
         if first and state == "missing":
             assert self._first_look is not None
             self._first_look.add(v.id)
+            self._orphaned[v.id] = frozenset((a.job, a.attempt) for a in v.attempts if a.state == "running")
         running = tuple(self.ex.running(name)) if state != "missing" else ()
         results = tuple(self.ex.poll(name)) if state != "missing" else ()
         fates = {(a.job, a.attempt): self.ex.attempt_fate(name, a.job, a.attempt, a.gpus, v.rt.log_dir)
                  for a in D.needs_fate(v, running, results)}
         gone = state == "missing" and v.id in (self._first_look or ())
-        return D.GroupView(state, running, results, fates, gone_with_daemon=gone)
+        return D.GroupView(state, running, results, fates, gone_with_daemon=gone,
+                           orphaned=self._orphaned.get(v.id, frozenset()))
 
     def _load_placed(self, s: Session, grants: list[GrantRow]) -> None:
         """Whether each grant's group ever held its GPUs (a ``placed`` event): one query for
