@@ -10,7 +10,7 @@ import textwrap
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,22 +23,11 @@ from cellsched.executor import (
     ReservationConflict,
     UnknownReservation,
 )
+from cellsched.executor.testing import ESCAPING_JOB, pid_alive, until
 
 pytestmark = pytest.mark.ray
 
-T = TypeVar("T")
 PY = sys.executable
-
-
-def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
-    """Poll ``fn`` until it returns something truthy."""
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() > end:
-            assert v, f"timed out after {timeout}s"
-            return v
-        time.sleep(every)
 
 
 def name() -> str:
@@ -125,16 +114,7 @@ def test_terminate_cooperative_then_kill_stubborn(rex: Any, tmp_path: Path) -> N
     rex.kill(n, job="stubborn")
     r = result(rex, n, timeout=5)
     assert (r.job, r.outcome, r.exit_codes) == ("stubborn", "killed", (-9,))
-    until(lambda: not alive(grandchild), timeout=2)  # SIGKILLed; the kernel may lag under load
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    until(lambda: not pid_alive(grandchild), timeout=2)  # SIGKILLed; the kernel may lag under load
 
 
 def test_release_returns_what_was_never_acked(rex: Any, tmp_path: Path) -> None:
@@ -250,3 +230,157 @@ def test_rank_actor_crash_loses_gang_and_rank_comes_back(rex: Any, ray_cluster: 
     until(lambda: rex.reservation_state(n) == "ready")
     rex.launch(spec(n, ["true"], (0, 1), tmp_path, attempt=1))
     assert result(rex, n).outcome == "succeeded"
+
+
+# -- supervision, windows, environment, fencing, fate (issue 11) ----------------------------
+
+
+def escaping(tmp: Path) -> tuple[list[str], Path]:
+    script = tmp / "escape.py"
+    script.write_text(ESCAPING_JOB)
+    return [PY, str(script), str(tmp / "grandchild.pid")], tmp / "grandchild.pid"
+
+
+def grandchild(pidfile: Path) -> int:
+    until(lambda: pidfile.exists())
+    return int(pidfile.read_text())
+
+
+@pytest.mark.parametrize("how", ["release", "kill_at", "rank-actor-killed"])
+def test_escaping_grandchild_never_survives(rex: Any, ray_cluster: Any, tmp_path: Path,
+                                            how: str) -> None:
+    n = ready(rex, 2)
+    argv, pidfile = escaping(tmp_path)
+    now = time.time()
+    window = dict(term_at=now + 1.0, kill_at=now + 1.5) if how == "kill_at" else {}
+    g = GangSpec(n, "proj", "esc", 0, argv, (0, 1), str(tmp_path), **window)  # type: ignore[arg-type]
+    rex.launch(g)
+    gc = grandchild(pidfile)
+    if how == "release":
+        (r,) = rex.release(n)
+        assert (r.outcome, r.exit_codes) == ("killed", (-9, -9))
+    elif how == "kill_at":
+        # no driver call at all: the ranks' supervisors enforce the window
+        until(lambda: not pid_alive(gc), timeout=5)
+        assert time.time() >= now + 1.5
+        r = result(rex, n)
+        assert (r.outcome, r.exit_codes) == ("killed", (-9, -9))
+    else:
+        for b in (0, 1):  # whichever rank's job wrote the pid first
+            ray_cluster.kill(ray_cluster.get_actor(f"{n}/rank-{b}", namespace="cellsched"))
+    until(lambda: not pid_alive(gc), timeout=5)
+
+
+def test_job_sees_only_the_allowlisted_environment(ray_leak_check: Any, tmp_path: Path) -> None:
+    """Through a rank worker whose own environment holds secrets (as a daemon's would)."""
+    from cellsched.executor._rank import RankWorker
+
+    ray = ray_leak_check
+    secrets = {"CELLSCHED_DB": "postgresql://u:pw@db/ledger", "CELLSCHED_SECRET_TOKEN": "tok",
+               "AWS_SECRET_ACCESS_KEY": "key", "MY_PASSED": "passed"}
+    rank = ray.remote(RankWorker).options(
+        num_gpus=1, num_cpus=0, runtime_env={"env_vars": secrets}).remote("cellsched/env", 0)
+    try:
+        dump = [PY, "-c", "import os, json; print(json.dumps(dict(os.environ)))"]
+
+        def run(job: str, pass_env: tuple[str, ...]) -> dict[str, str]:
+            log, lock = tmp_path / f"{job}.log", tmp_path / f"{job}.lock"
+            assert ray.get(rank.start.remote(
+                job, 0, 0, [(0, "x", "n")], ["0"], dump, {"SPEC_VAR": "s", "RANK": "9"},
+                {"RANK": "0", "WORLD_SIZE": "1", "CELLSCHED_JOB": job}, str(log), str(lock),
+                None, [], 1.0, 0, None, None, pass_env), timeout=30) == "started"
+            until(lambda: not ray.get(rank.info.remote())["busy"])
+            return json.loads(log.read_text())
+
+        env = run("plain", ("MY_PASSED",))
+        assert not {k for k in env if "SECRET" in k or k == "CELLSCHED_DB"}
+        assert env["MY_PASSED"] == "passed" and env["SPEC_VAR"] == "s"
+        assert (env["RANK"], env["WORLD_SIZE"], env["CELLSCHED_JOB"]) == ("0", "1", "plain")
+        assert env["PATH"] and env["CUDA_VISIBLE_DEVICES"] == ",".join(
+            str(i) for i in ray.get(rank.info.remote())["gpu_ids"])
+        # the worker does hold the secret: only the allowlist kept it out
+        leaked = run("leak", ("CELLSCHED_DB",))
+        assert leaked["CELLSCHED_DB"] == secrets["CELLSCHED_DB"]
+    finally:
+        ray.kill(rank)
+
+
+def test_pass_env_through_the_executor(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 1)
+    dump = [PY, "-c", "import os, json; print(json.dumps(dict(os.environ)))"]
+    # RAY_AUTH_MODE is in every test worker's environment (set before ray.init)
+    for job, pass_env in (("with", ("RAY_AUTH_MODE",)), ("without", ())):
+        g = GangSpec(n, "proj", job, 0, dump, (0,), str(tmp_path), pass_env=pass_env)
+        rex.launch(g)
+        assert result(rex, n).outcome == "succeeded"
+        env = json.loads(Path(g.log_path(0)).read_text())
+        assert ("RAY_AUTH_MODE" in env) == bool(pass_env)
+        assert env["CELLSCHED_JOB"] == job and "CUDA_VISIBLE_DEVICES" in env
+
+
+def test_fenced_commands_are_refused(rex: Any, tmp_path: Path) -> None:
+    from cellsched.executor import Fenced, RayExecutor
+
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["sleep", "60"], (0,), tmp_path, job="a"))
+    new = RayExecutor(peer_grace_s=2.0)
+    new.fence(5)
+    assert new.epoch == 5
+    stale = RayExecutor()
+    stale.epoch = 4
+    try:
+        for ex in (rex, stale):
+            with pytest.raises(Fenced):
+                ex.launch(spec(n, ["true"], (1,), tmp_path, job="b"))
+            with pytest.raises(Fenced):
+                ex.terminate(n)
+            with pytest.raises(Fenced):
+                ex.kill(n, job="a")
+            with pytest.raises(Fenced):
+                ex.ack(n, [("a", 0)])
+            with pytest.raises(Fenced):
+                ex.release(n)
+        assert [g.job for g in new.running(n)] == ["a"]  # observing is never refused
+        new.launch(spec(n, ["true"], (1,), tmp_path, job="b"))
+        new.kill(n, job="a")
+        got = {r.job: r.outcome for r in until(lambda: len(new.poll(n)) == 2 and new.poll(n))}
+        assert got == {"a": "killed", "b": "succeeded"}
+        new.ack(n, [("a", 0), ("b", 0)])
+    finally:
+        new.release(n)
+
+
+def test_attempt_fate(rex: Any, tmp_path: Path) -> None:
+    n = ready(rex, 2)
+    rex.fence(1)
+    g = spec(n, ["sleep", "60"], (1,), tmp_path, job="a")
+    rex.launch(g)
+    assert rex.attempt_fate(n, "a", 0, 1, str(tmp_path)) == "alive"
+    rex.kill(n)
+    rex.ack(n, [result(rex, n).key])
+    assert rex.attempt_fate(n, "a", 0, 1, str(tmp_path)) == "dead"  # its rank reports it ended
+    assert Path(g.lock_path(0)).read_text().startswith("dead")
+    # the ranks don't know it, but a process of this host holds its lock: may be alive
+    lock = tmp_path / "held" / "attempt-0" / "rank-0.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import fcntl, os, time
+        fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert rex.attempt_fate(n, "held", 0, 1, str(tmp_path)) == "unknown"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rex.attempt_fate(n, "held", 0, 1, str(tmp_path)) == "dead"
+    # a gang still running when its group is released: dead, with lock-file proof
+    g2 = spec(n, ["sleep", "60"], (0, 1), tmp_path, job="b")
+    rex.launch(g2)
+    assert rex.attempt_fate(n, "b", 0, 2, str(tmp_path)) == "alive"
+    rex.release(n)
+    assert rex.attempt_fate(n, "b", 0, 2, str(tmp_path)) == "dead"
+    assert all(Path(g2.lock_path(r)).read_text().startswith("dead") for r in (0, 1))

@@ -16,9 +16,12 @@ from __future__ import annotations
 import atexit
 import os
 import time
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 GPUS = 8
 CPUS = 2
@@ -74,6 +77,47 @@ def wait_gpus_free(ray: Any, expected: float = GPUS, deadline_s: float = LEAK_DE
         if free == expected or time.monotonic() > end:
             return free
         time.sleep(0.02)
+
+
+def until(fn: Callable[[], T], timeout: float = 15.0, every: float = 0.01) -> T:
+    """Poll ``fn`` until it returns something truthy; fail after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() > end:
+            assert v, f"timed out after {timeout}s"
+            return v
+        time.sleep(every)
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# A job whose grandchild escapes every process group: it calls setsid(), double-forks,
+# ignores SIGTERM and writes its pid to argv[1]; the job's main process ignores SIGTERM too.
+ESCAPING_JOB = """
+import os, signal, sys, time
+pidfile = sys.argv[1]
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(pidfile + ".tmp", "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(pidfile + ".tmp", pidfile)
+        while True:
+            time.sleep(0.05)
+    os._exit(0)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+while True:
+    time.sleep(0.05)
+"""
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,137 @@
+"""The supervisor on its own (no Ray): whatever a job does, nothing of it outlives its
+supervisor's orders or its rank process; the lock file is the local proof of death."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cellsched.executor._supervisor import SupervisedJob, claim_dead
+from cellsched.executor.testing import ESCAPING_JOB, pid_alive, until
+
+PY = sys.executable
+
+
+def orders(tmp: Path, argv: list[str], **kw: object) -> dict[str, object]:
+    return {"argv": argv, "log": str(tmp / "job" / "rank-0.log"),
+            "lock": str(tmp / "job" / "rank-0.lock"), "grace": 0.5, **kw}
+
+
+def escaping(tmp: Path) -> tuple[list[str], Path]:
+    script = tmp / "escape.py"
+    script.write_text(ESCAPING_JOB)
+    pidfile = tmp / "grandchild.pid"
+    return [PY, str(script), str(pidfile)], pidfile
+
+
+def grandchild(pidfile: Path) -> int:
+    until(lambda: pidfile.exists())
+    return int(pidfile.read_text())
+
+
+def test_exit_status_log_and_lock(tmp_path: Path) -> None:
+    o = orders(tmp_path, ["sh", "-c", "echo hi; sleep 0.2; exit 3"])
+    job = SupervisedJob.spawn(o, {"PATH": os.environ["PATH"]})
+    assert isinstance(job, SupervisedJob)
+    assert not claim_dead(str(o["lock"]))  # held while the job runs
+    code, seconds, why = job.wait()
+    assert (code, why) == (3, "-") and 0.2 <= (seconds or 0) < 1
+    assert Path(str(o["log"])).read_text() == "hi\n"
+    assert Path(str(o["lock"])).read_text().startswith("ended code=3")
+    assert claim_dead(str(o["lock"]))  # free now, and marked dead...
+    assert Path(str(o["lock"])).read_text().startswith("dead")
+    # ...so that a supervisor that comes late never starts the job
+    assert SupervisedJob.spawn(o, {}) == (125, "declared dead")
+    assert "declared dead" in Path(str(o["log"])).read_text()
+
+
+def test_cannot_execute(tmp_path: Path) -> None:
+    o = orders(tmp_path, ["/no/such/program"])
+    assert SupervisedJob.spawn(o, {}) == (127, "cannot execute")
+    assert "cannot execute" in Path(str(o["log"])).read_text()
+
+
+@pytest.mark.parametrize("how", ["main-exits", "stop", "window", "sigterm-to-supervisor"])
+def test_escaping_grandchild_never_survives(tmp_path: Path, how: str) -> None:
+    argv, pidfile = escaping(tmp_path)
+    if how == "main-exits":  # the main process leaves, the daemonised grandchild stays
+        argv = ["sh", "-c", f"{' '.join(argv)} & sleep 0.3; exit 0"]
+    extra = {"term_at": time.time() + 0.3, "kill_at": time.time() + 0.6} if how == "window" else {}
+    job = SupervisedJob.spawn(orders(tmp_path, argv, **extra), {"PATH": os.environ["PATH"]})
+    assert isinstance(job, SupervisedJob)
+    gc = grandchild(pidfile)
+    if how == "stop":
+        job.signal(int(signal.SIGTERM), 0.3)  # ignored; SIGKILL 0.3 s later
+    elif how == "sigterm-to-supervisor":
+        os.kill(job.supervisor, signal.SIGTERM)  # grace 0.5 from its orders
+    code, _, why = job.wait()
+    assert not pid_alive(gc)  # nothing of the job is left once the supervisor answers
+    assert (code, why) == {"main-exits": (0, "-"), "stop": (-9, "-"),
+                           "window": (-9, "term_at"),
+                           "sigterm-to-supervisor": (-9, "-")}[how]
+
+
+PARENT = textwrap.dedent("""
+    import json, os, sys, time
+    from cellsched.executor._supervisor import SupervisedJob
+    job = SupervisedJob.spawn(json.loads(sys.argv[1]), {"PATH": os.environ["PATH"]})
+    print(job.supervisor, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_rank_process_death_kills_everything(tmp_path: Path) -> None:
+    """The supervisor's rank dies (SIGKILL, so no clean-up of its own): the job goes."""
+    argv, pidfile = escaping(tmp_path)
+    o = orders(tmp_path, argv)
+    parent = subprocess.Popen([PY, "-c", PARENT, json.dumps(o)], stdout=subprocess.PIPE)
+    assert parent.stdout is not None
+    supervisor = int(parent.stdout.readline())
+    gc = grandchild(pidfile)
+    # the grandchild's parent is the supervisor (a subreaper), not init
+    assert Path(f"/proc/{gc}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(supervisor)
+    parent.kill()
+    parent.wait()
+    until(lambda: not pid_alive(gc) and not pid_alive(supervisor), timeout=5)
+    assert claim_dead(str(o["lock"]))
+
+
+def test_claim_dead_while_another_process_holds_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "a" / "rank-0.lock"
+    lock.parent.mkdir()
+    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        print("locked", flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        assert not claim_dead(str(lock))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_dead(str(lock))
+    # a supervisor of another host that never wrote "ended": not provable from here...
+    lock.write_text("running supervisor=1 job=2 host=elsewhere node=n1 since=0\n")
+    assert not claim_dead(str(lock))
+    # ...unless Ray declared its node dead
+    assert claim_dead(str(lock), dead_nodes=frozenset({"n1"}))
+    # one of this host killed before its clean-up, whose job's group still lives
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        lock.write_text(f"running supervisor=1 job={sleeper.pid} host=here node=n since=0\n")
+        assert not claim_dead(str(lock), host="here")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert claim_dead(str(lock), host="here")
