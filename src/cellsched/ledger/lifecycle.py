@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any, Callable, Sequence
 
 from sqlmodel import Session, col, select
 
+from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.executor.base import GangResult, round_seconds
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, GrantRuntimeRow, JobRunRow
+from cellsched.ledger.snapshot import grant_of, load_schedule, waiting_grants
+from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, GrantRuntimeRow, JobRunRow, RuntimeInfo
+from cellsched.spec.cluster import ClusterConfig
 
 
 def end_grant(s: Session, row: GrantRow, now: int, state: str, caller: str, extra: dict[str, Any]) -> int:
@@ -426,6 +430,44 @@ class GrantWriter:
             events.append(s, now, "orphan_released", name, self.actor, {
                 "reservation": name, "unreported_results": unreported})
 
+    def pull_forward(self, s: Session, now: int, cluster: ClusterConfig,
+                     not_before: Callable[[Session, GrantRow], int | None]) -> list[str]:
+        """Inside a write: waiting grants start earlier where freed capacity allows (never
+        later), by the cluster's ``policy.pull_forward`` (docs/admission.md), exactly as the
+        simulator does: ``start_now`` starts, longest first, each grant whose whole window
+        fits now; ``compact`` moves each, in (start, id) order, to the earliest window that
+        fits. Returns one line per move."""
+        rule = cluster.policy.pull_forward
+        sched = load_schedule(s, cluster, now)
+        rows = s.exec(waiting_grants(now).order_by(col(GrantRow.start), col(GrantRow.id))).all()
+        waiting: list[tuple[GrantRow, int]] = []
+        for row in rows:
+            if row.pool not in sched.pools or row.team not in sched.teams:
+                continue
+            nb = not_before(s, row)
+            earliest = max(now, nb or now)
+            if rule == "start_now" and earliest > now:
+                continue  # it may not start yet
+            waiting.append((row, earliest))
+        # A ValueError means the schedule is over-committed (a pool shrank): leave it be.
+        moves: list[tuple[GrantRow, Grant]] = []
+        if rule == "start_now":
+            by_id = {row.id or 0: row for row, _ in waiting}
+            try:
+                started = start_waiting_now(sched, [(row.id or 0, grant_of(row)) for row, _ in waiting], now)
+            except ValueError:
+                started = []
+            moves = [(by_id[k], new) for k, _, new in started]
+        else:
+            for row, earliest in waiting:
+                try:
+                    new = sched.move_earlier(grant_of(row), earliest)
+                except ValueError:
+                    continue
+                if new.start < row.start:
+                    moves.append((row, new))
+        return [self.moved_earlier(s, row, new.start, new.end, now) for row, new in moves]
+
     def moved_earlier(self, s: Session, row: GrantRow, start: int, end: int, now: int) -> str:
         """Inside a pull-forward's transaction: ``row``'s window moves to [start, end)."""
         old = (row.start, row.end)
@@ -434,6 +476,22 @@ class GrantWriter:
         self._event(s, now, "moved_earlier", row, {
             "from_start": old[0], "from_end": old[1], "start": start, "end": end})
         return f"moved {row.project_id} earlier by {old[0] - start} s"
+
+
+def ledger_id(ledger: Ledger, now: int) -> str:
+    """This ledger's id (created once, with its event): group names carry it, so several
+    ledgers may share one Ray cluster without ever adopting each other's groups."""
+    with ledger.read() as s:
+        info = s.get(RuntimeInfo, 1)
+        if info is not None:
+            return info.ledger_id
+    with ledger.write() as s:
+        info = s.get(RuntimeInfo, 1)
+        if info is None:
+            info = RuntimeInfo(id=1, ledger_id=uuid.uuid4().hex[:10])
+            s.add(info)
+            events.append(s, now, "ledger_id", info.ledger_id, "daemon", {"ledger_id": info.ledger_id})
+        return info.ledger_id
 
 
 def has_result(jr: JobRunRow) -> bool:

@@ -5,11 +5,15 @@ one builder so every caller sees the same calendar and the same allowance books.
 
 from __future__ import annotations
 
-from sqlmodel import Session, col, select
+import json
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from sqlmodel import Session, col, or_, select
 
 from cellsched.core.admission import Grant, Schedule
 from cellsched.ledger.breaches import breach_intervals
-from cellsched.ledger.tables import GrantRow
+from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -42,3 +46,54 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
     return sched
 
 
+
+
+def waiting_grants(now: int):  # type: ignore[no-untyped-def]
+    """Grants not started whose window is still ahead: what a pull-forward may move."""
+    return select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
+
+
+@dataclass
+class DaemonSnapshot:
+    """What the daemon handles, read in one transaction: grants with a runtime row not yet
+    finalized or notified, plus granted ones whose start has come, in (start, id) order;
+    their runtime rows, attempts and projects; and which of them were ever ``placed``."""
+
+    grants: list[GrantRow] = field(default_factory=list)
+    runtime: dict[int, GrantRuntimeRow] = field(default_factory=dict)
+    runs: dict[int, list[JobRunRow]] = field(default_factory=dict)
+    projects: dict[str, ProjectRow] = field(default_factory=dict)
+    placed: dict[int, bool] = field(default_factory=dict)
+
+
+def load_daemon_snapshot(s: Session, now: int, only: Collection[int] | None = None,
+                         known_placed: Mapping[int, bool] | None = None) -> DaemonSnapshot:
+    """A handful of queries whatever the number of grants. ``only``: just these grants.
+    ``placed`` is filled for handled grants not in ``known_placed`` (a cache of the events)."""
+    q = select(GrantRuntimeRow).where(
+        or_(col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.notified).is_(False)))
+    q2 = select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) <= now)
+    if only is not None:
+        q = q.where(col(GrantRuntimeRow.grant_id).in_(list(only)))
+        q2 = q2.where(col(GrantRow.id).in_(list(only)))
+    out = DaemonSnapshot(runtime={r.grant_id: r for r in s.exec(q).all()})
+    if out.runtime:
+        out.grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(out.runtime)))).all())
+    out.grants += [g for g in s.exec(q2).all() if g.id not in out.runtime]
+    out.grants.sort(key=lambda g: (g.start, g.id or 0))
+    if not out.grants:
+        return out
+    ids = [g.id for g in out.grants]
+    for jr in s.exec(select(JobRunRow).where(col(JobRunRow.grant_id).in_(ids)).order_by(col(JobRunRow.id))):
+        out.runs.setdefault(jr.grant_id, []).append(jr)
+    out.projects = {p.id: p for p in s.exec(select(ProjectRow).where(
+        col(ProjectRow.id).in_(list({g.project_id for g in out.grants}))))}
+    known = known_placed or {}
+    todo = [g for g in out.grants if g.id in out.runtime and (g.id or 0) not in known]
+    if todo:
+        placed = set()
+        subjects = list({g.project_id for g in todo})
+        for e in s.exec(select(EventRow).where(EventRow.kind == "placed", col(EventRow.subject).in_(subjects))):
+            placed.add(json.loads(e.data).get("grant"))
+        out.placed = {g.id or 0: g.id in placed for g in todo}
+    return out

@@ -23,20 +23,17 @@ import json
 import logging
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, select
 
-from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult, GangSpec
-from cellsched.ledger import events
 from cellsched.ledger.db import Deposed
-from cellsched.ledger.lifecycle import GrantWriter
-from cellsched.ledger.snapshot import grant_of, load_schedule
-from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, RuntimeInfo
+from cellsched.ledger.lifecycle import GrantWriter, ledger_id
+from cellsched.ledger.snapshot import load_daemon_snapshot, waiting_grants
+from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
 from cellsched.runtime import decide as D
 from cellsched.runtime.clock import now_s
 from cellsched.runtime.notify import Notifier, write_report_files
@@ -80,21 +77,6 @@ def logs_root_for(env: Env, settings: Settings | None = None) -> Path:
 
 def log_dir_for(root: Path, grant: GrantRow) -> Path:
     return root / grant.project / f"{grant.digest[:12]}-g{grant.id}"
-
-
-def _ledger_id(env: Env) -> str:
-    """This ledger's id (created once, with its event)."""
-    with env.ledger.read() as s:
-        info = s.get(RuntimeInfo, 1)
-        if info is not None:
-            return info.ledger_id
-    with env.ledger.write() as s:
-        info = s.get(RuntimeInfo, 1)
-        if info is None:
-            info = RuntimeInfo(id=1, ledger_id=uuid.uuid4().hex[:10])
-            s.add(info)
-            events.append(s, now_s(), "ledger_id", info.ledger_id, ACTOR, {"ledger_id": info.ledger_id})
-        return info.ledger_id
 
 
 @dataclass
@@ -141,7 +123,7 @@ class Reconciler:
         self.settings = settings or Settings()
         self.epoch = epoch
         self.logs_root = logs_root_for(env, self.settings)
-        self.ledger_id = _ledger_id(env)
+        self.ledger_id = ledger_id(env.ledger, now_s())
         self.prefix = f"{executor.prefix}{self.ledger_id}/"
         self.writer = GrantWriter(env.ledger, epoch, ACTOR)
         policy = env.cluster.policy
@@ -211,30 +193,14 @@ class Reconciler:
         """Grants the daemon handles, plus granted ones whose start has come, from one read
         transaction; then the executor's view of each live group."""
         with self.env.ledger.read() as s:
-            q = select(GrantRuntimeRow).where(
-                or_(col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.notified).is_(False)))
-            if only is not None:
-                q = q.where(col(GrantRuntimeRow.grant_id).in_(list(only)))
-            rts = {r.grant_id: r for r in s.exec(q).all()}
-            grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(rts)))).all()) if rts else []
-            q2 = select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) <= now)
-            if only is not None:
-                q2 = q2.where(col(GrantRow.id).in_(list(only)))
-            grants += [g for g in s.exec(q2).all() if g.id not in rts]
-            grants.sort(key=lambda g: (g.start, g.id or 0))
-            ids = [g.id for g in grants]
-            runs: dict[int, list[JobRunRow]] = {}
-            if ids:
-                for jr in s.exec(select(JobRunRow).where(col(JobRunRow.grant_id).in_(ids)).order_by(col(JobRunRow.id))):
-                    runs.setdefault(jr.grant_id, []).append(jr)
-            projects = {p.id: p for p in s.exec(select(ProjectRow).where(
-                col(ProjectRow.id).in_(list({g.project_id for g in grants}))))} if grants else {}
-            self._load_placed(s, [g for g in grants if g.id in rts])
+            snap = load_daemon_snapshot(s, now, only, known_placed=self._was_placed)
+        self._was_placed.update(snap.placed)
+        rts, runs, projects = snap.runtime, snap.runs, snap.projects
         first = self._first_look is None
         if first:
             self._first_look = set()
         out = []
-        for g in grants:
+        for g in snap.grants:
             proj = projects.get(g.project_id)
             if proj is None:
                 continue
@@ -271,19 +237,6 @@ class Reconciler:
         gone = state == "missing" and v.id in (self._first_look or ())
         return D.GroupView(state, running, results, fates, gone_with_daemon=gone,
                            orphaned=self._orphaned.get(v.id, frozenset()))
-
-    def _load_placed(self, s: Session, grants: list[GrantRow]) -> None:
-        """Whether each grant's group ever held its GPUs (a ``placed`` event): one query for
-        the grants not cached yet."""
-        todo = [g for g in grants if (g.id or 0) not in self._was_placed]
-        if not todo:
-            return
-        subjects = list({g.project_id for g in todo})
-        placed = set()
-        for e in s.exec(select(EventRow).where(EventRow.kind == "placed", col(EventRow.subject).in_(subjects))):
-            placed.add(json.loads(e.data).get("grant"))
-        for g in todo:
-            self._was_placed[g.id or 0] = g.id in placed
 
     def spec(self, proj: ProjectRow) -> ProjectSpec:
         sp = self._specs.get(proj.digest)
@@ -479,48 +432,18 @@ class Reconciler:
 
     def _pull_now(self, now: int, res: TickResult) -> None:
         with self.env.ledger.read() as s:
-            if s.exec(_waiting(now).limit(1)).first() is None:
+            if s.exec(waiting_grants(now).limit(1)).first() is None:
                 return  # no write lock for nothing
         with self.writer.tx() as s:
             for m in self._pull_forward(s, now):
                 res.add(m)
 
     def _pull_forward(self, s: Session, now: int) -> list[str]:
-        """Waiting grants start earlier where freed capacity allows (never later), by the
-        cluster's ``policy.pull_forward`` (docs/admission.md), exactly as the simulator does:
-        ``start_now`` starts, longest first, each grant whose whole window fits now;
-        ``compact`` moves each, in (start, id) order, to the earliest window that fits."""
-        rule = self.env.cluster.policy.pull_forward
-        sched = load_schedule(s, self.env.cluster, now)
-        rows = s.exec(_waiting(now).order_by(col(GrantRow.start), col(GrantRow.id))).all()
-        waiting: list[tuple[GrantRow, int]] = []
-        for row in rows:
-            if row.pool not in sched.pools or row.team not in sched.teams:
-                continue
-            proj = s.get(ProjectRow, row.project_id)
-            nb = self.spec(proj).budget.not_before_s if proj is not None else None
-            earliest = max(now, nb or now)
-            if rule == "start_now" and earliest > now:
-                continue  # it may not start yet
-            waiting.append((row, earliest))
-        # A ValueError means the schedule is over-committed (a pool shrank): leave it be.
-        moves: list[tuple[GrantRow, Grant]] = []
-        if rule == "start_now":
-            by_id = {row.id or 0: row for row, _ in waiting}
-            try:
-                started = start_waiting_now(sched, [(row.id or 0, grant_of(row)) for row, _ in waiting], now)
-            except ValueError:
-                started = []
-            moves = [(by_id[k], new) for k, _, new in started]
-        else:
-            for row, earliest in waiting:
-                try:
-                    new = sched.move_earlier(grant_of(row), earliest)
-                except ValueError:
-                    continue
-                if new.start < row.start:
-                    moves.append((row, new))
-        return [self.writer.moved_earlier(s, row, new.start, new.end, now) for row, new in moves]
+        return self.writer.pull_forward(s, now, self.env.cluster, self._not_before)
+
+    def _not_before(self, s: Session, row: GrantRow) -> int | None:
+        proj = s.get(ProjectRow, row.project_id)
+        return self.spec(proj).budget.not_before_s if proj is not None else None
 
     # -- groups nobody owns -------------------------------------------------------------
 
@@ -543,8 +466,3 @@ class Reconciler:
 
 def _moves(res: TickResult) -> int:
     return sum(1 for a in res.actions if a.startswith("moved"))
-
-
-def _waiting(now: int):  # type: ignore[no-untyped-def]
-    """Grants not started whose window is still ahead: what a pull-forward may move."""
-    return select(GrantRow).where(GrantRow.state == "granted", col(GrantRow.start) > now)
