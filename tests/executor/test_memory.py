@@ -379,3 +379,15 @@ def test_job_environment_is_exactly_the_allowlist() -> None:
     env = job_environment(WORKER, (), {}, {})
     assert set(env) == {"PATH", "HOME", "USER", "LANG", "LC_ALL", "TMPDIR", "CUDA_VISIBLE_DEVICES",
                         "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH"}
+
+
+def test_cluster_config_pass_env() -> None:
+    from pydantic import ValidationError
+
+    from cellsched.spec.cluster import Policy
+
+    assert Policy(pass_env=["WANDB_API_KEY", "HF_HOME"]).pass_env == ("WANDB_API_KEY", "HF_HOME")
+    assert Policy().pass_env == ()
+    for bad in (["CELLSCHED_DB"], ["cellsched_x"], ["A B"], ["1X"], [""]):
+        with pytest.raises(ValidationError, match="pass_env"):
+            Policy(pass_env=bad)

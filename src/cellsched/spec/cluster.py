@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +72,9 @@ class Policy(_Frozen):
     horizon_days: int = Field(default=366, ge=1, le=3660)
     lend_idle: bool = False
     pull_forward: Literal["start_now", "compact"] = "start_now"
+    # Variables of the Ray workers' environment jobs also get (docs/executor.md: the rest is
+    # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
+    pass_env: tuple[str, ...] = ()
 
     _hours = field_validator("max_grant_hours", mode="before")(_number)
     _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", mode="before")(_whole)
@@ -80,6 +84,16 @@ class Policy(_Frozen):
     def _flag(cls, v: Any) -> Any:
         if not isinstance(v, bool):
             raise ValueError("must be true or false")
+        return v
+
+    @field_validator("pass_env")
+    @classmethod
+    def _env_names(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, name in enumerate(v):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{i}: {name!r} is not an environment variable name")
+            if name.upper().startswith("CELLSCHED_"):
+                raise ValueError(f"{i}: {name!r}: the daemon's own settings are never passed to jobs")
         return v
 
     @property
