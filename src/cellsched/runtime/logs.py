@@ -3,6 +3,7 @@ workers), found through the ledger."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -13,8 +14,22 @@ from sqlmodel import col, select
 
 from cellsched.errors import NotFound
 from cellsched.ledger.tables import LIVE_STATES, GrantRow, GrantRuntimeRow, JobRunRow
-from cellsched.runtime.reconciler import log_dir_for, logs_root_for
 from cellsched.service import Env, find_grant
+
+
+def logs_root_for(env: Env, root: Path | None = None) -> Path:
+    """Where job logs and reports go: ``root`` (serve's ``--logs-dir``), else
+    ``CELLSCHED_LOGS``, else ``logs/`` beside the cluster config."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get("CELLSCHED_LOGS"):
+        return Path(os.environ["CELLSCHED_LOGS"])
+    return env.base_dir / "logs"
+
+
+def log_dir_for(root: Path, grant: GrantRow) -> Path:
+    """``<root>/<project>/<digest12>-g<grant>/``."""
+    return root / grant.project / f"{grant.digest[:12]}-g{grant.id}"
 
 
 @dataclass(frozen=True)

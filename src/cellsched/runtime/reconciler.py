@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,8 @@ from cellsched.ledger.snapshot import load_daemon_snapshot, waiting_grants
 from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
 from cellsched.runtime import decide as D
 from cellsched.runtime.clock import now_s
-from cellsched.runtime.notify import Notifier, write_report_files
+from cellsched.runtime.logs import log_dir_for, logs_root_for
+from cellsched.runtime.notify import Notifier, redact, write_report_files
 from cellsched.runtime.report import build_report, render_markdown
 from cellsched.service import Env
 from cellsched.spec.models import ProjectSpec
@@ -65,18 +65,6 @@ class Settings:
     strict: bool = False
     # Run notify in a background thread (the daemon) or inline (tests, --once).
     notify_in_background: bool = True
-
-
-def logs_root_for(env: Env, settings: Settings | None = None) -> Path:
-    if settings is not None and settings.logs_root is not None:
-        return Path(settings.logs_root)
-    if os.environ.get("CELLSCHED_LOGS"):
-        return Path(os.environ["CELLSCHED_LOGS"])
-    return env.base_dir / "logs"
-
-
-def log_dir_for(root: Path, grant: GrantRow) -> Path:
-    return root / grant.project / f"{grant.digest[:12]}-g{grant.id}"
 
 
 @dataclass
@@ -122,7 +110,7 @@ class Reconciler:
         self.clock = clock
         self.settings = settings or Settings()
         self.epoch = epoch
-        self.logs_root = logs_root_for(env, self.settings)
+        self.logs_root = logs_root_for(env, self.settings.logs_root)
         self.ledger_id = ledger_id(env.ledger, now_s())
         self.prefix = f"{executor.prefix}{self.ledger_id}/"
         self.writer = GrantWriter(env.ledger, epoch, ACTOR)
@@ -388,8 +376,6 @@ class Reconciler:
         if rt.notified or not target:
             return
         if self.notifier.tell(gid, project_id, target, data, path):
-            from cellsched.runtime.notify import redact
-
             res.add(f"notify {project_id}: {redact(target)}")
 
     def _notified(self, gid: int, target: str, error: str | None) -> None:
