@@ -337,7 +337,9 @@ def _used_by_grant(s: Session, grant_ids: list[int], p0: int, p1: int) -> dict[i
 
 
 def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
-    """Every project's newest grant (or one project's), with progress and job runs."""
+    """Every project's newest grant (or one project's), with progress and job runs. A window
+    running while no daemon is alive says so in its ``note``."""
+    down = no_daemon_note(env)
     with env.ledger.read() as s:
         if project is not None:
             rows = [find_grant(s, project)]
@@ -359,6 +361,8 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
                  "exit_codes": json.loads(j.exit_codes)}
                 for j in runs
             ]
+            running = r.state in ("reserving", "active") or (r.state == "granted" and r.start <= now)
+            item["note"] = down if down and running and now < r.end else ""
             out.append(item)
         return out
 
@@ -385,3 +389,11 @@ def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[
     if row.start > payload.get("start", row.start) or row.end > payload.get("end", row.end):
         raise Failed(f"{row.project_id}: the ledger's window is later than the receipt promised")
     return {"project": row.project_id, "digest": sealed, "valid": True, "receipt": payload}
+
+
+def no_daemon_note(env: Env) -> str | None:
+    """"no daemon since HH:MM: this window is not being served" (or "no daemon has ever
+    served this ledger: …") when no daemon holds a live lease (database clock); else None."""
+    from cellsched.ledger.lease import state
+
+    return state(env.ledger).down("this window is not being served")

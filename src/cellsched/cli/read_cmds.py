@@ -1,4 +1,4 @@
-"""Read commands: budget and status."""
+"""Read commands: budget and status (each with the daemon's state when none is alive)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ def budget(
     from cellsched import service
     from cellsched.runtime.clock import now_s
 
-    b = service.budget(env(), name, now_s())
+    e = env()
+    b = service.budget(e, name, now_s())
     data = b.to_json()
+    daemon = daemon_state(e)
     if json_out:
         data["period_start_utc"], data["period_end_utc"] = iso(data["period_start"]), iso(data["period_end"])
         emit_json(data)
@@ -42,6 +44,7 @@ def budget(
                 hours(p["held_gpu_hours"]), hours(p["used_gpu_hours"]), hours(p["refunded_gpu_hours"])]
                for p in data["projects"]],
               justify=lambda c: "left" if c in ("project", "state") else "right")
+    print_down(daemon)
 
 
 @handled
@@ -56,22 +59,28 @@ def status(
     from cellsched import service
     from cellsched.runtime.clock import now_s
 
-    items = service.status(env(), project, now_s())
+    e = env()
+    items = service.status(e, project, now_s())
+    daemon = daemon_state(e)
     if json_out:
         for it in items:
             for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
                 it[k + "_utc"] = iso(it[k])
+            it["daemon"] = daemon.to_json()  # the output stays a list: each item carries it
         emit_json(items)
         return
     if not items:
         print("no projects yet (submit one with `cellsched submit projects/<name>.toml`)")
+        print_down(daemon)
         return
     table(None, ["project", "state", "pool", "gpus", f"start ({tzname()})", "end", "progress", "used GPU-h", "note"],
           [[it["project"], it["state"], it["pool"], it["width"], local(it["start"]), local(it["end"]),
             f"{it['progress']:.0%}", hours(it["used_gpu_hours"]),
-            ("breach " + hours(it["breach_gpu_hours"]) + " GPU-h") if it["breach_gpu_hours"] else
-            ("early start" if it["start"] < it["promised_start"] else "")]
+            it.get("note") or
+            (("breach " + hours(it["breach_gpu_hours"]) + " GPU-h") if it["breach_gpu_hours"] else
+             ("early start" if it["start"] < it["promised_start"] else ""))]
            for it in items])
+    print_down(daemon)
     if project is not None:
         jobs = items[0]["jobs"]
         if jobs:
@@ -79,3 +88,17 @@ def status(
                   [[j["job"], j["attempt"], j["state"], j["gpus"], local(j["started_at"], True),
                     local(j["ended_at"], True), hours(j["gpu_hours"]), ",".join(map(str, j["exit_codes"]))]
                    for j in jobs])
+
+
+def daemon_state(e):  # type: ignore[no-untyped-def]
+    """Who serves the ledger (``cellsched daemon``), for the daemon line and ``--json``."""
+    from cellsched.ledger.lease import state
+
+    return state(e.ledger)
+
+
+def print_down(daemon) -> None:  # type: ignore[no-untyped-def]
+    """The one-line daemon state, printed only when no daemon is alive."""
+    line = daemon.down()
+    if line:
+        print(line)

@@ -73,11 +73,15 @@ def report(
         for c in charts:
             c.close()
 
+    from cellsched.cli.read_cmds import daemon_state, print_down
+
+    daemon = daemon_state(e)
     if json_out:
-        emit_json(data)
+        emit_json({**data, "daemon": daemon.to_json()})
         return
     from cellsched.report.terminal import print_report
 
     print_report(data)
+    print_down(daemon)
     for path in written:
         print(f"wrote {path}")

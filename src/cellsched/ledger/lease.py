@@ -241,17 +241,24 @@ class DaemonState:
             return 0
         return max(0, self.declared_gpus - self.ray_gpus)
 
+    def down(self, tail: str = "windows are not being served") -> str | None:
+        """None while a daemon is alive; else "no daemon since HH:MM: <tail>" (or "no daemon
+        has ever served this ledger: <tail>")."""
+        if self.alive:
+            return None
+        if self.down_since is None:
+            return f"no daemon has ever served this ledger: {tail}"
+        return f"no daemon since {_hm(self.down_since)}: {tail}"
+
     def line(self) -> str:
         """One line for people: the holder, or since when no daemon has served the ledger."""
-        if self.alive:
-            out = (f"daemon: pid {self.pid} on {self.host} since {_hm(self.since)} (epoch {self.epoch}), "
-                   f"heartbeat {max(0.0, self.db_now - (self.renewed_at or 0)):.0f} s ago")
-            if self.gpu_shortfall:
-                out += f"; Ray has {self.ray_gpus} GPUs of the {self.declared_gpus} the cluster config declares"
-            return out
-        if self.down_since is None:
-            return "no daemon has ever served this ledger: windows are not being served"
-        return f"no daemon since {_hm(self.down_since)}: windows are not being served"
+        if not self.alive:
+            return self.down() or ""
+        out = (f"daemon: pid {self.pid} on {self.host} since {_hm(self.since)} (epoch {self.epoch}), "
+               f"heartbeat {max(0.0, self.db_now - (self.renewed_at or 0)):.0f} s ago")
+        if self.gpu_shortfall:
+            out += f"; Ray has {self.ray_gpus} GPUs of the {self.declared_gpus} the cluster config declares"
+        return out
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

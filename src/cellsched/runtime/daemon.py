@@ -23,11 +23,19 @@ from cellsched.service import Env
 log = logging.getLogger("cellsched.daemon")
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (test runners swap it per command)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(verbose: bool = False) -> None:
     """Daemon logs go to stderr, one line per action."""
     root = logging.getLogger("cellsched")
     if not any(getattr(h, "_cellsched", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _Stderr(sys.stderr)
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S"))
         h._cellsched = True  # type: ignore[attr-defined]
         root.addHandler(h)
