@@ -29,7 +29,7 @@ class AttemptView:
 
     job: str
     attempt: int
-    state: str  # running | succeeded | failed | killed | lost
+    state: str  # running | succeeded | failed | killed | lost | interrupted (counts as nothing)
 
 
 def job_states(spec: ProjectSpec, attempts: Iterable[AttemptView]) -> dict[str, str]:
