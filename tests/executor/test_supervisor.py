@@ -40,22 +40,22 @@ def grandchild(pidfile: Path) -> int:
 def test_exit_status_log_and_lock(tmp_path: Path) -> None:
     o = orders(tmp_path, ["sh", "-c", "echo hi; sleep 0.2; exit 3"])
     job = SupervisedJob.spawn(o, {"PATH": os.environ["PATH"]})
-    assert isinstance(job, SupervisedJob)
+    assert job.started() is None and job.pid and job.supervisor
     assert not claim_dead(str(o["lock"]))  # held while the job runs
     code, seconds, why = job.wait()
-    assert (code, why) == (3, "-") and 0.2 <= (seconds or 0) < 1
+    assert (code, why) == (3, "-") and 0.2 <= (seconds or 0) < 5, seconds
     assert Path(str(o["log"])).read_text() == "hi\n"
     assert Path(str(o["lock"])).read_text().startswith("ended code=3")
     assert claim_dead(str(o["lock"]))  # free now, and marked dead...
     assert Path(str(o["lock"])).read_text().startswith("dead")
     # ...so that a supervisor that comes late never starts the job
-    assert SupervisedJob.spawn(o, {}) == (125, "declared dead")
+    assert SupervisedJob.spawn(o, {}).started() == (125, "declared dead")
     assert "declared dead" in Path(str(o["log"])).read_text()
 
 
 def test_cannot_execute(tmp_path: Path) -> None:
     o = orders(tmp_path, ["/no/such/program"])
-    assert SupervisedJob.spawn(o, {}) == (127, "cannot execute")
+    assert SupervisedJob.spawn(o, {}).started() == (127, "cannot execute")
     assert "cannot execute" in Path(str(o["log"])).read_text()
 
 
@@ -66,7 +66,7 @@ def test_escaping_grandchild_never_survives(tmp_path: Path, how: str) -> None:
         argv = ["sh", "-c", f"{' '.join(argv)} & sleep 0.3; exit 0"]
     extra = {"term_at": time.time() + 0.3, "kill_at": time.time() + 0.6} if how == "window" else {}
     job = SupervisedJob.spawn(orders(tmp_path, argv, **extra), {"PATH": os.environ["PATH"]})
-    assert isinstance(job, SupervisedJob)
+    assert job.started() is None
     gc = grandchild(pidfile)
     if how == "stop":
         job.signal(int(signal.SIGTERM), 0.3)  # ignored; SIGKILL 0.3 s later
@@ -79,10 +79,19 @@ def test_escaping_grandchild_never_survives(tmp_path: Path, how: str) -> None:
                            "sigterm-to-supervisor": (-9, "-")}[how]
 
 
+def test_stop_sent_before_the_job_runs(tmp_path: Path) -> None:
+    job = SupervisedJob.spawn(orders(tmp_path, ["sleep", "60"]), {"PATH": os.environ["PATH"]})
+    job.signal(int(signal.SIGKILL))  # queued in the pipe while the supervisor starts
+    assert job.started() is None
+    t = time.monotonic()
+    assert job.wait()[0] == -9 and time.monotonic() - t < 2
+
+
 PARENT = textwrap.dedent("""
     import json, os, sys, time
     from cellsched.executor._supervisor import SupervisedJob
     job = SupervisedJob.spawn(json.loads(sys.argv[1]), {"PATH": os.environ["PATH"]})
+    job.started()
     print(job.supervisor, flush=True)
     time.sleep(600)
 """)

@@ -161,22 +161,16 @@ class RankWorker:
                   "term_at": term_at, "kill_at": kill_at, "grace": peer_grace,
                   "node": self.node_id}
         try:
-            got = SupervisedJob.spawn(orders, env)
-        except OSError as e:  # cannot even start the supervisor (no memory, no processes)
-            got = (126, f"cannot start the supervisor: {e}")
-        if isinstance(got, tuple):
-            self._finish(rec, got[0], time.monotonic() - t0, peers, peer_grace)
+            job = SupervisedJob.spawn(orders, env)
+        except OSError:  # cannot even start the supervisor (no memory, no processes)
+            self._finish(rec, 126, time.monotonic() - t0, peers, peer_grace)
             return "started"
         with self._lock:
-            rec.started_at = got.started_at
-            rec.pid = got.pid
-            rec.supervisor = got.supervisor
-            self._procs[key] = got
-            reason = rec.stop_reason
-        if reason is not None:  # a stop came while the supervisor was starting
-            got.signal(int(signal.SIGKILL))
+            self._procs[key] = job
+        # The supervisor starts the job in the background (tens of ms of Python start-up
+        # that launch does not wait for); a stop meanwhile is queued in its pipe.
         threading.Thread(
-            target=self._wait, args=(rec, got, t0, peers, peer_grace), daemon=True
+            target=self._wait, args=(rec, job, t0, peers, peer_grace), daemon=True
         ).start()
         return "started"
 
@@ -184,6 +178,12 @@ class RankWorker:
         self, rec: RankRecord, job: SupervisedJob, t0: float, peers: list[Any],
         peer_grace: float,
     ) -> None:
+        refused = job.started()
+        if refused is not None:
+            self._finish(rec, refused[0], time.monotonic() - t0, peers, peer_grace)
+            return
+        with self._lock:
+            rec.started_at, rec.pid, rec.supervisor = job.started_at, job.pid, job.supervisor
         # The supervisor answers only once every process of the job is gone.
         code, seconds, why = job.wait()
         if why in ("term_at", "kill_at"):
@@ -233,11 +233,6 @@ class RankWorker:
                 # First reason wins: a failure's peers stay "peer" even if killed later.
                 if rec.stop_reason is None:
                     rec.stop_reason = reason
-            # A start still spawning its supervisor: the reason is recorded, start kills it.
-            for k, r in self._records.items():
-                if (r.ended_at is None and k not in self._procs and r.stop_reason is None
-                        and (job is None or k[0] == job) and (attempt is None or k[1] == attempt)):
-                    r.stop_reason = reason
         for _, p in targets:
             p.signal(sig, None if sig == signal.SIGKILL else grace)
         return len(targets)

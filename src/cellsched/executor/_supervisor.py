@@ -159,6 +159,7 @@ class _Supervisor:
         self.kill_deadline: float | None = None  # monotonic
         self.buf = b""
         self.duration = 0.0
+        self.t0 = 0.0  # monotonic, just before the job is started
 
     def signal_tree(self, sig: int) -> None:
         if self.job:
@@ -217,7 +218,6 @@ class _Supervisor:
 
     def run(self, ctl: int, wake: int) -> None:
         o = self.o
-        t0 = time.monotonic()
         term_at, kill_at = o.get("term_at"), o.get("kill_at")
         rank_alive = True
         while not self.leader_exited():
@@ -246,7 +246,7 @@ class _Supervisor:
             if ctl in ready and not self.commands(os.read(ctl, 4096)):
                 rank_alive = False  # the rank died: nothing of its job may outlive it
                 self.stop(signal.SIGKILL, None, "rank-lost")
-        self.duration = time.monotonic() - t0
+        self.duration = time.monotonic() - self.t0
 
     def finish(self) -> None:
         """Kill and reap every descendant, then the leader: nothing of the job is left."""
@@ -334,7 +334,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGHUP, lambda *_: None)
     argv = orders["argv"]
-    started = time.time()
+    started, sup.t0 = time.time(), time.monotonic()
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -368,40 +368,47 @@ def main() -> int:
 
 
 class SupervisedJob:
-    """The rank's handle on one supervised job (stdlib only, usable without Ray)."""
+    """The rank's handle on one supervised job (stdlib only, usable without Ray).
 
-    def __init__(self, ctl: int, status: object, pid: int, started_at: float,
-                 supervisor: int) -> None:
-        self._ctl = ctl  # write end of the supervisor's stdin: its only one
-        self._status = status
-        self.pid = pid  # the job's main process (and process group)
-        self.started_at = started_at
-        self.supervisor = supervisor
+    ``spawn`` returns at once (the supervisor starts in the background); ``started`` waits
+    for the job to run; ``signal`` may be called before that (the supervisor acts on it as
+    soon as the job runs); ``wait`` returns once nothing of the job is left."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin is not None and proc.stdout is not None
+        self._proc = proc
+        self._ctl = os.dup(proc.stdin.fileno())  # non-inheritable: no other child gets it
+        proc.stdin.close()  # the supervisor's stdin now has one write end: ours
+        self._status = proc.stdout
+        self.pid: int | None = None  # the job's main process (and process group)
+        self.started_at: float | None = None  # wall clock, as the supervisor saw it
+        self.supervisor: int | None = None
 
     @staticmethod
-    def spawn(orders: dict, env: dict[str, str]) -> SupervisedJob | tuple[int, str]:  # type: ignore[type-arg]
-        """Start a supervisor for ``orders`` (argv, log, lock, cwd, term_at, kill_at, grace)
-        with the job's environment ``env``. Returns the handle once the job runs, or
-        ``(exit_code, why)`` if it never started."""
+    def spawn(orders: dict, env: dict[str, str]) -> SupervisedJob:  # type: ignore[type-arg]
+        """Start a supervisor for ``orders`` (argv, log, lock, cwd, term_at, kill_at, grace,
+        node) with the job's environment ``env``; returns at once."""
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True, close_fds=True,
         )
-        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdin is not None
         proc.stdin.write(json.dumps(orders).encode() + b"\n")
         proc.stdin.flush()
-        proc.wait()  # the first process exits at once; the supervisor is its child
-        line = proc.stdout.readline().decode().split()
-        ctl = os.dup(proc.stdin.fileno())  # O_CLOEXEC by default: no other child inherits it
-        proc.stdin.close()
-        if not line or line[0] != "started":
-            os.close(ctl)
-            proc.stdout.close()
-            if line and line[0] == "refused":
-                return int(line[1]), " ".join(line[2:])
-            return 126, "supervisor failed to start"
-        return SupervisedJob(ctl, proc.stdout, int(line[1]), float(line[2]), int(line[3]))
+        return SupervisedJob(proc)
+
+    def started(self) -> tuple[int, str] | None:
+        """Wait until the job runs (None), or ``(exit code, why)`` if it never will."""
+        self._proc.wait()  # the first process exits at once; the supervisor was its child
+        line = self._status.readline().decode().split()
+        if line and line[0] == "started":
+            self.pid, self.started_at, self.supervisor = int(line[1]), float(line[2]), int(line[3])
+            return None
+        self._close()
+        if line and line[0] == "refused":
+            return int(line[1]), " ".join(line[2:])
+        return 126, "supervisor failed to start"
 
     def signal(self, sig: int, grace: float | None = None) -> None:
         """Ask the supervisor to send ``sig`` to the whole job tree (SIGKILL after
@@ -409,30 +416,30 @@ class SupervisedJob:
         try:
             os.write(self._ctl, f"signal {sig} {'-' if grace is None else grace}\n".encode())
         except OSError:
-            try:
-                os.killpg(self.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
+            if self.pid:
+                try:
+                    os.killpg(self.pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def wait(self) -> tuple[int, float | None, str]:
-        """Block until everything of the job is gone: (exit code, run seconds, why)."""
-        line = self._status.readline().decode().split()  # type: ignore[attr-defined]
-        self._status.close()  # type: ignore[attr-defined]
-        try:
-            os.close(self._ctl)
-        except OSError:
-            pass
+        """After ``started``: block until everything of the job is gone; returns (exit
+        code, the main process's run seconds, why it was stopped: ``-``, ``term_at``,
+        ``kill_at``, ``rank-lost``)."""
+        line = self._status.readline().decode().split()
+        self._close()
         if len(line) == 4 and line[0] == "exit":
             return int(line[1]), float(line[2]), line[3]
         # The supervisor itself was killed: make sure at least the job's group goes.
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.pid:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return -int(signal.SIGKILL), None, "supervisor-lost"
 
-    def detach(self) -> None:
-        """Close the control pipe: the supervisor reads it as the rank's death."""
+    def _close(self) -> None:
+        self._status.close()
         try:
             os.close(self._ctl)
         except OSError:
