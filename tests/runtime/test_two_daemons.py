@@ -214,13 +214,15 @@ def test_two_daemons_one_serves_then_standby_takes_over(tmp_path: Path, ledger_u
         assert res["epoch"] == 3  # 1: the first winner, 2: the leader here, 3: the standby
         # lease_s after the last heartbeat (≤ one renew period before the kill) + one retry
         # + the first pass; target ≤ 15 s with the default timings (benchmarks/takeover.py).
-        assert 0 < res["takeover_s"] <= lease_s + 5, standby.text()
+        assert 0 < res["takeover_s"] <= lease_s + 5, (res["takeover_s"], standby.text())
+        print(f"takeover_s {res['takeover_s']:.2f} (lease {lease_s} s)")
         st = state(led)
         assert st.alive and st.pid == standby.pid and st.epoch == 3
         # A clean stop: exit 0, lease released at once.
         os.kill(standby.pid, signal.SIGTERM)
         assert standby.exit_code(60) == 0, standby.text()
         assert "lease released" in standby.text()
+        assert clean_up(run_id) == []  # its local Ray went with it
         st = state(led)
         assert not st.alive and st.released and st.down_since is not None
     finally:
