@@ -43,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -83,8 +84,11 @@ def claim_dead(lock_path: str, host: str | None = None,
     while its job's process group or session still has a live process.
     """
     host = host or socket.gethostname()
-    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False  # cannot look (unwritable log_dir): no proof
     try:
         if not _try_lock(fd):
             return False
@@ -293,6 +297,9 @@ def main() -> int:
     orders = json.loads(line)
     if os.fork():
         os._exit(0)  # no child of the Ray worker any more (see the module docstring)
+    # A mask inherited from the worker's thread would reach the job: a blocked SIGTERM
+    # would make every job ignore its window.
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
@@ -379,6 +386,7 @@ class SupervisedJob:
         self._proc = proc
         self._ctl = os.dup(proc.stdin.fileno())  # non-inheritable: no other child gets it
         proc.stdin.close()  # the supervisor's stdin now has one write end: ours
+        self._ctl_lock = threading.Lock()  # stop (actor thread) vs. close (waiter thread)
         self._status = proc.stdout
         self.pid: int | None = None  # the job's main process (and process group)
         self.started_at: float | None = None  # wall clock, as the supervisor saw it
@@ -414,7 +422,10 @@ class SupervisedJob:
         """Ask the supervisor to send ``sig`` to the whole job tree (SIGKILL after
         ``grace`` seconds when given); if it is gone, at least the job's group gets it."""
         try:
-            os.write(self._ctl, f"signal {sig} {'-' if grace is None else grace}\n".encode())
+            with self._ctl_lock:  # never write to a closed (maybe reused) descriptor
+                if self._ctl < 0:
+                    raise BrokenPipeError
+                os.write(self._ctl, f"signal {sig} {'-' if grace is None else grace}\n".encode())
         except OSError:
             if self.pid:
                 try:
@@ -440,10 +451,10 @@ class SupervisedJob:
 
     def _close(self) -> None:
         self._status.close()
-        try:
-            os.close(self._ctl)
-        except OSError:
-            pass
+        with self._ctl_lock:
+            if self._ctl >= 0:
+                os.close(self._ctl)
+                self._ctl = -1
 
 
 if __name__ == "__main__":

@@ -532,9 +532,13 @@ class RayExecutor:
             self._check_epoch(name, [i["epoch"] for i in infos if isinstance(i, dict)])
             if any(isinstance(i, dict) and i["state"] == "running" for i in infos):
                 return "alive"
+            # A rank that does not answer counts if its node is dead, or if its bundle has
+            # lost its node (a placed group's bundle is re-placed only after its node died).
             where = found[1].get("bundles_to_node_id", {})
+            resched = found[1]["state"] == "RESCHEDULING"
             ray_proof = all(
-                (isinstance(i, dict) and i["epoch"] == self.epoch) or where.get(b) in dead_nodes
+                (isinstance(i, dict) and i["epoch"] == self.epoch)
+                or where.get(b) in dead_nodes or (resched and where.get(b) == "")
                 for b, i in enumerate(infos)
             )
         # Claim every lock (a late supervisor then never starts the job), even without
