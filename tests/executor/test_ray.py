@@ -384,3 +384,42 @@ def test_attempt_fate(rex: Any, tmp_path: Path) -> None:
     rex.release(n)
     assert rex.attempt_fate(n, "b", 0, 2, str(tmp_path)) == "dead"
     assert all(Path(g2.lock_path(r)).read_text().startswith("dead") for r in (0, 1))
+
+
+CRASHING_DAEMON = textwrap.dedent("""
+    import sys, time
+    from cellsched.executor import GangSpec, RayExecutor
+    ex = RayExecutor("local", ray_init=dict(num_cpus=1, num_gpus=1, include_dashboard=False,
+                                            log_to_driver=False))
+    n = "cellsched/test/crash"
+    ex.reserve(n, 1)
+    while ex.reservation_state(n) != "ready":
+        time.sleep(0.01)
+    ex.launch(GangSpec(n, "proj", "esc", 0, sys.argv[1:-1], [0], sys.argv[-1]))
+    print("launched", flush=True)
+    time.sleep(600)
+""")
+
+
+def test_local_ray_dying_with_its_daemon_takes_the_jobs(rex: Any, tmp_path: Path) -> None:
+    """A daemon with a Ray of its own is stopped: its Ray goes, and so does every job
+    process; until then the session's executor (another Ray: it cannot see the group) only
+    says "unknown", and "dead" afterwards, from the lock file."""
+    import signal
+
+    argv, pidfile = escaping(tmp_path)
+    logs = tmp_path / "logs"
+    daemon = subprocess.Popen([PY, "-c", CRASHING_DAEMON, *argv, str(logs)],
+                              stdout=subprocess.PIPE, env=os.environ.copy())
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline() == b"launched\n"
+        gc = grandchild(pidfile)
+        n = "cellsched/test/crash"
+        assert rex.reservation_state(n) == "missing"
+        assert rex.attempt_fate(n, "esc", 0, 1, str(logs)) == "unknown"  # its lock is held
+        daemon.send_signal(signal.SIGINT)  # Ctrl-C: the daemon exits, its local Ray with it
+        daemon.wait(timeout=60)
+    finally:
+        daemon.kill()
+    until(lambda: not pid_alive(gc), timeout=10)
+    assert until(lambda: rex.attempt_fate(n, "esc", 0, 1, str(logs)) == "dead", timeout=5)
