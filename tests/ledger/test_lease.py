@@ -162,3 +162,68 @@ def test_racing_processes_one_wins(ledger_url: str) -> None:
     # every loser names the same holder: one of the racers
     named = {r[1] for r in results if r[0] == "held"}
     assert len(named) == 1 and named <= {p.pid for p in procs}
+
+
+# -- the daemon loop around the lease (in-memory executor, no Ray) ---------------------------
+
+
+def _serve_in_thread(env, stop):  # type: ignore[no-untyped-def]
+    import threading
+
+    from cellsched.executor import MemoryExecutor
+    from cellsched.runtime.daemon import serve
+    from cellsched.runtime.reconciler import Settings
+
+    out: dict[str, int] = {}
+    t = threading.Thread(target=lambda: out.setdefault("code", serve(
+        env, MemoryExecutor(), interval=0.05, stop=stop,
+        settings=Settings(logs_root=None, notify_in_background=False))), daemon=True)
+    t.start()
+    return t, out
+
+
+def _until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_serve_heartbeats_then_releases_on_stop(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import threading
+
+    monkeypatch.setenv("CELLSCHED_LEASE_S", "1")  # renew every 0.2 s
+    stop = threading.Event()
+    t, out = _serve_in_thread(env, stop)
+    _until(lambda: state(env.ledger).alive)
+    first = state(env.ledger)
+    assert first.pid == os.getpid() and first.epoch == 1
+    time.sleep(1.5)  # longer than the lease: alive only because it is renewed
+    later = state(env.ledger)
+    assert later.alive and later.renewed_at > first.renewed_at and later.epoch == 1
+    stop.set()
+    t.join(10)
+    assert out["code"] == 0
+    st = state(env.ledger)
+    assert not st.alive and st.released
+
+
+def test_serve_deposed_stops_at_once_with_exit_1(env, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    from cellsched.ledger.tables import LeaseRow
+
+    monkeypatch.setenv("CELLSCHED_LEASE_S", "1")
+    stop = threading.Event()
+    t, out = _serve_in_thread(env, stop)
+    _until(lambda: state(env.ledger).alive)
+    with env.ledger.write() as s:  # as if the daemon had been paused past its lease
+        row = s.get(LeaseRow, 1)
+        row.expires_at = row.renewed_at - 1
+        s.add(row)
+    thief = acquire(env.ledger, host="standby", pid=2)
+    t.join(10)
+    assert out["code"] == 1
+    st = state(env.ledger)
+    assert st.alive and st.holder == thief.holder  # the deposed daemon released nothing

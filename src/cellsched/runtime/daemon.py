@@ -15,6 +15,7 @@ import time
 from typing import Any, Mapping
 
 from cellsched.errors import BadInput
+from cellsched.executor.base import Fenced
 from cellsched.ledger.lease import (Deposed, Lease, LeaseHeld, acquire, record_gpus, release, renew,
                                     timings, wait_acquire)
 from cellsched.runtime.reconciler import Reconciler, Settings
@@ -224,7 +225,7 @@ def _loop(rec: Reconciler, hb: Heartbeat, interval: float, once: bool) -> int:
         t = time.monotonic()
         try:
             errors += rec.tick().errors
-        except Deposed as e:
+        except (Deposed, Fenced) as e:  # the ledger or the ranks know a newer epoch
             hb.depose(str(e))
             break
         passes += 1
