@@ -23,7 +23,13 @@ from cellsched.executor import (
     ReservationConflict,
     UnknownReservation,
 )
-from cellsched.executor.testing import ESCAPING_JOB, pid_alive, until
+from cellsched.executor.testing import (
+    escaping_job,
+    grandchild_pid,
+    lock_held,
+    pid_alive,
+    until,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -235,27 +241,16 @@ def test_rank_actor_crash_loses_gang_and_rank_comes_back(rex: Any, ray_cluster: 
 # -- supervision, windows, environment, fencing, fate (issue 11) ----------------------------
 
 
-def escaping(tmp: Path) -> tuple[list[str], Path]:
-    script = tmp / "escape.py"
-    script.write_text(ESCAPING_JOB)
-    return [PY, str(script), str(tmp / "grandchild.pid")], tmp / "grandchild.pid"
-
-
-def grandchild(pidfile: Path) -> int:
-    until(lambda: pidfile.exists())
-    return int(pidfile.read_text())
-
-
 @pytest.mark.parametrize("how", ["release", "kill_at", "rank-actor-killed"])
 def test_escaping_grandchild_never_survives(rex: Any, ray_cluster: Any, tmp_path: Path,
                                             how: str) -> None:
     n = ready(rex, 2)
-    argv, pidfile = escaping(tmp_path)
+    argv, pidfile = escaping_job(tmp_path)
     now = time.time()
-    window = dict(term_at=now + 1.0, kill_at=now + 1.5) if how == "kill_at" else {}
+    window = {"term_at": now + 1.0, "kill_at": now + 1.5} if how == "kill_at" else {}
     g = GangSpec(n, "proj", "esc", 0, argv, (0, 1), str(tmp_path), **window)  # type: ignore[arg-type]
     rex.launch(g)
-    gc = grandchild(pidfile)
+    gc = grandchild_pid(pidfile)
     if how == "release":
         (r,) = rex.release(n)
         assert (r.outcome, r.exit_codes) == ("killed", (-9, -9))
@@ -361,21 +356,8 @@ def test_attempt_fate(rex: Any, tmp_path: Path) -> None:
     assert rex.attempt_fate(n, "a", 0, 1, str(tmp_path)) == "dead"  # its rank reports it ended
     assert Path(g.lock_path(0)).read_text().startswith("dead")
     # the ranks don't know it, but a process of this host holds its lock: may be alive
-    lock = tmp_path / "held" / "attempt-0" / "rank-0.lock"
-    lock.parent.mkdir(parents=True)
-    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
-        import fcntl, os, time
-        fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        print("locked", flush=True)
-        time.sleep(600)
-    """)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with lock_held(tmp_path / "held" / "attempt-0" / "rank-0.lock"):
         assert rex.attempt_fate(n, "held", 0, 1, str(tmp_path)) == "unknown"
-    finally:
-        holder.kill()
-        holder.wait()
     assert rex.attempt_fate(n, "held", 0, 1, str(tmp_path)) == "dead"
     # a gang still running when its group is released: dead, with lock-file proof
     g2 = spec(n, ["sleep", "60"], (0, 1), tmp_path, job="b")
@@ -407,13 +389,13 @@ def test_local_ray_dying_with_its_daemon_takes_the_jobs(rex: Any, tmp_path: Path
     says "unknown", and "dead" afterwards, from the lock file."""
     import signal
 
-    argv, pidfile = escaping(tmp_path)
+    argv, pidfile = escaping_job(tmp_path)
     logs = tmp_path / "logs"
     daemon = subprocess.Popen([PY, "-c", CRASHING_DAEMON, *argv, str(logs)],
                               stdout=subprocess.PIPE, env=os.environ.copy())
     try:
         assert daemon.stdout is not None and daemon.stdout.readline() == b"launched\n"
-        gc = grandchild(pidfile)
+        gc = grandchild_pid(pidfile)
         n = "cellsched/test/crash"
         assert rex.reservation_state(n) == "missing"
         assert rex.attempt_fate(n, "esc", 0, 1, str(logs)) == "unknown"  # its lock is held

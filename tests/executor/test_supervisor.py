@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from cellsched.executor._supervisor import SupervisedJob, claim_dead
-from cellsched.executor.testing import ESCAPING_JOB, pid_alive, until
+from cellsched.executor.testing import (
+    escaping_job,
+    grandchild_pid,
+    lock_held,
+    pid_alive,
+    until,
+)
 
 PY = sys.executable
 
@@ -23,18 +29,6 @@ PY = sys.executable
 def orders(tmp: Path, argv: list[str], **kw: object) -> dict[str, object]:
     return {"argv": argv, "log": str(tmp / "job" / "rank-0.log"),
             "lock": str(tmp / "job" / "rank-0.lock"), "grace": 0.5, **kw}
-
-
-def escaping(tmp: Path) -> tuple[list[str], Path]:
-    script = tmp / "escape.py"
-    script.write_text(ESCAPING_JOB)
-    pidfile = tmp / "grandchild.pid"
-    return [PY, str(script), str(pidfile)], pidfile
-
-
-def grandchild(pidfile: Path) -> int:
-    until(lambda: pidfile.exists())
-    return int(pidfile.read_text())
 
 
 def test_exit_status_log_and_lock(tmp_path: Path) -> None:
@@ -61,13 +55,13 @@ def test_cannot_execute(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("how", ["main-exits", "stop", "window", "sigterm-to-supervisor"])
 def test_escaping_grandchild_never_survives(tmp_path: Path, how: str) -> None:
-    argv, pidfile = escaping(tmp_path)
+    argv, pidfile = escaping_job(tmp_path)
     if how == "main-exits":  # the main process leaves, the daemonised grandchild stays
         argv = ["sh", "-c", f"{' '.join(argv)} & sleep 0.3; exit 0"]
     extra = {"term_at": time.time() + 0.3, "kill_at": time.time() + 0.6} if how == "window" else {}
     job = SupervisedJob.spawn(orders(tmp_path, argv, **extra), {"PATH": os.environ["PATH"]})
     assert job.started() is None
-    gc = grandchild(pidfile)
+    gc = grandchild_pid(pidfile)
     if how == "stop":
         job.signal(int(signal.SIGTERM), 0.3)  # ignored; SIGKILL 0.3 s later
     elif how == "sigterm-to-supervisor":
@@ -99,12 +93,12 @@ PARENT = textwrap.dedent("""
 
 def test_rank_process_death_kills_everything(tmp_path: Path) -> None:
     """The supervisor's rank dies (SIGKILL, so no clean-up of its own): the job goes."""
-    argv, pidfile = escaping(tmp_path)
+    argv, pidfile = escaping_job(tmp_path)
     o = orders(tmp_path, argv)
     parent = subprocess.Popen([PY, "-c", PARENT, json.dumps(o)], stdout=subprocess.PIPE)
     assert parent.stdout is not None
     supervisor = int(parent.stdout.readline())
-    gc = grandchild(pidfile)
+    gc = grandchild_pid(pidfile)
     # the grandchild's parent is the supervisor (a subreaper), not init
     assert Path(f"/proc/{gc}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(supervisor)
     parent.kill()
@@ -115,20 +109,8 @@ def test_rank_process_death_kills_everything(tmp_path: Path) -> None:
 
 def test_claim_dead_while_another_process_holds_the_lock(tmp_path: Path) -> None:
     lock = tmp_path / "a" / "rank-0.lock"
-    lock.parent.mkdir()
-    holder = subprocess.Popen([PY, "-c", textwrap.dedent(f"""
-        import fcntl, os, sys, time
-        fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        print("locked", flush=True)
-        time.sleep(600)
-    """)], stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with lock_held(lock):
         assert not claim_dead(str(lock))
-    finally:
-        holder.kill()
-        holder.wait()
     assert claim_dead(str(lock))
     # a supervisor of another host that never wrote "ended": not provable from here...
     lock.write_text("running supervisor=1 job=2 host=elsewhere node=n1 since=0\n")

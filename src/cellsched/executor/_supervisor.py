@@ -34,7 +34,6 @@ What it does:
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import json
 import os

@@ -36,8 +36,8 @@ from .base import (
     ResultKey,
     RunningGang,
     UnknownReservation,
-    check_gang,
     attempt_path,
+    check_gang,
     check_name,
     classify,
     round_seconds,
@@ -293,14 +293,14 @@ class RayExecutor:
         for i in infos:
             local.append(per_node[i["node_id"]])
             per_node[i["node_id"]] += 1
-        base_env = dict(
-            WORLD_SIZE=str(gang.width),
-            MASTER_ADDR=infos[0]["node_ip"],
-            MASTER_PORT=str(infos[0]["port"]),
-            CELLSCHED_PROJECT=gang.project,
-            CELLSCHED_JOB=gang.job,
-            CELLSCHED_ATTEMPT=str(gang.attempt),
-        )
+        base_env = {
+            "WORLD_SIZE": str(gang.width),
+            "MASTER_ADDR": infos[0]["node_ip"],
+            "MASTER_PORT": str(infos[0]["port"]),
+            "CELLSCHED_PROJECT": gang.project,
+            "CELLSCHED_JOB": gang.job,
+            "CELLSCHED_ATTEMPT": str(gang.attempt),
+        }
         member_ids = [(b, i["incarnation"], i["node_id"]) for b, i in zip(gang.bundles, infos)]
         gpu_ids = [",".join(i["gpu_ids"]) for i in infos]
         self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)

@@ -14,7 +14,10 @@ tens of ms).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -118,6 +121,36 @@ signal.signal(signal.SIGTERM, signal.SIG_IGN)
 while True:
     time.sleep(0.05)
 """
+
+
+def escaping_job(tmp: Path) -> tuple[list[str], Path]:
+    """``ESCAPING_JOB`` written under ``tmp``: (argv to run it, where its grandchild's pid goes)."""
+    script = tmp / "escape.py"
+    script.write_text(ESCAPING_JOB)
+    pidfile = tmp / "grandchild.pid"
+    return [sys.executable, str(script), str(pidfile)], pidfile
+
+
+def grandchild_pid(pidfile: Path) -> int:
+    """The escaping grandchild's pid, once it has written it."""
+    until(lambda: pidfile.exists())
+    return int(pidfile.read_text())
+
+
+@contextlib.contextmanager
+def lock_held(path: Path) -> Iterator[int]:
+    """Another process holds ``flock(LOCK_EX)`` on ``path`` (created) until the block ends;
+    yields its pid."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    code = (f"import fcntl, os, time\nfd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.fixture(scope="session")
