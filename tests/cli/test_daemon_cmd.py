@@ -145,3 +145,29 @@ def test_serve_on_a_newer_schema_exits_2(cli, ledger: Ledger) -> None:  # type: 
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
         "cellsched: ledger schema version 999 is newer than this cellsched understands (1); upgrade cellsched"]
+
+
+def test_serve_unresponsive_address_exits_2_in_bounded_time(cluster_file: Path, ledger: Ledger,
+                                                            ledger_url: str) -> None:
+    """A port that accepts connections but is no Ray: ray.init would retry for minutes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    cli = str(Path(sys.executable).parent / "cellsched")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)
+        port = srv.getsockname()[1]
+        t = time.monotonic()
+        r = subprocess.run([cli, "--cluster", str(cluster_file), "serve", "--address", f"127.0.0.1:{port}",
+                            "--connect-timeout", "2"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "CELLSCHED_DB": ledger_url, "RAY_AUTH_MODE": "disabled"})
+        took = time.monotonic() - t
+    assert r.returncode == 2, r.stderr
+    ours = [ln for ln in r.stderr.splitlines() if ln.startswith("cellsched:")]
+    assert ours == [f"cellsched: --address 127.0.0.1:{port}: Ray did not answer within 2 s"], r.stderr
+    assert "Traceback" not in r.stderr and took < 30
+    st = state(ledger)
+    assert not st.alive and st.released

@@ -24,6 +24,8 @@ def serve(
                                                      help="Job logs and reports (default: logs/ beside the cluster config).")] = None,
     placement_timeout: Annotated[int, typer.Option("--placement-timeout", min=1,
                                                    help="Seconds a group may stay unplaced before it counts as a guarantee breach.")] = 10,
+    connect_timeout: Annotated[float, typer.Option("--connect-timeout", min=1,
+                                                   help="Seconds to wait for the Ray at --address to answer.")] = 60.0,
     standby: Annotated[bool, typer.Option("--standby", help="If another daemon holds the ledger's lease, connect to Ray and wait; take over when its lease expires.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -36,13 +38,21 @@ def serve(
 
     **Example**: RAY_ADDRESS=ray://head:10001 cellsched serve --standby
     """
-    from cellsched.runtime.daemon import run, setup_logging
+    import os
+    import sys
+
+    from cellsched.runtime.daemon import RayUnresponsive, run, setup_logging
     from cellsched.runtime.reconciler import Settings
 
     setup_logging(verbose)
     e = env()
     settings = Settings(logs_root=logs_dir, placement_timeout_s=placement_timeout, notify_in_background=not once)
-    code = run(e, address, gpus, standby=standby, interval=interval, once=once, settings=settings)
+    try:
+        code = run(e, address, gpus, standby=standby, interval=interval, once=once, settings=settings,
+                   connect_timeout_s=connect_timeout)
+    except RayUnresponsive as err:
+        print(f"cellsched: {err.message}", file=sys.stderr, flush=True)
+        os._exit(2)  # ray.init is still stuck in a thread: a normal exit would wait for it
     raise typer.Exit(code)
 
 

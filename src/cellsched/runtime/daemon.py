@@ -23,6 +23,10 @@ from cellsched.service import Env
 
 log = logging.getLogger("cellsched.daemon")
 
+#: How long ``serve --address`` waits for ``ray.init`` on an address that accepts TCP
+#: connections (Ray 2.60 retries an unresponsive one for minutes without raising).
+CONNECT_TIMEOUT_S = 60.0
+
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now (test runners swap it per command)."""
@@ -87,15 +91,49 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         raise BadInput(f"--address {address}: no Ray cluster answers there ({why})") from None
 
 
-def connect(address: str | None, local_gpus: int | None = None) -> tuple[Any, bool]:
+def _no_sigterm_note(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+class RayUnresponsive(BadInput):
+    """``ray.init`` on an address did not return in time; it is still stuck in a thread, so
+    the process must leave with ``os._exit`` (a normal exit would wait for Ray's atexit)."""
+
+
+def connect(address: str | None, local_gpus: int | None = None,
+            timeout_s: float = CONNECT_TIMEOUT_S) -> tuple[Any, bool]:
     """(the executor on ``address`` or a new local Ray, whether it started a local Ray).
-    An unreachable address: BadInput (one line, exit 2) in bounded time."""
+    An unreachable or unresponsive address: BadInput (one line, exit 2) in bounded time:
+    a TCP connect first, then ``timeout_s`` for ``ray.init`` in a thread (a new local Ray is
+    started in this thread, unbounded: slow on a busy machine, but it does not hang)."""
     target = address or os.environ.get("RAY_ADDRESS")
+    local = not target or target == "local"
     check_address(target)
-    try:
-        return ray_executor(address, local_gpus=local_gpus), not target or target == "local"
-    except ConnectionError as e:
-        raise BadInput(f"--address {target}: cannot connect to Ray ({str(e).splitlines()[0]})") from None
+    if local:
+        return ray_executor(address, local_gpus=local_gpus), True
+    box: dict[str, Any] = {}
+
+    def init() -> None:
+        try:
+            box["ex"] = ray_executor(address, local_gpus=local_gpus)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    # ray.init in a thread says it cannot set its SIGTERM handler: serve sets its own anyway.
+    ray_log = logging.getLogger("ray._private.worker")
+    ray_log.addFilter(_no_sigterm_note)
+    t = threading.Thread(target=init, name="cellsched-ray-init", daemon=True)
+    t.start()
+    t.join(timeout_s)
+    ray_log.removeFilter(_no_sigterm_note)
+    if t.is_alive():
+        raise RayUnresponsive(f"--address {target}: Ray did not answer within {timeout_s:g} s")
+    err = box.get("error")
+    if isinstance(err, ConnectionError):
+        raise BadInput(f"--address {target}: cannot connect to Ray ({str(err).splitlines()[0]})") from None
+    if err is not None:
+        raise err
+    return box["ex"], local
 
 
 def ray_gpus() -> int | None:
@@ -240,7 +278,7 @@ def _loop(rec: Reconciler, hb: Heartbeat, interval: float, once: bool) -> int:
 
 
 def run(env: Env, address: str | None, gpus: int | None, *, standby: bool = False, interval: float = 1.0,
-        once: bool = False, settings: Settings | None = None) -> int:
+        once: bool = False, settings: Settings | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> int:
     """``cellsched serve``: the lease first (held by another: LeaseHeld, one line, exit 2),
     then Ray; with ``standby``, Ray first (a hot standby), then wait for the lease and take
     over. The heartbeat runs from the moment the lease is held (connecting to Ray can take
@@ -254,14 +292,14 @@ def run(env: Env, address: str | None, gpus: int | None, *, standby: bool = Fals
         hb = Heartbeat(env, lease, renew_s, duration_s, stop)
         hb.start()
         try:
-            ex, local = connect(address, gpus)
+            ex, local = connect(address, gpus, connect_timeout_s)
         except BaseException:
             hb.done.set()
             hb.join(timeout=5)
             release(env.ledger, hb.lease)
             raise
     else:
-        ex, local = connect(address, gpus)
+        ex, local = connect(address, gpus, connect_timeout_s)
         if threading.current_thread() is threading.main_thread():
             _on_signals(stop)
 
