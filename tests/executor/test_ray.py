@@ -313,7 +313,7 @@ def test_pass_env_through_the_executor(rex: Any, tmp_path: Path) -> None:
         assert env["CELLSCHED_JOB"] == job and "CUDA_VISIBLE_DEVICES" in env
 
 
-def test_fenced_commands_are_refused(rex: Any, tmp_path: Path) -> None:
+def test_fenced_commands_are_refused(rex: Any, ray_cluster: Any, tmp_path: Path) -> None:
     from cellsched.executor import Fenced, RayExecutor
 
     n = ready(rex, 2)
@@ -341,13 +341,30 @@ def test_fenced_commands_are_refused(rex: Any, tmp_path: Path) -> None:
         got = {r.job: r.outcome for r in until(lambda: len(new.poll(n)) == 2 and new.poll(n))}
         assert got == {"a": "killed", "b": "succeeded"}
         new.ack(n, [("a", 0), ("b", 0)])
+        # a rank Ray restarts (as after a node loss) comes back with its creation arguments
+        # (epoch 0) but does not forget the fence
+        rank1 = ray_cluster.get_actor(f"{n}/rank-1", namespace="cellsched")
+        before = ray_cluster.get(rank1.info.remote())["incarnation"]
+        ray_cluster.kill(rank1, no_restart=False)
+
+        def restarted() -> bool:
+            try:
+                return ray_cluster.get(rank1.info.remote(), timeout=5)["incarnation"] != before
+            except Exception:  # noqa: BLE001 - restarting
+                return False
+
+        until(restarted)
+        assert ray_cluster.get(rank1.info.remote())["epoch"] == 5
+        with pytest.raises(Fenced):
+            stale.launch(spec(n, ["true"], (1,), tmp_path, job="c"))
+        new.launch(spec(n, ["true"], (1,), tmp_path, job="c"))
+        assert result(new, n).outcome == "succeeded"
     finally:
         new.release(n)
 
 
 def test_attempt_fate(rex: Any, tmp_path: Path) -> None:
     n = ready(rex, 2)
-    rex.fence(1)
     g = spec(n, ["sleep", "60"], (1,), tmp_path, job="a")
     rex.launch(g)
     assert rex.attempt_fate(n, "a", 0, 1, str(tmp_path)) == "alive"

@@ -53,6 +53,24 @@ class RankRecord:
     acked: bool = False
 
 
+def epoch_key(reservation: str) -> str:
+    """Where ``fence`` records the epoch it pushed to the ranks of ``reservation``, in Ray's
+    internal KV store (Ray namespace), so that a rank Ray restarts does not forget it."""
+    return f"cellsched-epoch:{reservation}"
+
+
+def stored_epoch(reservation: str) -> int:
+    """The epoch the last ``fence`` stored for ``reservation`` (0 if none or unreadable)."""
+    try:
+        import ray
+        from ray.experimental.internal_kv import _internal_kv_get
+
+        ns = ray.get_runtime_context().namespace
+        return int(_internal_kv_get(epoch_key(reservation), namespace=ns) or 0)
+    except Exception:  # noqa: BLE001 - a missing store must not stop a rank from starting
+        return 0
+
+
 def free_port() -> int:
     """A TCP port free on this node right now (for MASTER_PORT)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -68,7 +86,9 @@ class RankWorker:
 
         self.reservation = reservation
         self.bundle = bundle
-        self.epoch = epoch  # the newest daemon epoch seen (a fencing token)
+        # The newest daemon epoch seen (a fencing token). Ray restarts this actor with its
+        # creation arguments, so the epoch ``fence`` recorded in Ray's KV store counts too.
+        self.epoch = max(epoch, stored_epoch(reservation))
         # A fresh id per incarnation: after Ray restarts this actor elsewhere (node lost),
         # the driver sees a different id and knows the jobs started here are lost.
         self.incarnation = uuid.uuid4().hex

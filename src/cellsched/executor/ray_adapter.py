@@ -23,7 +23,7 @@ import time
 from collections import defaultdict
 from typing import Any, Iterable, Mapping
 
-from ._rank import EXECUTOR_REASONS, FENCED, RankWorker
+from ._rank import EXECUTOR_REASONS, FENCED, RankWorker, epoch_key, stored_epoch
 from ._supervisor import claim_dead
 from .base import (
     Fate,
@@ -474,6 +474,7 @@ class RayExecutor:
 
     def release(self, name: str, settle_s: float = 5.0) -> list[GangResult]:
         """See the Protocol. ``settle_s`` bounds the wait for killed processes to be reaped."""
+        from ray.experimental.internal_kv import _internal_kv_del
         from ray.util import remove_placement_group
 
         found = self._group(name)
@@ -502,14 +503,22 @@ class RayExecutor:
             except Exception:  # already dead: nothing to free
                 pass
         remove_placement_group(pg)
+        _internal_kv_del(epoch_key(name), namespace=self.namespace)
         self._forget(name)
         self._launched.pop(name, None)
         return [out[k] for k in sorted(out)]
 
     def fence(self, epoch: int) -> None:
+        from ray.experimental.internal_kv import _internal_kv_put
+
         self.epoch = epoch
         refs = []
         for name in self.reservations():
+            # Recorded in Ray's KV store too: a rank that Ray restarts (node lost) comes back
+            # with its creation arguments and must not forget the fence.
+            if epoch > stored_epoch(name):
+                _internal_kv_put(epoch_key(name), str(epoch), overwrite=True,
+                                 namespace=self.namespace)
             found = self._group(name)
             if found is None or found[1]["state"] == "PENDING":
                 continue  # its ranks have not started: calls would only time out
