@@ -134,8 +134,52 @@ def _processes() -> dict[int, tuple[int, str, int, int]]:
     return out
 
 
-def descendants(root: int) -> list[int]:
-    """Live (non-zombie) processes whose parent chain leads to ``root``."""
+def _stat(pid: int) -> str | None:
+    """The state letter of ``pid`` (``Z`` for a zombie), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().decode(errors="replace").rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _children(pid: int) -> list[int] | None:
+    """Children of ``pid`` from ``/proc/<pid>/task/*/children`` (None: not available)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task/{tid}"):
+                continue  # the thread ended meanwhile
+            return None  # kernel without CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return out
+
+
+def descendants(root: int, thorough: bool = False) -> list[int]:
+    """Live (non-zombie) processes whose parent chain leads to ``root``.
+
+    Fast: walks only ``root``'s subtree through the ``children`` files, which may miss a
+    process forked meanwhile (callers loop until nothing is left). ``thorough``: reads every
+    process in ``/proc`` instead (for the final "nothing is left")."""
+    if not thorough:
+        out, todo = [], [root]
+        while todo:
+            kids = _children(todo.pop())
+            if kids is None:
+                return descendants(root, thorough=True)
+            for pid in kids:
+                if _stat(pid) not in (None, "Z"):
+                    out.append(pid)
+                todo.append(pid)
+        return sorted(out)
     procs = _processes()
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _, _) in procs.items():
@@ -187,13 +231,19 @@ class _Supervisor:
             self.kill_deadline = t if self.kill_deadline is None else min(self.kill_deadline, t)
 
     def reap_others(self) -> None:
-        """Reap adopted orphans that died (never the job's leader: see ``finish``)."""
-        for pid, (ppid, state, _, _) in _processes().items():
-            if ppid == self.me and pid != self.job and state == "Z":
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+        """Reap adopted orphans that died, until the next dead child is the job's leader
+        (never reaped before ``finish``: see ``leader_exited``)."""
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if info is None or info.si_pid == self.job:
+                return
+            try:
+                os.waitpid(info.si_pid, 0)
+            except ChildProcessError:
+                return
 
     def leader_exited(self) -> bool:
         if self.exit_status is not None:
@@ -254,7 +304,8 @@ class _Supervisor:
     def finish(self) -> None:
         """Kill and reap every descendant, then the leader: nothing of the job is left."""
         while True:
-            if not descendants(self.me):  # zombies do not count: they are reaped below
+            # zombies do not count: they are reaped below
+            if not descendants(self.me) and not descendants(self.me, thorough=True):
                 break
             self.signal_tree(signal.SIGKILL)
             self.reap_others()
