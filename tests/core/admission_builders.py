@@ -29,8 +29,10 @@ class ClusterBuilder:
     policy_kw: dict[str, Any] = field(default_factory=dict)
     admins: tuple[str, ...] = ()
 
-    def pool(self, name: str, gpus: int, gpu_type: str | None = None) -> ClusterBuilder:
-        self.pools.append(Pool(name=name, gpu_type=gpu_type or name.upper(), gpus=gpus, gpus_per_node=1))
+    def pool(self, name: str, gpus: int, gpu_type: str | None = None, per_node: int | None = None) -> ClusterBuilder:
+        """A pool of ``gpus`` on nodes of ``per_node`` (default: one node, the flat case)."""
+        self.pools.append(Pool(name=name, gpu_type=gpu_type or name.upper(), gpus=gpus,
+                               gpus_per_node=per_node or gpus))
         return self
 
     def team(self, name: str, hours: float = 1e6, max_gpus: int | None = None, period: str = "month",

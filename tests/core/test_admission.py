@@ -327,10 +327,8 @@ def test_narrower_alternative_found_when_narrow_widths_are_too_long_for_the_wind
 
 def test_start_now_moves_a_grant_whose_whole_window_fits_now_and_nothing_else() -> None:
     s = cluster().pool("h100", 8).team("a", period="none").schedule()
-    first = Grant("first", "a", "h100", 8, T0, T0 + 10 * H)
-    waiting = Grant("second", "a", "h100", 4, T0 + 10 * H, T0 + 12 * H)
-    for g in (first, waiting):
-        s.commit(g)
+    first = s.commit(Grant("first", "a", "h100", 8, T0, T0 + 10 * H))
+    waiting = s.commit(Grant("second", "a", "h100", 4, T0 + 10 * H, T0 + 12 * H))
     assert s.start_now(waiting, T0 + H) == waiting  # first still holds all 8
     s.release(first, T0 + H)  # first ends early
     moved = s.start_now(waiting, T0 + H)
@@ -348,23 +346,20 @@ def test_start_now_overlapping_its_own_window_and_blocked_by_another() -> None:
     assert s.start_now(waiting, T0 + H).start == T0 + H
     s2 = cluster().pool("p", 4).team("a", period="none").schedule()
     busy = Grant("b", "a", "p", 1, T0, T0 + 90 * 60)
-    for g in (busy, Grant("w", "a", "p", 4, T0 + 2 * H, T0 + 6 * H)):
-        s2.commit(g)
-    w = Grant("w", "a", "p", 4, T0 + 2 * H, T0 + 6 * H)
+    s2.commit(busy)
+    w = s2.commit(Grant("w", "a", "p", 4, T0 + 2 * H, T0 + 6 * H))
     assert s2.start_now(w, T0 + H) == w  # one GPU is busy until T0+1.5h
 
 
 def test_start_now_respects_max_gpus_and_the_allowance_of_the_period_it_moves_into() -> None:
     s = cluster().pool("p", 16).team("capped", max_gpus=4, period="none").schedule()
     s.commit(Grant("run", "capped", "p", 4, T0, T0 + 5 * H))
-    w = Grant("w", "capped", "p", 2, T0 + 5 * H, T0 + 6 * H)
-    s.commit(w)
+    w = s.commit(Grant("w", "capped", "p", 2, T0 + 5 * H, T0 + 6 * H))
     assert s.start_now(w, T0 + H) == w  # 12 GPUs idle, but the team may hold only 4
     # December is spent; the January window may not move back into it.
     s = cluster().pool("p", 16).team("m", hours=10).schedule()
     s.commit(Grant("dec", "m", "p", 10, JAN - H, JAN))
-    w = Grant("jan", "m", "p", 1, JAN, JAN + H)
-    s.commit(w)
+    w = s.commit(Grant("jan", "m", "p", 1, JAN, JAN + H))
     assert s.start_now(w, JAN - 2 * H) == w
     assert s.teams["m"].book.charged == {at(2026, 12, 1): 10 * H, JAN: H}
 

@@ -22,15 +22,19 @@ def trace(*rows: tuple) -> Trace:
     return Trace("test", jobs)
 
 
-def cluster(gpus: int, teams: dict[str, float] | None = None) -> ClusterConfig:
+def cluster(gpus: int, teams: dict[str, float] | None = None, per_node: int | None = None) -> ClusterConfig:
+    """One pool of ``gpus`` on nodes of ``per_node`` (default: one node, the flat case)."""
+    # One node of more than 1,024 GPUs is past what a cluster file accepts: built directly.
+    pool = Pool.model_construct(name="p", gpu_type="g", gpus=gpus, gpus_per_node=per_node or gpus)
     return ClusterConfig(
-        pools=(Pool(name="p", gpu_type="g", gpus=gpus, gpus_per_node=1),),
+        pools=(pool,),
         teams=tuple(Team(name=n, allowance_gpu_hours=h, period="none") for n, h in (teams or {}).items()),
     )
 
 
-def setup(tr: Trace, gpus: int, teams: dict[str, float] | None = None, scale: float = 1.0) -> SimSetup:
-    return build_setup(tr, cluster(gpus, teams), allowance_scale=scale)
+def setup(tr: Trace, gpus: int, teams: dict[str, float] | None = None, scale: float = 1.0,
+          per_node: int | None = None) -> SimSetup:
+    return build_setup(tr, cluster(gpus, teams, per_node), allowance_scale=scale)
 
 
 def run(policy: str, st: SimSetup, **kw) -> Engine:  # noqa: ANN003
@@ -40,7 +44,7 @@ def run(policy: str, st: SimSetup, **kw) -> Engine:  # noqa: ANN003
         pol = Cellsched(st, **kw)
     else:
         pol = make(policy, st)
-    e = Engine(st.trace.jobs, st.gpus, pol)
+    e = Engine(st.trace.jobs, st.gpus, pol, st.nodes)
     e.run()
     return e
 

@@ -77,7 +77,7 @@ class PlainWaiting(Waiting):
 def run_plain(stp):  # noqa: ANN001, ANN202
     pol = Cellsched(stp)
     pol.waiting = PlainWaiting(pol.schedule, "start_now")
-    e = Engine(stp.trace.jobs, stp.gpus, pol)
+    e = Engine(stp.trace.jobs, stp.gpus, pol, stp.nodes)
     e.run()
     return e
 
@@ -139,7 +139,7 @@ def test_team_limits_hold_and_promises_too(rows, cap, limit):
     feb = 31 * 86400  # 1970-02-01: the replay crosses a month boundary
     tr = build([(feb - 150 + s, d, g, x, t) for s, d, g, x, t in rows], cap)
     config = ClusterConfig(
-        pools=(Pool(name="p", gpu_type="g", gpus=cap, gpus_per_node=1),),
+        pools=(Pool(name="p", gpu_type="g", gpus=cap, gpus_per_node=cap),),
         teams=(Team(name="a", allowance_gpu_hours=1e6, period="none", max_gpus=limit),
                Team(name="b", allowance_gpu_hours=0.4, period="month"),
                Team(name="c", allowance_gpu_hours=1e6, period="none")),

@@ -1,7 +1,8 @@
 """Admission: the pure decision ``Schedule.admit(request, now) -> Grant | Refusal``.
 
-A :class:`Schedule` is a snapshot of the cluster's commitments: one capacity calendar per
-pool, one per team with ``max_gpus``, and every team's charges per period. ``admit`` only
+A :class:`Schedule` is a snapshot of the cluster's commitments: one node-aware capacity
+calendar per pool (``core.nodes``: every grant is placed on nodes by the node rule), one
+flat calendar per team with ``max_gpus``, and every team's charges per period. ``admit`` only
 reads it; ``commit``, ``release`` and ``move_earlier`` are the only writers, and they are
 what the ledger (for real) and the simulator (on a virtual clock) both call. No I/O, no
 wall clock: time is an integer passed in.
@@ -13,7 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field, replace
 
 from cellsched.core.allowance import TeamBook, periods_touched_at_most
-from cellsched.core.calendar import CapacityCalendar, earliest_common
+from cellsched.core.calendar import CapacityCalendar
+from cellsched.core.nodes import NodeCalendar, admissible_widths_near
 from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
 
 
@@ -37,7 +39,13 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A window of ``width`` GPUs of ``pool`` over [start, end) that belongs to ``project``."""
+    """A window of ``width`` GPUs of ``pool`` over [start, end) that belongs to ``project``,
+    on ``nodes`` (indices 0..n-1 in the pool, ascending): one node when ``width`` is at most
+    the pool's ``gpus_per_node``, else ``width / gpus_per_node`` whole nodes. The nodes are
+    fixed when the grant is made; a grant pulled forward (``start_now``, ``move_earlier``)
+    may move to other nodes, and the grant returned says which. ``None`` means "not known
+    here" (a grant rebuilt from a ledger that does not store them): ``commit`` then places it
+    deterministically and ``release`` finds the nodes its reservation took."""
 
     project: str
     team: str
@@ -45,6 +53,7 @@ class Grant:
     width: int
     start: int
     end: int
+    nodes: tuple[int, ...] | None = None
 
     @property
     def gpu_seconds(self) -> int:
@@ -55,7 +64,7 @@ class Grant:
 class Alternative:
     """A shape that would be granted now, and one sentence saying how it differs."""
 
-    kind: str  # "later_start" | "narrower" | "smaller"
+    kind: str  # "later_start" | "narrower" | "smaller" | "whole_nodes"
     pool: str
     width: int
     start: int
@@ -80,6 +89,7 @@ REASONS = (
     "unknown_team",
     "unknown_pool",
     "wider_than_pool",
+    "not_whole_nodes",
     "over_max_gpus",
     "longer_than_max_grant",
     "deadline_passed",
@@ -107,89 +117,97 @@ class TeamState:
 class Schedule:
     """Commitments of the whole cluster; admission reads it, commits write it."""
 
-    pools: dict[str, tuple[Pool, CapacityCalendar]]
+    pools: dict[str, tuple[Pool, NodeCalendar]]
     teams: dict[str, TeamState]
     policy: Policy = field(default_factory=Policy)
 
     @classmethod
     def empty(cls, cluster: ClusterConfig) -> Schedule:
         return cls(
-            pools={p.name: (p, CapacityCalendar(p.gpus)) for p in cluster.pools},
+            pools={p.name: (p, NodeCalendar(p.gpus, p.gpus_per_node)) for p in cluster.pools},
             teams={t.name: _team_state(t) for t in cluster.teams},
             policy=cluster.policy,
         )
 
     # -- writers -----------------------------------------------------------------------
 
-    def commit(self, grant: Grant) -> None:
-        """Reserve the grant's GPUs and charge its team. Raises ValueError on over-commit."""
+    def commit(self, grant: Grant) -> Grant:
+        """Reserve the grant's GPUs on its nodes (placed here when ``grant.nodes`` is None)
+        and charge its team. Raises ValueError on over-commit of the pool, a node or the
+        team's ``max_gpus``. Returns the grant with its nodes."""
         _, cal = self.pools[grant.pool]
         team = self.teams[grant.team]
-        cal.reserve(grant.start, grant.end, grant.width)
+        if team.calendar is not None and team.calendar.min_free(grant.start, grant.end) < grant.width:
+            raise ValueError(f"over-commit: team {grant.team} over max_gpus in [{grant.start}, {grant.end})")
+        nodes = cal.reserve(grant.start, grant.end, grant.width, grant.nodes)
         if team.calendar is not None:
-            try:
-                team.calendar.reserve(grant.start, grant.end, grant.width)
-            except ValueError:
-                cal.release(grant.start, grant.end, grant.width)
-                raise
+            team.calendar.reserve(grant.start, grant.end, grant.width)
         team.book.charge(grant.start, grant.end, grant.width)
+        return grant if grant.nodes == nodes else replace(grant, nodes=nodes)
 
     def release(self, grant: Grant, at: int) -> Grant:
         """Give back the part of the window from ``at`` on (the whole of it if ``at`` is
-        before the start); refund it. Returns the grant as it now stands."""
+        before the start); refund it. Returns the grant as it now stands (with its nodes)."""
         cut = min(max(at, grant.start), grant.end)
+        nodes = grant.nodes
         if cut < grant.end:
             _, cal = self.pools[grant.pool]
             team = self.teams[grant.team]
-            cal.release(cut, grant.end, grant.width)
+            nodes = cal.release(cut, grant.end, grant.width, grant.nodes)
             if team.calendar is not None:
                 team.calendar.release(cut, grant.end, grant.width)
             team.book.refund(cut, grant.end, grant.width)
-        return replace(grant, end=cut)
+        return replace(grant, end=cut, nodes=nodes)
 
     def move_earlier(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant as early as capacity now allows, never later than it was.
 
-        Same pool, width and length; the new window is re-charged by period. Returns the
-        grant as it now stands (unchanged if it cannot move)."""
+        Same pool, width and length, on whichever nodes fit the new window (maybe others:
+        the grant returned says which); the new window is re-charged by period. Returns the
+        grant as it now stands (unchanged, on its own nodes, if it cannot move)."""
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
-        self.release(grant, grant.start)
-        cals = self._calendars(grant.pool, grant.team, grant.width)
-        t = earliest_common(cals, length, now, grant.end)
+        own = replace(grant, nodes=self.release(grant, grant.start).nodes)
+        t = self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.end)
         book = self.teams[grant.team].book
         while t is not None and t < grant.start:
             nxt = book.next_fit(t, t + length, grant.width)
             if nxt is None:
                 break
-            t = earliest_common(cals, length, nxt, grant.end)
-        moved = grant if t is None or t >= grant.start else replace(grant, start=t, end=t + length)
-        self.commit(moved)
-        return moved
+            t = self._earliest_in(grant.pool, grant.team, grant.width, length, nxt, grant.end)
+        if t is None or t >= grant.start:
+            return self.commit(own)
+        return self.commit(replace(grant, start=t, end=t + length, nodes=None))
 
     def start_now(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant at ``now`` if its whole window fits there, else leave it.
 
-        Same pool, width and length; "fits" means the GPUs are free over [now, now + length)
-        with the grant's own window given back, the team's ``max_gpus`` holds, and the
+        Same pool, width and length; "fits" means nodes by the node rule are free over
+        [now, now + length) with the grant's own window given back (its own nodes or
+        others: the grant returned says which), the team's ``max_gpus`` holds, and the
         allowance covers the window charged by period. No other grant moves. Returns the
         grant as it now stands."""
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
-        # Before its own window the grant holds nothing: free GPUs there must suffice.
+        # Before its own window the grant holds nothing: free GPUs there must suffice
+        # (the pool's and the team's: quick refusals before anything is touched).
         upto = min(grant.start, now + length)
-        for cal, width in self._calendars(grant.pool, grant.team, grant.width):
-            if cal.min_free(now, upto) < width:
-                return grant
-        moved = replace(grant, start=now, end=now + length)
+        cal = self.pools[grant.pool][1]
+        if cal.min_free(now, upto) < grant.width:
+            return grant
+        tcal = self.teams[grant.team].calendar
+        if tcal is not None and tcal.min_free(now, upto) < grant.width:
+            return grant
+        if grant.nodes is not None and not cal.fits_moved(grant.width, now, now + length, grant.start, grant.nodes):
+            return grant  # no nodes for it now (decided without touching anything)
         book = self.teams[grant.team].book
-        self.release(grant, grant.start)
-        if book.period != "none" and book.next_fit(now, now + length, grant.width) is not None:
-            moved = grant  # the window would overdraw the period it moves into
-        self.commit(moved)
-        return moved
+        own = replace(grant, nodes=self.release(grant, grant.start).nodes)
+        nodes = cal.choose(grant.width, now, now + length)
+        if nodes is None or (book.period != "none" and book.next_fit(now, now + length, grant.width) is not None):
+            return self.commit(own)  # no nodes free, or it would overdraw the period it moves into
+        return self.commit(replace(grant, start=now, end=now + length, nodes=nodes))
 
     # -- the decision ------------------------------------------------------------------
 
@@ -252,11 +270,15 @@ class Schedule:
                 available=book.allowance,
             )
         horizon = now + self.policy.horizon_days * 86400
-        found = self._search(pools, req.team, width, duration, earliest, req.deadline, horizon, True)
+        fitting = [p for p in pools if self.pools[p.name][1].admits(width)]
+        if not fitting:
+            return self._not_whole_nodes(req, pools, earliest, horizon)
+        found = self._search(fitting, req.team, width, duration, earliest, req.deadline, horizon, True)
         if found is not None:
             pool, start = found
-            return Grant(req.project, req.team, pool, width, start, start + duration)
-        return self._refuse(req, pools, earliest, horizon)
+            nodes = self.pools[pool][1].choose(width, start, start + duration)
+            return Grant(req.project, req.team, pool, width, start, start + duration, nodes)
+        return self._refuse(req, fitting, earliest, horizon)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -275,12 +297,22 @@ class Schedule:
                 return Refusal("unknown_pool", f"no pool has gpu_type {req.gpu_type!r} (types: {types}).")
         return pools
 
-    def _calendars(self, pool: str, team: str, width: int) -> list[tuple[CapacityCalendar, int]]:
-        cals = [(self.pools[pool][1], width)]
+    def _earliest_in(self, pool: str, team: str, width: int, duration: int, start: int,
+                     deadline: int | None) -> int | None:
+        """Earliest t >= start at which ``width`` GPUs fit the pool's nodes and the team's
+        ``max_gpus`` over [t, t + duration), ending by ``deadline``."""
+        pcal = self.pools[pool][1]
         tcal = self.teams[team].calendar
-        if tcal is not None:
-            cals.append((tcal, width))
-        return cals
+        t: int | None = start
+        while t is not None:
+            t = pcal.earliest_fit(width, duration, t, deadline)
+            if t is None or tcal is None:
+                return t
+            t2 = tcal.earliest(width, duration, t, deadline)
+            if t2 == t:
+                return t
+            t = t2
+        return None
 
     def _search(
         self,
@@ -297,18 +329,17 @@ class Schedule:
         best: tuple[str, int] | None = None
         book = self.teams[team].book
         for pool in pools:
-            if pool.gpus < width:
+            if pool.gpus < width or not self.pools[pool.name][1].admits(width):
                 continue
-            cals = self._calendars(pool.name, team, width)
             limit = horizon if best is None else min(horizon, best[1] - 1)
             # Starts past the limit are no answer: let the calendar stop scanning there.
             end_by = limit + duration if deadline is None else min(deadline, limit + duration)
-            t = earliest_common(cals, duration, earliest, end_by)
+            t = self._earliest_in(pool.name, team, width, duration, earliest, end_by)
             while t is not None and t <= limit and with_allowance:
                 nxt = book.next_fit(t, t + duration, width)
                 if nxt is None:
                     break
-                t = earliest_common(cals, duration, nxt, end_by)
+                t = self._earliest_in(pool.name, team, width, duration, nxt, end_by)
             if t is not None and t <= limit:
                 best = (pool.name, t)
         return best
@@ -366,8 +397,40 @@ class Schedule:
             msg,
             tuple(alternatives),
             needed=width,
-            available=max((self.pools[p.name][1].widest(earliest, earliest + duration) for p in pools), default=0),
+            available=max((self.pools[p.name][1].widest_fit(earliest, earliest + duration) for p in pools), default=0),
             earliest_start=None if later is None else later[1],
+        )
+
+    def _not_whole_nodes(self, req: Request, pools: list[Pool], earliest: int, horizon: int) -> Refusal:
+        """The width is wider than a node and not a whole number of nodes in any candidate
+        pool: refused, with the nearest widths that are (same GPU-hours) as alternatives."""
+        width = req.width
+        near = sorted({w for p in pools for w in admissible_widths_near(
+            width, p.gpus_per_node, self.pools[p.name][1].full_nodes) if w <= p.gpus})
+        max_s = self.policy.max_grant_s
+        alternatives = []
+        for w in near:
+            d = -(-req.gpu_seconds // w)
+            if max_s is not None and d > max_s:
+                continue
+            found = self._search(pools, req.team, w, d, earliest, req.deadline, horizon, True)
+            if found is not None:
+                pool, start = found
+                per = self.pools[pool][0].gpus_per_node
+                shape = f"{w // per} whole nodes" if w > per else "one node"
+                alternatives.append(Alternative(
+                    "whole_nodes", pool, w, start, start + d, w * d,
+                    f"{w} GPUs on {shape} from {fmt_time(start)} to {fmt_time(start + d)}",
+                ))
+        per_s = " or ".join(str(x) for x in sorted({p.gpus_per_node for p in pools}))
+        return Refusal(
+            "not_whole_nodes",
+            f"{width} GPUs is wider than one node ({per_s} GPUs) and not a whole number of "
+            f"nodes: a grant wider than a node takes whole nodes (ask for "
+            f"{' or '.join(str(w) for w in near)} GPUs).",
+            tuple(alternatives),
+            needed=width,
+            available=near[0] if near else None,
         )
 
     def _widest_in_window(
@@ -383,17 +446,21 @@ class Schedule:
         if room <= 0:
             return None
         max_s = self.policy.max_grant_s
-        lo = max(1, -(-req.gpu_seconds // room), 1 if max_s is None else -(-req.gpu_seconds // max_s))
-        hi = req.width - 1
+        least = max(1, -(-req.gpu_seconds // room), 1 if max_s is None else -(-req.gpu_seconds // max_s))
+        # Only widths the node rule allows in some candidate pool (every width on one-node pools).
+        cals = [self.pools[p.name][1] for p in pools]
+        widths = [w for w in range(least, req.width) if any(c.admits(w) for c in cals)]
+        lo, hi = 0, len(widths) - 1
         while lo <= hi:  # above those bounds feasibility is monotone enough to bisect, then verified
-            mid = (lo + hi) // 2
+            mid_i = (lo + hi) // 2
+            mid = widths[mid_i]
             d = -(-req.gpu_seconds // mid)
             found = self._search(pools, req.team, mid, d, earliest, req.deadline, horizon, True)
             if found is not None:
                 best = (mid, d, found)
-                lo = mid + 1
+                lo = mid_i + 1
             else:
-                hi = mid - 1
+                hi = mid_i - 1
         if best is None:
             return None
         w, d, (pool, start) = best

@@ -13,9 +13,12 @@ The cluster's ``policy.pull_forward`` names the rule (docs/admission.md):
   congested replay costs time in proportion to the queue at each event.
 
 Both passes only *find* grants; moving them is the core's job. ``start_now`` finds its
-grants without trying every one: per width w, the span from now with at least w GPUs free
-ends at R(w), and a grant of width w fits now iff its start <= R(w) or its length <= R(w) -
-now (before its own window it holds nothing). The waiting grants are kept per (pool, width)
+grants without trying every one: per width w, the span from now over which the nodes a
+grant of width w needs are free ends at R(w) (``NodeCalendar.reach``; on a one-node pool,
+the flat ``free_until``), and a grant of width w fits now iff its start <= R(w) or its
+length <= R(w) - now (before its own window it holds nothing). On a pool of several nodes
+that test is necessary but not sufficient (the nodes free up to R(w) need not be the
+grant's own), so the core has the last word there, as it has with team limits. The waiting grants are kept per (pool, width)
 sorted by (start, submission) with their lengths beside them and sorted, so the longest
 grant that fits is a few bisects and short C-level scans per width.
 """
@@ -75,11 +78,12 @@ class Waiting:
             raise ValueError(f"unknown pull_forward rule {rule!r}")
         self.schedule = schedule
         self.rule = rule
-        # Team calendars and allowances split by period can block a start the pool allows:
-        # with either of them the core's word is final, not the pool index's.
+        # Team calendars and allowances split by period can block a start the pool allows,
+        # and so can nodes (the index's reach may come from other nodes than the grant's
+        # own): with any of them the core's word is final, not the pool index's.
         self.constrained = any(
             t.calendar is not None or t.book.period != "none" for t in schedule.teams.values()
-        )
+        ) or any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self.freed_since = False  # capacity came back since the last pass
@@ -163,7 +167,7 @@ class Waiting:
             lo = bisect_right(wk, floor)
             if lo >= len(wk):
                 continue
-            reach = cal.free_until(w, now)
+            reach = cal.reach(w, now)
             room = reach - now
             k = bisect_right(wk, (reach, INF), lo)
             longest = max(islice(lens, lo, k)) if k > lo else -1

@@ -17,6 +17,7 @@ from __future__ import annotations
 from heapq import heappop, heappush
 from typing import Callable, Protocol
 
+from cellsched.sim.placement import NodeMap
 from cellsched.sim.trace import TraceJob
 
 END, SUBMIT, START = 0, 1, 2
@@ -40,11 +41,13 @@ class Policy(Protocol):
 class Engine:
     """Replays ``jobs`` (sorted by submit, then seq) through ``policy`` on ``capacity`` GPUs.
 
+    With ``nodes`` (the cluster's nodes), every start names the nodes the job runs on, and
+    the engine refuses outright a start that over-commits any node or breaks the node rule.
     After :meth:`run`, ``start[i]``/``end[i]`` hold job ``i``'s times (-1 if it never ran),
     ``refused[i]`` the reason code of a refusal, ``promised[i]`` the start a promising policy
-    announced at submission."""
+    announced at submission, ``placed[i]`` the nodes it ran on."""
 
-    def __init__(self, jobs: list[TraceJob], capacity: int, policy: Policy) -> None:
+    def __init__(self, jobs: list[TraceJob], capacity: int, policy: Policy, nodes: NodeMap | None = None) -> None:
         n = len(jobs)
         self.jobs = jobs
         self.capacity = capacity
@@ -55,6 +58,9 @@ class Engine:
         self.end = [-1] * n
         self.promised: list[int | None] = [None] * n
         self.refused: dict[int, str] = {}
+        self.nodes = nodes
+        self.node_busy = [0] * len(nodes.sizes) if nodes is not None else []
+        self.placed: dict[int, tuple[int, ...]] = {}
         self.breaches: list[tuple[int, str]] = []  # (seq, what) for promises not kept
         self._heap: list[tuple[int, int, int, int]] = []  # (time, priority, seq, job seq)
         self._seq = 0
@@ -68,8 +74,9 @@ class Engine:
         self._seq += 1
         heappush(self._heap, (time, kind, self._seq, job.seq))
 
-    def run_job(self, job: TraceJob, now: int) -> None:
-        """Start ``job`` now on ``job.gpus`` GPUs; it ends after its run time."""
+    def run_job(self, job: TraceJob, now: int, nodes: tuple[int, ...] | None = None) -> None:
+        """Start ``job`` now on ``job.gpus`` GPUs (on ``nodes``, global indices, when the
+        engine checks nodes); it ends after its run time."""
         i = job.seq
         if self.start[i] >= 0:
             raise AssertionError(f"job {job.job_id} started twice")
@@ -78,11 +85,29 @@ class Engine:
         self.busy += job.gpus
         if self.busy > self.capacity:
             raise OverCommit(f"{self.policy.name}: {self.busy} GPUs busy of {self.capacity} at t={now}")
+        if self.nodes is not None:
+            self._occupy(job, nodes, 1)
         self.start[i] = now
         p = self.promised[i]
         if p is not None and now > p:
             self.breaches.append((i, f"started at {now}, promised {p}"))
         self.at(now + job.run, END, job)
+
+    def _occupy(self, job: TraceJob, nodes: tuple[int, ...] | None, sign: int) -> None:
+        m = self.nodes
+        assert m is not None
+        if sign > 0:
+            if not nodes or len(set(nodes)) != len(nodes):
+                raise OverCommit(f"{self.policy.name}: job {job.job_id} started on no nodes or twice on one")
+            per = [m.per_node_gpus(g, job.gpus) for g in nodes]
+            if sum(per) != job.gpus or (len(nodes) > 1 and any(p != m.sizes[g] for p, g in zip(per, nodes))):
+                raise OverCommit(f"{self.policy.name}: job {job.job_id} of {job.gpus} GPUs placed on {nodes}")
+            self.placed[job.seq] = nodes
+        busy, sizes = self.node_busy, m.sizes
+        for g in self.placed[job.seq]:
+            busy[g] += sign * m.per_node_gpus(g, job.gpus)
+            if busy[g] > sizes[g]:
+                raise OverCommit(f"{self.policy.name}: node {g} has {busy[g]} GPUs busy of {sizes[g]} at t={self.now}")
 
     def promise(self, job: TraceJob, start: int) -> None:
         self.promised[job.seq] = start
@@ -110,6 +135,8 @@ class Engine:
                 while heap and heap[0][0] == t and heap[0][1] == END:
                     j = jobs[heappop(heap)[3]]
                     self.busy -= j.gpus
+                    if self.nodes is not None:
+                        self._occupy(j, None, -1)
                     self.end[j.seq] = t
                     on_end(j, t)
                 while nxt < n and jobs[nxt].submit == t:

@@ -26,7 +26,7 @@ def replay(
 ) -> Replay:
     """Replay the whole trace through one policy, on a fresh cluster."""
     pol = make(policy, setup)
-    engine = Engine(setup.trace.jobs, setup.gpus, pol)
+    engine = Engine(setup.trace.jobs, setup.gpus, pol, setup.nodes)
     t0 = time.perf_counter()
     engine.run(progress)
     seconds = time.perf_counter() - t0

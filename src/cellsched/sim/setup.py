@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cellsched.errors import BadInput
+from cellsched.sim.placement import NodeMap
 from cellsched.sim.trace import Trace
 from cellsched.spec.cluster import ClusterConfig, Pool, Team
 
@@ -23,6 +24,11 @@ class SimSetup:
     @property
     def gpus(self) -> int:
         return sum(p.gpus for p in self.cluster.pools)
+
+    @property
+    def nodes(self) -> NodeMap:
+        """The cluster's nodes, numbered pool after pool (what every policy places on)."""
+        return NodeMap.of(self.cluster)
 
     def allowance_shares(self) -> dict[str, float]:
         """Each team's allowance as a fraction of all allowances (config order)."""

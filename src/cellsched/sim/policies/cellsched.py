@@ -7,6 +7,8 @@ or on time), the waiting grants are pulled forward by the cluster's ``policy.pul
 rule, the same one ``cellsched serve`` applies (``cellsched.sim.compress``): by default each
 waiting grant whose whole window fits now starts now; with ``compact`` every waiting grant
 moves to the earliest window the calendar then allows. Never later than promised.
+Every grant is on nodes (the core's node rule); a job runs on its grant's nodes as they
+stand when it starts (a grant pulled forward may have moved to other nodes).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class Cellsched:
 
     def __init__(self, setup: SimSetup, rule: str | None = None) -> None:
         self.schedule = Schedule.empty(setup.cluster)
+        nodes = setup.nodes
+        self.offset = {p: nodes.offset(p) for p in self.schedule.pools}
         self.grants: dict[int, Grant] = {}  # job seq -> its grant as it now stands
         self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward)
         self._forget_at = 0
@@ -38,11 +42,11 @@ class Cellsched:
         if isinstance(out, Refusal):
             self.engine.refuse(job, out.reason)
             return
-        self.schedule.commit(out)
+        out = self.schedule.commit(out)
         self.grants[job.seq] = out
         self.engine.promise(job, out.start)
         if out.start == now:
-            self.engine.run_job(job, now)
+            self.engine.run_job(job, now, self._where(out))
         else:
             self.waiting.add(job.seq, out)
             self.engine.at(out.start, START, job)
@@ -57,7 +61,7 @@ class Cellsched:
                 self.waiting.freed()
             return
         self.waiting.remove(job.seq, g)
-        self.engine.run_job(job, now)
+        self.engine.run_job(job, now, self._where(g))
 
     def on_end(self, job: TraceJob, now: int) -> None:
         g = self.grants.pop(job.seq)
@@ -82,7 +86,7 @@ class Cellsched:
         for seq, old, new in self.waiting.run(now):
             grants[seq] = new
             if new.start == now:
-                engine.run_job(jobs[seq], now)
+                engine.run_job(jobs[seq], now, self._where(new))
             else:
                 engine.at(new.start, START, jobs[seq])
             # Under start_now the old window is given back from where the new one no longer
@@ -91,6 +95,12 @@ class Cellsched:
             back = max(old.start, new.end)
             if start_now and old.start < back < old.end:
                 engine.at(back, START, jobs[seq])
+
+
+    def _where(self, g: Grant) -> tuple[int, ...]:
+        """The grant's nodes, numbered across the cluster (as the engine checks them)."""
+        first = self.offset[g.pool]
+        return tuple(first + n for n in g.nodes or ())
 
 
 def make(setup: SimSetup) -> Cellsched:

@@ -6,6 +6,11 @@ the shadow time or uses only GPUs the head will not need then.
 Backfill candidates are found in arrival order without scanning the queue: waiting jobs are
 kept per width, each width in a min-tree over arrival positions keyed by requested run time,
 so "the first waiting job of width w asking for at most R seconds" is one descent.
+
+On nodes (``cellsched.sim.placement``): "fits" means the node rule places it now; the
+shadow time is the first requested end at which the head fits on the nodes given back by
+then; a job that would run past it is backfilled only if the head still fits at the shadow
+time with that job on the nodes it takes now. On a one-node pool this is the flat rule.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 
 from cellsched.sim.engine import Engine
+from cellsched.sim.placement import NodeMap, Nodes
+from cellsched.sim.policies.fifo import refusal
 from cellsched.sim.setup import SimSetup
 from cellsched.sim.trace import TraceJob
 
@@ -74,11 +81,13 @@ class Easy:
     name = "easy"
     promises = False
 
-    def __init__(self, capacity: int, widths: dict[int, int]) -> None:
+    def __init__(self, capacity: int, widths: dict[int, int], nodes: NodeMap) -> None:
         self.capacity = capacity
+        self.nodes = Nodes(nodes)
+        self.where: dict[int, tuple[int, ...]] = {}
         self.free = capacity
         self.classes = {w: FirstFit(n) for w, n in sorted(widths.items())}
-        self.widths = sorted(self.classes)
+        self.widths = [w for w in sorted(self.classes) if w <= capacity and nodes.admissible(w)]
         self.pos: dict[int, int] = {}  # waiting job seq -> position in its width class
         self.arrivals: list[int] = []  # waiting job seqs in arrival order (lazy deletion)
         self.head_at = 0
@@ -90,27 +99,31 @@ class Easy:
         self.jobs = engine.jobs
 
     def on_submit(self, job: TraceJob, now: int) -> None:
-        if job.gpus > self.capacity:
-            self.engine.refuse(job, "wider_than_pool")
+        why = refusal(job, self.capacity, self.nodes.map)
+        if why is not None:
+            self.engine.refuse(job, why)
             return
         self.pos[job.seq] = self.classes[job.gpus].append(job.seq, job.requested)
         self.arrivals.append(job.seq)
 
     def on_end(self, job: TraceJob, now: int) -> None:
         self.free += job.gpus
+        self.nodes.give(self.where.pop(job.seq), job.gpus)
         r = self.running
         del r[bisect_left(r, (self.req_end.pop(job.seq), job.seq))]
 
     def on_start(self, job: TraceJob, now: int) -> None:
         raise AssertionError("easy schedules no starts")
 
-    def _start(self, job: TraceJob, now: int) -> None:
+    def _start(self, job: TraceJob, now: int, at: tuple[int, ...]) -> None:
         self.classes[job.gpus].remove(self.pos.pop(job.seq))
         self.free -= job.gpus
+        self.nodes.take(at, job.gpus)
+        self.where[job.seq] = at
         end = now + job.requested
         self.req_end[job.seq] = end
         insort(self.running, (end, job.seq))
-        self.engine.run_job(job, now)
+        self.engine.run_job(job, now, at)
 
     def _head(self) -> TraceJob | None:
         arr, pos = self.arrivals, self.pos
@@ -124,46 +137,56 @@ class Easy:
         return self.jobs[arr[i]] if i < len(arr) else None
 
     def settle(self, now: int) -> None:
-        jobs = self.jobs
+        jobs, nodes = self.jobs, self.nodes
         head = self._head()
         while head is not None and head.gpus <= self.free:
-            self._start(head, now)
+            at = nodes.place(head.gpus)
+            if at is None:
+                break
+            self._start(head, now, at)
             head = self._head()
         if head is None or self.free == 0:
             return
-        # The head waits: its reservation is the first instant enough GPUs come back.
-        avail = self.free
+        # The head waits: its reservation is the first instant it fits on the nodes given
+        # back by the running jobs' requested ends.
+        later = dict(nodes.free)  # free GPUs per node at the shadow time
         shadow = now
         for end, seq in self.running:
-            avail += jobs[seq].gpus
-            if avail >= head.gpus:
+            nodes.give(self.where[seq], jobs[seq].gpus, later)
+            if nodes.place(head.gpus, later) is not None:
                 shadow = end
                 break
-        extra = avail - head.gpus
         window = shadow - now
         while self.free > 0:
-            best = None
+            best = best_at = None
             for w in self.widths:
                 if w > self.free:
+                    break
+                at = nodes.place(w)
+                if at is None:  # nothing wider fits either
                     break
                 c = self.classes[w]
                 if c.count == 0:
                     continue
-                p = c.first(INF - 1 if w <= extra else window)
+                # May it run past the shadow time? Only if the head still fits then.
+                nodes.take(at, w, later)
+                past_ok = nodes.place(head.gpus, later) is not None
+                nodes.give(at, w, later)
+                p = c.first(INF - 1 if past_ok else window)
                 if p is not None:
                     s = c.seqs[p]
                     if best is None or s < best:
-                        best = s
-            if best is None:
+                        best, best_at = s, at
+            if best is None or best_at is None:
                 return
             j = jobs[best]
             if j.requested > window:
-                extra -= j.gpus
-            self._start(j, now)
+                nodes.take(best_at, j.gpus, later)
+            self._start(j, now, best_at)
 
 
 def make(setup: SimSetup) -> Easy:
     widths: dict[int, int] = {}
     for j in setup.trace.jobs:
         widths[j.gpus] = widths.get(j.gpus, 0) + 1
-    return Easy(setup.gpus, widths)
+    return Easy(setup.gpus, widths, setup.nodes)

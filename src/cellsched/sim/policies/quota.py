@@ -1,12 +1,18 @@
 """Static quota: the GPUs are split once between teams by allowance share (largest
 remainder), and each team runs FIFO inside its own slice. Idle slices are not lent.
-A job wider than its team's slice can never run and is refused."""
+A job wider than its team's slice can never run and is refused.
+
+Slices are laid out on the nodes in team order, GPU after GPU, so a node may be shared by
+two teams' slices; a job goes on its team's part of a node (one node if no wider than a
+node, else whole nodes lying entirely in the slice: the node rule). A job its slice can
+never hold that way is refused ``wider_than_slice`` too."""
 
 from __future__ import annotations
 
 from collections import deque
 
 from cellsched.sim.engine import Engine
+from cellsched.sim.placement import NodeMap, Nodes
 from cellsched.sim.setup import SimSetup
 from cellsched.sim.trace import TraceJob
 
@@ -28,18 +34,39 @@ class Quota:
     name = "quota"
     promises = False
 
-    def __init__(self, slices: dict[str, int]) -> None:
+    def __init__(self, slices: dict[str, int], nodes: NodeMap) -> None:
         self.slices = dict(slices)
         self.free = dict(slices)
         self.queues: dict[str, deque[TraceJob]] = {k: deque() for k in slices}
         self.dirty: list[str] = []
+        self.map = nodes
+        self.parts: dict[str, Nodes] = {}
+        node, left = 0, nodes.sizes[0] if nodes.sizes else 0
+        for team, n in slices.items():  # lay the slices out on the nodes, GPU after GPU
+            slots: list[tuple[int, int]] = []
+            while n > 0:
+                if left == 0:
+                    node += 1
+                    left = nodes.sizes[node]
+                take = min(n, left)
+                slots.append((node, take))
+                n -= take
+                left -= take
+            self.parts[team] = Nodes(nodes, slots)
+        self.where: dict[int, tuple[int, ...]] = {}
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
 
     def on_submit(self, job: TraceJob, now: int) -> None:
-        if job.gpus > self.slices.get(job.team, 0):
-            reason = "unknown_team" if job.team not in self.slices else "wider_than_slice"
+        part = self.parts.get(job.team)
+        if part is None or job.gpus > self.slices[job.team] or not part.can_ever(job.gpus):
+            if job.team not in self.slices:
+                reason = "unknown_team"
+            elif job.gpus <= self.slices[job.team] and not self.map.admissible(job.gpus):
+                reason = "not_whole_nodes"
+            else:
+                reason = "wider_than_slice"
             self.engine.refuse(job, reason)
             return
         self.queues[job.team].append(job)
@@ -47,6 +74,7 @@ class Quota:
 
     def on_end(self, job: TraceJob, now: int) -> None:
         self.free[job.team] += job.gpus
+        self.parts[job.team].give(self.where.pop(job.seq), job.gpus)
         self.dirty.append(job.team)
 
     def on_start(self, job: TraceJob, now: int) -> None:
@@ -56,14 +84,19 @@ class Quota:
         if not self.dirty:
             return
         for team in sorted(set(self.dirty)):
-            q, free = self.queues[team], self.free[team]
+            q, free, part = self.queues[team], self.free[team], self.parts[team]
             while q and q[0].gpus <= free:
+                at = part.place(q[0].gpus)
+                if at is None:
+                    break
                 j = q.popleft()
                 free -= j.gpus
-                self.engine.run_job(j, now)
+                part.take(at, j.gpus)
+                self.where[j.seq] = at
+                self.engine.run_job(j, now, at)
             self.free[team] = free
         self.dirty.clear()
 
 
 def make(setup: SimSetup) -> Quota:
-    return Quota(partition(setup.gpus, setup.allowance_shares()))
+    return Quota(partition(setup.gpus, setup.allowance_shares()), setup.nodes)

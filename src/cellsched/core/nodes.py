@@ -1,0 +1,405 @@
+"""The node-aware calendar of one pool: free GPUs per node over time, and where grants go.
+
+A pool of ``gpus`` GPUs is ``gpus // gpus_per_node`` full nodes, plus one smaller node
+holding the remainder when the division is not exact. **The node rule**: a grant no wider
+than ``gpus_per_node`` lives on one node; a wider one takes ``width / gpus_per_node`` whole
+full nodes (its width must be a multiple). Every reservation names its nodes (indices
+0..n-1 in the pool), fixed when it is made, so what admission promises is a packing that
+placement can deliver as it stands.
+
+:class:`NodeCalendar` is still the pool's :class:`CapacityCalendar` (free GPUs of the whole
+pool: what the flat methods ``free_at``, ``min_free``, ``earliest``, ``free_until`` ... read),
+and keeps beside it one calendar per node. Searches go through a **threshold index**, one
+per GPU count ``v`` (built the first time a request needs it):
+
+- ``count``: how many nodes have at least ``v`` GPUs free, as a step function of time;
+- every maximal span during which one node has at least ``v`` free (a *run*), kept sorted
+  by its end, with its start beside it, and again sorted by its start.
+
+A node fits ``v`` GPUs over ``[t, t + d)`` iff one of its runs covers that window, so the
+number of nodes that fit is ``count(t)`` minus the runs covering ``t`` that end inside the
+window: one bisect and one short C-level scan. The earliest start for ``k`` nodes of ``v``
+GPUs is at ``start`` or at the start of some run (had a node fit one second earlier, it would
+still fit), so the search walks run starts, skipping every stretch where ``count`` alone is
+short (``CapacityCalendar.earliest`` on ``count``), and stops at the first that fits: exact.
+Among the nodes that fit, the ones whose run ends soonest after the window are taken
+(tightest in time, ties by index), which keeps long free spans whole for long grants.
+
+A pool that is one node (``gpus_per_node == gpus``) has no index: the node *is* the pool,
+and every answer is the flat calendar's, bit for bit.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from itertools import compress, islice
+
+from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
+
+_LAST = 1 << 62  # sorts after any node index
+
+
+def node_sizes(gpus: int, per_node: int) -> list[int]:
+    """GPUs of each node of a pool: full nodes, then the remainder if there is one."""
+    full, rest = divmod(gpus, per_node)
+    return [per_node] * full + ([rest] if rest else [])
+
+
+def whole_nodes(width: int, per_node: int) -> int | None:
+    """How many whole nodes a grant of ``width`` takes (0: it shares one node), or None when
+    the width breaks the node rule (wider than a node and not a multiple of it)."""
+    if width <= per_node:
+        return 0
+    q, r = divmod(width, per_node)
+    return None if r else q
+
+
+def admissible_widths_near(width: int, per_node: int, full_nodes: int) -> list[int]:
+    """The admissible widths nearest to ``width`` (one below, one above, when they exist)."""
+    if whole_nodes(width, per_node) is not None:
+        return [width]
+    q = width // per_node
+    out = [q * per_node]  # q >= 1 here: width > per_node
+    if q + 1 <= full_nodes:
+        out.append((q + 1) * per_node)
+    return out
+
+
+def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Maximal spans [a, b) with at least ``v`` free on ``cal`` such that b >= lo and a <= hi
+    (so a span touching [lo, hi] counts: it may merge with a change inside)."""
+    t, f = cal._t, cal._f
+    n = len(t)
+    k = max(0, bisect_right(t, lo - 1) - 1)
+    stop = bisect_right(t, hi)
+    out: list[tuple[int, int]] = []
+    short = v.__gt__
+    while k < stop:
+        if f[k] < v:
+            k = next(compress(range(k + 1, stop), map(v.__le__, _tail(f, k + 1))), stop)
+            if k >= stop:
+                break
+        a = k
+        while a > 0 and f[a - 1] >= v:
+            a -= 1
+        b = next(compress(range(k + 1, n), map(short, _tail(f, k + 1))), n)
+        out.append((t[a], t[b] if b < n else FAR_FUTURE))
+        k = b
+    return out
+
+
+class _Threshold:
+    """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
+
+    __slots__ = ("v", "count", "ends", "end_starts", "starts")
+
+    def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
+        self.v = v
+        eligible = [i for i, c in enumerate(nodes) if c.capacity >= v]
+        self.count = count = CapacityCalendar(len(eligible))
+        runs: list[tuple[int, int, int]] = []
+        for i in eligible:
+            runs.extend((b, i, a) for a, b in _runs_of(nodes[i], v, FAR_PAST, FAR_FUTURE))
+        runs.sort()
+        self.ends: list[tuple[int, int]] = [(b, i) for b, i, _ in runs]  # (run end, node), sorted
+        self.end_starts: list[int] = [a for _, _, a in runs]  # the run's start, beside its end
+        self.starts: list[tuple[int, int]] = sorted((a, i) for _, i, a in runs)  # (run start, node)
+        # count as a step function, by one sweep over the runs' edges
+        delta: dict[int, int] = {}
+        for b, _, a in runs:
+            delta[a] = delta.get(a, 0) + 1
+            if b < FAR_FUTURE:
+                delta[b] = delta.get(b, 0) - 1
+        ts, fs = [FAR_PAST], [delta.pop(FAR_PAST, 0)]
+        for x in sorted(delta):
+            val = fs[-1] + delta[x]
+            if val != fs[-1]:
+                ts.append(x)
+                fs.append(val)
+        count._t, count._f = ts, fs
+
+    def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
+        """Node ``node``'s runs ``old`` (touching [lo, hi)) are now ``new``."""
+        ends, es, starts, count = self.ends, self.end_starts, self.starts, self.count
+        for a, b in old:
+            i = bisect_left(ends, (b, node))
+            del ends[i], es[i]
+            del starts[bisect_left(starts, (a, node))]
+            if min(b, hi) > max(a, lo):
+                count._add(max(a, lo), min(b, hi), -1)
+        for a, b in new:
+            i = bisect_left(ends, (b, node))
+            ends.insert(i, (b, node))
+            es.insert(i, a)
+            starts.insert(bisect_left(starts, (a, node)), (a, node))
+            if min(b, hi) > max(a, lo):
+                count._add(max(a, lo), min(b, hi), 1)
+
+    def fitting(self, t: int, d: int) -> int:
+        """How many nodes have at least ``v`` free throughout [t, t + d)."""
+        c = self.count.free_at(t)
+        if c:
+            ends = self.ends
+            i = bisect_right(ends, (t, _LAST))
+            j = bisect_left(ends, (t + d, -1), i)
+            if j > i:
+                c -= sum(map(t.__ge__, islice(_tail(self.end_starts, i), j - i)))
+        return c
+
+    def earliest(self, k: int, d: int, start: int, deadline: int | None) -> int | None:
+        """Earliest t >= start at which ``k`` nodes fit ``v`` over [t, t + d), t + d <= deadline."""
+        count, starts = self.count, self.starts
+        t = count.earliest(k, d, start, deadline)
+        while t is not None:
+            if self.fitting(t, d) >= k:
+                return t
+            i = bisect_right(starts, (t, _LAST))
+            if i >= len(starts):
+                return None
+            t = count.earliest(k, d, starts[i][0], deadline)
+        return None
+
+    def choose(self, k: int, t: int, d: int) -> tuple[int, ...] | None:
+        """``k`` nodes that fit ``v`` over [t, t + d): those whose run ends soonest after it."""
+        ends = self.ends
+        i = bisect_left(ends, (t + d, -1))
+        picked = list(islice(compress(range(i, len(ends)), map(t.__ge__, _tail(self.end_starts, i))), k))
+        if len(picked) < k:
+            return None
+        return tuple(sorted(ends[x][1] for x in picked))
+
+    def forget_before(self, t: int) -> None:
+        """As the nodes' calendars forget: runs over by ``t`` go, runs open at ``t`` now
+        start in the far past (as the node's first segment does)."""
+        self.count.forget_before(t)
+        i = bisect_right(self.ends, (t, _LAST))
+        del self.ends[:i], self.end_starts[:i]
+        self.end_starts = [FAR_PAST if a <= t else a for a in self.end_starts]
+        self.starts = sorted((a, n) for a, (_, n) in zip(self.end_starts, self.ends))
+
+
+class NodeCalendar(CapacityCalendar):
+    """Free GPUs of a pool over time, per node; reservations are placed on nodes.
+
+    The flat methods inherited from :class:`CapacityCalendar` describe the pool as a whole (a
+    necessary condition for any node placement); ``earliest_fit``, ``choose``, ``reserve``
+    and ``release`` follow the node rule (module docstring)."""
+
+    __slots__ = ("per_node", "nodes", "_one", "_idx", "_held", "_widest_node")
+
+    def __init__(self, capacity: int, per_node: int | None = None) -> None:
+        super().__init__(capacity)
+        per_node = capacity if per_node is None or per_node >= capacity else per_node
+        if per_node < 1:
+            raise ValueError("per_node must be >= 1")
+        self.per_node = per_node
+        self._one = per_node >= capacity
+        self.nodes = [self] if self._one else [CapacityCalendar(s) for s in node_sizes(capacity, per_node)]
+        self._widest_node = per_node
+        self._idx: dict[int, _Threshold] = {}
+        # Reservations by (end, width): [(start, nodes)], so a release that does not name
+        # its nodes (a snapshot rebuilt without them) finds the ones the reserve took.
+        self._held: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+
+    @property
+    def full_nodes(self) -> int:
+        return self.capacity // self.per_node
+
+    def admits(self, width: int) -> bool:
+        """Whether ``width`` obeys the node rule here (and fits the pool's full nodes)."""
+        if width <= self.per_node:
+            return width <= self._widest_node
+        k = whole_nodes(width, self.per_node)
+        return k is not None and k <= self.full_nodes
+
+    def _shape(self, width: int) -> tuple[int, int]:
+        """(GPUs per node, nodes) of a grant of ``width``; ValueError if it breaks the rule."""
+        if width <= self.per_node:
+            return width, 1
+        k = whole_nodes(width, self.per_node)
+        if k is None:
+            raise ValueError(f"{width} GPUs is not a whole number of {self.per_node}-GPU nodes")
+        return self.per_node, k
+
+    def _index(self, v: int) -> _Threshold:
+        idx = self._idx.get(v)
+        if idx is None:
+            idx = self._idx[v] = _Threshold(v, self.nodes)
+        return idx
+
+    # -- searches ----------------------------------------------------------------------
+
+    def earliest_fit(self, width: int, duration: int, start: int, deadline: int | None = None) -> int | None:
+        """Earliest t >= start at which ``width`` GPUs fit on nodes by the node rule over
+        [t, t + duration), with t + duration <= deadline; None when there is none."""
+        if self._one:
+            return self.earliest(width, duration, start, deadline)
+        if not self.admits(width):
+            return None
+        v, k = self._shape(width)
+        if self.earliest(width, duration, start, deadline) is None:  # the pool alone says no
+            return None
+        return self._index(v).earliest(k, duration, start, deadline)
+
+    def choose(self, width: int, start: int, end: int) -> tuple[int, ...] | None:
+        """The nodes a grant of ``width`` over [start, end) would take now, or None."""
+        if self._one:
+            return (0,) if self.min_free(start, end) >= width else None
+        if not self.admits(width) or end <= start:
+            return None
+        v, k = self._shape(width)
+        return self._index(v).choose(k, start, end - start)
+
+    def fits_moved(self, width: int, start: int, end: int, own_start: int, own: tuple[int, ...]) -> bool:
+        """Whether ``width`` GPUs fit over [start, end) once the same grant's reservation
+        from ``own_start`` on (on nodes ``own``) is given back; nothing is touched. A node
+        fits if it is free over the whole window now, or if it is one of ``own`` and free
+        until ``own_start`` (from there its own GPUs come back)."""
+        upto = min(own_start, end)
+        if self._one:
+            return self.min_free(start, upto) >= width
+        if not self.admits(width):
+            return False
+        v, k = self._shape(width)
+        n = self._index(v).fitting(start, end - start)
+        if n >= k or upto == end:
+            return n >= k
+        for x in own:
+            node = self.nodes[x]
+            if node.min_free(start, upto) >= v and node.min_free(start, end) < v:
+                n += 1
+        return n >= k
+
+    def widest_fit(self, start: int, end: int) -> int:
+        """The widest grant the node rule lets fit over the whole of [start, end)."""
+        if self._one:
+            return self.min_free(start, end)
+        d = end - start
+        whole = self._index(self.per_node).fitting(start, d)
+        if whole > 1:
+            return whole * self.per_node
+        for v in range(self.per_node if whole else self.per_node - 1, 0, -1):
+            if self._index(v).fitting(start, d):
+                return v
+        return 0
+
+    def reach(self, width: int, t: int) -> int:
+        """How far from ``t`` the free GPUs reach for ``width`` by the node rule: the latest
+        ``r`` such that the nodes it needs are free over [t, r) (t itself when they are not
+        free at t; FAR_FUTURE when they stay free)."""
+        if self._one:
+            return self.free_until(width, t)
+        if not self.admits(width):
+            return t
+        v, k = self._shape(width)
+        idx = self._index(v)
+        if idx.count.free_at(t) < k:
+            return t
+        ends, es = idx.ends, idx.end_starts
+        i = bisect_right(ends, (t, _LAST))
+        # The runs covering t are those starting by t among the ends after t: the k-th
+        # latest of them is the reach.
+        n = len(ends)
+        hits = compress(range(n - 1, i - 1, -1), map(t.__ge__, islice(reversed(es), n - i)))
+        x = next(islice(hits, k - 1, None), None)
+        return t if x is None else ends[x][0]
+
+    # -- writers -----------------------------------------------------------------------
+
+    def reserve(self, start: int, end: int, width: int, nodes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Take ``width`` GPUs over [start, end) on ``nodes`` (chosen here when None);
+        refuses (ValueError) to over-commit the pool or any node. Returns the nodes."""
+        if width <= 0 or end <= start:
+            raise ValueError(f"bad reservation [{start}, {end}) x {width}")
+        if self._one:
+            if nodes not in (None, (0,)):
+                raise ValueError(f"pool has one node, not {nodes}")
+            super().reserve(start, end, width)
+            nodes = (0,)
+        else:
+            v, k = self._shape(width)
+            if nodes is None:
+                nodes = self.choose(width, start, end)
+                if nodes is None:
+                    raise ValueError(f"over-commit: no {k} node(s) with {v} GPUs free over [{start}, {end})")
+            nodes = tuple(sorted(nodes))
+            if len(nodes) != k or len(set(nodes)) != k or not all(0 <= n < len(self.nodes) for n in nodes):
+                raise ValueError(f"{width} GPUs take {k} node(s) of {v}, not {nodes}")
+            for n in nodes:
+                if self.nodes[n].min_free(start, end) < v:
+                    raise ValueError(f"over-commit: node {n} has not {v} GPUs free over [{start}, {end})")
+            if self.min_free(start, end) < width:
+                raise ValueError(f"over-commit: {width} GPUs not free over [{start}, {end})")
+            self._add(start, end, -width)
+            for n in nodes:
+                self._node_add(n, start, end, -v)
+        self._held.setdefault((end, width), []).append((start, nodes))
+        return nodes
+
+    def release(self, start: int, end: int, width: int, nodes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Give back ``width`` GPUs over [start, end) that an earlier reserve took on
+        ``nodes`` (when None: the nodes of the reservation ending at ``end`` with this width
+        that began latest at or before ``start``). Returns the nodes."""
+        if end <= start:
+            return nodes or ()
+        key = (end, width)
+        held = self._held.get(key, [])
+        pos = None
+        for i, (s0, ns) in enumerate(held):
+            if s0 <= start and (nodes is None or ns == tuple(sorted(nodes))):
+                if pos is None or s0 > held[pos][0]:
+                    pos = i
+        if pos is None:
+            if nodes is None:
+                raise ValueError(f"release of GPUs that were not reserved over [{start}, {end})")
+            s0, found = start, tuple(sorted(nodes))
+        else:
+            s0, found = held.pop(pos)
+            if not held:
+                del self._held[key]
+        if self._one:
+            super().release(start, end, width)
+        else:
+            v, _ = self._shape(width)
+            for n in found:
+                node = self.nodes[n]
+                if node.capacity - node.max_free(start, end) < v:
+                    raise ValueError(f"release of GPUs that were not reserved on node {n} over [{start}, {end})")
+            if self.capacity - self.max_free(start, end) < width:
+                raise ValueError(f"release of GPUs that were not reserved over [{start}, {end})")
+            self._add(start, end, width)
+            for n in found:
+                self._node_add(n, start, end, v)
+        if s0 < start:
+            self._held.setdefault((start, width), []).append((s0, found))
+        return found
+
+    def forget_before(self, t: int) -> None:
+        super().forget_before(t)
+        if self._one:
+            return
+        for c in self.nodes:
+            c.forget_before(t)
+        for idx in self._idx.values():
+            idx.forget_before(t)
+        for key in [k for k in self._held if k[0] <= t]:
+            del self._held[key]
+
+    def held_nodes(self) -> list[tuple[int, int, int, tuple[int, ...]]]:
+        """Every reservation as (start, end, width, nodes), in order."""
+        return sorted((s0, end, w, ns) for (end, w), lst in self._held.items() for s0, ns in lst)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _node_add(self, n: int, start: int, end: int, delta: int) -> None:
+        node = self.nodes[n]
+        # Only thresholds the change crosses have runs that change (see the class doc).
+        lo_before, hi_before = node.min_free(start, end), node.max_free(start, end)
+        lo_after, hi_after = lo_before + delta, hi_before + delta
+        low = min(lo_before, lo_after)
+        high = max(hi_before, hi_after)
+        touched = [idx for v, idx in self._idx.items() if low < v <= high and v <= node.capacity]
+        olds = [_runs_of(node, idx.v, start, end) for idx in touched]
+        node._add(start, end, delta)
+        for idx, old in zip(touched, olds):
+            idx.replace(n, old, _runs_of(node, idx.v, start, end), start, end)

@@ -1,0 +1,171 @@
+"""The node-aware pool calendar against a brute-force reference (hypothesis): after any
+sequence of reserves (nodes chosen by the calendar or named), partial releases and forgets,
+every node's free GPUs equal a recount, the threshold index answers ``earliest_fit``,
+``choose``, ``widest_fit`` and ``reach`` exactly as trying every time and node would."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cellsched.core.calendar import FAR_FUTURE
+from cellsched.core.nodes import NodeCalendar, admissible_widths_near, node_sizes, whole_nodes
+
+
+def test_node_rule_helpers():
+    assert node_sizes(20, 8) == [8, 8, 4] and node_sizes(16, 8) == [8, 8]
+    assert [whole_nodes(w, 8) for w in (1, 8, 9, 16, 24, 12)] == [0, 0, None, 2, 3, None]
+    assert admissible_widths_near(12, 8, 4) == [8, 16]
+    assert admissible_widths_near(30, 8, 3) == [24]
+    assert admissible_widths_near(16, 8, 3) == [16]
+
+
+def test_wide_grants_take_whole_nodes_and_a_fragmented_pool_is_not_enough():
+    cal = NodeCalendar(32, 8)  # four nodes of 8
+    for n in range(4):  # 4 GPUs busy on every node: 16 free in all, no whole node
+        cal.reserve(0, 100, 4, (n,))
+    assert cal.min_free(0, 100) == 16
+    assert cal.earliest_fit(16, 10, 0) == 100  # the flat calendar would say 0
+    assert cal.earliest_fit(4, 10, 0) == 0
+    assert cal.earliest_fit(5, 10, 0) == 100
+    assert cal.choose(16, 100, 110) == (0, 1)
+    assert cal.widest_fit(0, 100) == 4 and cal.widest_fit(100, 200) == 32
+    with pytest.raises(ValueError):
+        cal.reserve(0, 10, 12)  # not a whole number of nodes
+    with pytest.raises(ValueError):
+        cal.reserve(0, 10, 8, (0,))  # node 0 has 4 free
+
+
+def test_one_node_pool_is_the_flat_calendar():
+    cal = NodeCalendar(16, 16)
+    assert cal.nodes == [cal]
+    assert cal.reserve(0, 10, 12) == (0,)
+    assert cal.earliest_fit(5, 5, 0) == cal.earliest(5, 5, 0) == 10
+    assert cal.widest_fit(0, 10) == 4 and cal.reach(4, 0) == FAR_FUTURE
+
+
+def test_release_without_nodes_finds_the_reservation():
+    cal = NodeCalendar(24, 8)
+    a = cal.reserve(0, 50, 3)
+    b = cal.reserve(10, 50, 3)
+    assert cal.release(20, 50, 3) == b  # the one that began latest by 20
+    assert cal.release(5, 50, 3) == a
+    assert [c.free_at(30) for c in cal.nodes] == [8, 8, 8] and cal.free_at(15) == 21
+
+
+# -- brute force ------------------------------------------------------------------------
+
+SIZES = {"two of 4": (8, 4), "three of 4 and 2": (14, 4), "four of 2": (8, 2), "ones": (5, 1)}
+
+
+def free_of(sizes, live, n, t):  # noqa: ANN001
+    """Free GPUs of node ``n`` at ``t``: a wide grant holds its nodes whole."""
+    per = max(sizes)
+    return sizes[n] - sum(min(w, per) for s, e, w, ns in live if s <= t < e and n in ns)
+
+
+def node_fits(sizes, live, n, v, a, b):  # noqa: ANN001
+    times = {a} | {s for s, *_ in live if a < s < b} | {e for _, e, *_ in live if a < e < b}
+    return sizes[n] >= v and all(free_of(sizes, live, n, t) >= v for t in times)
+
+
+def brute_earliest(sizes, per, live, width, d, start, deadline):  # noqa: ANN001
+    v, k = (width, 1) if width <= per else (per, width // per)
+    cands = sorted({start} | {e for _, e, *_ in live if e > start} | {s for s, *_ in live if s > start})
+    for t in cands:
+        if deadline is not None and t + d > deadline:
+            return None
+        if sum(node_fits(sizes, live, n, v, t, t + d) for n in range(len(sizes))) >= k:
+            return t
+    return None
+
+
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["reserve", "reserve", "reserve", "named", "release", "forget"]),
+        st.integers(0, 60), st.integers(1, 30), st.integers(1, 12), st.integers(0, 10),
+    ),
+    max_size=25,
+)
+queries = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 40), st.integers(0, 90),
+                             st.none() | st.integers(10, 120)), min_size=1, max_size=8)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from(sorted(SIZES)), steps=ops, qs=queries)
+def test_index_matches_brute_force(shape, steps, qs):
+    gpus, per = SIZES[shape]
+    sizes = node_sizes(gpus, per)
+    cal = NodeCalendar(gpus, per)
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+    floor = 0
+    for kind, a, length, width, pick in steps:
+        a = max(a, floor)
+        b = a + length
+        if kind == "forget":
+            floor = max(floor, a)
+            cal.forget_before(floor)
+            live = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
+            continue
+        if kind == "release":
+            if live:
+                s, e, w, ns = live.pop(pick % len(live))
+                cut = min(e, max(s, a))
+                if cut == e:
+                    live.append((s, e, w, ns))
+                    continue
+                got = cal.release(cut, e, w, ns if pick % 2 else None)
+                if pick % 2:
+                    assert got == ns
+                if cut > s:
+                    live.append((s, cut, w, got))
+            continue
+        if not cal.admits(width):
+            assert width > per and (width % per or width // per > gpus // per)
+            continue
+        v, k = (width, 1) if width <= per else (per, width // per)
+        if kind == "named":
+            ns = tuple(sorted({(pick + i) % len(sizes) for i in range(k)}))
+            ok = len(ns) == k and all(node_fits(sizes, live, n, v, a, b) for n in ns)
+            if ok:
+                assert cal.reserve(a, b, width, ns) == ns
+                live.append((a, b, width, ns))
+            else:
+                with pytest.raises(ValueError):
+                    cal.reserve(a, b, width, ns)
+            continue
+        chosen = cal.choose(width, a, b)
+        ok = sum(node_fits(sizes, live, n, v, a, b) for n in range(len(sizes))) >= k
+        assert (chosen is not None) == ok
+        if ok:
+            assert all(node_fits(sizes, live, n, v, a, b) for n in chosen) and len(set(chosen)) == k
+            assert cal.reserve(a, b, width) == chosen
+            live.append((a, b, width, chosen))
+    # every node's calendar is the recount, and so is the pool's
+    for t in sorted({floor} | {s for s, *_ in live} | {e for _, e, *_ in live}):
+        if t < floor:
+            continue
+        per_node = [free_of(sizes, live, n, t) for n in range(len(sizes))]
+        assert all(f >= 0 for f in per_node)
+        if len(sizes) > 1:
+            assert [c.free_at(t) for c in cal.nodes] == per_node
+        assert cal.free_at(t) == sum(per_node)
+    for width, d, start, deadline in qs:
+        start = max(start, floor)
+        want = brute_earliest(sizes, per, live, width, d, start, deadline) if cal.admits(width) else None
+        assert cal.earliest_fit(width, d, start, deadline) == want, (width, d, start, deadline)
+        if want is not None:
+            ns = cal.choose(width, want, want + d)
+            v = width if width <= per else per
+            assert ns is not None and all(node_fits(sizes, live, n, v, want, want + d) for n in ns)
+        widest = max((w for w in range(1, gpus + 1) if cal.admits(w)
+                      and brute_earliest(sizes, per, live, w, d, start, start + d) == start), default=0)
+        assert cal.widest_fit(start, start + d) == widest
+        if cal.admits(width):
+            r = cal.reach(width, start)
+            horizon = max([e for _, e, *_ in live] + [start]) + 1
+            fit_to = [x for x in range(start + 1, horizon + 1)
+                      if brute_earliest(sizes, per, live, width, x - start, start, x) == start]
+            expect = start if not fit_to else (FAR_FUTURE if fit_to[-1] == horizon else fit_to[-1])
+            assert r == expect, (width, start)
