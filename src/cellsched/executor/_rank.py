@@ -157,9 +157,10 @@ class RankWorker:
         kill_at: float | None = None,
         pass_env: tuple[str, ...] = (),
     ) -> str:
-        """Start the command for (job, attempt) unless already known; returns "started",
-        "exists", "busy" or "fenced". Returns once the process is running (or has failed
-        to start)."""
+        """Start the command for (job, attempt) under a supervisor unless already known;
+        returns "started", "exists", "busy" or "fenced". Returns once the supervisor is
+        spawned: the record shows the attempt running from then on, and a job that cannot
+        be started ends with 127/126 (125: its lock says it was declared dead)."""
         key = (job, attempt)
         with self._lock:
             if self._fenced(epoch):

@@ -293,7 +293,9 @@ class Executor(Protocol):
         ...
 
     def launch(self, gang: GangSpec) -> None:
-        """Start every rank of ``gang``; returns once each rank's process is running.
+        """Start every rank of ``gang``; returns once each rank has it (``running`` shows
+        it from then on; on Ray the job's own process starts tens of ms later, under its
+        supervisor).
 
         Idempotent on ``(reservation, job, attempt)``: launching a gang that already started
         (or already ended and was reported) does nothing. A command that cannot be executed is
