@@ -391,3 +391,16 @@ def test_cluster_config_pass_env() -> None:
     for bad in (["CELLSCHED_DB"], ["cellsched_x"], ["A B"], ["1X"], [""]):
         with pytest.raises(ValidationError, match="pass_env"):
             Policy(pass_env=bad)
+
+
+def test_an_attempt_declared_dead_never_runs_later() -> None:
+    """As on Ray, where attempt_fate marks the lock files: a late launch refuses (125)."""
+    ex = ready({"a": Behaviour(None)})
+    ex.crash_cluster()
+    assert ex.attempt_fate(R, "a", 0, 1, "/logs") == "dead"  # never launched: nothing of it
+    ex.reserve(R, 4)
+    ex.launch(gang("a", (0,)))
+    (res,) = ex.poll(R)
+    assert (res.outcome, res.exit_codes, res.gpu_seconds) == ("failed", (125,), 0)
+    ex.launch(gang("a", (0,), attempt=1))  # the next attempt runs
+    assert [g.attempt for g in ex.running(R)] == [1]

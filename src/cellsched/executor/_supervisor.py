@@ -46,7 +46,7 @@ import threading
 import time
 
 PR_SET_CHILD_SUBREAPER = 36
-REFUSED_CODE = 125  # the attempt was declared dead before its supervisor could start it
+REFUSED_CODE = 125  # declared dead before it could start (= base.REFUSED_CODE)
 LOCK_WAIT_S = 2.0  # attempt_fate holds a lock for microseconds; anything longer is a live owner
 
 

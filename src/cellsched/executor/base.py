@@ -65,6 +65,11 @@ RESERVED_ENV = (
     "CUDA_VISIBLE_DEVICES",
 )
 
+# The exit code of an attempt that was declared dead (``attempt_fate``) before it could run:
+# launching it later refuses to run it (``_supervisor.REFUSED_CODE`` is the same number: the
+# supervisor imports nothing of cellsched).
+REFUSED_CODE = 125
+
 # What a job inherits from its Ray worker's environment (see ``job_environment``). Nothing
 # else: the worker's environment is the daemon's (or ``ray start``'s) and may hold the
 # ledger's URL, keys and tokens.

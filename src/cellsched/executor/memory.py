@@ -39,6 +39,7 @@ from itertools import combinations
 from typing import Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
 
 from .base import (
+    REFUSED_CODE,
     Fate,
     Fenced,
     GangResult,
@@ -143,6 +144,9 @@ class _World:
     seq: int = 0
     orphans: list[tuple[str, _Gang]] = field(default_factory=list)  # outlived a crash
     history: list[tuple[str, _Gang]] = field(default_factory=list)  # every gang launched
+    # (reservation, job, attempt) that attempt_fate declared dead: like the lock files on
+    # Ray, they make a later launch of that attempt refuse to run (exit code 125)
+    declared_dead: set[tuple[str, str, int]] = field(default_factory=set)
 
 
 class MemoryExecutor:
@@ -306,7 +310,10 @@ class MemoryExecutor:
         b = self._behaviour(gang)
         t = self.now
         ranks = [_Rank() for _ in gang.bundles]
-        if b.duration is not None:
+        if (r.name, gang.job, gang.attempt) in self._w.declared_dead:
+            b = Behaviour(0, exit_code=REFUSED_CODE)
+            ranks = [_Rank(t, REFUSED_CODE, "natural") for _ in gang.bundles]
+        elif b.duration is not None:
             e = t + b.duration
             for i in range(len(ranks)):
                 ranks[i] = _Rank(e, 0, "natural")
@@ -385,6 +392,7 @@ class MemoryExecutor:
             g = r.gangs.get(key)
             if g is not None and not g.ended_by(t):
                 return "alive"
+        self._w.declared_dead.add((name, job, attempt))
         return "dead"
 
     # -- internals -----------------------------------------------------------------------
