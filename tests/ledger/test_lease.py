@@ -5,6 +5,7 @@ write fenced with an old epoch raises Deposed and writes nothing; racing process
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Iterator
 
@@ -114,6 +115,34 @@ def test_write_with_epoch_on_a_ledger_without_lease(ledger: Ledger) -> None:
     with pytest.raises(Deposed, match="no daemon lease"):
         with ledger.write(epoch=1):
             pass
+
+
+def test_a_gone_holder_on_this_host_is_taken_over_at_once(ledger: Ledger) -> None:
+    import subprocess
+
+    from cellsched.ledger.lease import this_host
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: the pid is free
+    a = acquire(ledger, host=this_host(), pid=dead.pid)
+    b = acquire(ledger)  # this host, this process: no waiting for a's lease
+    assert b.epoch == a.epoch + 1 and b.prev_renewed_at == pytest.approx(a.renewed_at)
+    zombie = subprocess.Popen(["true"])  # not reaped yet: a zombie is gone too
+    time.sleep(0.3)
+    release(ledger, b)
+    c = acquire(ledger, host=this_host(), pid=zombie.pid)
+    e = acquire(ledger)
+    assert e.epoch == c.epoch + 1
+    zombie.wait()
+    release(ledger, e)
+    # alive on this host (this very process), or gone on another host: held
+    d = acquire(ledger, host=this_host(), pid=os.getppid(), duration_s=5)
+    with pytest.raises(LeaseHeld):
+        acquire(ledger)
+    release(ledger, d)
+    acquire(ledger, host="elsewhere", pid=dead.pid)
+    with pytest.raises(LeaseHeld):
+        acquire(ledger)
 
 
 def test_wait_acquire_takes_over_after_expiry(ledger: Ledger) -> None:

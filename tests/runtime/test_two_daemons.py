@@ -3,8 +3,10 @@ PostgreSQL): exactly one serves, the other exits 2 with one line naming it. Then
 ``--standby`` (its own local Ray, waiting): the leader is SIGKILLed (with its Ray, as if its
 host died) and the standby takes over; takeover = kill → the standby's first reconcile pass.
 
-The lease is shortened with ``CELLSCHED_LEASE_S`` (renew and retry scale with it) so the
-test stays quick; ``benchmarks/takeover.py`` measures the default timings with the helpers
+Each serve plays a host of its own (``CELLSCHED_LEASE_HOST``): a dead holder on the same
+host is taken over at once, a dead host only when its lease expires, which is what is
+measured. The lease is shortened with ``CELLSCHED_LEASE_S`` (renew and retry scale with it)
+so the test stays quick; ``benchmarks/takeover.py`` measures the default timings with the helpers
 here. Slow (two local Rays start, 10-25 s on 2 cores).
 """
 
@@ -55,8 +57,13 @@ def write_cluster(d: Path) -> Path:
 class Serve:
     """One ``cellsched serve`` in its own session; its stderr lines kept with their arrival time."""
 
-    def __init__(self, cluster: Path, db_url: str, run_id: str, *args: str, lease_s: float | None = None) -> None:
-        env = {**os.environ, "CELLSCHED_DB": db_url, "RAY_AUTH_MODE": "disabled", MARK: run_id}
+    def __init__(self, cluster: Path, db_url: str, run_id: str, *args: str, lease_s: float | None = None,
+                 host: str = "host-a") -> None:
+        # Each serve plays a host of its own (CELLSCHED_LEASE_HOST): on one host, a holder whose
+        # process is gone is taken over at once, without waiting for its lease to expire.
+        self.host = host
+        env = {**os.environ, "CELLSCHED_DB": db_url, "RAY_AUTH_MODE": "disabled", MARK: run_id,
+               "CELLSCHED_LEASE_HOST": host}
         env.pop("RAY_ADDRESS", None)
         if lease_s is not None:
             env["CELLSCHED_LEASE_S"] = str(lease_s)
@@ -157,12 +164,12 @@ def takeover(cluster: Path, db_url: str, lease_s: float | None, run_id: str) -> 
     """Leader up; a standby up and waiting (its Ray connected); SIGKILL the leader's session;
     returns the seconds from the kill to the standby's first reconcile pass, and both serves.
     The leader is started with ``--standby`` too: a lease left by an earlier daemon is waited for."""
-    leader = Serve(cluster, db_url, run_id, "--standby", lease_s=lease_s)
+    leader = Serve(cluster, db_url, run_id, "--standby", lease_s=lease_s, host="host-b")
     standby: Serve | None = None
     try:
         leader.wait_for(r"first reconcile pass done", 120)
-        standby = Serve(cluster, db_url, run_id, "--standby", lease_s=lease_s)
-        standby.wait_for(rf"standby: pid {leader.pid} on \S+ holds the lease", 120)
+        standby = Serve(cluster, db_url, run_id, "--standby", lease_s=lease_s, host="host-c")
+        standby.wait_for(rf"standby: pid {leader.pid} on host-b holds the lease", 120)
         killed_at = time.time()
         leader.kill_all()
         m = standby.wait_for(r"first reconcile pass done at (\d+\.\d+)", 120)
@@ -185,8 +192,8 @@ def test_two_daemons_one_serves_then_standby_takes_over(tmp_path: Path, ledger_u
     run_id = uuid.uuid4().hex
     led = Ledger(ledger_url)
     led.ensure_schema()  # as after `cellsched init`: both racers open an existing ledger
-    a = Serve(cluster, ledger_url, run_id, lease_s=lease_s)
-    b = Serve(cluster, ledger_url, run_id, lease_s=lease_s)
+    a = Serve(cluster, ledger_url, run_id, lease_s=lease_s, host="host-a")
+    b = Serve(cluster, ledger_url, run_id, lease_s=lease_s, host="host-a2")
     try:
         # Exactly one acts; the other exits 2 at once (before starting Ray) naming it.
         end = time.monotonic() + 60
@@ -196,7 +203,7 @@ def test_two_daemons_one_serves_then_standby_takes_over(tmp_path: Path, ledger_u
         assert loser.exit_code(5) == 2, loser.text()
         loser.wait_for(r"^cellsched: another daemon serves this ledger", 5)
         lines = [ln for _, ln in loser.lines if ln.startswith("cellsched:")]
-        assert len(lines) == 1 and f"pid {winner.pid} on " in lines[0] and ", since " in lines[0], loser.text()
+        assert len(lines) == 1 and f"pid {winner.pid} on {winner.host}, since " in lines[0], loser.text()
         assert "Traceback" not in loser.text()
         winner.wait_for(r"first reconcile pass done", 120)
         assert "Ray has 2 GPUs but the cluster config's pools declare 4" in winner.text()
