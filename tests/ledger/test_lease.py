@@ -14,8 +14,18 @@ from sqlmodel import select
 
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.lease import (LEASE_DURATION_S, RENEW_EVERY_S, RETRY_EVERY_S, Deposed, LeaseHeld,
-                                    acquire, release, renew, state, wait_acquire)
+from cellsched.ledger.lease import (
+    LEASE_DURATION_S,
+    RENEW_EVERY_S,
+    RETRY_EVERY_S,
+    Deposed,
+    LeaseHeld,
+    acquire,
+    release,
+    renew,
+    state,
+    wait_acquire,
+)
 from cellsched.ledger.tables import EventRow
 
 

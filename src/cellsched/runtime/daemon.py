@@ -12,12 +12,22 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from cellsched.errors import BadInput
 from cellsched.executor.base import Fenced
-from cellsched.ledger.lease import (Deposed, Lease, LeaseHeld, acquire, record_gpus, release, renew,
-                                    timings, wait_acquire)
+from cellsched.ledger.lease import (
+    Deposed,
+    Lease,
+    LeaseHeld,
+    acquire,
+    record_gpus,
+    release,
+    renew,
+    timings,
+    wait_acquire,
+)
 from cellsched.runtime.reconciler import Reconciler, Settings
 from cellsched.service import Env
 
