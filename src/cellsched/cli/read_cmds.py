@@ -29,6 +29,7 @@ def budget(
     daemon = daemon_state(e)
     if json_out:
         data["period_start_utc"], data["period_end_utc"] = iso(data["period_start"]), iso(data["period_end"])
+        data["daemon"] = daemon.to_json()
         emit_json(data)
         return
     span = "all time" if b.period == "none" else f"{local(b.period_start)} → {local(b.period_end)} {tzname()}"
