@@ -135,6 +135,14 @@ def reconcile_pass(url: str | None, live: int, future: int, passes: int, work: P
         env.ledger.dispose()
 
 
+def mem_available_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
 def observe_groups(n: int, rounds: int, work: Path) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
@@ -155,6 +163,8 @@ def observe_groups(n: int, rounds: int, work: Path) -> dict[str, Any]:
         deadline = time.monotonic() + 600
         while pending:
             assert time.monotonic() < deadline, f"{len(pending)} of {n} groups not ready after 600 s"
+            # every group is a rank worker process: stop before the machine runs out of memory
+            assert mem_available_gb() > 1.5, f"under 1.5 GB of memory left with {n - len(pending)} groups ready"
             pending = {x for x in pending if ex.reservation_state(x) != "ready"}
             if pending:
                 time.sleep(0.5)

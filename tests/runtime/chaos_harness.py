@@ -16,15 +16,17 @@ stamp file, with a single ``printf >>`` per line (atomic for short lines under O
 ``end`` is written by an EXIT trap (SIGTERM/SIGINT are trapped and turned into an exit), so
 only a SIGKILL leaves a ``start`` without an ``end``. Jobs marked ``fail-first`` fail (exit 1)
 the first time any rank of any attempt reaches the failure point (an atomic ``mkdir`` marker),
-so their first real run fails and the retry succeeds. Every job process carries
+so their first real run fails and the retry succeeds. The job marked ``until-final`` is a long
+training run: it lasts until the final round has begun. Every job process carries
 ``CHAOS_JOB=<run id>`` in its environment (the spec's ``env``, which an environment allowlist
 keeps) and ``CHAOS_SH=<sh pid>`` for the ``sleep`` it waits on; the daemon and its local Ray
 carry ``CHAOS_RUN=<run id>``. A background thread scans ``/proc`` every 0.2 s and records
 when each attempt's processes were last seen alive.
 
 A round: start ``serve`` (own process group, log file), wait until it logs that it is up,
-hold for a random time (seeded), send SIGKILL, SIGTERM or SIGINT, wait for it to exit (bounded;
-SIGKILL to its group if it hangs), wait for its Ray to go away (bounded; leftovers are
+hold for a random time (seeded; now and then the signal comes while it is still starting),
+send SIGKILL or SIGTERM to serve, or SIGINT to its process group (Ctrl-C), wait for it to exit
+(bounded; SIGKILL to its group if it hangs), wait for its Ray to go away (bounded; leftovers are
 recorded and killed), then look for job processes that outlived it (recorded as orphans,
 left alive: they are the bug the test is about, and the scanner keeps timing them). A new
 wave of projects is submitted whenever the previous one has finished, so the daemon has work
@@ -78,7 +80,7 @@ UP_MARKERS = ("daemon up",)
 FINAL_STATES = {"completed", "expired", "cancelled", "replaced", "failed"}
 
 JOB_SH = r"""#!/bin/sh
-# chaos workload rank: job.sh <seconds> ok|fail-first
+# chaos workload rank: job.sh <seconds> ok|fail-first|until-final
 secs=$1
 mode=$2
 rc=0
@@ -94,14 +96,24 @@ stop() {
   [ -n "$child" ] && kill "$child" 2>/dev/null
   exit "$rc"
 }
-trap 'stamp end " $rc"' EXIT
+started=
+trap '[ -z "$started" ] || stamp end " $rc"' EXIT
 trap 'stop 143' TERM
 trap 'stop 130' INT
 stamp start ""
+started=1
 export CHAOS_SH=$$
 if [ "$mode" = fail-first ] && mkdir "$CHAOS_DIR/failed-$CELLSCHED_PROJECT-$CELLSCHED_JOB" 2>/dev/null; then
   rc=1
   exit 1
+fi
+if [ "$mode" = until-final ]; then
+  # a long training run: it lasts until the final round has begun
+  while [ ! -e "$CHAOS_DIR/final" ]; do
+    sleep 0.5 &
+    child=$!
+    wait "$child"
+  done
 fi
 sleep "$secs" &
 child=$!
@@ -113,23 +125,23 @@ exit "$rc"
 
 
 def job(name: str, gpus: int, secs: float, after: tuple[str, ...] = (), retries: int = 0,
-        fail_first: bool = False) -> dict[str, Any]:
-    return {"name": name, "gpus": gpus, "secs": secs, "after": list(after), "retries": retries,
-            "fail_first": fail_first}
+        mode: str = "ok") -> dict[str, Any]:
+    return {"name": name, "gpus": gpus, "secs": secs, "after": list(after), "retries": retries, "mode": mode}
 
 
 # One wave: widths add up to the pool's 8 GPUs, so every project of a wave starts at once.
-# Jobs take 1-4 s, except `soak` (longer than a daemon restart, so an orphaned copy of it is
-# still alive when the next daemon could start attempt 2).
+# Jobs take 1-4 s, except `soak`, a long run that lasts until the final round has begun (then
+# 1 s more): an orphaned copy of it is still alive whenever a later daemon starts its next
+# attempt, however slowly that daemon and its Ray start.
 WAVE: list[tuple[str, int, list[dict[str, Any]]]] = [
     ("gang", 4, [job("prep", 1, 1),
-                 job("train", 4, 3, after=("prep",), retries=1, fail_first=True),
+                 job("train", 4, 3, after=("prep",), retries=1, mode="fail-first"),
                  job("eval", 2, 2, after=("train",))]),
-    ("chain", 2, [job("a", 1, 2, retries=1, fail_first=True),
+    ("chain", 2, [job("a", 1, 2, retries=1, mode="fail-first"),
                   job("b", 2, 2, after=("a",)),
-                  job("c", 1, 1, after=("b",), retries=2, fail_first=True)]),
-    ("soak", 1, [job("soak", 1, 8), job("tail", 1, 1, after=("soak",))]),
-    ("pair", 1, [job("x", 1, 4, retries=1, fail_first=True), job("y", 1, 1, after=("x",))]),
+                  job("c", 1, 1, after=("b",), retries=2, mode="fail-first")]),
+    ("soak", 1, [job("soak", 1, 1, mode="until-final"), job("tail", 1, 1, after=("soak",))]),
+    ("pair", 1, [job("x", 1, 4, retries=1, mode="fail-first"), job("y", 1, 1, after=("x",))]),
 ]
 
 
@@ -139,14 +151,18 @@ class ChaosConfig:
     seed: int = 0
     db_url: str | None = None  # None: a SQLite ledger in the work dir
     workdir: Path | None = None
-    hold_s: tuple[float, float] = (0.5, 5.0)  # how long serve runs after it is up, then a signal
+    hold_s: tuple[float, float] = (0.3, 3.5)  # how long serve runs after it is up, then a signal
+    # the chance that a round's signal comes while serve is still starting (Ray, lease): then
+    # hold_s counts from serve's start, not from "daemon up"
+    early_p: float = 0.15
     up_timeout_s: float = 45.0
     stop_timeout_s: float = 25.0
-    teardown_s: float = 5.0  # for serve's local Ray to go away after serve exited
+    teardown_s: float = 2.0  # for serve's local Ray to go away after serve exited (then killed)
+    final_teardown_s: float = 10.0  # the same after the final, clean stop (then a leak)
     orphan_wait_s: float = 4.0  # for job processes to go away after their Ray did
     final_timeout_s: float = 150.0
     window_s: int = 900
-    grace_s: int = 2
+    grace_s: int = 1
     interval_s: float = 0.2
     lease_s: float = 3.0  # CELLSCHED_LEASE_S for serve: a SIGKILLed daemon's lease expires soon
     serve_args: tuple[str, ...] = ()
@@ -158,6 +174,7 @@ class Round:
     index: int
     signal: str | None
     started: float
+    early: bool = False
     up_after_s: float | None = None
     held_s: float = 0.0
     signalled: float | None = None
@@ -171,7 +188,7 @@ class Round:
     log: str = ""
 
     def signals(self) -> dict[str, Any]:
-        return {"round": self.index, "signal": self.signal, "up_after_s": _r(self.up_after_s),
+        return {"round": self.index, "signal": self.signal, "early": self.early, "up_after_s": _r(self.up_after_s),
                 "held_s": _r(self.held_s), "exit_code": self.exit_code,
                 "exit_after_s": _r(self.exit_after_s), "exited_early": self.exited_early,
                 "signalled_at": _r(self.signalled), "hung": self.hung, "ray_leftover": self.ray_leftover,
@@ -198,11 +215,14 @@ class Proc:
         """The stamping shell this process belongs to (itself, or the shell of its sleep)."""
         return int(self.env.get("CHAOS_SH") or self.pid)
 
-    def describe(self) -> str:
+    def whose(self) -> str:
         e = self.env
+        return (f"{e.get('CELLSCHED_PROJECT')}/{e.get('CELLSCHED_JOB')} attempt {e.get('CELLSCHED_ATTEMPT')} "
+                f"rank {e.get('RANK')}")
+
+    def describe(self) -> str:
         if self.kind == "job":
-            return (f"pid {self.pid} ({self.cmd[:60]}) of {e.get('CELLSCHED_PROJECT')}/{e.get('CELLSCHED_JOB')} "
-                    f"attempt {e.get('CELLSCHED_ATTEMPT')} rank {e.get('RANK')}")
+            return f"pid {self.pid} ({self.cmd[:60]}) of {self.whose()}"
         cmd = self.cmd.split("site-packages/", 1)[-1]
         return f"pid {self.pid} ({cmd[:100]})"
 
@@ -321,7 +341,7 @@ class Workload:
             "problem": f"Does {name} survive a daemon killed at random moments?",
             "budget": {"gpu_hours": width * self.cfg.window_s / 3600, "gpus": width, "pool": "h100"},
             "jobs": [{"name": j["name"], "gpus": j["gpus"], "after": j["after"], "retries": j["retries"],
-                      "run": ["/bin/sh", str(self.script), str(j["secs"]), "fail-first" if j["fail_first"] else "ok"],
+                      "run": ["/bin/sh", str(self.script), str(j["secs"]), j["mode"]],
                       "env": {"CHAOS_JOB": self.run_id, "CHAOS_DIR": str(self.dir)}} for j in jobs],
         }
 
@@ -441,7 +461,10 @@ class Driver:
         hung = False
         if proc.poll() is None:
             try:
-                os.kill(proc.pid, sig)
+                if sig == signal.SIGINT:
+                    os.killpg(proc.pid, sig)  # Ctrl-C: the terminal's whole foreground group
+                else:
+                    os.kill(proc.pid, sig)  # kill, OOM killer, a supervisor: the process alone
             except OSError:
                 pass
         try:
@@ -456,39 +479,43 @@ class Driver:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        # anything else left in serve's process group (not the jobs: they have sessions of their own)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
         return proc.poll(), time.monotonic() - t0, hung
 
-    def after_serve(self, rnd: Round) -> None:
+    def after_serve(self, rnd: Round, teardown_s: float) -> None:
         """Serve has exited: wait for its Ray to go away (kill leftovers), then record job
         processes that outlived it (left alive, and timed by the liveness scanner)."""
-        left = wait_gone(self.run_id, "ray", self.cfg.teardown_s)
+        left = wait_gone(self.run_id, "ray", teardown_s)
         rnd.ray_leftover = [p.describe() for p in left]
         if left:
             kill_all(left)
             wait_gone(self.run_id, "ray", 5)
         orphans = wait_gone(self.run_id, "job", self.cfg.orphan_wait_s)
-        rnd.orphans = [p.describe() for p in orphans]
+        by_sh: dict[int, list[Proc]] = {}
+        for p in orphans:
+            by_sh.setdefault(p.sh, []).append(p)
+        # one line per rank of an attempt (its shell and whatever it had started)
+        rnd.orphans = [f"{ps[0].whose()}: " + ", ".join(f"pid {p.pid} ({p.cmd[:60]})" for p in ps)
+                       for ps in by_sh.values()]
         rnd.ended = time.time()
 
     def round(self, i: int) -> Round:
         sig_name = self.rng.choice(sorted(SIGNALS))
         hold = self.rng.uniform(*self.cfg.hold_s)
+        early = self.rng.random() < self.cfg.early_p
         log = self.w.dir / f"serve-{i:03d}.log"
-        rnd = Round(i, sig_name, time.time(), log=str(log))
+        rnd = Round(i, sig_name, time.time(), early=early, log=str(log))
         t0 = time.monotonic()
         proc = self.start_serve(log)
         if self.w.all_finished():  # while Ray starts: a new wave when the last one is done
             self.problems += self.w.submit_wave()
-        rnd.up_after_s = self.wait_up(proc, log, self.cfg.up_timeout_s, t0)
-        if proc.poll() is None:
+        if early:
+            rnd.up_after_s = self.wait_up(proc, log, hold, t0)
+        else:
+            rnd.up_after_s = self.wait_up(proc, log, self.cfg.up_timeout_s, t0)
+        if proc.poll() is None and (not early or rnd.up_after_s is not None):
             t = time.monotonic()
             try:
-                proc.wait(hold)
+                proc.wait(max(0.0, hold - (t - t0)) if early else hold)
             except subprocess.TimeoutExpired:
                 pass
             rnd.held_s = time.monotonic() - t
@@ -496,13 +523,15 @@ class Driver:
         rnd.signalled = time.time()
         rnd.exit_code, rnd.exit_after_s, rnd.hung = self.stop_serve(
             proc, SIGNALS[sig_name], 5 if sig_name == "SIGKILL" else self.cfg.stop_timeout_s)
-        self.after_serve(rnd)
-        self.cfg.say(f"round {i}: {sig_name} after {rnd.held_s:.1f} s up (up in {rnd.up_after_s} s), "
+        self.after_serve(rnd, self.cfg.teardown_s)
+        self.cfg.say(f"round {i}: {sig_name}{' while starting' if early else ''} after {rnd.held_s:.1f} s up "
+                     f"(up in {rnd.up_after_s} s), "
                      f"exit {rnd.exit_code} in {rnd.exit_after_s:.1f} s, {len(rnd.orphans)} orphans")
         return rnd
 
     def final(self) -> Round:
         log = self.w.dir / "serve-final.log"
+        (self.w.dir / "final").touch()  # the long runs may end now
         rnd = Round(len(self.rounds), None, time.time(), log=str(log))
         t0 = time.monotonic()
         proc = self.start_serve(log)
@@ -523,7 +552,7 @@ class Driver:
             self.leaked_groups = live_groups(self.run_id, "cellsched/")
         rnd.signalled = time.time()
         rnd.exit_code, rnd.exit_after_s, rnd.hung = self.stop_serve(proc, signal.SIGTERM, self.cfg.stop_timeout_s)
-        self.after_serve(rnd)
+        self.after_serve(rnd, self.cfg.final_teardown_s)
         self.cfg.say(f"final: {rnd.held_s:.1f} s, exit {rnd.exit_code}, {len(rnd.orphans)} orphans")
         return rnd
 
@@ -755,8 +784,14 @@ def check(d: Driver) -> dict[str, Any]:
         else:
             lost.append(msg)
 
-    orphans = [o for r in d.rounds for o in r.orphans]
-    leaked_procs = orphans + [f"after the final stop: {x}" for x in d.leaked_at_end]
+    # a rank whose processes outlived its daemon (and its Ray) is one leak, named with the
+    # first round after which it was seen
+    leaked_procs = list({o.split(":")[0]: f"after round {r.index}: {o}"
+                         for r in reversed(d.rounds) for o in r.orphans}.values())
+    final = [r for r in d.rounds if r.signal is None]
+    leaked_procs += [f"Ray of the final daemon, {d.cfg.final_teardown_s:g} s after it stopped: {x}"
+                     for r in final for x in r.ray_leftover]
+    leaked_procs += [f"after the final stop: {x}" for x in d.leaked_at_end]
     return {
         "rounds": len([r for r in d.rounds if r.signal is not None]),
         "overlaps": len(overlaps),
@@ -818,7 +853,8 @@ def report(res: dict[str, Any]) -> str:
                 out.append(f"  … and {len(v) - 30} more")
     out.append("rounds:")
     for s in res["round_signals"]:
-        out.append(f"  {s['round']:>3} {s['signal']!s:<8} up {s['up_after_s']} s, held {s['held_s']} s, "
+        out.append(f"  {s['round']:>3} {s['signal']!s:<8}{' early' if s['early'] else ''} up {s['up_after_s']} s, "
+                   f"held {s['held_s']} s, "
                    f"exit {s['exit_code']} after {s['exit_after_s']} s"
                    + (", exited before the signal" if s["exited_early"] else "")
                    + (", hung (group killed)" if s["hung"] else "")
