@@ -229,6 +229,10 @@ class RayExecutor:
         self._ready.add(name)
         return "ready"
 
+    def cluster_gpus(self) -> int:
+        """GPUs the Ray cluster has in all (for serve's check against the cluster config)."""
+        return int(self._ray.cluster_resources().get("GPU", 0))
+
     def reservations(self) -> list[str]:
         from ray.util import placement_group_table
 

@@ -146,15 +146,6 @@ def connect(address: str | None, local_gpus: int | None = None,
     return box["ex"], local
 
 
-def ray_gpus() -> int | None:
-    """GPUs in the connected Ray cluster (None if Ray is not initialised here)."""
-    import ray
-
-    if not ray.is_initialized():
-        return None
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
 def check_gpus(env: Env, lease: Lease, have: int | None) -> None:
     """Warn loudly if Ray has fewer GPUs than the cluster config's pools declare (and serve
     anyway: a standby taking over while a node is down must), and record both in the lease
@@ -326,7 +317,7 @@ def run(env: Env, address: str | None, gpus: int | None, *, standby: bool = Fals
         hb = Heartbeat(env, got, renew_s, duration_s, stop)
         hb.start()
     try:
-        check_gpus(env, hb.lease, ray_gpus())
+        check_gpus(env, hb.lease, ex.cluster_gpus() if hasattr(ex, "cluster_gpus") else None)
     except Deposed as e:
         hb.depose(str(e))
     return serve(env, ex, interval=interval, once=once, settings=settings, local_ray=local, heartbeat=hb)
