@@ -44,6 +44,7 @@ SCRIPT = textwrap.dedent("""
     small = min(per_node, key=lambda k: len(per_node[k]))
     victim = next(x for x in nodes if x.node_id == small)
     time.sleep(0.3)  # let every rank print its LOCAL_RANK
+    ex.pull_logs(n)  # the ranks' nodes are not the driver's: their logs come through Ray
     local = [open(f"{logs}/wide/attempt-0/rank-{r}.log").read().strip() for r in range(6)]
     t = time.monotonic()
     cluster.remove_node(victim, allow_graceful=False)

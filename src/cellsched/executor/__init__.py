@@ -15,16 +15,21 @@ from .base import (
     GangResult,
     GangSpec,
     InvalidGang,
+    NodeInfo,
     NotReady,
     Outcome,
+    Placement,
     ReservationConflict,
     ReservationState,
     ResultKey,
     RunningGang,
     UnknownReservation,
+    attempt_tails,
     job_environment,
+    log_tail,
 )
 from .memory import Behaviour, MemoryExecutor, Overlap
+from .pools import placement_for, pool_capacity, pool_label_selector, pool_nodes
 
 if TYPE_CHECKING:
     from .ray_adapter import RayExecutor
@@ -39,16 +44,24 @@ __all__ = [
     "GangSpec",
     "InvalidGang",
     "MemoryExecutor",
+    "NodeInfo",
     "NotReady",
     "Outcome",
     "Overlap",
+    "Placement",
     "RayExecutor",
     "ReservationConflict",
     "ReservationState",
     "ResultKey",
     "RunningGang",
     "UnknownReservation",
+    "attempt_tails",
     "job_environment",
+    "log_tail",
+    "placement_for",
+    "pool_capacity",
+    "pool_label_selector",
+    "pool_nodes",
 ]
 
 

@@ -11,6 +11,13 @@ leave a tombstone so a repeated ``start`` or a half-finished acknowledgement is 
 Each job runs under a supervisor process (``_supervisor.py``) that owns its whole process
 tree, enforces its window (``term_at``/``kill_at``) and kills everything when this worker
 dies. Commands carry the daemon's epoch: one older than the newest seen is refused.
+
+On a node other than the daemon's, logs and lock files are node-local (``node_path``): the
+daemon reads the logs through this actor (``log_sizes``, ``read_log``) and asks it to claim
+the locks (``claim_locks``); no filesystem is shared. Workers need nothing but Ray: the
+daemon ships this package with ``runtime_env={"py_modules": [...]}``, and this module and
+what it imports (``_supervisor``, ``base``, the package's ``__init__``) use only the
+standard library and ray.
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._supervisor import SupervisedJob
+from ._supervisor import SupervisedJob, claim_dead
 from .base import job_environment
 
 # Why a rank was asked to stop. The first four are the executor's own requests or its
@@ -51,6 +59,54 @@ class RankRecord:
     pid: int | None = None  # the job's main process
     supervisor: int | None = None  # its supervisor's pid
     acked: bool = False
+    log: str = ""  # where the job's output is written on this node
+    home: str | None = None  # the daemon's copy of it, when ``log`` is node-local
+
+
+# The directory holding this package when it was shipped by the daemon (py_modules), else
+# None; the marker file is written by ``ray_adapter`` into the shipped copy only.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIPPED_ROOT = (_PACKAGE_ROOT if os.path.exists(
+    os.path.join(_PACKAGE_ROOT, "cellsched", "executor", "SHIPPED")) else None)
+
+
+def node_dir() -> str:
+    """This node's directory for node-local logs and locks: ``$CELLSCHED_NODE_DIR`` of the
+    Ray node (set on ``ray start``), else ``<tmp>/cellsched-node-<uid>``."""
+    return os.environ.get("CELLSCHED_NODE_DIR") or os.path.join(
+        tempfile.gettempdir(), f"cellsched-node-{os.getuid()}")
+
+
+def node_path(path: str) -> str:
+    """Where a file the daemon wants at ``path`` (absolute, on its own host) lives on this
+    node instead: the same path under ``<node_dir>/home``."""
+    return os.path.join(node_dir(), "home", os.path.normpath(os.path.abspath(path)).lstrip("/"))
+
+
+def claim_node_locks(lock_paths: list[str], dead_nodes: list[str]) -> bool:
+    """``claim_dead`` on this node's copy of each lock that exists here (a missing one was
+    never taken on this node); True if every one is proven dead."""
+    dead = frozenset(dead_nodes)
+    ok = True
+    for p in lock_paths:
+        local = node_path(p)
+        if os.path.exists(local) and not claim_dead(local, socket.gethostname(), dead):
+            ok = False
+    return ok
+
+
+def _strip_shipped(env: dict[str, str]) -> dict[str, str]:
+    """The job's environment without the shipped package on ``PYTHONPATH`` (it is the
+    executor's, not the job's)."""
+    path = env.get("PYTHONPATH")
+    if SHIPPED_ROOT is None or path is None:
+        return env
+    kept = [p for p in path.split(os.pathsep) if p and os.path.abspath(p) != SHIPPED_ROOT]
+    if kept:
+        env["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        del env["PYTHONPATH"]
+    return env
 
 
 def epoch_key(reservation: str) -> str:
@@ -135,6 +191,8 @@ class RankWorker:
             "state": state,
             "epoch": epoch,
             "port": free_port() if want_port else None,
+            "shipped": SHIPPED_ROOT is not None,
+            "module": os.path.abspath(__file__),
         }
 
     def start(
@@ -156,12 +214,18 @@ class RankWorker:
         term_at: float | None = None,
         kill_at: float | None = None,
         pass_env: tuple[str, ...] = (),
+        node_local: bool = False,
     ) -> str:
         """Start the command for (job, attempt) under a supervisor unless already known;
         returns "started", "exists", "busy" or "fenced". Returns once the supervisor is
         spawned: the record shows the attempt running from then on, and a job that cannot
-        be started ends with 127/126 (125: its lock says it was declared dead)."""
+        be started ends with 127/126 (125: its lock says it was declared dead).
+        ``node_local``: ``log_path``/``lock_path`` are the daemon's; write this node's
+        copies (``node_path``) instead, for the daemon to pull."""
         key = (job, attempt)
+        home = log_path if node_local else None
+        if node_local:
+            log_path, lock_path = node_path(log_path), node_path(lock_path)
         with self._lock:
             if self._fenced(epoch):
                 return FENCED
@@ -171,13 +235,13 @@ class RankWorker:
                 return "busy"
             rec = RankRecord(
                 job, attempt, rank, self.bundle, [tuple(m) for m in members],  # type: ignore[misc]
-                list(gang_gpu_ids), started_at=time.time(),
+                list(gang_gpu_ids), started_at=time.time(), log=log_path, home=home,
             )
             self._records[key] = rec
         t0 = time.monotonic()
         # The allowlisted environment (the worker's holds the daemon's secrets); Ray's
         # CUDA_VISIBLE_DEVICES for this bundle comes from the worker's.
-        env = job_environment(os.environ, pass_env, gang_env, rank_env)
+        env = _strip_shipped(job_environment(os.environ, pass_env, gang_env, rank_env))
         orders = {"argv": list(argv), "log": log_path, "lock": lock_path, "cwd": cwd,
                   "term_at": term_at, "kill_at": kill_at, "grace": peer_grace,
                   "node": self.node_id}
@@ -278,3 +342,33 @@ class RankWorker:
                 if r is not None and r.ended_at is not None:
                     r.acked = True
         return True
+
+    def log_sizes(self) -> list[tuple[str, int]]:
+        """``(daemon's path, bytes on this node)`` of every node-local log of this rank."""
+        with self._lock:
+            recs = [(r.home, r.log) for r in self._records.values() if r.home]
+        out = []
+        for home, log in recs:
+            try:
+                out.append((home, os.path.getsize(log)))
+            except OSError:
+                out.append((home, 0))  # not created yet (the supervisor is starting)
+        return out
+
+    def read_log(self, home: str, offset: int, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of the node-local log whose daemon copy is ``home``, from
+        ``offset`` (b"" when there is nothing more, or no such log)."""
+        with self._lock:
+            log = next((r.log for r in self._records.values() if r.home == home), None)
+        if log is None:
+            return b""
+        try:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return f.read(max_bytes)
+        except OSError:
+            return b""
+
+    def claim_locks(self, lock_paths: list[str], dead_nodes: list[str]) -> bool:
+        """``claim_node_locks`` on this rank's node (for ``attempt_fate``)."""
+        return claim_node_locks(lock_paths, dead_nodes)

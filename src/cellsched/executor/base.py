@@ -57,6 +57,8 @@ RESERVED_ENV = (
     "WORLD_SIZE",
     "LOCAL_RANK",
     "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "NNODES",
     "MASTER_ADDR",
     "MASTER_PORT",
     "CELLSCHED_PROJECT",
@@ -135,12 +137,57 @@ def job_environment(
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a reservation's bundles go: the caller (admission's node calendar, through the
+    daemon) has already chosen the nodes.
+
+    ``nodes[i]`` is the Ray node id bundle ``i`` must be placed on (one entry per bundle: a
+    grant no wider than a node repeats one id, a wider one names whole nodes).
+    ``label_selector`` is what every bundle's node must also carry (the pool's node type,
+    e.g. ``{"ray.io/accelerator-type": "H100"}``); ``bundle_resources`` are extra resources
+    each bundle holds (a pool declared by a custom node resource, one unit per GPU).
+    A node that does not exist, or does not match, keeps the group ``pending``: Ray never
+    moves a pinned bundle elsewhere, not even after its node is lost (the group stays
+    ``rescheduling`` until released).
+    """
+
+    nodes: tuple[str, ...]
+    label_selector: Mapping[str, str] = field(default_factory=dict)
+    bundle_resources: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", tuple(self.nodes))
+        object.__setattr__(self, "label_selector", dict(self.label_selector))
+        object.__setattr__(self, "bundle_resources", dict(self.bundle_resources))
+        if not self.nodes or not all(isinstance(n, str) and n for n in self.nodes):
+            raise ValueError(f"placement needs one node id per bundle, got {self.nodes!r}")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """One node of the cluster as the executor sees it now (``Executor.nodes()``).
+
+    ``gpus``: whole GPUs the node has in all (not what is free); ``labels``: its node labels
+    (Ray sets ``ray.io/node-id`` and, when it detects one, ``ray.io/accelerator-type``;
+    ``ray start --labels`` adds more); ``resources``: every resource it declares."""
+
+    node_id: str
+    ip: str
+    gpus: int
+    labels: Mapping[str, str] = field(default_factory=dict)
+    alive: bool = True
+    resources: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class GangSpec:
     """One attempt of one job: ``len(bundles)`` one-GPU ranks, rank ``r`` on ``bundles[r]``.
 
-    ``run`` is an argv list, or a string run with ``/bin/sh -c``. Rank ``r`` writes stdout and
-    stderr to ``<log_dir>/<job>/attempt-<attempt>/rank-<r>.log`` (``log_dir`` must be visible
-    from every node of the reservation).
+    ``run`` is an argv list, or a string run with ``/bin/sh -c``. Rank ``r``'s stdout and
+    stderr end up in ``<log_dir>/<job>/attempt-<attempt>/rank-<r>.log`` on the caller's host:
+    written there directly by a rank on the caller's own node, pulled there through Ray
+    (``pull_logs``) from a node-local copy by a rank on any other node; ``log_dir`` must be
+    absolute and need not exist on the other nodes.
     """
 
     reservation: str
@@ -281,12 +328,27 @@ class Executor(Protocol):
     ``launch``/``terminate``/``kill``/``ack``/``release`` with an epoch older than the newest
     they have seen (``Fenced``); a command with a newer one raises what they remember."""
 
-    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
+    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0,
+                placement: Placement | None = None) -> None:
         """Ask for ``width`` one-GPU bundles named ``name``; returns at once.
 
-        Idempotent: a live group of that name is adopted (``ReservationConflict`` if its shape
-        differs). Watch ``reservation_state`` for ``placed`` (GPUs held) then ``ready``.
+        ``placement``: pin bundle ``i`` to node ``placement.nodes[i]`` (and to nodes matching
+        its label selector); None: anywhere (packed). Idempotent: a live group of that name
+        is adopted (``ReservationConflict`` if its shape differs, or if it is placed on
+        other nodes than ``placement`` names). Watch ``reservation_state`` for ``placed``
+        (GPUs held) then ``ready``.
         """
+        ...
+
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster's nodes now, alive or not, sorted by node id."""
+        ...
+
+    def pull_logs(self, name: str) -> int:
+        """Copy what the ranks of ``name`` have written on other nodes since the last pull
+        into each gang's ``log_dir`` on this host; returns the bytes copied. Cheap enough to
+        call every tick for a reservation with running gangs; ``release`` pulls a last time
+        itself. Never raises for an unknown name (0)."""
         ...
 
     def reservation_state(self, name: str) -> ReservationState:
@@ -404,6 +466,30 @@ def classify(
     if stopped_by_executor:
         return "killed"
     return "succeeded" if all(c == 0 for c in exit_codes) else "failed"
+
+
+def log_tail(path: str, max_bytes: int = 4096) -> str:
+    """The last ``max_bytes`` of the log at ``path`` (decoded leniently, starting at a line
+    boundary when one is in reach); ``""`` if there is no such file. For the completion
+    report: call it after ``pull_logs`` (or ``release``), on ``GangSpec.log_path(r)``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return ""
+    if size > max_bytes and b"\n" in data[:-1]:
+        data = data[data.index(b"\n") + 1:]
+    return data.decode(errors="replace")
+
+
+def attempt_tails(log_dir: str, job: str, attempt: int, width: int,
+                  max_bytes: int = 4096) -> tuple[str, ...]:
+    """``log_tail`` of each rank of one attempt, in rank order."""
+    return tuple(log_tail(attempt_path(log_dir, job, attempt, r, "log"), max_bytes)
+                 for r in range(width))
 
 
 def round_seconds(x: float) -> int:

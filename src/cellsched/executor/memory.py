@@ -25,6 +25,11 @@ Timing model (what the twin promises, in virtual seconds):
   but the gangs that were running go on as orphans that nobody can see or stop; an orphan's
   ``attempt_fate`` is ``unknown`` while it lives and ``dead`` afterwards;
 - ``overlaps`` lists every time two attempts of one (reservation, job) ran at once;
+- ``nodes`` (default: one node holding ``capacity`` GPUs) is what ``nodes()`` reports; a
+  reservation with a ``Placement`` is placed only when every node it names is alive, matches
+  its label selector and resources, and has room for its bundles there (besides the overall
+  ``capacity``); otherwise it stays ``pending``, as on Ray;
+- there are no log files: ``pull_logs`` returns 0;
 - results stay until ``ack``ed (``poll`` shows them every time); ``release`` returns the
   un-acknowledged ones and forgets the rest.
 """
@@ -44,7 +49,9 @@ from .base import (
     Fenced,
     GangResult,
     GangSpec,
+    NodeInfo,
     NotReady,
+    Placement,
     ReservationConflict,
     ReservationState,
     ResultKey,
@@ -133,6 +140,7 @@ class _Reservation:
     back_at: float | None = None  # when lost bundles are re-placed (None: until heal())
     gangs: dict[tuple[str, int], _Gang] = field(default_factory=dict)
     epoch: int = 0  # the newest epoch its ranks have seen
+    placement: Placement | None = None
 
 
 @dataclass
@@ -153,7 +161,8 @@ class MemoryExecutor:
     """The executor Protocol over a scripted, virtual-clock fake cluster.
 
     ``capacity`` is the fake cluster's GPU count (``None`` = unbounded); a reservation wider
-    than what is free stays ``pending`` until enough is released.
+    than what is free stays ``pending`` until enough is released. ``nodes``: the fake
+    cluster's nodes (for ``nodes()`` and for reservations with a ``Placement``).
     """
 
     def __init__(
@@ -165,8 +174,10 @@ class MemoryExecutor:
         prefix: str = "cellsched/",
         ready_delay: float = 0.0,
         peer_grace: float = 3.0,
+        nodes: Sequence[NodeInfo] | None = None,
     ) -> None:
         self._w = _World(now)
+        self._nodes = None if nodes is None else list(nodes)
         self.prefix = prefix
         self.capacity = capacity
         self.ready_delay = ready_delay
@@ -259,20 +270,54 @@ class MemoryExecutor:
 
     # -- Protocol ------------------------------------------------------------------------
 
-    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
+    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0,
+                placement: Placement | None = None) -> None:
         check_name(name, self.prefix)
         if width < 1:
             raise ValueError(f"{name}: width must be >= 1, got {width}")
+        if placement is not None and len(placement.nodes) != width:
+            raise ValueError(f"{name}: placement names {len(placement.nodes)} nodes "
+                             f"for {width} bundles")
         old = self._resv.get(name)
         if old is not None:
             if (old.width, old.cpus_per_gpu) != (width, cpus_per_gpu):
                 raise ReservationConflict(
                     name, f"exists with width {old.width}, cpus_per_gpu {old.cpus_per_gpu}"
                 )
+            if placement is not None and old.placement is not None and (
+                    old.placement.nodes != placement.nodes):
+                raise ReservationConflict(name, f"exists on nodes {list(old.placement.nodes)}")
             return
         self._w.seq += 1
-        self._resv[name] = _Reservation(name, width, cpus_per_gpu, self._w.seq, epoch=self.epoch)
+        self._resv[name] = _Reservation(name, width, cpus_per_gpu, self._w.seq, epoch=self.epoch,
+                                        placement=placement)
         self._place()
+
+    def nodes(self) -> list[NodeInfo]:
+        if self._nodes is None:
+            return [NodeInfo("memory-node-0", "127.0.0.1", self.capacity or 0)]
+        return sorted(self._nodes, key=lambda n: n.node_id)
+
+    def pull_logs(self, name: str) -> int:
+        return 0  # the twin's jobs write no logs
+
+    def _fits_nodes(self, r: _Reservation, used: dict[str, int]) -> bool:
+        """Whether ``r``'s placement can be honoured now (``used``: bundles per node)."""
+        if r.placement is None:
+            return True
+        nodes = {n.node_id: n for n in self.nodes()}
+        want: dict[str, int] = defaultdict(int)
+        for n in r.placement.nodes:
+            want[n] += 1
+        for node_id, k in want.items():
+            n = nodes.get(node_id)
+            if n is None or not n.alive or used.get(node_id, 0) + k > n.gpus:
+                return False
+            if any(n.labels.get(a) != b for a, b in r.placement.label_selector.items()):
+                return False
+            if any(n.resources.get(a, 0) < v * k for a, v in r.placement.bundle_resources.items()):
+                return False
+        return True
 
     def reservation_state(self, name: str) -> ReservationState:
         r = self._resv.get(name)
@@ -461,8 +506,15 @@ class MemoryExecutor:
     def _place(self) -> None:
         """Place pending reservations, first fit in creation order, lowest GPU ids first."""
         used = {gid for r in self._resv.values() for gid in r.gpu_ids}
+        on_node: dict[str, int] = defaultdict(int)
+        for r in self._resv.values():
+            if r.placed_at is not None and r.placement is not None:
+                for n in r.placement.nodes:
+                    on_node[n] += 1
         for r in sorted(self._resv.values(), key=lambda r: r.seq):
             if r.placed_at is not None:
+                continue
+            if not self._fits_nodes(r, on_node):
                 continue
             if self.capacity is None:
                 start = max((int(g) for g in used), default=-1) + 1
@@ -474,6 +526,8 @@ class MemoryExecutor:
             r.placed_at = self.now
             r.gpu_ids = tuple(free)
             used |= set(free)
+            for n in r.placement.nodes if r.placement is not None else ():
+                on_node[n] += 1
 
     def _result(self, name: str, g: _Gang) -> GangResult:
         ends = [rk.end for rk in g.ranks]

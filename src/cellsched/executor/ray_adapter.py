@@ -3,34 +3,56 @@
 Mapping (see docs/executor.md):
 
 - reservation ``name`` → one detached placement group named ``name`` in the fixed namespace,
-  ``width`` × ``{"GPU": 1}`` (+ ``{"CPU": cpus_per_gpu}``), strategy PACK;
+  ``width`` × ``{"GPU": 1}`` (+ ``{"CPU": cpus_per_gpu}``), strategy PACK; with a
+  ``Placement``, bundle ``i`` carries the label selector ``{"ray.io/node-id": nodes[i]}``
+  plus the pool's labels (Ray sets ``ray.io/node-id`` on every node);
 - bundle ``i`` → one detached named actor ``<name>/rank-<i>`` (``num_gpus=1, num_cpus=0``,
   pinned to bundle ``i``, restarted by Ray if its node dies), created together with the group
   so that it is warm when the group is placed;
 - a gang of k ranks → one supervised subprocess per rank (``_supervisor.py``: it owns the
   job's whole process tree and enforces the window), started by the rank actors; results
   stay in the actors until the caller ``ack``s them (``poll`` only reads them);
-- epochs: every command carries ``epoch``; ranks refuse older ones (``Fenced``).
+- epochs: every command carries ``epoch``; ranks refuse older ones (``Fenced``);
+- workers need only Ray: the rank actors get ``runtime_env={"py_modules": [<gcs:// URI of
+  cellsched/__init__.py + cellsched/executor/*.py>]}`` (uploaded once, content-addressed);
+- logs: a rank on another node than the driver writes node-local files, ``pull_logs``
+  copies them into the gang's ``log_dir`` by offset, through the rank actor.
 
-The driver keeps only caches: everything it needs after a restart is in Ray.
+The driver keeps only caches: everything it needs after a restart is in Ray (and the sizes
+of the log copies it already has).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import logging
+import os
+import shutil
 import socket
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ._rank import EXECUTOR_REASONS, FENCED, RankWorker, epoch_key, stored_epoch
+from ._rank import (
+    EXECUTOR_REASONS,
+    FENCED,
+    RankWorker,
+    claim_node_locks,
+    epoch_key,
+    stored_epoch,
+)
 from ._supervisor import claim_dead
 from .base import (
     Fate,
     Fenced,
     GangResult,
     GangSpec,
+    NodeInfo,
     NotReady,
+    Placement,
     ReservationConflict,
     ReservationState,
     ResultKey,
@@ -42,6 +64,7 @@ from .base import (
     classify,
     round_seconds,
 )
+from .pools import NODE_ID_LABEL
 
 _STATES: dict[str, ReservationState] = {
     "PENDING": "pending",
@@ -62,9 +85,56 @@ class _QuietPGRestartWarning(logging.Filter):
 
 _QUIET = _QuietPGRestartWarning()
 
+# How often reserve re-checks that the shipped package is still in Ray's GCS (an unused
+# package is deleted some minutes after its last user is gone; re-uploading is idempotent).
+SHIP_CHECK_S = 60.0
+# Log pulling: bytes per read call, and per rank log per pull_logs call (the rest waits for
+# the next call, so one chatty job cannot stall a tick).
+PULL_CHUNK = 1 << 20
+PULL_BUDGET = 8 << 20
+
+
+def stage_package(root: str | None = None) -> str:
+    """A copy of what the rank workers import (``cellsched/__init__.py`` and
+    ``cellsched/executor/*.py``, marked ``SHIPPED``) in a directory named after its content;
+    returns the path of its ``cellsched`` directory (for ``py_modules``)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    files = {"__init__.py": os.path.join(os.path.dirname(here), "__init__.py")}
+    files.update({f"executor/{os.path.basename(f)}": f
+                  for f in sorted(glob.glob(os.path.join(here, "*.py")))
+                  if os.path.basename(f) != "testing.py"})  # testing imports pytest
+    blobs = {rel: Path(path).read_bytes() for rel, path in files.items()}
+    blobs["executor/SHIPPED"] = b"shipped to the Ray workers by cellsched's daemon\n"
+    digest = hashlib.sha256()
+    for rel in sorted(blobs):
+        digest.update(rel.encode() + b"\0" + blobs[rel] + b"\0")
+    base = root or os.path.join(tempfile.gettempdir(), f"cellsched-ship-{os.getuid()}")
+    top = os.path.join(base, digest.hexdigest()[:16])
+    pkg = os.path.join(top, "cellsched")
+    if not os.path.isdir(pkg):
+        os.makedirs(base, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=base)
+        for rel, blob in blobs.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, "cellsched", rel)), exist_ok=True)
+            with open(os.path.join(tmp, "cellsched", rel), "wb") as f:
+                f.write(blob)
+        try:
+            os.rename(tmp, top)
+        except OSError:  # another process staged the same content meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return pkg
+
+
 # A member's status in a snapshot round: its snapshot, or one of these.
 _DEAD = "dead"  # actor gone for good (or replaced by a new incarnation): its ranks are lost
 _UNKNOWN = "unknown"  # unreachable right now (restarting, slow): decide on a later poll
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 class RayExecutor:
@@ -88,6 +158,7 @@ class RayExecutor:
         call_timeout_s: float = 2.0,
         launch_timeout_s: float = 10.0,
         ray_init: Mapping[str, Any] | None = None,
+        ship: bool = True,
     ) -> None:
         import ray
 
@@ -108,6 +179,14 @@ class RayExecutor:
         self.launch_timeout_s = launch_timeout_s
         self.epoch = 0
         self._rank_cls = ray.remote(RankWorker)
+        self._claim_fn = ray.remote(claim_node_locks)
+        # Logs of ranks on this node are written in place; on any other, node-local.
+        try:
+            self._node_id: str | None = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - a client-mode driver has no node of its own
+            self._node_id = None
+        self.ship = ship
+        self._shipped: tuple[float, dict[str, Any]] | None = None
         self._handles: dict[str, list[Any]] = {}
         self._pings: dict[str, list[Any]] = {}
         self._ready: set[str] = set()
@@ -132,27 +211,64 @@ class RayExecutor:
             return None
         return pg, entry
 
-    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0) -> None:
+    def reserve(self, name: str, width: int, cpus_per_gpu: int = 0,
+                placement: Placement | None = None) -> None:
         from ray.util import placement_group
 
         check_name(name, self.prefix)
         if width < 1:
             raise ValueError(f"{name}: width must be >= 1, got {width}")
+        if placement is not None and len(placement.nodes) != width:
+            raise ValueError(f"{name}: placement names {len(placement.nodes)} nodes "
+                             f"for {width} bundles")
         bundle: dict[str, float] = {"GPU": 1}
         if cpus_per_gpu:
             bundle["CPU"] = cpus_per_gpu
+        if placement is not None:
+            bundle.update((k, float(v)) for k, v in placement.bundle_resources.items())
         found = self._group(name)
         if found is not None:
             pg, entry = found
             bundles = [dict(b) for b in entry["bundles"].values()]
             if bundles != [bundle] * width:
                 raise ReservationConflict(name, f"exists with bundles {bundles}")
+            where = entry.get("bundles_to_node_id") or {}
+            if placement is not None and entry.get("state") == "CREATED" and any(
+                    where.get(i) != n for i, n in enumerate(placement.nodes)):
+                raise ReservationConflict(name, "exists on other nodes: "
+                                          f"{[where.get(i) for i in range(width)]}")
         else:
+            # Pinning by label: Ray labels every node with its id ("ray.io/node-id"), and a
+            # bundle's label selector must hold on the node it is placed on; so bundle i can
+            # only go to nodes[i], and only if that node also has the pool's labels.
+            # (STRICT_PACK/STRICT_SPREAD cannot say "these 4 here, those 4 there", node
+            # affinity applies to tasks and actors, not bundles, and a per-node custom
+            # resource would need every node started with one.)
+            selectors = None
+            if placement is not None:
+                selectors = [dict(placement.label_selector, **{NODE_ID_LABEL: n})
+                             for n in placement.nodes]
             pg = placement_group([dict(bundle) for _ in range(width)], strategy="PACK",
-                                 name=name, lifetime="detached")
+                                 name=name, lifetime="detached",
+                                 bundle_label_selector=selectors)
         # Rank actors are created right away: Ray holds them until the group is placed and
         # then starts them at once, which saves a driver round trip on the critical path.
         self._handles[name] = [self._rank_actor(name, pg, i) for i in range(width)]
+
+    def _runtime_env(self) -> dict[str, Any] | None:
+        """The rank workers' runtime_env: this package shipped as a gcs:// py_modules
+        package (Ray accepts local paths only at job level, so it is uploaded here)."""
+        if not self.ship:
+            return None
+        now = time.monotonic()
+        if self._shipped is None or now - self._shipped[0] > SHIP_CHECK_S:
+            from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+            pkg = stage_package()
+            env = upload_py_modules_if_needed({"py_modules": [pkg]}, include_gitignore=False,
+                                              scratch_dir=os.path.dirname(pkg))
+            self._shipped = (now, {"py_modules": list(env["py_modules"])})
+        return dict(self._shipped[1])
 
     def _rank_actor(self, name: str, pg: Any, i: int) -> Any:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -166,6 +282,7 @@ class RayExecutor:
             num_cpus=0,  # a {GPU:1} bundle has no CPU: asking one makes Ray refuse at submit
             max_restarts=-1,  # after a node loss the bundle is re-placed and the rank comes back
             max_task_retries=0,
+            runtime_env=self._runtime_env(),
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
             ),
@@ -233,6 +350,16 @@ class RayExecutor:
         """GPUs the Ray cluster has in all (for serve's check against the cluster config)."""
         return int(self._ray.cluster_resources().get("GPU", 0))
 
+    def nodes(self) -> list[NodeInfo]:
+        return sorted((NodeInfo(
+            node_id=n["NodeID"],
+            ip=n.get("NodeManagerAddress", ""),
+            gpus=int(n.get("Resources", {}).get("GPU", 0)),
+            labels=dict(n.get("Labels") or {}),
+            alive=bool(n.get("Alive")),
+            resources=dict(n.get("Resources") or {}),
+        ) for n in self._ray.nodes()), key=lambda n: n.node_id)
+
     def reservations(self) -> list[str]:
         from ray.util import placement_group_table
 
@@ -291,10 +418,13 @@ class RayExecutor:
         busy = {b for b, i in zip(gang.bundles, infos) if i["busy"]}
         check_gang(gang, len(hs), busy)
 
-        # LOCAL_RANK: position among this gang's ranks on the same node.
+        # LOCAL_RANK: position among this gang's ranks on the same node; NODE_RANK: index of
+        # the rank's node among the gang's nodes, numbered in rank order (rank 0's is 0).
         per_node: dict[str, int] = defaultdict(int)
+        node_rank: dict[str, int] = {}
         local = []
         for i in infos:
+            node_rank.setdefault(i["node_id"], len(node_rank))
             local.append(per_node[i["node_id"]])
             per_node[i["node_id"]] += 1
         base_env = {
@@ -310,13 +440,16 @@ class RayExecutor:
         self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)
         refs = []
         for r, h in enumerate(members):
+            node = infos[r]["node_id"]
             env = dict(base_env, RANK=str(r), LOCAL_RANK=str(local[r]),
-                       LOCAL_WORLD_SIZE=str(per_node[infos[r]["node_id"]]))
+                       LOCAL_WORLD_SIZE=str(per_node[node]), NODE_RANK=str(node_rank[node]),
+                       NNODES=str(len(node_rank)))
             peers = [p for p in members if p is not h]
             refs.append(h.start.remote(
                 gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), dict(gang.env),
                 env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,
                 self.epoch, gang.term_at, gang.kill_at, tuple(gang.pass_env),
+                node != self._node_id,  # another node: node-local log and lock, pulled
             ))
         got = self._call_all(refs, self.launch_timeout_s)
         if FENCED in got:
@@ -465,6 +598,43 @@ class RayExecutor:
             if check and -1 in got:
                 raise Fenced(name, f"epoch {self.epoch} is older than the ranks'")
 
+    def pull_logs(self, name: str) -> int:
+        """See the Protocol. Per rank: one call for the sizes of its node-local logs, then
+        reads (``PULL_CHUNK`` each) of whatever the copy here lacks, appended to it; the
+        copy's size is the offset, so a restarted daemon resumes where the file ends. At
+        most ``PULL_BUDGET`` bytes per log per call; a rank that does not answer is skipped
+        until the next call."""
+        found = self._group(name)
+        if found is None or found[1]["state"] == "PENDING":
+            return 0
+        hs = self._ranks(name) or []
+        sizes = self._call_all([h.log_sizes.remote() for h in hs])
+        todo: list[tuple[Any, str, int]] = []  # (rank, daemon's path, bytes there)
+        for h, got in zip(hs, sizes):
+            if isinstance(got, list):
+                todo += [(h, home, size) for home, size in got]
+        copied = 0
+        budget = {home: PULL_BUDGET for _, home, _ in todo}
+        while todo:
+            calls = []
+            for h, home, size in todo:
+                have = _size(home)
+                if size > have and budget[home] > 0:
+                    n = min(PULL_CHUNK, size - have, budget[home])
+                    calls.append((h, home, size, have, h.read_log.remote(home, have, n)))
+            todo = []
+            for (h, home, size, have, ref), data in zip(
+                    calls, self._call_all([c[-1] for c in calls])):
+                if not isinstance(data, bytes) or not data or _size(home) != have:
+                    continue  # unreachable, nothing new, or another puller wrote meanwhile
+                os.makedirs(os.path.dirname(home), exist_ok=True)
+                with open(home, "ab") as f:
+                    f.write(data)
+                copied += len(data)
+                budget[home] -= len(data)
+                todo.append((h, home, size))
+        return copied
+
     def _check_epoch(self, name: str, epochs: Iterable[Any]) -> None:
         newest = max((e for e in epochs if isinstance(e, int)), default=0)
         if newest > self.epoch:
@@ -501,6 +671,7 @@ class RayExecutor:
                 if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
+            self.pull_logs(name)  # the last words of the jobs, before the ranks go
         for h in hs:
             try:
                 self._ray.kill(h, no_restart=True)
@@ -534,14 +705,20 @@ class RayExecutor:
         key = (job, attempt)
         found = self._group(name)
         ray_proof = True  # the group is gone: only the lock files can tell
-        dead_nodes = frozenset(n["NodeID"] for n in self._ray.nodes() if not n["Alive"])
+        nodes = self._ray.nodes()
+        dead_nodes = frozenset(n["NodeID"] for n in nodes if not n["Alive"])
+        lock_paths = [attempt_path(log_dir, job, attempt, r, "lock") for r in range(width)]
         if found is not None and found[1]["state"] != "PENDING":
             hs = self._ranks(name) or []
             # Fence first (calls from one caller run in order): "I don't know it" from a
             # rank that has seen our epoch cannot come from before a deposed daemon's launch.
-            refs = [(h.fence.remote(self.epoch), h.info.remote(key)) for h in hs]
-            self._call_all([r for pair in refs for r in pair])
-            infos = [self._status(i) for _, i in refs]
+            # Then each rank claims the node-local locks on its node (the locks on this
+            # host are claimed below).
+            refs = [(h.fence.remote(self.epoch), h.info.remote(key),
+                     h.claim_locks.remote(lock_paths, sorted(dead_nodes))) for h in hs]
+            self._call_all([r for triple in refs for r in triple])
+            infos = [self._status(i) for _, i, _ in refs]
+            claims = [self._status(c) for _, _, c in refs]
             self._check_epoch(name, [i["epoch"] for i in infos if isinstance(i, dict)])
             if any(isinstance(i, dict) and i["state"] == "running" for i in infos):
                 return "alive"
@@ -549,13 +726,26 @@ class RayExecutor:
             # lost its node (a placed group's bundle is re-placed only after its node died).
             where = found[1].get("bundles_to_node_id", {})
             resched = found[1]["state"] == "RESCHEDULING"
+            gone = [where.get(b) in dead_nodes or (resched and where.get(b) == "")
+                    for b in range(len(infos))]
             ray_proof = all(
-                (isinstance(i, dict) and i["epoch"] == self.epoch)
-                or where.get(b) in dead_nodes or (resched and where.get(b) == "")
-                for b, i in enumerate(infos)
+                (isinstance(i, dict) and i["epoch"] == self.epoch and c is True) or g
+                for i, c, g in zip(infos, claims, gone)
             )
-        # Claim every lock (a late supervisor then never starts the job), even without
-        # the ranks' word: the attempt stays "unknown" until both agree.
-        locks = [claim_dead(attempt_path(log_dir, job, attempt, r, "lock"),
-                            socket.gethostname(), dead_nodes) for r in range(width)]
+        else:
+            # No ranks to ask: a task on every other live node with GPUs claims that node's
+            # copies of the locks (a node that does not answer in time: no proof yet).
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            others = [n["NodeID"] for n in nodes if n["Alive"] and n["NodeID"] != self._node_id
+                      and n.get("Resources", {}).get("GPU", 0) > 0]
+            refs = [self._claim_fn.options(
+                num_cpus=0, runtime_env=self._runtime_env(), max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False),
+            ).remote(lock_paths, sorted(dead_nodes)) for n in others]
+            if not all(c is True for c in self._call_all(refs, self.launch_timeout_s)):
+                ray_proof = False
+        # Claim every lock on this host (a late supervisor then never starts the job), even
+        # without the ranks' word: the attempt stays "unknown" until both agree.
+        locks = [claim_dead(p, socket.gethostname(), dead_nodes) for p in lock_paths]
         return "dead" if ray_proof and all(locks) else "unknown"

@@ -36,13 +36,35 @@ class Pool(_Frozen):
     gpu_type: str = Field(min_length=1, max_length=64)
     gpus: int = Field(ge=1, le=1_000_000)
     gpus_per_node: int = Field(default=8, ge=1, le=1024)
+    # Which Ray nodes are this pool's (docs/cluster-setup.md): nodes carrying the label
+    # ``key=value``, or declaring the custom resource ``node_resource`` (one unit per GPU);
+    # neither: nodes whose ``ray.io/accelerator-type`` label is ``gpu_type``.
+    node_label: str | None = Field(default=None, max_length=256)
+    node_resource: str | None = Field(default=None, max_length=128)
 
     _counts = field_validator("gpus", "gpus_per_node", mode="before")(_whole)
+
+    @field_validator("node_label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9._/-]+=[A-Za-z0-9._-]+", v):
+            raise ValueError("must be key=value (letters, digits, . _ - and / in the key)")
+        return v
+
+    @field_validator("node_resource")
+    @classmethod
+    def _resource(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", v)
+                              or v in ("CPU", "GPU", "memory", "object_store_memory")):
+            raise ValueError("must be the name of a custom Ray resource (not CPU or GPU)")
+        return v
 
     @model_validator(mode="after")
     def _nodes(self) -> Pool:
         if self.gpus_per_node > self.gpus:
             raise ValueError("gpus_per_node: more than the pool's gpus")
+        if self.node_label is not None and self.node_resource is not None:
+            raise ValueError("node_label: give node_label or node_resource, not both")
         return self
 
 
