@@ -22,10 +22,11 @@ from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
 from cellsched.ledger.lifecycle import end_grant
 from cellsched.ledger.snapshot import grant_of, load_schedule
-from cellsched.ledger.tables import LIVE_STATES, GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
-from cellsched.spec.load import load_cluster, load_spec
+from cellsched.spec.code import Snapshot
+from cellsched.spec.load import Sealed, load_cluster, load_sealed, load_written
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import canonical_json, digest, from_canonical, project_id
 
@@ -73,6 +74,7 @@ class SubmitOutcome:
     remaining_gs: int | None = None
     allowance_gs: int | None = None
     replaced: str | None = None
+    code: dict[str, Any] | None = None  # the code snapshot (digest, files, bytes, ...) if any
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -81,6 +83,8 @@ class SubmitOutcome:
             "decision": "granted" if self.granted else "refused",
             "existing": self.existing,
         }
+        if self.code is not None:
+            out["code"] = self.code
         if self.grant is not None:
             out["grant"] = grant_json(self.grant)
             out["remaining_gpu_hours"] = None if self.remaining_gs is None else self.remaining_gs / 3600
@@ -97,17 +101,35 @@ def _team_member(env: Env, team: str, caller: str, admins_too: bool = True) -> b
     return (admins_too and caller in env.cluster.admins) or (cfg is not None and caller in cfg.members)
 
 
-def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> SubmitOutcome:
-    """Validate, seal, admit and record ``spec`` in one transaction (all or nothing)."""
-    if not isinstance(spec, ProjectSpec):
-        spec = load_spec(spec)
+def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int) -> SubmitOutcome:
+    """Validate, seal, admit and record ``spec`` in one transaction (all or nothing).
+
+    A spec with ``code`` comes with its snapshot (a :class:`Sealed`, or a file path, which is
+    snapshotted here); the snapshot is stored in the ledger with the grant, once per digest.
+    A bare :class:`ProjectSpec` with code is accepted only if the ledger already holds its
+    snapshot."""
+    if isinstance(spec, (str, Path)):
+        spec = load_sealed(spec)
+    snap: Snapshot | None = None
+    if isinstance(spec, Sealed):
+        spec, snap = spec.spec, spec.code
     d = digest(spec)
     pid = project_id(spec, d)
     team = env.cluster.team(spec.team)
     # Only members spend a team's hours; admins may cancel, not submit, for a team.
     if team is not None and not _team_member(env, spec.team, caller, admins_too=False):
         raise Denied(f"{caller} is not a member of team {spec.team} (members: {', '.join(team.members) or 'none'})")
+    code_digest = None if spec.code is None else spec.code.digest
+    code_json = None
+    if code_digest is not None:
+        if snap is not None and snap.digest != code_digest:
+            raise BadInput(f"code: the snapshot given is sha256:{snap.digest}, not the spec's")
+        code_json = {"digest": code_digest, **(snap.to_json() if snap else {})}
     with env.ledger.write() as s:
+        missing = code_digest is not None and s.get(CodeRow, code_digest) is None
+        if missing and snap is None:
+            raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
+                           "(submit the spec file, so that its code is snapshotted)")
         existing = s.exec(select(ProjectRow).where(ProjectRow.digest == d)).first()
         if existing is not None:
             row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
@@ -116,7 +138,7 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
                 held = load_schedule(s, env.cluster, now).teams.get(row.team)
                 return SubmitOutcome(
                     pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
-                    remaining_gs=held.book.remaining(row.start) if held else None,
+                    remaining_gs=held.book.remaining(row.start) if held else None, code=code_json,
                 )
         sched = load_schedule(s, env.cluster, now)
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
@@ -129,7 +151,11 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
                 "gpus": spec.budget.gpus, "gpu_seconds": spec.budget.gpu_seconds,
                 "message": decision.message,
             })
-            return SubmitOutcome(pid, d, False, refusal=decision)
+            return SubmitOutcome(pid, d, False, refusal=decision, code=code_json)
+        if missing and snap is not None:
+            # Once per digest: a new version whose code did not change shares the snapshot.
+            s.add(CodeRow(digest=snap.digest, size=snap.size, files=snap.files,
+                          content_bytes=snap.content_bytes, blob=snap.blob, created_at=now))
         if existing is None:
             s.add(ProjectRow(
                 id=pid, name=spec.name, digest=d, team=spec.team, owner=spec.owner,
@@ -160,7 +186,7 @@ def submit(env: Env, spec: ProjectSpec | str | Path, caller: str, now: int) -> S
         book = sched.teams[spec.team].book
         return SubmitOutcome(
             pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
-            replaced=replaced,
+            replaced=replaced, code=code_json,
         )
 
 
@@ -367,28 +393,101 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
         return out
 
 
+def code_blob(env: Env, digest: str) -> bytes:
+    """The stored code snapshot with content digest ``digest`` (a sealed spec's
+    ``code.digest``): the archive that ``executor._codepack.unpack`` takes. NotFound if the
+    ledger does not hold it."""
+    with env.ledger.read() as s:
+        row = s.get(CodeRow, digest)
+    if row is None:
+        raise NotFound(f"no code snapshot sha256:{digest} in the ledger")
+    return row.blob
+
+
+def _verify_code(sealed: ProjectSpec, row: CodeRow | None, pid: str) -> dict[str, Any]:
+    from cellsched.executor import _codepack
+
+    assert sealed.code is not None and sealed.code.digest is not None
+    d = sealed.code.digest
+    if row is None:
+        raise Failed(f"{pid}: the code snapshot sha256:{d} is missing from the ledger")
+    try:
+        items = _codepack.check(row.blob, d)
+    except _codepack.PackError as e:
+        raise Failed(f"{pid}: the stored code snapshot does not match its digest sha256:{d[:12]}: {e}") from None
+    files, content = len(items), sum(len(e.data) for e in items if e.kind != "link")
+    if (row.size, row.files, row.content_bytes) != (len(row.blob), files, content):
+        raise Failed(f"{pid}: the stored code snapshot's size, files or bytes differ from its content")
+    return {"digest": d, "files": files, "bytes": content, "packed_bytes": row.size, "stored": "intact"}
+
+
+def _words_as_sealed(written: ProjectSpec, sealed: ProjectSpec) -> ProjectSpec | None:
+    """The spec file's words with the sealed code's digest (and full commit) put in, to
+    compare the words alone; None if one has code and the other not."""
+    if (written.code is None) != (sealed.code is None):
+        return None
+    if written.code is None or sealed.code is None:
+        return written
+    commit = written.code.commit
+    if commit and sealed.code.commit and sealed.code.commit.startswith(commit):
+        commit = sealed.code.commit
+    code = written.code.model_copy(update={"digest": sealed.code.digest, "commit": commit})
+    return written.model_copy(update={"code": code})
+
+
 def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[str, Any]:
-    """Check a grant's receipt against the cluster's public key and the sealed spec."""
+    """Check a grant's receipt against the cluster's public key and the sealed spec; for a
+    spec with code, that the stored snapshot has the sealed digest. With ``spec_path``, that
+    the file's words are the sealed ones, and whether its code has changed since (which is
+    no failure: the job runs the sealed snapshot)."""
     with env.ledger.read() as s:
         row = find_grant(s, project)
         proj = s.get(ProjectRow, row.project_id)
+        sealed_spec = None if proj is None else from_canonical(proj.spec_json)
+        code_row = None
+        if sealed_spec is not None and sealed_spec.code is not None:
+            code_row = s.get(CodeRow, sealed_spec.code.digest)
     payload = verify_receipt(row.receipt, env.public_key)
-    if proj is None:
+    if proj is None or sealed_spec is None:
         raise Failed(f"{row.project_id}: the sealed spec is missing from the ledger")
-    sealed = digest(from_canonical(proj.spec_json))
+    sealed = digest(sealed_spec)
     if payload.get("digest") != sealed or sealed != row.digest:
         raise Failed(f"{row.project_id}: receipt digest {payload.get('digest')} does not match the sealed spec {sealed}")
+    code = None if sealed_spec.code is None else _verify_code(sealed_spec, code_row, row.project_id)
     if spec_path is not None:
-        file_digest = digest(load_spec(spec_path))
+        words = _words_as_sealed(load_written(spec_path), sealed_spec)
+        file_digest = None if words is None else digest(words)
         if file_digest != sealed:
-            raise Failed(f"{spec_path}: digest {file_digest[:12]} is not the sealed spec {sealed[:12]}")
+            shown = "one with code" if words is None and sealed_spec.code is None else (
+                "one without code" if words is None else f"digest {(file_digest or '')[:12]}")
+            raise Failed(f"{spec_path}: {shown} is not the sealed spec {sealed[:12]}")
+        if code is not None:
+            code.update(_code_now(spec_path, code["digest"]))
     signed = (payload.get("grant"), payload.get("project"), payload.get("team"), payload.get("pool"), payload.get("width"))
     if signed != (row.id, row.project_id, row.team, row.pool, row.width):
         raise Failed(f"{row.project_id}: the ledger's grant/project/team/pool/width differ from the receipt's")
     # A window may start earlier than promised or be cut short, never start or end later.
     if row.start > payload.get("start", row.start) or row.end > payload.get("end", row.end):
         raise Failed(f"{row.project_id}: the ledger's window is later than the receipt promised")
-    return {"project": row.project_id, "digest": sealed, "valid": True, "receipt": payload}
+    out = {"project": row.project_id, "digest": sealed, "valid": True, "receipt": payload}
+    if code is not None:
+        out["code"] = code
+    return out
+
+
+def _code_now(spec_path: str | Path, sealed_digest: str) -> dict[str, Any]:
+    """Whether the code the spec file names today is still the sealed snapshot."""
+    try:
+        now = load_sealed(spec_path).code
+    except BadInput as e:
+        return {"now": "unavailable", "note": f"the code cannot be snapshotted now ({e.message}); "
+                                              "the job runs the sealed snapshot"}
+    assert now is not None
+    if now.digest == sealed_digest:
+        return {"now": "unchanged"}
+    return {"now": "changed", "now_digest": now.digest,
+            "note": f"the code has changed since submit (now sha256:{now.digest[:12]}); "
+                    "the job runs the sealed snapshot"}
 
 
 def no_daemon_note(env: Env) -> str | None:

@@ -13,7 +13,7 @@ from cellsched.errors import BadInput
 from cellsched.ledger.tables import SCHEMA_VERSION
 from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
 from cellsched.spec.load import parse_document, validate
-from cellsched.spec.models import Budget, Job, ProjectSpec
+from cellsched.spec.models import Budget, Code, Job, ProjectSpec
 from cellsched.spec.seal import canonical_json, digest, project_id
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -74,7 +74,7 @@ def documented(text: str, *models: type[BaseModel]) -> list[str]:
 
 
 def test_every_spec_field_is_documented() -> None:
-    assert documented(doc("specs.md"), ProjectSpec, Budget, Job) == []
+    assert documented(doc("specs.md"), ProjectSpec, Budget, Job, Code) == []
 
 
 def test_every_cluster_field_is_documented_and_the_example_validates() -> None:

@@ -163,8 +163,11 @@ def test_env_value_and_budget_gpu_type_change_the_digest() -> None:
 
 # -- round trip ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parents[2].joinpath("projects").iterdir()),
-                         ids=lambda p: p.name)
+EXAMPLES = sorted(p for p in Path(__file__).parents[2].joinpath("projects").glob("**/*")
+                  if p.suffix in (".toml", ".yaml", ".yml", ".json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_examples_round_trip_through_the_seal(path: Path) -> None:
     s = load_spec(path)
     assert from_canonical(canonical_json(s)) == s

@@ -19,23 +19,46 @@ def validate(
 ) -> None:
     """Check and seal project specs; print each one's id and digest.
 
-    Nothing is written. Exit 2 at the first bad file, with one line naming the file and field.
+    A spec with code also gets its code snapshotted: the code's digest, files and size are
+    printed under it. Nothing is written. Exit 2 at the first bad file, with one line naming
+    the file and field.
 
     **Example**: cellsched validate projects/*.toml
     """
-    from cellsched.spec.load import load_spec
+    from cellsched.spec.load import load_sealed
     from cellsched.spec.seal import digest, project_id
 
     out = []
     for f in files:
-        spec = load_spec(f)
-        d = digest(spec)
-        out.append({"file": str(f), "name": spec.name, "id": project_id(spec, d), "digest": d})
+        sealed = load_sealed(f)
+        d = digest(sealed.spec)
+        item = {"file": str(f), "name": sealed.spec.name, "id": project_id(sealed.spec, d), "digest": d}
+        if sealed.code is not None:
+            item["code"] = sealed.code.to_json()
+        out.append(item)
     if json_out:
         emit_json(out)
         return
     for item in out:
         print(f"ok  {item['id']}  {item['file']}  sha256:{item['digest']}")
+        if "code" in item:
+            print("    " + _code_line(item["code"]))
+
+
+def _files(n: int) -> str:
+    return f"{n} file{'s' if n != 1 else ''}"
+
+
+def _code_line(code: dict) -> str:  # type: ignore[type-arg]
+    return (f"code sha256:{code['digest']}  {_files(code['files'])}, {_size(code['bytes'])} "
+            f"({_size(code['packed_bytes'])} packed)  from {code['source']}")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 @handled
@@ -48,14 +71,16 @@ def submit(
 
     Submitting the same spec again returns the existing grant. A spec with
     replaces = "name@digest" swaps the old grant for the new one atomically, or leaves it.
+    A spec with code has it snapshotted now and stored with the grant: later edits to the
+    directory change nothing about what runs.
 
     **Example**: cellsched submit projects/pythia-ablation.toml
     """
     from cellsched import service
     from cellsched.runtime.clock import now_s
-    from cellsched.spec.load import load_spec
+    from cellsched.spec.load import load_sealed
 
-    parsed = load_spec(spec)  # bad input fails here, before the ledger is opened
+    parsed = load_sealed(spec)  # bad input (the code's too) fails here, before the ledger is opened
     e = env()
     outcome = service.submit(e, parsed, caller(), now_s())
     if json_out:
@@ -77,6 +102,8 @@ def submit(
                   f"(remaining {when}: {hours(outcome.remaining_gs / 3600)} of {hours(outcome.allowance_gs / 3600)})")
         if outcome.replaced:
             print(f"  replaces {outcome.replaced} (its unheld GPU-hours refunded)")
+        if outcome.code is not None and "files" in outcome.code:
+            print(f"  {_code_line(outcome.code)}")
         print(f"  receipt: grant {g.id}, signed; check with `cellsched verify {outcome.project_id}`")
     else:
         r = outcome.refusal
@@ -128,9 +155,12 @@ def verify(
     spec: Annotated[Optional[Path], typer.Option("--spec", help="Also check this spec file is the sealed one.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
-    """Check a grant's receipt signature (cluster public key) and the sealed spec's digest.
+    """Check a grant's receipt signature (cluster public key) and the sealed spec's digest;
+    for a spec with code, that the stored code snapshot has the sealed digest.
 
-    Exit 1 if anything does not match.
+    With --spec, also that the file is the sealed spec, and whether its code has changed
+    since submit (not a failure: the job runs the sealed snapshot). Exit 1 if anything
+    does not match.
 
     **Example**: cellsched verify pythia-ablation --spec projects/pythia-ablation.toml
     """
@@ -146,3 +176,11 @@ def verify(
     p = out["receipt"]
     print(f"valid  {out['project']}  sha256:{out['digest']}")
     print(f"  signed grant {p['grant']}: {p['width']} GPUs of {p['pool']} {local(p['start'])} → {local(p['end'])}")
+    code = out.get("code")
+    if code is not None:
+        print(f"  code sha256:{code['digest']}  {_files(code['files'])}, {_size(code['bytes'])}: "
+              "the stored snapshot is intact")
+        if code.get("now") == "unchanged":
+            print("  the spec file's code is unchanged since submit")
+        elif "note" in code:
+            print(f"  note: {code['note']}")

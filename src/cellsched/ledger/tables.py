@@ -167,3 +167,20 @@ class LeaseRow(SQLModel, table=True):
     prev_renewed_at: float | None = None  # the previous holder's last heartbeat
     ray_gpus: int | None = None  # GPUs Ray had when the holder started serving
     declared_gpus: int | None = None  # sum of the cluster config's pools
+
+
+class CodeRow(SQLModel, table=True):
+    """A project's code snapshot, stored once per digest (appended for code snapshots).
+
+    Written by ``service.submit`` in the grant's transaction, so a daemon on any host reads
+    the code from the ledger alone. ``digest`` is the snapshot's content digest
+    (``executor/_codepack``), which the sealed spec carries as ``code.digest``; ``blob`` is
+    the archive (``size`` bytes) holding ``files`` entries, ``content_bytes`` unpacked."""
+
+    __tablename__ = "cs_code"
+    digest: str = Field(primary_key=True)
+    size: int
+    files: int
+    content_bytes: int
+    blob: bytes
+    created_at: int

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +23,9 @@ MAX_BYTES = 1_000_000
 SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:
+    from cellsched.spec.code import Snapshot
 
 
 def read_text(path: Path) -> str:
@@ -126,10 +130,39 @@ def load_mapping(path: Path) -> dict[str, Any]:
     return parse_document(read_text(path), kind, str(path))
 
 
-def load_spec(path: str | Path) -> ProjectSpec:
-    """Load and validate a project spec; raises :class:`BadInput` with one clear line."""
+@dataclass(frozen=True)
+class Sealed:
+    """A spec ready to seal, and its code's snapshot (None for a spec without ``code``)."""
+
+    spec: ProjectSpec
+    code: Snapshot | None
+
+
+def load_written(path: str | Path) -> ProjectSpec:
+    """Load and validate a spec as written: its ``code`` (if any) not yet snapshotted, so
+    it cannot be sealed. For comparing a file with a sealed spec; otherwise use
+    :func:`load_spec`."""
     p = Path(path)
     return validate(ProjectSpec, load_mapping(p), str(p))
+
+
+def load_sealed(path: str | Path) -> Sealed:
+    """Load and validate a spec and snapshot its code (relative to the file's directory);
+    raises :class:`BadInput` with one clear line, before anything is written anywhere."""
+    p = Path(path)
+    spec = load_written(p)
+    if spec.code is None:
+        return Sealed(spec, None)
+    from cellsched.spec.code import snapshot
+
+    code, snap = snapshot(spec.code, p.parent, str(p))
+    return Sealed(spec.model_copy(update={"code": code}), snap)
+
+
+def load_spec(path: str | Path) -> ProjectSpec:
+    """Load and validate a project spec, its code snapshotted (so it can be sealed); raises
+    :class:`BadInput` with one clear line."""
+    return load_sealed(path).spec
 
 
 def load_cluster(path: str | Path) -> ClusterConfig:

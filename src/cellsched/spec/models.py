@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import posixpath
 import re
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -206,6 +208,94 @@ class Job(_Frozen):
         return tuple(sorted(set(v)))
 
 
+def _relative(value: str, inside: bool) -> str:
+    """A relative POSIX path, normalised (``""`` and ``./`` are ``.``); ``inside`` forbids ``..``."""
+    if "\x00" in value or "\\" in value:
+        raise ValueError("must be a plain path (no NUL, no backslashes)")
+    if value.startswith("/") or value.startswith("~"):
+        raise ValueError("must be a relative path")
+    norm = posixpath.normpath(value or ".")
+    if inside and (norm == "." or norm.split("/")[0] == ".."):
+        raise ValueError("must be a file inside the code (no '..')")
+    return norm
+
+
+class Code(_Frozen):
+    """The project's code, snapshotted at submit (:mod:`cellsched.spec.code`): a directory
+    relative to the spec file, or a git repository at a commit. ``digest`` is the snapshot's,
+    written by the seal (a spec file may not set it)."""
+
+    dir: str | None = Field(default=None, max_length=4096)
+    git: str | None = Field(default=None, min_length=1, max_length=4096)
+    commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{4,64}$")
+    exclude: tuple[str, ...] = Field(default=(), max_length=1000)
+    max_mib: int = Field(default=100, ge=1, le=1024)
+    requirements: str | None = Field(default=None, min_length=1, max_length=4096)
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("max_mib", mode="before")
+    @classmethod
+    def _int(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError("must be a whole number")
+        return v
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str | None) -> str | None:
+        return None if v is None else _relative(v, inside=False)
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements(cls, v: str | None) -> str | None:
+        return None if v is None else _relative(v, inside=True)
+
+    @field_validator("git")
+    @classmethod
+    def _git(cls, v: str | None) -> str | None:
+        if v is not None and ("\x00" in v or not v.strip() or v != v.strip()):
+            raise ValueError("must be a repository path or URL")
+        return v
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _exclude_list(cls, v: Any) -> Any:
+        return (v,) if isinstance(v, str) else v
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from cellsched.executor._codepack import Excludes, PackError  # stdlib only; lazy all the same
+
+        patterns = tuple(sorted({p.strip() for p in v}))  # no negation, so order carries no meaning
+        try:
+            Excludes(patterns)
+        except PackError as e:
+            raise ValueError(str(e)) from None
+        return patterns
+
+    @field_validator("digest")
+    @classmethod
+    def _sealed_only(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None and not (info.context or {}).get("sealed"):
+            raise ValueError("is written by the seal, not in a spec file")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> Code:
+        if self.git is None:
+            if self.commit is not None:
+                raise ValueError("commit: only with git")
+            if self.dir is None:
+                object.__setattr__(self, "dir", ".")  # the default: the spec file's directory
+        else:
+            if self.dir is not None:
+                raise ValueError("dir: give dir or git, not both")
+            if self.commit is None:
+                raise ValueError("commit: required with git (a commit's SHA)")
+        return self
+
+
 class ProjectSpec(_Frozen):
     """A project: one team, one problem, one budget, jobs run in ``after`` order."""
 
@@ -217,6 +307,7 @@ class ProjectSpec(_Frozen):
     notify: str | None = Field(default=None, min_length=1, max_length=2000)
     budget: Budget
     jobs: tuple[Job, ...] = Field(min_length=1, max_length=1000)
+    code: Code | None = None
 
     @model_validator(mode="after")
     def _jobs(self) -> ProjectSpec:

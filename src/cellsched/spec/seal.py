@@ -3,6 +3,10 @@
 Canonical means: sorted keys, no insignificant whitespace, UTF-8, times as UTC
 ``YYYY-MM-DDTHH:MM:SSZ``, GPU-hours as integer GPU-seconds, defaults written out, and
 ``after`` sorted (its order carries no meaning). Anything that changes meaning changes it.
+
+A spec with ``code`` seals its code too: the ``code`` key (its fields, ``exclude`` sorted,
+``commit`` the full SHA, and the snapshot's ``digest``) is present only then, so specs
+without code keep the digests they always had.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import hashlib
 import json
 from typing import Any
 
-from cellsched.spec.models import ProjectSpec
+from cellsched.errors import BadInput
+from cellsched.spec.models import Code, ProjectSpec
 
 DIGEST_SHORT = 12
 
@@ -22,7 +27,29 @@ def _time(value: dt.datetime | None) -> str | None:
     return None if value is None else value.astimezone(dt.timezone.utc).replace(tzinfo=None).isoformat() + "Z"
 
 
+def _code(code: Code) -> dict[str, Any]:
+    if code.digest is None:
+        raise BadInput("code: not snapshotted yet (specs with code are sealed from their file: "
+                       "cellsched.spec.load.load_sealed)")
+    return {
+        "dir": code.dir,
+        "git": code.git,
+        "commit": code.commit,
+        "exclude": list(code.exclude),
+        "max_mib": code.max_mib,
+        "requirements": code.requirements,
+        "digest": code.digest,
+    }
+
+
 def canonical_dict(spec: ProjectSpec) -> dict[str, Any]:
+    out = _canonical_words(spec)
+    if spec.code is not None:
+        out["code"] = _code(spec.code)
+    return out
+
+
+def _canonical_words(spec: ProjectSpec) -> dict[str, Any]:
     b = spec.budget
     return {
         "name": spec.name,
@@ -73,4 +100,4 @@ def from_canonical(text: str) -> ProjectSpec:
     budget["gpu_hours"] = budget.pop("gpu_seconds") / 3600
     data["budget"] = {k: v for k, v in budget.items() if v is not None}
     data = {k: v for k, v in data.items() if v is not None}
-    return ProjectSpec.model_validate(data)
+    return ProjectSpec.model_validate(data, context={"sealed": True})
