@@ -710,21 +710,27 @@ class RayExecutor:
         lock_paths = [attempt_path(log_dir, job, attempt, r, "lock") for r in range(width)]
         if found is not None and found[1]["state"] != "PENDING":
             hs = self._ranks(name) or []
+            where = found[1].get("bundles_to_node_id", {})
             # Fence first (calls from one caller run in order): "I don't know it" from a
             # rank that has seen our epoch cannot come from before a deposed daemon's launch.
-            # Then each rank claims the node-local locks on its node (the locks on this
-            # host are claimed below).
+            # Then one rank per node claims the node-local locks there (two at once would
+            # find each other's flock held); the locks on this host are claimed below.
+            claimer = {}
+            for b in range(len(hs)):
+                claimer.setdefault(where.get(b) or f"?{b}", b)
+            claimers = set(claimer.values())
             refs = [(h.fence.remote(self.epoch), h.info.remote(key),
-                     h.claim_locks.remote(lock_paths, sorted(dead_nodes))) for h in hs]
-            self._call_all([r for triple in refs for r in triple])
+                     h.claim_locks.remote(lock_paths, sorted(dead_nodes)) if b in claimers
+                     else None) for b, h in enumerate(hs)]
+            self._call_all([r for triple in refs for r in triple if r is not None])
             infos = [self._status(i) for _, i, _ in refs]
-            claims = [self._status(c) for _, _, c in refs]
+            claims = [True if c is None else self._status(c) for _, _, c in refs]
             self._check_epoch(name, [i["epoch"] for i in infos if isinstance(i, dict)])
             if any(isinstance(i, dict) and i["state"] == "running" for i in infos):
                 return "alive"
             # A rank that does not answer counts if its node is dead, or if its bundle has
             # lost its node (a placed group's bundle is re-placed only after its node died).
-            where = found[1].get("bundles_to_node_id", {})
+            claims = [claims[claimer[where.get(b) or f"?{b}"]] for b in range(len(hs))]
             resched = found[1]["state"] == "RESCHEDULING"
             gone = [where.get(b) in dead_nodes or (resched and where.get(b) == "")
                     for b in range(len(infos))]

@@ -72,6 +72,45 @@ def start_two_node_ray(gpus_per_node: int = 4) -> tuple[Any, list[Any]]:
     return cluster, nodes
 
 
+def no_cellsched_dir(root: Path) -> Path:
+    """A directory holding a ``cellsched`` package whose import fails: put first on a Ray
+    node's ``PYTHONPATH``, it makes that node one where cellsched is not installed (any import
+    of it that does not come from the package the daemon ships fails loudly)."""
+    pkg = root / "no-cellsched" / "cellsched"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text(
+        'raise ImportError("cellsched is not installed on this node")\n')
+    return pkg.parent
+
+
+def start_labelled_ray(
+    nodes: list[tuple[int, dict[str, str]]], root: Path, *, bare: bool = True,
+) -> tuple[Any, list[Any]]:
+    """A ``ray.cluster_utils.Cluster``: a GPU-less head (health checks tuned as in
+    ``start_two_node_ray``) and one node per ``(gpus, labels)`` of ``nodes``, joined by
+    ``ray.init``. Each node gets its own node-local directory ``root/node-<i>``
+    (``CELLSCHED_NODE_DIR``) and, with ``bare``, a ``PYTHONPATH`` on which cellsched cannot be
+    imported (``no_cellsched_dir``): only Ray is "installed" there. Returns (cluster, nodes)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "num_gpus": 0,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
+    poison = str(no_cellsched_dir(root)) if bare else None
+    added = []
+    for i, (gpus, labels) in enumerate(nodes):
+        env = {"CELLSCHED_NODE_DIR": str(root / f"node-{i}")}
+        if poison:
+            env["PYTHONPATH"] = poison
+        added.append(cluster.add_node(num_cpus=1, num_gpus=gpus, labels=dict(labels),
+                                      env_vars=env))
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
+    return cluster, added
+
+
 def wait_gpus_free(ray: Any, expected: float = GPUS, deadline_s: float = LEAK_DEADLINE_S) -> float:
     """Poll until ``available_resources()["GPU"] == expected``; returns the last value seen."""
     end = time.monotonic() + deadline_s
