@@ -93,7 +93,9 @@ def test_submit_json_keys_and_utc_times(cli, tmp_path: Path) -> None:  # type: i
 
 
 def test_submit_refused_says_why_and_what_would_be_granted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert cli("submit", write_spec(tmp_path, "big", "pretraining", gpus=12, hours=12 * 48), user="dave").exit_code == 0
+    # 16 GPUs on two nodes of 8: one whole node and half the other taken for two days.
+    assert cli("submit", write_spec(tmp_path, "big", "pretraining", gpus=8, hours=8 * 48), user="dave").exit_code == 0
+    assert cli("submit", write_spec(tmp_path, "side", "pretraining", gpus=4, hours=4 * 48), user="dave").exit_code == 0
     deadline = 'deadline = "2026-12-02T00:00:00Z"'
     path = write_spec(tmp_path, "too-big", gpus=8, hours=64, extra=deadline)
     r = cli("submit", path)
