@@ -14,7 +14,8 @@ stamp file, with a single ``printf >>`` per line (atomic for short lines under O
     end   <project> <job> <attempt> <rank> <unix time> <sh pid> <exit code>
 
 ``end`` is written by an EXIT trap (SIGTERM/SIGINT are trapped and turned into an exit), so
-only a SIGKILL leaves a ``start`` without an ``end``. Jobs marked ``fail-first`` fail (exit 1)
+only a SIGKILL leaves a ``start`` without an ``end`` (a signal that arrives before the ``start``
+line is written leaves an ``end`` alone, which is reported and otherwise ignored). Jobs marked ``fail-first`` fail (exit 1)
 the first time any rank of any attempt reaches the failure point (an atomic ``mkdir`` marker),
 so their first real run fails and the retry succeeds. The job marked ``until-final`` is a long
 training run: it lasts until the final round has begun. Every job process carries
@@ -37,8 +38,9 @@ The checks:
 
 - overlaps: two attempts of one job (or two copies of one rank of one attempt) whose
   intervals intersect. An attempt's interval runs from its first ``start`` stamp to its last
-  ``end`` stamp; a rank without ``end`` (SIGKILLed) is taken as alive until the later of the
-  end of the round it started in and the last time ``/proc`` saw it.
+  ``end`` stamp; a rank without ``end`` (SIGKILLed) is taken as alive until the end of the
+  first ``/proc`` scan that began after it was last seen and did not see it (neither its
+  shell nor anything carrying its ``CHAOS_SH``), or else until the end of its round.
 - lost results: an attempt the ledger records as ``succeeded`` whose ranks did not all stamp
   ``end`` with code 0, one recorded ``failed`` with no stamp at all, and every job that did not
   end ``succeeded`` (windows are long enough for all of them).
@@ -52,6 +54,7 @@ The checks:
 
 from __future__ import annotations
 
+import bisect
 import getpass
 import json
 import os
@@ -96,12 +99,10 @@ stop() {
   [ -n "$child" ] && kill "$child" 2>/dev/null
   exit "$rc"
 }
-started=
-trap '[ -z "$started" ] || stamp end " $rc"' EXIT
+trap 'stamp end " $rc"' EXIT
 trap 'stop 143' TERM
 trap 'stop 130' INT
 stamp start ""
-started=1
 export CHAOS_SH=$$
 if [ "$mode" = fail-first ] && mkdir "$CHAOS_DIR/failed-$CELLSCHED_PROJECT-$CELLSCHED_JOB" 2>/dev/null; then
   rc=1
@@ -273,22 +274,35 @@ def wait_gone(run_id: str, kind: str, timeout: float) -> list[Proc]:
 
 
 class Liveness(threading.Thread):
-    """Scans ``/proc`` every ``every`` s: the last time each stamping shell (or its sleep)
-    was seen alive, keyed by the shell's pid."""
+    """Scans ``/proc`` every ``every`` s: when each stamping shell (or its sleep) was last
+    seen alive, keyed by the shell's pid, and when every scan began and ended."""
 
     def __init__(self, run_id: str, every: float = 0.2) -> None:
         super().__init__(daemon=True, name="chaos-liveness")
         self.run_id, self.every = run_id, every
-        self.last_seen: dict[int, float] = {}
+        self.last_seen: dict[int, float] = {}  # the end of the last scan that saw it
+        self.starts: list[float] = []
+        self.ends: list[float] = []
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.is_set():
             t = time.time()
-            for p in scan(self.run_id):
-                if p.kind == "job":
-                    self.last_seen[p.sh] = t
+            seen = {p.sh for p in scan(self.run_id) if p.kind == "job"}
+            end = time.time()
+            for sh in seen:
+                self.last_seen[sh] = end
+            self.starts.append(t)
+            self.ends.append(end)
             self.halt.wait(self.every)
+
+    def dead_by(self, sh: int, since: float) -> float | None:
+        """A time by which shell ``sh`` (alive at ``since``) and its processes were gone: the
+        end of the first scan that began after it was last alive and did not see it; None if
+        no scan came after."""
+        after = max(since, self.last_seen.get(sh, since))
+        i = bisect.bisect_right(self.starts, after)
+        return self.ends[i] if i < len(self.starts) else None
 
 
 # -- the work dir, the ledger, the CLI -------------------------------------------------------
@@ -698,8 +712,10 @@ def check(d: Driver) -> dict[str, Any]:
     for r in runs:
         if r.end is not None:
             r.alive_until = r.end
-        else:
-            r.alive_until = max(d.live.last_seen.get(r.pid, r.start), _round_end(d.rounds, r.start))
+        else:  # killed: gone by the first /proc scan that missed it, else by its round's end
+            dead = d.live.dead_by(r.pid, r.start)
+            r.alive_until = dead if dead is not None else max(d.live.last_seen.get(r.pid, r.start),
+                                                              _round_end(d.rounds, r.start))
     overlaps = find_overlaps(runs)
 
     stamped: dict[tuple[str, str, int], list[RankRun]] = {}
