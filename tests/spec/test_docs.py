@@ -92,3 +92,11 @@ def test_the_ledger_doc_names_what_is_real() -> None:
     for word in ("--db", "CELLSCHED_DB", "cellsched.db", "postgresql+psycopg://", "cs_event", "cs_project",
                  "cs_grant", "cs_job_run", "cs_schema", f"(currently {SCHEMA_VERSION})", "cellsched audit"):
         assert word in text, word
+
+
+def test_the_code_examples_in_specs_md_validate() -> None:
+    examples = [b for b in blocks(doc("specs.md"), "toml") if "code" in b and "[[jobs]]" not in b]
+    assert len(examples) >= 2
+    for text in examples:
+        code = parse_document(text, "toml", "docs/specs.md")["code"]
+        validate(Code, code, "docs/specs.md")
