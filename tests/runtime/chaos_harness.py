@@ -162,6 +162,9 @@ class ChaosConfig:
     final_teardown_s: float = 10.0  # the same after the final, clean stop (then a leak)
     orphan_wait_s: float = 4.0  # for job processes to go away after their Ray did
     final_timeout_s: float = 150.0
+    # no new round starts after this long (seconds from the start; None: no limit): on a
+    # machine too loaded to run them in time the run ends short, and says so, instead of hanging
+    deadline_s: float | None = None
     window_s: int = 900
     grace_s: int = 1
     interval_s: float = 0.2
@@ -575,6 +578,10 @@ class Driver:
         self.live.start()
         try:
             for i in range(self.cfg.rounds):
+                if self.cfg.deadline_s is not None and time.monotonic() - t0 > self.cfg.deadline_s:
+                    self.problems.append(f"out of time: only {i} of {self.cfg.rounds} rounds in "
+                                         f"{time.monotonic() - t0:.0f} s (deadline {self.cfg.deadline_s:g} s)")
+                    break
                 self.rounds.append(self.round(i))
             self.rounds.append(self.final())
             left = scan(self.run_id)
