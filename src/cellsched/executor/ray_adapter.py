@@ -86,7 +86,8 @@ class _QuietPGRestartWarning(logging.Filter):
 _QUIET = _QuietPGRestartWarning()
 
 # How often reserve re-checks that the shipped package is still in Ray's GCS (an unused
-# package is deleted some minutes after its last user is gone; re-uploading is idempotent).
+# package is deleted some minutes after its last user is gone; re-uploading is idempotent),
+# and whether other nodes have joined a Ray this process started.
 SHIP_CHECK_S = 60.0
 # Log pulling: bytes per read call, and per rank log per pull_logs call (the rest waits for
 # the next call, so one chatty job cannot stall a tick).
@@ -158,7 +159,7 @@ class RayExecutor:
         call_timeout_s: float = 2.0,
         launch_timeout_s: float = 10.0,
         ray_init: Mapping[str, Any] | None = None,
-        ship: bool = True,
+        ship: bool | None = None,
     ) -> None:
         import ray
 
@@ -185,7 +186,15 @@ class RayExecutor:
             self._node_id: str | None = ray.get_runtime_context().get_node_id()
         except Exception:  # noqa: BLE001 - a client-mode driver has no node of its own
             self._node_id = None
+        # Ship the rank workers' code (py_modules) unless told (``ship``); by default
+        # unless this process started the Ray itself (its workers run this very Python,
+        # where cellsched is installed) and no other node has joined it. A worker with a
+        # runtime_env cannot be one of Ray's prestarted ones: shipping costs a worker
+        # start per rank (~0.5 s), which the single-host case is spared.
         self.ship = ship
+        self._own_ray = bool(getattr(getattr(ray._private.worker, "_global_node", None),
+                                     "ray_init_cluster", False))
+        self._alone: tuple[float, bool] | None = None  # (checked at, no other node)
         self._shipped: tuple[float, dict[str, Any]] | None = None
         self._handles: dict[str, list[Any]] = {}
         self._pings: dict[str, list[Any]] = {}
@@ -258,9 +267,16 @@ class RayExecutor:
     def _runtime_env(self) -> dict[str, Any] | None:
         """The rank workers' runtime_env: this package shipped as a gcs:// py_modules
         package (Ray accepts local paths only at job level, so it is uploaded here)."""
-        if not self.ship:
-            return None
         now = time.monotonic()
+        if self.ship is None:
+            if self._own_ray:
+                if self._alone is None or now - self._alone[0] > SHIP_CHECK_S:
+                    self._alone = (now, all(n["NodeID"] == self._node_id
+                                            for n in self._ray.nodes() if n["Alive"]))
+                if self._alone[1]:
+                    return None
+        elif not self.ship:
+            return None
         if self._shipped is None or now - self._shipped[0] > SHIP_CHECK_S:
             from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
