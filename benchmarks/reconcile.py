@@ -4,6 +4,7 @@ of 200 live groups on a real Ray; prints one JSON object.
     python benchmarks/reconcile.py                  # SQLite ledger
     python benchmarks/reconcile.py --db postgres    # a fresh schema on the test PostgreSQL
     python benchmarks/reconcile.py --no-ray         # skip the real-Ray figure
+    python benchmarks/reconcile.py --no-reconcile   # only the real-Ray figure
     python benchmarks/reconcile.py --check          # exit 1 if a figure misses its target
 
 Figures:
@@ -201,6 +202,7 @@ def main() -> int:
     ap.add_argument("--groups", type=int, default=200, help="live groups to observe on real Ray (200)")
     ap.add_argument("--observe-rounds", type=int, default=3)
     ap.add_argument("--no-ray", action="store_true", help="skip the real-Ray figure")
+    ap.add_argument("--no-reconcile", action="store_true", help="only the real-Ray figure")
     ap.add_argument("--check", action="store_true", help="exit 1 if a figure misses its target")
     a = ap.parse_args()
 
@@ -209,8 +211,9 @@ def main() -> int:
     figures: dict[str, Any] = {"db": a.db}
     with tempfile.TemporaryDirectory(prefix="cellsched-bench-") as tmp:
         work = Path(tmp)
-        with fresh_pg_url() if a.db == "postgres" else nullcontext(None) as url:
-            figures.update(reconcile_pass(url, a.live, a.future, a.passes, work))
+        if not a.no_reconcile:
+            with fresh_pg_url() if a.db == "postgres" else nullcontext(None) as url:
+                figures.update(reconcile_pass(url, a.live, a.future, a.passes, work))
         if not a.no_ray:
             figures.update(observe_groups(a.groups, a.observe_rounds, work))
     print(json.dumps(figures))
