@@ -10,7 +10,9 @@ queue neither empties nor grows without bound: the trace's size, not its congest
 changes between sizes. Prints one JSON object: ``jobs_per_s`` per policy (at the largest
 size), seconds per size, and the fitted exponent of time against size (1.0 is linear; n log n
 over 10k..100k fits about 1.1; n^2 would be 2). ``cellsched`` uses the default pull-forward
-rule (``start_now``); ``--pull-forward compact`` measures the other one.
+rule (``start_now``); ``--pull-forward compact`` measures the other one. Every policy places
+jobs on nodes of ``--per-node`` GPUs (default 8); ``--per-node 0`` makes the pool one node,
+the flat calendar.
 """
 
 from __future__ import annotations
@@ -67,11 +69,15 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pull-forward", choices=["start_now", "compact"], default="start_now")
+    ap.add_argument("--per-node", type=int, default=8, help="GPUs per node (0: one node, the flat calendar)")
     args = ap.parse_args()
 
     source, jobs = pool_of_jobs(args.seed)
-    cluster = ClusterConfig(pools=(Pool(name="main", gpu_type="gpu", gpus=args.gpus),),
-                            policy=Policy(pull_forward=args.pull_forward))
+    per_node = args.per_node or args.gpus
+    # One node of more than 1,024 GPUs is past what a cluster file accepts: built directly.
+    pool = Pool.model_construct(name="main", gpu_type="gpu", gpus=args.gpus, gpus_per_node=per_node)
+    cluster = ClusterConfig.model_construct(pools=(pool,), teams=(), admins=(),
+                                            policy=Policy(pull_forward=args.pull_forward))
     seconds: dict[str, dict[str, float]] = {p: {} for p in args.policies}
     quality: dict[str, dict[str, object]] = {p: {} for p in args.policies}
     for n in args.sizes:
@@ -91,6 +97,7 @@ def main() -> None:
         "trace": source,
         "gpus": args.gpus,
         "offered_load": args.load,
+        "gpus_per_node": per_node,
         "pull_forward": args.pull_forward,
         "sizes": args.sizes,
         "jobs_per_s": {p: round(int(big) / max(seconds[p][big], 1e-9)) for p in args.policies},

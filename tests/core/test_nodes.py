@@ -93,14 +93,16 @@ queries = st.lists(st.tuples(st.integers(1, 12), st.integers(1, 40), st.integers
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=st.sampled_from(sorted(SIZES)), steps=ops, qs=queries)
-def test_index_matches_brute_force(shape, steps, qs):
+@given(shape=st.sampled_from(sorted(SIZES)), steps=ops, qs=queries, unit=st.sampled_from([1, 1800]))
+def test_index_matches_brute_force(shape, steps, qs, unit):
+    """``unit`` 1800 s: windows span several hours, so the whole-node hour masks are used."""
     gpus, per = SIZES[shape]
     sizes = node_sizes(gpus, per)
     cal = NodeCalendar(gpus, per)
     live: list[tuple[int, int, int, tuple[int, ...]]] = []
     floor = 0
     for kind, a, length, width, pick in steps:
+        a, length = a * unit, length * unit
         a = max(a, floor)
         b = a + length
         if kind == "forget":
@@ -152,6 +154,8 @@ def test_index_matches_brute_force(shape, steps, qs):
             assert [c.free_at(t) for c in cal.nodes] == per_node
         assert cal.free_at(t) == sum(per_node)
     for width, d, start, deadline in qs:
+        d, start = d * unit, start * unit
+        deadline = None if deadline is None else deadline * unit
         start = max(start, floor)
         want = brute_earliest(sizes, per, live, width, d, start, deadline) if cal.admits(width) else None
         assert cal.earliest_fit(width, d, start, deadline) == want, (width, d, start, deadline)
@@ -165,7 +169,8 @@ def test_index_matches_brute_force(shape, steps, qs):
         if cal.admits(width):
             r = cal.reach(width, start)
             horizon = max([e for _, e, *_ in live] + [start]) + 1
-            fit_to = [x for x in range(start + 1, horizon + 1)
+            fit_to = [x for x in sorted({start + 1, horizon} | {e for _, e, *_ in live} | {s for s, *_ in live})
+                      if start < x <= horizon
                       if brute_earliest(sizes, per, live, width, x - start, start, x) == start]
             expect = start if not fit_to else (FAR_FUTURE if fit_to[-1] == horizon else fit_to[-1])
             assert r == expect, (width, start)

@@ -32,11 +32,16 @@ and every answer is the flat calendar's, bit for bit.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from functools import reduce
 from itertools import compress, islice
+from operator import and_
 
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
 
 _LAST = 1 << 62  # sorts after any node index
+BEST_FIT_OF = 4  # a narrow grant's node is the best fit in GPUs among this many candidates
+SCAN_NODES = 16  # nodes tried in index order for a narrow grant before any wholly free one
+HOUR = 3600  # the buckets of the whole-node masks
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -91,7 +96,7 @@ def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int,
 class _Threshold:
     """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
 
-    __slots__ = ("v", "count", "ends", "end_starts", "starts")
+    __slots__ = ("v", "count", "ends", "end_starts", "starts", "start_lens")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -103,7 +108,9 @@ class _Threshold:
         runs.sort()
         self.ends: list[tuple[int, int]] = [(b, i) for b, i, _ in runs]  # (run end, node), sorted
         self.end_starts: list[int] = [a for _, _, a in runs]  # the run's start, beside its end
-        self.starts: list[tuple[int, int]] = sorted((a, i) for _, i, a in runs)  # (run start, node)
+        self.starts: list[tuple[int, int]] = []  # (run start, node), sorted
+        self.start_lens: list[int] = []  # the run's length, beside its start
+        self._by_start(runs)
         # count as a step function, by one sweep over the runs' edges
         delta: dict[int, int] = {}
         for b, _, a in runs:
@@ -118,20 +125,29 @@ class _Threshold:
                 fs.append(val)
         count._t, count._f = ts, fs
 
+    def _by_start(self, runs: list[tuple[int, int, int]]) -> None:
+        """Fill ``starts``/``start_lens`` from (end, node, start) triples."""
+        by_a = sorted((a, i, b - a) for b, i, a in runs)
+        self.starts = [(a, i) for a, i, _ in by_a]
+        self.start_lens = [n for _, _, n in by_a]
+
     def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
         """Node ``node``'s runs ``old`` (touching [lo, hi)) are now ``new``."""
-        ends, es, starts, count = self.ends, self.end_starts, self.starts, self.count
+        ends, es, starts, lens, count = self.ends, self.end_starts, self.starts, self.start_lens, self.count
         for a, b in old:
             i = bisect_left(ends, (b, node))
             del ends[i], es[i]
-            del starts[bisect_left(starts, (a, node))]
+            i = bisect_left(starts, (a, node))
+            del starts[i], lens[i]
             if min(b, hi) > max(a, lo):
                 count._add(max(a, lo), min(b, hi), -1)
         for a, b in new:
             i = bisect_left(ends, (b, node))
             ends.insert(i, (b, node))
             es.insert(i, a)
-            starts.insert(bisect_left(starts, (a, node)), (a, node))
+            i = bisect_left(starts, (a, node))
+            starts.insert(i, (a, node))
+            lens.insert(i, b - a)
             if min(b, hi) > max(a, lo):
                 count._add(max(a, lo), min(b, hi), 1)
 
@@ -148,16 +164,28 @@ class _Threshold:
 
     def earliest(self, k: int, d: int, start: int, deadline: int | None) -> int | None:
         """Earliest t >= start at which ``k`` nodes fit ``v`` over [t, t + d), t + d <= deadline."""
-        count, starts = self.count, self.starts
+        count, starts, lens = self.count, self.starts, self.start_lens
+        n = len(starts)
         t = count.earliest(k, d, start, deadline)
         while t is not None:
-            if self.fitting(t, d) >= k:
+            f = self.fitting(t, d)
+            if f >= k:
                 return t
+            # A run that began by t and covers a later window covers this one too, so it is
+            # among the f: a later start needs k - f more runs, at least d long, beginning
+            # after t. The (k - f)-th of them is the next candidate.
             i = bisect_right(starts, (t, _LAST))
-            if i >= len(starts):
+            x = next(islice(compress(range(i, n), map(d.__le__, _tail(lens, i))), k - f - 1, None), None)
+            if x is None:
                 return None
-            t = count.earliest(k, d, starts[i][0], deadline)
+            t = count.earliest(k, d, starts[x][0], deadline)
         return None
+
+    def candidates(self, t: int, d: int, m: int) -> list[int]:
+        """Up to ``m`` nodes that fit ``v`` over [t, t + d), soonest run end first."""
+        ends = self.ends
+        i = bisect_left(ends, (t + d, -1))
+        return [ends[x][1] for x in islice(compress(range(i, len(ends)), map(t.__ge__, _tail(self.end_starts, i))), m)]
 
     def choose(self, k: int, t: int, d: int) -> tuple[int, ...] | None:
         """``k`` nodes that fit ``v`` over [t, t + d): those whose run ends soonest after it."""
@@ -175,7 +203,97 @@ class _Threshold:
         i = bisect_right(self.ends, (t, _LAST))
         del self.ends[:i], self.end_starts[:i]
         self.end_starts = [FAR_PAST if a <= t else a for a in self.end_starts]
-        self.starts = sorted((a, n) for a, (_, n) in zip(self.end_starts, self.ends))
+        self._by_start([(b, n, a) for a, (b, n) in zip(self.end_starts, self.ends)])
+
+
+class _Whole:
+    """Which full nodes are wholly free throughout each hour: one bitmask per hour (bit n:
+    node n). ANDing the hours a window touches gives nodes that surely fit it whole (a
+    subset of those that do: a node busy only in the part of an end hour outside the window
+    is missed), in a few C-level operations however many nodes and grants there are."""
+
+    __slots__ = ("per", "full", "q0", "masks", "tail")
+
+    def __init__(self, nodes: list[CapacityCalendar], per: int) -> None:
+        self.per = per
+        self.full = [i for i, c in enumerate(nodes) if c.capacity == per]
+        points = [x for i in self.full for x in nodes[i]._t[1:]]
+        lo = min(points, default=0)
+        hi = max(points, default=0)
+        self.q0 = lo // HOUR
+        masks = [0] * (hi // HOUR - self.q0 + 1)
+        self.tail = 0
+        for i in self.full:
+            bit = 1 << i
+            t, f = nodes[i]._t, nodes[i]._f
+            n = len(t)
+            for k in range(n):
+                if f[k] != per:
+                    continue
+                qa = -(-max(t[k], lo) // HOUR) - self.q0
+                qb = (t[k + 1] if k + 1 < n else hi + HOUR) // HOUR - self.q0
+                qb = min(qb, len(masks))
+                if qb > qa:
+                    masks[qa:qb] = [m | bit for m in masks[qa:qb]]
+            if f[-1] == per:
+                self.tail |= bit
+        self.masks = masks
+
+    def _extend(self, q: int) -> None:
+        """Make hour ``q`` (and those before it) explicit: past the last, nodes are at their tail."""
+        more = q - self.q0 - len(self.masks) + 1
+        if more > 0:
+            self.masks.extend([self.tail] * more)
+
+    def sure(self, t: int, d: int) -> int:
+        """Nodes wholly free over every hour [t, t + d) touches."""
+        a = t // HOUR - self.q0
+        b = (t + d - 1) // HOUR - self.q0 + 1
+        m = self.masks
+        if a < 0:
+            return 0  # before what was built: nothing is sure
+        out = reduce(and_, m[a:b], -1)
+        if b > len(m):
+            out &= self.tail
+        return out
+
+    def changed(self, node: CapacityCalendar, n: int, start: int, end: int, freed: bool) -> None:
+        """Node ``n`` changed over [start, end)."""
+        if node.capacity != self.per:
+            return
+        qa, qb = start // HOUR, (end - 1) // HOUR
+        if qa < self.q0:
+            self.masks[:0] = [0] * (self.q0 - qa)  # nothing sure before the first hour built
+            self.q0 = qa
+        self._extend(qb)
+        m, bit = self.masks, 1 << n
+        if not freed:  # a reserve: the node is busy somewhere in each of these hours
+            a, b = qa - self.q0, qb - self.q0 + 1
+            m[a:b] = [x & ~bit for x in m[a:b]]
+            return
+        per = self.per
+        for q in range(qa, qb + 1):
+            if node.min_free(q * HOUR, (q + 1) * HOUR) == per:
+                m[q - self.q0] |= bit
+            else:
+                m[q - self.q0] &= ~bit
+
+    def forget_before(self, t: int) -> None:
+        drop = t // HOUR - self.q0
+        if drop > 0:
+            del self.masks[:drop]
+            self.q0 += drop
+
+
+def _lowest_bits(mask: int, k: int) -> list[int]:
+    """The indices of the ``k`` lowest set bits of ``mask``."""
+    bits = bin(mask)[:1:-1]  # bit 0 first
+    out = []
+    i = bits.find("1")
+    while i >= 0 and len(out) < k:
+        out.append(i)
+        i = bits.find("1", i + 1)
+    return out
 
 
 class NodeCalendar(CapacityCalendar):
@@ -185,7 +303,7 @@ class NodeCalendar(CapacityCalendar):
     necessary condition for any node placement); ``earliest_fit``, ``choose``, ``reserve``
     and ``release`` follow the node rule (module docstring)."""
 
-    __slots__ = ("per_node", "nodes", "_one", "_idx", "_held", "_widest_node")
+    __slots__ = ("per_node", "nodes", "_one", "_idx", "_held", "_widest_node", "_version", "_reach", "_whole_masks")
 
     def __init__(self, capacity: int, per_node: int | None = None) -> None:
         super().__init__(capacity)
@@ -196,6 +314,9 @@ class NodeCalendar(CapacityCalendar):
         self._one = per_node >= capacity
         self.nodes = [self] if self._one else [CapacityCalendar(s) for s in node_sizes(capacity, per_node)]
         self._widest_node = per_node
+        self._version = 0  # bumped by every change, so answers about one instant can be kept
+        self._reach: dict[tuple[int, int], tuple[int, int]] = {}
+        self._whole_masks: _Whole | None = None  # built the first time a search needs it
         self._idx: dict[int, _Threshold] = {}
         # Reservations by (end, width): [(start, nodes)], so a release that does not name
         # its nodes (a snapshot rebuilt without them) finds the ones the reserve took.
@@ -248,7 +369,43 @@ class NodeCalendar(CapacityCalendar):
         if not self.admits(width) or end <= start:
             return None
         v, k = self._shape(width)
-        return self._index(v).choose(k, start, end - start)
+        d = end - start
+        if v == self.per_node:
+            # Whole nodes: the lowest-numbered ones surely free over the window's hours,
+            # else (a window's end hours are busy elsewhere) the index's soonest-ending runs.
+            sure = self._whole().sure(start, d)
+            if sure.bit_count() >= k:
+                return tuple(_lowest_bits(sure, k))
+            return self._index(v).choose(k, start, d)
+        # One node for a narrow grant. First a node already in use that fits (best fit in
+        # GPUs among the first SCAN_NODES nodes, so whole nodes stay whole for whole-node
+        # grants); else the highest-numbered node wholly free over the window's hours (whole
+        # nodes are taken from the bottom, narrow grants break them from the top); else
+        # the best fit among the index's soonest-ending runs.
+        best = None
+        nodes = self.nodes
+        per = self.per_node
+        for n in range(min(SCAN_NODES, len(nodes))):
+            room = nodes[n].min_free(start, end)
+            if v <= room < per and (best is None or room < best[0]):
+                best = (room, n)
+                if room == v:
+                    break
+        if best is not None:
+            return (best[1],)
+        sure = self._whole().sure(start, d)
+        if sure:
+            return (sure.bit_length() - 1,)
+        for n in self._index(v).candidates(start, d, BEST_FIT_OF):
+            room = nodes[n].min_free(start, end)
+            if best is None or room < best[0]:
+                best = (room, n)
+        return None if best is None else (best[1],)
+
+    def _whole(self) -> _Whole:
+        if self._whole_masks is None:
+            self._whole_masks = _Whole(self.nodes, self.per_node)
+        return self._whole_masks
 
     def fits_moved(self, width: int, start: int, end: int, own_start: int, own: tuple[int, ...]) -> bool:
         """Whether ``width`` GPUs fit over [start, end) once the same grant's reservation
@@ -274,14 +431,10 @@ class NodeCalendar(CapacityCalendar):
         """The widest grant the node rule lets fit over the whole of [start, end)."""
         if self._one:
             return self.min_free(start, end)
-        d = end - start
-        whole = self._index(self.per_node).fitting(start, d)
-        if whole > 1:
+        whole = self._index(self.per_node).fitting(start, end - start)
+        if whole:
             return whole * self.per_node
-        for v in range(self.per_node if whole else self.per_node - 1, 0, -1):
-            if self._index(v).fitting(start, d):
-                return v
-        return 0
+        return max(c.min_free(start, end) for c in self.nodes)  # one node, partly free
 
     def reach(self, width: int, t: int) -> int:
         """How far from ``t`` the free GPUs reach for ``width`` by the node rule: the latest
@@ -291,6 +444,16 @@ class NodeCalendar(CapacityCalendar):
             return self.free_until(width, t)
         if not self.admits(width):
             return t
+        hit = self._reach.get((width, t))
+        if hit is not None and hit[0] == self._version:
+            return hit[1]
+        r = self._reach_of(width, t)
+        if len(self._reach) > 256:
+            self._reach.clear()
+        self._reach[(width, t)] = (self._version, r)
+        return r
+
+    def _reach_of(self, width: int, t: int) -> int:
         v, k = self._shape(width)
         idx = self._index(v)
         if idx.count.free_at(t) < k:
@@ -378,10 +541,13 @@ class NodeCalendar(CapacityCalendar):
         super().forget_before(t)
         if self._one:
             return
+        self._version += 1
         for c in self.nodes:
             c.forget_before(t)
         for idx in self._idx.values():
             idx.forget_before(t)
+        if self._whole_masks is not None:
+            self._whole_masks.forget_before(t)
         for key in [k for k in self._held if k[0] <= t]:
             del self._held[key]
 
@@ -392,6 +558,7 @@ class NodeCalendar(CapacityCalendar):
     # -- internals ---------------------------------------------------------------------
 
     def _node_add(self, n: int, start: int, end: int, delta: int) -> None:
+        self._version += 1
         node = self.nodes[n]
         # Only thresholds the change crosses have runs that change (see the class doc).
         lo_before, hi_before = node.min_free(start, end), node.max_free(start, end)
@@ -401,5 +568,7 @@ class NodeCalendar(CapacityCalendar):
         touched = [idx for v, idx in self._idx.items() if low < v <= high and v <= node.capacity]
         olds = [_runs_of(node, idx.v, start, end) for idx in touched]
         node._add(start, end, delta)
+        if self._whole_masks is not None:
+            self._whole_masks.changed(node, n, start, end, delta > 0)
         for idx, old in zip(touched, olds):
             idx.replace(n, old, _runs_of(node, idx.v, start, end), start, end)
