@@ -23,7 +23,7 @@ from cellsched.sim.trace import Trace, TraceJob
 from cellsched.spec.cluster import ClusterConfig, Pool, Team
 
 
-def synthetic(n: int = 600, seed: int = 7) -> Trace:
+def synthetic(n: int = 300, seed: int = 7) -> Trace:
     rnd = random.Random(seed)
     jobs, t = [], 0
     for i in range(n):
@@ -35,18 +35,18 @@ def synthetic(n: int = 600, seed: int = 7) -> Trace:
 
 
 # sha256(json([start, promised, refused]))[:16] of each replay on 64 GPUs, computed by the flat
-# calendar before the node model existed (commit 60d238b): the one-node pool must match.
+# calendar before the node model existed (the code of commit 60d238b): the one-node pool must match.
 FLAT = {
-    "cellsched-default": "c11a073d9cf59e94",
-    "compact-default": "02fb24fef71c3147",
-    "easy-default": "6cf3d01fa6e0f41a",
-    "fifo-default": "07eb8d5e677c7f36",
-    "quota-default": "ffd9e1d03ef6ea21",
-    "cellsched-teams": "a2e2523f6ee1c2fc",
-    "compact-teams": "c36ff3658fe83ddd",
-    "easy-teams": "6cf3d01fa6e0f41a",
-    "fifo-teams": "07eb8d5e677c7f36",
-    "quota-teams": "81162c304e31fd3c",
+    "cellsched-default": "a00a48b1e9d6bce8",
+    "compact-default": "eddc6678a0460f50",
+    "easy-default": "c3fa87eaf303c607",
+    "fifo-default": "b22ecf8f6b9652d7",
+    "quota-default": "e8e438365ef2117d",
+    "cellsched-teams": "c6088ceb637d857a",
+    "compact-teams": "d3b8b684854c7bab",
+    "easy-teams": "c3fa87eaf303c607",
+    "fifo-teams": "b22ecf8f6b9652d7",
+    "quota-teams": "8d407bd396847ecd",
 }
 
 

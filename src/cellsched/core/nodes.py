@@ -358,9 +358,13 @@ class NodeCalendar(CapacityCalendar):
         if not self.admits(width):
             return None
         v, k = self._shape(width)
-        if self.earliest(width, duration, start, deadline) is None:  # the pool alone says no
+        flat = self.earliest(width, duration, start, deadline)  # nodes fit no earlier
+        if flat is None:
             return None
-        return self._index(v).earliest(k, duration, start, deadline)
+        idx = self._index(v)
+        if v == self.per_node and self._whole().sure(flat, duration).bit_count() >= k:
+            return flat  # whole nodes surely free over the window's hours: no scan needed
+        return idx.earliest(k, duration, flat, deadline)
 
     def choose(self, width: int, start: int, end: int) -> tuple[int, ...] | None:
         """The nodes a grant of ``width`` over [start, end) would take now, or None."""
