@@ -29,6 +29,7 @@ import errno
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import posixpath
@@ -149,7 +150,7 @@ class Excludes:
             body = _glob_regex(p.lstrip("/"))
             regex = body if anchored else f"(?:.*/)?{body}"
             try:
-                self._rules.append((re.compile(regex + r"\Z", re.S), dir_only))
+                self._rules.append((re.compile(regex + r"\Z", re.DOTALL), dir_only))
             except re.error as e:
                 raise PackError(f"{raw!r}: {e}", "exclude") from None
 
@@ -201,26 +202,36 @@ def walk(root: str | os.PathLike[str], excludes: Sequence[str] = (), max_bytes: 
                 raise PackError(f"{posixpath.join(rel_dir, name)!r}: file name is not UTF-8") from None
             rel = f"{rel_dir}/{name}" if rel_dir else name
             full = base / rel
-            st = os.lstat(full)
+            try:
+                st = os.lstat(full)
+            except OSError as e:  # gone while we looked, or unreadable
+                raise PackError(f"cannot read {rel}: {e.strerror}") from None
             if stat.S_ISDIR(st.st_mode):
                 if not match(rel, True):
                     stack.append(rel)
             elif match(rel, False):
                 continue
             elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(full)
+                try:
+                    target = os.readlink(full)
+                except OSError as e:
+                    raise PackError(f"cannot read {rel}: {e.strerror}") from None
                 check_link(rel, target)
                 yield Entry(rel, "link", target.encode("utf-8"))
             elif stat.S_ISREG(st.st_mode):
-                total += st.st_size
+                data = b"" if total + st.st_size > max_bytes else _read(full, rel)  # never read past the cap
+                total += max(len(data), st.st_size)  # it may have grown since the lstat
                 if total > max_bytes:
                     raise PackError(f"the code is over {max_bytes / MIB:g} MiB (exclude more, or raise max_mib)",
                                     "max_mib")
-                try:
-                    data = full.read_bytes()
-                except OSError as e:
-                    raise PackError(f"cannot read {rel}: {e.strerror}") from None
                 yield Entry(rel, "exec" if st.st_mode & stat.S_IXUSR else "file", data)
+
+
+def _read(path: Path, rel: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise PackError(f"cannot read {rel}: {e.strerror}") from None
 
 
 def manifest(entries: Iterable[Entry]) -> bytes:
@@ -233,7 +244,7 @@ def manifest(entries: Iterable[Entry]) -> bytes:
 
 def _sorted(entries: Iterable[Entry]) -> list[Entry]:
     out = sorted(entries, key=lambda e: e.path.encode("utf-8"))
-    for a, b in zip(out, out[1:]):
+    for a, b in itertools.pairwise(out):
         if a.path == b.path:
             raise PackError(f"{a.path}: twice in the archive")
     paths = {e.path for e in out}
