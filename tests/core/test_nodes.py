@@ -10,7 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cellsched.core.calendar import FAR_FUTURE
-from cellsched.core.nodes import NodeCalendar, admissible_widths_near, node_sizes, whole_nodes
+from cellsched.core.nodes import (
+    NodeCalendar,
+    admissible_widths_near,
+    node_sizes,
+    whole_nodes,
+)
 
 
 def test_node_rule_helpers():
@@ -59,18 +64,18 @@ def test_release_without_nodes_finds_the_reservation():
 SIZES = {"two of 4": (8, 4), "three of 4 and 2": (14, 4), "four of 2": (8, 2), "ones": (5, 1)}
 
 
-def free_of(sizes, live, n, t):  # noqa: ANN001
+def free_of(sizes, live, n, t):
     """Free GPUs of node ``n`` at ``t``: a wide grant holds its nodes whole."""
     per = max(sizes)
     return sizes[n] - sum(min(w, per) for s, e, w, ns in live if s <= t < e and n in ns)
 
 
-def node_fits(sizes, live, n, v, a, b):  # noqa: ANN001
+def node_fits(sizes, live, n, v, a, b):
     times = {a} | {s for s, *_ in live if a < s < b} | {e for _, e, *_ in live if a < e < b}
     return sizes[n] >= v and all(free_of(sizes, live, n, t) >= v for t in times)
 
 
-def brute_earliest(sizes, per, live, width, d, start, deadline):  # noqa: ANN001
+def brute_earliest(sizes, per, live, width, d, start, deadline):
     v, k = (width, 1) if width <= per else (per, width // per)
     cands = sorted({start} | {e for _, e, *_ in live if e > start} | {s for s, *_ in live if s > start})
     for t in cands:
@@ -161,7 +166,7 @@ def test_index_matches_brute_force(shape, steps, qs, unit):
         assert cal.earliest_fit(width, d, start, deadline) == want, (width, d, start, deadline)
         if want is not None:
             ns = cal.choose(width, want, want + d)
-            v = width if width <= per else per
+            v = min(width, per)
             assert ns is not None and all(node_fits(sizes, live, n, v, want, want + d) for n in ns)
         widest = max((w for w in range(1, gpus + 1) if cal.admits(w)
                       and brute_earliest(sizes, per, live, w, d, start, start + d) == start), default=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsched.core.calendar import FAR_FUTURE, CapacityCalendar, earliest_common
+from cellsched.core.calendar import FAR_FUTURE, CapacityCalendar
 
 H = 40  # model horizon; everything happens in [0, H)
 
@@ -59,7 +59,6 @@ def test_calendar_matches_model(cap, reservations, queries):
     for w, d, s, dl in queries:
         expect = None if w > cap else model_earliest(free, cap, w, d, s, dl)
         assert cal.earliest(w, d, s, dl) == expect
-        assert earliest_common([(cal, w)], d, s, dl) == expect
         e = min(H, s + d)
         if e > s:
             assert cal.min_free(s, e) == min(free[s:e])

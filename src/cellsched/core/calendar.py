@@ -8,7 +8,7 @@ on every change, so the list stays as short as the schedule is busy.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from itertools import compress, islice
 
 FAR_PAST = -(1 << 62)
@@ -183,26 +183,3 @@ class CapacityCalendar:
         if i > 0 and f[i] == f[i - 1]:
             del t[i], f[i]
 
-
-def earliest_common(
-    calendars: Sequence[tuple[CapacityCalendar, int]],
-    duration: int,
-    start: int,
-    deadline: int | None = None,
-) -> int | None:
-    """Earliest t >= start at which every (calendar, width) pair fits over [t, t+duration)."""
-    if len(calendars) == 1:
-        cal, width = calendars[0]
-        return cal.earliest(width, duration, start, deadline)
-    t = start
-    while True:
-        moved = False
-        for cal, width in calendars:
-            found = cal.earliest(width, duration, t, deadline)
-            if found is None:
-                return None
-            if found != t:
-                t = found
-                moved = True
-        if not moved:
-            return t

@@ -96,7 +96,7 @@ def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int,
 class _Threshold:
     """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
 
-    __slots__ = ("v", "count", "ends", "end_starts", "starts", "start_lens")
+    __slots__ = ("count", "end_starts", "ends", "start_lens", "starts", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -212,7 +212,7 @@ class _Whole:
     subset of those that do: a node busy only in the part of an end hour outside the window
     is missed), in a few C-level operations however many nodes and grants there are."""
 
-    __slots__ = ("per", "full", "q0", "masks", "tail")
+    __slots__ = ("full", "masks", "per", "q0", "tail")
 
     def __init__(self, nodes: list[CapacityCalendar], per: int) -> None:
         self.per = per
@@ -303,7 +303,7 @@ class NodeCalendar(CapacityCalendar):
     necessary condition for any node placement); ``earliest_fit``, ``choose``, ``reserve``
     and ``release`` follow the node rule (module docstring)."""
 
-    __slots__ = ("per_node", "nodes", "_one", "_idx", "_held", "_widest_node", "_version", "_reach", "_whole_masks")
+    __slots__ = ("_held", "_idx", "_one", "_reach", "_version", "_whole_masks", "_widest_node", "nodes", "per_node")
 
     def __init__(self, capacity: int, per_node: int | None = None) -> None:
         super().__init__(capacity)

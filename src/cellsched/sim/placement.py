@@ -45,7 +45,7 @@ class NodeMap:
         """GPUs a job of ``width`` holds on each of its nodes, if ``node`` is one of them."""
         for _, first, n, per in self.pools:
             if first <= node < first + n:
-                return width if width <= per else per
+                return min(width, per)
         raise IndexError(node)
 
     def admissible(self, width: int) -> bool:
