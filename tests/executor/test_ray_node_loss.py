@@ -3,30 +3,25 @@ does not disturb the session's Ray. Slow: ~10 s of cluster start, ~4 s crash det
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from cellsched.executor.testing import run_cluster_script
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 SCRIPT = textwrap.dedent("""
     import json, sys, time
     import ray
+    from cellsched.executor import testing
     from cellsched.executor.testing import start_two_node_ray
     from ray.util import placement_group_table
     from cellsched.executor import GangSpec, RayExecutor
 
     def until(fn, timeout=60):
-        end = time.monotonic() + timeout
-        while not (v := fn()):
-            assert time.monotonic() < end, "timed out"
-            time.sleep(0.05)
-        return v
+        return testing.until(fn, timeout, every=0.05)
 
     logs = sys.argv[1]
     cluster, nodes = start_two_node_ray()
@@ -68,12 +63,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_node_loss_loses_gang_and_group_heals(tmp_path: Path) -> None:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    p = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True,
-                       text=True, timeout=180, env=env)
-    assert p.returncode == 0, p.stderr[-3000:]
-    (line,) = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-    out = json.loads(line.removeprefix("RESULT "))
+    out = run_cluster_script(SCRIPT, str(tmp_path))
     print(out)
     lost = out["lost_bundles"]
     assert out["outcome"] == "lost"

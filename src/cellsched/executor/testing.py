@@ -111,6 +111,21 @@ def start_labelled_ray(
     return cluster, added
 
 
+def run_cluster_script(script: str, *args: str, timeout: float = 240) -> dict[str, Any]:
+    """Run ``script`` (Python source that builds a cluster, e.g. with ``start_labelled_ray``,
+    and prints one line ``RESULT <json>``) in a subprocess of its own, so the session's Ray
+    is untouched; returns the decoded JSON (fails with the script's stderr if it failed)."""
+    import json
+
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    p = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                       check=False, timeout=timeout, env=env)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (line,) = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    out: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    return out
+
+
 def wait_gpus_free(ray: Any, expected: float = GPUS, deadline_s: float = LEAK_DEADLINE_S) -> float:
     """Poll until ``available_resources()["GPU"] == expected``; returns the last value seen."""
     end = time.monotonic() + deadline_s
