@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -44,6 +45,24 @@ def check_name(value: str) -> str:
 Name = Annotated[str, AfterValidator(check_name)]
 
 
+def _one_or_many(v: Any) -> Any:
+    """One string where a list is expected stands for a list of one."""
+    return (v,) if isinstance(v, str) else v
+
+
+OneOrMany = BeforeValidator(_one_or_many)
+
+
+def _whole(v: Any) -> Any:
+    # Counts are whole numbers as written: 8, not 8.0, "8" or true (bool is an int subclass).
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("must be a whole number")
+    return v
+
+
+Whole = Annotated[int, BeforeValidator(_whole)]
+
+
 def to_utc(value: dt.datetime | dt.date) -> dt.datetime:
     """Times without a zone are UTC by rule; times are whole seconds."""
     if not isinstance(value, dt.datetime):
@@ -71,7 +90,7 @@ class Budget(_Frozen):
     """The GPU budget: total GPU-hours, the width held together, where and when."""
 
     gpu_hours: float = Field(gt=0, le=10_000_000)
-    gpus: int = Field(ge=1, le=100_000)
+    gpus: Whole = Field(ge=1, le=100_000)
     pool: Name | None = None
     gpu_type: str | None = Field(default=None, min_length=1, max_length=64)
     not_before: dt.datetime | None = None
@@ -96,13 +115,6 @@ class Budget(_Frozen):
         # The seal keeps integer GPU-seconds; keeping the same quantity here makes a spec
         # rebuilt from its sealed JSON equal to the one that was sealed.
         return round(v * 3600) / 3600
-
-    @field_validator("gpus", mode="before")
-    @classmethod
-    def _int(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError("must be a whole number")
-        return v
 
     @field_validator("not_before", "deadline", mode="before")
     @classmethod
@@ -159,18 +171,11 @@ class Job(_Frozen):
 
     name: Name
     run: list[str] | str
-    gpus: int = Field(default=1, ge=1, le=100_000)
-    cpus: int = Field(default=0, ge=0, le=1024)
-    after: tuple[Name, ...] = ()
-    retries: int = Field(default=0, ge=0, le=100)
+    gpus: Whole = Field(default=1, ge=1, le=100_000)
+    cpus: Whole = Field(default=0, ge=0, le=1024)
+    after: Annotated[tuple[Name, ...], OneOrMany] = ()
+    retries: Whole = Field(default=0, ge=0, le=100)
     env: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("gpus", "cpus", "retries", mode="before")
-    @classmethod
-    def _int(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError("must be a whole number")
-        return v
 
     @field_validator("run", mode="before")
     @classmethod
@@ -197,11 +202,6 @@ class Job(_Frozen):
                 raise ValueError(f"{key}: must not contain NUL characters")
         return v
 
-    @field_validator("after", mode="before")
-    @classmethod
-    def _after(cls, v: Any) -> Any:
-        return (v,) if isinstance(v, str) else v
-
     @field_validator("after")
     @classmethod
     def _after_set(cls, v: tuple[str, ...]) -> tuple[str, ...]:
@@ -212,7 +212,7 @@ def _relative(value: str, inside: bool) -> str:
     """A relative POSIX path, normalised (``""`` and ``./`` are ``.``); ``inside`` forbids ``..``."""
     if "\x00" in value or "\\" in value:
         raise ValueError("must be a plain path (no NUL, no backslashes)")
-    if value.startswith("/") or value.startswith("~"):
+    if value.startswith(("/", "~")):
         raise ValueError("must be a relative path")
     norm = posixpath.normpath(value or ".")
     if inside and (norm == "." or norm.split("/")[0] == ".."):
@@ -228,17 +228,10 @@ class Code(_Frozen):
     dir: str | None = Field(default=None, max_length=4096)
     git: str | None = Field(default=None, min_length=1, max_length=4096)
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{4,64}$")
-    exclude: tuple[str, ...] = Field(default=(), max_length=1000)
-    max_mib: int = Field(default=100, ge=1, le=1024)
+    exclude: Annotated[tuple[str, ...], OneOrMany] = Field(default=(), max_length=1000)
+    max_mib: Whole = Field(default=100, ge=1, le=1024)
     requirements: str | None = Field(default=None, min_length=1, max_length=4096)
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
-
-    @field_validator("max_mib", mode="before")
-    @classmethod
-    def _int(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError("must be a whole number")
-        return v
 
     @field_validator("dir")
     @classmethod
@@ -257,15 +250,10 @@ class Code(_Frozen):
             raise ValueError("must be a repository path or URL")
         return v
 
-    @field_validator("exclude", mode="before")
-    @classmethod
-    def _exclude_list(cls, v: Any) -> Any:
-        return (v,) if isinstance(v, str) else v
-
     @field_validator("exclude")
     @classmethod
     def _exclude(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from cellsched.executor._codepack import Excludes, PackError  # stdlib only; lazy all the same
+        from cellsched.executor._codepack import Excludes, PackError  # lazy
 
         patterns = tuple(sorted({p.strip() for p in v}))  # no negation, so order carries no meaning
         try:
