@@ -50,7 +50,7 @@ FIELD_ERRORS: list[tuple[dict[str, Any], str]] = [
     ({"dir": "/home/alice/code"}, "code.dir: must be a relative path"),
     ({"dir": "~/code"}, "code.dir: must be a relative path"),
     ({"max_mib": 0}, "code.max_mib: must be greater than or equal to 1"),
-    ({"max_mib": 2048}, "code.max_mib: must be less than or equal to 1024"),
+    ({"max_mib": 513}, "code.max_mib: must be less than or equal to 512"),
     ({"max_mib": 1.5}, "code.max_mib: must be a whole number"),
     ({"exclude": ["!keep.py"]}, "code.exclude: '!keep.py': negation ('!') is not supported"),
     ({"exclude": [""]}, "code.exclude: '' is not a pattern"),

@@ -229,7 +229,7 @@ class Code(_Frozen):
     git: str | None = Field(default=None, min_length=1, max_length=4096)
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{4,64}$")
     exclude: Annotated[tuple[str, ...], OneOrMany] = Field(default=(), max_length=1000)
-    max_mib: Whole = Field(default=100, ge=1, le=1024)
+    max_mib: Whole = Field(default=100, ge=1, le=512)  # the archive is one ledger value (≤ 1 GB)
     requirements: str | None = Field(default=None, min_length=1, max_length=4096)
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
