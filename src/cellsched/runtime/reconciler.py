@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,23 +384,42 @@ class Reconciler:
 
     # -- stopping ---------------------------------------------------------------------
 
-    def shutdown(self, local_ray: bool, grace_s: float | None = None, poll_s: float = 0.2) -> TickResult:
+    def shutdown(self, local_ray: bool, grace_s: float | None = None, poll_s: float = 0.2,
+                 limit_s: float = 20.0) -> TickResult:
         """The daemon is stopping (SIGINT/SIGTERM). With an external Ray nothing is touched:
         jobs keep running and the next daemon re-adopts them. With a local Ray that dies with
-        this process: every running job gets SIGTERM, the grace, then SIGKILL; its attempt is
-        recorded ``interrupted`` (not a failure; it resumes when a daemon is back, inside the
-        window), and the window is an outage from now until a daemon places it again."""
+        this process: the window is an outage from now until a daemon places it again (written
+        first, from the ledger alone); then every running job gets SIGTERM, the grace, then
+        SIGKILL, and its attempt is recorded ``interrupted`` (not a failure; it resumes when a
+        daemon is back, inside the window). The Ray part is bounded by grace + ``limit_s``: a
+        Ctrl-C reaches the local Ray's processes too, and a dead Ray must not hang the stop
+        (the supervisors kill the jobs when their ranks die, and the next daemon proves it)."""
         res = TickResult()
         if local_ray:
             now = self.clock()
-            live = [x for x in self._observe(now) if x.view.rt is not None and x.group is not None
-                    and x.view.state in ("reserving", "active")]
-            names = {x.view.id: x.view.rt.reservation for x in live if x.view.rt is not None}
-            for x in live:
-                if self.writer.interrupt(x.view.id, now):
-                    res.add(f"interrupted {x.view.project_id}: the daemon is stopping with its local Ray")
-                self.ex.terminate(names[x.view.id])
+            with self.env.ledger.read() as s:
+                snap = load_daemon_snapshot(s, now)
+            names = {g.id or 0: snap.runtime[g.id or 0].reservation for g in snap.grants
+                     if g.id in snap.runtime and not snap.runtime[g.id or 0].finalized
+                     and g.state in ("reserving", "active")}
+            for g in snap.grants:
+                if (g.id or 0) in names and self.writer.interrupt(g.id or 0, now):
+                    res.add(f"interrupted {g.project_id}: the daemon is stopping with its local Ray")
             grace = self.env.cluster.policy.grace_s if grace_s is None else grace_s
+            worker = threading.Thread(target=self._stop_jobs, args=(names, grace, poll_s, res),
+                                      name="cellsched-shutdown", daemon=True)
+            worker.start()
+            worker.join(grace + limit_s)
+            if worker.is_alive():
+                log.warning("Ray did not answer while stopping jobs; leaving it to the supervisors "
+                            "(the next daemon proves each attempt dead before running it again)")
+        self.drain()
+        return res
+
+    def _stop_jobs(self, names: dict[int, str], grace: float, poll_s: float, res: TickResult) -> None:
+        try:
+            for n in names.values():
+                self.ex.terminate(n)
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(self.ex.running(n) for n in names.values()):
                 time.sleep(poll_s)
@@ -411,8 +431,8 @@ class Reconciler:
                 # with a proof of death (its lock files), never on this daemon's word.
                 self._record(gid, results, now, res,
                              relabel=lambda r: "interrupted" if r.outcome == "killed" else r.outcome)
-        self.drain()
-        return res
+        except Exception:
+            log.exception("stopping jobs failed; the supervisors stop them when their ranks die")
 
     # -- waiting grants move up -------------------------------------------------------
 
