@@ -9,11 +9,11 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, col, func, or_, select
 
 from cellsched.core.admission import Grant, Schedule
 from cellsched.ledger.breaches import breach_intervals
-from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, SchemaInfo
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -64,6 +64,21 @@ class DaemonSnapshot:
     runs: dict[int, list[JobRunRow]] = field(default_factory=dict)
     projects: dict[str, ProjectRow] = field(default_factory=dict)
     placed: dict[int, bool] = field(default_factory=dict)
+    # The ledger's event sequence when read, and the next instant a granted grant becomes
+    # due (None: none waits): until either moves, this snapshot is still the ledger's truth.
+    seq: int = 0
+    next_due: int | None = None
+
+    def current(self, seq: int, now: int) -> bool:
+        """Whether this (whole) snapshot still holds at ``now`` with the ledger at ``seq``."""
+        return seq == self.seq and (self.next_due is None or now < self.next_due)
+
+
+def ledger_seq(s: Session) -> int:
+    """The event chain's head: every write the ledger takes appends an event, so an unchanged
+    sequence means unchanged grants, attempts and runtime rows."""
+    info = s.get(SchemaInfo, 1)
+    return 0 if info is None else info.head_seq
 
 
 def load_daemon_snapshot(s: Session, now: int, only: Collection[int] | None = None,
@@ -76,7 +91,9 @@ def load_daemon_snapshot(s: Session, now: int, only: Collection[int] | None = No
     if only is not None:
         q = q.where(col(GrantRuntimeRow.grant_id).in_(list(only)))
         q2 = q2.where(col(GrantRow.id).in_(list(only)))
-    out = DaemonSnapshot(runtime={r.grant_id: r for r in s.exec(q).all()})
+    out = DaemonSnapshot(runtime={r.grant_id: r for r in s.exec(q).all()}, seq=ledger_seq(s))
+    out.next_due = s.exec(select(func.min(GrantRow.start)).where(
+        GrantRow.state == "granted", col(GrantRow.start) > now)).first()
     if out.runtime:
         out.grants = list(s.exec(select(GrantRow).where(col(GrantRow.id).in_(list(out.runtime)))).all())
     out.grants += [g for g in s.exec(q2).all() if g.id not in out.runtime]

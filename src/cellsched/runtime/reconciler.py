@@ -32,7 +32,7 @@ from sqlmodel import Session, col, select
 from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult, GangSpec
 from cellsched.ledger.db import Deposed
 from cellsched.ledger.lifecycle import GrantWriter, ledger_id
-from cellsched.ledger.snapshot import load_daemon_snapshot, waiting_grants
+from cellsched.ledger.snapshot import DaemonSnapshot, ledger_seq, load_daemon_snapshot, waiting_grants
 from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
 from cellsched.runtime import decide as D
 from cellsched.runtime.clock import now_s
@@ -127,6 +127,8 @@ class Reconciler:
         # Per grant, the attempts that were running when its group went with the last daemon.
         self._orphaned: dict[int, frozenset[tuple[str, int]]] = {}
         self._fenced = False
+        # The last whole snapshot and its views, reused while the ledger has not moved.
+        self._snap: tuple[DaemonSnapshot, list[tuple[D.GrantView, GrantRow, ProjectRow]]] | None = None
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -182,20 +184,34 @@ class Reconciler:
         """Grants the daemon handles, plus granted ones whose start has come, from one read
         transaction; then the executor's view of each live group."""
         with self.env.ledger.read() as s:
-            snap = load_daemon_snapshot(s, now, only, known_placed=self._was_placed)
-        self._was_placed.update(snap.placed)
-        rts, runs, projects = snap.runtime, snap.runs, snap.projects
+            if only is None and self._snap is not None and self._snap[0].current(ledger_seq(s), now):
+                views = self._snap[1]  # nothing written since, and nothing newly due: no need to read again
+            else:
+                snap = load_daemon_snapshot(s, now, only, known_placed=self._was_placed)
+                self._was_placed.update(snap.placed)
+                views = self._views(snap)
+                self._snap = (snap, views) if only is None else None
         first = self._first_look is None
         if first:
             self._first_look = set()
         out = []
+        for view, g, proj in views:
+            rt = view.rt
+            group = None
+            if rt is not None and not rt.finalized and g.state in D.LIVE and now < g.end:
+                group = self._group(view, first)
+            out.append(_Seen(view, g, proj, group))
+        return out
+
+    def _views(self, snap: DaemonSnapshot) -> list[tuple[D.GrantView, GrantRow, ProjectRow]]:
+        out = []
         for g in snap.grants:
-            proj = projects.get(g.project_id)
+            proj = snap.projects.get(g.project_id)
             if proj is None:
                 continue
             gid = g.id or 0
-            rt = rts.get(gid)
-            view = D.GrantView(
+            rt = snap.runtime.get(gid)
+            out.append((D.GrantView(
                 id=gid, project_id=g.project_id, state=g.state, start=g.start, end=g.end, width=g.width,
                 started_at=g.started_at, spec=self.spec(proj),
                 rt=None if rt is None else D.RuntimeView(
@@ -203,12 +219,8 @@ class Reconciler:
                     breach_noted_at=rt.breach_noted_at, term_sent_at=rt.term_sent_at,
                     finalized=rt.finalized, notified=rt.notified, ever_placed=self._was_placed.get(gid, False)),
                 attempts=tuple(D.AttemptRow(r.job, r.attempt, r.state, r.gpus, r.started_at)
-                               for r in runs.get(gid, ())),
-            )
-            group = None
-            if rt is not None and not rt.finalized and g.state in D.LIVE and now < g.end:
-                group = self._group(view, first)
-            out.append(_Seen(view, g, proj, group))
+                               for r in snap.runs.get(gid, ())),
+            ), g, proj))
         return out
 
     def _group(self, v: D.GrantView, first: bool) -> D.GroupView:
