@@ -15,8 +15,9 @@ Mapping (see docs/executor.md):
 - epochs: every command carries ``epoch``; ranks refuse older ones (``Fenced``);
 - workers need only Ray: the rank actors get ``runtime_env={"py_modules": [<gcs:// URI of
   cellsched/__init__.py + cellsched/executor/*.py>]}`` (uploaded once, content-addressed);
-- logs: a rank on another node than the driver writes node-local files, ``pull_logs``
-  copies them into the gang's ``log_dir`` by offset, through the rank actor.
+- logs: a rank writes node-local files (except on the driver's own node of a Ray the driver
+  started), ``pull_logs`` copies them into the gang's ``log_dir`` by offset, through the
+  rank actor.
 
 The driver keeps only caches: everything it needs after a restart is in Ray (and the sizes
 of the log copies it already has).
@@ -181,19 +182,24 @@ class RayExecutor:
         self.epoch = 0
         self._rank_cls = ray.remote(RankWorker)
         self._claim_fn = ray.remote(claim_node_locks)
-        # Logs of ranks on this node are written in place; on any other, node-local.
         try:
             self._node_id: str | None = ray.get_runtime_context().get_node_id()
         except Exception:  # noqa: BLE001 - a client-mode driver has no node of its own
             self._node_id = None
-        # Ship the rank workers' code (py_modules) unless told (``ship``); by default
-        # unless this process started the Ray itself (its workers run this very Python,
-        # where cellsched is installed) and no other node has joined it. A worker with a
-        # runtime_env cannot be one of Ray's prestarted ones: shipping costs a worker
-        # start per rank (~0.5 s), which the single-host case is spared.
-        self.ship = ship
+        # Did this process start the Ray (ray.init with no address)? Its workers then run
+        # this very Python, as this very user.
         self._own_ray = bool(getattr(getattr(ray._private.worker, "_global_node", None),
                                      "ray_init_cluster", False))
+        # Ranks on this node of a Ray this process started write logs and locks in place
+        # (the same user, the same files); every other rank writes node-local files that
+        # come home through Ray, so the Ray workers' user never writes the daemon's
+        # directory (on a cluster reached by address, not even on the daemon's own node).
+        self._home_node = self._node_id if self._own_ray else None
+        # Ship the rank workers' code (py_modules) unless told (``ship``); by default
+        # unless this process started the Ray itself and no other node has joined it. A
+        # worker with a runtime_env cannot be one of Ray's prestarted ones: shipping costs
+        # a worker start per rank (~0.5 s), which the single-host case is spared.
+        self.ship = ship
         self._alone: tuple[float, bool] | None = None  # (checked at, no other node)
         self._shipped: tuple[float, dict[str, Any]] | None = None
         self._handles: dict[str, list[Any]] = {}
@@ -465,7 +471,7 @@ class RayExecutor:
                 gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), dict(gang.env),
                 env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,
                 self.epoch, gang.term_at, gang.kill_at, tuple(gang.pass_env),
-                node != self._node_id,  # another node: node-local log and lock, pulled
+                node != self._home_node,  # node-local log and lock, pulled home
             ))
         got = self._call_all(refs, self.launch_timeout_s)
         if FENCED in got:
@@ -759,8 +765,8 @@ class RayExecutor:
             # copies of the locks (a node that does not answer in time: no proof yet).
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            others = [n["NodeID"] for n in nodes if n["Alive"] and n["NodeID"] != self._node_id
-                      and n.get("Resources", {}).get("GPU", 0) > 0]
+            others = [n["NodeID"] for n in nodes if n["Alive"] and n.get("Resources", {})
+                      .get("GPU", 0) > 0 and n["NodeID"] != self._home_node]
             refs = [self._claim_fn.options(
                 num_cpus=0, runtime_env=self._runtime_env(), max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False),
