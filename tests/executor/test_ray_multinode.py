@@ -123,6 +123,19 @@ SCRIPT = textwrap.dedent("""
 
     # -- release, then the attempt's fate with no ranks left to ask ----------------------
     out["released"] = [r.outcome for r in ex.release(wide)] + [r.outcome for r in ex.release(narrow)]
+
+    # -- without shipping: the node has no cellsched, the rank cannot start ----------------
+    bare = "cellsched/test/unshipped"
+    unshipped = RayExecutor(ship=False)
+    unshipped.reserve(bare, 1, placement=placement_for(a100, [a1.node_id]))
+    try:
+        ray.get(ray.get_actor(f"{bare}/rank-0", namespace="cellsched").info.remote(),
+                timeout=30)
+        out["unshipped"] = "started"
+    except Exception as e:  # the creation task's ImportError, as an actor error
+        out["unshipped"] = "cellsched is not installed on this node" in str(e) or repr(e)[:500]
+    unshipped.release(bare)
+
     # a task per node claims the locks: "unknown" (ask again later) if a worker starts too
     # slowly for launch_timeout_s, which a loaded test machine can do
     t = time.monotonic()
@@ -172,6 +185,8 @@ def test_placement_nodes_and_logs_on_a_cluster_without_cellsched(tmp_path: Path)
     envs4 = [dict(kv.split("=", 1) for kv in logs[0].split()) for logs in out["narrow_logs"]]
     assert [(e["NODE_RANK"], e["LOCAL_RANK"], e["LWS"]) for e in envs4] == [
         ("0", str(r), "4") for r in range(4)]
+    # the nodes really have no cellsched: unshipped, the rank worker cannot start
+    assert out["unshipped"] is True
     # no node carries the label (or the node is of another type): pending, not an error
     assert out["pending"] == ["pending", "pending"] and out["pending_results"] == []
     assert out["released"] == []
