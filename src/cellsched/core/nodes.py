@@ -96,7 +96,7 @@ def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int,
 class _Threshold:
     """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
 
-    __slots__ = ("count", "end_starts", "ends", "start_lens", "starts", "v")
+    __slots__ = ("count", "end_starts", "ends", "h0", "hmax", "start_lens", "starts", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -126,10 +126,59 @@ class _Threshold:
         count._t, count._f = ts, fs
 
     def _by_start(self, runs: list[tuple[int, int, int]]) -> None:
-        """Fill ``starts``/``start_lens`` from (end, node, start) triples."""
+        """Fill ``starts``/``start_lens`` (and the hours' longest runs) from (end, node,
+        start) triples."""
         by_a = sorted((a, i, b - a) for b, i, a in runs)
         self.starts = [(a, i) for a, i, _ in by_a]
         self.start_lens = [n for _, _, n in by_a]
+        hours = [a // HOUR for a, _, _ in by_a if a > FAR_PAST]
+        self.h0 = min(hours, default=0)
+        self.hmax = [0] * (max(hours, default=0) - self.h0 + 1)
+        for (a, _, n) in by_a:
+            if a > FAR_PAST:
+                q = a // HOUR - self.h0
+                if n > self.hmax[q]:
+                    self.hmax[q] = n
+
+    def _hour(self, a: int) -> None:
+        """Recompute the longest run starting in the hour of ``a``."""
+        if a <= FAR_PAST:
+            return
+        q = a // HOUR
+        if q < self.h0:
+            self.hmax[:0] = [0] * (self.h0 - q)
+            self.h0 = q
+        k = q - self.h0
+        if k >= len(self.hmax):
+            self.hmax.extend([0] * (k - len(self.hmax) + 1))
+        starts = self.starts
+        i = bisect_left(starts, (q * HOUR, -1))
+        j = bisect_left(starts, ((q + 1) * HOUR, -1), i)
+        self.hmax[k] = max(islice(_tail(self.start_lens, i), j - i), default=0)
+
+    def _long_start(self, t: int, d: int, m: int) -> int | None:
+        """Index in ``starts`` of the ``m``-th run beginning after ``t`` at least ``d`` long.
+        Hours whose longest run is shorter are skipped whole."""
+        starts, lens, hmax, h0 = self.starts, self.start_lens, self.hmax, self.h0
+        long_enough = d.__le__
+
+        def take(lo: int, hi: int, need: int) -> list[int]:
+            return list(islice(compress(range(lo, hi), map(long_enough, islice(_tail(lens, lo), hi - lo))), need))
+
+        q = t // HOUR
+        i = bisect_right(starts, (t, _LAST))
+        hits = take(i, bisect_left(starts, ((q + 1) * HOUR, -1), i), m)  # the rest of t's hour
+        if len(hits) == m:
+            return hits[-1]
+        m -= len(hits)
+        b = max(q + 1 - h0, 0)
+        for x in compress(range(b, len(hmax)), map(long_enough, _tail(hmax, b))):
+            lo = bisect_left(starts, ((x + h0) * HOUR, -1))
+            hits = take(lo, bisect_left(starts, ((x + h0 + 1) * HOUR, -1), lo), m)
+            if len(hits) == m:
+                return hits[-1]
+            m -= len(hits)
+        return None
 
     def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
         """Node ``node``'s runs ``old`` (touching [lo, hi)) are now ``new``."""
@@ -150,6 +199,10 @@ class _Threshold:
             lens.insert(i, b - a)
             if min(b, hi) > max(a, lo):
                 count._add(max(a, lo), min(b, hi), 1)
+        for a, _ in old:
+            self._hour(a)
+        for a, _ in new:
+            self._hour(a)
 
     def fitting(self, t: int, d: int) -> int:
         """How many nodes have at least ``v`` free throughout [t, t + d)."""
@@ -164,8 +217,8 @@ class _Threshold:
 
     def earliest(self, k: int, d: int, start: int, deadline: int | None) -> int | None:
         """Earliest t >= start at which ``k`` nodes fit ``v`` over [t, t + d), t + d <= deadline."""
-        count, starts, lens = self.count, self.starts, self.start_lens
-        n = len(starts)
+        count = self.count
+        limit = FAR_FUTURE if deadline is None else deadline - d
         t = count.earliest(k, d, start, deadline)
         while t is not None:
             f = self.fitting(t, d)
@@ -173,12 +226,15 @@ class _Threshold:
                 return t
             # A run that began by t and covers a later window covers this one too, so it is
             # among the f: a later start needs k - f more runs, at least d long, beginning
-            # after t. The (k - f)-th of them is the next candidate.
-            i = bisect_right(starts, (t, _LAST))
-            x = next(islice(compress(range(i, n), map(d.__le__, _tail(lens, i))), k - f - 1, None), None)
+            # after t. The (k - f)-th of them is the next candidate; for one node it is the
+            # answer (that run holds the window from its start).
+            x = self._long_start(t, d, k - f)
             if x is None:
                 return None
-            t = count.earliest(k, d, starts[x][0], deadline)
+            a = self.starts[x][0]
+            if k == 1:
+                return a if a <= limit else None
+            t = count.earliest(k, d, a, deadline)
         return None
 
     def candidates(self, t: int, d: int, m: int) -> list[int]:
