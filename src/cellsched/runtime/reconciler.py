@@ -127,6 +127,8 @@ class Reconciler:
         # Per grant, the attempts that were running when its group went with the last daemon.
         self._orphaned: dict[int, frozenset[tuple[str, int]]] = {}
         self._fenced = False
+        self._pulled = (-1, 0)
+        self._nb: dict[str, int | None] = {}  # project id -> its not_before  # (ledger seq, next not_before) at the last periodic pull
         # The last whole snapshot and its views, reused while the ledger has not moved.
         self._snap: tuple[DaemonSnapshot, list[tuple[D.GrantView, GrantRow, ProjectRow]]] | None = None
 
@@ -449,19 +451,31 @@ class Reconciler:
     # -- waiting grants move up -------------------------------------------------------
 
     def _pull_now(self, now: int, res: TickResult) -> None:
+        """The periodic pull: for what no grant's end announces (capacity freed is pulled by the
+        end itself), i.e. a waiting grant's ``not_before`` that has passed. So it is skipped
+        while the ledger has not moved since the last one and no ``not_before`` has passed."""
         with self.env.ledger.read() as s:
-            if s.exec(waiting_grants(now).limit(1)).first() is None:
-                return  # no write lock for nothing
-        with self.writer.tx() as s:
-            for m in self._pull_forward(s, now):
+            seq = ledger_seq(s)
+            if seq == self._pulled[0] and now < self._pulled[1]:
+                return
+            rows = s.exec(waiting_grants(now)).all()
+            nbs = [nb for nb in (self._not_before(s, r) for r in rows) if nb is not None and nb > now]
+        if rows:
+            with self.writer.tx() as s:
+                moved = self._pull_forward(s, now)
+                seq = ledger_seq(s)
+            for m in moved:
                 res.add(m)
+        self._pulled = (seq, min(nbs, default=2**62))
 
     def _pull_forward(self, s: Session, now: int) -> list[str]:
         return self.writer.pull_forward(s, now, self.env.cluster, self._not_before)
 
     def _not_before(self, s: Session, row: GrantRow) -> int | None:
-        proj = s.get(ProjectRow, row.project_id)
-        return self.spec(proj).budget.not_before_s if proj is not None else None
+        if row.project_id not in self._nb:  # a sealed spec never changes: read it once
+            proj = s.get(ProjectRow, row.project_id)
+            self._nb[row.project_id] = self.spec(proj).budget.not_before_s if proj is not None else None
+        return self._nb[row.project_id]
 
     # -- groups nobody owns -------------------------------------------------------------
 
@@ -472,8 +486,10 @@ class Reconciler:
         if not names:
             return
         with self.env.ledger.read() as s:
-            keep = {r.reservation for r in s.exec(
-                select(GrantRuntimeRow).where(col(GrantRuntimeRow.finalized).is_(False))).all()}
+            # The grants' own groups are rare here (only their sweep can find them): ask the
+            # ledger about just those names.
+            keep = {r.reservation for r in s.exec(select(GrantRuntimeRow).where(
+                col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.reservation).in_(names))).all()}
         for n in names:
             if n in keep:
                 continue
