@@ -90,10 +90,10 @@ SCRIPT = textwrap.dedent("""
     out["tails"] = attempt_tails(home, "train", 0, 8, max_bytes=20)
     # node-local copies sit under the node's own directory, the daemon's are a copy
     node_dirs = {h1.node_id: root / "node-0", h2.node_id: root / "node-1"}
+    on_node = [node_dirs[where(wide)[b]] / "home" for b in gang.bundles]
     out["node_local"] = [
-        (node_dirs[where(wide)[b]] / "home" / gang.log_path(r).lstrip("/")).read_text()
-        == Path(gang.log_path(r)).read_text()
-        for r, b in enumerate(gang.bundles)]
+        (on_node[r] / gang.log_path(r).lstrip("/")).read_text()
+        == Path(gang.log_path(r)).read_text() for r in range(8)]
     out["lock_home"] = [os.path.exists(gang.lock_path(r)) for r in range(8)]
     ex.ack(wide, [res.key])
     out["fate_ended"] = ex.attempt_fate(wide, "train", 0, 8, home)
@@ -123,6 +123,10 @@ SCRIPT = textwrap.dedent("""
 
     # -- release, then the attempt's fate with no ranks left to ask ----------------------
     out["released"] = [r.outcome for r in ex.release(wide)] + [r.outcome for r in ex.release(narrow)]
+    # release dropped the node-local logs it had whole at home; the locks stay (proof)
+    out["left_on_nodes"] = [((on_node[r] / gang.log_path(r).lstrip("/")).exists(),
+                             (on_node[r] / gang.lock_path(r).lstrip("/")).exists())
+                            for r in range(8)]
 
     # -- without shipping: the node has no cellsched, the rank cannot start ----------------
     bare = "cellsched/test/unshipped"
@@ -190,5 +194,6 @@ def test_placement_nodes_and_logs_on_a_cluster_without_cellsched(tmp_path: Path)
     # no node carries the label (or the node is of another type): pending, not an error
     assert out["pending"] == ["pending", "pending"] and out["pending_results"] == []
     assert out["released"] == []
+    assert out["left_on_nodes"] == [[False, True]] * 8
     assert out["fate_gone"] == "dead"
     assert out["free"] == 12

@@ -369,6 +369,23 @@ class RankWorker:
         except OSError:
             return b""
 
+    def drop_logs(self, have: dict[str, int]) -> int:
+        """Delete the node-local logs the daemon has whole (``have``: its copy's size per
+        path, equal to the size here); returns how many. Lock files stay: they are the
+        proof of death ``attempt_fate`` may still ask for."""
+        with self._lock:
+            logs = [(r.home, r.log) for r in self._records.values()
+                    if r.home and r.ended_at is not None]
+        dropped = 0
+        for home, log in logs:
+            try:
+                if home in have and os.path.getsize(log) == have[home]:
+                    os.unlink(log)
+                    dropped += 1
+            except OSError:
+                continue
+        return dropped
+
     def claim_locks(self, lock_paths: list[str], dead_nodes: list[str]) -> bool:
         """``claim_node_locks`` on this rank's node (for ``attempt_fate``)."""
         return claim_node_locks(lock_paths, dead_nodes)

@@ -657,6 +657,13 @@ class RayExecutor:
                 todo.append((h, home, size))
         return copied
 
+    def _drop_pulled_logs(self, hs: list[Any]) -> None:
+        """Have the ranks delete the node-local logs whose copy here is whole (bounded;
+        what is not confirmed stays on the node)."""
+        sizes = self._call_all([h.log_sizes.remote() for h in hs])
+        self._call_all([h.drop_logs.remote({home: _size(home) for home, _ in got})
+                        for h, got in zip(hs, sizes) if isinstance(got, list) and got])
+
     def _check_epoch(self, name: str, epochs: Iterable[Any]) -> None:
         newest = max((e for e in epochs if isinstance(e, int)), default=0)
         if newest > self.epoch:
@@ -694,6 +701,7 @@ class RayExecutor:
                     break
                 time.sleep(0.01)
             self.pull_logs(name)  # the last words of the jobs, before the ranks go
+            self._drop_pulled_logs(hs)
         for h in hs:
             try:
                 self._ray.kill(h, no_restart=True)
