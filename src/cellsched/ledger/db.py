@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from cellsched.errors import BadInput, Failed
-from cellsched.ledger.tables import SCHEMA_VERSION, SchemaInfo
+from cellsched.ledger.tables import MIGRATIONS, SCHEMA_VERSION, SchemaInfo
 
 ADVISORY_LOCK_KEY = 0x63656C6C  # "cell"
 
@@ -102,6 +102,14 @@ class Ledger:
                         f"ledger schema version {info.version} is newer than this cellsched "
                         f"understands ({SCHEMA_VERSION}); upgrade cellsched"
                     )
+                elif info.version < SCHEMA_VERSION:
+                    # Under the same lock as everything else: two processes never migrate twice.
+                    for version in range(info.version + 1, SCHEMA_VERSION + 1):
+                        for stmt in MIGRATIONS.get(version, ()):
+                            conn.exec_driver_sql(stmt)
+                    info.version = SCHEMA_VERSION
+                    s.add(info)
+                    s.flush()
         self._ready = True
 
     @contextlib.contextmanager

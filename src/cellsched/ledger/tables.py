@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# What each version adds to a ledger of the version before it (tables that are new in a
+# version need nothing: ``create_all`` makes them). Applied in order by ``Ledger.ensure_schema``.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE cs_grant ADD COLUMN nodes VARCHAR",),
+}
 
 # Grant states. "granted" waits for its start; the daemon moves it through "reserving" to
 # "active"; it ends "completed" (all jobs done), "expired" (window over), "cancelled" or
@@ -58,6 +64,9 @@ class GrantRow(SQLModel, table=True):
     breach_gs: int = 0  # GPU-seconds of the window the cluster could not provide
     receipt: str = ""  # signed JSON (see cellsched.receipt)
     report_json: str | None = None
+    # The pool's node indices the window is on (JSON list; admission assigns them, a
+    # pull-forward may change them); None in a ledger from before nodes were tracked.
+    nodes: str | None = None
 
 
 class JobRunRow(SQLModel, table=True):
