@@ -18,12 +18,21 @@ per GPU count ``v`` (built the first time a request needs it):
 
 A node fits ``v`` GPUs over ``[t, t + d)`` iff one of its runs covers that window, so the
 number of nodes that fit is ``count(t)`` minus the runs covering ``t`` that end inside the
-window: one bisect and one short C-level scan. The earliest start for ``k`` nodes of ``v``
-GPUs is at ``start`` or at the start of some run (had a node fit one second earlier, it would
-still fit), so the search walks run starts, skipping every stretch where ``count`` alone is
-short (``CapacityCalendar.earliest`` on ``count``), and stops at the first that fits: exact.
-Among the nodes that fit, the ones whose run ends soonest after the window are taken
-(tightest in time, ties by index), which keeps long free spans whole for long grants.
+window: bisects and one C-level scan. The earliest start for ``k`` nodes of ``v`` GPUs is
+at ``start`` or at the start of some run (had a node fit one second earlier, it would still
+fit). The search starts where the pool's flat calendar first has the GPUs, skips every
+stretch where ``count`` alone is short (``CapacityCalendar.earliest`` on ``count``), and when
+only ``f < k`` nodes fit at a candidate it jumps to the start of the ``(k - f)``-th run at
+least ``d`` long that begins later (a run that began earlier and covers a later window
+covers this one: it is among the ``f``); hours whose longest run is shorter are skipped
+whole. For one node, that run's start is the answer. Exact, not a heuristic.
+
+Which nodes: whole nodes are the lowest-numbered ones wholly free over every hour the
+window touches (a bitmask per hour, ANDed), else those whose run ends soonest after the
+window; a narrow grant goes to the best fit in GPUs among nodes already in use (the first
+``SCAN_NODES``), else to the highest-numbered wholly free node (whole nodes are taken from
+the bottom, narrow grants break them from the top), else to the best fit among the nodes
+whose run ends soonest.
 
 A pool that is one node (``gpus_per_node == gpus``) has no index: the node *is* the pool,
 and every answer is the flat calendar's, bit for bit.
