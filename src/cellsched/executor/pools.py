@@ -71,8 +71,9 @@ def node_in_pool(node: NodeInfo, pool: PoolLike) -> bool:
 
 
 def pool_nodes(nodes: Iterable[NodeInfo], pool: PoolLike) -> list[NodeInfo]:
-    """The live nodes of ``pool`` that have GPUs, sorted by node id (a stable order in which
-    the daemon can number them: the calendar's node indices)."""
+    """The live nodes of ``pool`` that have GPUs, sorted by node id: a deterministic order
+    for numbering new nodes. The numbering itself (calendar node index → node id) is the
+    daemon's to keep: ids change when a host restarts, so sorting again would renumber."""
     return sorted((n for n in nodes if n.alive and n.gpus > 0 and node_in_pool(n, pool)),
                   key=lambda n: n.node_id)
 
