@@ -21,7 +21,7 @@ from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
 from cellsched.ledger.lifecycle import end_grant
-from cellsched.ledger.snapshot import grant_of, load_schedule
+from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of
 from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
@@ -166,11 +166,12 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         if old is not None:
             replaced = f"{old.project_id}"
             end_grant(s, old, now, "replaced", caller, {"by": pid})
+        decision = sched.commit(decision)  # the snapshot as the ledger now stands; fixes its nodes
         row = GrantRow(
             project_id=pid, project=spec.name, digest=d, team=spec.team, pool=decision.pool,
             width=decision.width, start=decision.start, end=decision.end,
             promised_start=decision.start, promised_end=decision.end,
-            charged_gs=decision.gpu_seconds, created_at=now,
+            charged_gs=decision.gpu_seconds, created_at=now, nodes=nodes_json(decision.nodes),
         )
         s.add(row)
         s.flush()
@@ -181,8 +182,8 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         }
         row.receipt = sign(payload, env.private_key)
         s.add(row)
-        events.append(s, now, "granted", pid, caller, {k: v for k, v in payload.items() if k != "project"})
-        sched.commit(decision)  # the snapshot as the ledger now stands, without reading it again
+        events.append(s, now, "granted", pid, caller,
+                      {**{k: v for k, v in payload.items() if k != "project"}, "nodes": list(decision.nodes or ())})
         book = sched.teams[spec.team].book
         return SubmitOutcome(
             pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
@@ -238,6 +239,7 @@ def grant_json(row: GrantRow) -> dict[str, Any]:
         "promised_end": row.promised_end, "state": row.state,
         "gpu_hours": row.charged_gs / 3600, "refunded_gpu_hours": row.refunded_gs / 3600,
         "started_at": row.started_at, "ended_at": row.ended_at, "breach_gpu_hours": row.breach_gs / 3600,
+        "nodes": nodes_of(row),
     }
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cellsched.cli.app import app
 from cellsched.ledger.db import Ledger
 from cellsched.ledger.lease import acquire, record_gpus, release, state
-from cellsched.ledger.tables import SchemaInfo
+from cellsched.ledger.tables import SCHEMA_VERSION, SchemaInfo
 
 NOW = "2026-12-01T00:00:00Z"
 
@@ -144,7 +144,8 @@ def test_serve_on_a_newer_schema_exits_2(cli, ledger: Ledger) -> None:  # type: 
     r = cli("serve", "--gpus", "0")
     assert r.exit_code == 2
     assert r.stderr.strip().splitlines() == [
-        "cellsched: ledger schema version 999 is newer than this cellsched understands (1); upgrade cellsched"]
+        f"cellsched: ledger schema version 999 is newer than this cellsched understands ({SCHEMA_VERSION}); "
+        "upgrade cellsched"]
 
 
 def test_serve_unresponsive_address_exits_2_in_bounded_time(cluster_file: Path, ledger: Ledger,

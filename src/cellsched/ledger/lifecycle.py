@@ -17,7 +17,7 @@ from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.executor.base import GangResult, round_seconds
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.snapshot import grant_of, load_schedule, waiting_grants
+from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, waiting_grants
 from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, GrantRuntimeRow, JobRunRow, RuntimeInfo
 from cellsched.spec.cluster import ClusterConfig
 
@@ -466,16 +466,18 @@ class GrantWriter:
                     continue
                 if new.start < row.start:
                     moves.append((row, new))
-        return [self.moved_earlier(s, row, new.start, new.end, now) for row, new in moves]
+        return [self.moved_earlier(s, row, new, now) for row, new in moves]
 
-    def moved_earlier(self, s: Session, row: GrantRow, start: int, end: int, now: int) -> str:
-        """Inside a pull-forward's transaction: ``row``'s window moves to [start, end)."""
+    def moved_earlier(self, s: Session, row: GrantRow, new: Grant, now: int) -> str:
+        """Inside a pull-forward's transaction: ``row``'s window moves to ``new``'s (and to its
+        nodes, which may differ)."""
         old = (row.start, row.end)
-        row.start, row.end = start, end
+        row.start, row.end, row.nodes = new.start, new.end, nodes_json(new.nodes)
         s.add(row)
         self._event(s, now, "moved_earlier", row, {
-            "from_start": old[0], "from_end": old[1], "start": start, "end": end})
-        return f"moved {row.project_id} earlier by {old[0] - start} s"
+            "from_start": old[0], "from_end": old[1], "start": new.start, "end": new.end,
+            "nodes": list(new.nodes or ())})
+        return f"moved {row.project_id} earlier by {old[0] - new.start} s"
 
 
 def ledger_id(ledger: Ledger, now: int) -> str:

@@ -6,7 +6,7 @@ one builder so every caller sees the same calendar and the same allowance books.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, func, or_, select
@@ -18,8 +18,19 @@ from cellsched.spec.cluster import ClusterConfig
 
 
 
+def nodes_of(row: GrantRow) -> list[int] | None:
+    """The pool node indices a grant's window is on (None: not recorded, an older ledger)."""
+    return None if not row.nodes else [int(n) for n in json.loads(row.nodes)]
+
+
+def nodes_json(nodes: Sequence[int] | None) -> str | None:
+    return None if nodes is None else json.dumps(sorted(nodes))
+
+
 def grant_of(row: GrantRow) -> Grant:
-    return Grant(row.project, row.team, row.pool, row.width, row.start, row.end)
+    nodes = nodes_of(row)
+    return Grant(row.project, row.team, row.pool, row.width, row.start, row.end,
+                 None if nodes is None else tuple(nodes))
 
 
 def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
@@ -38,7 +49,8 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
         lo = max(row.start, now)
         if row.end > lo:
             try:
-                sched.pools[row.pool][1].reserve(lo, row.end, row.width)
+                nodes = nodes_of(row)
+                sched.pools[row.pool][1].reserve(lo, row.end, row.width, None if nodes is None else tuple(nodes))
                 if team.calendar is not None:
                     team.calendar.reserve(lo, row.end, row.width)
             except ValueError:
