@@ -459,6 +459,10 @@ class Reconciler:
             if seq == self._pulled[0] and now < self._pulled[1]:
                 return
             rows = s.exec(waiting_grants(now)).all()
+            todo = list({r.project_id for r in rows} - set(self._nb))
+            for i in range(0, len(todo), 500):  # one query per 500 projects not seen yet
+                for proj in s.exec(select(ProjectRow).where(col(ProjectRow.id).in_(todo[i:i + 500]))):
+                    self._nb[proj.id] = self.spec(proj).budget.not_before_s
             nbs = [nb for nb in (self._not_before(s, r) for r in rows) if nb is not None and nb > now]
         if rows:
             with self.writer.tx() as s:
