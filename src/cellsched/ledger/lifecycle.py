@@ -18,7 +18,15 @@ from cellsched.executor.base import GangResult, round_seconds
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
 from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, waiting_grants
-from cellsched.ledger.tables import LIVE_STATES, BreachRow, GrantRow, GrantRuntimeRow, JobRunRow, RuntimeInfo
+from cellsched.ledger.tables import (
+    LIVE_STATES,
+    BreachRow,
+    GrantRow,
+    GrantRuntimeRow,
+    JobRunRow,
+    NodeMapRow,
+    RuntimeInfo,
+)
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -424,6 +432,21 @@ class GrantWriter:
             if error is not None:
                 data["error"] = error
             self._event(s, now, "notified" if error is None else "notify_failed", row, data)
+
+    def map_nodes(self, changes: Sequence[tuple[str, int, str | None]], now: int) -> None:
+        """Set ``(pool, index) -> node_id`` (None: the node is gone), one event per change."""
+        with self.tx() as s:
+            for pool, index, node_id in changes:
+                row = s.get(NodeMapRow, (pool, index))
+                old = None if row is None else row.node_id
+                if row is None:
+                    row = NodeMapRow(pool=pool, index=index, since=now)
+                if old == node_id and row.since != now:
+                    continue
+                row.node_id, row.since = node_id, now
+                s.add(row)
+                events.append(s, now, "node_mapped" if node_id else "node_lost", f"{pool}/{index}", self.actor,
+                              {"pool": pool, "index": index, "node": node_id, "was": old})
 
     def orphan_released(self, name: str, unreported: int, now: int) -> None:
         with self.tx() as s:

@@ -193,3 +193,18 @@ class CodeRow(SQLModel, table=True):
     content_bytes: int
     blob: bytes
     created_at: int
+
+
+class NodeMapRow(SQLModel, table=True):
+    """Which Ray node each of a pool's calendar nodes is (appended for multi-node execution).
+
+    Admission assigns grants to node indices ``0..n-1`` of a pool; the daemon maps each index
+    to a live Ray node of the pool and keeps the mapping here, so a restarted daemon (or a
+    standby) pins groups to the same nodes and re-adopts them. A node that dies loses its
+    index (``node_id`` None) until another matching node is free to take it."""
+
+    __tablename__ = "cs_node_map"
+    pool: str = Field(primary_key=True)
+    index: int = Field(primary_key=True)
+    node_id: str | None = None
+    since: int

@@ -32,9 +32,11 @@ from sqlmodel import Session, col, select
 from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult, GangSpec
 from cellsched.ledger.db import Deposed
 from cellsched.ledger.lifecycle import GrantWriter, ledger_id
-from cellsched.ledger.snapshot import DaemonSnapshot, ledger_seq, load_daemon_snapshot, waiting_grants
-from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow
+from cellsched.ledger.snapshot import DaemonSnapshot, ledger_seq, load_daemon_snapshot, nodes_of, waiting_grants
+from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, NodeMapRow, ProjectRow
+from cellsched.executor.pools import pool_capacity
 from cellsched.runtime import decide as D
+from cellsched.runtime import nodes as N
 from cellsched.runtime.clock import now_s
 from cellsched.runtime.logs import log_dir_for, logs_root_for
 from cellsched.runtime.notify import Notifier, redact, write_report_files
@@ -66,6 +68,8 @@ class Settings:
     strict: bool = False
     # Run notify in a background thread (the daemon) or inline (tests, --once).
     notify_in_background: bool = True
+    # How often running jobs' logs are copied home from their nodes (seconds).
+    logs_every_s: int = 2
 
 
 @dataclass
@@ -127,6 +131,10 @@ class Reconciler:
         # Per grant, the attempts that were running when its group went with the last daemon.
         self._orphaned: dict[int, frozenset[tuple[str, int]]] = {}
         self._fenced = False
+        self._nodes: dict[tuple[str, int], str | None] = {}  # (pool, calendar node) -> Ray node
+        self._nodes_loaded = False
+        self._logs_at: float | None = None  # when running jobs' logs were last pulled home
+        self._pull_logs = False
         self._pulled = (-1, 0)
         self._nb: dict[str, int | None] = {}  # project id -> its not_before  # (ledger seq, next not_before) at the last periodic pull
         # The last whole snapshot and its views, reused while the ledger has not moved.
@@ -144,10 +152,14 @@ class Reconciler:
         self._fenced = True
         if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
             self._guard(res, "sweep", lambda: self._sweep(now, res))
+            self._guard(res, "nodes", lambda: self._refresh_nodes(now, res))
             if self.env.cluster.policy.pull_forward == "start_now":
                 # Catches what no grant's end announces, such as a not_before that has passed.
                 self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
+        self._pull_logs = self._logs_at is None or now - self._logs_at >= self.settings.logs_every_s
+        if self._pull_logs:
+            self._logs_at = now
         only: set[int] | None = None
         for _ in range(3):
             again: set[int] = set()
@@ -234,6 +246,8 @@ class Reconciler:
             self._first_look.add(v.id)
             self._orphaned[v.id] = frozenset((a.job, a.attempt) for a in v.attempts if a.state == "running")
         running = tuple(self.ex.running(name)) if state != "missing" else ()
+        if running and self._pull_logs:
+            self.ex.pull_logs(name)  # ranks on other nodes write there; `cellsched logs` reads here
         results = tuple(self.ex.poll(name)) if state != "missing" else ()
         fates = {(a.job, a.attempt): self.ex.attempt_fate(name, a.job, a.attempt, a.gpus, v.rt.log_dir)
                  for a in D.needs_fate(v, running, results)}
@@ -262,17 +276,17 @@ class Reconciler:
             if isinstance(a, D.Begin):
                 if w.begin(gid, name, str(log_dir_for(self.logs_root, row)), now, a.unserved_since):
                     res.add(f"reserving {pid} as {name} ({v.width} GPUs)")
-                    self._reserve(name, v)
+                    self._reserve(name, v, row)
                     again.add(gid)
             elif isinstance(a, D.Missed):
                 if w.missed(gid, name, str(log_dir_for(self.logs_root, row)), now):
                     res.add(f"expired {pid}: its window passed unserved (breach)")
             elif isinstance(a, D.Reserve):
-                self._reserve(name, v)
+                self._reserve(name, v, row)
             elif isinstance(a, D.Regroup):
                 if w.regroup(gid, now, a.since):
                     res.add(f"group of {pid} is missing; asking again")
-                self._reserve(name, v)
+                self._reserve(name, v, row)
                 again.add(gid)
             elif isinstance(a, D.Placed):
                 for m in w.placed(gid, now, a.first):
@@ -319,8 +333,38 @@ class Reconciler:
                 self._notify(gid, pid, seen.project, res)
         return again
 
-    def _reserve(self, name: str, v: D.GrantView) -> None:
-        self.ex.reserve(name, v.width, max((j.cpus for j in v.spec.jobs), default=0))
+    def _reserve(self, name: str, v: D.GrantView, row: GrantRow) -> None:
+        cpus = max((j.cpus for j in v.spec.jobs), default=0)
+        pool = self.env.cluster.pool(row.pool)
+        where = None if pool is None else N.placement(pool, nodes_of(row), v.width, self._nodes)
+        if where is None:
+            self.ex.reserve(name, v.width, cpus)
+        else:
+            self.ex.reserve(name, v.width, cpus, where)
+
+    def _refresh_nodes(self, now: int, res: TickResult) -> None:
+        """Map each pool's calendar nodes to live Ray nodes (kept in the ledger); the first
+        time, say per pool how many GPUs Ray has on its nodes."""
+        infos = self.ex.nodes()
+        if self._nodes_loaded is False:
+            with self.env.ledger.read() as s:
+                self._nodes = {(r.pool, r.index): r.node_id for r in s.exec(select(NodeMapRow)).all()}
+            self._nodes_loaded = True
+            for pool in self.env.cluster.pools:
+                have = pool_capacity(infos, pool)
+                if have == 0:
+                    log.info("pool %s: no Ray node is marked as its (docs/cluster-setup.md); its grants go "
+                             "on any node with free GPUs, which is right for one machine", pool.name)
+                else:
+                    (log.info if have >= pool.gpus else log.warning)(
+                        "pool %s: Ray has %d GPUs on its nodes, the cluster config declares %d",
+                        pool.name, have, pool.gpus)
+        changes = N.remap(self.env.cluster.pools, infos, self._nodes)
+        if changes:
+            self.writer.map_nodes(changes, now)
+            for pool, idx, nid in changes:
+                self._nodes[(pool, idx)] = nid
+                res.add(f"node {pool}/{idx} is {nid}" if nid else f"node {pool}/{idx} is gone; its grants wait")
 
     def _record(self, gid: int, results: list[GangResult], now: int, res: TickResult,
                 relabel: Callable[[GangResult], str] | None = None) -> None:

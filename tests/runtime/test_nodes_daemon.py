@@ -1,0 +1,72 @@
+"""The daemon pins grants to the nodes admission chose (on the twin, both databases), and
+the node map (pure) keeps live nodes on their indices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cellsched.executor import Behaviour, MemoryExecutor
+from cellsched.executor.base import NodeInfo
+from cellsched.ledger.snapshot import nodes_of
+from cellsched.runtime import nodes as N
+from cellsched.service import Env
+from cellsched.spec.cluster import Pool
+
+from runtime_builders import T0, Harness, job, project, submit
+
+H100 = {"ray.io/accelerator-type": "H100"}
+
+
+def node(nid: str, gpus: int = 8, labels: dict[str, str] = H100, alive: bool = True) -> NodeInfo:
+    return NodeInfo(nid, "10.0.0.1", gpus, labels, alive)
+
+
+POOL = Pool(name="h100", gpu_type="H100", gpus=16, gpus_per_node=8)
+
+
+def test_remap_keeps_live_nodes_replaces_dead_ones_and_ignores_unlabelled_pools() -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    first = N.remap([POOL], [c, b, a], {})
+    assert first == [("h100", 0, "a"), ("h100", 1, "b")]  # node-id order, whatever Ray's order
+    now = {(p, i): n for p, i, n in first}
+    assert N.remap([POOL], [a, b, c], now) == []  # stable
+    # b dies: its index goes to the spare node c; a keeps its index.
+    assert N.remap([POOL], [a, node("b", alive=False), c], now) == [("h100", 1, "c")]
+    # no spare: the index is unmapped until one comes
+    assert N.remap([POOL], [a], now) == [("h100", 1, None)]
+    # a pool on no labelled node (one machine, logical GPUs) stays unmapped: unpinned
+    assert N.remap([POOL], [node("x", labels={})], {}) == []
+
+
+def test_placement_pins_a_narrow_grant_to_one_node_and_a_wide_one_to_whole_nodes() -> None:
+    mapping = {("h100", 0): "a", ("h100", 1): "b"}
+    narrow = N.placement(POOL, [1], 4, mapping)
+    assert narrow is not None and narrow.nodes == ("b",) * 4 and narrow.label_selector == H100
+    wide = N.placement(POOL, [0, 1], 16, mapping)
+    assert wide is not None and wide.nodes == ("a",) * 8 + ("b",) * 8
+    gone = N.placement(POOL, [1], 2, {("h100", 0): "a", ("h100", 1): None})
+    assert gone is not None and gone.nodes == ("unmapped:h100/1",) * 2  # stays pending: a breach
+    assert N.placement(POOL, [0], 2, {}) is None  # unmapped pool: as on one machine
+    assert N.placement(POOL, None, 2, mapping) is None  # a grant from before nodes were stored
+
+
+def test_the_daemon_runs_each_grant_on_its_assigned_nodes(env: Env, tmp_path: Path) -> None:
+    a = submit(env, project("narrow", [job("t", gpus=4)], gpus=4, window_s=100))
+    b = submit(env, project("whole", [job("t", gpus=8)], gpus=8, window_s=100))
+    h = Harness(env, tmp_path, {"t": Behaviour(10)})
+    h.ex = MemoryExecutor({"t": Behaviour(10)}, now=T0, nodes=[node("ray-b"), node("ray-a")])
+    h.restart()
+    h.tick(T0)
+    assert [e.data for e in h.events("node_mapped")] and len(h.events("node_mapped")) == 2
+    by_index = {json.loads(e.data)["index"]: json.loads(e.data)["node"] for e in h.events("node_mapped")}
+    assert by_index == {0: "ray-a", 1: "ray-b"}
+    for g in (a, b):
+        idx = nodes_of(h.grant(g.id))
+        assert idx is not None
+        name = h.runtime(g.id).reservation  # type: ignore[union-attr]
+        placed = h.ex._resv[name].placement  # the twin's record of where it was asked to go
+        assert placed is not None and set(placed.nodes) == {by_index[i] for i in idx}
+    for g in (a, b):
+        assert h.run_until_done(g.id).state == "completed"
+    assert h.attempts(a.id) == [("t", 1, "succeeded")] and h.attempts(b.id) == [("t", 1, "succeeded")]
