@@ -137,6 +137,8 @@ def test_failing_job_is_retried_then_reported(rec: Reconciler, renv: Env) -> Non
     rep = json.loads(done.report_json or "{}")
     assert done.state == "completed" and not rep["succeeded"]
     assert [(j["name"], j["state"], len(j["attempts"])) for j in rep["jobs"]] == [("train", "failed", 2), ("eval", "blocked", 0)]
+    # What the failing job said, per rank of its newest attempt, is in the report itself.
+    assert rep["jobs"][0]["log_tail"] == ["trying\n", "trying\n"] and rep["jobs"][1]["log_tail"] == []
 
 
 def test_window_end_kills_a_job_that_ignores_sigterm(rec: Reconciler, renv: Env) -> None:

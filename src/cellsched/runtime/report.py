@@ -10,11 +10,15 @@ import datetime as dt
 import json
 from typing import Any, Sequence
 
+from cellsched.executor.base import attempt_tails
 from cellsched.ledger.tables import GrantRow, JobRunRow, ProjectRow
 from cellsched.runtime.plan import AttemptView, job_states
 from cellsched.spec.models import ProjectSpec
 
 REPORT_VERSION = 1
+
+
+TAIL_BYTES = 2048
 
 
 def _iso(t: int | None) -> str | None:
@@ -69,6 +73,10 @@ def build_report(
                 }
                 for r in mine
             ],
+            # The newest attempt's output, per rank (pulled home from the nodes before the
+            # report is written): what a failure said, without a trip to the log files.
+            "log_tail": list(attempt_tails(log_dir, job.name, mine[-1].attempt, mine[-1].gpus, TAIL_BYTES))
+            if mine else [],
         })
     used = sum(r.gpu_seconds for r in runs)
     held_s = 0
