@@ -22,6 +22,7 @@ standard library and ray.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -32,8 +33,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from . import _codepack
 from ._supervisor import SupervisedJob, claim_dead
-from .base import job_environment
+from .base import CODE_FAILED_CODE, job_environment
 
 # Why a rank was asked to stop. The first four are the executor's own requests or its
 # window (outcome "killed"); "peer" means a peer rank failed; "lost" means a peer rank was lost.
@@ -61,6 +63,8 @@ class RankRecord:
     acked: bool = False
     log: str = ""  # where the job's output is written on this node
     home: str | None = None  # the daemon's copy of it, when ``log`` is node-local
+    code_digest: str | None = None  # the code snapshot the job runs (None: no code)
+    code: str | None = None  # how this rank had it: "cached", "shipped", "failed"
 
 
 # The directory holding this package when it was shipped by the daemon (py_modules), else
@@ -81,6 +85,54 @@ def node_path(path: str) -> str:
     """Where a file the daemon wants at ``path`` (absolute, on its own host) lives on this
     node instead: the same path under ``<node_dir>/home``."""
     return os.path.join(node_dir(), "home", os.path.normpath(os.path.abspath(path)).lstrip("/"))
+
+
+def code_cache_dir() -> str:
+    """This node's cache of unpacked code snapshots: ``<node_dir>/code/<digest>``."""
+    return os.path.join(node_dir(), "code")
+
+
+def _make_read_only(root: str) -> None:
+    """Take every write bit off the snapshot's files and directories (links untouched), so
+    that a job writing into its code fails instead of changing it for the next job."""
+    for d, dirs, files in os.walk(root, topdown=False):
+        for n in files:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                os.chmod(p, os.stat(p).st_mode & 0o555)
+        for n in dirs:
+            p = os.path.join(d, n)
+            if not os.path.islink(p):
+                os.chmod(p, 0o555)
+    os.chmod(root, 0o555)
+
+
+def fetch_code(digest: str, code: list[Any] | None, timeout: float = 600.0) -> tuple[str, str]:
+    """The directory of snapshot ``digest`` on this node, and ``"cached"`` (it was there) or
+    ``"shipped"`` (unpacked now from ``code[0]``: the archive's bytes, or a Ray object
+    holding them, fetched only here). One rank per node and digest unpacks (a lock file
+    beside the cache); the others wait and find it cached. Raises ``PackError`` (wrong
+    digest, bad archive, or no bytes sent for a snapshot this node lacks) or Ray's error."""
+    cache = code_cache_dir()
+    done = _codepack.unpacked(cache, digest)
+    if done is not None:
+        return str(done), "cached"
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, f".{digest}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = _codepack.unpacked(cache, digest)
+        if done is not None:
+            return str(done), "cached"
+        blob = code[0] if code else None
+        if blob is None:
+            raise _codepack.PackError("not on this node, and no bytes were sent", "digest")
+        if not isinstance(blob, bytes):
+            import ray
+
+            blob = ray.get(blob, timeout=timeout)
+        path = _codepack.unpack(blob, cache, digest)
+        _make_read_only(str(path))
+        return str(path), "shipped"
 
 
 def claim_node_locks(lock_paths: list[str], dead_nodes: list[str]) -> bool:
@@ -107,6 +159,24 @@ def _strip_shipped(env: dict[str, str]) -> dict[str, str]:
     else:
         del env["PYTHONPATH"]
     return env
+
+
+def _in_code(orders: dict[str, Any], env: dict[str, str], path: str, digest: str) -> None:
+    """Run in the snapshot at ``path``: cwd there (a relative ``cwd`` inside it), and the
+    code's variables in the job's environment."""
+    orders["cwd"] = os.path.join(path, orders["cwd"]) if orders["cwd"] else path
+    env["CELLSCHED_CODE_DIR"] = path
+    env["CELLSCHED_CODE_DIGEST"] = digest
+
+
+def _note(log: str, line: str) -> None:
+    """Append one line to a job's log (the reason it never started)."""
+    try:
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "a") as f:
+            f.write(line + "\n")
+    except OSError:
+        pass
 
 
 def epoch_key(reservation: str) -> str:
@@ -155,6 +225,10 @@ class RankWorker:
         self._lock = threading.Lock()
         self._records: dict[tuple[str, int], RankRecord] = {}
         self._procs: dict[tuple[str, int], SupervisedJob] = {}
+        # Attempts whose code is being fetched (no process yet), and the signal a stop sent
+        # them meanwhile: they then end without starting.
+        self._preparing: set[tuple[str, int]] = set()
+        self._early: dict[tuple[str, int], int] = {}
 
     def _fenced(self, epoch: int | None) -> bool:
         """True if ``epoch`` is older than the newest seen; a newer one is remembered.
@@ -215,13 +289,20 @@ class RankWorker:
         kill_at: float | None = None,
         pass_env: tuple[str, ...] = (),
         node_local: bool = False,
+        code_digest: str | None = None,
+        code: list[Any] | None = None,
     ) -> str:
         """Start the command for (job, attempt) under a supervisor unless already known;
         returns "started", "exists", "busy" or "fenced". Returns once the supervisor is
         spawned: the record shows the attempt running from then on, and a job that cannot
         be started ends with 127/126 (125: its lock says it was declared dead).
         ``node_local``: ``log_path``/``lock_path`` are the daemon's; write this node's
-        copies (``node_path``) instead, for the daemon to pull."""
+        copies (``node_path``) instead, for the daemon to pull.
+        ``code_digest``: run in that snapshot (``fetch_code``; ``code``: ``[bytes or
+        ObjectRef]``, a list so that Ray does not fetch it unless this node lacks it). A
+        snapshot not cached here is fetched and unpacked in the background (the record shows
+        the attempt running meanwhile); one that cannot be had ends the attempt with
+        ``CODE_FAILED_CODE`` and the reason in its log."""
         key = (job, attempt)
         home = log_path if node_local else None
         if node_local:
@@ -236,6 +317,7 @@ class RankWorker:
             rec = RankRecord(
                 job, attempt, rank, self.bundle, [tuple(m) for m in members],  # type: ignore[misc]
                 list(gang_gpu_ids), started_at=time.time(), log=log_path, home=home,
+                code_digest=code_digest,
             )
             self._records[key] = rec
         t0 = time.monotonic()
@@ -245,6 +327,20 @@ class RankWorker:
         orders = {"argv": list(argv), "log": log_path, "lock": lock_path, "cwd": cwd,
                   "term_at": term_at, "kill_at": kill_at, "grace": peer_grace,
                   "node": self.node_id}
+        if code_digest is not None:
+            try:
+                done = _codepack.unpacked(code_cache_dir(), code_digest)
+            except _codepack.PackError:
+                done = None  # not a digest: the background path fails the attempt
+            if done is None:
+                with self._lock:
+                    self._preparing.add(key)
+                threading.Thread(target=self._prepare, args=(
+                    rec, code_digest, code, orders, env, t0, peers, peer_grace), daemon=True,
+                ).start()
+                return "started"
+            rec.code = "cached"
+            _in_code(orders, env, str(done), code_digest)
         try:
             job = SupervisedJob.spawn(orders, env)
         except OSError:  # cannot even start the supervisor (no memory, no processes)
@@ -258,6 +354,43 @@ class RankWorker:
             target=self._wait, args=(rec, job, t0, peers, peer_grace), daemon=True
         ).start()
         return "started"
+
+    def _prepare(
+        self, rec: RankRecord, digest: str, code: list[Any] | None, orders: dict[str, Any],
+        env: dict[str, str], t0: float, peers: list[Any], peer_grace: float,
+    ) -> None:
+        """Fetch and unpack the code (background), then start the job unless it was
+        stopped meanwhile; a snapshot that cannot be had fails the attempt."""
+        key = (rec.job, rec.attempt)
+        try:
+            path, how = fetch_code(digest, code)
+        except Exception as e:  # noqa: BLE001 - any reason ends the attempt, never the rank
+            with self._lock:
+                self._preparing.discard(key)
+                self._early.pop(key, None)
+                rec.code = "failed"
+            _note(orders["log"], f"cellsched: code sha256:{digest} could not be had on node "
+                                 f"{self.node_id}: {type(e).__name__}: {e}")
+            self._finish(rec, CODE_FAILED_CODE, time.monotonic() - t0, peers, peer_grace)
+            return
+        _in_code(orders, env, path, digest)
+        job: SupervisedJob | None = None
+        with self._lock:  # a stop now either came before (``_early``) or finds the process
+            self._preparing.discard(key)
+            rec.code = how
+            sig = self._early.pop(key, None)
+            if sig is None:
+                try:
+                    job = SupervisedJob.spawn(orders, env)
+                    self._procs[key] = job
+                except OSError:
+                    pass
+        if sig is not None:
+            self._finish(rec, -sig, time.monotonic() - t0, peers, peer_grace)
+        elif job is None:
+            self._finish(rec, 126, time.monotonic() - t0, peers, peer_grace)
+        else:
+            self._wait(rec, job, t0, peers, peer_grace)
 
     def _wait(
         self, rec: RankRecord, job: SupervisedJob, t0: float, peers: list[Any],
@@ -313,14 +446,18 @@ class RankWorker:
                 for k, p in self._procs.items()
                 if (job is None or k[0] == job) and (attempt is None or k[1] == attempt)
             ]
-            for k, _ in targets:
+            early = [k for k in self._preparing
+                     if (job is None or k[0] == job) and (attempt is None or k[1] == attempt)]
+            for k in early:
+                self._early.setdefault(k, int(sig))
+            for k in [k for k, _ in targets] + early:
                 rec = self._records[k]
                 # First reason wins: a failure's peers stay "peer" even if killed later.
                 if rec.stop_reason is None:
                     rec.stop_reason = reason
         for _, p in targets:
             p.signal(sig, None if sig == signal.SIGKILL else grace)
-        return len(targets)
+        return len(targets) + len(early)
 
     def snapshot(self) -> dict[str, Any]:
         """Every record (acknowledged ones as tombstones) plus this incarnation's id."""

@@ -64,6 +64,8 @@ RESERVED_ENV = (
     "CELLSCHED_PROJECT",
     "CELLSCHED_JOB",
     "CELLSCHED_ATTEMPT",
+    "CELLSCHED_CODE_DIR",
+    "CELLSCHED_CODE_DIGEST",
     "CUDA_VISIBLE_DEVICES",
 )
 
@@ -71,6 +73,9 @@ RESERVED_ENV = (
 # launching it later refuses to run it (``_supervisor.REFUSED_CODE`` is the same number: the
 # supervisor imports nothing of cellsched).
 REFUSED_CODE = 125
+# The exit code of a rank whose code snapshot could not be had (wrong bytes for the digest,
+# or no bytes): the job never started. Not 126/127, which say the command could not run.
+CODE_FAILED_CODE = 123
 
 # What a job inherits from its Ray worker's environment (see ``job_environment``). Nothing
 # else: the worker's environment is the daemon's (or ``ray start``'s) and may hold the
@@ -188,6 +193,13 @@ class GangSpec:
     written there directly by a rank on the caller's own node, pulled there through Ray
     (``pull_logs``) from a node-local copy by a rank on any other node; ``log_dir`` must be
     absolute and need not exist on the other nodes.
+
+    ``code_digest``: the job runs the sealed code snapshot of that digest (``_codepack``):
+    each rank's working directory is the snapshot unpacked on its node (read-only, shared
+    by every job of that digest on the node; a relative ``cwd`` is taken inside it), with
+    ``CELLSCHED_CODE_DIR`` and ``CELLSCHED_CODE_DIGEST`` in its environment. ``code_blob``
+    is the snapshot's archive: needed unless ``Executor.has_code(code_digest)`` is true
+    (then None is fine). It takes no part in comparisons or ``repr``.
     """
 
     reservation: str
@@ -207,6 +219,8 @@ class GangSpec:
     # Extra variable names copied from the worker's environment (the cluster config's
     # ``policy.pass_env``); see ``job_environment``.
     pass_env: tuple[str, ...] = ()
+    code_digest: str | None = None
+    code_blob: bytes | None = field(default=None, compare=False, repr=False, hash=False)
 
     def __post_init__(self) -> None:
         # Normalise so specs built from lists, tuples or ranges compare equal and ship to Ray.
@@ -359,6 +373,13 @@ class Executor(Protocol):
         """Names of live groups owned by this executor's prefix, sorted (for re-adoption)."""
         ...
 
+    def has_code(self, digest: str) -> bool:
+        """True if a ``launch`` with ``code_digest=digest`` may leave ``code_blob`` None:
+        this executor holds that snapshot's bytes already (it was given them by an earlier
+        launch in this process and has not dropped them). False after a restart, or once
+        dropped: then read the blob from the ledger and pass it. Cheap, never raises."""
+        ...
+
     def launch(self, gang: GangSpec) -> None:
         """Start every rank of ``gang``; returns once each rank has it (``running`` shows
         it from then on; on Ray the job's own process starts tens of ms later, under its
@@ -366,7 +387,10 @@ class Executor(Protocol):
 
         Idempotent on ``(reservation, job, attempt)``: launching a gang that already started
         (or already ended and was reported) does nothing. A command that cannot be executed is
-        not an error here: it ends as a ``failed`` result (exit code 127).
+        not an error here: it ends as a ``failed`` result (exit code 127); nor is a code
+        snapshot that cannot be had (``code_blob`` whose content is not ``code_digest``, or
+        None while neither the executor nor the rank's node has it): the attempt ends
+        ``failed`` with exit code ``CODE_FAILED_CODE`` (123) and the reason in its log.
         Raises ``UnknownReservation``, ``NotReady`` or ``InvalidGang``.
         """
         ...

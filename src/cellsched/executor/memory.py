@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
 
+from . import _codepack
 from .base import (
+    CODE_FAILED_CODE,
     REFUSED_CODE,
     Fate,
     Fenced,
@@ -184,6 +186,8 @@ class MemoryExecutor:
         self.peer_grace = peer_grace
         self.epoch = 0
         self._script = script
+        # Code digests this executor was given the bytes of (checked): ``has_code``.
+        self.code: set[str] = set()
 
     @property
     def now(self) -> float:
@@ -198,6 +202,7 @@ class MemoryExecutor:
         own ``epoch``: what a second daemon would have."""
         other = copy.copy(self)
         other.epoch = epoch
+        other.code = set()  # a new daemon holds no code yet
         return other
 
     # -- clock and fault injection -------------------------------------------------------
@@ -358,6 +363,9 @@ class MemoryExecutor:
         if (r.name, gang.job, gang.attempt) in self._w.declared_dead:
             b = Behaviour(0, exit_code=REFUSED_CODE)
             ranks = [_Rank(t, REFUSED_CODE, "natural") for _ in gang.bundles]
+        elif gang.code_digest is not None and not self._take_code(gang):
+            b = Behaviour(0, exit_code=CODE_FAILED_CODE)
+            ranks = [_Rank(t, CODE_FAILED_CODE, "natural") for _ in gang.bundles]
         elif b.duration is not None:
             e = t + b.duration
             for i in range(len(ranks)):
@@ -372,6 +380,23 @@ class MemoryExecutor:
         ids = tuple(r.gpu_ids[i] for i in gang.bundles)
         g = r.gangs[gang.key] = _Gang(gang, b, t, ids, ranks)
         self._w.history.append((r.name, g))
+
+    def has_code(self, digest: str) -> bool:
+        return digest in self.code
+
+    def _take_code(self, gang: GangSpec) -> bool:
+        """Whether the gang's code can be had: known already, or its bytes have its digest."""
+        digest = gang.code_digest
+        if digest in self.code:
+            return True
+        if gang.code_blob is None:
+            return False
+        try:
+            _codepack.check(gang.code_blob, digest or "")
+        except _codepack.PackError:
+            return False
+        self.code.add(digest or "")
+        return True
 
     def running(self, name: str) -> list[RunningGang]:
         r = self._resv.get(name)

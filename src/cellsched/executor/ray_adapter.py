@@ -33,7 +33,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -94,6 +94,10 @@ SHIP_CHECK_S = 60.0
 # the next call, so one chatty job cannot stall a tick).
 PULL_CHUNK = 1 << 20
 PULL_BUDGET = 8 << 20
+# Code snapshots kept in Ray's object store (one ``ray.put`` per digest, owned by this
+# process): the least recently launched are dropped beyond this many bytes (``has_code``
+# then says False and the caller passes the bytes again).
+CODE_KEEP_BYTES = 1 << 30
 
 
 def stage_package(root: str | None = None) -> str:
@@ -205,6 +209,9 @@ class RayExecutor:
         self._handles: dict[str, list[Any]] = {}
         self._pings: dict[str, list[Any]] = {}
         self._ready: set[str] = set()
+        # Code snapshots shipped: digest -> (ObjectRef, bytes), least recently used first.
+        self._code: OrderedDict[str, tuple[Any, int]] = OrderedDict()
+        self.code_puts = 0  # how many ray.put of a snapshot this instance made (benchmarks)
         # Gangs this instance launched: the only memory of a gang all of whose ranks were lost
         # together (their records died with them).
         self._launched: dict[str, dict[Key, tuple[float, list[Any], list[str]]]] = (
@@ -416,6 +423,28 @@ class RayExecutor:
             self._ray.wait(refs, num_returns=len(refs), timeout=t)
         return [self._status(r) for r in refs]
 
+    def has_code(self, digest: str) -> bool:
+        """See the Protocol: True while this instance keeps the snapshot in Ray's object
+        store (from an earlier launch's ``code_blob``)."""
+        return digest in self._code
+
+    def _code_arg(self, gang: GangSpec) -> list[Any] | None:
+        """What the ranks get to fetch the code from: ``[ObjectRef]`` (put once per digest
+        and kept; a list, so that Ray resolves it only in a rank that lacks the snapshot),
+        or None (no bytes: a rank whose node has no copy fails the attempt)."""
+        digest = gang.code_digest
+        assert digest is not None
+        kept = self._code.get(digest)
+        if kept is None:
+            if gang.code_blob is None:
+                return None
+            kept = self._code[digest] = (self._ray.put(gang.code_blob), len(gang.code_blob))
+            self.code_puts += 1
+            while sum(n for _, n in self._code.values()) > CODE_KEEP_BYTES and len(self._code) > 1:
+                self._code.popitem(last=False)
+        self._code.move_to_end(digest)
+        return [kept[0]]
+
     def launch(self, gang: GangSpec) -> None:
         name = gang.reservation
         state = self.reservation_state(name)
@@ -459,6 +488,10 @@ class RayExecutor:
         }
         member_ids = [(b, i["incarnation"], i["node_id"]) for b, i in zip(gang.bundles, infos)]
         gpu_ids = [",".join(i["gpu_ids"]) for i in infos]
+        code = None
+        if gang.code_digest is not None:
+            base_env["CELLSCHED_CODE_DIGEST"] = gang.code_digest
+            code = self._code_arg(gang)
         self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)
         refs = []
         for r, h in enumerate(members):
@@ -472,6 +505,7 @@ class RayExecutor:
                 env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,
                 self.epoch, gang.term_at, gang.kill_at, tuple(gang.pass_env),
                 node != self._home_node,  # node-local log and lock, pulled home
+                gang.code_digest, code,
             ))
         got = self._call_all(refs, self.launch_timeout_s)
         if FENCED in got:
@@ -581,6 +615,9 @@ class RayExecutor:
                 if lost:
                     self._signal(name, key[0], key[1], 9, "lost")
                 continue
+            for r in live:
+                if r.get("code") == "failed":  # wrong bytes kept for that digest? drop them
+                    self._code.pop(r.get("code_digest") or "", None)
             codes = tuple(s["exit_code"] if isinstance(s, dict) else None for s in status)
             ended = [s["ended_at"] if isinstance(s, dict) else now for s in status]
             used = sum(s["duration"] if isinstance(s, dict) else now - t0 for s in status)
