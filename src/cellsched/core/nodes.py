@@ -105,7 +105,7 @@ def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int,
 class _Threshold:
     """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
 
-    __slots__ = ("count", "end_starts", "ends", "h0", "hmax", "start_lens", "starts", "v")
+    __slots__ = ("count", "end_starts", "ends", "h0", "hlens", "hmax", "start_lens", "starts", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -143,11 +143,15 @@ class _Threshold:
         hours = [a // HOUR for a, _, _ in by_a if a > FAR_PAST]
         self.h0 = min(hours, default=0)
         self.hmax = [0] * (max(hours, default=0) - self.h0 + 1)
+        self.hlens: list[list[int]] = [[] for _ in self.hmax]  # run lengths per hour, sorted
         for (a, _, n) in by_a:
             if a > FAR_PAST:
                 q = a // HOUR - self.h0
+                self.hlens[q].append(n)
                 if n > self.hmax[q]:
                     self.hmax[q] = n
+        for lst in self.hlens:
+            lst.sort()
 
     def _hour(self, a: int) -> None:
         """Recompute the longest run starting in the hour of ``a``."""
@@ -156,14 +160,19 @@ class _Threshold:
         q = a // HOUR
         if q < self.h0:
             self.hmax[:0] = [0] * (self.h0 - q)
+            self.hlens[:0] = [[] for _ in range(self.h0 - q)]
             self.h0 = q
         k = q - self.h0
         if k >= len(self.hmax):
-            self.hmax.extend([0] * (k - len(self.hmax) + 1))
+            more = k - len(self.hmax) + 1
+            self.hmax.extend([0] * more)
+            self.hlens.extend([] for _ in range(more))
         starts = self.starts
         i = bisect_left(starts, (q * HOUR, -1))
         j = bisect_left(starts, ((q + 1) * HOUR, -1), i)
-        self.hmax[k] = max(islice(_tail(self.start_lens, i), j - i), default=0)
+        lens = sorted(islice(_tail(self.start_lens, i), j - i))
+        self.hlens[k] = lens
+        self.hmax[k] = lens[-1] if lens else 0
 
     def _long_start(self, t: int, d: int, m: int) -> int | None:
         """Index in ``starts`` of the ``m``-th run beginning after ``t`` at least ``d`` long.
@@ -181,12 +190,15 @@ class _Threshold:
             return hits[-1]
         m -= len(hits)
         b = max(q + 1 - h0, 0)
+        hlens = self.hlens
         for x in compress(range(b, len(hmax)), map(long_enough, _tail(hmax, b))):
+            lst = hlens[x]
+            here = len(lst) - bisect_left(lst, d)  # runs of this hour at least d long
+            if here < m:
+                m -= here
+                continue
             lo = bisect_left(starts, ((x + h0) * HOUR, -1))
-            hits = take(lo, bisect_left(starts, ((x + h0 + 1) * HOUR, -1), lo), m)
-            if len(hits) == m:
-                return hits[-1]
-            m -= len(hits)
+            return take(lo, bisect_left(starts, ((x + h0 + 1) * HOUR, -1), lo), m)[-1]
         return None
 
     def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
