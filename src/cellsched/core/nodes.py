@@ -632,10 +632,6 @@ class NodeCalendar(CapacityCalendar):
         for key in [k for k in self._held if k[0] <= t]:
             del self._held[key]
 
-    def held_nodes(self) -> list[tuple[int, int, int, tuple[int, ...]]]:
-        """Every reservation as (start, end, width, nodes), in order."""
-        return sorted((s0, end, w, ns) for (end, w), lst in self._held.items() for s0, ns in lst)
-
     # -- internals ---------------------------------------------------------------------
 
     def _node_add(self, n: int, start: int, end: int, delta: int) -> None:
