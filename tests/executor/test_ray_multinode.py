@@ -103,11 +103,24 @@ SCRIPT = textwrap.dedent("""
     ex.reserve(narrow, 4, placement=placement_for(a100, [a1.node_id] * 4))
     until(lambda: ex.reservation_state(narrow) == "ready")
     out["narrow_where"] = sorted(set(where(narrow).values())) == [a1.node_id]
-    g4 = GangSpec(narrow, "proj", "eval", 0, env_line, [0, 1, 2, 3], home)
+    # ... running a code snapshot whose data file is edited after packing
+    from cellsched.executor import _codepack
+    code = root / "code"
+    code.mkdir()
+    (code / "data.txt").write_text("sealed\\n")
+    digest, blob = _codepack.pack(code)
+    (code / "data.txt").write_text("edited after the seal\\n")
+    g4 = GangSpec(narrow, "proj", "eval", 0,
+                  env_line + "cat data.txt; echo CODE=$CELLSCHED_CODE_DIR", [0, 1, 2, 3], home,
+                  code_digest=digest, code_blob=blob)
     ex.launch(g4)
     (r4,) = until(lambda: ex.poll(narrow), timeout=30)
     ex.ack(narrow, [r4.key])
     ex.pull_logs(narrow)
+    snaps = ray.get([ray.get_actor(f"{narrow}/rank-{b}", namespace="cellsched").snapshot.remote()
+                     for b in range(4)])
+    out["narrow_code"] = sorted(r["code"] for s in snaps for r in s["records"])
+    out["narrow_code_dir"] = str(root / "node-2" / "code" / digest)
     out["narrow_outcome"] = r4.outcome
     out["narrow_logs"] = [lines(g4.log_path(r)) for r in range(4)]
 
@@ -189,6 +202,10 @@ def test_placement_nodes_and_logs_on_a_cluster_without_cellsched(tmp_path: Path)
     envs4 = [dict(kv.split("=", 1) for kv in logs[0].split()) for logs in out["narrow_logs"]]
     assert [(e["NODE_RANK"], e["LOCAL_RANK"], e["LWS"]) for e in envs4] == [
         ("0", str(r), "4") for r in range(4)]
+    # its code: the snapshot as packed, unpacked once in the node's own cache, fetched once
+    assert [logs[1:] for logs in out["narrow_logs"]] == [
+        ["sealed", "CODE=" + out["narrow_code_dir"]]] * 4
+    assert out["narrow_code"] == ["cached"] * 3 + ["shipped"]
     # the nodes really have no cellsched: unshipped, the rank worker cannot start
     assert out["unshipped"] is True
     # no node carries the label (or the node is of another type): pending, not an error
