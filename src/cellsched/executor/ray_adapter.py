@@ -500,12 +500,15 @@ class RayExecutor:
                        LOCAL_WORLD_SIZE=str(per_node[node]), NODE_RANK=str(node_rank[node]),
                        NNODES=str(len(node_rank)))
             peers = [p for p in members if p is not h]
+            # The code's arguments only with code: a gang without keeps working on rank
+            # actors an older version created (detached, they outlive a daemon upgrade).
+            extra = () if gang.code_digest is None else (gang.code_digest, code)
             refs.append(h.start.remote(
                 gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), dict(gang.env),
                 env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,
                 self.epoch, gang.term_at, gang.kill_at, tuple(gang.pass_env),
                 node != self._home_node,  # node-local log and lock, pulled home
-                gang.code_digest, code,
+                *extra,
             ))
         got = self._call_all(refs, self.launch_timeout_s)
         if FENCED in got:
