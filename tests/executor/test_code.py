@@ -136,3 +136,32 @@ def test_wrong_bytes_fail_the_attempt_only(rex: Any, tmp_path: Path) -> None:
     assert r.exit_codes == (CODE_FAILED_CODE,) and "no bytes were sent" in Path(g.log_path(0)).read_text()
     rex.launch(gang(n, tmp_path / "logs", None, None, (0, 1), attempt=2, run="true"))
     assert _result(rex, n).outcome == "succeeded"
+
+
+@pytest.mark.ray
+def test_stopped_while_fetching_never_starts(rex: Any, tmp_path: Path) -> None:
+    import time
+
+    import ray
+
+    _, digest, blob = snapshot(tmp_path, "slow")
+
+    @ray.remote(num_cpus=0)
+    def slow() -> bytes:
+        time.sleep(3)
+        return blob
+
+    # The executor holds a Ray object for the digest that takes 3 s to exist: the ranks
+    # wait for it in the background, and a terminate meanwhile ends the attempt unstarted.
+    rex._code[digest] = (slow.remote(), len(blob))
+    n = _ready(rex, 2)
+    g = gang(n, tmp_path / "logs", digest, None, run="echo started")
+    t = time.monotonic()
+    rex.launch(g)
+    assert time.monotonic() - t < 2  # launch does not wait for the code
+    assert [x.attempt for x in rex.running(n)] == [0]
+    rex.terminate(n)
+    r = _result(rex, n)
+    assert (r.outcome, r.exit_codes) == ("killed", (-15, -15))
+    assert not any(Path(g.log_path(k)).exists() and "started" in Path(g.log_path(k)).read_text()
+                   for k in range(2))
