@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    CODE_FAILED_CODE,
     Executor,
     ExecutorError,
     Fate,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from .ray_adapter import RayExecutor
 
 __all__ = [
+    "CODE_FAILED_CODE",
     "Behaviour",
     "Executor",
     "ExecutorError",
