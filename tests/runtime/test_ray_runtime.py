@@ -209,3 +209,26 @@ def test_daemon_killed_mid_job_and_restarted_reattaches(renv: Env, ray_leak_chec
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_a_project_with_code_runs_its_sealed_snapshot(rec: Reconciler, renv: Env, tmp_path: Path) -> None:
+    """The daemon ships the snapshot sealed at submit: the job reads a data file that exists
+    only in the snapshot, and an edit of the directory after submit changes nothing."""
+    import shutil
+
+    from cellsched import service
+
+    src = Path(__file__).resolve().parents[2] / "projects" / "code-demo"
+    work = tmp_path / "code-demo"
+    shutil.copytree(src, work)
+    out = service.submit(renv, work / "code-demo.toml", "alice", now_s())
+    assert out.granted, out.refusal
+    (work / "data" / "planted.txt").write_text("9 9 9\n")  # after submit: must not be seen
+    g = out.grant
+    assert g is not None
+    done = drive(rec, finalized(renv, g.id))
+    assert [(r.job, r.state) for r in runs(renv, g.id)] == [("probe", "succeeded")]
+    said = log_of(rec, renv, g.id, "probe", 1, 0)
+    # the sealed 0.6 0.8 0.0 (norm 1), not the edited 9 9 9 (norm 15.588)
+    assert said.strip() == "planted direction: 3 dims, norm 1.000", said
+    assert json.loads(done.report_json or "{}")["succeeded"]

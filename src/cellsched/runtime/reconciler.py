@@ -41,7 +41,7 @@ from cellsched.runtime.clock import now_s
 from cellsched.runtime.logs import log_dir_for, logs_root_for
 from cellsched.runtime.notify import Notifier, redact, write_report_files
 from cellsched.runtime.report import build_report, render_markdown
-from cellsched.service import Env
+from cellsched.service import Env, code_blob
 from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import from_canonical
 
@@ -376,11 +376,16 @@ class Reconciler:
         job = next(j for j in v.spec.jobs if j.name == a.job)
         if not self.writer.start_attempt(v.id, a.job, a.attempt, job.gpus, a.bundles, now):
             return
+        # The sealed code: the ranks run the snapshot, shipped once per digest (the bytes come
+        # from the ledger only when this executor does not hold them yet).
+        digest = v.spec.code.digest if v.spec.code is not None else None
+        blob = None if digest is None or self.ex.has_code(digest) else code_blob(self.env, digest)
         gang = GangSpec(
             reservation=name, project=v.spec.name, job=a.job, attempt=a.attempt, run=job.run,
             bundles=a.bundles, log_dir=v.rt.log_dir, env=dict(job.env),
             # The ranks keep the window themselves, daemon or not.
             term_at=v.end - self.rules.grace_s, kill_at=v.end, pass_env=self.pass_env,
+            code_digest=digest, code_blob=blob,
         )
         try:
             self.ex.launch(gang)
