@@ -141,8 +141,10 @@ class _Threshold:
         self.starts = [(a, i) for a, i, _ in by_a]
         self.start_lens = [n for _, _, n in by_a]
         hours = [a // HOUR for a, _, _ in by_a if a > FAR_PAST]
+        # Hours from the first run start on (none yet: the first one sets h0, so an idle
+        # calendar does not hold a list from 1970 to now).
         self.h0 = min(hours, default=0)
-        self.hmax = [0] * (max(hours, default=0) - self.h0 + 1)
+        self.hmax = [0] * (max(hours) - self.h0 + 1) if hours else []
         self.hlens: list[list[int]] = [[] for _ in self.hmax]  # run lengths per hour, sorted
         for (a, _, n) in by_a:
             if a > FAR_PAST:
@@ -158,6 +160,8 @@ class _Threshold:
         if a <= FAR_PAST:
             return
         q = a // HOUR
+        if not self.hmax:
+            self.h0 = q
         if q < self.h0:
             self.hmax[:0] = [0] * (self.h0 - q)
             self.hlens[:0] = [[] for _ in range(self.h0 - q)]
@@ -295,11 +299,17 @@ class _Whole:
         self.per = per
         self.full = [i for i, c in enumerate(nodes) if c.capacity == per]
         points = [x for i in self.full for x in nodes[i]._t[1:]]
-        lo = min(points, default=0)
-        hi = max(points, default=0)
+        self.tail = 0
+        if not points:  # nothing reserved yet: every full node is free throughout
+            self.q0 = None
+            self.masks = []
+            for i in self.full:
+                self.tail |= 1 << i
+            return
+        lo = min(points)
+        hi = max(points)
         self.q0 = lo // HOUR
         masks = [0] * (hi // HOUR - self.q0 + 1)
-        self.tail = 0
         for i in self.full:
             bit = 1 << i
             t, f = nodes[i]._t, nodes[i]._f
@@ -324,6 +334,8 @@ class _Whole:
 
     def sure(self, t: int, d: int) -> int:
         """Nodes wholly free over every hour [t, t + d) touches."""
+        if self.q0 is None:
+            return self.tail
         a = t // HOUR - self.q0
         b = (t + d - 1) // HOUR - self.q0 + 1
         m = self.masks
@@ -339,6 +351,8 @@ class _Whole:
         if node.capacity != self.per:
             return
         qa, qb = start // HOUR, (end - 1) // HOUR
+        if self.q0 is None:
+            self.q0 = qa
         if qa < self.q0:
             self.masks[:0] = [0] * (self.q0 - qa)  # nothing sure before the first hour built
             self.q0 = qa
@@ -356,6 +370,8 @@ class _Whole:
                 m[q - self.q0] &= ~bit
 
     def forget_before(self, t: int) -> None:
+        if self.q0 is None:
+            return
         drop = t // HOUR - self.q0
         if drop > 0:
             del self.masks[:drop]
