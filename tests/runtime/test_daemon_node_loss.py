@@ -41,8 +41,8 @@ SCRIPT = textwrap.dedent("""
     rec = Reconciler(env, RayExecutor(peer_grace_s=1.0), settings=Settings(strict=True,
                      notify_in_background=False, logs_root=tmp / "logs"))
     spec = ProjectSpec.model_validate({"name": "fragile", "team": "t", "owner": "u", "problem": "x",
-        "budget": {"gpu_hours": 6 * 600 / 3600, "gpus": 6, "pool": "h100"},
-        "jobs": [{"name": "train", "gpus": 6, "run": "sleep 6; echo ok"}]})
+        "budget": {"gpu_hours": 8 * 600 / 3600, "gpus": 8, "pool": "h100"},
+        "jobs": [{"name": "train", "gpus": 8, "run": "sleep 6; echo ok"}]})
     g = submit(env, spec, "u", now_s()).grant
 
     def runs():
@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent("""
     drive(lambda: runs() == [("train", 1, "running")])
     name = rec.name_for(g)
     where = placement_group_table(get_placement_group(name))["bundles_to_node_id"]
-    victim = next(n for n in nodes if n.node_id == where[5])  # the node with the fewer bundles
+    victim = next(n for n in nodes if n.node_id == where[5])  # one of the gang's two whole nodes
     t = time.monotonic()
     cluster.remove_node(victim, allow_graceful=False)
     drive(lambda: runs() and runs()[0][2] == "lost")
