@@ -257,7 +257,10 @@ def test_escaping_grandchild_never_survives(rex: Any, ray_cluster: Any, tmp_path
     elif how == "kill_at":
         # no driver call at all: the ranks' supervisors enforce the window
         until(lambda: not pid_alive(gc), timeout=5)
-        assert time.time() >= now + 1.5
+        # Not before the window said so: SIGTERM at term_at (the job's tree goes once its
+        # leader exits), SIGKILL at kill_at; the supervisor's timers may fire a few tens of
+        # ms apart from this process's clock, so the bound is term_at.
+        assert time.time() >= now + 1.0
         r = result(rex, n)
         assert (r.outcome, r.exit_codes) == ("killed", (-9, -9))
     else:
