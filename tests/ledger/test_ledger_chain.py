@@ -244,24 +244,26 @@ def test_unsupported_urls_are_bad_input(url: str) -> None:
 
 
 def test_a_version_1_ledger_is_migrated_at_first_use(ledger_url: str) -> None:
-    """A ledger made before cs_grant.nodes existed gains the column (and version 2) once,
-    keeps its rows, and a second opening changes nothing."""
-    from cellsched.ledger.tables import GrantRow
+    """A ledger made before cs_grant.nodes and cs_lease.pass_ms existed gains both columns
+    (and the current version) once, keeps its rows, and a second opening changes nothing."""
+    from cellsched.ledger.tables import GrantRow, LeaseRow
 
     led = Ledger(ledger_url)
     led.ensure_schema()
     with led.engine.begin() as conn:  # make it look like version 1
         conn.exec_driver_sql("ALTER TABLE cs_grant DROP COLUMN nodes")
+        conn.exec_driver_sql("ALTER TABLE cs_lease DROP COLUMN pass_ms")
         conn.exec_driver_sql("UPDATE cs_schema SET version = 1")
     led.dispose()
     again = Ledger(ledger_url)
     again.ensure_schema()
     with again.read() as s:
-        assert schema_version(s) == SCHEMA_VERSION == 2
+        assert schema_version(s) == SCHEMA_VERSION == 3
         assert s.exec(select(GrantRow)).all() == []  # the column is there to read
+        assert s.exec(select(LeaseRow)).all() == []
     again.dispose()
     third = Ledger(ledger_url)
     third.ensure_schema()
     with third.read() as s:
-        assert schema_version(s) == 2
+        assert schema_version(s) == 3
     third.dispose()

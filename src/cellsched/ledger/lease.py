@@ -179,9 +179,10 @@ def acquire(ledger: Ledger, *, host: str | None = None, pid: int | None = None,
         return _lease(row)
 
 
-def renew(ledger: Ledger, lease: Lease) -> Lease:
+def renew(ledger: Ledger, lease: Lease, pass_ms: float | None = None) -> Lease:
     """Extend the lease by its duration from now (database clock); :class:`Deposed` if its
-    epoch is no longer current, or it was released, or it has expired."""
+    epoch is no longer current, or it was released, or it has expired. ``pass_ms`` (the
+    holder's last reconcile pass) is recorded for ``cellsched daemon`` and the metrics."""
     with ledger.write() as s:
         now = _now(s, ledger)
         row = s.get(LeaseRow, 1)
@@ -194,6 +195,8 @@ def renew(ledger: Ledger, lease: Lease) -> Lease:
             raise Deposed(f"lease epoch {lease.epoch} expired {now - row.expires_at:.1f} s ago (database clock)")
         row.renewed_at = now
         row.expires_at = now + row.duration_s
+        if pass_ms is not None:
+            row.pass_ms = pass_ms
         s.add(row)
         s.flush()
         return _lease(row)
@@ -265,6 +268,7 @@ class DaemonState:
     down_since: float | None = None
     ray_gpus: int | None = None
     declared_gpus: int | None = None
+    pass_ms: float | None = None  # the holder's last reconcile pass
 
     @property
     def gpu_shortfall(self) -> int:
@@ -310,4 +314,5 @@ def state(ledger: Ledger) -> DaemonState:
         alive=alive, db_now=now, holder=row.holder, host=row.host, pid=row.pid, epoch=row.epoch,
         since=row.since, renewed_at=row.renewed_at, expires_at=row.expires_at, released=row.released,
         down_since=None if alive else row.renewed_at, ray_gpus=row.ray_gpus, declared_gpus=row.declared_gpus,
+        pass_ms=row.pass_ms,
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # What each version adds to a ledger of the version before it (tables that are new in a
 # version need nothing: ``create_all`` makes them). Applied in order by ``Ledger.ensure_schema``.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE cs_grant ADD COLUMN nodes VARCHAR",),
+    3: ("ALTER TABLE cs_lease ADD COLUMN pass_ms FLOAT",),
 }
 
 # Grant states. "granted" waits for its start; the daemon moves it through "reserving" to
@@ -176,6 +177,7 @@ class LeaseRow(SQLModel, table=True):
     prev_renewed_at: float | None = None  # the previous holder's last heartbeat
     ray_gpus: int | None = None  # GPUs Ray had when the holder started serving
     declared_gpus: int | None = None  # sum of the cluster config's pools
+    pass_ms: float | None = None  # the holder's last reconcile pass, written with each heartbeat
 
 
 class CodeRow(SQLModel, table=True):
@@ -208,3 +210,22 @@ class NodeMapRow(SQLModel, table=True):
     index: int = Field(primary_key=True)
     node_id: str | None = None
     since: int
+
+
+class TokenRow(SQLModel, table=True):
+    """A bearer token for ``cellsched server`` (appended for the server).
+
+    Only the SHA-256 of the token is stored; the token itself is shown once, at creation.
+    ``id`` is a short public handle (for ``token list`` and ``token revoke``); a token is
+    valid while ``revoked_at`` is None and the server's clock is before ``expires_at``."""
+
+    __tablename__ = "cs_token"
+    id: str = Field(primary_key=True)
+    sha256: str = Field(unique=True)
+    user: str = Field(index=True)
+    created_by: str
+    created_at: int
+    expires_at: int | None = None
+    revoked_at: int | None = None
+    revoked_by: str | None = None
+    note: str = ""

@@ -167,12 +167,13 @@ class Heartbeat(threading.Thread):
         self.stop_daemon = stop
         self.done = threading.Event()
         self.deposed: str | None = None
+        self.pass_ms: float | None = None  # the last reconcile pass, sent with the next heartbeat
 
     def run(self) -> None:
         last_ok = time.monotonic()
         while not self.done.wait(self.every_s):
             try:
-                self.lease = renew(self.env.ledger, self.lease)
+                self.lease = renew(self.env.ledger, self.lease, pass_ms=self.pass_ms)
                 last_ok = time.monotonic()
             except Deposed as e:
                 self.depose(str(e))
@@ -267,6 +268,7 @@ def _loop(rec: Reconciler, hb: Heartbeat, interval: float, once: bool) -> int:
         except (Deposed, Fenced) as e:  # the ledger or the ranks know a newer epoch
             hb.depose(str(e))
             break
+        hb.pass_ms = (time.monotonic() - t) * 1000
         passes += 1
         if passes == 1:
             log.info("first reconcile pass done at %.3f (lease epoch %d)", time.time(), hb.lease.epoch)

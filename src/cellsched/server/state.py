@@ -1,0 +1,24 @@
+"""What the server keeps between requests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cellsched.service import Env
+
+
+@dataclass
+class ServerState:
+    """The server's environment (cluster config, ledger) and what it caches.
+
+    ``metrics`` is the server's own Prometheus registry and instruments
+    (``cellsched.server.metrics.Metrics``), set by ``create_app``; ``max_body`` and
+    ``max_code_body`` are the request size limits in bytes."""
+
+    env: Env
+    started_at: float = field(default_factory=time.time)
+    max_body: int = 1 << 20
+    max_code_body: int = 100 << 20
+    metrics: Any = None
