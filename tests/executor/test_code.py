@@ -165,3 +165,35 @@ def test_stopped_while_fetching_never_starts(rex: Any, tmp_path: Path) -> None:
     assert (r.outcome, r.exit_codes) == ("killed", (-15, -15))
     assert not any(Path(g.log_path(k)).exists() and "started" in Path(g.log_path(k)).read_text()
                    for k in range(2))
+
+
+@pytest.mark.ray
+def test_job_runs_in_the_python_environment_of_its_sealed_lock_file(rex: Any, tmp_path: Path) -> None:
+    from test_node_cache import code_with_lock
+
+    src = code_with_lock(tmp_path / f"code-{uuid.uuid4().hex[:8]}", value=str(uuid.uuid4().int % 1000))
+    digest, blob = _codepack.pack(src)
+    n = _ready(rex, 2)
+    run = 'python -c "import cs_tinypkg, sys; print(cs_tinypkg.VALUE, sys.prefix == \\"$VIRTUAL_ENV\\")"'
+    g = GangSpec(n, "proj", "job", 0, run, (0, 1), str(tmp_path / "logs"), code_digest=digest,
+                 code_blob=blob, code_requirements="requirements.lock")
+    rex.launch(g)
+    r = _result(rex, n)
+    logs = [Path(g.log_path(k)).read_text() for k in range(2)]
+    assert r.outcome == "succeeded", logs
+    for text in logs:
+        assert text.splitlines()[-1].split() == [str(int(_value_of(src))), "True"]
+    # A second attempt finds the environment made: nothing is installed again.
+    g1 = GangSpec(n, "proj", "job", 1, run, (0,), str(tmp_path / "logs"), code_digest=digest,
+                  code_requirements="requirements.lock")
+    rex.launch(g1)
+    assert _result(rex, n).outcome == "succeeded"
+    assert "making the Python environment" not in Path(g1.log_path(0)).read_text()
+
+
+def _value_of(src: Path) -> str:
+    import zipfile
+
+    (whl,) = (src / "wheels").glob("*.whl")
+    with zipfile.ZipFile(whl) as z:
+        return z.read("cs_tinypkg/__init__.py").decode().split("=")[1].strip()

@@ -33,7 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import _codepack
+from . import _codepack, _nodecache, _pyenv
 from ._supervisor import SupervisedJob, claim_dead
 from .base import CODE_FAILED_CODE, job_environment
 
@@ -92,6 +92,11 @@ def code_cache_dir() -> str:
     return os.path.join(node_dir(), "code")
 
 
+def env_cache_dir() -> str:
+    """This node's cache of Python environments for sealed lock files: ``<node_dir>/envs/<key>``."""
+    return os.path.join(node_dir(), "envs")
+
+
 def _make_read_only(root: str) -> None:
     """Take every write bit off the snapshot's files and directories (links untouched), so
     that a job writing into its code fails instead of changing it for the next job."""
@@ -132,7 +137,8 @@ def fetch_code(digest: str, code: list[Any] | None, timeout: float = 600.0) -> t
             blob = ray.get(blob, timeout=timeout)
         path = _codepack.unpack(blob, cache, digest)
         _make_read_only(str(path))
-        return str(path), "shipped"
+    _nodecache.evict(cache, keep=digest)
+    return str(path), "shipped"
 
 
 def claim_node_locks(lock_paths: list[str], dead_nodes: list[str]) -> bool:
@@ -161,12 +167,24 @@ def _strip_shipped(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def _in_code(orders: dict[str, Any], env: dict[str, str], path: str, digest: str) -> None:
+def _in_code(orders: dict[str, Any], env: dict[str, str], path: str, digest: str,
+             venv: str | None = None) -> None:
     """Run in the snapshot at ``path``: cwd there (a relative ``cwd`` inside it), and the
-    code's variables in the job's environment."""
+    code's variables in the job's environment; with ``venv``, in that Python environment."""
     orders["cwd"] = os.path.join(path, orders["cwd"]) if orders["cwd"] else path
     env["CELLSCHED_CODE_DIR"] = path
     env["CELLSCHED_CODE_DIGEST"] = digest
+    if venv is not None:
+        _pyenv.activate(env, venv)
+
+
+def _env_key(code_dir: str, requirements: str) -> str:
+    """The environment key of the snapshot's lock file ("" if it cannot be read: not ready)."""
+    try:
+        with open(os.path.join(code_dir, *requirements.split("/")), "rb") as f:
+            return _pyenv.key_for(f.read())
+    except OSError:
+        return ""
 
 
 def _note(log: str, line: str) -> None:
@@ -228,6 +246,9 @@ class RankWorker:
         # Attempts whose code is being fetched (no process yet), and the signal a stop sent
         # them meanwhile: they then end without starting.
         self._preparing: set[tuple[str, int]] = set()
+        # Cache entries (code snapshot, Python environment) each running attempt holds
+        # against eviction: descriptors with a shared lock, closed when it ends.
+        self._holds: dict[tuple[str, int], list[int]] = {}
         self._early: dict[tuple[str, int], int] = {}
 
     def _fenced(self, epoch: int | None) -> bool:
@@ -291,6 +312,7 @@ class RankWorker:
         node_local: bool = False,
         code_digest: str | None = None,
         code: list[Any] | None = None,
+        code_requirements: str | None = None,
     ) -> str:
         """Start the command for (job, attempt) under a supervisor unless already known;
         returns "started", "exists", "busy" or "fenced". Returns once the supervisor is
@@ -302,7 +324,9 @@ class RankWorker:
         ObjectRef]``, a list so that Ray does not fetch it unless this node lacks it). A
         snapshot not cached here is fetched and unpacked in the background (the record shows
         the attempt running meanwhile); one that cannot be had ends the attempt with
-        ``CODE_FAILED_CODE`` and the reason in its log."""
+        ``CODE_FAILED_CODE`` and the reason in its log. ``code_requirements``: the sealed
+        lock file in the snapshot; the job runs in its Python environment (``_pyenv``),
+        made in the background on a node that lacks it."""
         key = (job, attempt)
         home = log_path if node_local else None
         if node_local:
@@ -332,15 +356,19 @@ class RankWorker:
                 done = _codepack.unpacked(code_cache_dir(), code_digest)
             except _codepack.PackError:
                 done = None  # not a digest: the background path fails the attempt
-            if done is None:
+            env_done = None
+            if done is not None and code_requirements is not None:
+                env_done = _pyenv.ready(env_cache_dir(), _env_key(str(done), code_requirements))
+            if done is None or (code_requirements is not None and env_done is None):
                 with self._lock:
                     self._preparing.add(key)
                 threading.Thread(target=self._prepare, args=(
-                    rec, code_digest, code, orders, env, t0, peers, peer_grace), daemon=True,
+                    rec, code_digest, code, orders, env, t0, peers, peer_grace, code_requirements), daemon=True,
                 ).start()
                 return "started"
             rec.code = "cached"
-            _in_code(orders, env, str(done), code_digest)
+            self._hold(key, str(done), env_done)
+            _in_code(orders, env, str(done), code_digest, env_done)
         try:
             job = SupervisedJob.spawn(orders, env)
         except OSError:  # cannot even start the supervisor (no memory, no processes)
@@ -358,12 +386,19 @@ class RankWorker:
     def _prepare(
         self, rec: RankRecord, digest: str, code: list[Any] | None, orders: dict[str, Any],
         env: dict[str, str], t0: float, peers: list[Any], peer_grace: float,
+        requirements: str | None = None,
     ) -> None:
-        """Fetch and unpack the code (background), then start the job unless it was
-        stopped meanwhile; a snapshot that cannot be had fails the attempt."""
+        """Fetch and unpack the code and make its Python environment (background), then
+        start the job unless it was stopped meanwhile; a snapshot or environment that cannot
+        be had fails the attempt."""
         key = (rec.job, rec.attempt)
+        venv = None
         try:
             path, how = fetch_code(digest, code)
+            if requirements is not None:
+                venv, built = _pyenv.ensure(path, requirements, env_cache_dir(), orders["log"])
+                if built == "built":
+                    _nodecache.evict(env_cache_dir(), keep=os.path.basename(venv))
         except Exception as e:  # noqa: BLE001 - any reason ends the attempt, never the rank
             with self._lock:
                 self._preparing.discard(key)
@@ -373,7 +408,8 @@ class RankWorker:
                                  f"{self.node_id}: {type(e).__name__}: {e}")
             self._finish(rec, CODE_FAILED_CODE, time.monotonic() - t0, peers, peer_grace)
             return
-        _in_code(orders, env, path, digest)
+        self._hold(key, path, venv)
+        _in_code(orders, env, path, digest, venv)
         job: SupervisedJob | None = None
         with self._lock:  # a stop now either came before (``_early``) or finds the process
             self._preparing.discard(key)
@@ -411,6 +447,14 @@ class RankWorker:
         self._finish(rec, code, time.monotonic() - t0 if seconds is None else seconds,
                      peers, peer_grace)
 
+    def _hold(self, key: tuple[str, int], code_dir: str, venv: str | None) -> None:
+        """Hold the attempt's snapshot (and environment) against eviction until it ends."""
+        fds = [_nodecache.hold(code_cache_dir(), os.path.basename(code_dir))]
+        if venv is not None:
+            fds.append(_nodecache.hold(env_cache_dir(), os.path.basename(venv)))
+        with self._lock:
+            self._holds.setdefault(key, []).extend(fd for fd in fds if fd is not None)
+
     def _finish(
         self, rec: RankRecord, code: int, duration: float, peers: list[Any], peer_grace: float,
     ) -> None:
@@ -419,6 +463,8 @@ class RankWorker:
             rec.ended_at = rec.started_at + rec.duration
             rec.exit_code = code
             self._procs.pop((rec.job, rec.attempt), None)
+            for fd in self._holds.pop((rec.job, rec.attempt), ()):
+                os.close(fd)
             natural_failure = code != 0 and rec.stop_reason is None
         if natural_failure:
             # The gang cannot go on without this rank: stop the peers now, even if no driver

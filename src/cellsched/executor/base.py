@@ -221,6 +221,9 @@ class GangSpec:
     pass_env: tuple[str, ...] = ()
     code_digest: str | None = None
     code_blob: bytes | None = field(default=None, compare=False, repr=False, hash=False)
+    # The sealed lock file inside the snapshot (its path there): the ranks run in a Python
+    # environment made from it on their node (``_pyenv``).
+    code_requirements: str | None = None
 
     def __post_init__(self) -> None:
         # Normalise so specs built from lists, tuples or ranges compare equal and ship to Ray.

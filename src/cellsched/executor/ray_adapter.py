@@ -502,7 +502,9 @@ class RayExecutor:
             peers = [p for p in members if p is not h]
             # The code's arguments only with code: a gang without keeps working on rank
             # actors an older version created (detached, they outlive a daemon upgrade).
-            extra = () if gang.code_digest is None else (gang.code_digest, code)
+            extra: tuple[Any, ...] = () if gang.code_digest is None else (gang.code_digest, code)
+            if gang.code_requirements is not None:
+                extra += (gang.code_requirements,)
             refs.append(h.start.remote(
                 gang.job, gang.attempt, r, member_ids, gpu_ids, gang.argv(), dict(gang.env),
                 env, gang.log_path(r), gang.lock_path(r), gang.cwd, peers, self.peer_grace_s,

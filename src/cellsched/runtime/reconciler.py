@@ -386,6 +386,7 @@ class Reconciler:
             # The ranks keep the window themselves, daemon or not.
             term_at=v.end - self.rules.grace_s, kill_at=v.end, pass_env=self.pass_env,
             code_digest=digest, code_blob=blob,
+            code_requirements=v.spec.code.requirements if v.spec.code is not None else None,
         )
         try:
             self.ex.launch(gang)
