@@ -78,6 +78,14 @@ def open_breach(row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
     return rt.breach_closed_gs + row.width * max(0, min(now, row.end) - rt.outage_since)
 
 
+def open_outage(s: Session, row: GrantRow, rt: GrantRuntimeRow, since: int, now: int) -> None:
+    """Open an outage from ``since``: from then on the window is not provided, and the
+    breach (refunded) grows with it; the breach so far is recorded now."""
+    rt.outage_since = since
+    rt.breach_noted_at = now
+    set_breach(s, row, open_breach(row, rt, now), now)
+
+
 def close_outage(s: Session, row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
     """Close an open outage at ``now`` (capped at the window's end); returns GPU-seconds."""
     if rt.outage_since is None:
@@ -131,9 +139,7 @@ class GrantWriter:
             if unserved_since is not None:
                 # The window began while no daemon served it: the time until the group is
                 # placed was not provided, so it is a breach (refunded), said in the note.
-                rt.outage_since = unserved_since
-                rt.breach_noted_at = now
-                set_breach(s, row, open_breach(row, rt, now), now)
+                open_outage(s, row, rt, unserved_since, now)
                 self._event(s, now, "unserved", row, {
                     "since": unserved_since, "breach_gpu_seconds": row.breach_gs,
                     "message": "the window began while no daemon was serving it"})
@@ -205,9 +211,7 @@ class GrantWriter:
             if got is None or got[1].outage_since is not None:
                 return False
             row, rt = got
-            rt.outage_since = since
-            rt.breach_noted_at = now
-            set_breach(s, row, open_breach(row, rt, now), now)
+            open_outage(s, row, rt, since, now)
             s.add(row)
             s.add(rt)
             self._event(s, now, kind, row, {
@@ -249,9 +253,7 @@ class GrantWriter:
             if row.state == "active":
                 row.state = "reserving"
             if rt.outage_since is None and (row.started_at is not None or since is not None):
-                rt.outage_since = now if since is None else since
-                rt.breach_noted_at = now
-                set_breach(s, row, open_breach(row, rt, now), now)
+                open_outage(s, row, rt, now if since is None else since, now)
             rt.pending_since = now
             s.add(row)
             s.add(rt)
@@ -349,8 +351,8 @@ class GrantWriter:
                 return False
             row, rt = got
             if rt.outage_since is None:
-                rt.outage_since = now
-                rt.breach_noted_at = now
+                open_outage(s, row, rt, now, now)
+            s.add(row)
             s.add(rt)
             self._event(s, now, "interrupted", row, {
                 "message": "the daemon stopped with its local Ray; jobs resume when a daemon is back"})
