@@ -159,7 +159,9 @@ def check_files(ledger_url: str, cluster_path: Path, tls_key: Path | None = None
 
 # -- logs ---------------------------------------------------------------------------------
 
-_SECRET = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]+|(?i:(bearer)(\s+|%20|\+))[^\s\"',;]+")
+# A token (``cst_...``), or anything sent as a bearer credential (12+ characters of the
+# token alphabets, so that prose such as "bearer tokens" stays readable).
+_SECRET = re.compile(re.escape(TOKEN_PREFIX) + r"[A-Za-z0-9_\-]+|(?i:(bearer)(\s+|%20|\+))[A-Za-z0-9._~+/=\-]{12,}")
 
 
 def redact(text: str) -> str:
@@ -360,7 +362,7 @@ class Listeners:
                 loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             for item, addr in zip(self.listeners, self.addresses):
-                log.info("listening on %s (%s)", addr, "identity from the kernel" if item.is_unix else "bearer tokens")
+                log.info("listening on %s (%s)", addr, "identity from the kernel" if item.is_unix else "identity from tokens")
             await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in zip(self.servers, self.sockets)))
         finally:
             if signals and threading.current_thread() is threading.main_thread():
