@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched import __version__
-from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, simulate
+from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, server_cmds, simulate
 
 # The ledger stack (pydantic, SQLModel/SQLAlchemy, the service layer) is what nearly every
 # command needs, so it loads with the CLI; only ray and matplotlib, which cost seconds and
@@ -68,6 +68,10 @@ app.command("demo")(run_cmds.demo)
 app.command("logs")(run_cmds.logs)
 app.command("report")(report.report)
 app.command("simulate")(simulate.simulate)
+app.command("server")(server_cmds.server)
+app.add_typer(server_cmds.token_app, name="token")
+app.command("login")(server_cmds.login)
+app.command("whoami")(server_cmds.whoami)
 
 
 def main() -> None:
