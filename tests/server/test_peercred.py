@@ -149,9 +149,8 @@ def test_peer_of_reads_unix_sockets_only() -> None:
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert peer_of(a) == {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid()}
-    with socket.create_server(("127.0.0.1", 0)) as srv:
-        with socket.create_connection(srv.getsockname()) as c:
-            assert peer_of(c) is None
+    with socket.create_server(("127.0.0.1", 0)) as srv, socket.create_connection(srv.getsockname()) as c:
+        assert peer_of(c) is None
     assert peer_of(None) is None
 
 
