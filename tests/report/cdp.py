@@ -172,10 +172,11 @@ class Chromium:
 
     # -- one page ------------------------------------------------------------------------
 
-    def open(self, path: Path, expression: str, screenshot: Path | None = None, settle_s: float = 0.3) -> PageResult:
-        """Load ``path``, record console/log/network, evaluate ``expression`` (its JSON-able
-        value is returned), and optionally save a full-page screenshot."""
-        url = path.resolve().as_uri()
+    def open(self, path: Path | str, expression: str, screenshot: Path | None = None, settle_s: float = 0.3) -> PageResult:
+        """Load ``path`` (a file, or a URL given as a string), record console/log/network,
+        evaluate ``expression`` (its JSON-able value is returned), and optionally save a
+        full-page screenshot."""
+        url = path if isinstance(path, str) else path.resolve().as_uri()
         target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
