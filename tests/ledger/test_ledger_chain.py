@@ -253,6 +253,7 @@ def test_a_version_1_ledger_is_migrated_at_first_use(ledger_url: str) -> None:
     with led.engine.begin() as conn:  # make it look like version 1
         conn.exec_driver_sql("ALTER TABLE cs_grant DROP COLUMN nodes")
         conn.exec_driver_sql("ALTER TABLE cs_lease DROP COLUMN pass_ms")
+        conn.exec_driver_sql("ALTER TABLE cs_lease DROP COLUMN pool_gpus")
         conn.exec_driver_sql("UPDATE cs_schema SET version = 1")
     led.dispose()
     again = Ledger(ledger_url)

@@ -70,3 +70,42 @@ def test_the_daemon_runs_each_grant_on_its_assigned_nodes(env: Env, tmp_path: Pa
     for g in (a, b):
         assert h.run_until_done(g.id).state == "completed"
     assert h.attempts(a.id) == [("t", 1, "succeeded")] and h.attempts(b.id) == [("t", 1, "succeeded")]
+
+
+def test_a_pool_no_node_carries_is_never_run_on_other_pools_gpus() -> None:
+    """On a cluster whose pools have nodes of their own, a pool none matches is pinned to no
+    node (pending, a breach), not run unpinned on whatever GPUs are free; on one machine
+    (no pool has a node) everything runs unpinned as before."""
+    a100 = Pool(name="a100", gpu_type="A100", gpus=8, gpus_per_node=8)
+    mapping = {("h100", 0): "a", ("h100", 1): "b"}
+    nowhere = N.placement(a100, [0], 4, mapping)
+    assert nowhere is not None and nowhere.nodes == ("unmapped:a100/0",) * 4
+    assert N.placement(a100, [0], 4, {}) is None
+
+
+def test_the_daemon_records_each_pools_gpus_and_submit_refuses_a_pool_without_nodes(
+        cluster_file: Path, ledger_url: str, tmp_path: Path) -> None:
+    from cellsched.ledger.lease import acquire, pool_without_nodes, state
+    from cellsched.service import open_env
+
+    text = cluster_file.read_text() + '\n[[pools]]\nname = "a100"\ngpu_type = "A100"\ngpus = 8\ngpus_per_node = 8\n'
+    cluster_file.write_text(text)
+    env = open_env(cluster_file, ledger_url)
+    h100, a100 = env.cluster.pools
+    acquire(env.ledger)
+    h = Harness(env, tmp_path)
+    h.ex = MemoryExecutor(None, now=T0, nodes=[node("ray-a"), node("ray-b")])
+    h.restart()
+    h.tick(T0)
+    assert state(env.ledger).pool_gpus == {"h100": 16, "a100": 0}
+    with env.ledger.read() as s:
+        assert pool_without_nodes(s, h100) is None
+        line = pool_without_nodes(s, a100)
+    assert line is not None and line.startswith("pool a100: no Ray node has its label ray.io/accelerator-type=A100")
+    # An A100 node joins: the census follows at the next sweep.
+    h.ex._nodes = [node("ray-a"), node("ray-b"), node("ray-c", labels={"ray.io/accelerator-type": "A100"})]
+    h.tick(T0 + 30)
+    assert state(env.ledger).pool_gpus == {"h100": 16, "a100": 8}
+    with env.ledger.read() as s:
+        assert pool_without_nodes(s, a100) is None
+    env.ledger.dispose()

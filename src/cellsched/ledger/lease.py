@@ -21,6 +21,7 @@ daemons' own clocks.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -37,11 +38,12 @@ from sqlmodel import Session
 from cellsched.errors import BadInput
 from cellsched.ledger.db import Deposed, Ledger, db_now_sql
 from cellsched.ledger.tables import LeaseRow
+from cellsched.spec.cluster import Pool
 
 __all__ = [
     "LEASE_DURATION_S", "RENEW_EVERY_S", "RETRY_EVERY_S", "Lease", "LeaseHeld", "Deposed",
     "DaemonState", "acquire", "renew", "release", "wait_acquire", "state", "record_gpus",
-    "timings", "this_host",
+    "timings", "this_host", "pool_census", "pool_without_nodes",
 ]
 
 #: How long a lease lasts after its last heartbeat (database clock). A holder that has not
@@ -269,6 +271,7 @@ class DaemonState:
     ray_gpus: int | None = None
     declared_gpus: int | None = None
     pass_ms: float | None = None  # the holder's last reconcile pass
+    pool_gpus: dict[str, int] | None = None  # GPUs Ray has on each pool's nodes (the holder's last view)
 
     @property
     def gpu_shortfall(self) -> int:
@@ -314,5 +317,27 @@ def state(ledger: Ledger) -> DaemonState:
         alive=alive, db_now=now, holder=row.holder, host=row.host, pid=row.pid, epoch=row.epoch,
         since=row.since, renewed_at=row.renewed_at, expires_at=row.expires_at, released=row.released,
         down_since=None if alive else row.renewed_at, ray_gpus=row.ray_gpus, declared_gpus=row.declared_gpus,
-        pass_ms=row.pass_ms,
+        pass_ms=row.pass_ms, pool_gpus=pool_census(row),
     )
+
+
+def pool_census(row: LeaseRow | None) -> dict[str, int] | None:
+    """The GPUs Ray has on each pool's nodes, as the daemon last recorded them (None: never)."""
+    if row is None or not row.pool_gpus:
+        return None
+    return {str(k): int(v) for k, v in json.loads(row.pool_gpus).items()}
+
+
+def pool_without_nodes(s: Session, pool: Pool) -> str | None:
+    """Why ``pool`` cannot be placed, from the daemon's last view of Ray: on a cluster whose
+    pools have nodes of their own (labels or resources), one with none would have its grants
+    land nowhere; None if it has nodes, or no pool has (one machine), or no daemon has looked."""
+    census = pool_census(s.get(LeaseRow, 1))
+    if not census or not any(census.values()) or census.get(pool.name, 1) > 0:
+        return None
+    from cellsched.executor.pools import pool_bundle_resources, pool_label_selector
+
+    how = (f"resource {next(iter(pool_bundle_resources(pool)))}" if pool_bundle_resources(pool) else
+           "label " + ", ".join(f"{k}={v}" for k, v in pool_label_selector(pool).items()))
+    return (f"pool {pool.name}: no Ray node has its {how} (the daemon's last view; `cellsched daemon` "
+            "shows it): fix the node labels or the pool's node_label/node_resource in the cluster config")

@@ -24,6 +24,7 @@ from cellsched.ledger.tables import (
     GrantRow,
     GrantRuntimeRow,
     JobRunRow,
+    LeaseRow,
     NodeMapRow,
     RuntimeInfo,
 )
@@ -449,6 +450,15 @@ class GrantWriter:
                 s.add(row)
                 events.append(s, now, "node_mapped" if node_id else "node_lost", f"{pool}/{index}", self.actor,
                               {"pool": pool, "index": index, "node": node_id, "was": old})
+
+    def pool_census(self, census: dict[str, int]) -> None:
+        """Record the GPUs Ray has on each pool's nodes (``cs_lease.pool_gpus``), read by
+        ``cellsched daemon`` and by submit (``lease.pool_without_nodes``)."""
+        with self.tx() as s:
+            row = s.get(LeaseRow, 1)
+            if row is not None:
+                row.pool_gpus = json.dumps(census, sort_keys=True)
+                s.add(row)
 
     def orphan_released(self, name: str, unreported: int, now: int) -> None:
         with self.tx() as s:

@@ -11,7 +11,7 @@ SCHEMA_VERSION = 3
 # version need nothing: ``create_all`` makes them). Applied in order by ``Ledger.ensure_schema``.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE cs_grant ADD COLUMN nodes VARCHAR",),
-    3: ("ALTER TABLE cs_lease ADD COLUMN pass_ms FLOAT",),
+    3: ("ALTER TABLE cs_lease ADD COLUMN pass_ms FLOAT", "ALTER TABLE cs_lease ADD COLUMN pool_gpus VARCHAR"),
 }
 
 # Grant states. "granted" waits for its start; the daemon moves it through "reserving" to
@@ -178,6 +178,9 @@ class LeaseRow(SQLModel, table=True):
     ray_gpus: int | None = None  # GPUs Ray had when the holder started serving
     declared_gpus: int | None = None  # sum of the cluster config's pools
     pass_ms: float | None = None  # the holder's last reconcile pass, written with each heartbeat
+    # JSON {pool: GPUs Ray has on the pool's live nodes}, as the holder last saw them; {} or
+    # None: no pool has a node of its own (one machine, logical GPUs: pools run unpinned)
+    pool_gpus: str | None = None
 
 
 class CodeRow(SQLModel, table=True):

@@ -52,11 +52,12 @@ def remap(pools: Iterable[Pool], infos: Sequence[NodeInfo], current: NodeMap) ->
 def placement(pool: Pool, grant_nodes: Sequence[int] | None, width: int, mapping: NodeMap) -> Placement | None:
     """Where a grant's bundles go: bundle ``i`` on the Ray node of its calendar node (a grant
     no wider than a node is all on ``grant_nodes[0]``; a wider one fills whole nodes in
-    order). None when the pool is unmapped or the grant's nodes are unknown (run unpinned).
-    An index whose node is gone pins to a node that does not exist, so the group stays
-    pending and the window is recorded as a breach instead of landing on another grant's
-    GPUs."""
-    if grant_nodes is None or not any(p == pool.name for p, _ in mapping):
+    order). None (run unpinned) when the grant's nodes are unknown, or when no pool has a
+    node of its own (one machine with logical GPUs). An index whose node is gone, or a pool
+    with no node while others have theirs (a label no node carries), pins to a node that
+    does not exist, so the group stays pending and the window is recorded as a breach
+    instead of landing on another grant's or another pool's GPUs."""
+    if grant_nodes is None or not mapping:
         return None
     per = pool.gpus_per_node
     ids = []

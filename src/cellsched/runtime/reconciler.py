@@ -133,6 +133,7 @@ class Reconciler:
         self._fenced = False
         self._nodes: dict[tuple[str, int], str | None] = {}  # (pool, calendar node) -> Ray node
         self._nodes_loaded = False
+        self._census: dict[str, int] | None = None  # GPUs Ray has per pool, as last recorded
         self._logs_at: float | None = None  # when running jobs' logs were last pulled home
         self._pull_logs = False
         self._pulled = (-1, 0)
@@ -359,6 +360,10 @@ class Reconciler:
                     (log.info if have >= pool.gpus else log.warning)(
                         "pool %s: Ray has %d GPUs on its nodes, the cluster config declares %d",
                         pool.name, have, pool.gpus)
+        census = {p.name: pool_capacity(infos, p) for p in self.env.cluster.pools}
+        if census != self._census:
+            self.writer.pool_census(census)
+            self._census = census
         changes = N.remap(self.env.cluster.pools, infos, self._nodes)
         if changes:
             self.writer.map_nodes(changes, now)
