@@ -235,7 +235,7 @@ def keyed(page: str) -> dict[str, Any]:
 def test_edges_and_the_cache_follow_the_ledger(env: Env) -> None:
     app = app_for(env)
     reports = app.state.cs.metrics.reports
-    reports.min_age_s = 0  # recompute as soon as the ledger's sequence moves
+    reports.min_age_s = reports.cost_factor = 0  # recompute as soon as the ledger's sequence moves
     client = TestClient(app)
 
     r = client.get("/team/nobody")

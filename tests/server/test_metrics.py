@@ -10,6 +10,8 @@ inside the period so the "current period" is known.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from cellsched.ledger import lease
 from cellsched.ledger.tables import GrantRow
 from cellsched.runtime.reconciler import Reconciler, Settings
 from cellsched.server.app import create_app
-from cellsched.server.metrics import Metrics, current_period
+from cellsched.server.metrics import Cached, Metrics, Reports, current_period
 from cellsched.server.state import ServerState
 from cellsched.service import Env, open_env
 from cellsched.spec.cluster import ClusterConfig
@@ -272,7 +274,7 @@ def test_daemon_lease_figures_are_the_lease_rows(env: Env) -> None:
 def test_figures_are_cached_until_the_ledger_moves(env: Env) -> None:
     client, metrics = server(env)
     reports = metrics.reports
-    reports.min_age_s = 0  # recompute as soon as the sequence moves
+    reports.min_age_s = reports.cost_factor = 0  # recompute as soon as the sequence moves
     scrape(client)
     first = reports.figures()
     assert reports.figures() is first  # nothing written: the same computation
@@ -290,6 +292,30 @@ def test_figures_are_cached_until_the_ledger_moves(env: Env) -> None:
     reports.min_age_s = 3600  # within the minimum age a write is not looked for
     service.cancel(env, "new", "alice", NOW)
     assert reports.figures() is second
+
+
+def test_a_slow_computation_is_reused_longer_and_made_once(env: Env) -> None:
+    reports = Reports(env, clock=lambda: NOW, min_age_s=0, max_age_s=3600, cost_factor=100)
+    calls: list[int] = []
+
+    def slow(now: int) -> int:
+        calls.append(now)
+        time.sleep(0.05)
+        return len(calls)
+
+    got: list[Cached] = []
+    threads = [threading.Thread(target=lambda: got.append(reports.get(("k",), slow))) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 1 and all(c is got[0] for c in got)  # one computation, four answers
+
+    assert service.submit(env, spec("moves", "interp", 2, 1, "h100"), "alice", NOW).granted
+    assert reports.get(("k",), slow) is got[0]  # the ledger moved, but 100 x 0.05 s have not passed
+    reports.cost_factor = 0
+    again = reports.get(("k",), slow)
+    assert again.value == 2 and again.seq > got[0].seq
 
 
 def test_an_unreadable_ledger_is_ledger_up_0_not_a_failed_scrape(cluster_file: Path, tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ The report computation is cached by the ledger's event sequence (:class:`Reports
 ledger write appends an event, so an unchanged sequence means unchanged rows, and a scrape
 costs one ``SELECT`` of the sequence. Figures that grow with the clock alone (held, used,
 idle) are recomputed at least every :data:`MAX_AGE_S` seconds; a busy ledger is recomputed
-at most every :data:`MIN_AGE_S` seconds. The dashboard (``cellsched.server.dashboard``) shares
+at most every :data:`MIN_AGE_S` seconds, or every :data:`COST_FACTOR` times as long as the
+computation took if that is longer. The dashboard (``cellsched.server.dashboard``) shares
 the same cache.
 
 What is exposed: team, pool and reason names, counts and GPU-hours, and the daemon's host,
@@ -58,6 +59,10 @@ MIN_AGE_S = 5.0
 #: ... and at most this long while the ledger's event sequence stands still: held, used and
 #: idle GPU-hours grow with the clock alone.
 MAX_AGE_S = 60.0
+#: ... and for at least this many times as long as it took: a slow computation (a ledger of
+#: 100,000 grants, the dashboard's charts) then costs at most about a tenth of a core, however
+#: busy the ledger.
+COST_FACTOR = 10.0
 #: Different (period, team, kind) keys kept; the dashboard takes periods from the query.
 CACHE_ENTRIES = 32
 
@@ -102,15 +107,18 @@ class Cached:
 class Reports:
     """Report computations over one ledger, cached by (key, ledger event sequence).
 
-    ``get(key, fn)`` returns ``fn(now)``'s value computed at most :attr:`min_age_s` ago, or
-    at most :attr:`max_age_s` ago if the ledger's event sequence has not moved since. One
-    computation per key at a time: a second caller for the same key waits for the first
-    one's result instead of computing it again."""
+    ``get(key, fn)`` returns ``fn(now)``'s value computed at most ``max(min_age_s,
+    cost_factor x its computing time)`` ago, or at most :attr:`max_age_s` ago if the
+    ledger's event sequence has not moved since. One computation per key at a time: a
+    second caller for the same key waits for the first one's result instead of computing
+    it again."""
 
     def __init__(self, env: Env, clock: Callable[[], int] = now_s, min_age_s: float = MIN_AGE_S,
-                 max_age_s: float = MAX_AGE_S, entries: int = CACHE_ENTRIES) -> None:
+                 max_age_s: float = MAX_AGE_S, cost_factor: float = COST_FACTOR,
+                 entries: int = CACHE_ENTRIES) -> None:
         self.env, self.clock = env, clock
-        self.min_age_s, self.max_age_s, self.entries = min_age_s, max_age_s, entries
+        self.min_age_s, self.max_age_s, self.cost_factor = min_age_s, max_age_s, cost_factor
+        self.entries = entries
         self._cache: OrderedDict[tuple[Any, ...], Cached] = OrderedDict()
         self._lock = threading.Lock()  # guards _cache and _locks
         self._locks: dict[tuple[Any, ...], threading.Lock] = {}
@@ -128,7 +136,7 @@ class Reports:
         if hit is None:
             return None
         age = time.monotonic() - hit.made
-        if age < self.min_age_s:
+        if age < max(self.min_age_s, self.cost_factor * hit.took_s):
             return hit
         if age < self.max_age_s and self.seq() == hit.seq:
             return hit
