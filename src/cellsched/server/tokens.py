@@ -122,11 +122,11 @@ def lookup(env: Env, secret: str, now: int) -> tuple[str, str] | None:
 def create(env: Env, caller: Identity, user: str, expires: str | None, note: str, now: int) -> tuple[TokenInfo, str]:
     """Issue a token for ``user`` expiring after ``expires`` (``90d``; ``never``), as
     ``caller``: (what the token is, its secret, to be shown once)."""
+    if not is_admin(env, caller.user):
+        raise Denied(f"{caller.user} may not create tokens: only admins ({', '.join(env.cluster.admins) or 'none'})")
     if caller.via == "token":
         raise Denied("tokens are not issued with a token: an admin creates them on the head node "
                      "(through the server's Unix socket) or on the ledger")
-    if not is_admin(env, caller.user):
-        raise Denied(f"{caller.user} may not create tokens: only admins ({', '.join(env.cluster.admins) or 'none'})")
     user = user.strip()
     if not USER_RE.fullmatch(user):
         raise BadInput(f"user: {user!r} is not a user name")

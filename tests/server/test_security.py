@@ -1,0 +1,471 @@
+"""The server as the trust boundary, end to end through a real uvicorn on a Unix socket and
+on TCP, over a real ledger (SQLite and PostgreSQL):
+
+- identity cannot be claimed: a client running as another uid with ``USER=alice`` and
+  ``CELLSCHED_USER=alice`` (and even alice's token) is that other user on the socket; over
+  TCP the environment and headers count for nothing, only the token;
+- a forged, an expired and a revoked token get 401;
+- a non-admin creating a token gets 403, and so does an admin holding only a token; a user
+  revoking another's token gets 403; a member of one team cancelling another team's project
+  gets 403; none of them changes the ledger (its event chain head is the same after);
+- TLS with a self-signed certificate (the openssl steps of docs/server.md), trusted with
+  ``--ca``;
+- ``cellsched server`` itself: refuses to start on open secrets, replaces a stale socket,
+  never logs a token, stops cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import col, select
+
+from cellsched.cli.remote import Remote
+from cellsched.errors import BadInput, CellschedError, Denied
+from cellsched.ledger.tables import EventRow
+from cellsched.receipt import create_keys, key_paths
+from cellsched.server import tokens
+from cellsched.server.app import create_app
+from cellsched.server.auth import Identity
+from cellsched.server.listen import Listeners, bind_unix, check_files, parse_listen
+from cellsched.server.state import ServerState
+from cellsched.service import Env, open_env
+
+NOBODY = 65534
+ROOT = os.geteuid() == 0
+CLUSTER = """
+admins = ["root", "root-admin"]
+[[pools]]
+name = "h100"
+gpu_type = "H100"
+gpus = 16
+gpus_per_node = 8
+[[teams]]
+name = "interp"
+members = ["alice", "bob"]
+allowance_gpu_hours = 1500
+[[teams]]
+name = "evals"
+members = ["carol"]
+allowance_gpu_hours = 100
+"""
+
+
+@dataclass
+class Served:
+    env: Env
+    unix: str  # unix:/path
+    tcp: str  # http://127.0.0.1:port
+
+    @property
+    def sock(self) -> str:
+        return self.unix.removeprefix("unix:")
+
+    def token(self, user: str, expires: str = "90d") -> tuple[str, str]:
+        info, secret = tokens.create(self.env, Identity("root", "local"), user, expires, "", now())
+        return info.id, secret
+
+
+def now() -> int:
+    from cellsched.runtime.clock import now_s
+
+    return now_s()
+
+
+def head(env: Env) -> tuple[int, str]:
+    """The ledger's event chain head: (events, hash of the last)."""
+    with env.ledger.read() as s:
+        rows = s.exec(select(EventRow).order_by(col(EventRow.seq))).all()
+    return len(rows), rows[-1].hash if rows else ""
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Path:
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER)
+    create_keys(*key_paths(path))
+    return path
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[Path]:
+    """A directory other users may enter (pytest's tmp_path is root's alone)."""
+    d = Path(tempfile.mkdtemp(prefix="cs-sec-"))
+    os.chmod(d, 0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(app: Any, *specs: str, **kw: Any) -> Iterator[Listeners]:
+    running = Listeners(app, [parse_listen(s) for s in specs], access_log=False, **kw)
+    t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 15
+    while not running.started:
+        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield running
+    finally:
+        running.stop()
+        t.join(15)
+        assert not t.is_alive()
+
+
+@pytest.fixture
+def served(cluster: Path, ledger_url: str, sock_dir: Path) -> Iterator[Served]:
+    """A real uvicorn (unix socket + loopback TCP) over a fresh ledger."""
+    env = open_env(cluster, ledger_url)
+    env.ledger.ensure_schema()
+    with serving(create_app(ServerState(env)), f"unix:{sock_dir / 'cs.sock'}", "http://127.0.0.1:0") as running:
+        yield Served(env, *running.addresses)
+    env.ledger.dispose()
+
+
+class UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("cellsched", timeout=10)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.path)
+
+
+def raw(path: str, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request over the Unix socket with the standard library alone (safe in a forked
+    child): (status, decoded JSON)."""
+    conn = UnixHTTP(path)
+    data = None if body is None else json.dumps(body).encode()
+    conn.request(method, url, body=data, headers={"content-type": "application/json", **(headers or {})})
+    r = conn.getresponse()
+    out = r.status, json.loads(r.read() or b"null")
+    conn.close()
+    return out
+
+
+def in_child(uid: int, fn: Any) -> Any:
+    """``fn()`` in a forked child that dropped to ``uid`` with ``USER``, ``LOGNAME`` and
+    ``CELLSCHED_USER`` set to alice; its JSON result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.environ.update(USER="alice", LOGNAME="alice", CELLSCHED_USER="alice")
+            out = {"result": fn()}
+        except BaseException as e:  # noqa: BLE001
+            out = {"child_error": repr(e)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks))
+    assert "child_error" not in out, out
+    return out["result"]
+
+
+def call(url: str, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
+    """Through the CLI's own client."""
+    return Remote(url, token).call(method, path, **kw)
+
+
+# -- identity -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root to run the client as another uid")
+def test_user_alice_in_the_environment_of_another_uid_is_that_uid_on_the_socket(served: Served) -> None:
+    _, alice_token = served.token("alice")
+    before = head(served.env)
+
+    def as_nobody() -> Any:
+        auth = {"authorization": f"Bearer {alice_token}", "x-user": "alice", "x-remote-user": "alice"}
+        return [raw(served.sock, "GET", "/api/whoami", headers=auth),
+                raw(served.sock, "POST", "/api/tokens", {"user": "alice"}, headers=auth),
+                raw(served.sock, "GET", "/api/tokens", headers=auth)]
+
+    (s1, me), (s2, created), (s3, listed) = in_child(NOBODY, as_nobody)
+    assert s1 == 200 and (me["user"], me["via"], me["token"], me["admin"]) == ("nobody", "socket", None, False)
+    assert s2 == 403 and "nobody may not create tokens" in created["error"]
+    assert (s3, listed) == (200, [])  # nobody's own tokens: none; alice's are not shown
+    assert head(served.env) == before
+
+
+def test_environment_and_headers_are_not_identity_over_tcp(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("USER", "LOGNAME", "CELLSCHED_USER"):
+        monkeypatch.setenv(name, "alice")
+    with pytest.raises(CellschedError, match="no credentials") as e:
+        call(served.tcp, "GET", "/api/whoami")
+    assert e.value.exit_code == 2
+    import httpx
+
+    r = httpx.get(served.tcp + "/api/whoami", headers={"x-user": "alice", "cellsched.peer": '{"uid": 0}',
+                                                        "x-forwarded-for": "127.0.0.1"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    _, bob_token = served.token("bob")
+    me = call(served.tcp, "GET", "/api/whoami", bob_token)
+    assert (me["user"], me["via"]) == ("bob", "token")
+
+
+def test_the_cli_with_user_alice_is_who_its_token_says(served: Served, tmp_path: Path) -> None:
+    """The real ``cellsched whoami`` process, environment saying alice, bob's token in its
+    config: bob."""
+    tid, bob_token = served.token("bob")
+    config = tmp_path / "xdg" / "cellsched"
+    config.mkdir(parents=True)
+    (config / "client.toml").write_text(f'server = "{served.tcp}"\ntoken = "{bob_token}"\n')
+    (config / "client.toml").chmod(0o600)
+    env = {**os.environ, "USER": "alice", "LOGNAME": "alice", "CELLSCHED_USER": "alice",
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    env.pop("CELLSCHED_SERVER", None)
+    r = subprocess.run([sys.executable, "-c", "from cellsched.cli.app import main; main()", "whoami", "--json"],
+                       env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"user": "bob", "via": "token", "token": tid, "admin": False,
+                                    "teams": ["interp"], "server": served.tcp}
+
+
+def test_forged_expired_and_revoked_tokens_get_401(served: Served) -> None:
+    alice_id, alice_token = served.token("alice")
+    old_id, old_secret = tokens.issue(served.env, "alice", "root", now() - 7200, expires_at=now() - 1)
+    gone_id, gone_secret = served.token("alice")
+    assert call(served.tcp, "DELETE", f"/api/tokens/{gone_id}", alice_token)["revoked_now"] is True
+    flipped = alice_token[:-1] + ("A" if alice_token[-1] != "A" else "B")
+    bad = {
+        "forged": "cst_" + secrets.token_urlsafe(32),
+        "one character changed": flipped,
+        "expired": old_secret,
+        "revoked": gone_secret,
+        "too long": alice_token + "x" * 300,
+    }
+    for why, secret in bad.items():
+        with pytest.raises(CellschedError, match="invalid, expired or revoked token") as e:
+            call(served.tcp, "GET", "/api/whoami", secret)
+        assert e.value.exit_code == 2, why
+    import httpx
+
+    for header in (f"Basic {alice_token}", "Bearer", alice_token, f"Token {alice_token}", f"Bearer{alice_token}"):
+        r = httpx.get(served.tcp + "/api/whoami", headers={"authorization": header})
+        assert r.status_code == 401, header
+        assert set(r.json()) == {"error", "exit_code"} and "\n" not in r.json()["error"]
+    assert call(served.tcp, "GET", "/api/whoami", alice_token)["token"] == alice_id
+    assert old_id != alice_id
+
+
+def test_a_non_admin_creating_a_token_gets_403_and_nothing_changes(served: Served) -> None:
+    _, alice_token = served.token("alice")
+    _, admin_token = served.token("root-admin")
+    before = head(served.env)
+    for secret, says in ((alice_token, "alice may not create tokens"), (admin_token, "not issued with a token")):
+        with pytest.raises(Denied, match=says):
+            call(served.tcp, "POST", "/api/tokens", secret, json={"user": "alice", "expires": "90d"})
+    assert head(served.env) == before
+    # The admin on the head node (root, through the socket) may.
+    made = call(served.unix, "POST", "/api/tokens", json={"user": "carol", "expires": "12h", "note": "ci"})
+    assert made["token"].startswith("cst_") and made["user"] == "carol"
+    assert call(served.tcp, "GET", "/api/whoami", made["token"])["user"] == "carol"
+    assert all("token" not in t for t in call(served.unix, "GET", "/api/tokens"))
+
+
+def test_revoking_another_users_token_gets_403_and_nothing_changes(served: Served) -> None:
+    _, alice_token = served.token("alice")
+    carol_id, carol_token = served.token("carol")
+    before = head(served.env)
+    with pytest.raises(Denied, match="may not revoke"):
+        call(served.tcp, "DELETE", f"/api/tokens/{carol_id}", alice_token)
+    assert head(served.env) == before
+    assert call(served.tcp, "GET", "/api/whoami", carol_token)["user"] == "carol"
+    assert [t["id"] for t in call(served.tcp, "GET", "/api/tokens", alice_token)] != [carol_id]
+
+
+# -- TLS ------------------------------------------------------------------------------------
+
+
+def self_signed(where: Path) -> tuple[Path, Path]:
+    """The certificate and key of docs/server.md's openssl step (for 127.0.0.1)."""
+    cert, key = where / "tls.crt", where / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "825", "-subj", "/CN=cellsched", "-addext",
+                    "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+def test_https_with_a_self_signed_certificate(cluster: Path, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    env = open_env(cluster, f"sqlite:///{tmp_path / 'ledger.db'}")
+    check_files(env.ledger.url, cluster, key)  # as the server does: the ledger is created 0600
+    env.ledger.ensure_schema()
+    _, secret = tokens.create(env, Identity("root", "local"), "alice", "1h", "", now())
+    with serving(create_app(ServerState(env)), "https://127.0.0.1:0", tls_cert=cert, tls_key=key) as running:
+        url = running.addresses[0]
+        assert url.startswith("https://127.0.0.1:")
+        assert Remote(url, secret, str(cert)).call("GET", "/api/whoami")["user"] == "alice"
+        with pytest.raises(BadInput, match="cannot connect"):
+            Remote(url, secret).call("GET", "/api/whoami")  # not trusted without --ca
+        with pytest.raises(BadInput, match="cannot connect"):
+            Remote(url.replace("https:", "http:"), secret).call("GET", "/api/whoami")
+    key.chmod(0o640)
+    with pytest.raises(BadInput, match="TLS key is open to group or others"):
+        check_files(env.ledger.url, cluster, key)
+    env.ledger.dispose()
+
+
+# -- cellsched server, the process ------------------------------------------------------------
+
+
+def test_startup_checks(cluster: Path, tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    url = f"sqlite:///{db}"
+    check_files(url, cluster)  # creates the ledger file, mode 0600
+    assert db.stat().st_mode & 0o777 == 0o600
+    private = key_paths(cluster)[0]
+    cases = [(db, 0o644, "ledger is open"), (db, 0o620, "ledger is open"), (private, 0o640, "signing key is open"),
+             (cluster, 0o666, "writable by group or others")]
+    for path, mode, says in cases:
+        old = path.stat().st_mode & 0o777
+        path.chmod(mode)
+        with pytest.raises(BadInput, match=says):
+            check_files(url, cluster)
+        path.chmod(old)
+    wal = Path(f"{db}-wal")
+    wal.write_bytes(b"")
+    wal.chmod(0o644)
+    with pytest.raises(BadInput, match="ledger is open"):
+        check_files(url, cluster)
+    wal.unlink()
+    private.rename(tmp_path / "elsewhere")
+    with pytest.raises(BadInput, match="no signing key"):
+        check_files(url, cluster)
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("http://0.0.0.0:8080", "plain http only on a loopback"),
+    ("http://10.1.2.3:8080", "plain http only on a loopback"),
+    ("ftp://head:21", "use unix:/path"),
+    ("https://head:99999", "port"),
+    ("https://head:8443/api", "only a scheme"),
+    ("unix:", "needs a path"),
+])
+def test_bad_listen_addresses(spec: str, says: str) -> None:
+    with pytest.raises(BadInput, match=says):
+        parse_listen(spec)
+
+
+def test_listen_addresses() -> None:
+    assert str(parse_listen("https://0.0.0.0")) == "https://0.0.0.0:8443"
+    assert str(parse_listen("http://[::1]:80")) == "http://[::1]:80"
+    assert str(parse_listen("http://localhost:8080")) == "http://localhost:8080"
+    assert str(parse_listen("http://0.0.0.0:8080", insecure=True)) == "http://0.0.0.0:8080"
+    assert parse_listen("unix:/run/cellsched/cellsched.sock").path == Path("/run/cellsched/cellsched.sock")
+
+
+def test_the_socket_path_is_not_taken_from_a_live_server_or_a_file(sock_dir: Path) -> None:
+    path = sock_dir / "cs.sock"
+    path.write_text("not a socket")
+    with pytest.raises(BadInput, match="is not a socket"):
+        bind_unix(path)
+    path.unlink()
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen()
+    with pytest.raises(BadInput, match="another server is listening"):
+        bind_unix(path)
+    live.close()  # the file stays: stale now
+    sock = bind_unix(path)
+    assert path.stat().st_mode & 0o777 == 0o666
+    sock.close()
+    with pytest.raises(BadInput, match="no directory"):
+        bind_unix(sock_dir / "missing" / "cs.sock")
+
+
+def cli_server(cluster: Path, db: Path, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "CELLSCHED_CLUSTER": str(cluster), "CELLSCHED_DB": f"sqlite:///{db}"}
+    env.pop("CELLSCHED_SERVER", None)
+    return subprocess.Popen([sys.executable, "-c", "from cellsched.cli.app import main; main()", "server", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_server_refuses_to_start_on_an_open_ledger(cluster: Path, tmp_path: Path, sock_dir: Path) -> None:
+    db = tmp_path / "ledger.db"
+    db.touch(mode=0o644)
+    db.chmod(0o644)
+    p = cli_server(cluster, db, "--listen", f"unix:{sock_dir / 'cs.sock'}")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2
+    assert err.strip().splitlines() == [(f"cellsched: {db}: the ledger is open to group or others (mode 644); "
+                                         "chmod 600 it (the server's account alone reads it)")]
+    assert not (sock_dir / "cs.sock").exists()
+
+
+def test_the_server_never_logs_a_token_and_stops_cleanly(cluster: Path, tmp_path: Path, sock_dir: Path) -> None:
+    import httpx
+
+    path = sock_dir / "cs.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # a socket file nobody listens on: the server replaces it
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = cli_server(cluster, tmp_path / "ledger.db", "--listen", f"unix:{path}", "--listen", f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert p.poll() is None, p.communicate()
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                if raw(str(path), "GET", "/api/whoami")[0] == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert path.stat().st_mode & 0o777 == 0o666
+        made = call(f"unix:{path}", "POST", "/api/tokens", json={"user": "alice", "note": "laptop"})
+        secret, tid = made["token"], made["id"]
+        forged = "cst_" + secrets.token_urlsafe(32)
+        tcp = f"http://127.0.0.1:{port}"
+        assert call(tcp, "GET", "/api/whoami", secret)["user"] == "alice"
+        with httpx.Client(base_url=tcp) as c:
+            c.get("/api/whoami", headers={"authorization": f"Bearer {forged}"})
+            c.get(f"/api/whoami?token={secret}&access_token={forged}")
+            c.delete(f"/api/tokens/{secret}", headers={"authorization": f"Bearer {secret}"})
+            c.post("/api/tokens", content=f'{{"user": "{secret}"}}', headers={"authorization": f"Bearer {secret}"})
+        assert call(tcp, "DELETE", f"/api/tokens/{tid}", secret)["revoked_now"] is True
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    logs = out + err
+    assert "GET /api/whoami" in logs and "/api/tokens/cst_[redacted]" in logs and "token=cst_[redacted]" in logs
+    for s in (secret, forged, secret.removeprefix("cst_"), forged.removeprefix("cst_")):
+        assert s not in logs
+    assert "SIGTERM: shutting down" in logs
+    assert not path.exists()  # removed on the way out
