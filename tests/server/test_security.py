@@ -469,3 +469,37 @@ def test_the_server_never_logs_a_token_and_stops_cleanly(cluster: Path, tmp_path
         assert s not in logs
     assert "SIGTERM: shutting down" in logs
     assert not path.exists()  # removed on the way out
+
+
+def test_login_writes_the_config_only_for_a_token_the_server_accepts(served: Served, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from cellsched.cli.app import app
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CELLSCHED_SERVER", raising=False)
+    config = tmp_path / "xdg" / "cellsched" / "client.toml"
+    tid, secret = served.token("alice")
+    bad = [
+        (["login", served.tcp], "cst_" + secrets.token_urlsafe(32) + "\n", 2, "invalid, expired or revoked token"),
+        (["login", served.tcp], "\n", 2, "no token given"),
+        (["login", "http://10.0.0.1:8080"], secret + "\n", 2, "in clear"),
+        (["login", "ftp://head"], secret + "\n", 2, "use https://"),
+        (["login", served.tcp, "--ca", str(tmp_path / "missing.crt")], secret + "\n", 2, "no such file"),
+        (["login", served.unix, "--token", secret], "", 2, "not used on the Unix socket"),
+    ]
+    for args, stdin, code, says in bad:
+        r = CliRunner().invoke(app, args, input=stdin)
+        assert r.exit_code == code and says in r.stderr and len(r.stderr.splitlines()) == 1, (args, r.output)
+        assert not config.exists()
+    r = CliRunner().invoke(app, ["login", served.tcp + "/", "--json"], input=secret + "\n")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["user"] == "alice" and secret not in r.stdout
+    assert config.stat().st_mode & 0o777 == 0o600 and config.parent.stat().st_mode & 0o777 == 0o700
+    assert f'token = "{secret}"' in config.read_text()
+    r = CliRunner().invoke(app, ["whoami", "--json"], env={"USER": "bob", "CELLSCHED_USER": "bob"})
+    assert json.loads(r.stdout)["user"] == "alice" and json.loads(r.stdout)["token"] == tid
+    r = CliRunner().invoke(app, ["login", served.unix])
+    assert r.exit_code == 0 and "the Unix socket's peer credentials" in r.stdout
+    assert "token" not in config.read_text()
