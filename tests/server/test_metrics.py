@@ -348,3 +348,19 @@ def test_current_period_is_the_teams_allowance_period(periods: tuple[str, ...], 
         return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp())
 
     assert current_period(cluster(*periods), NOW) == (t(bounds[0]), t(bounds[1]))
+
+
+def test_docs_list_every_metric_exposed(env: Env) -> None:
+    """docs/metrics.md's tables and a full scrape name the same metrics."""
+    import re
+
+    doc = (Path(__file__).parents[2] / "docs" / "metrics.md").read_text()
+    documented = {name for line in doc.splitlines() if line.startswith("| `cellsched_")
+                  for name in re.findall(r"`(cellsched_[a-z_]+)`", line.split("|")[1])}
+    held = lease.acquire(env.ledger, host="h", pid=1)
+    lease.renew(env.ledger, held, pass_ms=1.0)
+    lease.record_gpus(env.ledger, held, 16, 16)
+    client, _ = server(env)
+    text = client.get("/metrics").text
+    exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert exposed - {n for n in exposed if n.endswith("_created")} == documented
