@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cellsched import service
 from cellsched.executor import Behaviour, MemoryExecutor
 from cellsched.ledger import lease
-from cellsched.ledger.tables import GrantRow
+from cellsched.ledger.tables import GrantRow, LeaseRow
 from cellsched.runtime.reconciler import Reconciler, Settings
 from cellsched.server.app import create_app
 from cellsched.server.metrics import Cached, Metrics, Reports, current_period
@@ -360,7 +360,13 @@ def test_docs_list_every_metric_exposed(env: Env) -> None:
     held = lease.acquire(env.ledger, host="h", pid=1)
     lease.renew(env.ledger, held, pass_ms=1.0)
     lease.record_gpus(env.ledger, held, 16, 16)
+    with env.ledger.write() as s:  # what the daemon's census writes
+        row = s.get(LeaseRow, 1)
+        assert row is not None
+        row.pool_gpus = '{"h100": 16}'
+        s.add(row)
     client, _ = server(env)
+    assert one(scrape(client), "cellsched_daemon_pool_ray_gpus", pool="h100") == 16
     text = client.get("/metrics").text
     exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
     assert exposed - {n for n in exposed if n.endswith("_created")} == documented

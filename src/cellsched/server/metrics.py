@@ -404,6 +404,13 @@ class _LedgerCollector:
                                   "Duration of the daemon's last reconcile pass (sent with its heartbeat)")
             p.add_metric([], d.pass_ms / 1000)
             yield p
+        census = getattr(d, "pool_gpus", None)
+        if census:
+            pg = GaugeMetricFamily("cellsched_daemon_pool_ray_gpus",
+                                   "GPUs Ray has on each pool's nodes, as the daemon last saw them", labels=["pool"])
+            for pool, n in sorted(census.items()):
+                pg.add_metric([pool], n)
+            yield pg
         for name, value, text in (("ray_gpus", d.ray_gpus, "GPUs the daemon found in Ray at its start"),
                                   ("declared_gpus", d.declared_gpus, "GPUs the cluster config declares")):
             if value is not None:
