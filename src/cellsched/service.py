@@ -7,14 +7,17 @@ the ledger-wide write lock: read the snapshot, decide with the pure core, write,
 
 from __future__ import annotations
 
+import functools
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
-from cellsched.core.admission import Refusal, request_from_spec
+from cellsched.core.admission import Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger import events
@@ -22,7 +25,7 @@ from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
 from cellsched.ledger.lifecycle import end_grant
 from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of
-from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow, SchemaInfo
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
 from cellsched.spec.cluster import ClusterConfig
 from cellsched.spec.code import Snapshot
@@ -31,13 +34,88 @@ from cellsched.spec.models import ProjectSpec
 from cellsched.spec.seal import canonical_json, digest, from_canonical, project_id
 
 
+class AdmissionCache:
+    """The admission snapshot (``load_schedule``) kept between submits on one ``Env``, so
+    that a submit does not read every grant ever made.
+
+    It is only ever used inside the ledger's write transaction (which holds the ledger-wide
+    write lock), and only if the ledger's *version* read there is the one it reflects: the
+    event chain's head, ``(head_seq, head_hash)`` (``ledger_seq`` plus the head's hash). Every
+    write that changes a grant appends an event, so another writer (the daemon, another
+    process, another ``Env``) moves the version and the next submit rebuilds. The hash makes
+    the version unique even across a rolled-back write: the cache is refreshed inside the
+    transaction, before its commit, and a write that then fails leaves the ledger at the old
+    version, which no longer matches (a later event at the same ``seq`` has another hash).
+
+    A snapshot built at ``now`` holds windows from ``now`` on: it serves submits at that
+    instant or later only. Breach rows recorded without an event only ever refund, so a
+    snapshot that missed them is conservative (it never over-commits). ``take`` hands the
+    snapshot out (the cache is empty while a submit mutates it); a submit gives it back
+    with ``put`` only if what it did is in the ledger too."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: Admission | None = None
+        self.hits = 0
+        self.builds = 0
+
+    def take(self, s: Session, cluster: ClusterConfig, now: int) -> Admission:
+        """The snapshot for this transaction (the cached one if current, else rebuilt)."""
+        held = self.take_current(s, now)
+        if held is not None:
+            return held
+        version = ledger_version(s)
+        built = Admission(load_schedule(s, cluster, now), version, now)
+        with self._lock:
+            self.builds += 1
+        return built
+
+    def take_current(self, s: Session, now: int) -> Admission | None:
+        """The cached snapshot if it reflects the ledger as this transaction sees it, else
+        None (and the cache is emptied either way until ``put``)."""
+        version = ledger_version(s)
+        with self._lock:
+            held, self._held = self._held, None
+            if held is not None and held.version == version and now >= held.built_at:
+                self.hits += 1
+                return held
+        return None
+
+    def put(self, held: Admission, version: tuple[int, str]) -> None:
+        """Keep ``held`` (mutated by this transaction's writes, if any) as the snapshot of
+        the ledger at ``version``: call it inside the transaction, after its last event."""
+        with self._lock:
+            self._held = Admission(held.schedule, version, held.built_at)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A schedule built at ``built_at`` that reflects the ledger at ``version``."""
+
+    schedule: Schedule
+    version: tuple[int, str]
+    built_at: int
+
+
+def ledger_version(s: Session) -> tuple[int, str]:
+    """The event chain's head, ``(seq, hash)``: what an admission snapshot reflects."""
+    info = s.get(SchemaInfo, 1)
+    return (0, "") if info is None else (info.head_seq, info.head_hash)
+
+
 @dataclass
 class Env:
-    """What every service call needs: the cluster config, its path and the ledger."""
+    """What every service call needs: the cluster config, its path and the ledger (and the
+    admission snapshot kept for it, see :class:`AdmissionCache`)."""
 
     cluster: ClusterConfig
     cluster_path: Path
     ledger: Ledger
+    admission: AdmissionCache = field(default_factory=AdmissionCache, repr=False, compare=False)
 
     @property
     def private_key(self) -> Path:
@@ -101,13 +179,19 @@ def _team_member(env: Env, team: str, caller: str, admins_too: bool = True) -> b
     return (admins_too and caller in env.cluster.admins) or (cfg is not None and caller in cfg.members)
 
 
-def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int) -> SubmitOutcome:
+def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int, *,
+           code_source: str | None = None) -> SubmitOutcome:
     """Validate, seal, admit and record ``spec`` in one transaction (all or nothing).
 
     A spec with ``code`` comes with its snapshot (a :class:`Sealed`, or a file path, which is
     snapshotted here); the snapshot is stored in the ledger with the grant, once per digest.
     A bare :class:`ProjectSpec` with code is accepted only if the ledger already holds its
-    snapshot."""
+    snapshot: the server's way, after the client uploaded it (``store_code``); then
+    ``code_source`` (where the client took the code from, for people) makes the outcome's
+    ``code`` the same as a local submit's.
+
+    Admission reads the snapshot kept in ``env.admission`` when the ledger has not moved
+    since, else rebuilds it (:class:`AdmissionCache`)."""
     if isinstance(spec, (str, Path)):
         spec = load_sealed(spec)
     snap: Snapshot | None = None
@@ -126,24 +210,38 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
             raise BadInput(f"code: the snapshot given is sha256:{snap.digest}, not the spec's")
         code_json = {"digest": code_digest, **(snap.to_json() if snap else {})}
     with env.ledger.write() as s:
-        missing = code_digest is not None and s.get(CodeRow, code_digest) is None
-        if missing and snap is None:
-            raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
-                           "(submit the spec file, so that its code is snapshotted)")
-        existing = s.exec(select(ProjectRow).where(ProjectRow.digest == d)).first()
+        missing = False
+        if code_digest is not None:
+            meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
+            missing = meta is None
+            if missing and snap is None:
+                if code_source is not None:
+                    raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
+                                   f"(PUT /api/code/{code_digest} first)")
+                raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
+                               "(submit the spec file, so that its code is snapshotted)")
+            if snap is None and code_source is not None and meta is not None:
+                code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
+                             "source": code_source}
+        proj = s.get(ProjectRow, pid)
+        existing = proj if proj is not None and proj.digest == d else None
         if existing is not None:
-            row = s.exec(select(GrantRow).where(GrantRow.digest == d).order_by(col(GrantRow.id).desc())).first()
+            row = s.exec(select(GrantRow).where(GrantRow.project_id == pid, GrantRow.digest == d)
+                         .order_by(col(GrantRow.id).desc())).first()
             # A cancelled or replaced grant is no answer to a new submit: admit it again.
             if row is not None and row.state not in ("cancelled", "replaced"):
-                held = load_schedule(s, env.cluster, now).teams.get(row.team)
+                held_adm = env.admission.take(s, env.cluster, now)
+                env.admission.put(held_adm, held_adm.version)  # read only: still the ledger's
+                held = held_adm.schedule.teams.get(row.team)
                 return SubmitOutcome(
                     pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
                     remaining_gs=held.book.remaining(row.start) if held else None, code=code_json,
                 )
-        sched = load_schedule(s, env.cluster, now)
+        adm = env.admission.take(s, env.cluster, now)
+        sched = adm.schedule
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
         if old is not None:
-            sched.release(grant_of(old), now)
+            sched.release(grant_of(old), now)  # as end_grant will cut it, if this is granted
         decision = sched.admit(request_from_spec(spec), now)
         if isinstance(decision, Refusal):
             events.append(s, now, "refused", pid, caller, {
@@ -151,6 +249,8 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
                 "gpus": spec.budget.gpus, "gpu_seconds": spec.budget.gpu_seconds,
                 "message": decision.message,
             })
+            if old is None:
+                env.admission.put(adm, ledger_version(s))  # a refusal changes no grant
             return SubmitOutcome(pid, d, False, refusal=decision, code=code_json)
         if missing and snap is not None:
             # Once per digest: a new version whose code did not change shares the snapshot.
@@ -184,11 +284,76 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         s.add(row)
         events.append(s, now, "granted", pid, caller,
                       {**{k: v for k, v in payload.items() if k != "project"}, "nodes": list(decision.nodes or ())})
+        # A replace released the old window in the snapshot (end_grant cut it in the ledger
+        # the same way), so the snapshot with the new grant committed is the ledger's.
+        env.admission.put(adm, ledger_version(s))
         book = sched.teams[spec.team].book
         return SubmitOutcome(
             pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
             replaced=replaced, code=code_json,
         )
+
+
+def code_meta(s: Session, code_digest: str) -> tuple[int, int, int] | None:
+    """``(size, files, content_bytes)`` of a stored code snapshot, or None."""
+    row = s.exec(select(CodeRow.size, CodeRow.files, CodeRow.content_bytes)
+                 .where(CodeRow.digest == code_digest)).first()
+    return None if row is None else (int(row[0]), int(row[1]), int(row[2]))
+
+
+# Bytes an uploaded archive may unpack to (tar headers included): the largest code a spec
+# may declare (code.max_mib ≤ 512) plus room for the headers of many small files. Checked
+# while decompressing, before the archive is read whole, so a small gzip bomb costs nothing.
+MAX_UNPACKED = 640 << 20
+
+
+def store_code(env: Env, caller: str, code_digest: str, blob: bytes, now: int) -> dict[str, Any]:
+    """Store an uploaded code snapshot under its content digest, after checking that the
+    archive's content has that digest (``executor._codepack.check``). Idempotent: a digest
+    already stored is left as it is. Only team members and admins may upload (Denied);
+    each new snapshot is an event (``code_stored``) naming who uploaded it."""
+    from cellsched.executor import _codepack
+
+    if not (caller in env.cluster.admins or any(caller in t.members for t in env.cluster.teams)):
+        raise Denied(f"{caller} may not upload code: only members of a team and admins")
+    with env.ledger.read() as s:
+        meta = code_meta(s, code_digest)
+    if meta is None:
+        _check_unpacked_size(blob)
+        try:
+            items = _codepack.check(blob, code_digest)
+        except _codepack.PackError as e:
+            raise BadInput(f"code: {e}") from None
+        files, content = len(items), sum(len(e.data) for e in items if e.kind != "link")
+        with env.ledger.write() as s:
+            meta = code_meta(s, code_digest)
+            if meta is None:
+                s.add(CodeRow(digest=code_digest, size=len(blob), files=files, content_bytes=content,
+                              blob=blob, created_at=now))
+                events.append(s, now, "code_stored", code_digest, caller,
+                              {"bytes": content, "files": files, "packed_bytes": len(blob)})
+                meta = (len(blob), files, content)
+                return {"digest": code_digest, "stored": True, "files": files, "bytes": content,
+                        "packed_bytes": len(blob)}
+    return {"digest": code_digest, "stored": False, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0]}
+
+
+def _check_unpacked_size(blob: bytes) -> None:
+    import zlib
+
+    z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total, data = 0, blob
+    try:
+        while data:
+            out = z.decompress(data, 1 << 20)
+            total += len(out)
+            if total > MAX_UNPACKED:
+                raise BadInput(f"code: the archive unpacks to more than {MAX_UNPACKED >> 20} MiB")
+            data = z.unconsumed_tail
+            if z.eof:
+                break
+    except zlib.error as e:
+        raise BadInput(f"code: not a code archive: {e}") from None
 
 
 def _replaced_grant(s: Session, spec: ProjectSpec, caller: str, env: Env) -> GrantRow:
@@ -225,7 +390,16 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
         row = find_grant(s, project, live_only=True)
         if not _team_member(env, row.team, caller):
             raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
+        adm = env.admission.take_current(s, now)  # kept current if it was: no rebuild after a cancel
+        before = grant_of(row)
         refund = end_grant(s, row, now, "cancelled", caller, {})
+        if adm is not None and row.pool in adm.schedule.pools and row.team in adm.schedule.teams:
+            try:
+                adm.schedule.release(before, now)
+            except ValueError:
+                pass  # not reserved as the ledger says (a pool that shrank): rebuilt next time
+            else:
+                env.admission.put(adm, ledger_version(s))
         return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600, "grant": grant_json(row)}
 
 
@@ -437,11 +611,16 @@ def _words_as_sealed(written: ProjectSpec, sealed: ProjectSpec) -> ProjectSpec |
     return written.model_copy(update={"code": code})
 
 
-def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[str, Any]:
+def verify(env: Env, project: str, spec_path: str | Path | None = None, *, written: ProjectSpec | None = None,
+           where: str = "spec", code_now: Callable[[str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Check a grant's receipt against the cluster's public key and the sealed spec; for a
     spec with code, that the stored snapshot has the sealed digest. With ``spec_path``, that
     the file's words are the sealed ones, and whether its code has changed since (which is
-    no failure: the job runs the sealed snapshot)."""
+    no failure: the job runs the sealed snapshot).
+
+    Instead of ``spec_path``, a caller that read the file elsewhere (the server: the client
+    read it) gives its words (``written``, named ``where``) and ``code_now(sealed_digest)``,
+    what :func:`code_now` says about the file's code today."""
     with env.ledger.read() as s:
         row = find_grant(s, project)
         proj = s.get(ProjectRow, row.project_id)
@@ -457,14 +636,17 @@ def verify(env: Env, project: str, spec_path: str | Path | None = None) -> dict[
         raise Failed(f"{row.project_id}: receipt digest {payload.get('digest')} does not match the sealed spec {sealed}")
     code = None if sealed_spec.code is None else _verify_code(sealed_spec, code_row, row.project_id)
     if spec_path is not None:
-        words = _words_as_sealed(load_written(spec_path), sealed_spec)
+        written, where = load_written(spec_path), str(spec_path)
+        code_now = functools.partial(_code_now, spec_path)
+    if written is not None:
+        words = _words_as_sealed(written, sealed_spec)
         file_digest = None if words is None else digest(words)
         if file_digest != sealed:
             shown = "one with code" if words is None and sealed_spec.code is None else (
                 "one without code" if words is None else f"digest {(file_digest or '')[:12]}")
-            raise Failed(f"{spec_path}: {shown} is not the sealed spec {sealed[:12]}")
-        if code is not None:
-            code.update(_code_now(spec_path, code["digest"]))
+            raise Failed(f"{where}: {shown} is not the sealed spec {sealed[:12]}")
+        if code is not None and code_now is not None:
+            code.update(code_now(code["digest"]))
     signed = (payload.get("grant"), payload.get("project"), payload.get("team"), payload.get("pool"), payload.get("width"))
     if signed != (row.id, row.project_id, row.team, row.pool, row.width):
         raise Failed(f"{row.project_id}: the ledger's grant/project/team/pool/width differ from the receipt's")
@@ -482,13 +664,21 @@ def _code_now(spec_path: str | Path, sealed_digest: str) -> dict[str, Any]:
     try:
         now = load_sealed(spec_path).code
     except BadInput as e:
-        return {"now": "unavailable", "note": f"the code cannot be snapshotted now ({e.message}); "
-                                              "the job runs the sealed snapshot"}
+        return code_now(sealed_digest, None, e.message)
     assert now is not None
-    if now.digest == sealed_digest:
+    return code_now(sealed_digest, now.digest)
+
+
+def code_now(sealed_digest: str, now_digest: str | None, problem: str | None = None) -> dict[str, Any]:
+    """``verify``'s word on a spec file's code today: its digest ``now_digest``, or the
+    ``problem`` that kept it from being snapshotted."""
+    if now_digest is None:
+        return {"now": "unavailable", "note": f"the code cannot be snapshotted now ({problem}); "
+                                              "the job runs the sealed snapshot"}
+    if now_digest == sealed_digest:
         return {"now": "unchanged"}
-    return {"now": "changed", "now_digest": now.digest,
-            "note": f"the code has changed since submit (now sha256:{now.digest[:12]}); "
+    return {"now": "changed", "now_digest": now_digest,
+            "note": f"the code has changed since submit (now sha256:{now_digest[:12]}); "
                     "the job runs the sealed snapshot"}
 
 

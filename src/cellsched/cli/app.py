@@ -1,5 +1,10 @@
 """The ``cellsched`` command. Each noun lives in its own module; heavy imports stay inside
-the commands so that ``cellsched budget`` answers quickly."""
+the commands so that ``cellsched budget`` answers quickly.
+
+Nothing of the ledger stack loads here: with a server configured (``cli/remote.py``) a
+command imports typer, httpx and, for specs, the spec models, and asks the server; with
+none, the command loads the service layer and works on the local ledger (``cli/state.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,6 @@ import typer
 
 from cellsched import __version__
 from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, server_cmds, simulate
-
-# The ledger stack (pydantic, SQLModel/SQLAlchemy, the service layer) is what nearly every
-# command needs, so it loads with the CLI; only ray and matplotlib, which cost seconds and
-# serve few commands, are imported inside the commands that use them.
-import cellsched.service  # noqa: F401,E402
 from cellsched.cli.state import G
 
 app = typer.Typer(
@@ -42,15 +42,23 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _globals(
+    ctx: typer.Context,
     cluster: Annotated[Path, typer.Option("--cluster", "-c", envvar="CELLSCHED_CLUSTER",
-                                          help="Cluster config file.")] = Path("cluster.toml"),
+                                          help="Cluster config file (ignored through a server).")] = Path("cluster.toml"),
     db: Annotated[Optional[str], typer.Option("--db", envvar="CELLSCHED_DB",
-                                              help="Ledger URL (default: cellsched.db beside the cluster config).")] = None,
+                                              help="Ledger URL (default: cellsched.db beside the cluster config; "
+                                                   "ignored through a server).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
+    from click.core import ParameterSource
+
     G.cluster = cluster
     G.db = db
+    G.backend = None
+    # Given on the command line (not from the environment): worth a note if a server ignores them.
+    G.given = [f"--{name}" for name in ("cluster", "db")
+               if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
 
 
 app.command("validate")(project_cmds.validate)

@@ -9,7 +9,7 @@ import typer
 
 from cellsched.cli.errors import handled
 from cellsched.cli.render import emit_json
-from cellsched.cli.state import G, JsonFlag, caller
+from cellsched.cli.state import G, JsonFlag, backend, caller
 
 
 @handled
@@ -62,25 +62,14 @@ def audit(json_out: JsonFlag = False) -> None:
 
     **Example**: cellsched audit
     """
-    from cellsched.errors import Failed, NotFound
-    from cellsched.ledger import events
-    from cellsched.ledger.db import Ledger, default_url
+    from cellsched.errors import Failed
 
-    url = G.db or default_url(G.cluster)
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        # Opening would create an empty ledger, and "ok, 0 events" for the wrong path is a lie.
-        file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
-        if not file.exists():
-            raise NotFound(f"{file}: no ledger here (run `cellsched init`, or pass --db)")
-    ledger = Ledger(url)
-    with ledger.read() as s:
-        result = events.audit(s)
+    result = backend().audit()
     if json_out:
-        emit_json({"ok": result.ok, "events": result.events, "first_bad": result.first_bad,
-                   "problem": result.problem, "head": result.head})
-        if not result.ok:
+        emit_json(result)
+        if not result["ok"]:
             raise typer.Exit(1)
         return
-    if not result.ok:
-        raise Failed(f"audit failed: {result.problem}")
-    print(f"ok  {result.events} events, chain head sha256:{result.head}")
+    if not result["ok"]:
+        raise Failed(f"audit failed: {result['problem']}")
+    print(f"ok  {result['events']} events, chain head sha256:{result['head']}")

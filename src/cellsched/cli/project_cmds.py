@@ -1,15 +1,40 @@
-"""Project commands: validate, submit, cancel, verify."""
+"""Project commands: validate, submit, cancel, verify.
+
+Each reads its spec file here (the code snapshot too: the code is on this machine), asks
+the backend (``cli/state.py``) and prints from the JSON it answers."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json, hours, iso, local
-from cellsched.cli.state import JsonFlag, caller, env
+from cellsched.cli.render import emit_json, hours, local
+from cellsched.cli.state import JsonFlag, backend
+
+if TYPE_CHECKING:
+    from cellsched.ops import SpecIn
+    from cellsched.spec.code import Snapshot
+
+
+def read_spec(path: Path) -> tuple[SpecIn, Snapshot | None]:
+    """A spec file as the backends take it, its code snapshotted (relative to the file's
+    directory): ``load_sealed``'s checks in its order, with its lines."""
+    from cellsched import ops
+    from cellsched.spec.load import read_text
+
+    ops.spec_kind(str(path))
+    spec = ops.SpecIn(file=str(path), text=read_text(path))
+    written = ops.written_spec(spec)
+    if written.code is None:
+        return spec, None
+    from cellsched.spec.code import snapshot
+
+    code, snap = snapshot(written.code, path.parent, str(path))
+    commit = code.commit if written.code.git is not None else None
+    return spec.model_copy(update={"code": ops.CodeRef.of(snap, commit)}), snap
 
 
 @handled
@@ -25,17 +50,7 @@ def validate(
 
     **Example**: cellsched validate projects/*.toml
     """
-    from cellsched.spec.load import load_sealed
-    from cellsched.spec.seal import digest, project_id
-
-    out = []
-    for f in files:
-        sealed = load_sealed(f)
-        d = digest(sealed.spec)
-        item = {"file": str(f), "name": sealed.spec.name, "id": project_id(sealed.spec, d), "digest": d}
-        if sealed.code is not None:
-            item["code"] = sealed.code.to_json()
-        out.append(item)
+    out = backend().validate([read_spec(f)[0] for f in files])
     if json_out:
         emit_json(out)
         return
@@ -76,55 +91,37 @@ def submit(
 
     **Example**: cellsched submit projects/pythia-ablation.toml
     """
-    from cellsched import service
-    from cellsched.runtime.clock import now_s
-    from cellsched.spec.load import load_sealed
-
-    parsed = load_sealed(spec)  # bad input (the code's too) fails here, before the ledger is opened
-    e = env()
-    outcome = service.submit(e, parsed, caller(), now_s())
+    spec_in, snap = read_spec(spec)  # bad input (the code's too) fails here, before the ledger is opened
+    b = backend()
+    data = b.submit(spec_in, snap)
     if json_out:
-        data = outcome.to_json()
-        _iso_times(data)
         emit_json(data)
-    elif outcome.granted:
-        g = outcome.grant
-        assert g is not None
-        pool = e.cluster.pool(g.pool)
-        gpu_type = pool.gpu_type if pool else g.pool
-        again = "  (already granted)" if outcome.existing else ""
-        print(f"granted  {outcome.project_id}   {g.width} × {gpu_type}  {local(g.start)} → {local(g.end)}{again}")
-        if outcome.remaining_gs is not None and outcome.allowance_gs is not None:
-            team = e.cluster.team(g.team)
-            period = team.period if team else "period"
+    elif data["decision"] == "granted":
+        g = data["grant"]
+        facts = b.cluster()
+        pool = facts["pools"].get(g["pool"])
+        gpu_type = pool["gpu_type"] if pool else g["pool"]
+        again = "  (already granted)" if data["existing"] else ""
+        print(f"granted  {data['project']}   {g['width']} × {gpu_type}  {local(g['start'])} → {local(g['end'])}{again}")
+        if data.get("remaining_gpu_hours") is not None and data.get("allowance_gpu_hours") is not None:
+            team = facts["teams"].get(g["team"])
+            period = team["period"] if team else "period"
             when = "in total" if period == "none" else f"this {period}"
-            print(f"  {hours(g.charged_gs / 3600)} GPU-hours charged to team {g.team} "
-                  f"(remaining {when}: {hours(outcome.remaining_gs / 3600)} of {hours(outcome.allowance_gs / 3600)})")
-        if outcome.replaced:
-            print(f"  replaces {outcome.replaced} (its unheld GPU-hours refunded)")
-        if outcome.code is not None and "files" in outcome.code:
-            print(f"  {_code_line(outcome.code)}")
-        print(f"  receipt: grant {g.id}, signed; check with `cellsched verify {outcome.project_id}`")
+            print(f"  {hours(g['gpu_hours'])} GPU-hours charged to team {g['team']} "
+                  f"(remaining {when}: {hours(data['remaining_gpu_hours'])} of {hours(data['allowance_gpu_hours'])})")
+        if data.get("replaced"):
+            print(f"  replaces {data['replaced']} (its unheld GPU-hours refunded)")
+        code = data.get("code")
+        if code is not None and "files" in code:
+            print(f"  {_code_line(code)}")
+        print(f"  receipt: grant {g['id']}, signed; check with `cellsched verify {data['project']}`")
     else:
-        r = outcome.refusal
-        assert r is not None
-        print(f"refused  {outcome.project_id}  {r.reason}: {r.message}")
-        if r.alternatives:
-            print("  would be granted now: " + "; or ".join(a.message for a in r.alternatives))
-    if not outcome.granted:
+        r = data["refusal"]
+        print(f"refused  {data['project']}  {r['reason']}: {r['message']}")
+        if r["alternatives"]:
+            print("  would be granted now: " + "; or ".join(a["message"] for a in r["alternatives"]))
+    if data["decision"] != "granted":
         raise typer.Exit(1)
-
-
-def _iso_times(data: dict) -> None:  # type: ignore[type-arg]
-    """Add ISO UTC beside every epoch field so programs need not convert."""
-    for obj in (data.get("grant"), data.get("refusal")):
-        if not obj:
-            continue
-        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at", "earliest_start"):
-            if k in obj:
-                obj[k + "_utc"] = iso(obj[k])
-        for alt in obj.get("alternatives", []):
-            alt["start_utc"], alt["end_utc"] = iso(alt["start"]), iso(alt["end"])
 
 
 @handled
@@ -138,12 +135,8 @@ def cancel(
 
     **Example**: cellsched cancel pythia-ablation
     """
-    from cellsched import service
-    from cellsched.runtime.clock import now_s
-
-    out = service.cancel(env(), project, caller(), now_s())
+    out = backend().cancel(project)
     if json_out:
-        _iso_times(out)
         emit_json(out)
         return
     print(f"cancelled  {out['project']}  refunded {hours(out['refunded_gpu_hours'])} GPU-hours")
@@ -164,13 +157,9 @@ def verify(
 
     **Example**: cellsched verify pythia-ablation --spec projects/pythia-ablation.toml
     """
-    from cellsched import service
-
-    out = service.verify(env(), project, spec)
+    spec_in, code_now = (None, None) if spec is None else _spec_today(spec)
+    out = backend().verify(project, spec_in, code_now)
     if json_out:
-        # Beside the receipt, not inside it: the signed payload stays exactly as signed.
-        for k in ("start", "end", "issued_at"):
-            out[k + "_utc"] = iso(out["receipt"].get(k))
         emit_json(out)
         return
     p = out["receipt"]
@@ -184,3 +173,24 @@ def verify(
             print("  the spec file's code is unchanged since submit")
         elif "note" in code:
             print(f"  note: {code['note']}")
+
+
+def _spec_today(path: Path) -> tuple[SpecIn, Any]:
+    """``verify --spec``: the file's words, and its code's snapshot digest today (or why
+    it cannot be snapshotted: no failure, the job runs the sealed snapshot)."""
+    from cellsched import ops
+    from cellsched.errors import BadInput
+    from cellsched.spec.load import read_text
+
+    ops.spec_kind(str(path))
+    spec = ops.SpecIn(file=str(path), text=read_text(path))
+    written = ops.written_spec(spec)
+    if written.code is None:
+        return spec, None
+    from cellsched.spec.code import snapshot
+
+    try:
+        _code, snap = snapshot(written.code, path.parent, str(path))
+    except BadInput as e:
+        return spec, ops.CodeNow(problem=e.message)
+    return spec, ops.CodeNow(digest=snap.digest)

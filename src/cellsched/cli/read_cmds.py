@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json, hours, iso, local, table, tzname
-from cellsched.cli.state import JsonFlag, env
+from cellsched.cli.render import emit_json, hours, local, table, tzname
+from cellsched.cli.state import JsonFlag, backend
 
 
 @handled
@@ -20,20 +20,13 @@ def budget(
 
     **Example**: cellsched budget interp --json
     """
-    from cellsched import service
-    from cellsched.runtime.clock import now_s
-
-    e = env()
-    b = service.budget(e, name, now_s())
-    data = b.to_json()
-    daemon = daemon_state(e)
+    data = backend().budget(name)
     if json_out:
-        data["period_start_utc"], data["period_end_utc"] = iso(data["period_start"]), iso(data["period_end"])
-        data["daemon"] = daemon.to_json()
         emit_json(data)
         return
-    span = "all time" if b.period == "none" else f"{local(b.period_start)} → {local(b.period_end)} {tzname()}"
-    print(f"team {b.team}  ·  {b.period} {span}")
+    span = ("all time" if data["period"] == "none" else
+            f"{local(data['period_start'])} → {local(data['period_end'])} {tzname()}")
+    print(f"team {data['team']}  ·  {data['period']} {span}")
     print(
         f"  allowance {hours(data['allowance_gpu_hours'])}  committed {hours(data['committed_gpu_hours'])}  "
         f"held {hours(data['held_gpu_hours'])}  used {hours(data['used_gpu_hours'])}  "
@@ -45,7 +38,7 @@ def budget(
                 hours(p["held_gpu_hours"]), hours(p["used_gpu_hours"]), hours(p["refunded_gpu_hours"])]
                for p in data["projects"]],
               justify=lambda c: "left" if c in ("project", "state") else "right")
-    print_down(daemon)
+    print_down(data["daemon"])
 
 
 @handled
@@ -57,22 +50,15 @@ def status(
 
     **Example**: cellsched status pythia-ablation
     """
-    from cellsched import service
-    from cellsched.runtime.clock import now_s
-
-    e = env()
-    items = service.status(e, project, now_s())
-    daemon = daemon_state(e)
+    b = backend()
+    items = b.status(project)
     if json_out:
-        for it in items:
-            for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
-                it[k + "_utc"] = iso(it[k])
-            it["daemon"] = daemon.to_json()  # the output stays a list: each item carries it
         emit_json(items)
         return
     if not items:
         print("no projects yet (submit one with `cellsched submit projects/<name>.toml`)")
-        print_down(daemon)
+        # Nothing to carry it in the list: ask for the daemon's state on its own.
+        print_down(b.daemon())
         return
     table(None, ["project", "state", "pool", "gpus", f"start ({tzname()})", "end", "progress", "used GPU-h", "note"],
           [[it["project"], it["state"], it["pool"], it["width"], local(it["start"]), local(it["end"]),
@@ -81,7 +67,7 @@ def status(
             (("breach " + hours(it["breach_gpu_hours"]) + " GPU-h") if it["breach_gpu_hours"] else
              ("early start" if it["start"] < it["promised_start"] else ""))]
            for it in items])
-    print_down(daemon)
+    print_down(items[0]["daemon"])
     if project is not None:
         jobs = items[0]["jobs"]
         if jobs:
@@ -91,15 +77,7 @@ def status(
                    for j in jobs])
 
 
-def daemon_state(e):  # type: ignore[no-untyped-def]
-    """Who serves the ledger (``cellsched daemon``), for the daemon line and ``--json``."""
-    from cellsched.ledger.lease import state
-
-    return state(e.ledger)
-
-
-def print_down(daemon) -> None:  # type: ignore[no-untyped-def]
-    """The one-line daemon state, printed only when no daemon is alive."""
-    line = daemon.down()
-    if line:
-        print(line)
+def print_down(daemon: dict) -> None:  # type: ignore[type-arg]
+    """The one-line daemon state (``daemon`` JSON), printed only when no daemon is alive."""
+    if not daemon["alive"]:
+        print(daemon["message"])

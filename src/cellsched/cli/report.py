@@ -9,9 +9,7 @@ import typer
 
 from cellsched.cli.errors import handled
 from cellsched.cli.render import emit_json
-from cellsched.cli.state import JsonFlag, env
-
-DEFAULT_DAYS = 30
+from cellsched.cli.state import JsonFlag, backend
 
 
 @handled
@@ -30,24 +28,19 @@ def report(
     `cellsched report --team interp --json` · `cellsched report --png charts/`
     """
     from cellsched.errors import BadInput
-    from cellsched.report import compute, snapshot
-    from cellsched.runtime.clock import now_s, parse_time
+    from cellsched.runtime.clock import parse_time
 
-    now = now_s()
-    t1 = parse_time(until, "--until") if until is not None else now
-    t0 = parse_time(since, "--since") if since is not None else t1 - DEFAULT_DAYS * 86400
-    if t1 <= t0:
-        raise BadInput(f"--since must be before --until (got {compute.utc(t0)} → {compute.utc(t1)})")
+    t1 = parse_time(until, "--until") if until is not None else None
+    t0 = parse_time(since, "--since") if since is not None else None
+    if t0 is not None and t1 is not None and t1 <= t0:
+        raise BadInput(f"--since must be before --until (got {_utc(t0)} → {_utc(t1)})")
     if png is not None and png.exists() and not png.is_dir():
         raise BadInput(f"--png: {png} exists and is not a directory")
     if html is not None and html.is_dir():
         raise BadInput(f"--html: {html} is a directory; give a file name like report.html")
-    e = env()
-    if team is not None and e.cluster.team(team) is None:
-        names = ", ".join(t.name for t in e.cluster.teams) or "none"
-        raise BadInput(f"--team: no team {team!r} in {e.cluster_path} (teams: {names})")
-    snap = snapshot.load(e.ledger, e.cluster, t0, t1)
-    data = compute.build(snap, e.cluster, t0, t1, now, team=team)
+    # The period's defaults (until now, since 30 days before) and --team are the backend's.
+    answer = backend().report(t0, t1, team)
+    data = {k: v for k, v in answer.items() if k != "daemon"}
 
     written: list[Path] = []
     if html is not None or png is not None:
@@ -73,15 +66,20 @@ def report(
         for c in charts:
             c.close()
 
-    from cellsched.cli.read_cmds import daemon_state, print_down
+    from cellsched.cli.read_cmds import print_down
 
-    daemon = daemon_state(e)
     if json_out:
-        emit_json({**data, "daemon": daemon.to_json()})
+        emit_json(answer)
         return
     from cellsched.report.terminal import print_report
 
     print_report(data)
-    print_down(daemon)
+    print_down(answer["daemon"])
     for path in written:
         print(f"wrote {path}")
+
+
+def _utc(t: int) -> str:
+    from cellsched.cli.render import iso
+
+    return iso(t) or ""

@@ -9,7 +9,7 @@ import typer
 
 from cellsched.cli.errors import handled
 from cellsched.cli.render import emit_json
-from cellsched.cli.state import G, JsonFlag, caller, env
+from cellsched.cli.state import G, JsonFlag, backend, caller, env
 
 
 @handled
@@ -64,34 +64,28 @@ def daemon(json_out: JsonFlag = False) -> None:
 
     **Example**: cellsched daemon --json
     """
-    from cellsched.cli.render import iso
-    from cellsched.ledger.lease import state
-
-    st = state(env().ledger)
+    data = backend().daemon()
     if json_out:
-        data = st.to_json()
-        for k in ("since", "renewed_at", "expires_at", "down_since", "db_now"):
-            data[k + "_utc"] = iso(None if data[k] is None else int(data[k]))
         emit_json(data)
         return
-    print(daemon_text(st))
+    print(daemon_text(data))
 
 
-def daemon_text(st) -> str:  # type: ignore[no-untyped-def]
-    """``cellsched daemon`` for people: the state line, then the lease's details."""
+def daemon_text(st: dict) -> str:  # type: ignore[type-arg]
+    """``cellsched daemon`` for people (from its JSON): the state line, then the lease's details."""
     from cellsched.cli.render import local
 
-    lines = [st.line()]
-    if st.alive:
-        lines.append(f"  last heartbeat {local(int(st.renewed_at), True)} ({st.db_now - st.renewed_at:.1f} s ago), "
-                     f"lease expires {local(int(st.expires_at), True)} (in {st.expires_at - st.db_now:.1f} s)")
-    elif st.epoch is not None:
-        how = "released" if st.released else "expired"
-        lines.append(f"  last daemon: pid {st.pid} on {st.host} (epoch {st.epoch}), lease {how} "
-                     f"{local(int(st.expires_at), True)}")
-    if st.declared_gpus is not None:
-        short = f", {st.gpu_shortfall} short" if st.gpu_shortfall else ""
-        lines.append(f"  Ray GPUs {'?' if st.ray_gpus is None else st.ray_gpus} of {st.declared_gpus} declared{short}")
+    lines = [st["message"]]
+    if st["alive"]:
+        lines.append(f"  last heartbeat {local(int(st['renewed_at']), True)} ({st['db_now'] - st['renewed_at']:.1f} s ago), "
+                     f"lease expires {local(int(st['expires_at']), True)} (in {st['expires_at'] - st['db_now']:.1f} s)")
+    elif st["epoch"] is not None:
+        how = "released" if st["released"] else "expired"
+        lines.append(f"  last daemon: pid {st['pid']} on {st['host']} (epoch {st['epoch']}), lease {how} "
+                     f"{local(int(st['expires_at']), True)}")
+    if st["declared_gpus"] is not None:
+        short = f", {st['gpu_shortfall']} short" if st["gpu_shortfall"] else ""
+        lines.append(f"  Ray GPUs {'?' if st['ray_gpus'] is None else st['ray_gpus']} of {st['declared_gpus']} declared{short}")
     return "\n".join(lines)
 
 
@@ -110,13 +104,14 @@ def logs(
     from cellsched.errors import BadInput
     from cellsched.runtime import logs as L
 
-    e = env()
+    if follow_ and job is None:
+        raise BadInput("--follow needs a JOB")
+    source = backend().logs()
     if follow_:
-        if job is None:
-            raise BadInput("--follow needs a JOB")
-        L.follow(e, project, job, rank or 0, attempt)
+        assert job is not None
+        L.follow(source, project, job, rank or 0, attempt)
         return
-    L.show(e, project, job, rank, attempt)
+    L.show(source, project, job, rank, attempt)
 
 
 @handled

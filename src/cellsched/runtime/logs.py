@@ -1,20 +1,28 @@
 """Reading job logs: ``<log_dir>/<job>/attempt-<n>/rank-<r>.log`` (written by the rank
-workers), found through the ledger."""
+workers), found through the ledger.
+
+``show`` and ``follow`` print from a :class:`LogSource`: the ledger and files on this host
+(:class:`LocalLogs`, what an ``Env`` gives), or ``cellsched server``'s API (the CLI's remote
+mode); both answer with ``cellsched.ops``' JSON (``logs`` and ``log_read``), so what is
+printed is the same either way. Importing this module loads no database code: the thin
+client uses it.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
-
-from sqlmodel import col, select
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from cellsched.errors import NotFound
-from cellsched.ledger.tables import LIVE_STATES, GrantRow, GrantRuntimeRow, JobRunRow
-from cellsched.service import Env, find_grant
+
+if TYPE_CHECKING:
+    from cellsched.ledger.tables import GrantRow
+    from cellsched.service import Env
 
 
 def logs_root_for(env: Env, root: Path | None = None) -> Path:
@@ -46,6 +54,11 @@ def rank_log(log_dir: str | Path, job: str, attempt: int, rank: int) -> Path:
 
 def locate(env: Env, project: str) -> tuple[GrantRow, str, list[Attempt]]:
     """The project's newest grant, its log directory and its attempts (oldest first)."""
+    from sqlmodel import col, select
+
+    from cellsched.ledger.tables import GrantRuntimeRow, JobRunRow
+    from cellsched.service import find_grant
+
     with env.ledger.read() as s:
         g = find_grant(s, project)
         rt = s.get(GrantRuntimeRow, g.id)
@@ -54,31 +67,8 @@ def locate(env: Env, project: str) -> tuple[GrantRow, str, list[Attempt]]:
         return g, log_dir, [Attempt(r.job, r.attempt, r.state, r.gpus) for r in runs]
 
 
-def show(env: Env, project: str, job: str | None, rank: int | None, attempt: int | None,
-         out: IO[str] = sys.stdout) -> int:
-    """Print logs; returns how many files were printed."""
-    g, log_dir, runs = locate(env, project)
-    if not runs:
-        print(f"{g.project_id} has no job attempts yet (grant {g.state}); logs will be in {log_dir}", file=out)
-        return 0
-    picked = _pick(runs, job, attempt)
-    n = 0
-    for a in picked:
-        ranks = [rank] if rank is not None else list(range(a.gpus))
-        for r in ranks:
-            p = rank_log(log_dir, a.job, a.attempt, r)
-            if len(picked) > 1 or len(ranks) > 1:
-                print(f"==> {a.job} attempt {a.attempt} ({a.state}) rank {r} <==", file=out)
-            if p.exists():
-                out.write(p.read_text(errors="replace"))
-                n += 1
-            else:
-                print(f"(no log at {p})", file=out)
-    out.flush()
-    return n
-
-
-def _pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Attempt]:
+def pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Attempt]:
+    """The attempts ``logs`` shows: the newest of every job, or of ``job``, or ``attempt``."""
     if job is None:
         latest: dict[str, Attempt] = {}
         for a in runs:
@@ -95,40 +85,117 @@ def _pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Att
     return hit
 
 
-def follow(env: Env, project: str, job: str, rank: int, attempt: int | None = None,
+_pick = pick  # the name it had
+
+
+def read_chunk(path: Path, offset: int, limit: int) -> tuple[bytes, int, bool]:
+    """Up to ``limit`` bytes of ``path`` from ``offset``: (data, file size, exists)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, offset))
+            return f.read(limit), size, True
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return b"", 0, False
+
+
+class LogSource(Protocol):
+    """Where logs come from: ``listing`` is ``ops.logs``' JSON, ``read`` is ``ops.log_read``'s."""
+
+    def listing(self, project: str, job: str | None, rank: int | None, attempt: int | None) -> dict[str, Any]: ...
+
+    def read(self, project: str, job: str, attempt: int, rank: int, offset: int) -> dict[str, Any]: ...
+
+
+class LocalLogs:
+    """Logs on this host, found through the local ledger."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+
+    def listing(self, project: str, job: str | None, rank: int | None, attempt: int | None) -> dict[str, Any]:
+        from cellsched import ops
+
+        return ops.logs(self.env, "", project, job, rank, attempt, 0)
+
+    def read(self, project: str, job: str, attempt: int, rank: int, offset: int) -> dict[str, Any]:
+        from cellsched import ops
+
+        return ops.log_read(self.env, "", project, job, attempt, rank, offset, 0)
+
+
+def _source(where: Any) -> LogSource:
+    return where if hasattr(where, "listing") else LocalLogs(where)
+
+
+def _read_all(source: LogSource, project: str, job: str, attempt: int, rank: int, offset: int = 0) -> bytes | None:
+    """The log's bytes from ``offset`` to its end as it is now (None: no such file)."""
+    parts = []
+    while True:
+        r = source.read(project, job, attempt, rank, offset)
+        if not r["exists"]:
+            return None if not parts else b"".join(parts)
+        data = base64.b64decode(r["data_b64"])
+        parts.append(data)
+        offset = r["next_offset"]
+        if not data or offset >= r["size"]:
+            return b"".join(parts)
+
+
+def show(where: Env | LogSource, project: str, job: str | None, rank: int | None, attempt: int | None,
+         out: IO[str] = sys.stdout) -> int:
+    """Print logs; returns how many files were printed."""
+    source = _source(where)
+    lst = source.listing(project, job, rank, attempt)
+    if not lst["attempts"]:
+        print(f"{lst['project']} has no job attempts yet (grant {lst['grant_state']}); logs will be in {lst['log_dir']}",
+              file=out)
+        return 0
+    n = 0
+    for f in lst["files"]:
+        if lst["headers"]:
+            print(f"==> {f['job']} attempt {f['attempt']} ({f['state']}) rank {f['rank']} <==", file=out)
+        data = _read_all(source, project, f["job"], f["attempt"], f["rank"])
+        if data is not None:
+            out.write(data.decode(errors="replace"))
+            n += 1
+        else:
+            print(f"(no log at {f['path']})", file=out)
+    out.flush()
+    return n
+
+
+def follow(where: Env | LogSource, project: str, job: str, rank: int, attempt: int | None = None,
            out: IO[str] = sys.stdout, poll_s: float = 0.2, wait_s: float | None = None) -> None:
     """Print one rank's log as it grows; switch to a retry's log when one starts; stop when
     the grant is over and the log is drained (or after ``wait_s``, for tests)."""
+    source = _source(where)
     t_end = None if wait_s is None else time.monotonic() + wait_s
-    current: tuple[int, Path] | None = None
+    current: int | None = None
     pos = 0
     while True:
-        g, log_dir, runs = locate(env, project)
-        mine = [a for a in runs if a.job == job and (attempt is None or a.attempt == attempt)]
-        if mine and (current is None or (attempt is None and mine[-1].attempt != current[0])):
+        lst = source.listing(project, None, None, None)
+        mine = [a for a in lst["attempts"] if a["job"] == job and (attempt is None or a["attempt"] == attempt)]
+        if mine and (current is None or (attempt is None and mine[-1]["attempt"] != current)):
             a = mine[-1]
             if current is not None:
-                _drain(current[1], pos, out)
-                print(f"==> {job} attempt {a.attempt} <==", file=out)
-            current, pos = (a.attempt, rank_log(log_dir, job, a.attempt, rank)), 0
+                pos = _drain(source, project, job, current, rank, pos, out)
+                print(f"==> {job} attempt {a['attempt']} <==", file=out)
+            current, pos = a["attempt"], 0
         if current is not None:
-            pos = _drain(current[1], pos, out)
-        running = any(a.state == "running" for a in mine)
-        if g.state not in LIVE_STATES and not running:
+            pos = _drain(source, project, job, current, rank, pos, out)
+        running = any(a["state"] == "running" for a in mine)
+        if not lst["grant_live"] and not running:
             return
         if t_end is not None and time.monotonic() > t_end:
             return
         time.sleep(poll_s)
 
 
-def _drain(path: Path, pos: int, out: IO[str]) -> int:
-    try:
-        with open(path, "rb") as f:
-            f.seek(pos)
-            data = f.read()
-    except FileNotFoundError:
-        return pos
+def _drain(source: LogSource, project: str, job: str, attempt: int, rank: int, pos: int, out: IO[str]) -> int:
+    data = _read_all(source, project, job, attempt, rank, pos)
     if data:
         out.write(data.decode(errors="replace"))
         out.flush()
-    return pos + len(data)
+        pos += len(data)
+    return pos

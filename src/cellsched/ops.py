@@ -1,0 +1,364 @@
+"""The commands as data: one function per CLI command, returning exactly the JSON that the
+command prints with ``--json`` (the ``*_utc`` keys and the ``daemon`` key included).
+
+The CLI calls these on a local ledger (the embedded default) or asks ``cellsched server``,
+whose API calls the same functions for its authenticated caller; either way the CLI renders
+what people read from this JSON alone, so both modes print the same.
+
+Every function takes ``(env, caller, ..., now)``: the service environment, who asks (the OS
+user locally, the proven identity on the server) and the time. Inputs are plain data. A
+spec is its text and its file name (:class:`SpecIn`: the format goes by the name's
+extension, and every error line starts with the name, as the loader's do); its code is a
+reference to a snapshot (:class:`CodeRef`) the caller took from the spec file's directory,
+whose archive is in the ledger already (uploaded to the server) or given beside it (local).
+
+Only pydantic and the spec models load with this module; the ledger stack loads on the
+first call, so the thin client may use the request models.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cellsched.errors import BadInput, NotFound
+from cellsched.spec.load import MAX_BYTES, SUFFIXES, parse_document, validate
+from cellsched.spec.models import ProjectSpec
+
+if TYPE_CHECKING:
+    from cellsched.ledger.db import Ledger
+    from cellsched.service import Env
+    from cellsched.spec.code import Snapshot
+
+DEFAULT_REPORT_DAYS = 30
+LOG_CHUNK = 1 << 20  # bytes of a log one read returns at most
+_HEX64 = r"^[0-9a-f]{64}$"
+
+
+# -- inputs ---------------------------------------------------------------------------------
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodeRef(_In):
+    """A spec's code as the client snapshotted it: the snapshot's content ``digest``, the
+    full ``commit`` for code from git (None for a directory), where it was taken from
+    (``source``, for people) and its size (``files``, ``bytes``, ``packed_bytes``: shown by
+    ``validate``; ``submit`` reads them from the stored snapshot)."""
+
+    digest: str = Field(pattern=_HEX64)
+    commit: str | None = Field(default=None, pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})$")
+    source: str = Field(default="", max_length=8192)
+    files: int | None = Field(default=None, ge=0)
+    bytes: int | None = Field(default=None, ge=0)
+    packed_bytes: int | None = Field(default=None, ge=0)
+
+    @classmethod
+    def of(cls, snap: Snapshot, commit: str | None) -> CodeRef:
+        return cls(digest=snap.digest, commit=commit, source=snap.source, files=snap.files,
+                   bytes=snap.content_bytes, packed_bytes=snap.size)
+
+    def snapshot_json(self) -> dict[str, Any]:
+        """As ``Snapshot.to_json`` (validate's ``code``)."""
+        return {"digest": self.digest, "files": self.files, "bytes": self.bytes,
+                "packed_bytes": self.packed_bytes, "source": self.source}
+
+
+class SpecIn(_In):
+    """A spec file: its name as the user gave it (the format by its extension; it starts
+    every error line), its text, and its code snapshot's reference if it has code."""
+
+    file: str = Field(min_length=1, max_length=4096)
+    text: str
+    code: CodeRef | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        if any(ord(c) < 32 or c == "\x7f" for c in v):
+            raise ValueError("must be a file name on one line")
+        return v
+
+
+class CodeNow(_In):
+    """``verify --spec``: the spec file's code today, as the client snapshotted it: its
+    ``digest``, or the ``problem`` that kept it from being snapshotted."""
+
+    digest: str | None = Field(default=None, pattern=_HEX64)
+    problem: str | None = Field(default=None, max_length=4096)
+
+
+# -- specs ----------------------------------------------------------------------------------
+
+
+def spec_kind(file: str) -> str:
+    """The format of a spec file by its extension, or the loader's line for any other."""
+    suffix = PurePath(file).suffix
+    kind = SUFFIXES.get(suffix.lower())
+    if kind is None:
+        raise BadInput(f"{file}: unknown file type {suffix!r} (use .toml, .yaml, .yml or .json)")
+    return kind
+
+
+def written_spec(spec: SpecIn) -> ProjectSpec:
+    """The spec as written (its code not sealed): the loader's checks on text, with the
+    loader's lines (``load_written`` for a file)."""
+    kind = spec_kind(spec.file)
+    size = len(spec.text.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
+        raise BadInput(f"{spec.file}: {size:,} bytes is too large (limit {MAX_BYTES:,})")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in spec.text):  # only JSON can carry these
+        raise BadInput(f"{spec.file}: not UTF-8 text")
+    if not spec.text.strip():
+        raise BadInput(f"{spec.file}: file is empty")
+    return validate(ProjectSpec, parse_document(spec.text, kind, spec.file), spec.file)
+
+
+def sealed_spec(spec: SpecIn) -> ProjectSpec:
+    """The spec ready to seal: its words, with its code's snapshot digest (and full commit)
+    put in as ``load_sealed`` puts them."""
+    written = written_spec(spec)
+    ref = spec.code
+    if written.code is None:
+        if ref is not None:
+            raise BadInput(f"{spec.file}: code: the spec has no code, but a code snapshot was given")
+        return written
+    if ref is None:
+        raise BadInput(f"{spec.file}: code: the spec has code: give its snapshot's digest")
+    update: dict[str, Any] = {"digest": ref.digest}
+    if written.code.git is None:
+        if ref.commit is not None:
+            raise BadInput(f"{spec.file}: code.commit: only with git")
+    else:
+        assert written.code.commit is not None
+        if ref.commit is None or not ref.commit.startswith(written.code.commit):
+            raise BadInput(f"{spec.file}: code.commit: the snapshot's commit {ref.commit} is not "
+                           f"{written.code.commit}")
+        update["commit"] = ref.commit
+    return written.model_copy(update={"code": written.code.model_copy(update=update)})
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def iso(t: float | None) -> str | None:
+    """A time for programs: ISO 8601 UTC (the CLI's ``render.iso``)."""
+    if t is None:
+        return None
+    return dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _iso_times(data: dict[str, Any]) -> None:
+    """Add ISO UTC beside every epoch field of a grant or refusal."""
+    for obj in (data.get("grant"), data.get("refusal")):
+        if not obj:
+            continue
+        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at", "earliest_start"):
+            if k in obj:
+                obj[k + "_utc"] = iso(obj[k])
+        for alt in obj.get("alternatives", []):
+            alt["start_utc"], alt["end_utc"] = iso(alt["start"]), iso(alt["end"])
+
+
+def daemon_json(env: Env) -> dict[str, Any]:
+    """Who serves the ledger (``status``/``budget``/``report``'s ``daemon`` key)."""
+    from cellsched.ledger.lease import state
+
+    return state(env.ledger).to_json()
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+def validate_specs(env: Env | None, caller: str, specs: list[SpecIn], now: int) -> list[dict[str, Any]]:
+    """``validate``: each spec's name, id and digest (and its code's snapshot). Needs no
+    ledger; stops at the first bad spec."""
+    from cellsched.spec.seal import digest, project_id
+
+    out = []
+    for spec in specs:
+        sealed = sealed_spec(spec)
+        d = digest(sealed)
+        item: dict[str, Any] = {"file": spec.file, "name": sealed.name, "id": project_id(sealed, d), "digest": d}
+        if spec.code is not None:
+            item["code"] = spec.code.snapshot_json()
+        out.append(item)
+    return out
+
+
+def submit(env: Env, caller: str, spec: SpecIn, now: int, snapshot: Snapshot | None = None) -> dict[str, Any]:
+    """``submit``: granted or refused (``decision``). The code's archive is ``snapshot``
+    (local), or already in the ledger (uploaded to the server with ``store_code``)."""
+    from cellsched import service
+    from cellsched.spec.load import Sealed
+
+    sealed = sealed_spec(spec)
+    if snapshot is not None:
+        if spec.code is None or snapshot.digest != spec.code.digest:
+            raise BadInput(f"{spec.file}: code: the snapshot given is not the spec's")
+        outcome = service.submit(env, Sealed(sealed, snapshot), caller, now)
+    else:
+        source = None if spec.code is None else spec.code.source
+        outcome = service.submit(env, sealed, caller, now, code_source=source)
+    data = outcome.to_json()
+    _iso_times(data)
+    return data
+
+
+def store_code(env: Env, caller: str, digest: str, blob: bytes, now: int) -> dict[str, Any]:
+    """``PUT /api/code/{digest}``: store a code snapshot the client took (idempotent)."""
+    from cellsched import service
+
+    return service.store_code(env, caller, digest, blob, now)
+
+
+def code_stored(env: Env, caller: str, digest: str, now: int) -> dict[str, Any]:
+    """Whether the ledger holds a code snapshot (so a client need not upload it again)."""
+    from cellsched import service
+
+    with env.ledger.read() as s:
+        meta = service.code_meta(s, digest)
+    if meta is None:
+        raise NotFound(f"no code snapshot sha256:{digest} in the ledger")
+    return {"digest": digest, "stored": True, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0]}
+
+
+def cancel(env: Env, caller: str, project: str, now: int) -> dict[str, Any]:
+    """``cancel``: the project's live grant ended now, what was not held refunded."""
+    from cellsched import service
+
+    out = service.cancel(env, project, caller, now)
+    _iso_times(out)
+    return out
+
+
+def verify(env: Env, caller: str, project: str, now: int, spec: SpecIn | None = None,
+           code_now: CodeNow | None = None) -> dict[str, Any]:
+    """``verify``: the receipt and the sealed spec (and its stored code) check out; with
+    ``spec``, that its words are the sealed ones and (``code_now``) whether its code changed."""
+    from cellsched import service
+
+    written = None if spec is None else written_spec(spec)  # bad input first: before the ledger
+
+    def today(sealed_digest: str) -> dict[str, Any]:
+        if code_now is None:
+            return service.code_now(sealed_digest, None, "not snapshotted by the client")
+        return service.code_now(sealed_digest, code_now.digest, code_now.problem)
+
+    out = service.verify(env, project, written=written, where=spec.file if spec else "spec", code_now=today)
+    # Beside the receipt, not inside it: the signed payload stays exactly as signed.
+    for k in ("start", "end", "issued_at"):
+        out[k + "_utc"] = iso(out["receipt"].get(k))
+    return out
+
+
+def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[str, Any]]:
+    """``status``: every project's newest grant (or one project's) with progress and jobs;
+    each item carries the daemon's state (the output stays a list)."""
+    from cellsched import service
+
+    items = service.status(env, project, now)
+    daemon = daemon_json(env)
+    for it in items:
+        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
+            it[k + "_utc"] = iso(it[k])
+        it["daemon"] = daemon
+    return items
+
+
+def budget(env: Env, caller: str, name: str, now: int) -> dict[str, Any]:
+    """``budget``: a team's allowance this period (or its line for one project)."""
+    from cellsched import service
+
+    data = service.budget(env, name, now).to_json()
+    data["period_start_utc"], data["period_end_utc"] = iso(data["period_start"]), iso(data["period_end"])
+    data["daemon"] = daemon_json(env)
+    return data
+
+
+def report(env: Env, caller: str, since: int | None, until: int | None, team: str | None, now: int) -> dict[str, Any]:
+    """``report``: utilisation over ``[since, until)`` (default: the 30 days before now),
+    the data ``report --html``/``--png`` render, and the daemon's state."""
+    from cellsched.report import compute, snapshot
+
+    t1 = until if until is not None else now
+    t0 = since if since is not None else t1 - DEFAULT_REPORT_DAYS * 86400
+    if t1 <= t0:
+        raise BadInput(f"--since must be before --until (got {compute.utc(t0)} → {compute.utc(t1)})")
+    if team is not None and env.cluster.team(team) is None:
+        names = ", ".join(t.name for t in env.cluster.teams) or "none"
+        raise BadInput(f"--team: no team {team!r} in {env.cluster_path} (teams: {names})")
+    snap = snapshot.load(env.ledger, env.cluster, t0, t1)
+    data = compute.build(snap, env.cluster, t0, t1, now, team=team)
+    return {**data, "daemon": daemon_json(env)}
+
+
+def audit(ledger: Ledger, caller: str, now: int) -> dict[str, Any]:
+    """``audit``: the hash chain re-derived (``ok`` false names the first bad event)."""
+    from cellsched.ledger import events
+
+    with ledger.read() as s:
+        result = events.audit(s)
+    return {"ok": result.ok, "events": result.events, "first_bad": result.first_bad,
+            "problem": result.problem, "head": result.head}
+
+
+def daemon(env: Env, caller: str, now: int) -> dict[str, Any]:
+    """``daemon``: who serves the ledger (database clock), with ``*_utc`` times."""
+    data = daemon_json(env)
+    for k in ("since", "renewed_at", "expires_at", "down_since", "db_now"):
+        data[k + "_utc"] = iso(None if data[k] is None else int(data[k]))
+    return data
+
+
+def cluster(env: Env, caller: str, now: int) -> dict[str, Any]:
+    """What the CLI shows beside a grant: each pool's GPU type and size, each team's period."""
+    return {"pools": {p.name: {"gpu_type": p.gpu_type, "gpus": p.gpus} for p in env.cluster.pools},
+            "teams": {t.name: {"period": t.period} for t in env.cluster.teams}}
+
+
+def logs(env: Env, caller: str, project: str, job: str | None, rank: int | None, attempt: int | None,
+         now: int) -> dict[str, Any]:
+    """``logs``: the project's newest grant, its attempts (oldest first) and the rank logs
+    ``logs`` prints for these arguments, in order (read them with :func:`log_read`)."""
+    from cellsched.ledger.tables import LIVE_STATES
+    from cellsched.runtime import logs as L
+
+    g, log_dir, runs = L.locate(env, project)
+    out: dict[str, Any] = {
+        "project": g.project_id, "grant_state": g.state, "grant_live": g.state in LIVE_STATES, "log_dir": log_dir,
+        "attempts": [{"job": a.job, "attempt": a.attempt, "state": a.state, "gpus": a.gpus} for a in runs],
+        "files": [], "headers": False,
+    }
+    if not runs:
+        return out
+    picked = L.pick(runs, job, attempt)
+    for a in picked:
+        ranks = [rank] if rank is not None else list(range(a.gpus))
+        out["headers"] = out["headers"] or len(picked) > 1 or len(ranks) > 1
+        for r in ranks:
+            p = L.rank_log(log_dir, a.job, a.attempt, r)
+            out["files"].append({"job": a.job, "attempt": a.attempt, "state": a.state, "rank": r, "path": str(p)})
+    return out
+
+
+def log_read(env: Env, caller: str, project: str, job: str, attempt: int, rank: int, offset: int, now: int,
+             limit: int = LOG_CHUNK) -> dict[str, Any]:
+    """Up to ``limit`` bytes of one rank's log from ``offset`` (``data_b64``, base64: the
+    bytes as written), ``next_offset`` and ``size`` (``exists`` false: no log yet). The file
+    is found through the ledger, never by a path the caller names."""
+    from cellsched.runtime import logs as L
+
+    _g, log_dir, runs = L.locate(env, project)
+    if not any(a.job == job and a.attempt == attempt for a in runs):
+        L.pick(runs, job, attempt)  # raises NotFound naming what there is
+    p = L.rank_log(log_dir, job, attempt, rank)
+    data, size, exists = L.read_chunk(p, offset, max(1, min(limit, LOG_CHUNK)))
+    return {"path": str(p), "exists": exists, "offset": offset, "next_offset": offset + len(data),
+            "size": size, "data_b64": base64.b64encode(data).decode("ascii")}
