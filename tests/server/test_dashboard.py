@@ -202,6 +202,26 @@ def test_current_period_and_team_pages_in_chromium(browser: Chromium, site: tupl
     assert nav["‹ previous period"]["href"] == f"{base}/team/evals?since={T0 - 31 * DAY}&until={T0}"
 
 
+def test_dashboard_in_chromium_equals_api_report(browser: Chromium, site: tuple[str, Env], tmp_path: Path) -> None:
+    """The issue's check: the page's numbers are `/api/report`'s JSON for the same period."""
+    from cellsched.runtime.clock import now_s
+    from cellsched.server import tokens
+
+    base, env = site
+    if "/api/report" not in httpx.get(f"{base}/openapi.json").json()["paths"]:
+        pytest.skip("/api/report is not served yet (server/api.py)")
+    _tid, secret = tokens.issue(env, "alice", "root-admin", now_s(), note="dashboard test")
+    auth = {"Authorization": f"Bearer {secret}"}
+    for path, team, teams in (("/", None, 3), ("/team/interp", "interp", 1)):
+        params: dict[str, Any] = {"since": WEEK[0], "until": WEEK[1], **({"team": team} if team else {})}
+        r = httpx.get(f"{base}/api/report", params=params, headers=auth)
+        assert r.status_code == 200, r.text
+        api = r.json()
+        assert (api["period"]["since"], api["period"]["until"], api["team"]) == (*WEEK, team)
+        _res, dom = load(browser, f"{base}{path}?since={WEEK[0]}&until={WEEK[1]}", tmp_path, f"api-{team}")
+        assert_page_equals(dom, api, teams=teams)
+
+
 def test_unknown_team_in_chromium_is_a_404_with_one_line(browser: Chromium, site: tuple[str, Env],
                                                          tmp_path: Path) -> None:
     base, _env = site
