@@ -503,3 +503,40 @@ def test_login_writes_the_config_only_for_a_token_the_server_accepts(served: Ser
     r = CliRunner().invoke(app, ["login", served.unix])
     assert r.exit_code == 0 and "the Unix socket's peer credentials" in r.stdout
     assert "token" not in config.read_text()
+
+
+def test_no_token_request_body_or_id_is_a_server_error(served: Served) -> None:
+    """Hypothesis-made bodies for POST /api/tokens and ids for DELETE /api/tokens/{id}, from
+    an admin on the socket: a 2xx or a one-line 4xx, never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=80))
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                          max_leaves=8)
+    bodies = st.one_of(
+        values,
+        st.fixed_dictionaries({"user": st.sampled_from(["alice", "carol", "root", "mallory", "", "a" * 65]) | st.text(max_size=70)},
+                              optional={"expires": st.one_of(st.none(), st.sampled_from(["90d", "never", "0d", "1y"]), st.text(max_size=40)),
+                                        "note": st.text(max_size=250), "extra": values}),
+    )
+
+    def check(status: int, body: Any) -> None:
+        assert status < 500, body
+        if status >= 400:
+            assert set(body) == {"error", "exit_code"} and "\n" not in body["error"], body
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(body=bodies, tid=st.text(min_size=1, max_size=40))
+    def run(body: Any, tid: str) -> None:
+        check(*raw(served.sock, "POST", "/api/tokens", body))
+        from urllib.parse import quote
+
+        check(*raw(served.sock, "DELETE", "/api/tokens/" + quote(tid, safe="")))
+
+    run()
+    conn = UnixHTTP(served.sock)
+    conn.request("POST", "/api/tokens", body=b'{"user": "alice", ', headers={"content-type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 422 and set(json.loads(r.read())) == {"error", "exit_code"}
+    conn.close()

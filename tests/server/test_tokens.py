@@ -90,6 +90,7 @@ CREATE_REFUSED = [  # (caller, user, expires, note, error)
     (ADMIN, "alice", "forever", "", BadInput),
     (ADMIN, "alice", "90d", "two\nlines", BadInput),
     (ADMIN, "alice", "90d", "x" * 201, BadInput),
+    (ADMIN, "alice", "90d", "nul\x00", BadInput),  # PostgreSQL would refuse it: a 500, not a 400
 ]
 
 
@@ -122,8 +123,9 @@ def test_revocation_rules(env) -> None:  # type: ignore[no-untyped-def]
     before = counts(env)
     with pytest.raises(Denied):
         tokens.revoke(env, ALICE, b.id, NOW)
-    with pytest.raises(NotFound):
-        tokens.revoke(env, ADMIN, "t000000000000", NOW)
+    for unknown in ("t000000000000", "\x00", "t/../x", "x" * 65):
+        with pytest.raises(NotFound):
+            tokens.revoke(env, ADMIN, unknown, NOW)
     assert counts(env) == before
     info, fresh = tokens.revoke(env, ALICE, a.id, NOW + 10)
     assert fresh and (info.revoked_at, info.revoked_by, info.state(NOW + 10)) == (NOW + 10, "alice", "revoked")

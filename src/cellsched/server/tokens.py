@@ -36,6 +36,7 @@ DEFAULT_EXPIRES = "90d"
 NEVER = ("never", "none")
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 NOTE_MAX = 200
+ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -132,8 +133,8 @@ def create(env: Env, caller: Identity, user: str, expires: str | None, note: str
         raise BadInput(f"user: {user!r} is not a user name")
     if not known_user(env, user):
         raise BadInput(f"user: {user} is neither an admin nor a member of any team in the cluster config")
-    if len(note) > NOTE_MAX or any(c in note for c in "\r\n"):
-        raise BadInput(f"note: one line of at most {NOTE_MAX} characters")
+    if len(note) > NOTE_MAX or any(ord(c) < 32 or ord(c) == 127 for c in note):
+        raise BadInput(f"note: one line of at most {NOTE_MAX} characters, no control characters")
     ttl = parse_expires(expires)
     expires_at = None if ttl is None else now + ttl
     tid, secret = issue(env, user, caller.user, now, expires_at, note, via=caller.via)
@@ -152,6 +153,8 @@ def listing(env: Env, caller: Identity) -> list[TokenInfo]:
 def revoke(env: Env, caller: Identity, token_id: str, now: int) -> tuple[TokenInfo, bool]:
     """Revoke a token at once (admins: any; users: their own): (the token, whether it was
     revoked now; False if it already was)."""
+    if not ID_RE.fullmatch(token_id):  # not an id we issue (and nothing to send to the database)
+        raise NotFound(f"no token {token_id[:40]!r} (see `cellsched token list`)")
     with env.ledger.write() as s:
         row = s.get(TokenRow, token_id)
         if row is None:
