@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -263,7 +264,10 @@ def test_edges_and_the_cache_follow_the_ledger(env: Env) -> None:
     assert re.findall(r'id="error">([^<]*)<', r.text) == [
         "no team &#39;nobody&#39; in the cluster config (teams: interp, evals, pretraining)"]
     for query, line in (("since=yesterday", "since: &#39;yesterday&#39; is not a time"),
-                        (f"since={T0}&until={T0}", "since must be before until")):
+                        (f"since={T0}&until={T0}", "since must be before until"),
+                        ("since=0&until=99999999999999", "until: 99999999999999 is out of range"),
+                        ("since=-99999999999&until=0", "since: -99999999999 is out of range"),
+                        ("since=" + "9" * 40, "is out of range")):
         r = client.get(f"/?{query}")
         assert r.status_code == 400 and line in r.text, r.text
 
@@ -281,3 +285,31 @@ def test_edges_and_the_cache_follow_the_ledger(env: Env) -> None:
     assert f"ledger event {page.seq + 1}" in r.text
     team = client.get("/team/interp")
     assert keyed(team.text)["teams.interp.granted_gpu_hours"] == 24
+
+
+def test_any_query_or_team_is_a_page_or_one_line_never_a_5xx(tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from cellsched.receipt import create_keys, key_paths
+
+    (tmp_path / "cluster.toml").write_text(CLUSTER)
+    create_keys(*key_paths(tmp_path / "cluster.toml"))
+    env = open_env(tmp_path / "cluster.toml", f"sqlite:///{tmp_path / 'ledger.db'}")
+    client = TestClient(app_for(env), raise_server_exceptions=False)
+    times = st.one_of(st.integers(-10**20, 10**20).map(str), st.text(max_size=30),
+                      st.dates().map(str), st.datetimes().map(lambda d: d.isoformat()))
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(team=st.one_of(st.none(), st.text(min_size=1, max_size=20)), since=st.one_of(st.none(), times),
+           until=st.one_of(st.none(), times))
+    def check(team: str | None, since: str | None, until: str | None) -> None:
+        params = {k: v for k, v in (("since", since), ("until", until)) if v is not None}
+        path = "/" if team is None else "/team/" + quote(team, safe="")
+        r = client.get(path, params=params)
+        assert r.status_code in (200, 400, 404), (path, params, r.status_code, r.text[-300:])
+        if r.status_code != 200 and r.headers["content-type"].startswith("text/html"):
+            assert len(re.findall(r'id="error">([^<]*)<', r.text)) == 1
+
+    check()
+    env.ledger.dispose()

@@ -33,6 +33,7 @@ from cellsched.server.metrics import Cached, Reports, current_period
 
 router = APIRouter()
 
+LATEST = 7258118400  # 2200-01-01T00:00:00Z
 _DRAW = threading.Lock()  # matplotlib's pyplot state is global to the process
 
 NAV_CSS = """
@@ -65,6 +66,11 @@ def _period(request: Request, reports: Reports) -> tuple[int, int, bool]:
         return p0, p1, True
     until = parse_time(raw_until, "until") if raw_until is not None else p1
     since = parse_time(raw_since, "since") if raw_since is not None else until - 30 * 86400
+    for what, t in (("since", since), ("until", until)):
+        # Calendar arithmetic (allowance periods, dates on the page) fails outside years 1-9999:
+        # a period the report can draw, not a 500.
+        if not 0 <= t <= LATEST:
+            raise BadInput(f"{what}: {t} is out of range (1970-01-01 to 2200-01-01)")
     if until <= since:
         from cellsched.report.compute import utc
 
