@@ -233,7 +233,7 @@ class Metrics:
         self.refusals = Counter("cellsched_refusals", "Refusals by this server process, by reason",
                                 ["reason"], registry=self.registry)
         self.admission = Histogram("cellsched_admission_seconds",
-                                   "Time from a submit's arrival to its decision being recorded (seconds)",
+                                   "Time the server took to admit a submit and record the decision (seconds)",
                                    buckets=LATENCY_BUCKETS, registry=self.registry)
         for outcome in ("granted", "refused", "existing"):
             self.submits.labels(outcome)  # zero series exist before the first submit
