@@ -143,8 +143,9 @@ def _read_all(source: LogSource, project: str, job: str, attempt: int, rank: int
 
 
 def show(where: Env | LogSource, project: str, job: str | None, rank: int | None, attempt: int | None,
-         out: IO[str] = sys.stdout) -> int:
-    """Print logs; returns how many files were printed."""
+         out: IO[str] | None = None) -> int:
+    """Print logs (to ``out``, default stdout at the call); returns how many files were printed."""
+    out = out or sys.stdout
     source = _source(where)
     lst = source.listing(project, job, rank, attempt)
     if not lst["attempts"]:
@@ -166,9 +167,10 @@ def show(where: Env | LogSource, project: str, job: str | None, rank: int | None
 
 
 def follow(where: Env | LogSource, project: str, job: str, rank: int, attempt: int | None = None,
-           out: IO[str] = sys.stdout, poll_s: float = 0.2, wait_s: float | None = None) -> None:
+           out: IO[str] | None = None, poll_s: float = 0.2, wait_s: float | None = None) -> None:
     """Print one rank's log as it grows; switch to a retry's log when one starts; stop when
     the grant is over and the log is drained (or after ``wait_s``, for tests)."""
+    out = out or sys.stdout
     source = _source(where)
     t_end = None if wait_s is None else time.monotonic() + wait_s
     current: int | None = None
