@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -91,6 +92,11 @@ def start_server(env: Any, **state_kwargs: Any) -> Iterator[Served]:
     os.chmod(d, 0o711)
     running = Listeners(app, [parse_listen("http://127.0.0.1:0"), parse_listen(f"unix:{d / 's.sock'}")],
                         access_log=False)
+    # Connections accepted from a socket made by socket.create_server (proto 0) do not get
+    # asyncio's TCP_NODELAY, so every response after a connection's first waits ~40 ms for
+    # a delayed ACK; on Linux they inherit it from the listening socket. (The CLI opens a
+    # connection per command, so it never meets this; keep-alive clients, as here, do.)
+    running.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
     t.start()
     deadline = time.monotonic() + 15
@@ -104,6 +110,17 @@ def start_server(env: Any, **state_kwargs: Any) -> Iterator[Served]:
         running.stop()
         t.join(20)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def example_cluster() -> str:
+    """tests/conftest.py's EXAMPLE_CLUSTER (that module is not importable by name here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_cellsched_tests_root", Path(__file__).parents[1] / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.EXAMPLE_CLUSTER)
 
 
 @pytest.fixture
