@@ -540,3 +540,56 @@ def test_no_token_request_body_or_id_is_a_server_error(served: Served) -> None:
     r = conn.getresponse()
     assert r.status == 422 and set(json.loads(r.read())) == {"error", "exit_code"}
     conn.close()
+
+
+# -- the commands: one team cannot touch another's windows ---------------------------------
+
+SPEC = """
+name = "pythia-ablation"
+team = "interp"
+owner = "alice"
+problem = "Which attention heads carry induction behaviour?"
+[budget]
+gpu_hours = 96
+gpus = 8
+pool = "h100"
+[[jobs]]
+name = "ablate"
+run = ["python3", "ablate.py"]
+gpus = 8
+"""
+
+
+def test_a_member_of_another_team_cancelling_gets_403_and_nothing_changes(served: Served) -> None:
+    _, alice = served.token("alice")
+    _, bob = served.token("bob")
+    _, carol = served.token("carol")
+    spec = {"file": "pythia-ablation.toml", "text": SPEC}
+    # carol (team evals) may not spend interp's hours either
+    before = head(served.env)
+    with pytest.raises(Denied, match="carol is not a member of team interp"):
+        call(served.tcp, "POST", "/api/submit", carol, json=spec)
+    assert head(served.env) == before
+    granted = call(served.tcp, "POST", "/api/submit", alice, json=spec)
+    assert granted["decision"] == "granted"
+    project = granted["project"]
+    before = head(served.env)
+    def grant() -> list[Any]:
+        [item] = call(served.tcp, "GET", "/api/status", alice)
+        return [item[k] for k in ("state", "start", "end", "gpu_hours", "refunded_gpu_hours", "ended_at")]
+
+    status = grant()
+    for who in ("pythia-ablation", project):
+        with pytest.raises(Denied, match=f"carol may not cancel {project}") as e:
+            call(served.tcp, "POST", "/api/cancel", carol, json={"project": who})
+        assert e.value.exit_code == 1
+    if ROOT:
+        (code, body), = in_child(NOBODY, lambda: [raw(served.sock, "POST", "/api/cancel", {"project": project},
+                                                      headers={"authorization": f"Bearer {alice}"})])
+        assert code == 403 and "nobody may not cancel" in body["error"]
+    assert head(served.env) == before
+    assert grant() == status
+    # a member of interp may
+    done = call(served.tcp, "POST", "/api/cancel", bob, json={"project": project})
+    assert done["state"] == "cancelled"
+    assert head(served.env)[0] == before[0] + 1
