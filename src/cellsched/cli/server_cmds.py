@@ -42,6 +42,7 @@ def server(
     **Example**: cellsched server --listen unix:/run/cellsched/cellsched.sock --listen https://0.0.0.0:8443 --tls-cert /etc/cellsched/tls.crt --tls-key /etc/cellsched/tls.key
     """
     import asyncio
+    import logging
     import logging.config
 
     from cellsched.errors import BadInput
@@ -61,7 +62,17 @@ def server(
 
     app = create_app(ServerState(e))
     running = Listeners(app, listeners, tls_cert, tls_key)
+    log = logging.getLogger("cellsched.server")
+    log.info("ledger %s, cluster config %s", _shown(e.ledger.url), e.cluster_path)
+    if os.geteuid() == 0:
+        log.warning("running as root: run the server as a service account of its own (docs/server.md)")
     asyncio.run(running.serve(signals=True))
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _open_ledger(e) -> None:  # type: ignore[no-untyped-def]

@@ -361,8 +361,9 @@ class Listeners:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            for item, addr in zip(self.listeners, self.addresses):
-                log.info("listening on %s (%s)", addr, "identity from the kernel" if item.is_unix else "identity from tokens")
+            for item, sock in zip(self.listeners, self.sockets):
+                bound = item if item.is_unix else Listener(item.scheme, host=item.host, port=sock.getsockname()[1])
+                log.info("listening on %s (%s)", bound, "identity from the kernel" if item.is_unix else "identity from tokens")
             await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in zip(self.servers, self.sockets)))
         finally:
             if signals and threading.current_thread() is threading.main_thread():
