@@ -179,3 +179,90 @@ def test_index_matches_brute_force(shape, steps, qs, unit):
                       if brute_earliest(sizes, per, live, width, x - start, start, x) == start]
             expect = start if not fit_to else (FAR_FUTURE if fit_to[-1] == horizon else fit_to[-1])
             assert r == expect, (width, start)
+
+
+# -- the hour index against each node's own calendar -----------------------------------
+
+def plain_fit(cal, v, t, e):
+    """Nodes with at least ``v`` free throughout [t, e), asking every node's calendar."""
+    return [n for n, c in enumerate(cal.nodes) if c.capacity >= v and c.min_free(t, e) >= v]
+
+
+def plain_earliest(cal, v, k, d, start, limit):
+    """Earliest t in [start, limit] with k nodes fitting v over [t, t + d): at ``start`` or
+    at some node's breakpoint (trying each)."""
+    times = sorted({start} | {x for c in cal.nodes for x in c._t[1:] if start < x <= limit})
+    return next((t for t in times if t <= limit and len(plain_fit(cal, v, t, t + d)) >= k), None)
+
+
+def plain_soonest(cal, v, t, e, m):
+    """The plain rule for which nodes: those fitting, their span of v free ending soonest."""
+    def span_end(c):
+        return c.free_until(v, e) if c.free_at(e) >= v else e
+    return sorted(plain_fit(cal, v, t, e), key=lambda n: (span_end(cal.nodes[n]), n))[:m]
+
+
+hour_ops = st.lists(
+    st.tuples(st.sampled_from(["reserve", "reserve", "reserve", "release", "forget"]),
+              st.integers(0, 40 * 3600), st.integers(1, 30 * 3600), st.integers(1, 24), st.integers(0, 50)),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=hour_ops, qs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 30 * 3600),
+                                          st.integers(0, 50 * 3600), st.none() | st.integers(0, 80 * 3600)),
+                                min_size=1, max_size=10),
+       built_first=st.booleans())
+def test_hour_index_matches_the_nodes(steps, qs, built_first):
+    """Windows at any second over tens of hours on five nodes of 8 and one of 4; the index
+    built before the changes (kept up to date) or after them (built from the calendars);
+    after any reserves, partial releases and forgets, ``fit``, ``earliest`` and ``soonest``
+    answer as asking every node's calendar does."""
+    cal = NodeCalendar(44, 8)
+    if built_first:
+        for v in range(1, 9):
+            cal._hours_of(v)
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+    floor = 0
+    for kind, a, length, width, pick in steps:
+        a = max(a, floor)
+        if kind == "forget":
+            floor = a
+            cal.forget_before(floor)
+            live = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
+        elif kind == "release" and live:
+            s, e, w, ns = live.pop(pick % len(live))
+            cut = min(e, max(s, a))
+            if cut < e:
+                cal.release(cut, e, w, ns)
+            if cut > s:
+                live.append((s, cut, w, ns))
+        elif kind == "reserve" and cal.admits(width):
+            ns = cal.choose(width, a, a + length)
+            if ns is not None:
+                live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+    for v, k, d, start, deadline in qs:
+        start = max(start, floor)
+        h = cal._hours_of(v)
+        bits = h.fit(start, start + d)
+        assert [n for n in range(len(cal.nodes)) if bits >> n & 1] == plain_fit(cal, v, start, start + d)
+        assert [n for n in range(len(cal.nodes)) if h.at(start) >> n & 1] == plain_fit(cal, v, start, start + 1)
+        limit = FAR_FUTURE if deadline is None else deadline - d
+        assert h.earliest(k, d, start, limit) == plain_earliest(cal, v, k, d, start, limit), (v, k, d, start)
+        assert h.soonest(start, start + d, k) == plain_soonest(cal, v, start, start + d, k)
+        # the counts and masks kept per hour are what a fresh index builds
+        fresh = _fresh(cal, v)
+        if h.q0 is not None and fresh.q0 is not None:
+            lo = max(h.q0, fresh.q0)
+            hi = min(h.q0 + len(h.m0), fresh.q0 + len(fresh.m0))
+            for q in range(lo, hi):
+                i, j = q - h.q0, q - fresh.q0
+                assert (h.m0[i], h.sure[i], h.poss[i], h.dall[i], h.pc[i], h.sc[i]) == \
+                    (fresh.m0[j], fresh.sure[j], fresh.poss[j], fresh.dall[j], fresh.pc[j], fresh.sc[j]), q
+                assert (h.uk[i], h.ub[i], h.dk[i], h.db[i]) == (fresh.uk[j], fresh.ub[j], fresh.dk[j], fresh.db[j])
+
+
+def _fresh(cal, v):
+    from cellsched.core.nodes import _Hours
+    return _Hours(v, cal.nodes)

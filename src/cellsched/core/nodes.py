@@ -43,14 +43,17 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from functools import reduce
 from itertools import compress, islice
-from operator import and_
+from operator import and_, or_, xor
 
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
 
 _LAST = 1 << 62  # sorts after any node index
 BEST_FIT_OF = 4  # a narrow grant's node is the best fit in GPUs among this many candidates
 SCAN_NODES = 16  # nodes tried in index order for a narrow grant before any wholly free one
-HOUR = 3600  # the buckets of the whole-node masks
+HOUR = 3600  # the buckets of the whole-node masks and of the per-GPU-count hours
+NK = 1 << 21  # a crossing's key is time * NK + node: an hour's crossings sort by (time, node)
+HK = NK * HOUR  # key // HK is the crossing's hour
+CHUNK = 128  # hours per cached chunk of candidate counts
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -103,9 +106,11 @@ def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int,
 
 
 class _Threshold:
-    """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all."""
+    """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all, kept for
+    ``reach``: each run's end, sorted, with its start beside it, and ``count``, how many
+    nodes have at least ``v`` free, as a step function of time."""
 
-    __slots__ = ("count", "end_starts", "ends", "h0", "hlens", "hmax", "start_lens", "starts", "v")
+    __slots__ = ("count", "end_starts", "ends", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -117,9 +122,6 @@ class _Threshold:
         runs.sort()
         self.ends: list[tuple[int, int]] = [(b, i) for b, i, _ in runs]  # (run end, node), sorted
         self.end_starts: list[int] = [a for _, _, a in runs]  # the run's start, beside its end
-        self.starts: list[tuple[int, int]] = []  # (run start, node), sorted
-        self.start_lens: list[int] = []  # the run's length, beside its start
-        self._by_start(runs)
         # count as a step function, by one sweep over the runs' edges
         delta: dict[int, int] = {}
         for b, _, a in runs:
@@ -134,148 +136,20 @@ class _Threshold:
                 fs.append(val)
         count._t, count._f = ts, fs
 
-    def _by_start(self, runs: list[tuple[int, int, int]]) -> None:
-        """Fill ``starts``/``start_lens`` (and the hours' longest runs) from (end, node,
-        start) triples."""
-        by_a = sorted((a, i, b - a) for b, i, a in runs)
-        self.starts = [(a, i) for a, i, _ in by_a]
-        self.start_lens = [n for _, _, n in by_a]
-        hours = [a // HOUR for a, _, _ in by_a if a > FAR_PAST]
-        # Hours from the first run start on (none yet: the first one sets h0, so an idle
-        # calendar does not hold a list from 1970 to now).
-        self.h0 = min(hours, default=0)
-        self.hmax = [0] * (max(hours) - self.h0 + 1) if hours else []
-        self.hlens: list[list[int]] = [[] for _ in self.hmax]  # run lengths per hour, sorted
-        for (a, _, n) in by_a:
-            if a > FAR_PAST:
-                q = a // HOUR - self.h0
-                self.hlens[q].append(n)
-                if n > self.hmax[q]:
-                    self.hmax[q] = n
-        for lst in self.hlens:
-            lst.sort()
-
-    def _hour(self, a: int) -> None:
-        """Recompute the longest run starting in the hour of ``a``."""
-        if a <= FAR_PAST:
-            return
-        q = a // HOUR
-        if not self.hmax:
-            self.h0 = q
-        if q < self.h0:
-            self.hmax[:0] = [0] * (self.h0 - q)
-            self.hlens[:0] = [[] for _ in range(self.h0 - q)]
-            self.h0 = q
-        k = q - self.h0
-        if k >= len(self.hmax):
-            more = k - len(self.hmax) + 1
-            self.hmax.extend([0] * more)
-            self.hlens.extend([] for _ in range(more))
-        starts = self.starts
-        i = bisect_left(starts, (q * HOUR, -1))
-        j = bisect_left(starts, ((q + 1) * HOUR, -1), i)
-        lens = sorted(islice(_tail(self.start_lens, i), j - i))
-        self.hlens[k] = lens
-        self.hmax[k] = lens[-1] if lens else 0
-
-    def _long_start(self, t: int, d: int, m: int) -> int | None:
-        """Index in ``starts`` of the ``m``-th run beginning after ``t`` at least ``d`` long.
-        Hours whose longest run is shorter are skipped whole."""
-        starts, lens, hmax, h0 = self.starts, self.start_lens, self.hmax, self.h0
-        long_enough = d.__le__
-
-        def take(lo: int, hi: int, need: int) -> list[int]:
-            return list(islice(compress(range(lo, hi), map(long_enough, islice(_tail(lens, lo), hi - lo))), need))
-
-        q = t // HOUR
-        i = bisect_right(starts, (t, _LAST))
-        hits = take(i, bisect_left(starts, ((q + 1) * HOUR, -1), i), m)  # the rest of t's hour
-        if len(hits) == m:
-            return hits[-1]
-        m -= len(hits)
-        b = max(q + 1 - h0, 0)
-        hlens = self.hlens
-        for x in compress(range(b, len(hmax)), map(long_enough, _tail(hmax, b))):
-            lst = hlens[x]
-            here = len(lst) - bisect_left(lst, d)  # runs of this hour at least d long
-            if here < m:
-                m -= here
-                continue
-            lo = bisect_left(starts, ((x + h0) * HOUR, -1))
-            return take(lo, bisect_left(starts, ((x + h0 + 1) * HOUR, -1), lo), m)[-1]
-        return None
-
     def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
         """Node ``node``'s runs ``old`` (touching [lo, hi)) are now ``new``."""
-        ends, es, starts, lens, count = self.ends, self.end_starts, self.starts, self.start_lens, self.count
+        ends, es, count = self.ends, self.end_starts, self.count
         for a, b in old:
             i = bisect_left(ends, (b, node))
             del ends[i], es[i]
-            i = bisect_left(starts, (a, node))
-            del starts[i], lens[i]
             if min(b, hi) > max(a, lo):
                 count._add(max(a, lo), min(b, hi), -1)
         for a, b in new:
             i = bisect_left(ends, (b, node))
             ends.insert(i, (b, node))
             es.insert(i, a)
-            i = bisect_left(starts, (a, node))
-            starts.insert(i, (a, node))
-            lens.insert(i, b - a)
             if min(b, hi) > max(a, lo):
                 count._add(max(a, lo), min(b, hi), 1)
-        for a, _ in old:
-            self._hour(a)
-        for a, _ in new:
-            self._hour(a)
-
-    def fitting(self, t: int, d: int) -> int:
-        """How many nodes have at least ``v`` free throughout [t, t + d)."""
-        c = self.count.free_at(t)
-        if c:
-            ends = self.ends
-            i = bisect_right(ends, (t, _LAST))
-            j = bisect_left(ends, (t + d, -1), i)
-            if j > i:
-                c -= sum(map(t.__ge__, islice(_tail(self.end_starts, i), j - i)))
-        return c
-
-    def earliest(self, k: int, d: int, start: int, deadline: int | None) -> int | None:
-        """Earliest t >= start at which ``k`` nodes fit ``v`` over [t, t + d), t + d <= deadline."""
-        count = self.count
-        limit = FAR_FUTURE if deadline is None else deadline - d
-        t = count.earliest(k, d, start, deadline)
-        while t is not None:
-            f = self.fitting(t, d)
-            if f >= k:
-                return t
-            # A run that began by t and covers a later window covers this one too, so it is
-            # among the f: a later start needs k - f more runs, at least d long, beginning
-            # after t. The (k - f)-th of them is the next candidate; for one node it is the
-            # answer (that run holds the window from its start).
-            x = self._long_start(t, d, k - f)
-            if x is None:
-                return None
-            a = self.starts[x][0]
-            if k == 1:
-                return a if a <= limit else None
-            t = count.earliest(k, d, a, deadline)
-        return None
-
-    def candidates(self, t: int, d: int, m: int) -> list[int]:
-        """Up to ``m`` nodes that fit ``v`` over [t, t + d), soonest run end first."""
-        ends = self.ends
-        i = bisect_left(ends, (t + d, -1))
-        return [ends[x][1] for x in islice(compress(range(i, len(ends)), map(t.__ge__, _tail(self.end_starts, i))), m)]
-
-    def choose(self, k: int, t: int, d: int) -> tuple[int, ...] | None:
-        """``k`` nodes that fit ``v`` over [t, t + d): those whose run ends soonest after it."""
-        ends = self.ends
-        i = bisect_left(ends, (t + d, -1))
-        picked = list(islice(compress(range(i, len(ends)), map(t.__ge__, _tail(self.end_starts, i))), k))
-        if len(picked) < k:
-            return None
-        return tuple(sorted(ends[x][1] for x in picked))
 
     def forget_before(self, t: int) -> None:
         """As the nodes' calendars forget: runs over by ``t`` go, runs open at ``t`` now
@@ -284,7 +158,6 @@ class _Threshold:
         i = bisect_right(self.ends, (t, _LAST))
         del self.ends[:i], self.end_starts[:i]
         self.end_starts = [FAR_PAST if a <= t else a for a in self.end_starts]
-        self._by_start([(b, n, a) for a, (b, n) in zip(self.end_starts, self.ends)])
 
 
 class _Whole:
@@ -378,6 +251,453 @@ class _Whole:
             self.q0 += drop
 
 
+class _Hours:
+    """Which nodes have at least ``v`` GPUs free, hour by hour, as bitmasks (bit n: node n),
+    with the instants inside each hour at which a node's free GPUs cross ``v``.
+
+    Per hour ``q`` (index ``q - q0``): ``m0``, the nodes with ``v`` free just before the
+    hour; ``sure``, those with ``v`` free throughout it; ``poss``, those with ``v`` free at
+    some instant of it; ``dall``, those that drop below ``v`` in it; ``pc``/``sc``, how many
+    nodes ``poss``/``sure`` hold; and its crossings, *ups* and *downs*, each as sorted keys
+    ``time * NK + node`` beside the node's bit. Before the first hour every node is as at
+    its calendar's start (``head``), after the last as at its end (``tail``).
+
+    So the nodes that fit ``v`` GPUs over [t, e) are those with ``v`` free at t (``m0`` of
+    t's hour with that hour's crossings up to t toggled) less those with a down in (t, e):
+    a bisect and a few C-level ORs per end hour, and one OR per hour between. A search
+    skips hours by counts: no window starting in hour q fits ``k`` nodes unless ``pc[q]``
+    and ``sc`` of every hour the window surely covers are at least ``k`` (scanned at C
+    speed), then ``poss[q]`` ANDed with those hours' ``sure`` (the *candidates*) holds
+    ``k`` nodes. Inside an hour that passes, the start is ``t`` or the instant a candidate
+    comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
+    the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
+
+    __slots__ = ("_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
+                 "sure", "tail", "ub", "uk", "v")
+
+    def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
+        self.v = v
+        self.bits = bits = [1 << i for i in range(len(nodes))]
+        head = tail = elig = 0
+        ups: list[int] = []
+        downs: list[int] = []
+        for n, c in enumerate(nodes):
+            if c.capacity < v:
+                continue
+            b = bits[n]
+            elig |= b
+            t, f = c._t, c._f
+            above = f[0] >= v
+            if above:
+                head |= b
+            if f[-1] >= v:
+                tail |= b
+            for k in range(1, len(f)):
+                if (f[k] >= v) is not above:
+                    above = not above
+                    (ups if above else downs).append(t[k] * NK + n)
+        self.elig, self.head, self.tail = elig, head, tail
+        # Per count of inner hours L, per chunk of CHUNK hours (by absolute hour // CHUNK):
+        # (the largest, [how many candidates each start hour has]), made when a search
+        # needs it and dropped when an hour it read changes.
+        self._ubc: dict[int, dict[int, tuple[int, list[int]]]] = {}
+        self.q0: int | None = None
+        self.m0: list[int] = []
+        self.sure: list[int] = []
+        self.poss: list[int] = []
+        self.dall: list[int] = []
+        self.pc: list[int] = []
+        self.sc: list[int] = []
+        self.uk: list[list[int]] = []
+        self.ub: list[list[int]] = []
+        self.dk: list[list[int]] = []
+        self.db: list[list[int]] = []
+        if not ups and not downs:
+            return  # no crossing anywhere: hours are made when the first change comes
+        keys = ups + downs
+        q0 = min(keys) // HK
+        nh = max(keys) // HK - q0 + 1
+        self.q0 = q0
+        self.uk, self.ub = [[] for _ in range(nh)], [[] for _ in range(nh)]
+        self.dk, self.db = [[] for _ in range(nh)], [[] for _ in range(nh)]
+        for src, kk, bb in ((sorted(ups), self.uk, self.ub), (sorted(downs), self.dk, self.db)):
+            for key in src:
+                i = key // HK - q0
+                kk[i].append(key)
+                bb[i].append(bits[key % NK])
+        state = head
+        for i in range(nh):
+            self._fill(i, state)
+            state = reduce(xor, self.ub[i], reduce(xor, self.db[i], state))
+        self.pc = [x.bit_count() for x in self.poss]
+        self.sc = [x.bit_count() for x in self.sure]
+
+    def _fill(self, i: int, m0: int) -> None:
+        """Append hour ``i``'s masks from its crossings, ``m0`` being the state before it."""
+        first = (self.q0 + i) * HK + NK  # keys below: crossings at the hour's first second
+        uk, ub, dk, db = self.uk[i], self.ub[i], self.dk[i], self.db[i]
+        x, y = bisect_left(uk, first), bisect_left(dk, first)
+        s0 = reduce(xor, ub[:x], reduce(xor, db[:y], m0))
+        self.m0.append(m0)
+        self.poss.append(reduce(or_, ub[x:], s0))
+        self.sure.append(s0 & ~reduce(or_, db[y:], 0))
+        self.dall.append(reduce(or_, db, 0))
+
+    # -- queries -----------------------------------------------------------------------
+
+    def at(self, t: int) -> int:
+        """The nodes with at least ``v`` free at ``t``."""
+        q0 = self.q0
+        if q0 is None:
+            return self.head
+        i = t // HOUR - q0
+        if i < 0:
+            return self.head
+        if i >= len(self.m0):
+            return self.tail
+        key = t * NK + NK - 1
+        s = self.m0[i]
+        x = bisect_right(self.uk[i], key)
+        if x:
+            s = reduce(xor, self.ub[i][:x], s)
+        y = bisect_right(self.dk[i], key)
+        if y:
+            s = reduce(xor, self.db[i][:y], s)
+        return s
+
+    def fit(self, t: int, e: int) -> int:
+        """The nodes with at least ``v`` free throughout [t, e)."""
+        q0 = self.q0
+        if q0 is None:
+            return self.head
+        nh = len(self.m0)
+        i = t // HOUR - q0
+        if i >= nh:
+            return self.tail
+        j = (e - 1) // HOUR - q0
+        if e <= t or j < 0:
+            return self.at(t)
+        down = 0
+        if i < 0:
+            s = self.head
+            a = 0
+        else:
+            key = t * NK + NK - 1
+            s = self.m0[i]
+            uk, dk, db = self.uk[i], self.dk[i], self.db[i]
+            x = bisect_right(uk, key)
+            if x:
+                s = reduce(xor, self.ub[i][:x], s)
+            y = bisect_right(dk, key)
+            if y:
+                s = reduce(xor, db[:y], s)
+            if j == i:
+                z = bisect_left(dk, e * NK, y)
+                return s & ~reduce(or_, db[y:z], 0) if z > y else s
+            if y < len(db):
+                down = reduce(or_, db[y:], 0)
+            a = i + 1
+        b = j if j < nh else nh
+        if b > a:
+            down = reduce(or_, self.dall[a:b], down)
+        if j < nh:
+            z = bisect_left(self.dk[j], e * NK)
+            if z:
+                down = reduce(or_, self.db[j][:z], down)
+        return s & ~down
+
+    def _candidates(self, i: int, inner: int) -> int:
+        """Nodes that may fit a window starting in hour ``i`` that surely covers the
+        ``inner`` hours after it: free at some instant of hour i, throughout those."""
+        nh = len(self.m0)
+        m = self.poss[i]
+        if inner > 0:
+            stop = i + inner + 1
+            if stop > nh:
+                m &= self.tail
+                stop = nh
+            if stop > i + 1:
+                m = reduce(and_, self.sure[i + 1 : stop], m)
+        return m
+
+    def _next_hour(self, i: int, k: int, inner: int) -> int:
+        """The first hour index >= ``i`` at which a window that surely covers the ``inner``
+        hours after its start hour has ``k`` candidates (len(m0): none before the tail)."""
+        nh = len(self.m0)
+        enough = k.__le__
+        if inner <= 0:
+            return next(compress(range(i, nh), map(enough, _tail(self.pc, i))), nh)
+        chunks = self._ubc.get(inner)
+        if chunks is None:
+            chunks = self._ubc[inner] = {}
+        q0 = self.q0
+        assert q0 is not None
+        q, end = q0 + i, q0 + nh
+        while q < end:
+            c = q // CHUNK
+            entry = chunks.get(c)
+            if entry is None:
+                entry = chunks[c] = self._chunk(inner, c)
+            if entry[0] >= k:
+                base = c * CHUNK
+                off, stop = q - base, min(CHUNK, end - base)
+                x = next(compress(range(off, stop), map(enough, islice(_tail(entry[1], off), stop - off))), None)
+                if x is not None:
+                    return base + x - q0
+            q = (c + 1) * CHUNK
+        return nh
+
+    def _span(self, masks: list[int], qa: int, qb: int) -> list[int]:
+        """``masks`` of absolute hours [qa, qb), as ``head`` before the first, ``tail`` after the last."""
+        q0 = self.q0
+        assert q0 is not None
+        nh = len(masks)
+        a, b = qa - q0, qb - q0
+        out = masks[max(a, 0) : max(min(b, nh), 0)]
+        if a < 0:
+            out[:0] = [self.head] * (min(b, 0) - a)
+        if b > nh:
+            out.extend([self.tail] * (b - max(a, nh)))
+        return out
+
+    def _chunk(self, inner: int, c: int) -> tuple[int, list[int]]:
+        """(largest, counts) of candidates for start hours c * CHUNK .. (c + 1) * CHUNK - 1:
+        ``poss`` of the hour ANDed with ``sure`` of the ``inner`` hours after it (the AND of
+        a sliding window, by doubling: a few C-level maps over the chunk)."""
+        a = c * CHUNK
+        w = self._span(self.sure, a + 1, a + CHUNK + inner)
+        span = 1
+        while span * 2 <= inner:
+            w = list(map(and_, w, w[span:]))
+            span *= 2
+        if span < inner:
+            w = list(map(and_, w, w[inner - span :]))
+        counts = list(map(int.bit_count, map(and_, self._span(self.poss, a, a + CHUNK), w)))
+        return max(counts), counts
+
+    def _invalidate(self, qa: int, qb: int) -> None:
+        """Hours qa..qb (absolute) changed: drop the chunks that read them."""
+        for inner, chunks in self._ubc.items():
+            if chunks:
+                for c in range((qa - inner) // CHUNK, qb // CHUNK + 1):
+                    chunks.pop(c, None)
+
+    def earliest(self, k: int, d: int, t: int, limit: int) -> int | None:
+        """Earliest t' in [t, limit] at which ``k`` nodes have ``v`` free over [t', t' + d)."""
+        if self.elig.bit_count() < k:
+            return None
+        q0 = self.q0
+        if q0 is None:
+            return t if t <= limit and self.head.bit_count() >= k else None
+        if t > limit:
+            return None
+        if self.fit(t, t + d).bit_count() >= k:
+            return t  # the usual case for one node: no hours to scan
+        nh = len(self.m0)
+        inner = d // HOUR - 1  # hours any window of length d starting in an hour covers whole
+        while t <= limit:
+            i = t // HOUR - q0
+            if i < 0:
+                if self.fit(t, t + d).bit_count() >= k:
+                    return t
+                t = q0 * HOUR  # nothing comes up before the first hour: only fewer fit
+                continue
+            if i >= nh:
+                return t if self.tail.bit_count() >= k else None
+            j = self._next_hour(i, k, inner)
+            if j > i:
+                t = (q0 + j) * HOUR
+                continue
+            cand = self._candidates(i, inner)
+            if cand.bit_count() >= k:  # (always, unless the tail cuts the window's hours short)
+                uk, ub = self.uk[i], self.ub[i]
+                while True:
+                    f = self.fit(t, t + d).bit_count()
+                    if f >= k:
+                        return t
+                    x = bisect_right(uk, t * NK + NK - 1)
+                    ups = compress(range(x, len(uk)), map(cand.__and__, _tail(ub, x)))
+                    y = next(islice(ups, k - f - 1, None), None)
+                    if y is None:
+                        break
+                    t = uk[y] // NK
+                    if t > limit:
+                        return None
+            t = (q0 + i + 1) * HOUR
+        return None
+
+    def soonest(self, t: int, e: int, m: int) -> list[int]:
+        """Up to ``m`` nodes that have ``v`` free over [t, e), those whose span of ``v``
+        free ends soonest first (ties: lower node first; spans that never end last)."""
+        left = self.fit(t, e)
+        out: list[int] = []
+        q0 = self.q0
+        if left and q0 is not None:
+            nh = len(self.m0)
+            i = e // HOUR - q0
+            x = 0
+            if i < 0:
+                i = 0
+            elif i < nh:
+                x = bisect_left(self.dk[i], e * NK)
+            while i < nh:
+                db = self.db[i]
+                for y in compress(range(x, len(db)), map(left.__and__, _tail(db, x))):
+                    b = db[y]
+                    if left & b:
+                        out.append(b.bit_length() - 1)
+                        left &= ~b
+                        if len(out) == m or not left:
+                            return out
+                i = next(compress(range(i + 1, nh), map(left.__and__, _tail(self.dall, i + 1))), nh)
+                x = 0
+        out.extend(_lowest_bits(left, m - len(out)))
+        return out
+
+    # -- upkeep ------------------------------------------------------------------------
+
+    def crossings(self, node: CapacityCalendar, lo: int, hi: int) -> list[tuple[int, bool]]:
+        """The node's crossings of ``v`` at instants in [lo, hi): (time, up)."""
+        t, f, v = node._t, node._f, self.v
+        k = max(bisect_left(t, lo), 1)
+        stop = bisect_left(t, hi, k)
+        above = f[k - 1] >= v
+        out = []
+        for x in range(k, stop):
+            if (f[x] >= v) is not above:
+                above = not above
+                out.append((t[x], above))
+        return out
+
+    def changed(self, n: int, node: CapacityCalendar, old: list[tuple[int, bool]], qs: int, qe: int) -> None:
+        """Node ``n`` changed inside hours [qs, qe]; ``old`` were its crossings there."""
+        b = self.bits[n]
+        new = self.crossings(node, qs * HOUR, (qe + 1) * HOUR)
+        self._cover(qs, qe)
+        q0 = self.q0
+        gone, came = set(old) - set(new), set(new) - set(old)
+        for tm, up in gone:
+            keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
+            i = tm // HOUR - q0
+            x = bisect_left(keys[i], tm * NK + n)
+            del keys[i][x], bb[i][x]
+        for tm, up in came:
+            keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
+            i = tm // HOUR - q0
+            x = bisect_left(keys[i], tm * NK + n)
+            keys[i].insert(x, tm * NK + n)
+            bb[i].insert(x, b)
+        self._node_bits(n, node, qs, qe, new)
+        f = node._f
+        self.head = self.head | b if f[0] >= self.v else self.head & ~b
+        tail = self.tail | b if f[-1] >= self.v else self.tail & ~b
+        if tail != self.tail:  # (a change reaching the far future: never in practice)
+            self.tail = tail
+            self._ubc.clear()
+        self._invalidate(qs, qe)
+
+    def _cover(self, qs: int, qe: int) -> None:
+        """Make hours qs..qe explicit (before the first: as ``head``; after the last: as ``tail``)."""
+        if self.q0 is None:
+            self.q0 = qs
+        if qs < self.q0:
+            more = self.q0 - qs
+            h, c = self.head, self.head.bit_count()
+            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
+                lst[:0] = [val] * more
+            for lst in (self.uk, self.ub, self.dk, self.db):
+                lst[:0] = [[] for _ in range(more)]
+            self.q0 = qs
+        more = qe - self.q0 + 1 - len(self.m0)
+        if more > 0:
+            h, c = self.tail, self.tail.bit_count()
+            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
+                lst.extend([val] * more)
+            for lst in (self.uk, self.ub, self.dk, self.db):
+                lst.extend([] for _ in range(more))
+
+    def _node_bits(self, n: int, node: CapacityCalendar, qs: int, qe: int, ev: list[tuple[int, bool]]) -> None:
+        """Node ``n``'s bits in hours qs..qe, from its crossings ``ev`` there."""
+        b = self.bits[n]
+        nb = ~b
+        q0 = self.q0
+        m0, sure, poss, dall = self.m0, self.sure, self.poss, self.dall
+        above = node.free_at(qs * HOUR - 1) >= self.v
+        q, p, ne = qs, 0, len(ev)
+        while q <= qe:
+            nxt = min(ev[p][0] // HOUR, qe + 1) if p < ne else qe + 1
+            if nxt > q:  # hours without a crossing: the node is as it was throughout
+                a, z = q - q0, nxt - q0
+                if above:
+                    for lst in (m0, sure, poss):
+                        lst[a:z] = [x | b for x in lst[a:z]]
+                else:
+                    for lst in (m0, sure, poss):
+                        lst[a:z] = [x & nb for x in lst[a:z]]
+                dall[a:z] = [x & nb for x in dall[a:z]]
+                q = nxt
+                continue
+            i, first = q - q0, q * HOUR
+            m0[i] = m0[i] | b if above else m0[i] & nb
+            s0, up_later, down_later, down = above, False, False, False
+            while p < ne and ev[p][0] < first + HOUR:
+                tm, above = ev[p]
+                p += 1
+                if tm == first:
+                    s0 = above
+                elif above:
+                    up_later = True
+                else:
+                    down_later = True
+                down = down or not above
+            poss[i] = poss[i] | b if s0 or up_later else poss[i] & nb
+            sure[i] = sure[i] | b if s0 and not down_later else sure[i] & nb
+            dall[i] = dall[i] | b if down else dall[i] & nb
+            q += 1
+        a, z = qs - q0, qe - q0 + 1
+        self.pc[a:z] = [x.bit_count() for x in poss[a:z]]
+        self.sc[a:z] = [x.bit_count() for x in sure[a:z]]
+
+    def forget_before(self, t: int) -> None:
+        """As the nodes' calendars forget: hours before t's go, crossings up to ``t`` fold
+        into the state its hour starts from (the calendars now start as they are at t)."""
+        q0 = self.q0
+        if q0 is None:
+            return
+        drop = t // HOUR - q0
+        self._ubc.clear() if drop >= len(self.m0) else self._invalidate(q0, t // HOUR)
+        for chunks in self._ubc.values():
+            for c in [c for c in chunks if c < t // HOUR // CHUNK]:
+                del chunks[c]
+        if drop >= len(self.m0):
+            self.head = self.tail
+            self.q0 = None
+            for lst in (self.m0, self.sure, self.poss, self.dall, self.pc, self.sc, self.uk, self.ub, self.dk, self.db):
+                lst.clear()
+            return
+        if drop > 0:
+            for lst in (self.m0, self.sure, self.poss, self.dall, self.pc, self.sc, self.uk, self.ub, self.dk, self.db):
+                del lst[:drop]
+            self.q0 = q0 = q0 + drop
+        if drop < 0:
+            return
+        s = self.at(t)
+        key = t * NK + NK - 1
+        for keys, bb in ((self.uk, self.ub), (self.dk, self.db)):
+            x = bisect_right(keys[0], key)
+            del keys[0][:x], bb[0][:x]
+        self.head = s
+        # hour 0 now starts at the state at t and has no crossings before t
+        for lst in (self.m0, self.sure, self.poss, self.dall):
+            del lst[0]
+        self.m0.insert(0, s)
+        self.poss.insert(0, reduce(or_, self.ub[0], s))
+        self.sure.insert(0, s & ~reduce(or_, self.db[0], 0))
+        self.dall.insert(0, reduce(or_, self.db[0], 0))
+        self.pc[0] = self.poss[0].bit_count()
+        self.sc[0] = self.sure[0].bit_count()
+
+
 def _lowest_bits(mask: int, k: int) -> list[int]:
     """The indices of the ``k`` lowest set bits of ``mask``."""
     bits = bin(mask)[:1:-1]  # bit 0 first
@@ -396,7 +716,8 @@ class NodeCalendar(CapacityCalendar):
     necessary condition for any node placement); ``earliest_fit``, ``choose``, ``reserve``
     and ``release`` follow the node rule (module docstring)."""
 
-    __slots__ = ("_held", "_idx", "_one", "_reach", "_version", "_whole_masks", "_widest_node", "nodes", "per_node")
+    __slots__ = ("_held", "_hours", "_idx", "_one", "_reach", "_version", "_whole_masks", "_widest_node", "nodes",
+                 "per_node")
 
     def __init__(self, capacity: int, per_node: int | None = None) -> None:
         super().__init__(capacity)
@@ -410,7 +731,8 @@ class NodeCalendar(CapacityCalendar):
         self._version = 0  # bumped by every change, so answers about one instant can be kept
         self._reach: dict[tuple[int, int], tuple[int, int]] = {}
         self._whole_masks: _Whole | None = None  # built the first time a search needs it
-        self._idx: dict[int, _Threshold] = {}
+        self._idx: dict[int, _Threshold] = {}  # for reach
+        self._hours: dict[int, _Hours] = {}  # for searches, fits and choices
         # Reservations by (end, width): [(start, nodes)], so a release that does not name
         # its nodes (a snapshot rebuilt without them) finds the ones the reserve took.
         self._held: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
@@ -441,6 +763,12 @@ class NodeCalendar(CapacityCalendar):
             idx = self._idx[v] = _Threshold(v, self.nodes)
         return idx
 
+    def _hours_of(self, v: int) -> _Hours:
+        h = self._hours.get(v)
+        if h is None:
+            h = self._hours[v] = _Hours(v, self.nodes)
+        return h
+
     # -- searches ----------------------------------------------------------------------
 
     def earliest_fit(self, width: int, duration: int, start: int, deadline: int | None = None) -> int | None:
@@ -454,10 +782,10 @@ class NodeCalendar(CapacityCalendar):
         flat = self.earliest(width, duration, start, deadline)  # nodes fit no earlier
         if flat is None:
             return None
-        idx = self._index(v)
         if v == self.per_node and self._whole().sure(flat, duration).bit_count() >= k:
             return flat  # whole nodes surely free over the window's hours: no scan needed
-        return idx.earliest(k, duration, flat, deadline)
+        limit = FAR_FUTURE if deadline is None else deadline - duration
+        return self._hours_of(v).earliest(k, duration, flat, limit)
 
     def choose(self, width: int, start: int, end: int) -> tuple[int, ...] | None:
         """The nodes a grant of ``width`` over [start, end) would take now, or None."""
@@ -473,7 +801,8 @@ class NodeCalendar(CapacityCalendar):
             sure = self._whole().sure(start, d)
             if sure.bit_count() >= k:
                 return tuple(_lowest_bits(sure, k))
-            return self._index(v).choose(k, start, d)
+            picked = self._hours_of(v).soonest(start, end, k)
+            return tuple(sorted(picked)) if len(picked) == k else None
         # One node for a narrow grant. First a node already in use that fits (best fit in
         # GPUs among the first SCAN_NODES nodes, so whole nodes stay whole for whole-node
         # grants); else the highest-numbered node wholly free over the window's hours (whole
@@ -493,7 +822,7 @@ class NodeCalendar(CapacityCalendar):
         sure = self._whole().sure(start, d)
         if sure:
             return (sure.bit_length() - 1,)
-        for n in self._index(v).candidates(start, d, BEST_FIT_OF):
+        for n in self._hours_of(v).soonest(start, end, BEST_FIT_OF):
             room = nodes[n].min_free(start, end)
             if best is None or room < best[0]:
                 best = (room, n)
@@ -515,7 +844,7 @@ class NodeCalendar(CapacityCalendar):
         if not self.admits(width):
             return False
         v, k = self._shape(width)
-        n = self._index(v).fitting(start, end - start)
+        n = self._hours_of(v).fit(start, end).bit_count()
         if n >= k or upto == end:
             return n >= k
         for x in own:
@@ -528,10 +857,13 @@ class NodeCalendar(CapacityCalendar):
         """The widest grant the node rule lets fit over the whole of [start, end)."""
         if self._one:
             return self.min_free(start, end)
-        whole = self._index(self.per_node).fitting(start, end - start)
+        whole = self._hours_of(self.per_node).fit(start, end).bit_count()
         if whole:
             return whole * self.per_node
-        return max(c.min_free(start, end) for c in self.nodes)  # one node, partly free
+        for v in range(self.per_node - 1, 0, -1):  # one node, partly free
+            if self._hours_of(v).fit(start, end):
+                return v
+        return 0
 
     def reach(self, width: int, t: int) -> int:
         """How far from ``t`` the free GPUs reach for ``width`` by the node rule: the latest
@@ -643,6 +975,8 @@ class NodeCalendar(CapacityCalendar):
             c.forget_before(t)
         for idx in self._idx.values():
             idx.forget_before(t)
+        for h in self._hours.values():
+            h.forget_before(t)
         if self._whole_masks is not None:
             self._whole_masks.forget_before(t)
         for key in [k for k in self._held if k[0] <= t]:
@@ -660,8 +994,13 @@ class NodeCalendar(CapacityCalendar):
         high = max(hi_before, hi_after)
         touched = [idx for v, idx in self._idx.items() if low < v <= high and v <= node.capacity]
         olds = [_runs_of(node, idx.v, start, end) for idx in touched]
+        hours = [h for v, h in self._hours.items() if low < v <= high and v <= node.capacity]
+        qs, qe = start // HOUR, end // HOUR
+        crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
         node._add(start, end, delta)
         if self._whole_masks is not None:
             self._whole_masks.changed(node, n, start, end, delta > 0)
         for idx, old in zip(touched, olds):
             idx.replace(n, old, _runs_of(node, idx.v, start, end), start, end)
+        for h, old in zip(hours, crossed):
+            h.changed(n, node, old, qs, qe)
