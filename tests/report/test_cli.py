@@ -90,7 +90,7 @@ def test_team_json(cluster_file: Path) -> None:
     db = _fill(cluster_file)
     data = json.loads(cli(cluster_file, db, "--since", SINCE, "--until", UNTIL, "--team", "evals", "--json").stdout)
     assert data["team"] == "evals" and [t["team"] for t in data["teams"]] == ["evals"]
-    assert data["granted_gpu_hours"] == 48
+    assert data["granted_gpu_hours"] == 12 and data["refunded_gpu_hours"] == 36  # b, released early
 
 
 def test_matplotlib_only_when_charts_are_asked_for(cluster_file: Path, tmp_path: Path) -> None:

@@ -18,15 +18,16 @@ def report(env, team=None, since=P0, until=P1, now=NOW):  # type: ignore[no-unty
     return compute.build(snap, env.cluster, since, until, now, team=team)
 
 
-# Worked out from the fixture ``known`` (GPU-hours):
+# Worked out from the fixture ``known`` (GPU-hours; granted = the window as it stands, after a
+# release; granted + refunded = the window as booked):
 #   a interp 4 GPUs [-10h, +10h): in P 40 granted/held; run [-9h50m, +6h) -> 24 used, 16 idle
-#   b evals 2 GPUs [+24h, +48h) cut at +30h: 48 granted, 36 refunded, 12 held, run 5h -> 10 used, 2 idle
+#   b evals 2 GPUs [+24h, +48h) cut at +30h: 12 granted/held, 36 refunded, run 5h -> 10 used, 2 idle
 #   c pretraining 8 GPUs [+6d, +9d): in P 8 x 24h = 192 granted/held, 0 used, 192 idle, breach 8
-#   d interp 2 GPUs [+4d, +5d) cancelled before its start: 48 granted, 48 refunded, 0 held
+#   d interp 2 GPUs [+4d, +5d) cancelled before its start: 0 granted, 48 refunded, 0 held
 #   e (October) and f (booked after P for Nov 21) are outside P.
 KNOWN = {
     "capacity_gpu_hours": 16 * 168,
-    "granted_gpu_hours": 40 + 48 + 192 + 48,
+    "granted_gpu_hours": 40 + 12 + 192,
     "refunded_gpu_hours": 36 + 48,
     "reserved_gpu_hours": 40 + 12 + 192,
     "held_gpu_hours": 40 + 12 + 192,
@@ -58,8 +59,8 @@ def test_teams(known) -> None:  # type: ignore[no-untyped-def]
     teams = {t["team"]: t for t in report(known)["teams"]}
     assert [t for t in teams] == ["interp", "evals", "pretraining"]
     want = {  # granted, used, refunded, remaining (November, booked by the period's end)
-        "interp": (88, 24, 48, 1500 - 40),  # a's November half; d booked and refunded
-        "evals": (48, 10, 36, 100 - 12),
+        "interp": (40, 24, 48, 1500 - 40),  # a's November half; d booked and refunded
+        "evals": (12, 10, 36, 100 - 12),
         "pretraining": (192, 0, 0, 20000 - 576 + 8),  # c all in November; its 8 GPU-h breach refunded
     }
     for name, (granted, used, refunded, remaining) in want.items():
@@ -87,7 +88,7 @@ def test_teams(known) -> None:  # type: ignore[no-untyped-def]
 def test_team_filter(known) -> None:  # type: ignore[no-untyped-def]
     r = report(known, team="evals")
     assert [t["team"] for t in r["teams"]] == ["evals"]
-    assert (r["granted_gpu_hours"], r["held_gpu_hours"], r["used_gpu_hours"]) == pytest.approx((48, 12, 10))
+    assert (r["granted_gpu_hours"], r["held_gpu_hours"], r["used_gpu_hours"]) == pytest.approx((12, 12, 10))
     assert r["capacity_gpu_hours"] == 2688
     assert r["unreserved_gpu_hours"] == pytest.approx(2688 - 244)  # cluster-wide
     assert r["refusals"]["by_reason"] == {"over_allowance": 1}
@@ -108,7 +109,8 @@ def test_pool_timeline_and_projects(known) -> None:  # type: ignore[no-untyped-d
     assert sorted(projects) == ["a", "b", "c", "d"]
     assert projects["a"]["start_delay_s"] == 600  # promised vs actual start
     assert projects["a"]["granted_gpu_hours"] == 80  # whole window, not just the part in P
-    assert projects["b"]["used_over_granted"] == pytest.approx(10 / 48)
+    assert projects["b"]["used_over_granted"] == pytest.approx(10 / 12)  # of the window it kept
+    assert projects["b"]["refunded_gpu_hours"] == 36
     # the calendar ahead of now (T0 + 10 d) holds f only
     assert [g["project"].split("@")[0] for g in pool["calendar"]["grants"]] == ["f"]
 
@@ -150,7 +152,7 @@ def test_service_submit_and_cancel(env, tmp_path) -> None:  # type: ignore[no-un
     assert out.granted
     service.cancel(env, "p", "alice", T0 + 5 * H)  # 4 of 12 hours held: 32 held, 64 refunded
     r = report(env, since=T0, until=T0 + DAY, now=T0 + DAY)
-    assert (r["granted_gpu_hours"], r["refunded_gpu_hours"], r["held_gpu_hours"]) == pytest.approx((96, 64, 32))
+    assert (r["granted_gpu_hours"], r["refunded_gpu_hours"], r["held_gpu_hours"]) == pytest.approx((32, 64, 32))
     assert r["admissions"]["granted"] == 1 and r["admissions"]["cancelled"] == 1
     (interp,) = [t for t in r["teams"] if t["team"] == "interp"]
     assert interp["remaining_gpu_hours"] == pytest.approx(service.budget(env, "interp", T0 + DAY).remaining_gs / 3600)
@@ -203,3 +205,44 @@ def test_events_outside_period_and_unknown_reason() -> None:
                                                     (list(range(1, 101)), 50, 95)])
 def test_percentile(values, p50, p95) -> None:  # type: ignore[no-untyped-def]
     assert (compute.percentile(values, 50), compute.percentile(values, 95)) == (p50, p95)
+
+
+# -- the classes of bug the identities caught (docs/report.md, "Identities") ---------------
+
+def test_a_window_after_the_period_commits_nothing_in_it() -> None:
+    """It used to count a negative "committed": the window was clipped to the period's end
+    before its own start."""
+    later = g(1, "t", 4, T0 + 2 * DAY, T0 + 3 * DAY, T0 + H)
+    r = compute.build(Snapshot((later,), (), ()), CLUSTER, T0, T0 + DAY, T0 + 2 * H)
+    assert (r["committed_gpu_hours"], r["granted_gpu_hours"], r["held_gpu_hours"]) == (0, 0, 0)
+    assert r["projects"][0]["grant"] == 1  # it was submitted in the period: still listed
+
+
+def test_a_window_released_early_and_granted_again_is_not_counted_twice() -> None:
+    """The pool's 10 GPUs: g1 [0, 4h) released at 1h (refund 3h x 10), g2 holds [2h, 4h).
+    Granted over [2h, 3h) is g2's 10 GPU-h, not 20 (which is more than capacity)."""
+    first = g(1, "t", 10, T0, T0 + H, T0 - H)._replace(refunded_gs=10 * 3 * H, ended_at=T0 + H, state="completed")
+    second = g(2, "t", 10, T0 + 2 * H, T0 + 4 * H, T0 + H)
+    r = compute.build(Snapshot((first, second), (), ()), CLUSTER, T0 + 2 * H, T0 + 3 * H, T0 + 5 * H)
+    assert r["capacity_gpu_hours"] == 10 and r["granted_gpu_hours"] == 10 and r["held_gpu_hours"] == 10
+    assert r["refunded_gpu_hours"] == 10  # g1's cut-off part inside the period, given back
+
+
+def test_breaches_and_use_count_only_inside_the_period_and_the_window() -> None:
+    """A breach of 5 h x 2 GPUs, of which 1 h falls in a 1-hour period; a job that ran 10 min
+    past its window's end (killed late) uses nothing beyond it."""
+    grant = g(1, "t", 2, T0, T0 + 6 * H, T0 - H, breach_gs=2 * 5 * H)
+    run = RunFact(1, 2, T0 + 5 * H, T0 + 6 * H + 600, 2 * (H + 600))
+    snap = Snapshot((grant,), (run,), (), {1: [(T0, T0 + 5 * H, 2)]})
+    r = compute.build(snap, CLUSTER, T0 + 4 * H, T0 + 5 * H, T0 + DAY)
+    assert r["guarantee_breaches"]["gpu_hours"] == 2 and r["breach_gpu_hours"] == 2
+    assert r["guarantee_breaches"]["grants"][0]["grant_breach_gpu_hours"] == 10
+    r = compute.build(snap, CLUSTER, T0 + 5 * H, T0 + DAY, T0 + DAY)
+    assert r["guarantee_breaches"]["count"] == 0
+    assert r["used_gpu_hours"] == 2 and r["held_gpu_hours"] == 2 and r["idle_reserved_gpu_hours"] == 0
+
+
+def test_started_early_is_its_own_figure_not_a_negative_delay() -> None:
+    moved = g(1, "t", 2, T0, T0 + H, T0 - DAY, started_at=T0)._replace(promised_start=T0 + H, promised_end=T0 + 2 * H)
+    (p,) = compute.build(Snapshot((moved,), (), ()), CLUSTER, T0, T0 + DAY, T0 + DAY)["projects"]
+    assert (p["start_delay_s"], p["started_early_s"]) == (0, H)

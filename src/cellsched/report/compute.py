@@ -4,25 +4,33 @@ Nothing here reads a clock or a database; ``now`` is an argument. Every figure i
 integer GPU-seconds and turned into GPU-hours once, in :func:`build`; the terminal, JSON and
 HTML renderers all print the dict this returns, so their numbers agree by construction.
 
-Definitions (P is the report period [since, until); E is its elapsed part [since, min(until, now))):
+Definitions (P is the report period [since, until); E is its elapsed part [since, min(until, now));
+F is the rest, [max(since, now), until)). Each grant counts its window *as it stands*, [start,
+end) (cut at an early release), and the part a release cut off, [end, gross_end):
 
 - capacity: pool GPUs x seconds of P (``elapsed_capacity``: of E).
-- granted: GPU-seconds of grant windows *as granted* (before early release) inside P.
-- refunded: the part of those windows given back by cancel, replacement or early finish.
-- reserved: granted - refunded (the windows as they stand).
-- held: reserved inside E (reservations whose time has passed); committed: reserved in P after now.
-- used: GPU-seconds jobs ran inside E (each attempt prorated by its overlap with E; an attempt
-  still running counts its GPUs from its start to ``now``).
-- idle while reserved: per grant, held - used (never below zero), summed.
-- unreserved: elapsed capacity - held of every team (cluster-wide, even with ``team``).
+- granted: the windows as they stand, inside P (``reserved`` is the same figure). What a
+  release cut off is not granted any more: another grant may hold those GPUs now.
+- refunded: the cut-off parts inside P (cancel, replacement, early finish); granted +
+  refunded is the windows as booked.
+- held: granted inside E; committed: granted inside F; so granted = held + committed.
+- used: GPU-seconds jobs ran inside their grant's held window (each attempt prorated by its
+  overlap; one still running counts its GPUs from its start to ``now``), at most held per
+  grant; idle while reserved = held - used, per grant and so in every sum.
+- unreserved: per pool, elapsed capacity - held of every team (cluster-wide, even with ``team``).
+- breach: the GPU-seconds of held windows the cluster did not provide (``cs_breach`` spans
+  inside the held window), at most held; guarantee breaches: the grants with some in P.
 - utilisation: used / elapsed capacity, used / held, held / elapsed capacity.
-- guarantee breaches: grants overlapping P with ``breach_gs`` > 0, and their breach GPU-hours.
 - wait: submit (grant creation) to start, for grants submitted in P that were not cancelled
   before starting; the start is the measured ``started_at`` when the daemon recorded one,
   otherwise the granted window start.
 - team remaining: allowance minus what was booked (net of refunds, breaches included) by the report's reference
   time ``ref = min(until - 1, now)`` in the allowance period containing ``ref``; with ``ref =
-  now`` this is exactly what ``cellsched budget`` shows.
+  now`` this is exactly what ``cellsched budget`` shows. Never below zero: the excess of an
+  allowance lowered after its bookings is ``overdrawn``.
+
+Every figure is a sum of non-negative overlaps, so none is negative; the identities are
+checked over random ledgers and periods in ``tests/report/test_identities.py``.
 """
 
 from __future__ import annotations
@@ -130,6 +138,7 @@ class _Acc:
             "committed_gpu_hours": _h(self.committed),
             "used_gpu_hours": _h(self.used),
             "idle_reserved_gpu_hours": _h(self.idle),
+            "breach_gpu_hours": _h(self.breach),
         }
 
 
@@ -199,7 +208,8 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
             team_names.append(g.team)
     wanted = (lambda name: name == team) if team is not None else (lambda name: True)
 
-    held_all_teams = 0
+    # Held GPU-seconds of every team per pool (the cluster's, even with ``team``): unreserved.
+    held_by_pool: dict[str, int] = defaultdict(int)
     # GPU-seconds per (team, pool) cell, in _Acc field order; teams, pools and the total are
     # summed from the few cells afterwards, so the per-grant work is one list update.
     cells: dict[tuple[str, str], list[int]] = {}
@@ -214,14 +224,18 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
     used_tl: dict[str, dict[str, _Series]] = {n: {} for n in pools}
     horizon = now + DAY
     future: list[GrantFact] = []
-    c0 = max(p0, now)  # committed: reserved time in P after now
+    c0 = max(p0, now)  # committed: reserved time in P from now on; [p0, e1) + [c0, p1) = P
 
     for g in snap.grants:
+        # Every figure is the overlap of an interval with the window *as it stands*
+        # [start, end) (or, for refunds, with the cut-off part [end, gross_end)), clipped to P
+        # or E first: an overlap is never negative, and the window as it stands is what
+        # admission keeps within capacity (the cut-off part may be granted again).
         w, gs0, ge = g.width, g.start, g.end
         lo = gs0 if gs0 > p0 else p0
         hi_e = ge if ge < e1 else e1
         held = w * (hi_e - lo) if hi_e > lo else 0
-        held_all_teams += held
+        held_by_pool[g.pool] += held
         if team is not None and g.team != team:
             continue
         if ge > now and ge > gs0:
@@ -229,43 +243,56 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
             if ge > horizon:
                 horizon = ge
         gross_end = g.gross_end
-        hi_g = gross_end if gross_end < p1 else p1
-        gross_p = w * (hi_g - lo) if hi_g > lo else 0
-        if gross_p == 0 and not (p0 <= g.created_at < p1):
-            continue
         hi = ge if ge < p1 else p1
-        net_p = w * (hi - lo) if hi > lo else 0
+        granted_p = w * (hi - lo) if hi > lo else 0
+        r_lo = ge if ge > p0 else p0
+        r_hi = gross_end if gross_end < p1 else p1
+        refunded_p = w * (r_hi - r_lo) if r_hi > r_lo else 0
+        if granted_p == 0 and refunded_p == 0 and not (p0 <= g.created_at < p1):
+            continue
         key = (g.team, g.pool)
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = [0] * 10
-        cell[0] += gross_p
-        cell[1] += gross_p - net_p  # [start, gross_end) = [start, end) + the refunded [end, gross_end)
-        cell[2] += net_p
+        cell[0] += granted_p
+        cell[1] += refunded_p
+        cell[2] += granted_p
         cell[3] += held
-        if ge > c0:
-            cell[4] += w * (hi - (gs0 if gs0 > c0 else c0))
+        c_lo = gs0 if gs0 > c0 else c0
+        if hi > c_lo:
+            cell[4] += w * (hi - c_lo)
         cell[9] += 1
         used_whole = used_held = 0
         runs = runs_by_grant.get(g.id)
         if runs:
             for r in runs:
-                cell[5] += run_used(r, p0, e1, now)
                 used_whole += run_used(r, FAR_PAST, FAR_FUTURE, now)
-                used_held += run_used(r, lo, hi_e, now)
+                if held:
+                    used_held += run_used(r, lo, hi_e, now)
                 span = run_span(r, now)
-                if span is not None and g.pool in used_tl:
+                if span is not None and g.pool in used_tl and held:
                     ser = used_tl[g.pool].get(g.team)
                     if ser is None:
                         ser = used_tl[g.pool][g.team] = _Series(p0, p1, step)
-                    ser.add(span[0], min(span[1], e1), span[2])
-        if held > used_held:
-            cell[6] += held - used_held
-        if g.breach_gs > 0 and (net_p > 0 or gross_p > 0):
+                    ser.add(max(span[0], lo), min(span[1], hi_e), span[2])
+        # Used is what jobs ran inside the window they held (a job killed a few seconds after
+        # its window's end does not count beyond it), so used <= held and idle = held - used.
+        if used_held > held:
+            used_held = held
+        cell[5] += used_held
+        cell[6] += held - used_held
+        breach_p = 0
+        for b0, b1, bw in snap.breaches.get(g.id, ()) if g.breach_gs > 0 else ():
+            b_lo, b_hi = max(b0, lo), min(b1, hi_e)
+            if b_hi > b_lo:
+                breach_p += bw * (b_hi - b_lo)
+        if breach_p > held:
+            breach_p = held
+        if breach_p > 0:
             cell[7] += 1
-            cell[8] += g.breach_gs
+            cell[8] += breach_p
             breaches.append({"grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool,
-                             "breach_gpu_hours": _h(g.breach_gs)})
+                             "breach_gpu_hours": _h(breach_p), "grant_breach_gpu_hours": _h(g.breach_gs)})
         if g.pool in reserved_tl:
             ser = reserved_tl[g.pool].get(g.team)
             if ser is None:
@@ -278,20 +305,22 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
             wait = max(0, actual - g.created_at)
             waits.append(wait)
             wait_sources["measured" if g.started_at is not None else "granted_start"] += 1
-        delay = None if g.started_at is None else g.started_at - g.promised_start
-        if delay is not None and delay > 0:
+        offset = None if g.started_at is None else g.started_at - g.promised_start
+        if offset is not None and offset > 0:
             starts_late += 1
-        granted_whole = w * (gross_end - gs0)
+        granted_whole = w * (ge - gs0) if ge > gs0 else 0
         projects.append({
             "grant": g.id, "project": g.project_id, "team": g.team, "pool": g.pool, "gpus": w,
             "state": g.state, "submitted_at": g.created_at,
             "promised_start": g.promised_start, "promised_end": g.promised_end,
             "start": gs0, "end": ge, "started_at": g.started_at,
-            "start_delay_s": delay, "wait_s": wait,
+            "start_delay_s": None if offset is None else max(0, offset),
+            "started_early_s": None if offset is None else max(0, -offset),
+            "wait_s": wait,
             "granted_gpu_hours": granted_whole / H,
-            "reserved_gpu_hours": w * max(0, ge - gs0) / H,
+            "reserved_gpu_hours": granted_whole / H,
             "used_gpu_hours": used_whole / H,
-            "refunded_gpu_hours": g.refunded_gs / H,
+            "refunded_gpu_hours": w * (gross_end - ge) / H if gross_end > ge else 0.0,
             "breach_gpu_hours": g.breach_gs / H,
             "used_over_granted": _ratio(used_whole, granted_whole),
         })
@@ -303,8 +332,7 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
         acc = _Acc(*cell)
         total.add(acc)
         by_team.setdefault(t_name, _Acc()).add(acc)
-        if p_name in by_pool:
-            by_pool[p_name].add(acc)
+        by_pool.setdefault(p_name, _Acc()).add(acc)  # a pool gone from the config shows too
 
     # -- decisions ------------------------------------------------------------------------
     team_of = {g.project_id: g.team for g in snap.grants}
@@ -325,35 +353,42 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
 
     # -- pools ----------------------------------------------------------------------------
     pools_out = []
-    for name, pool in pools.items():
-        acc = by_pool[name]
-        pcap = pool.gpus * (p1 - p0)
-        pcap_e = pool.gpus * (e1 - p0)
-        tl_teams = [t for t in team_names if t in reserved_tl[name] or t in used_tl[name]]
+    unreserved = 0
+    for name, acc in by_pool.items():
+        pool = pools.get(name)
+        gpus = pool.gpus if pool is not None else 0
+        pcap = gpus * (p1 - p0)
+        pcap_e = gpus * (e1 - p0)
+        # Never below zero: only a pool shrunk in the config after its grants were made
+        # holds more than its capacity (the identities in docs/report.md assume it did not).
+        pool_unreserved = max(0, pcap_e - held_by_pool.get(name, 0))
+        unreserved += pool_unreserved
+        res_tl, use_tl = reserved_tl.get(name, {}), used_tl.get(name, {})
+        tl_teams = [t for t in team_names if t in res_tl or t in use_tl]
         base = _Series(p0, p1, step)
-        used_series = {t: used_tl[name][t].mean_gpus() if t in used_tl[name] else [0.0] * base.n for t in tl_teams}
+        used_series = {t: use_tl[t].mean_gpus() if t in use_tl else [0.0] * base.n for t in tl_teams}
         for t in used_series:  # no use is known for what has not happened yet
             used_series[t] = [v if p0 + i * step < e1 else None for i, v in enumerate(used_series[t])]  # type: ignore[misc]
         pools_out.append({
-            "pool": name, "gpu_type": pool.gpu_type, "gpus": pool.gpus,
+            "pool": name, "gpu_type": None if pool is None else pool.gpu_type, "gpus": gpus,
+            "in_config": pool is not None,
             "capacity_gpu_hours": _h(pcap), "elapsed_capacity_gpu_hours": _h(pcap_e),
             **acc.json(),
+            "unreserved_gpu_hours": _h(pool_unreserved),
             "utilisation": _ratio(acc.used, pcap_e),
             "timeline": {
                 "bucket_s": step,
                 "starts": [p0 + i * step for i in range(base.n)],
-                "capacity_gpus": [pool.gpus] * base.n,
-                "reserved_gpus": {t: reserved_tl[name][t].mean_gpus() if t in reserved_tl[name]
-                                  else [0.0] * base.n for t in tl_teams},
+                "capacity_gpus": [gpus] * base.n,
+                "reserved_gpus": {t: res_tl[t].mean_gpus() if t in res_tl else [0.0] * base.n for t in tl_teams},
                 "used_gpus": used_series,
             },
-            "calendar": _calendar(name, pool.gpus, [g for g in future if g.pool == name], team_names, now,
+            "calendar": _calendar(name, gpus, [g for g in future if g.pool == name], team_names, now,
                                   min(horizon, now + CALENDAR_MAX_DAYS * DAY)),
         })
 
     projects.sort(key=lambda p: (p["start"], p["grant"]))
     empty = total.grants == 0 and sum(decisions.values()) == 0 and total.used == 0
-    unreserved = max(0, cap_elapsed - held_all_teams)
     return {
         "period": {"since": p0, "until": p1, "now": now, "elapsed_until": e1, "reference": ref,
                    "seconds": p1 - p0, "since_utc": utc(p0), "until_utc": utc(p1), "now_utc": utc(now)},
@@ -422,6 +457,7 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
         item["entitled_gpu_hours"] = _h(entitled[n]) if n in entitled else None
         if cfg is None:
             item.update({"period": None, "allowance_gpu_hours": None, "remaining_gpu_hours": None,
+                         "overdrawn_gpu_hours": None,
                          "allowance_period_start": None, "allowance_period_end": None,
                          "burndown": None, "forecast": None})
             out.append(item)
@@ -432,7 +468,10 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
         item.update({
             "period": cfg.period,
             "allowance_gpu_hours": _h(cfg.allowance_gpu_seconds),
-            "remaining_gpu_hours": _h(remaining),
+            # Admission never books past the allowance; only an allowance lowered in the config
+            # after the bookings leaves less than nothing, and that shows as overdrawn.
+            "remaining_gpu_hours": _h(max(0, remaining)),
+            "overdrawn_gpu_hours": _h(max(0, -remaining)),
             "allowance_period_start": None if cfg.period == "none" else a0,
             "allowance_period_end": None if cfg.period == "none" else a1,
         })
@@ -441,7 +480,8 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
         # Forecast: the team's net booking rate over the elapsed report period, carried on.
         net_booked = sum(gs for at, _p, gs in booked_events if p0 <= at < e1)
         elapsed = e1 - p0
-        rate = net_booked / elapsed if elapsed > 0 else 0.0
+        # More given back than booked (refunds of earlier bookings) consumes nothing.
+        rate = max(0, net_booked) / elapsed if elapsed > 0 else 0.0
         runs_out = None
         if remaining <= 0:
             runs_out = e1
@@ -453,7 +493,7 @@ def _teams(snap: Snapshot, cluster: ClusterConfig, names: list[str], by_team: di
             "runs_out_at": runs_out if before_reset else None,
             "note": ("already used up" if remaining <= 0 else
                      "runs out before the allowance resets" if before_reset else
-                     "no bookings in the period" if rate == 0 else
+                     "no net bookings in the period" if rate == 0 else
                      "does not run out before the allowance resets"),
         }
         out.append(item)
@@ -542,7 +582,7 @@ def _burndown(events: list[tuple[int, int, int]], allowance: int, period: str, p
             booked[events[i][1]] += events[i][2]
             i += 1
         times.append(t)
-        remaining.append(_h(allowance - booked.get(periods.start(t), 0)))
+        remaining.append(_h(max(0, allowance - booked.get(periods.start(t), 0))))
     return {"times": times, "remaining_gpu_hours": remaining, "allowance_gpu_hours": _h(allowance)}
 
 
