@@ -246,3 +246,32 @@ def test_started_early_is_its_own_figure_not_a_negative_delay() -> None:
     moved = g(1, "t", 2, T0, T0 + H, T0 - DAY, started_at=T0)._replace(promised_start=T0 + H, promised_end=T0 + 2 * H)
     (p,) = compute.build(Snapshot((moved,), (), ()), CLUSTER, T0, T0 + DAY, T0 + DAY)["projects"]
     assert (p["start_delay_s"], p["started_early_s"]) == (0, H)
+
+
+@pytest.mark.parametrize(("gpu_h", "text", "fixed"), [
+    (0, "0", "0.0"), (None, "-", "-"), (1 / 3600, "0.00028", "0.00028"), (10 / 3600, "0.0028", "0.0028"),
+    (0.05, "0.05", "0.05"), (0.0949, "0.095", "0.095"), (0.096, "0.1", "0.1"), (0.14, "0.1", "0.1"),
+    (12, "12", "12.0"), (1234.56, "1,234.6", "1,234.6"), (2688, "2,688", "2,688.0"),
+])
+def test_gpu_hours_text_never_reads_zero_for_a_figure_that_is_not(gpu_h, text, fixed) -> None:  # type: ignore[no-untyped-def]
+    from cellsched.report.terminal import gpu_hours
+
+    assert (gpu_hours(gpu_h), gpu_hours(gpu_h, fixed=True)) == (text, fixed)
+
+
+def test_small_breaches_and_refunds_show_in_terminal_and_html(capsys) -> None:  # type: ignore[no-untyped-def]
+    """A 10 GPU-second breach and a 36 GPU-second refund are not "0 GPU-h" anywhere."""
+    from cellsched.report import render_html, terminal
+
+    grant = g(1, "t", 2, T0, T0 + H, T0 - H, breach_gs=10)._replace(refunded_gs=36, state="completed")
+    grant = grant._replace(end=T0 + H - 18)
+    r = compute.build(Snapshot((grant,), (), (), {1: [(T0, T0 + 5, 2)]}), CLUSTER, T0, T0 + DAY, T0 + DAY)
+    assert r["breach_gpu_hours"] == 10 / H and r["refunded_gpu_hours"] == 36 / H
+    rows = {key: text for key, _label, text in terminal.headline_rows(r)}
+    assert rows["refunded_gpu_hours"] == "0.01 GPU-h"
+    assert rows["guarantee_breaches.count"] == "1 (0.0028 GPU-h)"
+    terminal.print_report(r)
+    out = capsys.readouterr().out
+    assert "0.01" in out and "0.0028" in out
+    page = render_html.report_page(r, charts=[])
+    assert 'data-key="guarantee_breaches.gpu_hours"' in page and ">0.0028<" in page and ">0.01<" in page

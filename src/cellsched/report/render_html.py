@@ -8,7 +8,7 @@ from typing import Any
 from cellsched.report import html
 from cellsched.report.charts import Chart
 from cellsched.report.compute import utc
-from cellsched.report.terminal import duration, pct
+from cellsched.report.terminal import duration, gpu_hours, pct, start_offset
 
 PROJECT_ROWS = 200
 CALENDAR_ROWS = 50
@@ -23,8 +23,9 @@ def lookup(data: dict[str, Any], dotted: str) -> Any:
 
 
 def gh(x: float | None) -> str:
-    """GPU-hours for a page: thousands separated, one decimal."""
-    return "-" if x is None else f"{x:,.1f}"
+    """GPU-hours for a page: thousands separated, one decimal, small figures never shown as
+    zero (:func:`cellsched.report.terminal.gpu_hours`)."""
+    return gpu_hours(x, fixed=True)
 
 
 def _day(t: int | None) -> str:
@@ -37,7 +38,7 @@ def headline(r: dict[str, Any]) -> list[html.Stat]:
     u, b, w = r["utilisation"], r["guarantee_breaches"], r["wait"]
     stats = [html.Stat(label, gh(lookup(r, key)), "GPU-h", key=key, value=lookup(r, key)) for key, label in (
         ("capacity_gpu_hours", "capacity"),
-        ("granted_gpu_hours", "granted"),
+        ("granted_gpu_hours", "granted (windows as they stand)"),
         ("refunded_gpu_hours", "refunded (released early)"),
         ("held_gpu_hours", "held (reserved, elapsed)"),
         ("used_gpu_hours", "used by jobs"),
@@ -80,6 +81,8 @@ def report_charts(r: dict[str, Any]) -> list[Chart]:
                                   unit="GPU-hours", name="capacity"))
     marker = (now, "now") if p["since"] < now < p["until"] else None
     for pl in r["pools"]:
+        if not pl.get("in_config", True):
+            continue  # a pool gone from the config: its figures are in the table, no chart
         tl = pl["timeline"]
         out.append(charts.stacked_panels(
             f"Pool {pl['pool']} ({pl['gpus']} × {pl['gpu_type']}): capacity vs reserved vs used, by team",
@@ -179,8 +182,11 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
         f = t["forecast"]
         runs_out = "-" if f is None else (_day(f["runs_out_at"]) if f["runs_out_at"] else f["note"])
         allowance = "-" if t["allowance_gpu_hours"] is None else f"{gh(t['allowance_gpu_hours'])} / {t['period']}"
+        remaining = gh(t["remaining_gpu_hours"])
+        if t.get("overdrawn_gpu_hours"):
+            remaining += f" (overdrawn by {gh(t['overdrawn_gpu_hours'])})"
         rows.append([t["team"], allowance, gh(t["granted_gpu_hours"]), gh(t["used_gpu_hours"]),
-                     gh(t["refunded_gpu_hours"]), gh(t["remaining_gpu_hours"]), pct(t["share_of_cluster"]),
+                     gh(t["refunded_gpu_hours"]), remaining, pct(t["share_of_cluster"]),
                      pct(t["share_of_allowance"]), runs_out])
         values.append([None if k is None else t[k] for k in keys])
     body = html.table(cols, rows, numeric=set(cols[1:8]), row_keys=[f"teams.{t['team']}" for t in teams],
@@ -232,7 +238,7 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
          "promised start (UTC)", "actual start (UTC)", "start delay", "refunded GPU-h"],
         [[x["project"], x["team"], x["pool"], x["gpus"], x["state"], gh(x["granted_gpu_hours"]),
           gh(x["used_gpu_hours"]), pct(x["used_over_granted"]), _day(x["promised_start"]), _day(x["started_at"]),
-          duration(x["start_delay_s"]), gh(x["refunded_gpu_hours"])] for x in shown],
+          start_offset(x), gh(x["refunded_gpu_hours"])] for x in shown],
         numeric={"GPUs", "granted GPU-h", "used GPU-h", "used / granted", "start delay", "refunded GPU-h"})
     if len(projects) > len(shown):
         body += f'<p class="note">Showing the first {len(shown)} of {len(projects)} (see --json for all).</p>'
@@ -240,8 +246,10 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
                                  note="Whole windows of the grants that touch the period."))
 
     if r["guarantee_breaches"]["grants"]:
-        body = html.table(["grant", "project", "team", "pool", "breach GPU-h"],
-                          [[b["grant"], b["project"], b["team"], b["pool"], gh(b["breach_gpu_hours"])]
-                           for b in r["guarantee_breaches"]["grants"]], numeric={"breach GPU-h"})
+        body = html.table(["grant", "project", "team", "pool", "breach GPU-h in period", "whole grant"],
+                          [[b["grant"], b["project"], b["team"], b["pool"], gh(b["breach_gpu_hours"]),
+                            gh(b["grant_breach_gpu_hours"])]
+                           for b in r["guarantee_breaches"]["grants"]],
+                          numeric={"breach GPU-h in period", "whole grant"})
         sections.append(html.Section("Guarantee breaches", body, id="breaches"))
     return html.page(title, sections, subtitle=sub)

@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from cellsched.cli.render import console, hours, local, table, tzname
+from cellsched.cli.render import console, local, table, tzname
 
 PROJECT_ROWS = 20
 CALENDAR_ROWS = 10
+
+
+def gpu_hours(x: float | None, *, fixed: bool = False) -> str:
+    """GPU-hours for people, the one rule of the report's terminal and HTML output.
+
+    One decimal with thousands separated (``1,234.5``; ``fixed`` keeps a trailing ``.0``
+    for columns of figures, else it goes: ``12``). A figure that is not zero never reads as
+    zero: below 0.1 GPU-h it keeps two significant digits (``0.05``, ``0.0028``; the smallest,
+    one GPU-second, is ``0.00028``). Zero is ``0`` (``0.0`` fixed); None is ``-``."""
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0.0" if fixed else "0"
+    mag = abs(x)
+    if mag < 0.095:  # would print as 0.0 or 0.1 with one decimal
+        places = 1 - math.floor(math.log10(mag))
+        return f"{x:.{places}f}".rstrip("0")
+    text = f"{x:,.1f}"
+    return text if fixed else text.removesuffix(".0")
+
+
+def hours(x: float | None) -> str:
+    return gpu_hours(x)
 
 
 def pct(x: float | None) -> str:
@@ -30,6 +54,13 @@ def duration(seconds: int | float | None) -> str:
     return f"{sign}{s / 86400:.1f}d".replace(".0d", "d")
 
 
+def start_offset(project: dict[str, Any]) -> str:
+    """A project's actual start against the promised one: ``12m`` late, ``early 2h``, ``-``."""
+    if project.get("started_early_s"):
+        return "early " + duration(project["started_early_s"])
+    return duration(project["start_delay_s"])
+
+
 def headline_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(key, label, text) for the headline figures: the terminal and HTML both use these."""
     u = r["utilisation"]
@@ -37,7 +68,7 @@ def headline_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     w = r["wait"]
     return [
         ("capacity_gpu_hours", "capacity", hours(r["capacity_gpu_hours"]) + " GPU-h"),
-        ("granted_gpu_hours", "granted", hours(r["granted_gpu_hours"]) + " GPU-h"),
+        ("granted_gpu_hours", "granted (windows as they stand)", hours(r["granted_gpu_hours"]) + " GPU-h"),
         ("refunded_gpu_hours", "refunded (released early)", hours(r["refunded_gpu_hours"]) + " GPU-h"),
         ("held_gpu_hours", "held (reserved, elapsed)", hours(r["held_gpu_hours"]) + " GPU-h"),
         ("used_gpu_hours", "used by jobs", hours(r["used_gpu_hours"]) + " GPU-h"),
@@ -80,7 +111,7 @@ def print_report(r: dict[str, Any]) -> None:
               [[t["team"],
                 "-" if t["allowance_gpu_hours"] is None else f"{hours(t['allowance_gpu_hours'])}/{t['period']}",
                 hours(t["granted_gpu_hours"]), hours(t["used_gpu_hours"]), hours(t["refunded_gpu_hours"]),
-                "-" if t["remaining_gpu_hours"] is None else hours(t["remaining_gpu_hours"]),
+                _remaining(t),
                 pct(t["share_of_cluster"]), pct(t["share_of_allowance"]),
                 _runs_out(t)]
                for t in teams],
@@ -94,12 +125,13 @@ def print_report(r: dict[str, Any]) -> None:
     if projects:
         shown = projects[:PROJECT_ROWS]
         table(f"projects (whole windows; {len(projects)} in period)",
-              ["project", "team", "state", "GPUs", "granted GPU-h", "used GPU-h", f"promised start ({tzname()})",
-               "actual start", "delay"],
+              ["project", "team", "state", "GPUs", "granted GPU-h", "used GPU-h", "refunded GPU-h",
+               f"promised start ({tzname()})", "actual start", "delay"],
               [[x["project"], x["team"], x["state"], x["gpus"], hours(x["granted_gpu_hours"]),
-                hours(x["used_gpu_hours"]), local(x["promised_start"]), local(x["started_at"]),
-                duration(x["start_delay_s"])] for x in shown],
-              justify=lambda c: "right" if c in ("GPUs", "granted GPU-h", "used GPU-h", "delay") else "left")
+                hours(x["used_gpu_hours"]), hours(x["refunded_gpu_hours"]), local(x["promised_start"]),
+                local(x["started_at"]), start_offset(x)] for x in shown],
+              justify=lambda c: "right" if c in ("GPUs", "granted GPU-h", "used GPU-h", "refunded GPU-h",
+                                                 "delay") else "left")
         if len(projects) > len(shown):
             print(f"  … {len(projects) - len(shown)} more (see --json or --html)")
     upcoming = [(pl["pool"], g) for pl in r["pools"] for g in pl["calendar"]["grants"] if g["start"] >= p["now"]]
@@ -111,6 +143,14 @@ def print_report(r: dict[str, Any]) -> None:
         if len(upcoming) > CALENDAR_ROWS:
             print(f"  … {len(upcoming) - CALENDAR_ROWS} more ahead")
     console()  # keeps rich's import where tables already paid for it
+
+
+def _remaining(t: dict[str, Any]) -> str:
+    if t["remaining_gpu_hours"] is None:
+        return "-"
+    if t.get("overdrawn_gpu_hours"):
+        return f"0 (overdrawn by {hours(t['overdrawn_gpu_hours'])})"
+    return hours(t["remaining_gpu_hours"])
 
 
 def _runs_out(t: dict[str, Any]) -> str:
