@@ -33,3 +33,15 @@ class Denied(CellschedError):
 
 class Failed(CellschedError):
     """The request was understood but did not succeed (refusal, audit failure) (exit 1)."""
+
+
+# Characters a terminal or ``str.splitlines`` would take as the end of a line, and other
+# controls, which must never break the one line an error is.
+_BREAKS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: runs of spaces, tabs and line breaks become one space, other
+    control characters are written as escapes (``\\x00``), so a message that quotes a
+    file name or a value the user gave still prints as one line."""
+    return " ".join(text.split()).translate(_BREAKS)

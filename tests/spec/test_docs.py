@@ -54,14 +54,24 @@ def test_the_canonical_json_and_id_shown_are_the_real_ones() -> None:
 def test_the_error_lines_shown_are_the_real_ones() -> None:
     text = doc("specs.md")
     example = blocks(text, "toml")[0]
+    yaml_example = blocks(text, "yaml")[0]
+    bad = example.replace("gpus = 8                                  #", "gpus = 0  #")
     cases = {
-        "bad.toml": example.replace("gpus = 8                                  #", "gpus = 0  #"),
+        "bad.toml": bad,
         "typo.toml": example.replace("gpu_hours = 96", "gpu_hourz = 96"),
+        "many.toml": bad.replace("cpus = 4", "cpu = 4").replace("retries = 1", "retries = -1")
+                        .replace('owner = "alice"', 'owner = ["alice"]'),
+        "broken.yaml": yaml_example.replace("  pool: h100", " pool: h100"),
     }
     for name, body in cases.items():
         with pytest.raises(BadInput) as e:
-            validate(ProjectSpec, parse_document(body, "toml", name), name)
+            validate(ProjectSpec, parse_document(body, name.split(".")[1], name), name)
         assert f"cellsched: {e.value.message}\n" in text, e.value.message
+    cluster = parse_document(blocks(doc("cluster.md"), "toml")[0], "toml", "cluster.toml")
+    cluster["teams"][0]["members"] = "root"
+    with pytest.raises(BadInput) as e:
+        validate(ClusterConfig, cluster, "cluster.toml")
+    assert f"`cellsched: {e.value.message}`" in text, e.value.message
     looped = {**parse_document(example, "toml", "loop.yaml")}
     looped["jobs"][0]["after"] = ["probe"]
     with pytest.raises(BadInput) as e:

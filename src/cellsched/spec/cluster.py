@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cellsched.spec.models import Name
+from cellsched.spec.models import Name, raise_problems
 
 Period = Literal["month", "quarter", "year", "none"]
 
@@ -61,10 +61,12 @@ class Pool(_Frozen):
 
     @model_validator(mode="after")
     def _nodes(self) -> Pool:
+        problems = []
         if self.gpus_per_node > self.gpus:
-            raise ValueError("gpus_per_node: more than the pool's gpus")
+            problems.append("gpus_per_node: more than the pool's gpus")
         if self.node_label is not None and self.node_resource is not None:
-            raise ValueError("node_label: give node_label or node_resource, not both")
+            problems.append("node_label: give node_label or node_resource, not both")
+        raise_problems(problems)
         return self
 
 
@@ -72,7 +74,7 @@ class Team(_Frozen):
     """A team: who is in it and how many GPU-hours it may commit per period."""
 
     name: Name
-    members: tuple[str, ...] = ()
+    members: tuple[str, ...] = Field(default=(), description="user names")
     allowance_gpu_hours: float = Field(ge=0, le=1e12)
     period: Period = "month"
     max_gpus: int | None = Field(default=None, ge=1)
@@ -96,7 +98,7 @@ class Policy(_Frozen):
     pull_forward: Literal["start_now", "compact"] = "start_now"
     # Variables of the Ray workers' environment jobs also get (docs/executor.md: the rest is
     # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
-    pass_env: tuple[str, ...] = ()
+    pass_env: tuple[str, ...] = Field(default=(), description="environment variable names")
 
     _hours = field_validator("max_grant_hours", mode="before")(_number)
     _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", mode="before")(_whole)
@@ -128,17 +130,19 @@ class ClusterConfig(_Frozen):
 
     pools: tuple[Pool, ...] = Field(min_length=1)
     teams: tuple[Team, ...] = ()
-    admins: tuple[str, ...] = ()
+    admins: tuple[str, ...] = Field(default=(), description="user names")
     policy: Policy = Policy()
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterConfig:
+        problems = []
         for kind, names in (("pools", [p.name for p in self.pools]), ("teams", [t.name for t in self.teams])):
             seen: set[str] = set()
             for i, n in enumerate(names):
                 if n in seen:
-                    raise ValueError(f"{kind}.{i}.name: duplicate name {n!r}")
+                    problems.append(f"{kind}.{i}.name: duplicate name {n!r}")
                 seen.add(n)
+        raise_problems(problems)
         return self
 
     def pool(self, name: str) -> Pool | None:

@@ -6,20 +6,26 @@ where there is one, the field: ``projects/x.toml: budget.gpus: must be at least 
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import json
 import re
 import tomllib
+import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from cellsched.errors import BadInput, NotFound
+from cellsched.errors import BadInput, NotFound, one_line
 from cellsched.spec.cluster import ClusterConfig
-from cellsched.spec.models import ProjectSpec
+from cellsched.spec.models import ProjectSpec, Problems
 
 MAX_BYTES = 1_000_000
+MAX_PROBLEMS = 10  # shown on the error's one line; the count says how many there are
+BOM = "\ufeff"
 SUFFIXES = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 M = TypeVar("M", bound=BaseModel)
@@ -29,32 +35,40 @@ if TYPE_CHECKING:
 
 
 def read_text(path: Path) -> str:
-    """The file's text, or a clear error: missing, a directory, too big, not UTF-8, empty."""
+    """The file's text, or a clear error: missing, a directory, too big, not UTF-8, empty.
+    A UTF-8 byte order mark at the start is not part of the text (editors on Windows write
+    one) and is dropped, so a spec seals the same with or without it."""
+    where = one_line(str(path))
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise NotFound(f"{path}: no such file") from None
+        raise NotFound(f"{where}: no such file") from None
     except OSError as e:
-        raise BadInput(f"{path}: cannot read: {e.strerror}") from None
+        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
     if path.is_dir():
-        raise BadInput(f"{path}: is a directory, not a file")
+        raise BadInput(f"{where}: is a directory, not a file")
     if size > MAX_BYTES:
-        raise BadInput(f"{path}: {size:,} bytes is too large (limit {MAX_BYTES:,})")
+        raise BadInput(f"{where}: {size:,} bytes is too large (limit {MAX_BYTES:,})")
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise BadInput(f"{path}: cannot read: {e.strerror}") from None
+        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix(BOM)
     except UnicodeDecodeError as e:
-        raise BadInput(f"{path}: not UTF-8 text (bad byte at offset {e.start})") from None
+        raise BadInput(f"{where}: not UTF-8 text (bad byte at offset {e.start})") from None
     if not text.strip():
-        raise BadInput(f"{path}: file is empty")
+        raise BadInput(f"{where}: file is empty")
     return text
 
 
 def parse_document(text: str, kind: str, where: str) -> dict[str, Any]:
-    """Parse TOML/YAML/JSON text into a mapping; syntax errors name the file."""
+    """Parse TOML/YAML/JSON text into a mapping; syntax errors name the file, the line and
+    the column. A leading byte order mark is dropped (as :func:`read_text` does)."""
+    where = one_line(where)
+    text = text.removeprefix(BOM)
+    if not text.strip():
+        raise BadInput(f"{where}: file is empty")
     try:
         if kind == "toml":
             data: Any = tomllib.loads(text)
@@ -65,11 +79,45 @@ def parse_document(text: str, kind: str, where: str) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # every parser has its own error types; all mean "bad syntax"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BadInput(f"{where}: not valid {kind.upper()}: {first}") from None
+        raise BadInput(f"{where}: not valid {kind.upper()}: {syntax_error(e, text)}") from None
     if not isinstance(data, dict):
         raise BadInput(f"{where}: expected a table of keys at the top, got {type(data).__name__}")
     return data
+
+
+_TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)\s*$")
+
+
+def syntax_error(e: Exception, text: str) -> str:
+    """A parser's error as ``line L, column C: what`` (both counted from 1), whichever of
+    tomllib, json or PyYAML raised it; its first line when it says no place."""
+    what = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    place = ""
+    if isinstance(e, json.JSONDecodeError):
+        what, place = e.msg, f"line {e.lineno}, column {e.colno}"
+    elif isinstance(e, tomllib.TOMLDecodeError):
+        m = _TOML_AT.search(what)
+        if m:
+            what = what[: m.start()]
+            place = "at the end" if m.group(3) else f"line {m.group(1)}, column {m.group(2)}"
+    else:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None) or getattr(e, "context", None)
+        if mark is not None and problem:
+            what, place = problem, f"line {mark.line + 1}, column {mark.column + 1}"
+            context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+            if context and cmark is not None and problem != context:
+                what += f" ({context} from line {cmark.line + 1})"
+        elif isinstance(getattr(e, "position", None), int):  # yaml's ReaderError: a bad character
+            pos = e.position  # type: ignore[attr-defined]
+            line = text.count("\n", 0, pos) + 1
+            column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+            place = f"line {line}, column {column}"
+            what = what.split(" in \"<", 1)[0]
+    what = what.strip()
+    if what[:1].isupper() and what[1:2].islower():
+        what = what[0].lower() + what[1:]
+    return one_line(f"{place}: {what}" if place else what)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
@@ -88,39 +136,216 @@ def _echo(err: Any) -> bool:
     )
 
 
-def describe(e: ValidationError) -> str:
-    """One line for the first problem in a pydantic error (and how many more there are)."""
-    errors = e.errors(include_url=False)
-    # A list whose items failed is also reported "too short after validation": that is the
-    # same problem again, and would show as a misleading "(and 1 more)".
-    errors = [x for x in errors if not _echo(x)] or errors
-    # A misspelt key also shows as the right key missing: name the misspelling first.
-    errors.sort(key=lambda x: x["type"] != "extra_forbidden")
-    err = errors[0]
-    loc = _loc(tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))))
+# -- what the models expect, found by walking an error's location ---------------------------
+
+
+def _unwrap(tp: Any) -> Any:
+    """The type under ``Annotated`` and ``X | None`` (a model, if a union holds one)."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType):
+            args = [a for a in get_args(tp) if a is not type(None)]
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models:
+                tp = models[0]
+            elif len(args) == 1:
+                tp = args[0]
+            else:
+                return tp
+        else:
+            return tp
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[FieldInfo | None, Any]:
+    """The field a location ends at (None if it ends inside one, at an item) and its type;
+    ``(None, None)`` where the models have nothing there."""
+    tp: Any = model
+    field: FieldInfo | None = None
+    for part in loc:
+        tp = _unwrap(tp)
+        field = None
+        if isinstance(part, int):
+            if get_origin(tp) not in (list, tuple, set, frozenset):
+                return None, None
+            tp = get_args(tp)[0] if get_args(tp) else None
+        elif _is_model(tp) and part in tp.model_fields:
+            field = tp.model_fields[part]
+            tp = field.annotation
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None, None
+    return field, _unwrap(tp)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    tp = _walk(model, loc)[1] if loc else model
+    return list(tp.model_fields) if _is_model(tp) else []
+
+
+def _value_at(data: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
+def _suggest(key: Any, model: type[BaseModel], parent: tuple[Any, ...], data: Any) -> str | None:
+    """The field a misspelt key most likely stands for: the closest one at its level that
+    the document does not already have (None if nothing is close)."""
+    given = _value_at(data, parent)
+    present = set(given) if isinstance(given, dict) else set()
+    candidates = [f for f in _fields_at(model, parent) if f not in present]
+    lowered = {c.lower(): c for c in candidates}
+    close = difflib.get_close_matches(str(key).lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None
+
+
+# -- pydantic's errors in our words ---------------------------------------------------------
+
+_EXPECTED = {
+    **dict.fromkeys(("list_type", "tuple_type", "set_type", "frozen_set_type", "iterable_type"), "a list"),
+    **dict.fromkeys(("string_type", "string_unicode"), "a string"),
+    **dict.fromkeys(("dict_type", "mapping_type", "model_type", "model_attributes_type"), "a table of keys"),
+    **dict.fromkeys(("bool_type", "bool_parsing"), "true or false"),
+    **dict.fromkeys(("int_type", "int_parsing", "int_from_float"), "a whole number"),
+    **dict.fromkeys(("float_type", "float_parsing"), "a number"),
+}
+
+
+def _noun(field: FieldInfo | None, tp: Any) -> str:
+    """What a list holds, for ``must be a list of ...``: the field's description, else
+    tables (a list of models) or strings."""
+    if field is not None and field.description:
+        return f" of {field.description}"
+    item = _unwrap(get_args(tp)[0]) if get_origin(tp) in (list, tuple) and get_args(tp) else None
+    if _is_model(item):
+        return " of tables"
+    if item is str:
+        return " of strings"
+    return ""
+
+
+def got(value: Any) -> str:
+    """A value the user wrote, briefly: ``a string "root"``, ``the number 5``, ``a table``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "a string " + json.dumps(value if len(value) <= 40 else value[:40] + "…", ensure_ascii=False)
+    if isinstance(value, (int, float)):
+        text = repr(value) if isinstance(value, float) or abs(value) < 10**30 else f"{str(value)[:20]}…"
+        return f"the number {text}"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return f"a time {value.isoformat()}"
+    return f"a {type(value).__name__}"
+
+
+def _position(data: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:
+    """Where a location is in the document, for listing problems in the order they are
+    written: the key's place in each table (a missing key after the table's keys), the
+    item's in each list."""
+    out = []
+    for part in loc:
+        if isinstance(data, dict):
+            keys = list(data)
+            out.append(keys.index(part) if part in data else len(keys))
+            data = data.get(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            out.append(part)
+            data = data[part]
+        else:
+            out.append(0)
+            data = None
+    return tuple(out)
+
+
+def _problems_of(err: Any, model: type[BaseModel], data: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """One pydantic error as ``(location, "field: words")`` (a validator may report several)."""
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     kind = err["type"]
     if kind == "extra_forbidden":
-        msg = "unknown key"
-    elif kind == "missing":
-        msg = "required key is missing"
-    else:
-        msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        meant = _suggest(loc[-1], model, loc[:-1], data) if loc else None
+        return [(loc, "unknown key" + (f" (did you mean {meant}?)" if meant else ""))]
+    if kind == "missing":
+        return [(loc, "required key is missing")]
+    if kind in _EXPECTED:
+        field, tp = _walk(model, loc)
+        expected = _EXPECTED[kind] + (_noun(field, tp) if _EXPECTED[kind] == "a list" else "")
+        return [(loc, f"must be {expected}, got {got(err.get('input'))}")]
+    if kind == "literal_error":
+        return [(loc, f"must be {(err.get('ctx') or {}).get('expected', '?')}, got {got(err.get('input'))}")]
+    error = (err.get("ctx") or {}).get("error")
+    messages = error.items if isinstance(error, Problems) else [err["msg"].removeprefix("Value error, ")]
+    out = []
+    for msg in messages:
+        msg = msg.replace("Input should be", "must be")
+        where = loc
         # Model-level validators name the field themselves: "deadline: window is too short".
         m = _FIELD_PREFIX.match(msg)
         if m:
-            loc = m.group(1) if loc == "(top)" else f"{loc}.{m.group(1)}"
+            where = (*loc, *(int(p) if p.isascii() and p.isdigit() else p for p in m.group(1).split(".")))
             msg = m.group(2)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return " ".join(f"{loc}: {msg}".split()) + more
+        out.append((where, msg))
+    return out
+
+
+def problems(e: ValidationError, model: type[BaseModel], data: Any = None) -> list[str]:
+    """Every problem in a pydantic error, each ``field: words``, in the order the document
+    has them (a missing key at the end of its table). A misspelt key says which key it
+    likely stands for, and that key is then not also reported missing."""
+    errors = e.errors(include_url=False)
+    # A list whose items failed is also reported "too short after validation": that is the
+    # same problem again.
+    errors = [x for x in errors if not _echo(x)] or errors
+    # "budget.gpu_hourz: unknown key (did you mean gpu_hours?)" already says that
+    # budget.gpu_hours is missing: that line is not repeated.
+    meant = set()
+    for x in errors:
+        if x["type"] == "extra_forbidden" and x["loc"]:
+            key = _suggest(x["loc"][-1], model, x["loc"][:-1], data)
+            if key is not None:
+                meant.add((*x["loc"][:-1], key))
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for err in errors:
+        if not (err["type"] == "missing" and tuple(err["loc"]) in meant):
+            out += _problems_of(err, model, data)
+    out.sort(key=lambda item: _position(data, item[0]))
+    return list(dict.fromkeys(one_line(f"{_loc(loc)}: {words}") for loc, words in out))
+
+
+def describe(e: ValidationError, model: type[BaseModel], data: Any = None) -> str:
+    """Every problem on one line: the problem alone if there is one, else ``N problems:``
+    and the first :data:`MAX_PROBLEMS` joined by ``; `` (``; and K more`` after them)."""
+    items = problems(e, model, data)
+    if len(items) == 1:
+        return items[0]
+    shown = "; ".join(items[:MAX_PROBLEMS])
+    rest = f"; and {len(items) - MAX_PROBLEMS} more" if len(items) > MAX_PROBLEMS else ""
+    return f"{len(items)} problems: {shown}{rest}"
 
 
 def validate(model: type[M], data: dict[str, Any], where: str) -> M:
+    where = one_line(where)
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise BadInput(f"{where}: {describe(e)}") from None
+        raise BadInput(f"{where}: {describe(e, model, data)}") from None
     except (ValueError, TypeError, OverflowError) as e:  # e.g. times out of range
-        raise BadInput(f"{where}: {' '.join(str(e).split())}") from None
+        raise BadInput(f"{where}: {one_line(str(e))}") from None
 
 
 def load_mapping(path: Path) -> dict[str, Any]:

@@ -28,6 +28,20 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+class Problems(ValueError):
+    """Several problems one validator found, each ``field: words``; the loader shows each
+    (``spec/load.py``). With one problem it reads as a plain ``ValueError``."""
+
+    def __init__(self, items: list[str]) -> None:
+        super().__init__("; ".join(items))
+        self.items = list(items)
+
+
+def raise_problems(items: list[str]) -> None:
+    if items:
+        raise Problems(items)
+
+
 def check_name(value: str) -> str:
     """A name that becomes a file name, a Ray name and a CLI argument: no paths, no spaces."""
     if not value:
@@ -150,19 +164,21 @@ class Budget(_Frozen):
 
     @model_validator(mode="after")
     def _window(self) -> Budget:
+        problems = []
         if self.gpu_seconds < 1:
-            raise ValueError("gpu_hours: must be at least one GPU-second")
+            problems.append("gpu_hours: must be at least one GPU-second")
         if self.pool is not None and self.gpu_type is not None:
-            raise ValueError("pool: give pool or gpu_type, not both")
+            problems.append("pool: give pool or gpu_type, not both")
         if self.not_before is not None and self.deadline is not None:
-            if self.not_before >= self.deadline:
-                raise ValueError("not_before: must be before the deadline")
             room = epoch(self.deadline) - epoch(self.not_before)
-            if room < self.duration_s:
-                raise ValueError(
+            if self.not_before >= self.deadline:
+                problems.append("not_before: must be before the deadline")
+            elif self.gpu_seconds >= 1 and room < self.duration_s:
+                problems.append(
                     f"deadline: window of {room} s is shorter than gpu_hours / gpus "
                     f"= {self.duration_s} s"
                 )
+        raise_problems(problems)
         return self
 
 
@@ -173,7 +189,7 @@ class Job(_Frozen):
     run: list[str] | str
     gpus: Whole = Field(default=1, ge=1, le=100_000)
     cpus: Whole = Field(default=0, ge=0, le=1024)
-    after: Annotated[tuple[Name, ...], OneOrMany] = ()
+    after: Annotated[tuple[Name, ...], OneOrMany] = Field(default=(), description="job names")
     retries: Whole = Field(default=0, ge=0, le=100)
     env: dict[str, str] = Field(default_factory=dict)
 
@@ -228,7 +244,7 @@ class Code(_Frozen):
     dir: str | None = Field(default=None, max_length=4096)
     git: str | None = Field(default=None, min_length=1, max_length=4096)
     commit: str | None = Field(default=None, pattern=r"^[0-9a-f]{4,64}$")
-    exclude: Annotated[tuple[str, ...], OneOrMany] = Field(default=(), max_length=1000)
+    exclude: Annotated[tuple[str, ...], OneOrMany] = Field(default=(), max_length=1000, description="patterns")
     max_mib: Whole = Field(default=100, ge=1, le=512)  # the archive is one ledger value (≤ 1 GB)
     requirements: str | None = Field(default=None, min_length=1, max_length=4096)
     digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -271,16 +287,18 @@ class Code(_Frozen):
 
     @model_validator(mode="after")
     def _source(self) -> Code:
+        problems = []
         if self.git is None:
             if self.commit is not None:
-                raise ValueError("commit: only with git")
+                problems.append("commit: only with git")
             if self.dir is None:
                 object.__setattr__(self, "dir", ".")  # the default: the spec file's directory
         else:
             if self.dir is not None:
-                raise ValueError("dir: give dir or git, not both")
+                problems.append("dir: give dir or git, not both")
             if self.commit is None:
-                raise ValueError("commit: required with git (a commit's SHA)")
+                problems.append("commit: required with git (a commit's SHA)")
+        raise_problems(problems)
         return self
 
 
@@ -299,25 +317,26 @@ class ProjectSpec(_Frozen):
 
     @model_validator(mode="after")
     def _jobs(self) -> ProjectSpec:
+        problems = []
         names: list[str] = [j.name for j in self.jobs]
         seen: set[str] = set()
         for i, name in enumerate(names):
             if name in seen:
-                raise ValueError(f"jobs.{i}.name: duplicate job name {name!r}")
+                problems.append(f"jobs.{i}.name: duplicate job name {name!r}")
             seen.add(name)
         for i, job in enumerate(self.jobs):
             if job.gpus > self.budget.gpus:
-                raise ValueError(
-                    f"jobs.{i}.gpus: {job.gpus} is more than budget.gpus = {self.budget.gpus}"
-                )
+                problems.append(f"jobs.{i}.gpus: {job.gpus} is more than budget.gpus = {self.budget.gpus}")
             for dep in job.after:
                 if dep not in seen:
-                    raise ValueError(f"jobs.{i}.after: no job named {dep!r}")
+                    problems.append(f"jobs.{i}.after: no job named {dep!r}")
                 if dep == job.name:
-                    raise ValueError(f"jobs.{i}.after: {job.name!r} cannot wait for itself")
-        cycle = find_cycle({j.name: j.after for j in self.jobs})
-        if cycle:
-            raise ValueError("jobs.after: cycle " + " -> ".join(cycle))
+                    problems.append(f"jobs.{i}.after: {job.name!r} cannot wait for itself")
+        if not problems:  # a cycle means something only among unique, existing names
+            cycle = find_cycle({j.name: j.after for j in self.jobs})
+            if cycle:
+                problems.append("jobs.after: cycle " + " -> ".join(cycle))
+        raise_problems(problems)
         return self
 
     def job_order(self) -> list[Job]:
