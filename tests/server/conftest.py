@@ -1,126 +1,19 @@
-"""Shared fixtures for the server's tests: a real uvicorn (the production ``Listeners``)
-serving a fresh ledger over tests/conftest.py's EXAMPLE_CLUSTER, on a TCP port and on a
-Unix socket, on SQLite and on PostgreSQL; tokens; the CLI pointed at it.
+"""Shared fixtures for the server's tests (the harness is ``server_harness.py``):
 
-``served`` is the fixture (function-scoped, one per ``ledger_url``): a :class:`Served`
-with ``url`` (``http://127.0.0.1:PORT``), ``unix`` (``unix:/path``), ``env`` and ``state``
-(the server's), ``token(user)``, ``http(user)`` (an httpx client with that user's token)
-and ``cli(*args, user=...)`` (``cellsched`` through typer's CliRunner, as a thin client
-of this server with the user's token in its own config file). ``start_server(env)`` is the
-same as a context manager, for tests that need their own.
+- ``served``: a real server (uvicorn on TCP and on a Unix socket) over the ``env``
+  fixture's fresh ledger with tests/conftest.py's EXAMPLE_CLUSTER, on SQLite and on
+  PostgreSQL (a :class:`server_harness.Served`);
+- ``no_client_config``: no server configured for this process's CLI.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-import shutil
-import socket
-import tempfile
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-NOW = 1796083200  # 2026-12-01 00:00 UTC
-
-
-@dataclass
-class Served:
-    env: Any
-    state: Any
-    url: str
-    unix: str
-    home: Path  # per-user config directories for the CLI live here
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def token(self, user: str) -> str:
-        """A valid token for ``user`` (issued once per user, cached)."""
-        if user not in self.tokens:
-            from cellsched.server.tokens import issue
-
-            self.tokens[user] = issue(self.env, user, "root-admin", NOW - 10)[1]
-        return self.tokens[user]
-
-    def http(self, user: str | None = "alice", timeout: float = 60.0):  # type: ignore[no-untyped-def]
-        """An httpx client on the TCP listener, with ``user``'s token (None: no token)."""
-        import httpx
-
-        headers = {} if user is None else {"authorization": f"Bearer {self.token(user)}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
-
-    def config_home(self, user: str) -> Path:
-        """An XDG_CONFIG_HOME whose client.toml names this server and ``user``'s token."""
-        home = self.home / user
-        cfg = home / "cellsched" / "client.toml"
-        if not cfg.exists():
-            cfg.parent.mkdir(parents=True, exist_ok=True)
-            cfg.write_text(f'server = "{self.url}"\ntoken = "{self.token(user)}"\n')
-            cfg.chmod(0o600)
-        return home
-
-    def cli_env(self, user: str = "alice", **extra: str) -> dict[str, str]:
-        """Environment for a ``cellsched`` process talking to this server as ``user``."""
-        return {"XDG_CONFIG_HOME": str(self.config_home(user)), "CELLSCHED_SERVER": self.url, **extra}
-
-    def cli(self, *args: str, user: str = "alice", **extra: str) -> Any:
-        """``cellsched ARGS`` through this server (typer's CliRunner, in this process)."""
-        from typer.testing import CliRunner
-
-        from cellsched.cli.app import app
-
-        return CliRunner().invoke(app, list(args), env=self.cli_env(user, **extra))
-
-
-@contextlib.contextmanager
-def start_server(env: Any, **state_kwargs: Any) -> Iterator[Served]:
-    """``cellsched server`` for ``env`` on 127.0.0.1 (a free port) and a Unix socket, in a
-    thread of this process; stopped and cleaned up on exit."""
-    from cellsched.server.app import create_app
-    from cellsched.server.listen import Listeners, parse_listen
-    from cellsched.server.state import ServerState
-
-    env.ledger.ensure_schema()
-    state = ServerState(env, **state_kwargs)
-    app = create_app(state)
-    d = Path(tempfile.mkdtemp(prefix="cs-srv-"))  # short: a Unix socket path has ~100 bytes
-    os.chmod(d, 0o711)
-    running = Listeners(app, [parse_listen("http://127.0.0.1:0"), parse_listen(f"unix:{d / 's.sock'}")],
-                        access_log=False)
-    # Connections accepted from a socket made by socket.create_server (proto 0) do not get
-    # asyncio's TCP_NODELAY, so every response after a connection's first waits ~40 ms for
-    # a delayed ACK; on Linux they inherit it from the listening socket. (The CLI opens a
-    # connection per command, so it never meets this; keep-alive clients, as here, do.)
-    running.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 15
-    while not running.started:
-        assert time.monotonic() < deadline and t.is_alive(), "the server did not start"
-        time.sleep(0.01)
-    tcp, unix = running.addresses
-    try:
-        yield Served(env, state, tcp, unix, d / "home")
-    finally:
-        running.stop()
-        t.join(20)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def example_cluster() -> str:
-    """tests/conftest.py's EXAMPLE_CLUSTER (that module is not importable by name here)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_cellsched_tests_root", Path(__file__).parents[1] / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.EXAMPLE_CLUSTER)
+from server_harness import Served, start_server
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NOW, Served, start_server
+from server_harness import NOW, Served, start_server
 from sqlmodel import select
 from typer.testing import CliRunner
 
@@ -544,7 +544,7 @@ BODIES: dict[str, tuple[str, str, Any]] = {
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One server on SQLite for every generated body, with a grant, logs and a stored code
     snapshot in its ledger so that bodies can reach past 'not found'."""
-    from conftest import example_cluster
+    from server_harness import example_cluster
 
     from cellsched.receipt import create_keys, key_paths
     from cellsched.service import open_env

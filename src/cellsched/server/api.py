@@ -51,12 +51,13 @@ Who = Annotated[Identity, Depends(identity)]
 
 
 class JSON(Response):
-    """The ops JSON as the CLI would print it (``default=str``, NaN allowed), compact."""
+    """The ops JSON as the CLI would print it (``default=str``, NaN allowed), compact; ASCII
+    on the wire, so that any string the ledger holds (even a lone surrogate) arrives intact."""
 
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8")
+        return json.dumps(content, separators=(",", ":"), default=str).encode("ascii")
 
 
 class _In(BaseModel):

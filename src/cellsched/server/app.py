@@ -37,7 +37,9 @@ def status_of(err: CellschedError) -> int:
 
 
 def error_body(message: str, exit_code: int) -> dict[str, Any]:
-    return {"error": message, "exit_code": exit_code}
+    # A line may quote what the client sent; lone surrogates (JSON and YAML can carry them)
+    # cannot be encoded as UTF-8: written as escapes, not a 500.
+    return {"error": message.encode("utf-8", "backslashreplace").decode("utf-8"), "exit_code": exit_code}
 
 
 class BodyLimit:
