@@ -23,7 +23,7 @@ def test_shell_walkthrough(tmp_path: Path) -> None:
     out = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "granted 96.0 held 32.0 idle 32.0" in out.stdout
+    assert "granted 32.0 held 32.0 idle 32.0" in out.stdout
     assert "nothing in this period" in out.stdout
     assert (tmp_path / "report.html").stat().st_size > 10_000
     assert (tmp_path / "charts" / "capacity.png").exists()
