@@ -449,7 +449,7 @@ class Schedule:
         least = max(1, -(-req.gpu_seconds // room), 1 if max_s is None else -(-req.gpu_seconds // max_s))
         # Only widths the node rule allows in some candidate pool (every width on one-node pools).
         cals = [self.pools[p.name][1] for p in pools]
-        widths = [w for w in range(least, req.width) if any(c.admits(w) for c in cals)]
+        widths = sorted({w for c in cals for w in c.admissible_widths(least, req.width)})
         lo, hi = 0, len(widths) - 1
         while lo <= hi:  # above those bounds feasibility is monotone enough to bisect, then verified
             mid_i = (lo + hi) // 2

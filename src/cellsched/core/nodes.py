@@ -42,7 +42,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from functools import reduce
-from itertools import compress, islice
+from itertools import compress, count, islice
 from operator import and_, or_, xor
 
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
@@ -54,6 +54,7 @@ HOUR = 3600  # the buckets of the whole-node masks and of the per-GPU-count hour
 NK = 1 << 21  # a crossing's key is time * NK + node: an hour's crossings sort by (time, node)
 HK = NK * HOUR  # key // HK is the crossing's hour
 CHUNK = 128  # hours per cached chunk of candidate counts
+LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -272,7 +273,7 @@ class _Hours:
     comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
     the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
+    __slots__ = ("_lvl", "_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
                  "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
@@ -301,6 +302,9 @@ class _Hours:
         # (the largest, [how many candidates each start hour has]), made when a search
         # needs it and dropped when an hour it read changes.
         self._ubc: dict[int, dict[int, tuple[int, list[int]]]] = {}
+        # Per chunk: the ANDs of ``sure`` over 1, 2, 4 .. hours from each hour after its
+        # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
+        self._lvl: dict[int, list[list[int]]] = {}
         self.q0: int | None = None
         self.m0: list[int] = []
         self.sure: list[int] = []
@@ -422,7 +426,7 @@ class _Hours:
 
     def _next_hour(self, i: int, k: int, inner: int) -> int:
         """The first hour index >= ``i`` at which a window that surely covers the ``inner``
-        hours after its start hour has ``k`` candidates (len(m0): none before the tail)."""
+        hours after its start hour may have ``k`` candidates (len(m0): none before the tail)."""
         nh = len(self.m0)
         enough = k.__le__
         if inner <= 0:
@@ -462,16 +466,26 @@ class _Hours:
 
     def _chunk(self, inner: int, c: int) -> tuple[int, list[int]]:
         """(largest, counts) of candidates for start hours c * CHUNK .. (c + 1) * CHUNK - 1:
-        ``poss`` of the hour ANDed with ``sure`` of the ``inner`` hours after it (the AND of
-        a sliding window, by doubling: a few C-level maps over the chunk)."""
+        ``poss`` of the hour ANDed with ``sure`` of the ``inner`` hours after it (a sliding
+        window's AND from two overlapping power-of-two ANDs: a few C-level maps)."""
         a = c * CHUNK
-        w = self._span(self.sure, a + 1, a + CHUNK + inner)
-        span = 1
-        while span * 2 <= inner:
-            w = list(map(and_, w, w[span:]))
-            span *= 2
+        if inner <= LEVEL_REACH:
+            span = 1 << (inner.bit_length() - 1)
+            levels = self._lvl.get(c)
+            if levels is None:
+                levels = self._lvl[c] = [self._span(self.sure, a + 1, a + 1 + CHUNK + LEVEL_REACH)]
+            while len(levels) <= span.bit_length() - 1:
+                w, half = levels[-1], 1 << (len(levels) - 1)
+                levels.append(list(map(and_, w, w[half:])))
+            w = levels[span.bit_length() - 1]
+        else:
+            w = self._span(self.sure, a + 1, a + CHUNK + inner)
+            span = 1
+            while span * 2 <= inner:
+                w = list(map(and_, w, w[span:]))
+                span *= 2
         if span < inner:
-            w = list(map(and_, w, w[inner - span :]))
+            w = map(and_, w, w[inner - span :])
         counts = list(map(int.bit_count, map(and_, self._span(self.poss, a, a + CHUNK), w)))
         return max(counts), counts
 
@@ -481,6 +495,9 @@ class _Hours:
             if chunks:
                 for c in range((qa - inner) // CHUNK, qb // CHUNK + 1):
                     chunks.pop(c, None)
+        if self._lvl:
+            for c in range((qa - CHUNK - LEVEL_REACH) // CHUNK, qb // CHUNK + 1):
+                self._lvl.pop(c, None)
 
     def earliest(self, k: int, d: int, t: int, limit: int) -> int | None:
         """Earliest t' in [t, limit] at which ``k`` nodes have ``v`` free over [t', t' + d)."""
@@ -529,30 +546,57 @@ class _Hours:
     def soonest(self, t: int, e: int, m: int) -> list[int]:
         """Up to ``m`` nodes that have ``v`` free over [t, e), those whose span of ``v``
         free ends soonest first (ties: lower node first; spans that never end last)."""
+        out, left = self._soonest(t, e, m, True)
+        out.extend(_lowest_bits(left, m - len(out)))
+        return out
+
+    def soonest_set(self, t: int, e: int, m: int) -> list[int]:
+        """The nodes of ``soonest(t, e, m)``, ascending."""
+        out, left = self._soonest(t, e, m, False)
+        taken = reduce(or_, map(self.bits.__getitem__, out), 0)
+        return _lowest_bits(taken | reduce(or_, map(self.bits.__getitem__, _lowest_bits(left, m - len(out))), 0), m)
+
+    def _soonest(self, t: int, e: int, m: int, ordered: bool) -> tuple[list[int], int]:
+        """(the nodes whose span ends soonest, in that order unless not ``ordered``; the
+        fitting nodes left, whose spans never end) for ``soonest``. An hour whose fitting
+        downs all fit in what is still wanted is taken whole when the order is not needed."""
         left = self.fit(t, e)
         out: list[int] = []
         q0 = self.q0
-        if left and q0 is not None:
-            nh = len(self.m0)
-            i = e // HOUR - q0
+        if not left or q0 is None:
+            return out, left
+        nh = len(self.m0)
+        i = e // HOUR - q0
+        if i >= nh:
+            return out, left
+        x = 0
+        if i < 0:
+            i = 0
+        else:
+            x = bisect_left(self.dk[i], e * NK)
+        dall = self.dall
+        while i < nh:
+            # fitting nodes going down in hour i (in e's hour: at or after e, which is their
+            # first down since t; a node may have come up again before t in that hour)
+            here = (reduce(or_, self.db[i][x:], 0) if x else dall[i]) & left
+            if here:
+                if not ordered and here.bit_count() < m - len(out):
+                    out.extend(_lowest_bits(here, m))
+                    left &= ~here
+                else:
+                    db = self.db[i]
+                    for y in compress(range(x, len(db)), map(here.__and__, _tail(db, x))):
+                        b = db[y]
+                        if left & b:
+                            out.append(b.bit_length() - 1)
+                            left &= ~b
+                            if len(out) == m:
+                                return out, 0
+                if not left:
+                    break
+            i = next(compress(range(i + 1, nh), map(left.__and__, _tail(dall, i + 1))), nh)
             x = 0
-            if i < 0:
-                i = 0
-            elif i < nh:
-                x = bisect_left(self.dk[i], e * NK)
-            while i < nh:
-                db = self.db[i]
-                for y in compress(range(x, len(db)), map(left.__and__, _tail(db, x))):
-                    b = db[y]
-                    if left & b:
-                        out.append(b.bit_length() - 1)
-                        left &= ~b
-                        if len(out) == m or not left:
-                            return out
-                i = next(compress(range(i + 1, nh), map(left.__and__, _tail(self.dall, i + 1))), nh)
-                x = 0
-        out.extend(_lowest_bits(left, m - len(out)))
-        return out
+        return out, left
 
     # -- upkeep ------------------------------------------------------------------------
 
@@ -594,6 +638,7 @@ class _Hours:
         if tail != self.tail:  # (a change reaching the far future: never in practice)
             self.tail = tail
             self._ubc.clear()
+            self._lvl.clear()
         self._invalidate(qs, qe)
 
     def _cover(self, qs: int, qe: int) -> None:
@@ -665,8 +710,12 @@ class _Hours:
         if q0 is None:
             return
         drop = t // HOUR - q0
-        self._ubc.clear() if drop >= len(self.m0) else self._invalidate(q0, t // HOUR)
-        for chunks in self._ubc.values():
+        if drop >= len(self.m0):
+            self._ubc.clear()
+            self._lvl.clear()
+        else:
+            self._invalidate(q0, t // HOUR)
+        for chunks in (*self._ubc.values(), self._lvl):
             for c in [c for c in chunks if c < t // HOUR // CHUNK]:
                 del chunks[c]
         if drop >= len(self.m0):
@@ -698,15 +747,15 @@ class _Hours:
         self.sc[0] = self.sure[0].bit_count()
 
 
+_ZERO_ONE = bytes.maketrans(b"01", b"\x00\x01")
+
+
 def _lowest_bits(mask: int, k: int) -> list[int]:
     """The indices of the ``k`` lowest set bits of ``mask``."""
-    bits = bin(mask)[:1:-1]  # bit 0 first
-    out = []
-    i = bits.find("1")
-    while i >= 0 and len(out) < k:
-        out.append(i)
-        i = bits.find("1", i + 1)
-    return out
+    if k <= 0 or not mask:
+        return []
+    bits = bin(mask)[:1:-1].encode().translate(_ZERO_ONE)  # bit 0 first, as bytes 0/1
+    return list(islice(compress(count(), bits), k))
 
 
 class NodeCalendar(CapacityCalendar):
@@ -747,6 +796,14 @@ class NodeCalendar(CapacityCalendar):
             return width <= self._widest_node
         k = whole_nodes(width, self.per_node)
         return k is not None and k <= self.full_nodes
+
+    def admissible_widths(self, lo: int, hi: int) -> list[int]:
+        """The widths ``w`` with lo <= w < hi that obey the node rule here, ascending."""
+        per = self.per_node
+        out = list(range(max(lo, 1), min(hi, min(per, self._widest_node) + 1)))
+        first = max(2, -(-lo // per))
+        out.extend(range(first * per, min(hi, (self.full_nodes + 1) * per), per))
+        return out
 
     def _shape(self, width: int) -> tuple[int, int]:
         """(GPUs per node, nodes) of a grant of ``width``; ValueError if it breaks the rule."""
@@ -801,8 +858,8 @@ class NodeCalendar(CapacityCalendar):
             sure = self._whole().sure(start, d)
             if sure.bit_count() >= k:
                 return tuple(_lowest_bits(sure, k))
-            picked = self._hours_of(v).soonest(start, end, k)
-            return tuple(sorted(picked)) if len(picked) == k else None
+            picked = self._hours_of(v).soonest_set(start, end, k)
+            return tuple(picked) if len(picked) == k else None
         # One node for a narrow grant. First a node already in use that fits (best fit in
         # GPUs among the first SCAN_NODES nodes, so whole nodes stay whole for whole-node
         # grants); else the highest-numbered node wholly free over the window's hours (whole
