@@ -74,9 +74,12 @@ def make_engine(url: str) -> Engine:
                        "(use sqlite:///path or postgresql+psycopg://user@host/db)")
     if url.startswith("postgres:"):
         raise BadInput(f"--db {shown}: write postgresql+psycopg://, not postgres://")
-    if not url.startswith("sqlite") and _at_signs(url) > 1:
-        raise BadInput(f"--db {shown}: more than one '@' before the host: write an '@' in the user "
-                       "or password as %40")
+    head, password, _ = _split_password(url)
+    if password is not None and _at_signs(url) > 1:
+        # Which '@' ends the password is anyone's guess: hide up to the last one.
+        shown = redacted(head + "***" + url[url.rindex("@"):])
+        raise BadInput(f"--db {shown}: more than one '@': write an '@' in the password (or anywhere "
+                       "but before the host) as %40")
     try:
         return _make_engine(url)
     except exc.NoSuchModuleError:
@@ -118,41 +121,43 @@ def _make_engine(url: str) -> Engine:
 
 
 def _at_signs(url: str) -> int:
-    """How many '@' the part of ``url`` before its query has."""
-    return url.split("://", 1)[-1].split("?", 1)[0].count("@")
+    """How many '@' ``url`` has after its scheme."""
+    return url.split("://", 1)[-1].count("@")
+
+
+def _split_password(url: str) -> tuple[str, str | None, str]:
+    """``url`` as (up to ``user:``, the password, from ``@`` on), read as SQLAlchemy does
+    (the password runs from the first ':' after the user to the first '@'); the password
+    is None when there is none. A SQLite path (``sqlite:///...``) has none."""
+    if "://" not in url:
+        return url, None, ""
+    scheme, rest = url.split("://", 1)
+    at = rest.find("@")
+    if at < 0 or (scheme.startswith("sqlite") and rest.startswith("/")):
+        return url, None, ""
+    user, colon, password = rest[:at].partition(":")
+    if not colon or "/" in user:
+        return url, None, ""
+    return f"{scheme}://{user}:", password, rest[at:]
 
 
 def _password(url: str) -> str | None:
-    """The password as written in the URL (between ``user:`` and the last '@' before the
-    host), or None."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    if "@" not in rest.split("?", 1)[0]:
-        return None
-    userinfo = rest.split("?", 1)[0].rsplit("@", 1)[0]
-    return userinfo.split(":", 1)[1] if ":" in userinfo else None
+    return _split_password(url)[1]
 
 
 def redacted(url: str) -> str:
     """``url`` as it may be shown: its password (in the user part or as ``password=`` in the
     query) replaced by ``***``, on one line."""
-    shown = url
-    if "://" in url:
-        scheme, rest = url.split("://", 1)
-        path, q, query = rest.partition("?")
-        if "@" in path:
-            userinfo, host = path.rsplit("@", 1)
-            if ":" in userinfo:
-                userinfo = userinfo.split(":", 1)[0] + ":***"
-            path = f"{userinfo}@{host}"
-        query = re.sub(r"(?i)((?:^|&)(?:ssl)?password=)[^&]*", r"\1***", query)
-        shown = f"{scheme}://{path}{q}{query}"
+    head, password, tail = _split_password(url)
+    shown = url if password is None else f"{head}***{tail}"
+    shown = re.sub(r"(?i)([?&](?:ssl)?password=)[^&]*", r"\1***", shown)
     return one_line(shown)
 
 
 def _scrub(text: str, url: str) -> str:
     """``text`` (a driver's message) without the URL's password, should it quote it."""
     secrets = {_password(url) or ""}
-    for m in re.finditer(r"(?i)(?:^|&)(?:ssl)?password=([^&]*)", url.split("?", 1)[1] if "?" in url else ""):
+    for m in re.finditer(r"(?i)[?&](?:ssl)?password=([^&]*)", url):
         secrets.add(m.group(1))
     for secret in list(secrets):
         secrets.add(unquote(secret))
@@ -256,6 +261,8 @@ def _postgres_reason(text: str, url: str) -> str:
         return f"{server} answered, but not as PostgreSQL does ({_driver_words(text)})"
     if "permission denied" in low:
         return f"the user may not create the ledger's tables: {_driver_words(text)}"
+    if "no schema has been selected" in low:
+        return "no schema to create the ledger's tables in (the URL's search_path names none this user may use)"
     if "read-only transaction" in low:
         return f"{server} is read-only (a standby?)"
     return _driver_words(text)
@@ -269,7 +276,8 @@ def _timeout(url: str) -> str:
 
 
 def _driver_words(text: str) -> str:
-    """A driver's message without its boilerplate prefixes."""
+    """A driver's message's first line without its boilerplate prefixes."""
+    text = (text.strip().splitlines() or [""])[0]
     text = re.sub(r'^(connection failed: )?(connection to server (at|on socket) "[^"]*"( \([^)]*\))?,'
                   r'( port \d+)? failed: )?', "", text.strip())
     return text.removeprefix("FATAL:").strip() or "cannot connect"
@@ -283,7 +291,8 @@ def unusable(e: BaseException, url: str) -> BadInput | None:
     if isinstance(e, exc.DBAPIError) or isinstance(e, (sqlite3.Error, ValueError)) or _is_psycopg(orig):
         if isinstance(e, (exc.IntegrityError, exc.DataError)) or (
             isinstance(e, (exc.ProgrammingError, exc.InternalError))
-            and sqlstate not in ("42501", "25006")  # permission denied; read-only transaction
+            # permission denied; no schema to create in; a read-only transaction (a standby)
+            and sqlstate not in ("42501", "3F000", "25006")
             and not isinstance(orig, sqlite3.Error)
         ):
             return None
