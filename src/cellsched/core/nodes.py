@@ -50,11 +50,15 @@ from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tai
 _LAST = 1 << 62  # sorts after any node index
 BEST_FIT_OF = 4  # a narrow grant's node is the best fit in GPUs among this many candidates
 SCAN_NODES = 16  # nodes tried in index order for a narrow grant before any wholly free one
+SCAN_MASK = (1 << SCAN_NODES) - 1
 HOUR = 3600  # the buckets of the whole-node masks and of the per-GPU-count hours
 NK = 1 << 21  # a crossing's key is time * NK + node: an hour's crossings sort by (time, node)
 HK = NK * HOUR  # key // HK is the crossing's hour
 CHUNK = 128  # hours per cached chunk of candidate counts
 LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
+# The window lengths (in whole hours after the start hour) whose counts judge chunks first:
+# COARSE[L] is the largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64 not above L.
+COARSE = [0] + [max(x for x in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if x <= n) for n in range(1, 65)]
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -273,7 +277,7 @@ class _Hours:
     comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
     the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
+    __slots__ = ("_lvl", "_memo", "_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
                  "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
@@ -305,6 +309,7 @@ class _Hours:
         # Per chunk: the ANDs of ``sure`` over 1, 2, 4 .. hours from each hour after its
         # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
         self._lvl: dict[int, list[list[int]]] = {}
+        self._memo: tuple[int, int, int] | None = None  # the last fit asked: (t, e, nodes)
         self.q0: int | None = None
         self.m0: list[int] = []
         self.sure: list[int] = []
@@ -371,6 +376,14 @@ class _Hours:
 
     def fit(self, t: int, e: int) -> int:
         """The nodes with at least ``v`` free throughout [t, e)."""
+        memo = self._memo
+        if memo is not None and memo[0] == t and memo[1] == e:
+            return memo[2]  # a search's last answer, asked again by the choice that follows
+        out = self._fit(t, e)
+        self._memo = (t, e, out)
+        return out
+
+    def _fit(self, t: int, e: int) -> int:
         q0 = self.q0
         if q0 is None:
             return self.head
@@ -431,17 +444,28 @@ class _Hours:
         enough = k.__le__
         if inner <= 0:
             return next(compress(range(i, nh), map(enough, _tail(self.pc, i))), nh)
+        # A chunk is first judged by the counts for a few fixed window lengths (<= inner:
+        # a weaker bound, but there are few of them, so they are soon all made); only a
+        # chunk that passes makes the counts for ``inner`` itself.
+        rough = COARSE[min(inner, len(COARSE) - 1)]
         chunks = self._ubc.get(inner)
         if chunks is None:
             chunks = self._ubc[inner] = {}
+        coarse = self._ubc.get(rough)
+        if coarse is None:
+            coarse = self._ubc[rough] = {}
         q0 = self.q0
         assert q0 is not None
         q, end = q0 + i, q0 + nh
         while q < end:
             c = q // CHUNK
-            entry = chunks.get(c)
+            entry = coarse.get(c)
             if entry is None:
-                entry = chunks[c] = self._chunk(inner, c)
+                entry = coarse[c] = self._chunk(rough, c)
+            if entry[0] >= k and rough != inner:
+                entry = chunks.get(c)
+                if entry is None:
+                    entry = chunks[c] = self._chunk(inner, c)
             if entry[0] >= k:
                 base = c * CHUNK
                 off, stop = q - base, min(CHUNK, end - base)
@@ -616,6 +640,7 @@ class _Hours:
     def changed(self, n: int, node: CapacityCalendar, old: list[tuple[int, bool]], qs: int, qe: int) -> None:
         """Node ``n`` changed inside hours [qs, qe]; ``old`` were its crossings there."""
         b = self.bits[n]
+        self._memo = None
         new = self.crossings(node, qs * HOUR, (qe + 1) * HOUR)
         self._cover(qs, qe)
         q0 = self.q0
@@ -707,6 +732,7 @@ class _Hours:
         """As the nodes' calendars forget: hours before t's go, crossings up to ``t`` fold
         into the state its hour starts from (the calendars now start as they are at t)."""
         q0 = self.q0
+        self._memo = None
         if q0 is None:
             return
         drop = t // HOUR - q0
@@ -836,13 +862,16 @@ class NodeCalendar(CapacityCalendar):
         if not self.admits(width):
             return None
         v, k = self._shape(width)
+        limit = FAR_FUTURE if deadline is None else deadline - duration
+        hours = self._hours_of(v)
+        if k == 1:  # one node: the hours answer at once, mostly at ``start`` itself
+            return hours.earliest(1, duration, start, limit)
         flat = self.earliest(width, duration, start, deadline)  # nodes fit no earlier
         if flat is None:
             return None
         if v == self.per_node and self._whole().sure(flat, duration).bit_count() >= k:
             return flat  # whole nodes surely free over the window's hours: no scan needed
-        limit = FAR_FUTURE if deadline is None else deadline - duration
-        return self._hours_of(v).earliest(k, duration, flat, limit)
+        return hours.earliest(k, duration, flat, limit)
 
     def choose(self, width: int, start: int, end: int) -> tuple[int, ...] | None:
         """The nodes a grant of ``width`` over [start, end) would take now, or None."""
@@ -868,9 +897,13 @@ class NodeCalendar(CapacityCalendar):
         best = None
         nodes = self.nodes
         per = self.per_node
-        for n in range(min(SCAN_NODES, len(nodes))):
+        scan = self._hours_of(v).fit(start, end) & SCAN_MASK  # those of them with v free
+        while scan:
+            b = scan & -scan
+            scan ^= b
+            n = b.bit_length() - 1
             room = nodes[n].min_free(start, end)
-            if v <= room < per and (best is None or room < best[0]):
+            if room < per and (best is None or room < best[0]):
                 best = (room, n)
                 if room == v:
                     break
