@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
 def read_text(path: Path) -> str:
     """The file's text, or a clear error: missing, a directory, too big, not UTF-8, empty.
-    A UTF-8 byte order mark at the start is not part of the text (editors on Windows write
-    one) and is dropped, so a spec seals the same with or without it."""
+    A UTF-8 byte order mark at the start is kept (the text goes as it is to the server);
+    :func:`parse_document` drops it."""
     where = one_line(str(path))
     try:
         size = path.stat().st_size
@@ -54,17 +54,18 @@ def read_text(path: Path) -> str:
     except OSError as e:
         raise BadInput(f"{where}: cannot read: {e.strerror}") from None
     try:
-        text = raw.decode("utf-8").removeprefix(BOM)
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise BadInput(f"{where}: not UTF-8 text (bad byte at offset {e.start})") from None
-    if not text.strip():
+    if not text.removeprefix(BOM).strip():
         raise BadInput(f"{where}: file is empty")
     return text
 
 
 def parse_document(text: str, kind: str, where: str) -> dict[str, Any]:
     """Parse TOML/YAML/JSON text into a mapping; syntax errors name the file, the line and
-    the column. A leading byte order mark is dropped (as :func:`read_text` does)."""
+    the column. One byte order mark at the start is dropped: editors on Windows write one,
+    it is not part of the text, and a spec seals the same with it or without it."""
     where = one_line(where)
     text = text.removeprefix(BOM)
     if not text.strip():
