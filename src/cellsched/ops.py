@@ -330,7 +330,10 @@ def logs(env: Env, caller: str, project: str, job: str | None, rank: int | None,
     from cellsched.ledger.tables import LIVE_STATES
     from cellsched.runtime import logs as L
 
+    from cellsched import service
+
     g, log_dir, runs = L.locate(env, project)
+    service.check_may_read_logs(env, g.team, g.project_id, caller)
     out: dict[str, Any] = {
         "project": g.project_id, "grant_state": g.state, "grant_live": g.state in LIVE_STATES, "log_dir": log_dir,
         "attempts": [{"job": a.job, "attempt": a.attempt, "state": a.state, "gpus": a.gpus} for a in runs],
@@ -355,7 +358,10 @@ def log_read(env: Env, caller: str, project: str, job: str, attempt: int, rank: 
     is found through the ledger, never by a path the caller names."""
     from cellsched.runtime import logs as L
 
-    _g, log_dir, runs = L.locate(env, project)
+    from cellsched import service
+
+    g, log_dir, runs = L.locate(env, project)
+    service.check_may_read_logs(env, g.team, g.project_id, caller)
     if not any(a.job == job and a.attempt == attempt for a in runs):
         L.pick(runs, job, attempt)  # raises NotFound naming what there is
     p = L.rank_log(log_dir, job, attempt, rank)

@@ -23,6 +23,7 @@ from cellsched.errors import BadInput, Denied, Failed, NotFound
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
+from cellsched.ledger.lease import pool_without_nodes
 from cellsched.ledger.lifecycle import end_grant
 from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of
 from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow, SchemaInfo
@@ -179,6 +180,15 @@ def _team_member(env: Env, team: str, caller: str, admins_too: bool = True) -> b
     return (admins_too and caller in env.cluster.admins) or (cfg is not None and caller in cfg.members)
 
 
+def check_may_read_logs(env: Env, team: str, project: str, caller: str) -> None:
+    """A job's output is its team's (it may hold data, paths, credentials a job printed):
+    members of the owning team and admins may read it; :class:`Denied` otherwise. The
+    local CLI passes no caller (""): it reads files on this host, and their permissions
+    are what govern it there."""
+    if caller and not _team_member(env, team, caller):
+        raise Denied(f"{caller} may not read the logs of {project}: only members of team {team} and admins may")
+
+
 def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int, *,
            code_source: str | None = None) -> SubmitOutcome:
     """Validate, seal, admit and record ``spec`` in one transaction (all or nothing).
@@ -237,6 +247,10 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
                     pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
                     remaining_gs=held.book.remaining(row.start) if held else None, code=code_json,
                 )
+        pool = env.cluster.pool(spec.budget.pool) if spec.budget.pool else None
+        unplaceable = None if pool is None else pool_without_nodes(s, pool)
+        if unplaceable is not None:
+            raise BadInput(f"budget.pool: {unplaceable}")
         adm = env.admission.take(s, env.cluster, now)
         sched = adm.schedule
         old = _replaced_grant(s, spec, caller, env) if spec.replaces else None

@@ -102,6 +102,19 @@ def test_the_daemon_records_each_pools_gpus_and_submit_refuses_a_pool_without_no
         assert pool_without_nodes(s, h100) is None
         line = pool_without_nodes(s, a100)
     assert line is not None and line.startswith("pool a100: no Ray node has its label ray.io/accelerator-type=A100")
+    # Submit to it: bad input naming the field, nothing written.
+    import pytest
+
+    from cellsched import service
+    from cellsched.errors import BadInput
+    from cellsched.ledger.snapshot import ledger_seq
+
+    with env.ledger.read() as s:
+        before = ledger_seq(s)
+    with pytest.raises(BadInput, match=r"^budget.pool: pool a100: no Ray node has its label"):
+        service.submit(env, project("on-a100", [job("t", gpus=4)], gpus=4, pool="a100"), "alice", T0 + 5)
+    with env.ledger.read() as s:
+        assert ledger_seq(s) == before
     # An A100 node joins: the census follows at the next sweep.
     h.ex._nodes = [node("ray-a"), node("ray-b"), node("ray-c", labels={"ray.io/accelerator-type": "A100"})]
     h.tick(T0 + 30)

@@ -159,6 +159,10 @@ def test_every_command_prints_the_same_through_the_server(served: Served, cluste
             return [(e.kind, e.subject, e.actor) for e in s.exec(select(EventRow).order_by(EventRow.seq))
                     if e.kind not in ("code_stored", "token_created")]  # the server's own: uploads, tokens
 
+    # Through the server, a job's output is its team's: another team's member is denied.
+    denied = served.cli("logs", "probe", user="carol")
+    assert denied.exit_code == 1 and denied.stdout == ""
+    assert denied.stderr.startswith("cellsched: carol may not read the logs of probe@") and denied.stderr.count("\n") == 1
     there = events(served.env.ledger)
     mine_ledger = Ledger(local_db)
     assert there == events(mine_ledger) and len(there) == 7
