@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.tables import GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import BreachRow, GrantRow, JobRunRow, ProjectRow
 
 H = 3600
 DAY = 86400
@@ -16,7 +18,8 @@ T0 = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp())
 
 class LedgerBuilder:
     """``b.grant("a", "interp", 4, start, end, created=...)`` then ``b.run(...)``/``b.event(...)``;
-    each call is its own write transaction, like the service's."""
+    each call is its own write transaction, like the service's. Rows come with the events the
+    service and the daemon write for them (``ledger/lifecycle``), so the ledger audits."""
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -26,41 +29,75 @@ class LedgerBuilder:
               pool: str = "h100", cut_at: int | None = None, state: str | None = None,
               started_at: int | None = None, breach_gs: int = 0, event: bool = True) -> int:
         """A grant of [start, end) x width; ``cut_at`` ends it early there (refunding the rest),
-        recorded as released at ``cut_at`` (or at ``created`` + 1 h if it never started)."""
-        pid = f"{name}@{'0' * 12}"
+        recorded as released at ``cut_at`` (or at ``created`` + 1 h if it never started);
+        ``breach_gs`` is lost from the window's start on. ``event=False`` writes the rows alone
+        (a ledger that does not audit)."""
+        spec_json = json.dumps({"name": name, "team": team}, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(spec_json.encode()).hexdigest()
+        pid = f"{name}@{digest[:12]}"
         with self.ledger.write() as s:
-            s.add(ProjectRow(id=pid, name=name, digest=name.ljust(64, "0"), team=team, owner="o", submitted_by="o",
-                             spec_json="{}", created_at=created))
+            s.add(ProjectRow(id=pid, name=name, digest=digest, team=team, owner="o", submitted_by="o",
+                             spec_json=spec_json, created_at=created))
             s.flush()
             new_end, refunded, ended = end, 0, None
             if cut_at is not None:
                 new_end = min(max(cut_at, start), end)
                 refunded = width * (end - new_end)
                 ended = cut_at
-            row = GrantRow(project_id=pid, project=name, digest=name.ljust(64, "0"), team=team, pool=pool,
+            final = state or ("completed" if cut_at is not None else "active" if started_at is not None else "granted")
+            row = GrantRow(project_id=pid, project=name, digest=digest, team=team, pool=pool,
                            width=width, start=start, end=new_end, promised_start=start, promised_end=end,
                            charged_gs=width * (end - start), refunded_gs=refunded,
-                           state=state or ("completed" if cut_at is not None else "granted"), created_at=created,
-                           started_at=started_at, ended_at=ended, breach_gs=breach_gs)
+                           state=final, created_at=created,
+                           started_at=started_at, ended_at=ended, breach_gs=breach_gs, nodes="[]")
             s.add(row)
             s.flush()
             assert row.id is not None
             self.ids[name] = row.id
-            if event:
-                events.append(s, created, "granted", pid, "o", {"grant": row.id, "team": team, "pool": pool,
-                                                                "width": width, "start": start, "end": end})
-            if cut_at is not None and event and state == "cancelled":
-                events.append(s, cut_at, "cancelled", pid, "o", {"grant": row.id, "end": new_end,
-                                                                  "refunded_gpu_seconds": refunded})
+            payload = {"grant": row.id, "project": pid, "digest": digest, "team": team, "pool": pool,
+                       "width": width, "start": start, "end": end, "gpu_seconds": width * (end - start),
+                       "issued_at": created}
+            row.receipt = json.dumps({"payload": payload, "signature": ""}, sort_keys=True)
+            if not event:
+                return row.id
+            g = row.id
+            events.append(s, created, "granted", pid, "o",
+                          {**{k: v for k, v in payload.items() if k != "project"}, "nodes": []})
+            if started_at is not None or breach_gs:
+                events.append(s, start, "reserving", pid, "daemon", {"grant": g, "reservation": f"g{g}", "width": width,
+                                                                    "late_s": 0})
+            if breach_gs:
+                events.append(s, start + breach_gs // width, "restored", pid, "daemon",
+                              {"grant": g, "breach_gpu_seconds": breach_gs, "this_outage_gpu_seconds": breach_gs,
+                               "message": "group placed"})
+                s.add(BreachRow(grant_id=g, team=team, start=start, end=start + breach_gs // width, width=width,
+                                gpu_seconds=breach_gs, recorded_at=start + breach_gs // width))
+            if started_at is not None:
+                events.append(s, started_at, "active", pid, "daemon", {"grant": g, "first": True, "breach_gpu_seconds":
+                                                                       breach_gs, "reservation": f"g{g}"})
+            if cut_at is not None:
+                events.append(s, cut_at, final, pid, "o", {"grant": g, "end": new_end, "refunded_gpu_seconds": refunded})
+            elif final == "expired":
+                events.append(s, end, "expired", pid, "daemon", {"grant": g, "end": end, "breach_gpu_seconds": breach_gs})
+                row.ended_at = end
+            s.add(row)
             return row.id
 
     def run(self, grant: str, gpus: int, started: int, ended: int | None, *, job: str = "main", attempt: int = 1,
             gpu_seconds: int | None = None) -> None:
         with self.ledger.write() as s:
             gs = gpu_seconds if gpu_seconds is not None else (0 if ended is None else gpus * (ended - started))
-            s.add(JobRunRow(grant_id=self.ids[grant], job=job, attempt=attempt, gpus=gpus,
+            row = s.get(GrantRow, self.ids[grant])
+            assert row is not None
+            s.add(JobRunRow(grant_id=row.id, job=job, attempt=attempt, gpus=gpus,
                             state="running" if ended is None else "succeeded", started_at=started, ended_at=ended,
-                            gpu_seconds=gs))
+                            gpu_seconds=gs, exit_codes="[]" if ended is None else json.dumps([0] * gpus)))
+            events.append(s, started, "attempt_started", row.project_id, "daemon",
+                          {"grant": row.id, "job": job, "attempt": attempt, "bundles": list(range(gpus))})
+            if ended is not None:
+                events.append(s, ended, "attempt_ended", row.project_id, "daemon",
+                              {"grant": row.id, "job": job, "attempt": attempt, "outcome": "succeeded",
+                               "exit_codes": [0] * gpus, "gpu_seconds": gs, "detail": "", "late": False})
 
     def refused(self, at: int, name: str, team: str, reason: str) -> None:
         self.event(at, "refused", f"{name}@{'1' * 12}", {"team": team, "reason": reason, "message": reason})

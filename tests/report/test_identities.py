@@ -24,7 +24,7 @@ from sqlmodel import SQLModel, col, select
 from cellsched import service
 from cellsched.errors import CellschedError
 from cellsched.executor import Behaviour, MemoryExecutor
-from cellsched.ledger.db import Ledger
+from cellsched.ledger import events
 from cellsched.ledger.tables import GrantRow
 from cellsched.report import compute, snapshot
 from cellsched.runtime.reconciler import Reconciler, Settings
@@ -299,6 +299,8 @@ def test_identities_hold_for_any_ledger_and_period(fresh, tmp_path: Path, plan, 
     now = w.t
     with env.ledger.read() as s:
         rows = list(s.exec(select(GrantRow)))
+        audited = events.audit(s)  # and the tables are what the events say (ledger/audit.py)
+    assert audited.ok, audited.problem
     edges = sorted({x for g in rows for x in (g.start, g.end, g.promised_end, g.created_at)} | {now, T0})
     whole = snapshot.load(env.ledger, env.cluster, T0 - 30 * 24 * H, now + 60 * 24 * H)
     for since, until in periods(data.draw, edges, now):

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from cellsched.ledger.tables import EventRow, SchemaInfo
@@ -44,27 +45,43 @@ def append(s: Session, at: int, kind: str, subject: str, actor: str, data: dict[
 
 @dataclass(frozen=True)
 class AuditResult:
+    """``ok``, the events checked, the first bad event (``first_bad``, a sequence number; None
+    when the chain is intact), what is wrong (``problem``) and the chain's head. When the
+    chain is intact but a derived table disagrees with it, ``table`` and ``row`` name the
+    first row that differs; ``rows`` counts the derived rows compared."""
+
     ok: bool
     events: int
     first_bad: int | None = None
     problem: str | None = None
     head: str = GENESIS
+    table: str | None = None
+    row: str | None = None
+    rows: int = 0
 
 
-def audit(s: Session) -> AuditResult:
-    """Re-derive the chain; report the first event that was edited, removed or reordered."""
+def audit(s: Session, derived: bool = True) -> AuditResult:
+    """Re-derive the chain and report the first event that was edited, removed or reordered;
+    then (``derived``) rebuild grants, charges, refunds, breaches, job runs and projects from
+    the events and name the first table row that differs (:mod:`cellsched.ledger.audit`)."""
+    from cellsched.ledger.audit import Rebuild
+
+    rebuild = Rebuild() if derived else None
     prev = GENESIS
     expected = 1
     count = 0
-    for row in s.exec(select(EventRow).order_by(col(EventRow.seq))):
-        if row.seq != expected:
-            return AuditResult(False, count, expected, f"event {expected} is missing (next is {row.seq})", prev)
-        if row.prev_hash != prev:
-            return AuditResult(False, count, row.seq, f"event {row.seq} does not follow event {row.seq - 1}", prev)
-        h = _event_hash(row.prev_hash, row.seq, row.at, row.kind, row.subject, row.actor, row.data)
-        if h != row.hash:
-            return AuditResult(False, count, row.seq, f"event {row.seq} ({row.kind} {row.subject}) was altered", prev)
-        prev = row.hash
+    e = EventRow.__table__.c  # type: ignore[attr-defined]
+    query = sa_select(e.seq, e.at, e.kind, e.subject, e.actor, e.data, e.prev_hash, e.hash).order_by(e.seq)
+    for seq, at, kind, subject, actor, data, prev_hash, hash_ in s.connection().execute(query):
+        if seq != expected:
+            return AuditResult(False, count, expected, f"event {expected} is missing (next is {seq})", prev)
+        if prev_hash != prev:
+            return AuditResult(False, count, seq, f"event {seq} does not follow event {seq - 1}", prev)
+        if _event_hash(prev_hash, seq, at, kind, subject, actor, data) != hash_:
+            return AuditResult(False, count, seq, f"event {seq} ({kind} {subject}) was altered", prev)
+        if rebuild is not None:
+            rebuild.feed(seq, at, kind, subject, data)
+        prev = hash_
         expected += 1
         count += 1
     info = s.get(SchemaInfo, 1)
@@ -72,4 +89,10 @@ def audit(s: Session) -> AuditResult:
         if info.head_seq > count:
             return AuditResult(False, count, count + 1, f"events {count + 1} to {info.head_seq} were removed", prev)
         return AuditResult(False, count, info.head_seq or 1, "the chain's head does not match the recorded head", prev)
-    return AuditResult(True, count, None, None, prev)
+    if rebuild is None:
+        return AuditResult(True, count, None, None, prev)
+    diff, rows = rebuild.compare(s)
+    if diff is not None:
+        return AuditResult(False, count, None, f"{diff.table} {diff.row}: {diff.problem}", prev, diff.table, diff.row,
+                           rows)
+    return AuditResult(True, count, None, None, prev, rows=rows)
