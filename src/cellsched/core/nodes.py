@@ -570,43 +570,51 @@ class _Hours:
     def soonest(self, t: int, e: int, m: int) -> list[int]:
         """Up to ``m`` nodes that have ``v`` free over [t, e), those whose span of ``v``
         free ends soonest first (ties: lower node first; spans that never end last)."""
-        out, left = self._soonest(t, e, m, True)
+        out, _, left = self._soonest(t, e, m, True)
         out.extend(_lowest_bits(left, m - len(out)))
         return out
 
-    def soonest_set(self, t: int, e: int, m: int) -> list[int]:
-        """The nodes of ``soonest(t, e, m)``, ascending."""
-        out, left = self._soonest(t, e, m, False)
-        taken = reduce(or_, map(self.bits.__getitem__, out), 0)
-        return _lowest_bits(taken | reduce(or_, map(self.bits.__getitem__, _lowest_bits(left, m - len(out))), 0), m)
+    def soonest_set(self, t: int, e: int, m: int) -> int:
+        """The nodes of ``soonest(t, e, m)``, as a mask."""
+        out, taken, left = self._soonest(t, e, m, False)
+        taken |= reduce(or_, map(self.bits.__getitem__, out), 0)
+        more = m - taken.bit_count()
+        if more > 0 and left:
+            last = _lowest_bits(left, more)[-1]
+            taken |= left & ((2 << last) - 1)
+        return taken
 
-    def _soonest(self, t: int, e: int, m: int, ordered: bool) -> tuple[list[int], int]:
-        """(the nodes whose span ends soonest, in that order unless not ``ordered``; the
-        fitting nodes left, whose spans never end) for ``soonest``. An hour whose fitting
-        downs all fit in what is still wanted is taken whole when the order is not needed."""
+    def _soonest(self, t: int, e: int, m: int, ordered: bool) -> tuple[list[int], int, int]:
+        """For ``soonest``: (nodes whose span ends soonest, in that order; more of them as a
+        mask, taken a whole hour at a time when not ``ordered`` and the hour's fitting downs
+        all fit in what is still wanted; the fitting nodes left, whose spans never end)."""
         left = self.fit(t, e)
         out: list[int] = []
+        taken = 0
         q0 = self.q0
         if not left or q0 is None:
-            return out, left
+            return out, taken, left
         nh = len(self.m0)
         i = e // HOUR - q0
         if i >= nh:
-            return out, left
+            return out, taken, left
         x = 0
         if i < 0:
             i = 0
         else:
             x = bisect_left(self.dk[i], e * NK)
         dall = self.dall
+        want = m
         while i < nh:
             # fitting nodes going down in hour i (in e's hour: at or after e, which is their
             # first down since t; a node may have come up again before t in that hour)
             here = (reduce(or_, self.db[i][x:], 0) if x else dall[i]) & left
             if here:
-                if not ordered and here.bit_count() < m - len(out):
-                    out.extend(_lowest_bits(here, m))
+                c = here.bit_count()
+                if not ordered and c < want:
+                    taken |= here
                     left &= ~here
+                    want -= c
                 else:
                     db = self.db[i]
                     for y in compress(range(x, len(db)), map(here.__and__, _tail(db, x))):
@@ -614,13 +622,14 @@ class _Hours:
                         if left & b:
                             out.append(b.bit_length() - 1)
                             left &= ~b
-                            if len(out) == m:
-                                return out, 0
+                            want -= 1
+                            if want == 0:
+                                return out, taken, 0
                 if not left:
                     break
             i = next(compress(range(i + 1, nh), map(left.__and__, _tail(dall, i + 1))), nh)
             x = 0
-        return out, left
+        return out, taken, left
 
     # -- upkeep ------------------------------------------------------------------------
 
@@ -888,7 +897,7 @@ class NodeCalendar(CapacityCalendar):
             if sure.bit_count() >= k:
                 return tuple(_lowest_bits(sure, k))
             picked = self._hours_of(v).soonest_set(start, end, k)
-            return tuple(picked) if len(picked) == k else None
+            return tuple(_lowest_bits(picked, k)) if picked.bit_count() == k else None
         # One node for a narrow grant. First a node already in use that fits (best fit in
         # GPUs among the first SCAN_NODES nodes, so whole nodes stay whole for whole-node
         # grants); else the highest-numbered node wholly free over the window's hours (whole
