@@ -90,11 +90,9 @@ def start_server(env: Any, **state_kwargs: Any) -> Iterator[Served]:
     os.chmod(d, 0o711)
     running = Listeners(app, [parse_listen("http://127.0.0.1:0"), parse_listen(f"unix:{d / 's.sock'}")],
                         access_log=False)
-    # Connections accepted from a socket made by socket.create_server (proto 0) do not get
-    # asyncio's TCP_NODELAY, so every response after a connection's first waits ~40 ms for
-    # a delayed ACK; on Linux they inherit it from the listening socket. (The CLI opens a
-    # connection per command, so it never meets this; keep-alive clients, as here, do.)
-    running.sockets[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    # listen.bind_tcp sets TCP_NODELAY on the listening socket (accepted ones inherit it):
+    # without it every kept-alive response after the first waits ~40 ms (Nagle).
+    assert running.sockets[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
     t.start()
     deadline = time.monotonic() + 15

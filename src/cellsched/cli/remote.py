@@ -58,7 +58,11 @@ class Remote:
             return httpx.Client(transport=transport, base_url="http://cellsched", headers=headers, timeout=timeout,
                                 verify=False)
         tls = self.url.startswith("https:")
-        verify: Any = (self.ca if self.ca else True) if tls else False
+        verify: Any = False
+        if tls:  # a CA file as an SSL context (httpx deprecates passing the path itself)
+            import ssl
+
+            verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
         return httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=timeout, verify=verify)
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,

@@ -94,7 +94,8 @@ def _open_ledger(e) -> None:  # type: ignore[no-untyped-def]
 
 token_app = typer.Typer(
     help="Bearer tokens for the server's https listener: admins create them (shown once, "
-         "stored hashed); everyone lists and revokes their own.",
+         "stored hashed); everyone lists and revokes their own.\n\n"
+         "**Example**: cellsched token create --user alice --expires 90d",
     no_args_is_help=True,
 )
 
