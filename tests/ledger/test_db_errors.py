@@ -298,3 +298,37 @@ def test_any_bad_sqlite_place_is_one_line_and_creates_nothing(data: st.DataObjec
         assert listing(root) == before, msg
         if content is not None:
             assert path.read_bytes() == content
+
+
+# -- the docs show the real lines -----------------------------------------------------------
+
+
+def test_the_lines_in_cli_md_are_the_real_ones(tmp_path: Path, pg_available: bool) -> None:
+    """The doc's lines, with this machine's paths and ports put in where it names others'."""
+    import re as _re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text(encoding="utf-8")
+    shown = _re.findall(r"^  cellsched: (--db .*)$", text, _re.M)
+    assert len(shown) >= 7
+    (tmp_path / "notes.txt").write_text("not a ledger\n" * 20)
+    real = [
+        open_error(f"sqlite:///{tmp_path}/nodir/cellsched.db").replace(str(tmp_path), "/srv/lab"),
+        open_error(f"sqlite:///{tmp_path}/notes.txt").replace(str(tmp_path), "/srv/lab"),
+        open_error("mysql://cellsched@db.lab/lab"),
+    ]
+    if pg_available:
+        port = free_port()
+        real += [
+            open_error(f"postgresql+psycopg://cellsched:pw@127.0.0.1:{port}/lab")
+            .replace(f"127.0.0.1:{port}", "db.lab").replace("db.lab (", "db.lab:5432 ("),
+            open_error("postgresql+psycopg://postgres:pw@127.0.0.1:5432/labb")
+            .replace("postgres:***@127.0.0.1:5432", "cellsched:***@db.lab").replace("127.0.0.1", "db.lab"),
+            open_error("postgresql+psycopg://mallory:pw@127.0.0.1:5432/lab")
+            .replace("127.0.0.1:5432/", "db.lab/").replace("127.0.0.1", "db.lab"),
+        ]
+        with silent_server() as port:
+            real.append(open_error(f"postgresql+psycopg://cellsched@127.0.0.1:{port}/lab")
+                        .replace(f"127.0.0.1:{port}/", "10.0.0.9/").replace(f"127.0.0.1:{port}", "10.0.0.9:5432"))
+    for line in real:
+        assert line in shown, line
+    assert f"gets {CONNECT_TIMEOUT_S} s to answer" in text
