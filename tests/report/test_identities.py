@@ -65,7 +65,7 @@ members = ["dave"]
 allowance_gpu_hours = 2000
 """
 MEMBER = {"interp": "alice", "evals": "carol", "pretraining": "dave"}
-GPU_HOUR_KEYS = ("granted_gpu_hours", "refunded_gpu_hours", "reserved_gpu_hours", "held_gpu_hours",
+GPU_HOUR_KEYS = ("granted_gpu_hours", "refunded_gpu_hours", "booked_gpu_hours", "reserved_gpu_hours", "held_gpu_hours",
                  "committed_gpu_hours", "used_gpu_hours", "idle_reserved_gpu_hours", "breach_gpu_hours")
 
 
@@ -239,6 +239,7 @@ def check(r: dict[str, Any]) -> None:
         name = f.get("team") or f.get("pool") or "total"
         assert close(f["held_gpu_hours"] + f["committed_gpu_hours"], f["granted_gpu_hours"]), name
         assert close(f["reserved_gpu_hours"], f["granted_gpu_hours"]), name
+        assert close(f["booked_gpu_hours"], f["granted_gpu_hours"] + f["refunded_gpu_hours"]), name
         assert f["used_gpu_hours"] <= f["held_gpu_hours"] + EPS, name
         assert close(f["idle_reserved_gpu_hours"], f["held_gpu_hours"] - f["used_gpu_hours"]), name
         assert f["breach_gpu_hours"] <= f["held_gpu_hours"] + EPS, name

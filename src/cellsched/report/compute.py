@@ -11,8 +11,8 @@ end) (cut at an early release), and the part a release cut off, [end, gross_end)
 - capacity: pool GPUs x seconds of P (``elapsed_capacity``: of E).
 - granted: the windows as they stand, inside P (``reserved`` is the same figure). What a
   release cut off is not granted any more: another grant may hold those GPUs now.
-- refunded: the cut-off parts inside P (cancel, replacement, early finish); granted +
-  refunded is the windows as booked.
+- refunded: the cut-off parts inside P (cancel, replacement, early finish); booked = granted +
+  refunded is the windows as booked (what "granted" counted before: it may exceed capacity).
 - held: granted inside E; committed: granted inside F; so granted = held + committed.
 - used: GPU-seconds jobs ran inside their grant's held window (each attempt prorated by its
   overlap; one still running counts its GPUs from its start to ``now``), at most held per
@@ -133,6 +133,7 @@ class _Acc:
         return {
             "granted_gpu_hours": _h(self.granted),
             "refunded_gpu_hours": _h(self.refunded),
+            "booked_gpu_hours": _h(self.granted + self.refunded),
             "reserved_gpu_hours": _h(self.reserved),
             "held_gpu_hours": _h(self.held),
             "committed_gpu_hours": _h(self.committed),
