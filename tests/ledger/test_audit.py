@@ -46,7 +46,7 @@ def lifecycle(env: Env, tmp_path: Path) -> dict[str, GrantRow]:
     beta = service.submit(env, spec("beta", "evals", 8, 1, "b"), "carol", T0).grant
     assert beta is not None
     out["beta2"] = service.submit(env, spec("beta", "evals", 4, 1, "b2", replaces=beta.project_id), "carol", T0).grant
-    gamma = service.submit(env, spec("gamma", "pretraining", 8, 2, "g", not_before=T0 + 5 * H), "dave", T0).grant
+    service.submit(env, spec("gamma", "pretraining", 8, 2, "g", not_before=T0 + 5 * H), "dave", T0)
     service.cancel(env, "gamma", "dave", T0 + 600)
     out["delta"] = service.submit(env, spec("delta", "pretraining", 4, 1, "d"), "dave", T0 + 60).grant
     jobs = {"a": Behaviour(1800), "b2": Behaviour(None), "d": Behaviour(600)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from report_builders import DAY, H, T0, LedgerBuilder
+from report_builders import DAY, T0, H, LedgerBuilder
 
 from cellsched import service
 from cellsched.report import compute, snapshot
