@@ -168,11 +168,11 @@ def test_ledger_figures_equal_the_ledger(env2: Env, tmp_path: Path) -> None:
     assert alpha.start == T0 and alpha.state == "completed" and T0 + 600 <= alpha.end <= T0 + 720
     held_alpha = 4 * (alpha.end - alpha.start) / H
     expect = {
-        ("interp", "h100"): {"granted": 8, "held": held_alpha, "used": 4 * 600 / H, "refunded": 8 - held_alpha,
-                             "committed": 0},
-        ("interp", "a100"): {"granted": 40, "held": 0, "used": 0, "refunded": 40, "committed": 0},
-        ("evals", "h100"): {"granted": 20, "held": 0, "used": 0, "refunded": 0, "committed": 20},
-        ("evals", "a100"): {"granted": 0, "held": 0, "used": 0, "refunded": 0, "committed": 0},
+        ("interp", "h100"): {"booked": 8, "granted": held_alpha, "held": held_alpha, "used": 4 * 600 / H,
+                             "refunded": 8 - held_alpha, "committed": 0},
+        ("interp", "a100"): {"booked": 40, "granted": 0, "held": 0, "used": 0, "refunded": 40, "committed": 0},
+        ("evals", "h100"): {"booked": 20, "granted": 20, "held": 0, "used": 0, "refunded": 0, "committed": 20},
+        ("evals", "a100"): {"booked": 0, "granted": 0, "held": 0, "used": 0, "refunded": 0, "committed": 0},
     }
     for (team, pool), figures in expect.items():
         for name, value in figures.items():
@@ -196,7 +196,7 @@ def test_ledger_figures_equal_the_ledger(env2: Env, tmp_path: Path) -> None:
     assert one(m, "cellsched_team_allowance_gpu_hours", team="evals", period="month") == 100
 
     # Independently, what `cellsched budget` says for each team (its own SQL and sums):
-    # held and used agree; its "refunded" counts breaches too; its "granted" is net of cuts.
+    # held and used agree; its "refunded" counts breaches too; "granted" is net of cuts in both.
     for team in ("interp", "evals"):
         b = service.budget(env2, team, NOW)
         assert (b.period_start, b.period_end) == DEC
@@ -208,7 +208,8 @@ def test_ledger_figures_equal_the_ledger(env2: Env, tmp_path: Path) -> None:
         assert total("used") == pytest.approx(b.total("used_gs") / H)
         assert total("committed") == pytest.approx(b.total("committed_gs") / H)
         assert total("refunded") + total("guarantee_breach") == pytest.approx(b.total("all_refunded_gs") / H)
-        assert total("granted") - total("refunded") == pytest.approx(b.total("granted_gs") / H)
+        assert total("granted") == pytest.approx(b.total("granted_gs") / H)
+        assert total("booked") - total("refunded") == pytest.approx(b.total("granted_gs") / H)
         assert one(m, "cellsched_team_remaining_gpu_hours", team=team) == pytest.approx(b.remaining_gs / H)
 
     # This process's counters: what observe_submit saw.

@@ -72,7 +72,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 # The report's figures exported per team and pool: (metric suffix, report key, help).
 GPU_HOUR_FIGURES = (
-    ("granted", "granted_gpu_hours", "GPU-hours of grant windows as granted (before early release) inside the period"),
+    ("granted", "granted_gpu_hours",
+     "GPU-hours of grant windows as they stand (after any early release or cancel) inside the period: held + committed"),
+    ("booked", "booked_gpu_hours", "GPU-hours of grant windows as first granted inside the period: granted + refunded"),
     ("held", "held_gpu_hours", "GPU-hours reserved in the elapsed part of the period"),
     ("used", "used_gpu_hours", "GPU-hours jobs ran in the elapsed part of the period"),
     ("refunded", "refunded_gpu_hours",
