@@ -171,7 +171,7 @@ def test_wait_acquire_takes_over_after_expiry(ledger: Ledger) -> None:
     assert wait_acquire(ledger, stop, host="third", pid=3) is None
 
 
-def _race(url: str, go, out) -> None:  # type: ignore[no-untyped-def]
+def _race(url: str, go, out, done) -> None:  # type: ignore[no-untyped-def]
     led = Ledger(url)
     led.ensure_schema()
     go.wait()
@@ -182,18 +182,22 @@ def _race(url: str, go, out) -> None:  # type: ignore[no-untyped-def]
         out.put(("held", e.pid))
     finally:
         led.dispose()
+    # Stay alive until every racer has answered: a holder on the same host whose process is
+    # gone is rightly taken over at once, and a slow racer would then win too.
+    done.wait(60)
 
 
 def test_racing_processes_one_wins(ledger_url: str) -> None:
     Ledger(ledger_url).ensure_schema()
     ctx = mp.get_context("spawn")
-    go, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(ledger_url, go, out)) for _ in range(4)]
+    go, out, done = ctx.Event(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_race, args=(ledger_url, go, out, done)) for _ in range(4)]
     for p in procs:
         p.start()
     time.sleep(1.5)  # let every racer open its ledger
     go.set()
     results = [out.get(timeout=60) for _ in procs]
+    done.set()
     for p in procs:
         p.join(30)
     won = [r for r in results if r[0] == "won"]
