@@ -5,8 +5,11 @@ every node's free GPUs equal a recount, the threshold index answers ``earliest_f
 
 from __future__ import annotations
 
+from functools import reduce
+from operator import or_
+
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cellsched.core.calendar import FAR_FUTURE
@@ -269,3 +272,76 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
 def _fresh(cal, v):
     from cellsched.core.nodes import _Hours
     return _Hours(v, cal.nodes)
+
+
+# -- lost nodes -------------------------------------------------------------------------
+
+def recount(sizes, live, t):
+    """Free GPUs per node at ``t`` from the grants' own record (a wide grant holds its nodes whole)."""
+    per = max(sizes)
+    return [sizes[n] - sum(min(w, per) for s, e, w, ns in live if s <= t < e and n in ns) for n in range(len(sizes))]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=hour_ops, dead=st.sets(st.integers(0, 5), min_size=1, max_size=3),
+       now=st.integers(0, 50 * 3600), indexed=st.booleans(), extra=hour_ops)
+def test_lost_nodes_move_their_grants(steps, dead, now, indexed, extra):
+    """For any grants, any lost nodes and any moment: every grant on a lost node that has not
+    ended moves (from ``now`` on, or whole if it has not started) to alive nodes by the node
+    rule, keeping the alive ones it had, or is refused only when no alive nodes are free for
+    it; grants then keep coming and going on the alive nodes; at every instant the grants
+    pack onto the nodes as they are recorded, and the index answers as the nodes do."""
+    cal = NodeCalendar(44, 8)  # five nodes of 8 and one of 4
+    sizes = node_sizes(44, 8)
+    if indexed:
+        for v in range(1, 9):
+            cal._hours_of(v)
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+
+    def play(ops, allowed):
+        for kind, a, length, width, pick in ops:
+            if kind == "release" and live:
+                s, e, w, ns = live.pop(pick % len(live))
+                cut = min(e, max(s, a))
+                if cut < e:
+                    cal.release(cut, e, w, ns)
+                if cut > s:
+                    live.append((s, cut, w, ns))
+            elif kind == "reserve" and cal.admits(width):
+                ns = cal.choose(width, a, a + length, allowed)
+                if ns is not None:
+                    assert all(allowed >> n & 1 for n in ns)
+                    live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+
+    play([op for op in steps if op[0] != "forget"], -1)
+    alive = [n for n in range(len(sizes)) if n not in dead]
+    for i in sorted(range(len(live)), key=lambda i: (live[i][0], i)):
+        s, e, w, ns = live[i]
+        frm = max(s, now)
+        if frm >= e or not set(ns) & dead:
+            assert cal.replace(s, e, w, ns, dead, now) == ns
+            continue
+        v, k = (w, 1) if w <= 8 else (8, w // 8)
+        kept = [n for n in ns if n not in dead]
+        others = [n for n in alive if n not in ns and sizes[n] >= v and cal.nodes[n].min_free(frm, e) >= v]
+        lost = len(ns) - len(kept)
+        before = [c.steps() for c in cal.nodes]
+        got = cal.replace(s, e, w, ns, dead, now)
+        event("moved" if got is not None else "breach")
+        if got is None:
+            assert len(others) < lost  # a breach only when no alive nodes are free for it
+            assert [c.steps() for c in cal.nodes] == before
+            continue
+        assert not set(got) & dead and set(kept) <= set(got) and len(got) == len(ns) == k
+        assert all(sizes[n] >= v for n in got) and list(got) == sorted(set(got))
+        live[i] = (frm, e, w, got)
+        if s < frm:
+            live.append((s, frm, w, ns))  # its past stays where it was
+    play(extra, reduce(or_, (1 << n for n in alive), 0))
+    for t in sorted({s for s, *_ in live} | {e for _, e, *_ in live} | {0}):
+        assert [c.free_at(t) for c in cal.nodes] == recount(sizes, live, t), t
+        assert cal.free_at(t) == sum(recount(sizes, live, t))
+    for v in (1, 4, 8):
+        for t in sorted({s for s, *_ in live})[:5]:
+            h = cal._hours_of(v)
+            assert [n for n in range(len(sizes)) if h.fit(t, t + 7200) >> n & 1] == plain_fit(cal, v, t, t + 7200)

@@ -45,6 +45,8 @@ from functools import reduce
 from itertools import compress, count, islice
 from operator import and_, or_, xor
 
+from collections.abc import Collection
+
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
 
 _LAST = 1 << 62  # sorts after any node index
@@ -54,6 +56,7 @@ SCAN_MASK = (1 << SCAN_NODES) - 1
 HOUR = 3600  # the buckets of the whole-node masks and of the per-GPU-count hours
 NK = 1 << 21  # a crossing's key is time * NK + node: an hour's crossings sort by (time, node)
 HK = NK * HOUR  # key // HK is the crossing's hour
+LOW = NK - 1  # key & LOW is the crossing's node
 CHUNK = 128  # hours per cached chunk of candidate counts
 LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
 # The window lengths (in whole hours after the start hour) whose counts judge chunks first:
@@ -277,8 +280,8 @@ class _Hours:
     comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
     the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_memo", "_ubc", "bits", "db", "dall", "dk", "elig", "head", "m0", "pc", "poss", "q0", "sc",
-                 "sure", "tail", "ub", "uk", "v")
+    __slots__ = ("_lvl", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "pc", "poss", "q0",
+                 "sc", "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -317,23 +320,25 @@ class _Hours:
         self.dall: list[int] = []
         self.pc: list[int] = []
         self.sc: list[int] = []
-        self.uk: list[list[int]] = []
-        self.ub: list[list[int]] = []
-        self.dk: list[list[int]] = []
-        self.db: list[list[int]] = []
+        # An hour's crossings are tuples (of ints only: the garbage collector stops walking
+        # such tuples after its first look, so millions of crossings cost it nothing); a
+        # change makes the hour's tuples anew.
+        self.uk: list[tuple[int, ...]] = []  # keys of the ups
+        self.ub: list[tuple[int, ...]] = []  # their node bits
+        self.dk: list[tuple[int, ...]] = []
+        self.db: list[tuple[int, ...]] = []
         if not ups and not downs:
             return  # no crossing anywhere: hours are made when the first change comes
         keys = ups + downs
         q0 = min(keys) // HK
         nh = max(keys) // HK - q0 + 1
         self.q0 = q0
-        self.uk, self.ub = [[] for _ in range(nh)], [[] for _ in range(nh)]
-        self.dk, self.db = [[] for _ in range(nh)], [[] for _ in range(nh)]
         for src, kk, bb in ((sorted(ups), self.uk, self.ub), (sorted(downs), self.dk, self.db)):
+            per_hour: list[list[int]] = [[] for _ in range(nh)]
             for key in src:
-                i = key // HK - q0
-                kk[i].append(key)
-                bb[i].append(bits[key % NK])
+                per_hour[key // HK - q0].append(key)
+            kk.extend(map(tuple, per_hour))
+            bb.extend(tuple(bits[key & LOW] for key in keys) for keys in kk)
         state = head
         for i in range(nh):
             self._fill(i, state)
@@ -401,8 +406,8 @@ class _Hours:
         else:
             key = t * NK + NK - 1
             s = self.m0[i]
-            uk, dk, db = self.uk[i], self.dk[i], self.db[i]
-            x = bisect_right(uk, key)
+            dk, db = self.dk[i], self.db[i]
+            x = bisect_right(self.uk[i], key)
             if x:
                 s = reduce(xor, self.ub[i][:x], s)
             y = bisect_right(dk, key)
@@ -557,7 +562,7 @@ class _Hours:
                     if f >= k:
                         return t
                     x = bisect_right(uk, t * NK + NK - 1)
-                    ups = compress(range(x, len(uk)), map(cand.__and__, _tail(ub, x)))
+                    ups = compress(range(x, len(uk)), map(cand.__and__, ub[x:]))
                     y = next(islice(ups, k - f - 1, None), None)
                     if y is None:
                         break
@@ -567,16 +572,17 @@ class _Hours:
             t = (q0 + i + 1) * HOUR
         return None
 
-    def soonest(self, t: int, e: int, m: int) -> list[int]:
-        """Up to ``m`` nodes that have ``v`` free over [t, e), those whose span of ``v``
-        free ends soonest first (ties: lower node first; spans that never end last)."""
-        out, _, left = self._soonest(t, e, m, True)
+    def soonest(self, t: int, e: int, m: int, allowed: int = -1) -> list[int]:
+        """Up to ``m`` nodes (of ``allowed``) that have ``v`` free over [t, e), those whose
+        span of ``v`` free ends soonest first (ties: lower node first; spans that never end
+        last)."""
+        out, _, left = self._soonest(t, e, m, True, allowed)
         out.extend(_lowest_bits(left, m - len(out)))
         return out
 
-    def soonest_set(self, t: int, e: int, m: int) -> int:
-        """The nodes of ``soonest(t, e, m)``, as a mask."""
-        out, taken, left = self._soonest(t, e, m, False)
+    def soonest_set(self, t: int, e: int, m: int, allowed: int = -1) -> int:
+        """The nodes of ``soonest(t, e, m, allowed)``, as a mask."""
+        out, taken, left = self._soonest(t, e, m, False, allowed)
         taken |= reduce(or_, map(self.bits.__getitem__, out), 0)
         more = m - taken.bit_count()
         if more > 0 and left:
@@ -584,11 +590,11 @@ class _Hours:
             taken |= left & ((2 << last) - 1)
         return taken
 
-    def _soonest(self, t: int, e: int, m: int, ordered: bool) -> tuple[list[int], int, int]:
+    def _soonest(self, t: int, e: int, m: int, ordered: bool, allowed: int) -> tuple[list[int], int, int]:
         """For ``soonest``: (nodes whose span ends soonest, in that order; more of them as a
         mask, taken a whole hour at a time when not ``ordered`` and the hour's fitting downs
         all fit in what is still wanted; the fitting nodes left, whose spans never end)."""
-        left = self.fit(t, e)
+        left = self.fit(t, e) & allowed
         out: list[int] = []
         taken = 0
         q0 = self.q0
@@ -617,7 +623,7 @@ class _Hours:
                     want -= c
                 else:
                     db = self.db[i]
-                    for y in compress(range(x, len(db)), map(here.__and__, _tail(db, x))):
+                    for y in compress(range(x, len(db)), map(here.__and__, db[x:])):
                         b = db[y]
                         if left & b:
                             out.append(b.bit_length() - 1)
@@ -658,13 +664,14 @@ class _Hours:
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
             x = bisect_left(keys[i], tm * NK + n)
-            del keys[i][x], bb[i][x]
+            keys[i] = keys[i][:x] + keys[i][x + 1 :]
+            bb[i] = bb[i][:x] + bb[i][x + 1 :]
         for tm, up in came:
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
             x = bisect_left(keys[i], tm * NK + n)
-            keys[i].insert(x, tm * NK + n)
-            bb[i].insert(x, b)
+            keys[i] = keys[i][:x] + (tm * NK + n,) + keys[i][x:]
+            bb[i] = bb[i][:x] + (b,) + bb[i][x:]
         self._node_bits(n, node, qs, qe, new)
         f = node._f
         self.head = self.head | b if f[0] >= self.v else self.head & ~b
@@ -685,7 +692,7 @@ class _Hours:
             for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
                 lst[:0] = [val] * more
             for lst in (self.uk, self.ub, self.dk, self.db):
-                lst[:0] = [[] for _ in range(more)]
+                lst[:0] = [()] * more
             self.q0 = qs
         more = qe - self.q0 + 1 - len(self.m0)
         if more > 0:
@@ -693,7 +700,7 @@ class _Hours:
             for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
                 lst.extend([val] * more)
             for lst in (self.uk, self.ub, self.dk, self.db):
-                lst.extend([] for _ in range(more))
+                lst.extend([()] * more)
 
     def _node_bits(self, n: int, node: CapacityCalendar, qs: int, qe: int, ev: list[tuple[int, bool]]) -> None:
         """Node ``n``'s bits in hours qs..qe, from its crossings ``ev`` there."""
@@ -769,7 +776,7 @@ class _Hours:
         key = t * NK + NK - 1
         for keys, bb in ((self.uk, self.ub), (self.dk, self.db)):
             x = bisect_right(keys[0], key)
-            del keys[0][:x], bb[0][:x]
+            keys[0], bb[0] = keys[0][x:], bb[0][x:]
         self.head = s
         # hour 0 now starts at the state at t and has no crossings before t
         for lst in (self.m0, self.sure, self.poss, self.dall):
@@ -819,7 +826,8 @@ class NodeCalendar(CapacityCalendar):
         self._hours: dict[int, _Hours] = {}  # for searches, fits and choices
         # Reservations by (end, width): [(start, nodes)], so a release that does not name
         # its nodes (a snapshot rebuilt without them) finds the ones the reserve took.
-        self._held: dict[tuple[int, int], list[tuple[int, tuple[int, ...]]]] = {}
+        # (Tuples, not lists: of ints only, the garbage collector soon stops walking them.)
+        self._held: dict[tuple[int, int], tuple[tuple[int, tuple[int, ...]], ...]] = {}
 
     @property
     def full_nodes(self) -> int:
@@ -882,10 +890,11 @@ class NodeCalendar(CapacityCalendar):
             return flat  # whole nodes surely free over the window's hours: no scan needed
         return hours.earliest(k, duration, flat, limit)
 
-    def choose(self, width: int, start: int, end: int) -> tuple[int, ...] | None:
-        """The nodes a grant of ``width`` over [start, end) would take now, or None."""
+    def choose(self, width: int, start: int, end: int, allowed: int = -1) -> tuple[int, ...] | None:
+        """The nodes a grant of ``width`` over [start, end) would take now, or None; only
+        nodes of the mask ``allowed`` (bit n: node n) when it is given."""
         if self._one:
-            return (0,) if self.min_free(start, end) >= width else None
+            return (0,) if allowed & 1 and self.min_free(start, end) >= width else None
         if not self.admits(width) or end <= start:
             return None
         v, k = self._shape(width)
@@ -893,10 +902,10 @@ class NodeCalendar(CapacityCalendar):
         if v == self.per_node:
             # Whole nodes: the lowest-numbered ones surely free over the window's hours,
             # else (a window's end hours are busy elsewhere) the index's soonest-ending runs.
-            sure = self._whole().sure(start, d)
+            sure = self._whole().sure(start, d) & allowed
             if sure.bit_count() >= k:
                 return tuple(_lowest_bits(sure, k))
-            picked = self._hours_of(v).soonest_set(start, end, k)
+            picked = self._hours_of(v).soonest_set(start, end, k, allowed)
             return tuple(_lowest_bits(picked, k)) if picked.bit_count() == k else None
         # One node for a narrow grant. First a node already in use that fits (best fit in
         # GPUs among the first SCAN_NODES nodes, so whole nodes stay whole for whole-node
@@ -906,7 +915,7 @@ class NodeCalendar(CapacityCalendar):
         best = None
         nodes = self.nodes
         per = self.per_node
-        scan = self._hours_of(v).fit(start, end) & SCAN_MASK  # those of them with v free
+        scan = self._hours_of(v).fit(start, end) & SCAN_MASK & allowed  # those of them with v free
         while scan:
             b = scan & -scan
             scan ^= b
@@ -918,10 +927,10 @@ class NodeCalendar(CapacityCalendar):
                     break
         if best is not None:
             return (best[1],)
-        sure = self._whole().sure(start, d)
+        sure = self._whole().sure(start, d) & allowed
         if sure:
             return (sure.bit_length() - 1,)
-        for n in self._hours_of(v).soonest(start, end, BEST_FIT_OF):
+        for n in self._hours_of(v).soonest(start, end, BEST_FIT_OF, allowed):
             room = nodes[n].min_free(start, end)
             if best is None or room < best[0]:
                 best = (room, n)
@@ -995,6 +1004,39 @@ class NodeCalendar(CapacityCalendar):
         x = next(islice(hits, k - 1, None), None)
         return t if x is None else ends[x][0]
 
+    def replace(self, start: int, end: int, width: int, nodes: tuple[int, ...], dead: Collection[int],
+                now: int) -> tuple[int, ...] | None:
+        """Move the reservation of ``width`` GPUs over [start, end) on ``nodes`` off the
+        nodes in ``dead`` (lost hardware), from ``max(start, now)`` on: a grant that has not
+        started moves whole, one that has keeps its past where it was.
+
+        By the node rule and with the nodes it keeps: a grant on one node moves to another
+        alive node; one on whole nodes keeps its alive nodes and takes as many other alive
+        whole nodes as it lost. The new nodes are chosen as admission chooses (``choose``,
+        among the alive nodes it does not hold) and must be free throughout what is left of
+        the window; then the reservation moves in this calendar (the dead nodes' share is
+        given back on them) and the nodes it now has are returned, ascending. None when no
+        such nodes are free: nothing is touched (the daemon records a breach). ``nodes``
+        unchanged when none of them is dead or the window is over."""
+        gone = [n for n in nodes if n in dead]
+        frm = max(start, now)
+        if not gone or frm >= end:
+            return tuple(nodes)
+        if self._one:
+            return None  # the pool's only node is lost
+        v, k = self._shape(width)
+        bits = [1 << n for n in range(len(self.nodes))]
+        blocked = reduce(or_, (bits[n] for n in dead if 0 <= n < len(bits)), 0)
+        blocked = reduce(or_, (bits[n] for n in nodes), blocked)
+        allowed = ((1 << len(bits)) - 1) & ~blocked
+        kept = [n for n in nodes if n not in dead]
+        more = self.choose(len(gone) * v if k > 1 else width, frm, end, allowed)
+        if more is None:
+            return None
+        moved = tuple(sorted(kept + list(more)))
+        self.release(frm, end, width, tuple(nodes))
+        return self.reserve(frm, end, width, moved)
+
     # -- writers -----------------------------------------------------------------------
 
     def reserve(self, start: int, end: int, width: int, nodes: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -1024,7 +1066,7 @@ class NodeCalendar(CapacityCalendar):
             self._add(start, end, -width)
             for n in nodes:
                 self._node_add(n, start, end, -v)
-        self._held.setdefault((end, width), []).append((start, nodes))
+        self._held[(end, width)] = self._held.get((end, width), ()) + ((start, nodes),)
         return nodes
 
     def release(self, start: int, end: int, width: int, nodes: tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -1034,7 +1076,7 @@ class NodeCalendar(CapacityCalendar):
         if end <= start:
             return nodes or ()
         key = (end, width)
-        held = self._held.get(key, [])
+        held = self._held.get(key, ())
         pos = None
         for i, (s0, ns) in enumerate(held):
             if s0 <= start and (nodes is None or ns == tuple(sorted(nodes))):
@@ -1045,8 +1087,10 @@ class NodeCalendar(CapacityCalendar):
                 raise ValueError(f"release of GPUs that were not reserved over [{start}, {end})")
             s0, found = start, tuple(sorted(nodes))
         else:
-            s0, found = held.pop(pos)
-            if not held:
+            s0, found = held[pos]
+            if len(held) > 1:
+                self._held[key] = held[:pos] + held[pos + 1 :]
+            else:
                 del self._held[key]
         if self._one:
             super().release(start, end, width)
@@ -1062,7 +1106,7 @@ class NodeCalendar(CapacityCalendar):
             for n in found:
                 self._node_add(n, start, end, v)
         if s0 < start:
-            self._held.setdefault((start, width), []).append((s0, found))
+            self._held[(start, width)] = self._held.get((start, width), ()) + ((s0, found),)
         return found
 
     def forget_before(self, t: int) -> None:
