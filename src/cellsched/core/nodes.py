@@ -880,15 +880,9 @@ class NodeCalendar(CapacityCalendar):
             return None
         v, k = self._shape(width)
         limit = FAR_FUTURE if deadline is None else deadline - duration
-        hours = self._hours_of(v)
-        if k == 1:  # one node: the hours answer at once, mostly at ``start`` itself
-            return hours.earliest(1, duration, start, limit)
-        flat = self.earliest(width, duration, start, deadline)  # nodes fit no earlier
-        if flat is None:
-            return None
-        if v == self.per_node and self._whole().sure(flat, duration).bit_count() >= k:
-            return flat  # whole nodes surely free over the window's hours: no scan needed
-        return hours.earliest(k, duration, flat, limit)
+        # The hour index is exact on its own; starting it where the pool's flat count first
+        # has the GPUs (a scan of the whole pool's calendar) costs more than it saves.
+        return self._hours_of(v).earliest(k, duration, start, limit)
 
     def choose(self, width: int, start: int, end: int, allowed: int = -1) -> tuple[int, ...] | None:
         """The nodes a grant of ``width`` over [start, end) would take now, or None; only
