@@ -300,13 +300,16 @@ def report(env: Env, caller: str, since: int | None, until: int | None, team: st
 
 
 def audit(ledger: Ledger, caller: str, now: int) -> dict[str, Any]:
-    """``audit``: the hash chain re-derived (``ok`` false names the first bad event)."""
+    """``audit``: the hash chain re-derived and the derived tables rebuilt from it (``ok``
+    false names the first bad event, or the ``table`` and ``row`` that differ; ``rows``
+    counts the derived rows compared)."""
     from cellsched.ledger import events
 
     with ledger.read() as s:
         result = events.audit(s)
     return {"ok": result.ok, "events": result.events, "first_bad": result.first_bad,
-            "problem": result.problem, "head": result.head}
+            "problem": result.problem, "head": result.head, "table": result.table, "row": result.row,
+            "rows": result.rows}
 
 
 def daemon(env: Env, caller: str, now: int) -> dict[str, Any]:
