@@ -264,8 +264,8 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
             hi = min(h.q0 + len(h.m0), fresh.q0 + len(fresh.m0))
             for q in range(lo, hi):
                 i, j = q - h.q0, q - fresh.q0
-                assert (h.m0[i], h.sure[i], h.poss[i], h.dall[i], h.pc[i], h.sc[i]) == \
-                    (fresh.m0[j], fresh.sure[j], fresh.poss[j], fresh.dall[j], fresh.pc[j], fresh.sc[j]), q
+                assert (h.m0[i], h.sure[i], h.poss[i], h.dall[i]) == \
+                    (fresh.m0[j], fresh.sure[j], fresh.poss[j], fresh.dall[j]), q
                 assert (h.uk[i], h.ub[i], h.dk[i], h.db[i]) == (fresh.uk[j], fresh.ub[j], fresh.dk[j], fresh.db[j])
 
 

@@ -280,8 +280,8 @@ class _Hours:
     comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
     the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "pc", "poss", "q0",
-                 "sc", "sure", "tail", "ub", "uk", "v")
+    __slots__ = ("_lvl", "_maxin", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "poss", "q0",
+                 "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -305,10 +305,11 @@ class _Hours:
                     above = not above
                     (ups if above else downs).append(t[k] * NK + n)
         self.elig, self.head, self.tail = elig, head, tail
-        # Per count of inner hours L, per chunk of CHUNK hours (by absolute hour // CHUNK):
+        # Per chunk of CHUNK hours (by absolute hour // CHUNK), per count of inner hours L:
         # (the largest, [how many candidates each start hour has]), made when a search
-        # needs it and dropped when an hour it read changes.
+        # needs it and dropped when an hour it read changes (L hours after the chunk at most).
         self._ubc: dict[int, dict[int, tuple[int, list[int]]]] = {}
+        self._maxin = 0  # the largest L in the chunks
         # Per chunk: the ANDs of ``sure`` over 1, 2, 4 .. hours from each hour after its
         # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
         self._lvl: dict[int, list[list[int]]] = {}
@@ -318,8 +319,6 @@ class _Hours:
         self.sure: list[int] = []
         self.poss: list[int] = []
         self.dall: list[int] = []
-        self.pc: list[int] = []
-        self.sc: list[int] = []
         # An hour's crossings are tuples (of ints only: the garbage collector stops walking
         # such tuples after its first look, so millions of crossings cost it nothing); a
         # change makes the hour's tuples anew.
@@ -343,8 +342,6 @@ class _Hours:
         for i in range(nh):
             self._fill(i, state)
             state = reduce(xor, self.ub[i], reduce(xor, self.db[i], state))
-        self.pc = [x.bit_count() for x in self.poss]
-        self.sc = [x.bit_count() for x in self.sure]
 
     def _fill(self, i: int, m0: int) -> None:
         """Append hour ``i``'s masks from its crossings, ``m0`` being the state before it."""
@@ -447,30 +444,29 @@ class _Hours:
         hours after its start hour may have ``k`` candidates (len(m0): none before the tail)."""
         nh = len(self.m0)
         enough = k.__le__
-        if inner <= 0:
-            return next(compress(range(i, nh), map(enough, _tail(self.pc, i))), nh)
+        inner = max(inner, 0)
         # A chunk is first judged by the counts for a few fixed window lengths (<= inner:
         # a weaker bound, but there are few of them, so they are soon all made); only a
         # chunk that passes makes the counts for ``inner`` itself.
         rough = COARSE[min(inner, len(COARSE) - 1)]
-        chunks = self._ubc.get(inner)
-        if chunks is None:
-            chunks = self._ubc[inner] = {}
-        coarse = self._ubc.get(rough)
-        if coarse is None:
-            coarse = self._ubc[rough] = {}
+        if inner > self._maxin:
+            self._maxin = inner
+        cache = self._ubc
         q0 = self.q0
         assert q0 is not None
         q, end = q0 + i, q0 + nh
         while q < end:
             c = q // CHUNK
-            entry = coarse.get(c)
+            chunk = cache.get(c)
+            if chunk is None:
+                chunk = cache[c] = {}
+            entry = chunk.get(rough)
             if entry is None:
-                entry = coarse[c] = self._chunk(rough, c)
+                entry = chunk[rough] = self._chunk(rough, c)
             if entry[0] >= k and rough != inner:
-                entry = chunks.get(c)
+                entry = chunk.get(inner)
                 if entry is None:
-                    entry = chunks[c] = self._chunk(inner, c)
+                    entry = chunk[inner] = self._chunk(inner, c)
             if entry[0] >= k:
                 base = c * CHUNK
                 off, stop = q - base, min(CHUNK, end - base)
@@ -498,6 +494,9 @@ class _Hours:
         ``poss`` of the hour ANDed with ``sure`` of the ``inner`` hours after it (a sliding
         window's AND from two overlapping power-of-two ANDs: a few C-level maps)."""
         a = c * CHUNK
+        if inner == 0:
+            counts = list(map(int.bit_count, self._span(self.poss, a, a + CHUNK)))
+            return max(counts), counts
         if inner <= LEVEL_REACH:
             span = 1 << (inner.bit_length() - 1)
             levels = self._lvl.get(c)
@@ -520,10 +519,9 @@ class _Hours:
 
     def _invalidate(self, qa: int, qb: int) -> None:
         """Hours qa..qb (absolute) changed: drop the chunks that read them."""
-        for inner, chunks in self._ubc.items():
-            if chunks:
-                for c in range((qa - inner) // CHUNK, qb // CHUNK + 1):
-                    chunks.pop(c, None)
+        if self._ubc:
+            for c in range((qa - self._maxin) // CHUNK, qb // CHUNK + 1):
+                self._ubc.pop(c, None)
         if self._lvl:
             for c in range((qa - CHUNK - LEVEL_REACH) // CHUNK, qb // CHUNK + 1):
                 self._lvl.pop(c, None)
@@ -688,16 +686,16 @@ class _Hours:
             self.q0 = qs
         if qs < self.q0:
             more = self.q0 - qs
-            h, c = self.head, self.head.bit_count()
-            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
+            h = self.head
+            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0)):
                 lst[:0] = [val] * more
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst[:0] = [()] * more
             self.q0 = qs
         more = qe - self.q0 + 1 - len(self.m0)
         if more > 0:
-            h, c = self.tail, self.tail.bit_count()
-            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0), (self.pc, c), (self.sc, c)):
+            h = self.tail
+            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0)):
                 lst.extend([val] * more)
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst.extend([()] * more)
@@ -740,9 +738,6 @@ class _Hours:
             sure[i] = sure[i] | b if s0 and not down_later else sure[i] & nb
             dall[i] = dall[i] | b if down else dall[i] & nb
             q += 1
-        a, z = qs - q0, qe - q0 + 1
-        self.pc[a:z] = [x.bit_count() for x in poss[a:z]]
-        self.sc[a:z] = [x.bit_count() for x in sure[a:z]]
 
     def forget_before(self, t: int) -> None:
         """As the nodes' calendars forget: hours before t's go, crossings up to ``t`` fold
@@ -757,17 +752,17 @@ class _Hours:
             self._lvl.clear()
         else:
             self._invalidate(q0, t // HOUR)
-        for chunks in (*self._ubc.values(), self._lvl):
+        for chunks in (self._ubc, self._lvl):
             for c in [c for c in chunks if c < t // HOUR // CHUNK]:
                 del chunks[c]
         if drop >= len(self.m0):
             self.head = self.tail
             self.q0 = None
-            for lst in (self.m0, self.sure, self.poss, self.dall, self.pc, self.sc, self.uk, self.ub, self.dk, self.db):
+            for lst in (self.m0, self.sure, self.poss, self.dall, self.uk, self.ub, self.dk, self.db):
                 lst.clear()
             return
         if drop > 0:
-            for lst in (self.m0, self.sure, self.poss, self.dall, self.pc, self.sc, self.uk, self.ub, self.dk, self.db):
+            for lst in (self.m0, self.sure, self.poss, self.dall, self.uk, self.ub, self.dk, self.db):
                 del lst[:drop]
             self.q0 = q0 = q0 + drop
         if drop < 0:
@@ -785,8 +780,6 @@ class _Hours:
         self.poss.insert(0, reduce(or_, self.ub[0], s))
         self.sure.insert(0, s & ~reduce(or_, self.db[0], 0))
         self.dall.insert(0, reduce(or_, self.db[0], 0))
-        self.pc[0] = self.poss[0].bit_count()
-        self.sc[0] = self.sure[0].bit_count()
 
 
 _ZERO_ONE = bytes.maketrans(b"01", b"\x00\x01")
