@@ -273,12 +273,14 @@ class Schedule:
         fitting = [p for p in pools if self.pools[p.name][1].admits(width)]
         if not fitting:
             return self._not_whole_nodes(req, pools, earliest, horizon)
-        found = self._search(fitting, req.team, width, duration, earliest, req.deadline, horizon, True)
+        pushed = [False]
+        found = self._search(fitting, req.team, width, duration, earliest, req.deadline, horizon, True, pushed)
         if found is not None:
             pool, start = found
             nodes = self.pools[pool][1].choose(width, start, start + duration)
             return Grant(req.project, req.team, pool, width, start, start + duration, nodes)
-        return self._refuse(req, fitting, earliest, horizon)
+        # Not found and the allowance never moved the search: capacity alone has no window.
+        return self._refuse(req, fitting, earliest, horizon, no_capacity=not pushed[0])
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -324,8 +326,10 @@ class Schedule:
         deadline: int | None,
         horizon: int,
         with_allowance: bool,
+        pushed: list[bool] | None = None,
     ) -> tuple[str, int] | None:
-        """Earliest (pool, start) over the candidate pools; ties go to config order."""
+        """Earliest (pool, start) over the candidate pools; ties go to config order.
+        ``pushed[0]`` is set when the allowance moved a start later."""
         best: tuple[str, int] | None = None
         book = self.teams[team].book
         for pool in pools:
@@ -339,17 +343,29 @@ class Schedule:
                 nxt = book.next_fit(t, t + duration, width)
                 if nxt is None:
                     break
+                if pushed is not None:
+                    pushed[0] = True
                 t = self._earliest_in(pool.name, team, width, duration, nxt, end_by)
             if t is not None and t <= limit:
                 best = (pool.name, t)
         return best
 
-    def _refuse(self, req: Request, pools: list[Pool], earliest: int, horizon: int) -> Refusal:
+    def _refuse(self, req: Request, pools: list[Pool], earliest: int, horizon: int,
+                no_capacity: bool = False) -> Refusal:
+        """The refusal of ``req`` with its alternatives (``no_capacity``: the caller's search
+        already shows that capacity alone has no window by the deadline)."""
         width, duration = req.width, req.duration
         book = self.teams[req.team].book
-        capacity_only = self._search(pools, req.team, width, duration, earliest, req.deadline, horizon, False)
+        capacity_only = None if no_capacity else self._search(
+            pools, req.team, width, duration, earliest, req.deadline, horizon, False)
         alternatives: list[Alternative] = []
-        later = self._search(pools, req.team, width, duration, earliest, None, horizon, True)
+        # With no window by the deadline (nor the horizon), the later start lies past them:
+        # the search for it need not walk that stretch again.
+        later_from = earliest
+        if capacity_only is None:
+            last = horizon if req.deadline is None else min(req.deadline - duration, horizon)
+            later_from = max(earliest, last + 1)
+        later = self._search(pools, req.team, width, duration, later_from, None, horizon, True)
         if later is not None and req.deadline is not None:
             pool, start = later
             alternatives.append(
