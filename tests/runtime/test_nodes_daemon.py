@@ -122,3 +122,41 @@ def test_the_daemon_records_each_pools_gpus_and_submit_refuses_a_pool_without_no
     with env.ledger.read() as s:
         assert pool_without_nodes(s, a100) is None
     env.ledger.dispose()
+
+
+def test_grants_on_a_lost_node_move_to_free_nodes_and_run_there(env: Env, tmp_path: Path) -> None:
+    """The node under two running grants dies with no spare to take its index: their
+    attempts end lost, both move to the other node (free for their windows), their groups
+    are asked for again there, the jobs run again and complete; the time without GPUs is a
+    breach; the ledger still audits."""
+    from cellsched.ledger import events as E
+
+    a = submit(env, project("first", [job("t", gpus=4)], gpus=4, window_s=200))
+    b = submit(env, project("second", [job("t", gpus=4)], gpus=4, window_s=200))
+    (on,) = nodes_of(a)  # type: ignore[misc]
+    assert nodes_of(b) == [on]  # best fit: both on one node
+    other = 1 - on
+    ray = {0: "ray-a", 1: "ray-b"}  # the node map numbers Ray's nodes in node-id order
+    h = Harness(env, tmp_path, {"t": Behaviour(60)})
+    h.ex = MemoryExecutor({"t": Behaviour(60)}, now=T0, nodes=[node("ray-a"), node("ray-b")])
+    h.restart()
+    h.run(T0 + 5)
+    assert [r.state for g in (a, b) for r in h.runs(g.id)] == ["running"] * 2
+    h.ex._nodes = [node(ray[on], alive=False), node(ray[other])]
+    for g in (a, b):
+        h.ex.lose_bundles(h.runtime(g.id).reservation, range(4))  # type: ignore[union-attr]
+    h.run(T0 + 30)
+    moved = {json.loads(e.data)["grant"]: json.loads(e.data) for e in h.events("moved_nodes")}
+    assert set(moved) == {a.id, b.id} and all(m["to"] == [other] and m["lost"] == [on] for m in moved.values())
+    for g in (a, b):
+        assert nodes_of(h.grant(g.id)) == [other]
+        name = h.runtime(g.id).reservation  # type: ignore[union-attr]
+        placed = h.ex._resv[name].placement
+        assert placed is not None and set(placed.nodes) == {ray[other]}
+        assert 0 < h.grant(g.id).breach_gs <= 4 * 10  # lost at +5, placed again within seconds
+    for g in (a, b):
+        assert h.run_until_done(g.id).state == "completed"
+        assert [s for _, _, s in h.attempts(g.id)] == ["lost", "succeeded"]
+    with env.ledger.read() as s:
+        result = E.audit(s)
+    assert result.ok, result.problem

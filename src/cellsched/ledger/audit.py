@@ -104,6 +104,8 @@ class Rebuild:
             g.breach_maybe = None
         if kind == "moved_earlier":
             g.set(seq, start=d["start"], end=d["end"], nodes=sorted(d.get("nodes") or ()))
+        elif kind == "moved_nodes":
+            g.set(seq, nodes=sorted(d.get("to") or ()))
         elif kind == "reserving":
             g.set(seq, state="reserving")
         elif kind == "active":

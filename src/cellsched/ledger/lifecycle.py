@@ -17,7 +17,7 @@ from cellsched.core.admission import Grant, start_waiting_now
 from cellsched.executor.base import GangResult, round_seconds
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, waiting_grants
+from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of, waiting_grants
 from cellsched.ledger.tables import (
     LIVE_STATES,
     BreachRow,
@@ -450,6 +450,35 @@ class GrantWriter:
                 s.add(row)
                 events.append(s, now, "node_mapped" if node_id else "node_lost", f"{pool}/{index}", self.actor,
                               {"pool": pool, "index": index, "node": node_id, "was": old})
+
+    def move_nodes(self, gid: int, dead: set[int], now: int, cluster: ClusterConfig) -> list[int] | None:
+        """Move a live grant off its pool's lost nodes ``dead`` (calendar indices), where
+        the calendar has other nodes free for the rest of its window (``NodeCalendar.replace``,
+        in the same transaction as every admission, so the move cannot collide with one):
+        ``moved_nodes`` event, and the nodes it is on now. None: no such nodes are free, it
+        stays (its window is then a breach while unplaced). A grant none of whose nodes is
+        dead is left as it is (its nodes returned)."""
+        with self.tx() as s:
+            row = s.get(GrantRow, gid)
+            nodes = None if row is None else nodes_of(row)
+            if row is None or row.state not in LIVE_STATES or not nodes:
+                return nodes
+            lost = sorted(set(nodes) & dead)
+            if not lost or row.end <= now:
+                return nodes
+            sched = load_schedule(s, cluster, now)
+            if row.pool not in sched.pools:
+                return None
+            cal = sched.pools[row.pool][1]
+            new = cal.replace(row.start, row.end, row.width, tuple(nodes), dead, now)
+            if new is None:
+                return None
+            row.nodes = nodes_json(new)
+            s.add(row)
+            self._event(s, now, "moved_nodes", row, {
+                "from": sorted(nodes), "to": sorted(new), "lost": lost,
+                "message": f"off lost node{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of pool {row.pool}"})
+            return sorted(new)
 
     def pool_census(self, census: dict[str, int]) -> None:
         """Record the GPUs Ray has on each pool's nodes (``cs_lease.pool_gpus``), read by

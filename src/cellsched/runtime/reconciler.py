@@ -134,6 +134,7 @@ class Reconciler:
         self._nodes: dict[tuple[str, int], str | None] = {}  # (pool, calendar node) -> Ray node
         self._nodes_loaded = False
         self._census: dict[str, int] | None = None  # GPUs Ray has per pool, as last recorded
+        self._stuck: set[int] = set()  # grants on a lost node with no free nodes to move to (said once)
         self._logs_at: float | None = None  # when running jobs' logs were last pulled home
         self._pull_logs = False
         self._pulled = (-1, 0)
@@ -370,6 +371,45 @@ class Reconciler:
             for pool, idx, nid in changes:
                 self._nodes[(pool, idx)] = nid
                 res.add(f"node {pool}/{idx} is {nid}" if nid else f"node {pool}/{idx} is gone; its grants wait")
+        self._move_off_dead(now, res)
+
+    def _move_off_dead(self, now: int, res: TickResult) -> None:
+        """Live grants on a calendar node that has lost its Ray node (no spare took its
+        index) move to other nodes of the pool free for the rest of their windows, where
+        the calendar has them (``GrantWriter.move_nodes``); their group, pinned to the lost
+        node, is released and asked for again on the new nodes. A grant with an attempt
+        still running waits (the attempt on the lost node is proven dead within seconds,
+        and a gang wholly on live nodes runs on); one with no free nodes stays, a breach
+        while unplaced, and is tried again at every sweep."""
+        dead: dict[str, set[int]] = {}
+        for (pool, idx), nid in self._nodes.items():
+            if nid is None:
+                dead.setdefault(pool, set()).add(idx)
+        if not dead:
+            return
+        with self.env.ledger.read() as s:
+            rows = s.exec(select(GrantRow).where(col(GrantRow.state).in_(D.LIVE), col(GrantRow.end) > now,
+                                                 col(GrantRow.pool).in_(list(dead)))).all()
+            busy = set(s.exec(select(JobRunRow.grant_id).where(JobRunRow.state == "running")).all())
+            runtimes = {r.grant_id: r for r in s.exec(select(GrantRuntimeRow).where(
+                col(GrantRuntimeRow.grant_id).in_([g.id for g in rows]))).all()}
+        for row in rows:
+            nodes = nodes_of(row)
+            if not nodes or not set(nodes) & dead[row.pool] or row.id in busy:
+                continue
+            assert row.id is not None
+            new = self.writer.move_nodes(row.id, dead[row.pool], now, self.env.cluster)
+            if new is None:
+                if row.id not in self._stuck:
+                    self._stuck.add(row.id)
+                    res.add(f"{row.project_id}: no free nodes of pool {row.pool} to move to off its lost node; "
+                            "a breach while unplaced")
+                continue
+            self._stuck.discard(row.id)
+            res.add(f"{row.project_id}: moved off lost node(s) of pool {row.pool} to nodes {new}")
+            rt = runtimes.get(row.id)
+            if rt is not None and rt.reservation:
+                self._record(row.id, self.ex.release(rt.reservation), now, res)
 
     def _record(self, gid: int, results: list[GangResult], now: int, res: TickResult,
                 relabel: Callable[[GangResult], str] | None = None) -> None:
