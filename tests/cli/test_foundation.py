@@ -164,7 +164,7 @@ def test_init_keeps_ledger_events(tmp_path: Path) -> None:
         events.append(s, 1, "submitted", "p@0123456789ab", "alice", {})
     led.dispose()
     assert run("--cluster", str(cfg), "init").exit_code == 0
-    assert run("--cluster", str(cfg), "audit").stdout.startswith("ok  1 events")
+    assert run("--cluster", str(cfg), "audit").stdout.startswith("ok  1 event, ")
 
 
 def test_init_force_rewrites_the_config_but_never_the_key(tmp_path: Path) -> None:

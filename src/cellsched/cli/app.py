@@ -16,10 +16,12 @@ import typer
 
 from cellsched import __version__
 from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, server_cmds, simulate
+from cellsched.cli.command import Command, Group
 from cellsched.cli.state import G
 
 app = typer.Typer(
     name="cellsched",
+    cls=Group,
     help=(
         "Guaranteed GPU windows for small research teams, on Ray.\n\n"
         "Write a project spec, submit it, get a window nobody can take away (or the reason "
@@ -61,25 +63,25 @@ def _globals(
                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
 
 
-app.command("validate")(project_cmds.validate)
-app.command("submit")(project_cmds.submit)
-app.command("cancel")(project_cmds.cancel)
-app.command("verify")(project_cmds.verify)
-app.command("status")(read_cmds.status)
-app.command("budget")(read_cmds.budget)
-app.command("init")(ledger_cmds.init)
-app.command("audit")(ledger_cmds.audit)
+app.command("validate", cls=Command)(project_cmds.validate)
+app.command("submit", cls=Command)(project_cmds.submit)
+app.command("cancel", cls=Command)(project_cmds.cancel)
+app.command("verify", cls=Command)(project_cmds.verify)
+app.command("status", cls=Command)(read_cmds.status)
+app.command("budget", cls=Command)(read_cmds.budget)
+app.command("init", cls=Command)(ledger_cmds.init)
+app.command("audit", cls=Command)(ledger_cmds.audit)
 
-app.command("serve")(run_cmds.serve)
-app.command("daemon")(run_cmds.daemon)
-app.command("demo")(run_cmds.demo)
-app.command("logs")(run_cmds.logs)
-app.command("report")(report.report)
-app.command("simulate")(simulate.simulate)
-app.command("server")(server_cmds.server)
+app.command("serve", cls=Command)(run_cmds.serve)
+app.command("daemon", cls=Command)(run_cmds.daemon)
+app.command("demo", cls=Command)(run_cmds.demo)
+app.command("logs", cls=Command)(run_cmds.logs)
+app.command("report", cls=Command)(report.report)
+app.command("simulate", cls=Command)(simulate.simulate)
+app.command("server", cls=Command)(server_cmds.server)
 app.add_typer(server_cmds.token_app, name="token")
-app.command("login")(server_cmds.login)
-app.command("whoami")(server_cmds.whoami)
+app.command("login", cls=Command)(server_cmds.login)
+app.command("whoami", cls=Command)(server_cmds.whoami)
 
 
 def main() -> None:

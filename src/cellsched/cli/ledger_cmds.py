@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json
 from cellsched.cli.state import G, JsonFlag, backend, caller
+from cellsched.fmt import emit_json, plural
 
 
 @handled
@@ -58,7 +57,12 @@ def init(
 
 @handled
 def audit(json_out: JsonFlag = False) -> None:
-    """Verify the ledger's hash chain; exit 1 naming the first event that was edited or removed.
+    """Check the ledger: its event chain, and the tables derived from it.
+
+    The hash chain is re-derived event by event (an event edited, removed or reordered is
+    named); then grants, charges, refunds, breaches, job runs and projects are rebuilt from
+    the events and compared with their tables (a hand edit is named by its table and row).
+    Exit 1 naming the first problem.
 
     **Example**: cellsched audit
     """
@@ -72,4 +76,6 @@ def audit(json_out: JsonFlag = False) -> None:
         return
     if not result["ok"]:
         raise Failed(f"audit failed: {result['problem']}")
-    print(f"ok  {result['events']} events, chain head sha256:{result['head']}")
+    rows = result.get("rows")
+    derived = "" if rows is None else f"; {plural(rows, 'derived row')} agree with them"
+    print(f"ok  {plural(result['events'], 'event')}, chain head sha256:{result['head']}{derived}")

@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from cellsched import fmt
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json, hours, local
 from cellsched.cli.state import JsonFlag, backend
+from cellsched.fmt import emit_json, gpu_hours
 
 if TYPE_CHECKING:
     from cellsched.ops import SpecIn
@@ -60,20 +61,9 @@ def validate(
             print("    " + _code_line(item["code"]))
 
 
-def _files(n: int) -> str:
-    return f"{n} file{'s' if n != 1 else ''}"
-
-
 def _code_line(code: dict) -> str:  # type: ignore[type-arg]
-    return (f"code sha256:{code['digest']}  {_files(code['files'])}, {_size(code['bytes'])} "
-            f"({_size(code['packed_bytes'])} packed)  from {code['source']}")
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
+    return (f"code sha256:{code['digest']}  {fmt.plural(code['files'], 'file')}, {fmt.size(code['bytes'])} "
+            f"({fmt.size(code['packed_bytes'])} packed)  from {code['source']}")
 
 
 @handled
@@ -102,13 +92,14 @@ def submit(
         pool = facts["pools"].get(g["pool"])
         gpu_type = pool["gpu_type"] if pool else g["pool"]
         again = "  (already granted)" if data["existing"] else ""
-        print(f"granted  {data['project']}   {g['width']} × {gpu_type}  {local(g['start'])} → {local(g['end'])}{again}")
+        print(f"granted  {data['project']}   {g['width']} × {gpu_type}  {fmt.span(g['start'], g['end'])}{again}")
         if data.get("remaining_gpu_hours") is not None and data.get("allowance_gpu_hours") is not None:
             team = facts["teams"].get(g["team"])
             period = team["period"] if team else "period"
             when = "in total" if period == "none" else f"this {period}"
-            print(f"  {hours(g['gpu_hours'])} GPU-hours charged to team {g['team']} "
-                  f"(remaining {when}: {hours(data['remaining_gpu_hours'])} of {hours(data['allowance_gpu_hours'])})")
+            print(f"  {gpu_hours(g['gpu_hours'])} GPU-hours charged to team {g['team']} "
+                  f"(remaining {when}: {gpu_hours(data['remaining_gpu_hours'])} "
+                  f"of {gpu_hours(data['allowance_gpu_hours'])})")
         if data.get("replaced"):
             print(f"  replaces {data['replaced']} (its unheld GPU-hours refunded)")
         code = data.get("code")
@@ -139,7 +130,7 @@ def cancel(
     if json_out:
         emit_json(out)
         return
-    print(f"cancelled  {out['project']}  refunded {hours(out['refunded_gpu_hours'])} GPU-hours")
+    print(f"cancelled  {out['project']}  refunded {gpu_hours(out['refunded_gpu_hours'])} GPU-hours")
 
 
 @handled
@@ -164,10 +155,10 @@ def verify(
         return
     p = out["receipt"]
     print(f"valid  {out['project']}  sha256:{out['digest']}")
-    print(f"  signed grant {p['grant']}: {p['width']} GPUs of {p['pool']} {local(p['start'])} → {local(p['end'])}")
+    print(f"  signed grant {p['grant']}: {fmt.plural(p['width'], 'GPU')} of {p['pool']} {fmt.span(p['start'], p['end'])}")
     code = out.get("code")
     if code is not None:
-        print(f"  code sha256:{code['digest']}  {_files(code['files'])}, {_size(code['bytes'])}: "
+        print(f"  code sha256:{code['digest']}  {fmt.plural(code['files'], 'file')}, {fmt.size(code['bytes'])}: "
               "the stored snapshot is intact")
         if code.get("now") == "unchanged":
             print("  the spec file's code is unchanged since submit")

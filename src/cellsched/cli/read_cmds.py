@@ -6,9 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from cellsched import fmt
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json, hours, local, table, tzname
 from cellsched.cli.state import JsonFlag, backend
+from cellsched.fmt import emit_json, gpu_hours, header, stamp, table
 
 
 @handled
@@ -24,20 +25,20 @@ def budget(
     if json_out:
         emit_json(data)
         return
-    span = ("all time" if data["period"] == "none" else
-            f"{local(data['period_start'])} → {local(data['period_end'])} {tzname()}")
+    span = "all time" if data["period"] == "none" else fmt.span(data["period_start"], data["period_end"])
     print(f"team {data['team']}  ·  {data['period']} {span}")
     print(
-        f"  allowance {hours(data['allowance_gpu_hours'])}  committed {hours(data['committed_gpu_hours'])}  "
-        f"held {hours(data['held_gpu_hours'])}  used {hours(data['used_gpu_hours'])}  "
-        f"refunded {hours(data['refunded_gpu_hours'])}  remaining {hours(data['remaining_gpu_hours'])}  (GPU-hours)"
+        f"  allowance {gpu_hours(data['allowance_gpu_hours'])}  committed {gpu_hours(data['committed_gpu_hours'])}  "
+        f"held {gpu_hours(data['held_gpu_hours'])}  used {gpu_hours(data['used_gpu_hours'])}  "
+        f"refunded {gpu_hours(data['refunded_gpu_hours'])}  remaining {gpu_hours(data['remaining_gpu_hours'])}  "
+        "(GPU-hours)"
     )
     if data["projects"]:
         table(None, ["project", "state", "granted", "committed", "held", "used", "refunded"],
-              [[p["project"], p["state"], hours(p["granted_gpu_hours"]), hours(p["committed_gpu_hours"]),
-                hours(p["held_gpu_hours"]), hours(p["used_gpu_hours"]), hours(p["refunded_gpu_hours"])]
+              [[p["project"], p["state"], gpu_hours(p["granted_gpu_hours"]), gpu_hours(p["committed_gpu_hours"]),
+                gpu_hours(p["held_gpu_hours"]), gpu_hours(p["used_gpu_hours"]), gpu_hours(p["refunded_gpu_hours"])]
                for p in data["projects"]],
-              justify=lambda c: "left" if c in ("project", "state") else "right")
+              justify=fmt.numeric_right("project", "state"))
     print_down(data["daemon"])
 
 
@@ -60,21 +61,39 @@ def status(
         # Nothing to carry it in the list: ask for the daemon's state on its own.
         print_down(b.daemon())
         return
-    table(None, ["project", "state", "pool", "gpus", f"start ({tzname()})", "end", "progress", "used GPU-h", "note"],
-          [[it["project"], it["state"], it["pool"], it["width"], local(it["start"]), local(it["end"]),
-            f"{it['progress']:.0%}", hours(it["used_gpu_hours"]),
-            it.get("note") or
-            (("breach " + hours(it["breach_gpu_hours"]) + " GPU-h") if it["breach_gpu_hours"] else
-             ("early start" if it["start"] < it["promised_start"] else ""))]
-           for it in items])
+    print_status_table(items)
     print_down(items[0]["daemon"])
     if project is not None:
         jobs = items[0]["jobs"]
         if jobs:
-            table("jobs", ["job", "attempt", "state", "gpus", "started", "ended", "GPU-h", "exit codes"],
-                  [[j["job"], j["attempt"], j["state"], j["gpus"], local(j["started_at"], True),
-                    local(j["ended_at"], True), hours(j["gpu_hours"]), ",".join(map(str, j["exit_codes"]))]
-                   for j in jobs])
+            table("jobs", ["job", "attempt", "state", "gpus", header("started"), header("ended"), "GPU-h",
+                           "exit codes"],
+                  [[j["job"], j["attempt"], j["state"], j["gpus"], stamp(j["started_at"], True),
+                    stamp(j["ended_at"], True), gpu_hours(j["gpu_hours"]), ",".join(map(str, j["exit_codes"]))]
+                   for j in jobs],
+                  justify=fmt.numeric_right("job", "state", header("started"), header("ended"), "exit codes"))
+
+
+STATUS_COLUMNS = ["project", "state", "pool", "gpus", header("start"), header("end"), "progress", "used GPU-h",
+                  "note"]
+
+
+def print_status_table(items: list[dict]) -> None:  # type: ignore[type-arg]
+    """The ``status`` table from its JSON items (``cellsched demo`` prints the same)."""
+    table(None, STATUS_COLUMNS,
+          [[it["project"], it["state"], it["pool"], it["width"], stamp(it["start"]), stamp(it["end"]),
+            f"{it['progress']:.0%}", gpu_hours(it["used_gpu_hours"]), status_note(it)]
+           for it in items],
+          justify=fmt.numeric_right("project", "state", "pool", header("start"), header("end"), "note"))
+
+
+def status_note(it: dict) -> str:  # type: ignore[type-arg]
+    """A grant's note: the service's, else the GPU-hours lost to a breach, else an early start."""
+    if it.get("note"):
+        return str(it["note"])
+    if it["breach_gpu_hours"]:
+        return f"breach {fmt.gpu_h(it['breach_gpu_hours'])}"
+    return "early start" if it["start"] < it["promised_start"] else ""
 
 
 def print_down(daemon: dict) -> None:  # type: ignore[type-arg]

@@ -14,9 +14,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from cellsched.cli.command import Command, Group
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json, iso, local, table, tzname
 from cellsched.cli.state import JsonFlag, caller, env
+from cellsched.fmt import emit_json, header, iso, stamp, table, when
 
 TIMES = ("created_at", "expires_at", "revoked_at")
 
@@ -93,6 +94,7 @@ def _open_ledger(e) -> None:  # type: ignore[no-untyped-def]
 # -- tokens -----------------------------------------------------------------------------
 
 token_app = typer.Typer(
+    cls=Group,
     help="Bearer tokens for the server's https listener: admins create them (shown once, "
          "stored hashed); everyone lists and revokes their own.\n\n"
          "**Example**: cellsched token create --user alice --expires 90d",
@@ -120,10 +122,10 @@ def _with_utc(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _expiry(item: dict[str, Any]) -> str:
-    return "never" if item.get("expires_at") is None else f"{local(item['expires_at'])} {tzname()}"
+    return "never" if item.get("expires_at") is None else when(item["expires_at"])
 
 
-@token_app.command("create")
+@token_app.command("create", cls=Command)
 @handled
 def token_create(
     user: Annotated[str, typer.Option("--user", "-u", help="Whose token: an OS user name the cluster config knows.")],
@@ -158,7 +160,7 @@ def token_create(
     print(out["token"])
 
 
-@token_app.command("list")
+@token_app.command("list", cls=Command)
 @handled
 def token_list(json_out: JsonFlag = False) -> None:
     """Tokens: every one for admins, your own for anyone else. Never the secrets.
@@ -180,13 +182,13 @@ def token_list(json_out: JsonFlag = False) -> None:
     if not items:
         print("no tokens")
         return
-    table(None, ["id", "user", "state", f"created ({tzname()})", "expires", "by", "note"],
-          [[it["id"], it["user"], it["state"], local(it["created_at"]),
-            "never" if it["expires_at"] is None else local(it["expires_at"]), it["created_by"], it["note"]]
+    table(None, ["id", "user", "state", header("created"), header("expires"), "by", "note"],
+          [[it["id"], it["user"], it["state"], stamp(it["created_at"]),
+            "never" if it["expires_at"] is None else stamp(it["expires_at"]), it["created_by"], it["note"]]
            for it in items])
 
 
-@token_app.command("revoke")
+@token_app.command("revoke", cls=Command)
 @handled
 def token_revoke(
     token_id: Annotated[str, typer.Argument(help="The token's id (from `token list`), not the token itself.")],
@@ -218,7 +220,7 @@ def token_revoke(
     if out["revoked_now"]:
         print(f"revoked  {out['id']} ({out['user']})")
     else:
-        print(f"{out['id']} ({out['user']}) was already revoked at {local(out['revoked_at'])} {tzname()}")
+        print(f"{out['id']} ({out['user']}) was already revoked at {when(out['revoked_at'])}")
 
 
 # -- login, whoami ----------------------------------------------------------------------

@@ -74,12 +74,11 @@ def _ratio(a: int, b: int) -> float | None:
 
 
 def percentile(values: list[int], q: float) -> int | None:
-    """Nearest-rank percentile of integers (deterministic; no interpolation)."""
-    if not values:
-        return None
-    v = sorted(values)
-    k = max(0, math.ceil(q / 100 * len(v)) - 1)
-    return v[k]
+    """The nearest-rank percentile, ``q`` in percent (:func:`cellsched.core.stats.percentile`,
+    the one ``cellsched simulate`` uses too)."""
+    from cellsched.core.stats import percentile as nearest_rank
+
+    return nearest_rank(values, q)
 
 
 def run_span(run: RunFact, now: int) -> tuple[int, int, float] | None:

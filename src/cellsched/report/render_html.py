@@ -7,8 +7,8 @@ from typing import Any
 
 from cellsched.report import html
 from cellsched.report.charts import Chart
-from cellsched.report.compute import utc
-from cellsched.report.terminal import duration, gpu_hours, pct, start_offset
+from cellsched.fmt import duration, gpu_hours, pct, span, stamp, when
+from cellsched.report.terminal import start_offset
 
 PROJECT_ROWS = 200
 CALENDAR_ROWS = 50
@@ -24,13 +24,13 @@ def lookup(data: dict[str, Any], dotted: str) -> Any:
 
 def gh(x: float | None) -> str:
     """GPU-hours for a page: thousands separated, one decimal, small figures never shown as
-    zero (:func:`cellsched.report.terminal.gpu_hours`)."""
+    zero (:func:`cellsched.fmt.gpu_hours`)."""
     return gpu_hours(x, fixed=True)
 
 
 def _day(t: int | None) -> str:
-    s = utc(t)
-    return "-" if s is None else s[:16].replace("T", " ")
+    """A time in a page whose headers and notes name the zone (UTC): ``2026-12-01 00:00``."""
+    return stamp(t)
 
 
 def headline(r: dict[str, Any]) -> list[html.Stat]:
@@ -135,10 +135,10 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
     p = r["period"]
     who = f"team {r['team']}" if r["team"] else "all teams"
     title = "cellsched: cluster utilisation"
-    sub = f"{who} · {_day(p['since'])} → {_day(p['until'])} UTC · generated for {_day(p['now'])} UTC"
+    sub = f"{who} · {span(p['since'], p['until'])} · generated for {when(p['now'])}"
     if r["empty"]:
         body = (f'<p class="empty" id="empty">Nothing in this period: no grants, job runs or decisions between '
-                f"{html.escape(_day(p['since']))} and {html.escape(_day(p['until']))} UTC.</p>")
+                f"{html.escape(_day(p['since']))} and {html.escape(when(p['until']))}.</p>")
         body += html.stats([html.Stat("capacity (all unreserved)", gh(r["capacity_gpu_hours"]), "GPU-h",
                                       key="capacity_gpu_hours", value=r["capacity_gpu_hours"])])
         return html.page(title, [html.Section("Summary", body, id="summary")], subtitle=sub)
@@ -146,7 +146,7 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
     sections: list[html.Section] = []
     note = None
     if p["elapsed_until"] < p["until"]:
-        note = (f"The period runs past now ({_day(p['now'])} UTC): held, used, idle and utilisation cover the "
+        note = (f"The period runs past now ({when(p['now'])}): held, used, idle and utilisation cover the "
                 "elapsed part; utilisation divides by the elapsed capacity.")
     body = html.stats(headline(r))
     if "capacity" in by_name:
@@ -228,7 +228,7 @@ def report_page(r: dict[str, Any], charts: list[Chart] | None = None) -> str:
         if len(cal["grants"]) > len(shown):
             body += f'<p class="note">… and {len(cal["grants"]) - len(shown)} more (see --json).</p>'
     sections.append(html.Section("Calendar ahead", body, id="calendar",
-                                 note=f"Live windows from {_day(p['now'])} UTC on: who holds what, when."))
+                                 note=f"Live windows from {when(p['now'])} on: who holds what, when."))
 
     # Projects
     projects = r["projects"]

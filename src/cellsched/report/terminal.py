@@ -2,60 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from cellsched.cli.render import console, local, table, tzname
+from cellsched import fmt
+from cellsched.fmt import console, duration, header, pct, stamp, table
 
 PROJECT_ROWS = 20
 CALENDAR_ROWS = 10
 
 
 def gpu_hours(x: float | None, *, fixed: bool = False) -> str:
-    """GPU-hours for people, the one rule of the report's terminal and HTML output.
-
-    One decimal with thousands separated (``1,234.5``; ``fixed`` keeps a trailing ``.0``
-    for columns of figures, else it goes: ``12``). A figure that is not zero never reads as
-    zero: below 0.1 GPU-h it keeps two significant digits (``0.05``, ``0.0028``; the smallest,
-    one GPU-second, is ``0.00028``). Zero is ``0`` (``0.0`` fixed); None is ``-``."""
-    if x is None:
-        return "-"
-    if x == 0:
-        return "0.0" if fixed else "0"
-    mag = abs(x)
-    if mag < 0.095:  # would print as 0.0 or 0.1 with one decimal
-        places = 1 - math.floor(math.log10(mag))
-        return f"{x:.{places}f}".rstrip("0")
-    text = f"{x:,.1f}"
-    return text if fixed else text.removesuffix(".0")
+    """GPU-hours for people: :func:`cellsched.fmt.gpu_hours` (the one rule)."""
+    return fmt.gpu_hours(x, fixed=fixed)
 
 
 def hours(x: float | None) -> str:
-    return gpu_hours(x)
-
-
-def pct(x: float | None) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
-def duration(seconds: int | float | None) -> str:
-    """A duration for people: 45s, 12m, 3.5h, 2.1d."""
-    if seconds is None:
-        return "-"
-    s = float(seconds)
-    sign = "-" if s < 0 else ""
-    s = abs(s)
-    if s < 60:
-        return f"{sign}{s:.0f}s"
-    if s < 3600:
-        return f"{sign}{s / 60:.0f}m"
-    if s < 86400:
-        return f"{sign}{s / 3600:.1f}h".replace(".0h", "h")
-    return f"{sign}{s / 86400:.1f}d".replace(".0d", "d")
+    return fmt.gpu_hours(x)
 
 
 def start_offset(project: dict[str, Any]) -> str:
-    """A project's actual start against the promised one: ``12m`` late, ``early 2h``, ``-``."""
+    """A project's actual start against the promised one: ``12 min`` late, ``early 2 h``, ``-``."""
     if project.get("started_early_s"):
         return "early " + duration(project["started_early_s"])
     return duration(project["start_delay_s"])
@@ -89,14 +55,14 @@ def headline_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 def print_report(r: dict[str, Any]) -> None:
     p = r["period"]
     who = f"team {r['team']}" if r["team"] else "all teams"
-    print(f"cluster utilisation  ·  {who}  ·  {local(p['since'])} → {local(p['until'])} {tzname()}")
+    print(f"cluster utilisation  ·  {who}  ·  {fmt.span(p['since'], p['until'])}")
     if r["empty"]:
         print(f"  nothing in this period: no grants, job runs or decisions between "
-              f"{local(p['since'])} and {local(p['until'])}.")
+              f"{stamp(p['since'])} and {fmt.when(p['until'])}.")
         print(f"  capacity {hours(r['capacity_gpu_hours'])} GPU-h, all unreserved.")
         return
     if p["elapsed_until"] < p["until"]:
-        print(f"  (period runs past now, {local(p['now'])}: held, used and utilisation cover the part "
+        print(f"  (period runs past now, {fmt.when(p['now'])}: held, used and utilisation cover the part "
               "until now; capacity for utilisation is the elapsed part)")
     table(None, ["figure", "value"], [(label, text) for _k, label, text in headline_rows(r)],
           justify=lambda c: "right" if c == "value" else "left")
@@ -107,7 +73,7 @@ def print_report(r: dict[str, Any]) -> None:
     if teams:
         table("teams (GPU-hours)",
               ["team", "allowance", "granted", "used", "refunded", "remaining", "share of cluster",
-               "share of allowance", "runs out"],
+               "share of allowance", header("runs out")],
               [[t["team"],
                 "-" if t["allowance_gpu_hours"] is None else f"{hours(t['allowance_gpu_hours'])}/{t['period']}",
                 hours(t["granted_gpu_hours"]), hours(t["used_gpu_hours"]), hours(t["refunded_gpu_hours"]),
@@ -115,7 +81,7 @@ def print_report(r: dict[str, Any]) -> None:
                 pct(t["share_of_cluster"]), pct(t["share_of_allowance"]),
                 _runs_out(t)]
                for t in teams],
-              justify=lambda c: "left" if c in ("team", "runs out") else "right")
+              justify=lambda c: "left" if c in ("team", header("runs out")) else "right")
     table("pools (GPU-hours)", ["pool", "GPUs", "capacity", "granted", "held", "used", "idle reserved", "utilisation"],
           [[pl["pool"], pl["gpus"], hours(pl["capacity_gpu_hours"]), hours(pl["granted_gpu_hours"]),
             hours(pl["held_gpu_hours"]), hours(pl["used_gpu_hours"]), hours(pl["idle_reserved_gpu_hours"]),
@@ -126,10 +92,10 @@ def print_report(r: dict[str, Any]) -> None:
         shown = projects[:PROJECT_ROWS]
         table(f"projects (whole windows; {len(projects)} in period)",
               ["project", "team", "state", "GPUs", "granted GPU-h", "used GPU-h", "refunded GPU-h",
-               f"promised start ({tzname()})", "actual start", "delay"],
+               header("promised start"), header("actual start"), "delay"],
               [[x["project"], x["team"], x["state"], x["gpus"], hours(x["granted_gpu_hours"]),
-                hours(x["used_gpu_hours"]), hours(x["refunded_gpu_hours"]), local(x["promised_start"]),
-                local(x["started_at"]), start_offset(x)] for x in shown],
+                hours(x["used_gpu_hours"]), hours(x["refunded_gpu_hours"]), stamp(x["promised_start"]),
+                stamp(x["started_at"]), start_offset(x)] for x in shown],
               justify=lambda c: "right" if c in ("GPUs", "granted GPU-h", "used GPU-h", "refunded GPU-h",
                                                  "delay") else "left")
         if len(projects) > len(shown):
@@ -137,8 +103,8 @@ def print_report(r: dict[str, Any]) -> None:
     upcoming = [(pl["pool"], g) for pl in r["pools"] for g in pl["calendar"]["grants"] if g["start"] >= p["now"]]
     if upcoming:
         upcoming.sort(key=lambda x: (x[1]["start"], x[1]["grant"]))
-        table("calendar: next grants to start", ["pool", "project", "team", "GPUs", f"start ({tzname()})", "end"],
-              [[pool, g["project"], g["team"], g["gpus"], local(g["start"]), local(g["end"])]
+        table("calendar: next grants to start", ["pool", "project", "team", "GPUs", header("start"), header("end")],
+              [[pool, g["project"], g["team"], g["gpus"], stamp(g["start"]), stamp(g["end"])]
                for pool, g in upcoming[:CALENDAR_ROWS]])
         if len(upcoming) > CALENDAR_ROWS:
             print(f"  … {len(upcoming) - CALENDAR_ROWS} more ahead")
@@ -158,5 +124,5 @@ def _runs_out(t: dict[str, Any]) -> str:
     if f is None:
         return "-"
     if f["runs_out_at"] is not None:
-        return local(f["runs_out_at"])
+        return stamp(f["runs_out_at"])
     return f["note"]

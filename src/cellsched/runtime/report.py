@@ -6,11 +6,11 @@ the Markdown is rendered from that JSON.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any, Sequence
 
 from cellsched.executor.base import attempt_tails
+from cellsched.fmt import duration, gpu_seconds_as_hours, header, iso, plural, stamp, table, when
 from cellsched.ledger.tables import GrantRow, JobRunRow, ProjectRow
 from cellsched.runtime.plan import AttemptView, job_states
 from cellsched.spec.models import ProjectSpec
@@ -22,9 +22,7 @@ TAIL_BYTES = 2048
 
 
 def _iso(t: int | None) -> str | None:
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(t)
 
 
 def _h(gs: int) -> float:
@@ -140,20 +138,65 @@ def build_report(
     }
 
 
-def _dur(s: int) -> str:
-    if s < 120:
-        return f"{s} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
+def _window_table(r: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    g, w = r["grant"], r["window"]
+    return ([" ", header("start"), header("end"), "length"],
+            [["granted", stamp(g["promised_start"], True), stamp(g["promised_end"], True), duration(w["granted_s"])],
+             ["held", stamp(g["started_at"], True), stamp(g["ended_at"], True), duration(w["held_s"])]])
+
+
+def _gpu_hours_table(r: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    gs = r["gpu_seconds"]
+    rows = [["charged", gpu_seconds_as_hours(gs["charged"])], ["held", gpu_seconds_as_hours(gs["held"])],
+            ["used by jobs", gpu_seconds_as_hours(gs["used"])], ["refunded", gpu_seconds_as_hours(gs["refunded"])],
+            ["guarantee breach", gpu_seconds_as_hours(gs["breach"])]]
+    return ["GPU-hours", " "], rows
+
+
+def _jobs_table(r: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = []
+    for j in r["jobs"]:
+        if not j["attempts"]:
+            rows.append([j["name"], str(j["gpus"]), j["state"], "-", "-", "-", "0", ""])
+        for a in j["attempts"]:
+            codes = ",".join("?" if c is None else str(c) for c in a["exit_codes"])
+            rows.append([j["name"], str(j["gpus"]), j["state"], str(a["attempt"]), a["state"], codes or "-",
+                         gpu_seconds_as_hours(a["gpu_seconds"]), a["detail"]])
+    columns = ["job", "GPUs", "state", "attempt", "attempt state", "exit codes", "GPU-h", "detail"]
+    if not any(row[-1] for row in rows):  # every attempt went as planned: nothing to explain
+        return columns[:-1], [row[:-1] for row in rows]
+    return columns, rows
+
+
+def _title(r: dict[str, Any]) -> str:
+    verdict = "all jobs succeeded" if r["succeeded"] else "not every job succeeded"
+    return f"{r['project']} — {r['state']} ({verdict})"
+
+
+def _where(r: dict[str, Any]) -> str:
+    g = r["grant"]
+    breach = r["gpu_seconds"]["breach"]
+    lost = (f"; guarantee breach {gpu_seconds_as_hours(breach)} GPU-h (the cluster could not provide them: "
+            "refunded to the team)") if breach else ""
+    return f"{plural(g['width'], 'GPU')} of pool {g['pool']} (grant {g['id']}){lost}"
+
+
+def _md_table(columns: list[str], rows: list[list[str]], right: int = 0) -> list[str]:
+    """A GitHub-flavoured Markdown table; with ``right`` > 0, the columns from that index on
+    are right-aligned (figures)."""
+    def cell(x: str) -> str:
+        return x.strip().replace("|", "\\|") or " "
+
+    align = ["---:" if right and i >= right else "---" for i in range(len(columns))]
+    return (["| " + " | ".join(cell(c) for c in columns) + " |", "|" + "|".join(align) + "|"]
+            + ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows])
 
 
 def render_markdown(r: dict[str, Any]) -> str:
-    """People's version of the report (GitHub-flavoured Markdown)."""
-    g, w, gh = r["grant"], r["window"], r["gpu_hours"]
-    verdict = "all jobs succeeded" if r["succeeded"] else "not every job succeeded"
+    """People's version of the report (GitHub-flavoured Markdown): the same tables
+    :func:`print_report` prints, and the receipt."""
     lines = [
-        f"# {r['project']} — {r['state']} ({verdict})",
+        f"# {_title(r)}",
         "",
         f"**Team** {r['team']} · **owner** {r['owner']} · **digest** `{r['digest']}`",
         "",
@@ -163,33 +206,15 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
         "## Window",
         "",
-        "| | start | end | length |",
-        "|---|---|---|---|",
-        f"| granted | {g['promised_start_utc']} | {g['promised_end_utc']} | {_dur(w['granted_s'])} |",
-        f"| held | {g['started_at_utc'] or '-'} | {g['ended_at_utc'] or '-'} | {_dur(w['held_s'])} |",
+        *_md_table(*_window_table(r)),
         "",
-        f"{g['width']} GPUs of pool `{g['pool']}` (grant {g['id']}). GPU-hours: "
-        f"charged {gh['charged']:.4g}, held {gh['held']:.4g}, used by jobs {gh['used']:.4g}, "
-        f"refunded {gh['refunded']:.4g}"
-        + (f", **guarantee breach {gh['breach']:.4g}** (GPU-hours the cluster could not provide, refunded to the team)"
-           if r["gpu_seconds"]["breach"] else ", guarantee breach 0")
-        + ".",
+        _where(r) + ".",
+        "",
+        *_md_table(*_gpu_hours_table(r), right=1),
         "",
         "## Jobs",
         "",
-        "| job | gpus | state | attempt | attempt state | exit codes | GPU-hours | detail |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for j in r["jobs"]:
-        if not j["attempts"]:
-            lines.append(f"| {j['name']} | {j['gpus']} | {j['state']} | - | - | - | 0 | |")
-        for a in j["attempts"]:
-            codes = ",".join("?" if c is None else str(c) for c in a["exit_codes"])
-            lines.append(
-                f"| {j['name']} | {j['gpus']} | {j['state']} | {a['attempt']} | {a['state']} | "
-                f"{codes} | {a['gpu_hours']:.4g} | {a['detail']} |"
-            )
-    lines += [
+        *_md_table(*_jobs_table(r)),
         "",
         "## Receipt",
         "",
@@ -197,7 +222,19 @@ def render_markdown(r: dict[str, Any]) -> str:
         json.dumps(r["receipt"], indent=2, sort_keys=True),
         "```",
         "",
-        f"Logs: `{r['log_dir']}` · report written {r['generated_at_utc']}",
+        f"Logs: `{r['log_dir']}` · report written {when(r['generated_at'], True)}",
         "",
     ]
     return "\n".join(lines)
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """The report for a terminal: the Markdown's tables as tables (no receipt: it is in the
+    files, and ``cellsched verify`` checks it)."""
+    print(_title(r))
+    print(f"  team {r['team']} · owner {r['owner']} · {_where(r)}")
+    table(None, *_window_table(r))
+    columns, rows = _gpu_hours_table(r)
+    table(None, columns, rows, justify=lambda c: "left" if c == "GPU-hours" else "right")
+    columns, rows = _jobs_table(r)
+    table(None, columns, rows, justify=lambda c: "right" if c in ("GPUs", "attempt", "GPU-h") else "left")

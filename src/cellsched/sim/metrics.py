@@ -14,13 +14,13 @@ BOUND_S = 10
 
 
 def percentile(sorted_xs: list[int], q: float) -> float:
-    """Linear-interpolated percentile of an already sorted list (0 when empty)."""
-    if not sorted_xs:
-        return 0.0
-    pos = (len(sorted_xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+    """The one percentile definition (:func:`cellsched.core.stats.percentile`: nearest rank,
+    the one ``cellsched report`` uses) of an already sorted list, ``q`` as a fraction; 0 when
+    empty."""
+    from cellsched.core.stats import percentile as nearest_rank
+
+    p = nearest_rank(sorted_xs, round(q * 100, 9), presorted=True)
+    return 0.0 if p is None else float(p)
 
 
 def jain(xs: list[float]) -> float | None:
