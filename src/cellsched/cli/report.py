@@ -8,14 +8,15 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json
 from cellsched.cli.state import JsonFlag, backend
+from cellsched.fmt import emit_json, iso
 
 
 @handled
 def report(
-    since: Annotated[Optional[str], typer.Option("--since", help="Start of the period (2026-11-01, ISO 8601 or epoch seconds; UTC unless a zone is given). Default: 30 days before --until.")] = None,
-    until: Annotated[Optional[str], typer.Option("--until", help="End of the period, exclusive. Default: now.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="Start of the period: a time (2026-11-01, ISO 8601 or epoch seconds; UTC unless a zone is given) or a span before --until (7d, 12h, 30m, 2w).")] = None,
+    until: Annotated[Optional[str], typer.Option("--until", help="End of the period, exclusive. Default: now (with --since), else the end of the allowance period.")] = None,
+    period: Annotated[Optional[str], typer.Option("--period", help="A whole month (2026-11), quarter (2026-Q4) or year (2026), UTC. Default (no --period, --since or --until): the current allowance period.")] = None,
     team: Annotated[Optional[str], typer.Option("--team", help="Only this team's figures (capacity stays the cluster's).")] = None,
     json_out: JsonFlag = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts to FILE.", metavar="FILE")] = None,
@@ -24,22 +25,35 @@ def report(
     """Cluster utilisation over a period: capacity, granted, held, used, idle while reserved;
     per team, pool and project; refusals by reason; wait from submit to start; breaches.
 
-    **Examples**: `cellsched report` · `cellsched report --since 2026-11-01 --until 2026-12-01 --html report.html` ·
-    `cellsched report --team interp --json` · `cellsched report --png charts/`
+    The period is the current allowance period unless you name one: windows granted for
+    the rest of it count as committed.
+
+    **Examples**: `cellsched report` · `cellsched report --since 7d` ·
+    `cellsched report --period 2026-11 --html report.html` · `cellsched report --period 2026-Q4 --team interp --json` ·
+    `cellsched report --since 2026-11-01 --until 2026-12-01 --png charts/`
     """
     from cellsched.errors import BadInput
+    from cellsched.report.period import named_period, relative_seconds
     from cellsched.runtime.clock import parse_time
 
-    t1 = parse_time(until, "--until") if until is not None else None
-    t0 = parse_time(since, "--since") if since is not None else None
+    last = None
+    if period is not None:
+        if since is not None or until is not None:
+            raise BadInput("--period names the whole period: give it without --since and --until")
+        t0, t1 = named_period(period)
+    else:
+        t1 = parse_time(until, "--until") if until is not None else None
+        last = relative_seconds(since) if since is not None else None
+        t0 = parse_time(since, "--since") if since is not None and last is None else None
     if t0 is not None and t1 is not None and t1 <= t0:
-        raise BadInput(f"--since must be before --until (got {_utc(t0)} → {_utc(t1)})")
+        raise BadInput(f"--since must be before --until (got {iso(t0)} → {iso(t1)})")
     if png is not None and png.exists() and not png.is_dir():
         raise BadInput(f"--png: {png} exists and is not a directory")
     if html is not None and html.is_dir():
         raise BadInput(f"--html: {html} is a directory; give a file name like report.html")
-    # The period's defaults (until now, since 30 days before) and --team are the backend's.
-    answer = backend().report(t0, t1, team)
+    # The period's defaults (the current allowance period; until now; a span before until)
+    # and --team are the backend's: through a server, its clock decides.
+    answer = backend().report(t0, t1, team, last)
     data = {k: v for k, v in answer.items() if k != "daemon"}
 
     written: list[Path] = []
@@ -78,8 +92,3 @@ def report(
     for path in written:
         print(f"wrote {path}")
 
-
-def _utc(t: int) -> str:
-    from cellsched.cli.render import iso
-
-    return iso(t) or ""

@@ -120,12 +120,13 @@ class Local:
 
         return ops.budget(self.env(), caller(), name, _now())
 
-    def report(self, since: int | None, until: int | None, team: str | None) -> dict[str, Any]:
+    def report(self, since: int | None, until: int | None, team: str | None,
+               last: int | None = None) -> dict[str, Any]:
         from cellsched import ops
 
         now = _now()
         e = self.env()
-        return ops.report(e, caller(), since, until, team, now)
+        return ops.report(e, caller(), since, until, team, now, last=last)
 
     def audit(self) -> dict[str, Any]:
         from cellsched import ops
@@ -193,8 +194,10 @@ class Served:
     def budget(self, name: str) -> dict[str, Any]:
         return self.remote.call("GET", "/api/budget", params={"name": name})  # type: ignore[no-any-return]
 
-    def report(self, since: int | None, until: int | None, team: str | None) -> dict[str, Any]:
-        return self.remote.call("GET", "/api/report", params={"since": since, "until": until, "team": team})  # type: ignore[no-any-return]
+    def report(self, since: int | None, until: int | None, team: str | None,
+               last: int | None = None) -> dict[str, Any]:
+        return self.remote.call("GET", "/api/report", params={  # type: ignore[no-any-return]
+            "since": since, "until": until, "team": team, "last": last})
 
     def audit(self) -> dict[str, Any]:
         return self.remote.call("GET", "/api/audit")  # type: ignore[no-any-return]

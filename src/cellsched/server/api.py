@@ -143,10 +143,12 @@ def budget(request: Request, who: Who, name: ProjectQ) -> JSON:
 def report(request: Request, who: Who,
            since: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,
            until: Annotated[int | None, Query(ge=0, le=MAX_TIME)] = None,
-           team: OptName = None) -> JSON:
-    """Utilisation over ``[since, until)`` (epoch seconds; default the 30 days before now):
-    the data ``report --html`` and ``--png`` are drawn from."""
-    return JSON(ops.report(state_of(request).env, who.user, since, until, team, now_s()))
+           team: OptName = None,
+           last: Annotated[int | None, Query(ge=1, le=MAX_TIME)] = None) -> JSON:
+    """Utilisation over ``[since, until)`` (epoch seconds; default the current allowance
+    period; ``last`` seconds: the span before ``until``, ``--since 7d``): the data
+    ``report --html`` and ``--png`` are drawn from."""
+    return JSON(ops.report(state_of(request).env, who.user, since, until, team, now_s(), last=last))
 
 
 @router.get("/audit", response_class=JSON, summary="cellsched audit")

@@ -44,10 +44,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from cellsched.core.admission import REASONS
-from cellsched.core.allowance import period_bounds
+from cellsched.report.period import current_period
 from cellsched.runtime.clock import now_s
 from cellsched.service import Env
-from cellsched.spec.cluster import ClusterConfig
 
 log = logging.getLogger("cellsched.server.metrics")
 
@@ -83,15 +82,6 @@ GPU_HOUR_FIGURES = (
     ("committed", "committed_gpu_hours", "GPU-hours reserved in the period after now"),
     ("idle_reserved", "idle_reserved_gpu_hours", "GPU-hours held but not used by jobs in the elapsed part of the period"),
 )
-
-
-def current_period(cluster: ClusterConfig, now: int) -> tuple[int, int]:
-    """[since, until) of the allowance period containing ``now``: the teams' period when
-    they share one (month, quarter or year), else the calendar month (UTC). Teams whose
-    allowance never resets (``none``) have no say."""
-    kinds = {t.period for t in cluster.teams if t.period != "none"}
-    kind = kinds.pop() if len(kinds) == 1 else "month"
-    return period_bounds(now, kind)
 
 
 @dataclass(frozen=True)
