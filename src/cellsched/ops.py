@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from cellsched.service import Env
     from cellsched.spec.code import Snapshot
 
-DEFAULT_REPORT_DAYS = 30
 LOG_CHUNK = 1 << 20  # bytes of a log one read returns at most
 _HEX64 = r"^[0-9a-f]{64}$"
 
@@ -282,13 +281,29 @@ def budget(env: Env, caller: str, name: str, now: int) -> dict[str, Any]:
     return data
 
 
-def report(env: Env, caller: str, since: int | None, until: int | None, team: str | None, now: int) -> dict[str, Any]:
-    """``report``: utilisation over ``[since, until)`` (default: the 30 days before now),
-    the data ``report --html``/``--png`` render, and the daemon's state."""
-    from cellsched.report import compute, snapshot
+def report(env: Env, caller: str, since: int | None, until: int | None, team: str | None, now: int,
+           last: int | None = None) -> dict[str, Any]:
+    """``report``: utilisation over ``[since, until)``, the data ``report --html``/``--png``
+    render, and the daemon's state.
 
-    t1 = until if until is not None else now
-    t0 = since if since is not None else t1 - DEFAULT_REPORT_DAYS * 86400
+    With neither bound (nor ``last``), the allowance period containing ``now``
+    (:func:`cellsched.report.period.current_period`), so windows granted for the rest of it
+    count. ``until`` defaults to now when a start is given; ``last`` (seconds, ``--since
+    7d``) puts the start that long before ``until``; ``until`` alone starts at its own
+    allowance period's start."""
+    from cellsched.report import compute, snapshot
+    from cellsched.report.period import current_period
+
+    if since is None and until is None and last is None:
+        t0, t1 = current_period(env.cluster, now)
+    else:
+        t1 = until if until is not None else now
+        if since is not None:
+            t0 = since
+        elif last is not None:
+            t0 = t1 - last
+        else:
+            t0 = current_period(env.cluster, t1 - 1)[0]
     if t1 <= t0:
         raise BadInput(f"--since must be before --until (got {compute.utc(t0)} → {compute.utc(t1)})")
     if team is not None and env.cluster.team(team) is None:
