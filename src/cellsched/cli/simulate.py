@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched.cli.errors import handled
+from cellsched.cli.state import G
+from cellsched.fmt import emit_json, plural, table
 
 POLICY_HELP = "cellsched, easy, fifo or quota; repeat for several (default: all four)."
 
@@ -16,7 +18,7 @@ POLICY_HELP = "cellsched, easy, fifo or quota; repeat for several (default: all 
 @handled
 def simulate(
     trace: Annotated[Path, typer.Option("--trace", help="CSV: job_id,submit_s,duration_s,gpus,team[,requested_s].")],
-    cluster: Annotated[Path, typer.Option("--cluster", help="Cluster config (pools, optional teams and policy).")],
+    cluster: Annotated[Optional[Path], typer.Option("--cluster", help="Cluster config (pools, optional teams and policy). Default: the global --cluster (cellsched --cluster FILE simulate ...), CELLSCHED_CLUSTER or cluster.toml.")] = None,
     policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help=POLICY_HELP)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="Replace the pools with one pool of N GPUs.")] = None,
     estimate_factor: Annotated[float, typer.Option("--estimate-factor", help="Requested run time = true duration x this (when the trace has no requested_s).")] = 1.5,
@@ -26,6 +28,10 @@ def simulate(
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
 ) -> None:
     """Replay a job trace on a virtual clock through cellsched's admission core and baselines.
+
+    Prints one row per policy, then the refusals by reason. Trace teams the cluster file does
+    not name are refused every job (unknown_team): said on stderr and in the output. A
+    cluster file with no teams gives every trace team its own demand as allowance.
 
     **Example**: cellsched simulate --trace jobs.csv --cluster examples/sim-cluster.toml --policy cellsched --policy easy
     """
@@ -42,7 +48,8 @@ def simulate(
             raise BadInput(f"--policy: unknown policy {p!r} (choose from {', '.join(POLICIES)})")
     if pull_forward not in (None, "start_now", "compact"):
         raise BadInput(f"--pull-forward: must be start_now or compact, got {pull_forward!r}")
-    config = load_cluster(cluster)
+    cluster_path = cluster if cluster is not None else G.cluster
+    config = load_cluster(cluster_path)
     if pull_forward is not None:
         config = config.model_copy(update={"policy": config.policy.model_copy(update={"pull_forward": pull_forward})})
     tr = load_trace(trace, estimate_factor)
@@ -50,6 +57,9 @@ def simulate(
     err = sys.stderr
     if tr.bad_rows or not json_out:
         print(tr.summary_line(), file=err)
+    notes = missing_teams_notes(tr, config, cluster_path)
+    for note in notes:
+        print(f"cellsched: warning: {note}", file=err)
     replays = []
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,23 +77,53 @@ def simulate(
         write_html(html_path, replays, "cellsched simulate",
                    f"{tr.summary_line()} · {setup.gpus:,} GPUs · pull_forward {config.policy.pull_forward}")
     if json_out:
-        from cellsched.cli.render import emit_json
-
         emit_json({
             "trace": tr.summary(),
             "gpus": setup.gpus,
             "estimate_factor": estimate_factor,
             "allowance_scale": allowance_scale,
             "pull_forward": config.policy.pull_forward,
+            "missing_teams": missing_teams(tr, config),
+            "notes": notes,
             "policies": {r.policy: r.metrics for r in replays},
         })
         return
-    from cellsched.cli.render import table
     from cellsched.sim.html import COLUMNS, table_rows
 
     table(f"{setup.gpus:,} GPUs · {len(tr.jobs):,} jobs · pull_forward {config.policy.pull_forward} "
           "(waits in hours, makespan in days)",
           [c for c, _ in COLUMNS], table_rows(replays),
           justify=lambda c: "left" if c == "policy" else "right")
+    reasons = sorted({k for r in replays for k in r.metrics["refused_by_reason"]})  # type: ignore[attr-defined]
+    if reasons:
+        print()
+        table("refusals by reason (jobs)", ["policy", *reasons],
+              [[r.policy, *(f"{r.metrics['refused_by_reason'].get(k, 0):,}" for k in reasons)]  # type: ignore[attr-defined]
+               for r in replays],
+              justify=lambda c: "left" if c == "policy" else "right")
+    for note in notes:
+        print(f"note: {note}")
     if html_path is not None:
         print(f"wrote {html_path}", file=err)
+
+
+def missing_teams(tr, config) -> list[str]:  # type: ignore[no-untyped-def]
+    """Trace teams the cluster file does not name, in the trace's order (none when the file
+    names no teams: then every trace team gets its demand as allowance)."""
+    if not config.teams:
+        return []
+    known = {t.name for t in config.teams}
+    return [t for t in tr.teams() if t not in known]
+
+
+def missing_teams_notes(tr, config, path: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    """The one line saying which trace teams are not in the cluster file, and what it costs."""
+    missing = missing_teams(tr, config)
+    if not missing:
+        return []
+    gone = set(missing)
+    jobs = sum(1 for j in tr.jobs if j.team in gone)
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return [f"{plural(len(missing), 'trace team')} not in {path} ({shown}): cellsched and quota refuse all "
+            f"{plural(jobs, 'job')} of them (unknown_team); add the teams to the file, or remove every team "
+            "from it to give each trace team its demand as allowance"]
