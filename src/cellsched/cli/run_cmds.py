@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched.cli.errors import handled
-from cellsched.cli.render import emit_json
 from cellsched.cli.state import G, JsonFlag, backend, caller, env
+from cellsched.fmt import emit_json, when
 
 
 @handled
@@ -73,16 +73,14 @@ def daemon(json_out: JsonFlag = False) -> None:
 
 def daemon_text(st: dict) -> str:  # type: ignore[type-arg]
     """``cellsched daemon`` for people (from its JSON): the state line, then the lease's details."""
-    from cellsched.cli.render import local
-
     lines = [st["message"]]
     if st["alive"]:
-        lines.append(f"  last heartbeat {local(int(st['renewed_at']), True)} ({st['db_now'] - st['renewed_at']:.1f} s ago), "
-                     f"lease expires {local(int(st['expires_at']), True)} (in {st['expires_at'] - st['db_now']:.1f} s)")
+        lines.append(f"  last heartbeat {when(st['renewed_at'], True)} ({st['db_now'] - st['renewed_at']:.1f} s ago), "
+                     f"lease expires {when(st['expires_at'], True)} (in {st['expires_at'] - st['db_now']:.1f} s)")
     elif st["epoch"] is not None:
         how = "released" if st["released"] else "expired"
         lines.append(f"  last daemon: pid {st['pid']} on {st['host']} (epoch {st['epoch']}), lease {how} "
-                     f"{local(int(st['expires_at']), True)}")
+                     f"{when(st['expires_at'], True)}")
     if st["declared_gpus"] is not None:
         short = f", {st['gpu_shortfall']} short" if st["gpu_shortfall"] else ""
         lines.append(f"  Ray GPUs {'?' if st['ray_gpus'] is None else st['ray_gpus']} of {st['declared_gpus']} declared{short}")
@@ -96,6 +94,7 @@ def logs(
     rank: Annotated[Optional[int], typer.Option("--rank", "-r", min=0, help="One rank (default: all; 0 with --follow).")] = None,
     attempt: Annotated[Optional[int], typer.Option("--attempt", "-a", min=1, help="One attempt (default: the newest).")] = None,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing as the log grows, until the grant ends.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON: the grant, its attempts, and each log shown with its path, size and text.")] = False,
 ) -> None:
     """A project's job output, per rank, as the daemon's workers wrote it.
 
@@ -106,7 +105,12 @@ def logs(
 
     if follow_ and job is None:
         raise BadInput("--follow needs a JOB")
+    if follow_ and json_out:
+        raise BadInput("--follow and --json: choose one (--json prints the logs as they are now)")
     source = backend().logs()
+    if json_out:
+        emit_json(logs_json(source, project, job, rank, attempt))
+        return
     if follow_:
         assert job is not None
         L.follow(source, project, job, rank or 0, attempt)
@@ -114,54 +118,69 @@ def logs(
     L.show(source, project, job, rank, attempt)
 
 
+def logs_json(source, project: str, job: str | None, rank: int | None, attempt: int | None) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    """``logs --json`` from a log source (the local ledger's or the server's): the listing
+    (grant, attempts) and, for each log ``logs`` would print, its text as it is now (UTF-8,
+    undecodable bytes replaced), its size in bytes and whether it exists yet."""
+    from cellsched.runtime import logs as L
+
+    lst = source.listing(project, job, rank, attempt)
+    out = {k: lst[k] for k in ("project", "grant_state", "grant_live", "log_dir", "attempts")}
+    out["logs"] = []
+    for f in lst["files"]:
+        data = L._read_all(source, project, f["job"], f["attempt"], f["rank"])
+        out["logs"].append({**f, "exists": data is not None, "bytes": 0 if data is None else len(data),
+                            "text": None if data is None else data.decode(errors="replace")})
+    return out
+
+
 @handled
 def demo(
     projects: Annotated[Optional[Path], typer.Option("--projects", help="Directory of specs (default: the repository's projects/).")] = None,
     workdir: Annotated[Optional[Path], typer.Option("--workdir", help="Where to put the cluster config, ledger and logs (default: a new temp dir).")] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=5, help="Give up after this many seconds.")] = 110.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the completion reports as JSON.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the completion reports as JSON (the story goes to stderr).")] = False,
 ) -> None:
     """Fresh machine, one command: a local Ray with 8 logical GPUs, a temporary cluster and
-    ledger, the example projects submitted, run, released early, reported. Exit 0 only if
-    every project completed with every job succeeded.
+    ledger, the example projects submitted (and one spec refused, with what would be granted
+    instead), run, released early with their refunds, and reported. Exit 0 only if every
+    example completed with every job succeeded.
 
     **Example**: cellsched demo
     """
+    import logging
     import sys
 
-    from cellsched.cli.render import emit_json, hours, table
+    from cellsched.cli.read_cmds import print_status_table
     from cellsched.runtime.daemon import setup_logging
     from cellsched.runtime.demo import run_demo
+    from cellsched.runtime.report import print_report
 
     setup_logging(False)
-    import logging
-
     logging.getLogger("cellsched").setLevel(logging.WARNING)  # the demo narrates itself
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr if json_out else sys.stdout, flush=True)
 
-    ok, work, reports = run_demo(projects, caller(), say, timeout_s=timeout, workdir=workdir)
+    result = run_demo(projects, caller(), say, timeout_s=timeout, workdir=workdir)
+    work = result.work
     if json_out:
-        emit_json(reports)
+        emit_json(result.reports)
     else:
         print()
-        table("status", ["project", "state", "gpus", "granted", "held", "used GPU-h", "refunded GPU-h", "jobs ok"],
-              [[r["project"], r["state"], r["grant"]["width"], _dur(r["window"]["granted_s"]),
-                _dur(r["window"]["held_s"]), f"{r['gpu_hours']['used']:.4f}", hours(r["gpu_hours"]["refunded"]),
-                f"{sum(j['state'] == 'succeeded' for j in r['jobs'])}/{len(r['jobs'])}"] for r in reports])
-        for r in reports:
-            md = r.get("markdown", "")
+        print("3. Completion reports (also written as report.md and report.json beside each project's logs)")
+        for r in result.reports:
             print()
-            print(md.split("## Receipt")[0].rstrip())
+            print_report(r)
+        print()
+        print("4. Status: what `cellsched status` shows now")
+        print()
+        print_status_table(result.status)
         print()
         print(f"reports, receipts and logs: {work}/logs/<project>/ ; ledger: {work}/cellsched.db")
-        print(f"look around: cellsched --cluster {work}/cluster.toml status <project>")
+        print(f"look around: cellsched --cluster {work}/cluster.toml status <project>   "
+              f"(or logs, budget, report, audit)")
     G.cluster = work / "cluster.toml"
-    if not ok:
-        print("demo: not every project completed successfully", file=sys.stderr)
+    if not result.ok:
+        print("demo: not every example project completed successfully", file=sys.stderr)
         raise typer.Exit(1)
-
-
-def _dur(s: int) -> str:
-    return f"{s} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
