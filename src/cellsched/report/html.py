@@ -17,7 +17,10 @@ Reusable API (the utilisation report and ``cellsched simulate --html`` both buil
   :func:`escape` and ``Chart.html()`` from :mod:`cellsched.report.charts`.
 - A :class:`Stat` with a ``key`` carries ``data-key``/``data-value`` attributes holding the
   exact machine value, so tests (and scrapers) can compare the page with the JSON.
-- The layout is a single column up to 1100 px wide; wide tables scroll sideways.
+- The layout is a single column up to 1320 px wide, so a laptop screen (1366 px) shows
+  every table whole: headers, times and the first column's long names wrap, figures never
+  do; a table wider still
+  scrolls sideways inside its own box, never the page.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
        color: var(--ink); background: var(--bg); }
-main { max-width: 1100px; margin: 0 auto; padding: 20px 20px 60px; }
+main { max-width: 1320px; margin: 0 auto; padding: 20px 16px 60px; }
 h1 { font-size: 22px; margin: 8px 0 2px; }
 h2 { font-size: 17px; margin: 14px 0 10px; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
@@ -45,11 +48,12 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 8px; p
 .stat .label { color: var(--muted); font-size: 12px; }
 .stat .v { font-size: 19px; font-weight: 600; font-variant-numeric: tabular-nums; }
 .stat .unit { color: var(--muted); font-size: 12px; margin-left: 3px; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; margin: 6px 0 10px; }
-th, td { padding: 4px 8px; border-bottom: 1px solid var(--line); text-align: left; }
-td.num, th.num, th { white-space: nowrap; }
-th { font-weight: 600; background: #f1f3f6; position: sticky; top: 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; margin: 6px 0 10px; font-size: 13px; }
+th, td { padding: 4px 6px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
+td:first-child { overflow-wrap: anywhere; min-width: 10em; }
+td.num { white-space: nowrap; }
+th { font-weight: 600; background: #f1f3f6; position: sticky; top: 0; vertical-align: bottom; }
 td.num, th.num { text-align: right; }
 figure.chart { margin: 10px 0; }
 figure.chart svg { width: 100%; height: auto; display: block; }
