@@ -132,12 +132,17 @@ def test_every_command_prints_the_same_through_the_server(served: Served, cluste
         ("alice", ("report", "--json", "--team", "evals")),
         ("alice", ("report", "--team", "nobody")),
         ("alice", ("report", "--since", "2026-12-05", "--until", "2026-11-25")),
+        ("alice", ("report", "--json")),  # the current allowance period, by the server's clock
+        ("alice", ("report", "--json", "--since", "7d")),
+        ("alice", ("report", "--period", "2026-11")),
+        ("alice", ("report", "--period", "2026-13")),
         ("alice", ("audit",)),
         ("alice", ("audit", "--json")),
         ("alice", ("daemon",)),
         ("alice", ("daemon", "--json")),
         ("alice", ("logs", "probe")),
         ("alice", ("logs", "probe", "train")),
+        ("alice", ("logs", "--json", "probe")),
     ]
     for user, args in steps:
         if user == "edit":

@@ -14,7 +14,6 @@ window released early with its refund; the CLI then prints the completion report
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any, Callable
 from sqlmodel import col, select
 
 from cellsched.errors import BadInput
-from cellsched.fmt import duration, gpu_h, plural, span
+from cellsched.fmt import duration, gpu_h, iso, plural, span
 from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow
 
 GPUS = 8
@@ -125,7 +124,8 @@ class DemoResult:
 def write_urgent(work: Path, team: str, owner: str, now: int) -> Path:
     """The spec the demo expects to be refused, with a deadline ``URGENT_DEADLINE_S`` from now."""
     path = work / "urgent-rerun.toml"
-    deadline = dt.datetime.fromtimestamp(now + URGENT_DEADLINE_S, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:00Z")
+    due = now + URGENT_DEADLINE_S
+    deadline = iso(due - due % 60)
     path.write_text(URGENT.format(name="urgent-rerun", team=team, owner=owner, gpus=GPUS,
                                   gpu_hours=GPUS * URGENT_HOURS, deadline=deadline))
     return path
