@@ -29,6 +29,14 @@ def test_node_rule_helpers():
     assert admissible_widths_near(16, 8, 3) == [16]
 
 
+def test_admissible_widths_are_the_widths_the_node_rule_admits():
+    for gpus, per in [(44, 8), (48, 8), (16, 16), (20, 8), (8, 8), (5, 1), (14, 4), (100, 200), (9, 4)]:
+        cal = NodeCalendar(gpus, per)
+        for lo in range(0, 40):
+            for hi in range(lo, 50):
+                assert cal.admissible_widths(lo, hi) == [w for w in range(max(lo, 1), hi) if cal.admits(w)]
+
+
 def test_wide_grants_take_whole_nodes_and_a_fragmented_pool_is_not_enough():
     cal = NodeCalendar(32, 8)  # four nodes of 8
     for n in range(4):  # 4 GPUs busy on every node: 16 free in all, no whole node

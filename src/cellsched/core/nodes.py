@@ -59,9 +59,10 @@ HK = NK * HOUR  # key // HK is the crossing's hour
 LOW = NK - 1  # key & LOW is the crossing's node
 CHUNK = 128  # hours per cached chunk of candidate counts
 LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
-# The window lengths (in whole hours after the start hour) whose counts judge chunks first:
-# COARSE[L] is the largest of 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64 not above L.
-COARSE = [0] + [max(x for x in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if x <= n) for n in range(1, 65)]
+# The window lengths (in whole hours after the start hour) whose counts judge chunks:
+# COARSE[L] is the largest of 0-16, then every second to 32, every fourth to 64, not above L.
+_COARSE = (*range(17), *range(18, 33, 2), *range(36, 65, 4))
+COARSE = [max(x for x in _COARSE if x <= n) for n in range(65)]
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -430,6 +431,14 @@ class _Hours:
         ``inner`` hours after it: free at some instant of hour i, throughout those."""
         nh = len(self.m0)
         m = self.poss[i]
+        if 0 < inner <= LEVEL_REACH and i + inner < nh:
+            q = self.q0 + i  # from the chunk's shared ANDs when they are made
+            levels = self._lvl.get(q // CHUNK)
+            span = 1 << (inner.bit_length() - 1)
+            j = span.bit_length() - 1
+            if levels is not None and len(levels) > j:
+                x = q - q // CHUNK * CHUNK
+                return m & levels[j][x] & levels[j][x + inner - span]
         if inner > 0:
             stop = i + inner + 1
             if stop > nh:
@@ -444,13 +453,12 @@ class _Hours:
         hours after its start hour may have ``k`` candidates (len(m0): none before the tail)."""
         nh = len(self.m0)
         enough = k.__le__
-        inner = max(inner, 0)
-        # A chunk is first judged by the counts for a few fixed window lengths (<= inner:
-        # a weaker bound, but there are few of them, so they are soon all made); only a
-        # chunk that passes makes the counts for ``inner`` itself.
-        rough = COARSE[min(inner, len(COARSE) - 1)]
-        if inner > self._maxin:
-            self._maxin = inner
+        # Counts for the nearest of a few fixed window lengths not above ``inner`` (a bound
+        # a little weaker, but there are few of them, so the chunks are soon all made; the
+        # caller checks the hour's own candidates).
+        rough = COARSE[min(max(inner, 0), len(COARSE) - 1)]
+        if rough > self._maxin:
+            self._maxin = rough
         cache = self._ubc
         q0 = self.q0
         assert q0 is not None
@@ -463,10 +471,6 @@ class _Hours:
             entry = chunk.get(rough)
             if entry is None:
                 entry = chunk[rough] = self._chunk(rough, c)
-            if entry[0] >= k and rough != inner:
-                entry = chunk.get(inner)
-                if entry is None:
-                    entry = chunk[inner] = self._chunk(inner, c)
             if entry[0] >= k:
                 base = c * CHUNK
                 off, stop = q - base, min(CHUNK, end - base)
@@ -497,21 +501,14 @@ class _Hours:
         if inner == 0:
             counts = list(map(int.bit_count, self._span(self.poss, a, a + CHUNK)))
             return max(counts), counts
-        if inner <= LEVEL_REACH:
-            span = 1 << (inner.bit_length() - 1)
-            levels = self._lvl.get(c)
-            if levels is None:
-                levels = self._lvl[c] = [self._span(self.sure, a + 1, a + 1 + CHUNK + LEVEL_REACH)]
-            while len(levels) <= span.bit_length() - 1:
-                w, half = levels[-1], 1 << (len(levels) - 1)
-                levels.append(list(map(and_, w, w[half:])))
-            w = levels[span.bit_length() - 1]
-        else:
-            w = self._span(self.sure, a + 1, a + CHUNK + inner)
-            span = 1
-            while span * 2 <= inner:
-                w = list(map(and_, w, w[span:]))
-                span *= 2
+        span = 1 << (inner.bit_length() - 1)  # (inner <= LEVEL_REACH)
+        levels = self._lvl.get(c)
+        if levels is None:
+            levels = self._lvl[c] = [self._span(self.sure, a + 1, a + 1 + CHUNK + LEVEL_REACH)]
+        while len(levels) <= span.bit_length() - 1:
+            w, half = levels[-1], 1 << (len(levels) - 1)
+            levels.append(list(map(and_, w, w[half:])))
+        w = levels[span.bit_length() - 1]
         if span < inner:
             w = map(and_, w, w[inner - span :])
         counts = list(map(int.bit_count, map(and_, self._span(self.poss, a, a + CHUNK), w)))
@@ -855,6 +852,14 @@ class NodeCalendar(CapacityCalendar):
         if idx is None:
             idx = self._idx[v] = _Threshold(v, self.nodes)
         return idx
+
+    def build_index(self) -> None:
+        """Build the search indexes now (every GPU count's hours, the whole-node masks),
+        rather than on the first searches that need them."""
+        if not self._one:
+            for v in range(1, self.per_node + 1):
+                self._hours_of(v)
+            self._whole()
 
     def _hours_of(self, v: int) -> _Hours:
         h = self._hours.get(v)
