@@ -105,7 +105,8 @@ def print_report(r: dict[str, Any]) -> None:
         upcoming.sort(key=lambda x: (x[1]["start"], x[1]["grant"]))
         table("calendar: next grants to start", ["pool", "project", "team", "GPUs", header("start"), header("end")],
               [[pool, g["project"], g["team"], g["gpus"], stamp(g["start"]), stamp(g["end"])]
-               for pool, g in upcoming[:CALENDAR_ROWS]])
+               for pool, g in upcoming[:CALENDAR_ROWS]],
+              justify=lambda c: "right" if c == "GPUs" else "left")
         if len(upcoming) > CALENDAR_ROWS:
             print(f"  … {len(upcoming) - CALENDAR_ROWS} more ahead")
     console()  # keeps rich's import where tables already paid for it
