@@ -10,9 +10,9 @@ wall clock: time is an integer passed in.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field, replace
 
+from cellsched import fmt
 from cellsched.core.allowance import TeamBook, periods_touched_at_most
 from cellsched.core.calendar import CapacityCalendar
 from cellsched.core.nodes import NodeCalendar, admissible_widths_near
@@ -99,11 +99,14 @@ REASONS = (
 
 
 def fmt_time(t: int) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    """A time in a refusal's sentence, as every command writes one (:func:`cellsched.fmt.when`)."""
+    return fmt.when(t)
 
 
 def fmt_gh(gpu_seconds: int) -> str:
-    return f"{gpu_seconds / 3600:,.1f}".removesuffix(".0")
+    """GPU-hours in a refusal's sentence, by the one rule: a figure that is not zero never
+    reads as zero (:func:`cellsched.fmt.gpu_hours`)."""
+    return fmt.gpu_seconds_as_hours(gpu_seconds)
 
 
 @dataclass
