@@ -448,10 +448,11 @@ class _Hours:
                 m = reduce(and_, self.sure[i + 1 : stop], m)
         return m
 
-    def _next_hour(self, i: int, k: int, inner: int) -> int:
-        """The first hour index >= ``i`` at which a window that surely covers the ``inner``
-        hours after its start hour may have ``k`` candidates (len(m0): none before the tail)."""
-        nh = len(self.m0)
+    def _next_hour(self, i: int, k: int, inner: int, last: int) -> int:
+        """The first hour index in [i, last] at which a window that surely covers the
+        ``inner`` hours after its start hour may have ``k`` candidates (last + 1 when none
+        is; len(m0) when none is before the tail)."""
+        nh = min(len(self.m0), last + 1)
         enough = k.__le__
         # Counts for the nearest of a few fixed window lengths not above ``inner`` (a bound
         # a little weaker, but there are few of them, so the chunks are soon all made; the
@@ -545,12 +546,12 @@ class _Hours:
                 continue
             if i >= nh:
                 return t if self.tail.bit_count() >= k else None
-            j = self._next_hour(i, k, inner)
+            j = self._next_hour(i, k, inner, limit // HOUR - q0)
             if j > i:
                 t = (q0 + j) * HOUR
                 continue
             cand = self._candidates(i, inner)
-            if cand.bit_count() >= k:  # (always, unless the tail cuts the window's hours short)
+            if cand.bit_count() >= k:  # (the counts were for a window no longer than this one)
                 uk, ub = self.uk[i], self.ub[i]
                 while True:
                     f = self.fit(t, t + d).bit_count()
