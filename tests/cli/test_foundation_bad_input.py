@@ -148,13 +148,19 @@ def test_validate_rejects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case:
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # validate writes nothing at all
 
 
-def test_validate_stops_at_the_first_bad_file_and_prints_nothing_else(tmp_path: Path) -> None:
-    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+def test_validate_checks_every_file_and_names_each_bad_one(tmp_path: Path) -> None:
+    good, bad, gone = tmp_path / "good.toml", tmp_path / "bad.toml", tmp_path / "gone.toml"
     good.write_text(GOOD)
     bad.write_text(GOOD.replace("gpus = 8\npool", "gpus = 0\npool"))
-    r = CliRunner().invoke(app, ["validate", str(good), str(bad), "--json"])
-    assert (r.exit_code, r.stdout) == (2, "")
+    r = CliRunner().invoke(app, ["validate", str(bad), str(good)])
+    assert r.exit_code == 2 and r.stdout.startswith("ok  ") and str(good) in r.stdout
     assert_one_clean_line(r.stderr, bad, "budget.gpus")
+    r = CliRunner().invoke(app, ["validate", str(good), str(bad), str(gone), "--json"])
+    items = json.loads(r.stdout)
+    assert r.exit_code == 2 and [("error" in i, i["file"]) for i in items] == \
+        [(False, str(good)), (True, str(bad)), (True, str(gone))]
+    assert "budget.gpus" in items[1]["error"] and items[2]["exit_code"] == 2
+    assert r.stderr == ""  # with --json the errors are in the items
 
 
 def ledger_state(url: str) -> tuple[list[tuple], int, int]:  # type: ignore[type-arg]
@@ -228,3 +234,10 @@ def test_a_real_process(tmp_path: Path, cluster_file: Path, case: str) -> None:
         assert p.stdout == ""
         assert_one_clean_line(p.stderr, path, words)
     assert ledger_state(url) == before
+
+
+def test_init_with_an_unusable_ledger_writes_nothing(tmp_path: Path) -> None:
+    cluster = tmp_path / "cluster.toml"
+    r = CliRunner().invoke(app, ["--cluster", str(cluster), "--db", f"sqlite:///{tmp_path}/no/such/dir/l.db", "init"])
+    assert r.exit_code == 2 and r.stderr.startswith("cellsched: --db ") and r.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no cluster.toml, no keys

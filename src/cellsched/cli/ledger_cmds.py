@@ -36,22 +36,26 @@ def init(
         print(f"ok  {path}: {len(cluster.pools)} pools, {sum(p.gpus for p in cluster.pools)} GPUs, "
               f"{len(cluster.teams)} teams")
         return
-    if path.exists() and not force:
+    keep = path.exists() and not force
+    if keep:
+        load_cluster(path)  # a hand-edited file must still be valid
+    elif not path.parent.exists():
+        raise BadInput(f"{path.parent}: no such directory")
+    # The ledger first: a --db that cannot be used is one line with nothing written.
+    url = G.db or default_url(path)
+    Ledger(url).ensure_schema()
+    if keep:
         print(f"kept     {path} (exists; --force to overwrite)")
     else:
-        if not path.parent.exists():
-            raise BadInput(f"{path.parent}: no such directory")
         text = files("cellsched").joinpath("templates/cluster.toml").read_text()
         path.write_text(text.replace("{user}", caller()))
         print(f"wrote    {path}")
-    load_cluster(path)  # a hand-edited file must still be valid
+        load_cluster(path)
     private, public = key_paths(path)
     if create_keys(private, public):
         print(f"wrote    {private} (private signing key, mode 600) and {public}")
     else:
         print(f"kept     {private}")
-    url = G.db or default_url(path)
-    Ledger(url).ensure_schema()
     print(f"ledger   {url.split('@')[-1] if '@' in url else url}")
 
 

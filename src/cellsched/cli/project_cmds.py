@@ -5,6 +5,7 @@ the backend (``cli/state.py``) and prints from the JSON it answers."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -46,19 +47,35 @@ def validate(
     """Check and seal project specs; print each one's id and digest.
 
     A spec with code also gets its code snapshotted: the code's digest, files and size are
-    printed under it. Nothing is written. Exit 2 at the first bad file, with one line naming
-    the file and field.
+    printed under it. Nothing is written. Every file is checked: each bad one is one line on
+    stderr naming the file and field (with --json, an item with its "error"), and the exit
+    code is 2 if any was bad.
 
     **Example**: cellsched validate projects/*.toml
     """
-    out = backend().validate([read_spec(f)[0] for f in files])
+    from cellsched.errors import CellschedError
+
+    out: list[dict[str, Any]] = []
+    worst = 0
+    b = backend()
+    for f in files:
+        try:
+            out.extend(b.validate([read_spec(f)[0]]))
+        except CellschedError as e:
+            worst = max(worst, e.exit_code)
+            out.append({"file": str(f), "error": e.message, "exit_code": e.exit_code})
     if json_out:
         emit_json(out)
-        return
-    for item in out:
-        print(f"ok  {item['id']}  {item['file']}  sha256:{item['digest']}")
-        if "code" in item:
-            print("    " + _code_line(item["code"]))
+    else:
+        for item in out:
+            if "error" in item:
+                print(f"cellsched: {item['error']}", file=sys.stderr, flush=True)
+                continue
+            print(f"ok  {item['id']}  {item['file']}  sha256:{item['digest']}", flush=True)
+            if "code" in item:
+                print("    " + _code_line(item["code"]), flush=True)
+    if worst:
+        raise typer.Exit(worst)
 
 
 def _code_line(code: dict) -> str:  # type: ignore[type-arg]
