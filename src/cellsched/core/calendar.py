@@ -2,17 +2,23 @@
 
 Breakpoints live in two parallel Python lists (times, free-from-that-time), so lookups are
 ``bisect`` and scans touch only the segments a window crosses. Equal neighbours are merged
-on every change, so the list stays as short as the schedule is busy.
+on every change, so the list stays as short as the schedule is busy. A long calendar (a
+pool with a year of grants) also keeps the least and the most free of every BLOCK
+breakpoints, made when a long scan first needs them and dropped by any change, so a
+search over months reads a block at a time.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import compress, islice
 
 FAR_PAST = -(1 << 62)
 FAR_FUTURE = 1 << 62
+BLOCK = 64  # breakpoints per block of the long-scan summaries
+LONG = 4 * BLOCK  # spans shorter than this are scanned directly
+BLOCKED_FROM = 4096  # calendars shorter than this never make the summaries
 
 
 def _tail(xs: list[int], k: int) -> Iterator[int]:
@@ -25,7 +31,7 @@ def _tail(xs: list[int], k: int) -> Iterator[int]:
 class CapacityCalendar:
     """Free GPUs over time for a pool of ``capacity`` GPUs; time is integer seconds."""
 
-    __slots__ = ("capacity", "_t", "_f")
+    __slots__ = ("capacity", "_blk", "_t", "_f")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -33,6 +39,7 @@ class CapacityCalendar:
         self.capacity = capacity
         self._t: list[int] = [FAR_PAST]
         self._f: list[int] = [capacity]
+        self._blk: tuple[list[int], list[int]] | None = None  # (mins, maxes) per BLOCK
 
     def __len__(self) -> int:
         return len(self._t)
@@ -51,7 +58,7 @@ class CapacityCalendar:
         t = self._t
         i = bisect_right(t, start) - 1
         j = bisect_left(t, end, i + 1)
-        return min(self._f[i:j]) if j - i > 1 else self._f[i]
+        return self._min(i, j) if j - i > 1 else self._f[i]
 
     def reserve(self, start: int, end: int, width: int) -> None:
         """Take ``width`` GPUs over [start, end); refuses (ValueError) to over-commit."""
@@ -81,22 +88,21 @@ class CapacityCalendar:
         n = len(t)
         i = bisect_right(t, start) - 1
         cand = start
-        # Scans run in C (map/compress over the lists): skip segments with too few GPUs,
-        # then check a whole window with one min(); only a too-short run costs another round.
-        enough = width.__le__
-        short = width.__gt__
+        # Scans run in C (map/compress over the lists, a block at a time on long calendars):
+        # skip segments with too few GPUs, then check a whole window with one min(); only a
+        # too-short run costs another round.
         while True:
             if f[i] < width:
-                i = next(compress(range(i + 1, n), map(enough, _tail(f, i + 1))), n)
+                i = self._first(width.__le__, 1, i + 1, n)
                 if i >= n:  # cannot happen: the last segment is the idle tail of the pool
                     return None
                 cand = t[i]
             if cand > limit:
                 return None
             j = bisect_left(t, cand + duration, i + 1)
-            if j - i == 1 or min(f[i + 1 : j]) >= width:
+            if j - i == 1 or self._min(i + 1, j) >= width:
                 return cand
-            i = next(compress(range(i + 1, j), map(short, islice(_tail(f, i + 1), j - i - 1))))
+            i = self._first(width.__gt__, 0, i + 1, j)
 
     def free_until(self, width: int, t: int) -> int:
         """The end of the span from ``t`` on with at least ``width`` GPUs free throughout:
@@ -158,11 +164,56 @@ class CapacityCalendar:
         if i > 0:
             del self._t[1 : i + 1]
             del self._f[: i]
+            self._blk = None
 
     # -- internals ---------------------------------------------------------------------
 
+    def _blocks(self) -> tuple[list[int], list[int]]:
+        """The least and the most free of each BLOCK breakpoints."""
+        blk = self._blk
+        if blk is None:
+            f = self._f
+            starts = range(0, len(f), BLOCK)
+            blk = self._blk = ([min(f[a : a + BLOCK]) for a in starts], [max(f[a : a + BLOCK]) for a in starts])
+        return blk
+
+    def _min(self, lo: int, hi: int) -> int:
+        """min(f[lo:hi]) (hi > lo), a block at a time over a long span of a long calendar."""
+        f = self._f
+        if hi - lo < LONG or len(f) < BLOCKED_FROM:
+            return min(f[lo:hi])
+        a, b = -(-lo // BLOCK), hi // BLOCK  # the whole blocks inside [lo, hi): a .. b - 1
+        return min(min(f[lo : a * BLOCK], default=FAR_FUTURE), min(self._blocks()[0][a:b]),
+                   min(f[b * BLOCK : hi], default=FAR_FUTURE))
+
+    def _first(self, test: Callable[[int], bool], side: int, lo: int, hi: int) -> int:
+        """The first index in [lo, hi) whose free GPUs pass ``test`` (hi when none): ``side``
+        1 when ``test`` asks for at least some GPUs (blocks judged by their most), 0 when
+        for fewer (by their least)."""
+        f = self._f
+        if hi - lo < LONG or len(f) < BLOCKED_FROM:
+            return next(compress(range(lo, hi), map(test, islice(_tail(f, lo), hi - lo))), hi)
+        a = -(-lo // BLOCK)
+        x = next(compress(range(lo, a * BLOCK), map(test, islice(_tail(f, lo), a * BLOCK - lo))), None)
+        if x is not None:
+            return x
+        summary = self._blocks()[side]
+        stop = hi // BLOCK
+        while a < stop:
+            b = next(compress(range(a, stop), map(test, islice(_tail(summary, a), stop - a))), None)
+            if b is None:
+                break
+            base = b * BLOCK
+            x = next(compress(range(base, base + BLOCK), map(test, islice(_tail(f, base), BLOCK))), None)
+            if x is not None:
+                return x
+            a = b + 1  # (cannot happen: the block's summary passed)
+        base = max(stop * BLOCK, lo)
+        return next(compress(range(base, hi), map(test, islice(_tail(f, base), hi - base))), hi)
+
     def _split(self, at: int) -> int:
         """Index of the breakpoint at ``at``, inserting one if needed."""
+        self._blk = None
         t = self._t
         i = bisect_right(t, at) - 1
         if t[i] != at:
@@ -172,6 +223,7 @@ class CapacityCalendar:
         return i
 
     def _add(self, start: int, end: int, delta: int) -> None:
+        self._blk = None
         i = self._split(start)
         j = self._split(end)
         f = self._f
