@@ -158,7 +158,7 @@ def test_cellsched_audit_names_the_row(env: Env, cluster_file: Path, ledger_url:
     assert g is not None
     runner = CliRunner()
     ok = runner.invoke(app, ["--cluster", str(cluster_file), "--db", ledger_url, "audit"])
-    assert ok.exit_code == 0 and ok.stdout.startswith("ok  1 events"), ok.output
+    assert ok.exit_code == 0 and ok.stdout.startswith("ok  1 event,"), ok.output
     sql(env, "UPDATE cs_grant SET refunded_gs = 3600 WHERE id = :k", k=g.id)
     bad = runner.invoke(app, ["--cluster", str(cluster_file), "--db", ledger_url, "audit"])
     assert bad.exit_code == 1
