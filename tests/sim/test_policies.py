@@ -47,14 +47,17 @@ def test_cellsched_compresses_when_a_job_ends_early_and_keeps_promises():
     assert m["promise_kept"] == 1.0 and m["guarantee_breaches"] == 0
 
 
-@pytest.mark.parametrize("rule, expected", [("compact", [0, 2, 2, 8]), ("start_now", [0, 9, 9, 2])])
-def test_cellsched_pull_forward_order(rule, expected):
+@pytest.mark.parametrize("rule, reserve, expected", [
+    ("compact", 0, [0, 2, 2, 8]), ("start_now", 0, [0, 9, 9, 2]), ("start_now", 1, [0, 2, 2, 8])])
+def test_cellsched_pull_forward_order(rule, reserve, expected):
     # 2 GPUs. A (2 GPUs) asks 10, runs 2. B (1 GPU, 6) and C (1 GPU, 6) are promised 10;
     # D (2 GPUs, 7) is promised 16. When A ends at 2: compact takes them in start order, so
-    # B and C slide to 2, then D to 8; start_now starts the longest that fits now first:
-    # D (7 s) at 2, then B and C when it ends at 9.
+    # B and C slide to 2, then D to 8; start_now without a reservation starts the longest
+    # that fits now first: D (7 s) at 2, then B and C when it ends at 9. With the oldest
+    # holding its place (the default), B, the oldest, moves to 2 and starts; then C, the
+    # oldest left, does too; D goes to 8.
     tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 7, 2))
-    e = run("cellsched", setup(tr, 2), rule=rule)
+    e = run("cellsched", setup(tr, 2), rule=rule, reserve=reserve)
     assert e.promised == [0, 10, 10, 16]
     assert starts(e) == expected
 
@@ -76,16 +79,21 @@ def test_cellsched_jump_into_a_hole():
         # A's early end at 2 frees a GPU, but E holds the other until 6: compact moves B
         # to 6 at once, so N (submitted at 3, 5 s) finds only a 4 s gap and goes after B.
         ("compact", [0, 0, 6, 16]),
-        # start_now leaves B's window at 10, so N starts at 3 in the free GPU; B starts when
-        # its whole window fits now, at 8 when N ends: still before its promise.
+        # start_now without a reservation leaves B's window at 10, so N starts at 3 in the
+        # free GPU; B starts when its whole window fits now, at 8 when N ends: still before
+        # its promise.
         ("start_now", [0, 0, 8, 3]),
+        # start_now with the oldest waiting grant holding its place (the default): B is the
+        # oldest, moves to 6 at once as compact would, and N goes after it.
+        ("start_now+reserve", [0, 0, 6, 16]),
     ],
 )
 def test_pull_forward_rules_differ_on_a_newcomer(rule, expected):
     # 2 GPUs: A (1 GPU, asks 10, runs 2), E (1 GPU, 6 s), B (2 GPUs, 10 s, promised 10),
     # then N (1 GPU, 5 s) at 3.
     tr = trace((0, 2, 1, 10), (0, 6, 1, 6), (0, 10, 2, 10), (3, 5, 1, 5))
-    e = run("cellsched", setup(tr, 2), rule=rule)
+    reserve = 1 if rule.endswith("+reserve") else 0
+    e = run("cellsched", setup(tr, 2), rule=rule.removesuffix("+reserve"), reserve=reserve)
     assert e.promised[:3] == [0, 0, 10]
     assert starts(e) == expected
 

@@ -171,6 +171,15 @@ class Schedule:
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
+        cal = self.pools[grant.pool][1]
+        # A window overlapping its own covers the instant before its start, where the grant
+        # holds nothing: with no nodes for it free there it can only jump into a window
+        # ending by its start, which needs no release to find (giving the window back and
+        # taking it again, on nodes, costs far more than looking).
+        if cal.reach(grant.width, grant.start - 1) < grant.start and (
+                grant.start - now < length
+                or self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.start) is None):
+            return grant
         own = replace(grant, nodes=self.release(grant, grant.start).nodes)
         t = self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.end)
         book = self.teams[grant.team].book
@@ -507,22 +516,49 @@ class Schedule:
         )
 
 
-def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int) -> list[tuple[int, Grant, Grant]]:
-    """The ``start_now`` pull-forward rule over waiting grants keyed by a tie-breaker
-    (submission order): repeatedly start the longest grant (length of its window; ties by
-    earlier start, then key) whose whole window fits now, until none does. Longest first
-    because a long window needs a long run of free GPUs, which is rare; short ones fit the
-    gaps later. Returns (key, old, new) for each start, in order. The simulator finds the
-    same grants by index."""
-    left = sorted(((k, g) for k, g in waiting if g.start > now),
-                  key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
+RESERVE_OLDEST = 1
+"""How many of the oldest waiting grants ``start_waiting_now`` moves to their earliest
+window before it starts others (docs/admission.md, "The oldest grant holds its place")."""
+
+
+def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int,
+                      reserve: int = RESERVE_OLDEST) -> list[tuple[int, Grant, Grant]]:
+    """The ``start_now`` pull-forward rule over waiting grants keyed by submission order
+    (the key is the tie-breaker and says which grant is oldest).
+
+    1. The oldest waiting grant is moved as early as the calendar allows
+       (``Schedule.move_earlier``): now, or an earlier window in the future, which holds its
+       place against everything started after it; if it starts now, the next oldest, until
+       ``reserve`` grants are left waiting (or none is). As EASY reserves for its head, but
+       on a promise: the window only ever moves earlier.
+    2. Repeatedly the longest other grant (length of its window; ties by earlier start,
+       then key) whose whole window fits now starts now, until none does. Longest first
+       because a long window needs a long run of free GPUs, which is rare; short ones fit
+       the gaps later.
+
+    Without step 1 the widest grants start at their promise while narrower work fills
+    every gap (the tail of the waits). Returns (key, old, new) for each move, in order. The
+    simulator finds the same grants by index."""
+    left = sorted(((k, g) for k, g in waiting if g.start > now), key=lambda kg: kg[0])
     out = []
+    held = 0
+    rest: list[tuple[int, Grant]] = []
+    for i, (k, g) in enumerate(left):
+        if held >= reserve:
+            rest.extend(left[i:])
+            break
+        ng = schedule.move_earlier(g, now)
+        if ng.start < g.start:
+            out.append((k, g, ng))
+        if ng.start > now:
+            held += 1  # at its earliest window: it cannot start now (step 2 leaves it)
+    rest.sort(key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
     while True:
-        for i, (k, g) in enumerate(left):
+        for i, (k, g) in enumerate(rest):
             ng = schedule.start_now(g, now)
             if ng.start == now:
                 out.append((k, g, ng))
-                del left[i]
+                del rest[i]
                 break
         else:
             return out

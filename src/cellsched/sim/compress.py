@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator
+from heapq import heappop, heappush
 from itertools import islice
 
-from cellsched.core.admission import Grant, Schedule
+from cellsched.core.admission import RESERVE_OLDEST, Grant, Schedule
 
 INF = 1 << 62
 
@@ -73,7 +74,7 @@ class _Lane:
 class Waiting:
     """The waiting grants, and the passes that pull them forward when capacity is freed."""
 
-    def __init__(self, schedule: Schedule, rule: str = "start_now") -> None:
+    def __init__(self, schedule: Schedule, rule: str = "start_now", reserve: int = RESERVE_OLDEST) -> None:
         if rule not in ("start_now", "compact"):
             raise ValueError(f"unknown pull_forward rule {rule!r}")
         self.schedule = schedule
@@ -87,9 +88,15 @@ class Waiting:
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self.freed_since = False  # capacity came back since the last pass
+        self.reserve = reserve if rule == "start_now" else 0
+        self._oldest: list[int] = []  # heap of seqs, lazily cleaned (seq order = submission order)
+        self._in_heap: set[int] = set()
 
     def add(self, seq: int, g: Grant) -> None:
         self.grants[seq] = g
+        if seq not in self._in_heap:
+            self._in_heap.add(seq)
+            heappush(self._oldest, seq)
         self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
 
     def remove(self, seq: int, g: Grant) -> None:
@@ -123,6 +130,8 @@ class Waiting:
         start (which can free team capacity or allowance it needs), as the plain rule, which
         tries every grant again after each start, would find it."""
         schedule = self.schedule
+        if self.reserve:
+            yield from self._reserve_oldest(now)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
         held: list[tuple[int, Grant]] = []
         try:
@@ -151,6 +160,34 @@ class Waiting:
         finally:
             for seq, g in held:
                 self.add(seq, g)
+
+    def _reserve_oldest(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+        """The ``reserve`` oldest waiting grants (by submission) are moved as early as the
+        calendar allows (``Schedule.move_earlier``): now, or an earlier future window that
+        the grants started after them must leave alone."""
+        heap, grants, in_heap = self._oldest, self.grants, self._in_heap
+        back: list[int] = []
+        held = 0
+        while heap and held < self.reserve:
+            seq = heappop(heap)
+            g = grants.get(seq)
+            if g is None:
+                in_heap.discard(seq)
+                continue
+            back.append(seq)
+            if g.start <= now:
+                continue  # starts now by its own event
+            ng = self.schedule.move_earlier(g, now)
+            if ng.start < g.start:
+                self._take(seq, g, ng, now)
+                yield seq, g, ng
+            if ng.start <= now:
+                back.pop()
+                in_heap.discard(seq)
+            else:
+                held += 1
+        for seq in back:
+            heappush(heap, seq)
 
     def _longest_fit(self, pool: str, lane: _Lane, now: int) -> tuple[int, tuple[int, int]] | None:
         """(-length, key) of the longest waiting grant of ``pool`` that fits its pool now.

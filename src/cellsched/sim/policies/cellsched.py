@@ -13,8 +13,12 @@ stand when it starts (a grant pulled forward may have moved to other nodes).
 
 from __future__ import annotations
 
-from cellsched.core.admission import Grant, Refusal, Request, Schedule
+import time
+
+from cellsched.core.admission import RESERVE_OLDEST, Grant, Refusal, Request, Schedule
+from cellsched.core.expect import expected_starts
 from cellsched.sim.compress import Waiting
+from cellsched.sim.expect import History
 from cellsched.sim.engine import START, Engine
 from cellsched.sim.setup import SimSetup
 from cellsched.sim.trace import TraceJob
@@ -24,13 +28,20 @@ class Cellsched:
     name = "cellsched"
     promises = True
 
-    def __init__(self, setup: SimSetup, rule: str | None = None) -> None:
+    def __init__(self, setup: SimSetup, rule: str | None = None, reserve: int = RESERVE_OLDEST,
+                 expect_every: int | None = None) -> None:
         self.schedule = Schedule.empty(setup.cluster)
         nodes = setup.nodes
         self.offset = {p: nodes.offset(p) for p in self.schedule.pools}
         self.grants: dict[int, Grant] = {}  # job seq -> its grant as it now stands
-        self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward)
+        self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward, reserve)
         self._forget_at = 0
+        # The expected start, measured (sim/expect.py): every expect_every-th waiting job.
+        self.expect_every = setup.expect_every if expect_every is None else expect_every
+        self.history = History()
+        self.expected: dict[int, tuple[int, int, int]] = {}  # seq -> (submit, promise, expected)
+        self.expect_seconds = 0.0
+        self.pool_gpus = {name: p.gpus for name, (p, _) in self.schedule.pools.items()}
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
@@ -50,6 +61,15 @@ class Cellsched:
         else:
             self.waiting.add(job.seq, out)
             self.engine.at(out.start, START, job)
+            if self.expect_every and job.seq % self.expect_every == 0:
+                self._expect(job, out, now)
+
+    def _expect(self, job: TraceJob, g: Grant, now: int) -> None:
+        t0 = time.process_time()
+        got = expected_starts(self.pool_gpus, list(self.grants.items()), self.history.ratios(now), now,
+                              want=(job.seq,), waiting_set=lambda s: Waiting(s, "start_now"))
+        self.expected[job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
+        self.expect_seconds += time.process_time() - t0
 
     def on_start(self, job: TraceJob, now: int) -> None:
         g = self.grants.get(job.seq)
@@ -67,6 +87,8 @@ class Cellsched:
         g = self.grants.pop(job.seq)
         if g.end < now:
             raise AssertionError(f"job {job.job_id} ran past its window")
+        if self.expect_every:
+            self.history.add(now, job.team, job.gpus * (now - g.start), g.gpu_seconds)
         self.schedule.release(g, now)
         self.waiting.freed()
 
