@@ -24,6 +24,9 @@ def simulate(
     estimate_factor: Annotated[float, typer.Option("--estimate-factor", help="Requested run time = true duration x this (when the trace has no requested_s).")] = 1.5,
     allowance_scale: Annotated[float, typer.Option("--allowance-scale", help="Multiply every team allowance (e.g. 0.8 to study refusals).")] = 1.0,
     pull_forward: Annotated[Optional[str], typer.Option("--pull-forward", help="start_now or compact: how cellsched pulls waiting grants forward (default: the cluster's policy.pull_forward).")] = None,
+    estimate_noise: Annotated[float, typer.Option("--estimate-noise", help="Per job, multiply the estimate factor by a seeded log-normal draw of this sigma (at least 1.0 overall); 0: none.")] = 0.0,
+    noise_seed: Annotated[int, typer.Option("--noise-seed", help="Seed of --estimate-noise.")] = 1,
+    expect_every: Annotated[int, typer.Option("--expect-every", help="cellsched: estimate the expected start of every N-th waiting job and measure it (0: off).")] = 20,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of a table.")] = False,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
 ) -> None:
@@ -52,8 +55,10 @@ def simulate(
     config = load_cluster(cluster_path)
     if pull_forward is not None:
         config = config.model_copy(update={"policy": config.policy.model_copy(update={"pull_forward": pull_forward})})
-    tr = load_trace(trace, estimate_factor)
-    setup = build_setup(tr, config, gpus, allowance_scale)
+    from cellsched.sim.trace import add_estimate_noise
+
+    tr = add_estimate_noise(load_trace(trace, estimate_factor), estimate_noise, noise_seed)
+    setup = build_setup(tr, config, gpus, allowance_scale, expect_every)
     err = sys.stderr
     if tr.bad_rows or not json_out:
         print(tr.summary_line(), file=err)
@@ -81,6 +86,8 @@ def simulate(
             "trace": tr.summary(),
             "gpus": setup.gpus,
             "estimate_factor": estimate_factor,
+            "estimate_noise": estimate_noise,
+            "noise_seed": noise_seed,
             "allowance_scale": allowance_scale,
             "pull_forward": config.policy.pull_forward,
             "missing_teams": missing_teams(tr, config),
@@ -101,10 +108,36 @@ def simulate(
               [[r.policy, *(f"{r.metrics['refused_by_reason'].get(k, 0):,}" for k in reasons)]  # type: ignore[attr-defined]
                for r in replays],
               justify=lambda c: "left" if c == "policy" else "right")
+    teams = [t["team"] for t in replays[0].metrics["teams"]] if replays else []  # type: ignore[index]
+    if teams:
+        print()
+        table("waits per team (mean / p95, hours)", ["policy", *teams],
+              [[r.policy, *(_team_cell(t) for t in r.metrics["teams"])] for r in replays],  # type: ignore[attr-defined]
+              justify=lambda c: "left" if c == "policy" else "right")
+    for r in replays:
+        acc = r.metrics.get("expected_start")
+        if acc:
+            print()
+            table(f"{r.policy}: expected start against promise, jobs that waited at least 1 h "
+                  f"(every {acc['every']}th waiting job: {acc['waited_1h']:,} of {acc['sampled']:,} sampled)",
+                  ["estimate", "|error| / wait p50", "p90"],
+                  [["expected start", _pct(acc["expected_err_p50"]), _pct(acc["expected_err_p90"])],
+                   ["promise", _pct(acc["promise_err_p50"]), _pct(acc["promise_err_p90"])]],
+                  justify=lambda c: "left" if c == "estimate" else "right")
     for note in notes:
         print(f"note: {note}")
     if html_path is not None:
         print(f"wrote {html_path}", file=err)
+
+
+def _team_cell(t: dict) -> str:  # type: ignore[type-arg]
+    if t.get("wait_mean_s") is None:
+        return "n/a"
+    return f"{t['wait_mean_s'] / 3600:,.1f} / {t['wait_p95_s'] / 3600:,.1f}"
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
 
 
 def missing_teams(tr, config) -> list[str]:  # type: ignore[no-untyped-def]

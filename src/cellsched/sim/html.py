@@ -14,7 +14,8 @@ COLUMNS = [
     ("policy", "policy"), ("done", "done"), ("refused", "refused"), ("utilisation", "utilisation"),
     ("wait mean h", "wait_mean_s"), ("wait p50 h", "wait_p50_s"), ("wait p95 h", "wait_p95_s"),
     ("wait p99 h", "wait_p99_s"), ("bounded slowdown", "bounded_slowdown_mean"),
-    ("makespan d", "makespan_s"), ("Jain", "jain_index"), ("promise kept", "promise_kept"),
+    ("makespan d", "makespan_s"), ("Jain", "jain_index"),
+    ("fairness", "fairness_slowdown_jain"), ("promise kept", "promise_kept"),
     ("breaches", "guarantee_breaches"),
 ]
 

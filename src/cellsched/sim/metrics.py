@@ -36,6 +36,8 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
     busy = 0
     slow = 0.0
     used: dict[str, int] = {}
+    team_waits: dict[str, list[int]] = {}
+    team_slow: dict[str, float] = {}
     kept = promised = 0
     for j in jobs:
         s = start[j.seq]
@@ -45,8 +47,11 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
         w = s - j.submit
         waits.append(w)
         busy += j.gpus * run
-        slow += max(1.0, (w + run) / max(run, BOUND_S))
+        bsd = max(1.0, (w + run) / max(run, BOUND_S))
+        slow += bsd
         used[j.team] = used.get(j.team, 0) + j.gpus * run
+        team_waits.setdefault(j.team, []).append(w)
+        team_slow[j.team] = team_slow.get(j.team, 0.0) + bsd
         p = engine.promised[j.seq]
         if p is not None:
             promised += 1
@@ -61,9 +66,20 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
     ratios = []
     for team, share in shares.items():
         got = used.get(team, 0) / busy if busy else 0.0
-        teams.append({"team": team, "allowance_share": round(share, 4), "gpu_time_share": round(got, 4)})
+        tw = sorted(team_waits.get(team, []))
+        teams.append({
+            "team": team, "allowance_share": round(share, 4), "gpu_time_share": round(got, 4),
+            "jobs": len(tw),
+            "wait_mean_s": round(sum(tw) / len(tw), 1) if tw else None,
+            "wait_p95_s": round(percentile(tw, 0.95), 1) if tw else None,
+            "bounded_slowdown_mean": round(team_slow[team] / len(tw), 3) if tw else None,
+        })
         if share > 0:
             ratios.append(got / share)
+    # Jain over the teams' mean bounded slowdowns: 1.0 when every team waits alike relative
+    # to its jobs' length, 1/n when one team bears all of it (the usage Jain is 1.0
+    # whenever nothing is refused).
+    slowdowns = [team_slow[t] / len(team_waits[t]) for t in sorted(team_waits)]
     promises = engine.policy.promises
     refused_by: dict[str, int] = {}
     for r in engine.refused.values():
@@ -82,11 +98,25 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
         "bounded_slowdown_mean": round(slow / done, 3) if done else 0.0,
         "makespan_s": last - first,
         "jain_index": None if (j := jain(ratios)) is None else round(j, 4),
+        "fairness_slowdown_jain": None if (fj := jain(slowdowns)) is None else round(fj, 4),
         "promise_kept": (round(kept / promised, 6) if promised else None) if promises else None,
         "guarantee_breaches": len(engine.breaches) if promises else None,
         "teams": teams,
         "replay_seconds": round(seconds, 2),
+        **_expected(engine),
     }
+
+
+def _expected(engine: Engine) -> dict[str, object]:
+    """How good the expected start was (``cellsched`` with ``expect_every``): sim/expect.py."""
+    pol = engine.policy
+    samples = getattr(pol, "expected", None)
+    if not getattr(pol, "expect_every", 0) or samples is None:
+        return {}
+    from cellsched.sim.expect import accuracy
+
+    return {"expected_start": {**accuracy(samples, engine.start), "every": pol.expect_every,
+                               "estimate_seconds": round(pol.expect_seconds, 2)}}
 
 
 def wait_list(engine: Engine) -> list[int]:

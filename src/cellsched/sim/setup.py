@@ -20,6 +20,7 @@ from cellsched.spec.cluster import ClusterConfig, Pool, Team
 class SimSetup:
     trace: Trace
     cluster: ClusterConfig
+    expect_every: int = 0  # cellsched: the expected start of every n-th waiting job (sim/expect.py)
 
     @property
     def gpus(self) -> int:
@@ -43,6 +44,7 @@ def build_setup(
     cluster: ClusterConfig,
     gpus: int | None = None,
     allowance_scale: float = 1.0,
+    expect_every: int = 0,
 ) -> SimSetup:
     if not (allowance_scale > 0):
         raise BadInput(f"--allowance-scale must be above 0, got {allowance_scale}")
@@ -72,4 +74,6 @@ def build_setup(
             for name in trace.teams()
         )
     sim = ClusterConfig.model_construct(pools=pools, teams=teams, admins=cluster.admins, policy=cluster.policy)
-    return SimSetup(trace, sim)
+    if expect_every < 0:
+        raise BadInput(f"--expect-every must be at least 0, got {expect_every}")
+    return SimSetup(trace, sim, expect_every)

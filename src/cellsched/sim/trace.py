@@ -48,6 +48,7 @@ class Trace:
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (line number, why)
     estimate_factor: float = 1.5
     requested_column: bool = False
+    estimate_noise: float = 0.0  # sigma of the log-normal on the factor (add_estimate_noise)
 
     def teams(self) -> list[str]:
         """Team names in order of first appearance."""
@@ -80,7 +81,9 @@ class Trace:
             "span_s": span,
             "gpu_hours": round(gs / 3600, 1),
             "widest_job_gpus": widest,
-            "requested": "column requested_s" if self.requested_column else f"duration x {self.estimate_factor:g}",
+            "requested": "column requested_s" if self.requested_column else (
+                f"duration x {self.estimate_factor:g}" if not self.estimate_noise
+                else f"duration x {self.estimate_factor:g} x lognormal(sigma {self.estimate_noise:g}), at least 1"),
         }
 
     def summary_line(self) -> str:
@@ -180,6 +183,27 @@ def parse_trace(
     rows.sort()  # by submit time, then file order: the trace's own order breaks ties
     jobs = [TraceJob(i, r[2], r[0], r[3], r[4], r[5], r[6]) for i, r in enumerate(rows)]
     return Trace(source, jobs, bad, estimate_factor, ireq is not None)
+
+
+def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
+    """Per job, the estimate factor times a log-normal draw (median 1, ``sigma`` the standard
+    deviation of its log), from one seeded generator in trace order; the factor is at least
+    1.0 (nobody asks for less than the trace ran: the work stays the trace's). Rows whose
+    request came from a ``requested_s`` column keep it. Same seed, same trace."""
+    if not (sigma >= 0 and math.isfinite(sigma)):
+        raise BadInput(f"--estimate-noise must be a number >= 0, got {sigma}")
+    if sigma == 0 or trace.requested_column:
+        return trace
+    import random
+
+    rnd = random.Random(seed)
+    f = trace.estimate_factor
+    jobs = []
+    for j in trace.jobs:
+        factor = max(1.0, f * rnd.lognormvariate(0.0, sigma))
+        jobs.append(TraceJob(j.seq, j.job_id, j.submit, j.duration, j.gpus, j.team,
+                             math.ceil(j.duration * factor - 1e-9)))
+    return Trace(trace.source, jobs, trace.bad_rows, f, trace.requested_column, sigma)
 
 
 def load_trace(path: str | Path, estimate_factor: float = 1.5, max_bad_fraction: float = MAX_BAD_FRACTION) -> Trace:

@@ -1,0 +1,228 @@
+"""Expected start: when a waiting grant will probably start, beside the start it is promised.
+
+The promise (a grant's ``start``) is what the calendar guarantees if every grant ahead runs
+to the end of its window. Most do not: they finish early and the ``start_now`` rule pulls
+waiting grants forward into what they free. The **expected start** is a forward replay of
+the current calendar under the same rule in which every running and waiting grant ends
+when history says it will:
+
+- each grant holds ``ratio x`` its window (rounded up to a second), where ``ratio`` is its
+  team's recent ratio of held to granted window (:class:`Ratios`: GPU-seconds of the windows
+  grants held before they were released, over GPU-seconds granted, for grants that ended in
+  the last 30 days), else the cluster's, else 1.0 (no history: every window runs to its end);
+- a running grant already past that point is expected to end now;
+- a waiting grant is pulled forward by ``start_waiting_now`` (the oldest holds its place,
+  then the longest that fits starts) at every instant GPUs come free in the replay, or
+  starts at its own window's start at the latest.
+
+The replay runs on each pool's GPU count (one node per pool) with no team limits: an
+estimate, not a promise, and one definition for ``submit``, ``status`` and ``simulate``
+(which measures it: docs/simulate.md). Pure: no I/O, time passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from heapq import heappop, heappush
+from typing import Protocol
+
+from cellsched.core.admission import Grant, Schedule, TeamState, start_waiting_now
+from cellsched.core.allowance import TeamBook
+from cellsched.core.nodes import NodeCalendar
+from cellsched.spec.cluster import Policy, Pool, Team
+
+WINDOW_S = 30 * 86400
+"""How far back history counts: grants that ended in the last 30 days."""
+MIN_GRANTS = 3
+"""A team's own ratio needs at least this many ended grants; with fewer, the cluster's."""
+
+END, START = 0, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Ratios:
+    """Per team, the share of a granted window its grants held before release (recently),
+    and the same over the whole cluster (``None``: no history at all)."""
+
+    teams: Mapping[str, float] = field(default_factory=dict)
+    cluster: float | None = None
+    grants: Mapping[str, int] = field(default_factory=dict)  # per team: ended grants counted
+    cluster_grants: int = 0
+    window_s: int = WINDOW_S
+
+    def of(self, team: str) -> float:
+        r = self.teams.get(team)
+        if r is not None:
+            return r
+        return 1.0 if self.cluster is None else self.cluster
+
+    def basis(self, team: str) -> str:
+        """``team`` (its own history), ``cluster`` (the team has too little) or ``none``."""
+        if team in self.teams:
+            return "team"
+        return "none" if self.cluster is None else "cluster"
+
+    def sentence(self, team: str) -> str:
+        days = self.window_s // 86400
+        b = self.basis(team)
+        if b == "team":
+            return (f"team {team}'s last {days} days: grants held {self.teams[team]:.0%} of their window "
+                    f"({self.grants.get(team, 0)} grants)")
+        if b == "cluster":
+            return (f"the cluster's last {days} days (team {team} has fewer than {MIN_GRANTS} ended grants): "
+                    f"grants held {self.cluster:.0%} of their window ({self.cluster_grants} grants)")
+        return f"no grant ended in the last {days} days: every window is taken to run to its end"
+
+
+def ratios_from(history: Iterable[tuple[str, int, int]], window_s: int = WINDOW_S,
+                min_grants: int = MIN_GRANTS) -> Ratios:
+    """:class:`Ratios` from ``(team, held GPU-seconds, granted GPU-seconds)`` of the grants
+    that ended in the window. A ratio is held over granted summed over grants (long wide
+    windows weigh more: they free more), clamped to (0, 1]."""
+    held: dict[str, int] = {}
+    granted: dict[str, int] = {}
+    count: dict[str, int] = {}
+    for team, h, g in history:
+        if g <= 0:
+            continue
+        held[team] = held.get(team, 0) + max(0, min(h, g))
+        granted[team] = granted.get(team, 0) + g
+        count[team] = count.get(team, 0) + 1
+
+    def ratio(h: int, g: int) -> float:
+        return min(1.0, max(h / g, 1e-6))
+
+    teams = {t: ratio(held[t], granted[t]) for t in sorted(granted) if count[t] >= min_grants}
+    total_g = sum(granted.values())
+    cluster = ratio(sum(held.values()), total_g) if total_g else None
+    return Ratios(teams, cluster, {t: count[t] for t in sorted(count)}, sum(count.values()), window_s)
+
+
+class WaitingSet(Protocol):
+    """The waiting grants of a replay and the pass that pulls them forward (the simulator's
+    indexed :class:`cellsched.sim.compress.Waiting` fits, and :class:`PlainWaiting`)."""
+
+    grants: dict[int, Grant]
+
+    def add(self, key: int, g: Grant) -> None: ...
+    def remove(self, key: int, g: Grant) -> None: ...
+    def freed(self) -> None: ...
+    def run(self, now: int) -> Iterator[tuple[int, Grant, Grant]]: ...
+
+
+class PlainWaiting:
+    """``start_waiting_now`` over a dict: the rule written plainly."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.grants: dict[int, Grant] = {}
+
+    def add(self, key: int, g: Grant) -> None:
+        self.grants[key] = g
+
+    def remove(self, key: int, g: Grant) -> None:
+        del self.grants[key]
+
+    def freed(self) -> None:
+        pass
+
+    def run(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+        for k, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now):
+            self.remove(k, g)
+            if ng.start > now:
+                self.add(k, ng)
+            yield k, g, ng
+
+
+def held_for(g: Grant, ratio: float) -> int:
+    """Seconds a grant is expected to hold its window: ``ratio`` of it, rounded up."""
+    length = g.end - g.start
+    return min(length, max(1, -int(-length * ratio // 1)))
+
+
+def flat_schedule(pools: Mapping[str, int], teams: Iterable[str]) -> Schedule:
+    """An empty schedule of one node per pool and teams without limits: the replay's."""
+    return Schedule(
+        pools={name: (Pool.model_construct(name=name, gpu_type="", gpus=n, gpus_per_node=n), NodeCalendar(n))
+               for name, n in pools.items()},
+        teams={t: TeamState(Team.model_construct(name=t, members=(), period="none", max_gpus=None,
+                                                 allowance_gpu_hours=0.0), TeamBook(1 << 62, "none"), None)
+               for t in teams},
+        policy=Policy(),
+    )
+
+
+def expected_starts(
+    pools: Mapping[str, int],
+    live: Sequence[tuple[int, Grant]],
+    ratios: Ratios,
+    now: int,
+    want: Collection[int] | None = None,
+    waiting_set: Callable[[Schedule], WaitingSet] = PlainWaiting,
+) -> dict[int, int]:
+    """The expected start of every waiting grant in ``live`` (or of those keyed in ``want``:
+    the replay stops once they have started), keyed as given.
+
+    ``live`` is every grant that holds GPUs from ``now`` on, keyed by submission order:
+    running ones (start <= now < end) and waiting ones (start > now). ``pools`` gives each
+    pool's GPUs. Never later than a grant's own start (the rule only moves windows earlier);
+    equal to it when nothing ahead ends early."""
+    teams = sorted({g.team for _, g in live})
+    sched = flat_schedule(pools, teams)
+    waiting = waiting_set(sched)
+    heap: list[tuple[int, int, int]] = []
+    running: dict[int, Grant] = {}
+    left = set(want) if want is not None else None
+    out: dict[int, int] = {}
+    for k, g in sorted(live, key=lambda kg: kg[0]):
+        if g.end <= now or g.pool not in pools:
+            continue
+        if g.start <= now:
+            ends = max(now, g.start + held_for(g, ratios.of(g.team)))  # from its real start
+            running[k] = sched.commit(Grant(g.project, g.team, g.pool, g.width, now, g.end))
+            heappush(heap, (ends, END, k))
+        else:
+            g = sched.commit(Grant(g.project, g.team, g.pool, g.width, g.start, g.end))
+            waiting.add(k, g)
+            heappush(heap, (g.start, START, k))
+            if left is None:
+                out.setdefault(k, g.start)
+    if left is not None:
+        left &= set(waiting.grants)
+        if not left:
+            return {}
+
+    def started(k: int, g: Grant, t: int) -> None:
+        running[k] = g
+        heappush(heap, (t + held_for(g, ratios.of(g.team)), END, k))
+        out[k] = t
+        if left is not None:
+            left.discard(k)
+
+    while heap and (left is None or left):
+        t = heap[0][0]
+        while heap and heap[0][0] == t and heap[0][1] == END:
+            k = heappop(heap)[2]
+            g = running.pop(k)
+            sched.release(g, t)
+            waiting.freed()
+        while heap and heap[0][0] == t and heap[0][1] == START:
+            k = heappop(heap)[2]
+            g = waiting.grants.get(k)
+            if g is not None and g.start == t:
+                waiting.remove(k, g)
+                started(k, g, t)
+            else:
+                waiting.freed()  # the grant moved earlier: its old window is free from here
+        for k, old, ng in waiting.run(t):
+            if ng.start == t:
+                started(k, ng, t)
+            else:
+                heappush(heap, (ng.start, START, k))
+            back = max(old.start, ng.end)  # where its old window is given back (as the simulator)
+            if old.start < back < old.end:
+                heappush(heap, (back, START, k))
+    if left is not None:
+        return {k: out[k] for k in sorted(out) if want is None or k in want}
+    return out
