@@ -531,10 +531,11 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
        place against everything started after it; if it starts now, the next oldest, until
        ``reserve`` grants are left waiting (or none is). As EASY reserves for its head, but
        on a promise: the window only ever moves earlier.
-    2. Repeatedly the longest other grant (length of its window; ties by earlier start,
+    2. Repeatedly the longest waiting grant (length of its window; ties by earlier start,
        then key) whose whole window fits now starts now, until none does. Longest first
        because a long window needs a long run of free GPUs, which is rare; short ones fit
-       the gaps later.
+       the gaps later. (A grant of step 1 is among them: a start here gives back the rest
+       of the starter's old window, which may let it fit now after all.)
 
     Without step 1 the widest grants start at their promise while narrower work fills
     every gap (the tail of the waits). Returns (key, old, new) for each move, in order. The
@@ -551,7 +552,8 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
         if ng.start < g.start:
             out.append((k, g, ng))
         if ng.start > now:
-            held += 1  # at its earliest window: it cannot start now (step 2 leaves it)
+            held += 1
+            rest.append((k, ng))
     rest.sort(key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
     while True:
         for i, (k, g) in enumerate(rest):

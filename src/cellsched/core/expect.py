@@ -200,6 +200,11 @@ def expected_starts(
         if left is not None:
             left.discard(k)
 
+    # The replay opens with a pass at ``now`` (the live calendar need not be the rule's
+    # fixed point: a dry run's grant was just admitted); after it, the rule runs whenever
+    # GPUs come free, as in the daemon and the simulator.
+    waiting.freed()
+    heappush(heap, (now, START, -1))
     while heap and (left is None or left):
         t = heap[0][0]
         while heap and heap[0][0] == t and heap[0][1] == END:

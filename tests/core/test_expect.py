@@ -1,0 +1,152 @@
+"""The expected start (core/expect.py): the estimator on hand-worked calendars, the ratios
+on a ledger with known history (ledger/history.py), and the fallback when there is none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session, SQLModel, create_engine
+
+from cellsched.core.admission import Grant
+from cellsched.core.expect import PlainWaiting, Ratios, expected_starts, held_for, ratios_from
+from cellsched.ledger.history import expected_for, ratios
+from cellsched.ledger.tables import GrantRow
+
+H = 3600
+DAY = 86400
+
+
+def g(team: str, width: int, start: int, end: int, project: str = "p") -> Grant:
+    return Grant(project, team, "main", width, start, end)
+
+
+def test_ratios_are_held_over_granted_per_team_then_the_cluster():
+    hist = [("a", 50, 100), ("a", 30, 100), ("a", 100, 200),  # a: 180 / 400 = 0.45
+            ("b", 10, 10)]  # b: one grant only: too few for its own ratio
+    r = ratios_from(hist)
+    assert r.teams == {"a": 0.45}
+    assert r.cluster == pytest.approx(190 / 410)
+    assert (r.of("a"), r.basis("a")) == (0.45, "team")
+    assert (r.of("b"), r.basis("b")) == (pytest.approx(190 / 410), "cluster")
+    assert "fewer than 3" in r.sentence("b")
+    empty = ratios_from([])
+    assert (empty.of("a"), empty.basis("a"), empty.cluster) == (1.0, "none", None)
+    assert "every window is taken to run to its end" in empty.sentence("a")
+
+
+def test_held_for_rounds_up_and_never_exceeds_the_window():
+    assert held_for(g("a", 1, 0, 100), 0.333) == 34
+    assert held_for(g("a", 1, 0, 100), 1.0) == 100
+    assert held_for(g("a", 1, 0, 100), 1e-9) == 1
+
+
+def test_a_running_grant_that_ends_early_brings_the_waiting_one_forward():
+    # 4 GPUs. R (team a, 4 GPUs) runs [0, 100); W (team b, 4 GPUs) is promised [100, 200).
+    # At now = 10, team a's grants hold half their window: R is expected to end at 50, and
+    # W, the oldest waiting grant, moves there. With no history W is expected at its promise.
+    live = [(1, g("a", 4, 0, 100)), (2, g("b", 4, 100, 200))]
+    half = Ratios({"a": 0.5}, 0.5, {"a": 5}, 5)
+    assert expected_starts({"main": 4}, live, half, 10) == {2: 50}
+    assert expected_starts({"main": 4}, live, Ratios(), 10) == {2: 100}
+
+
+def test_replay_chain_and_the_rule_of_the_waiting_grants():
+    # 4 GPUs. R (a, 4 GPUs) runs [0, 100). Waiting, in submission order: W1 (b, 2 GPUs)
+    # [100, 200), W2 (b, 2 GPUs) [100, 160), W3 (c, 4 GPUs) [200, 300). Team a holds 0.4 of
+    # its windows, b 0.5, c 1.0 (its own history). R ends at 40: W1 (oldest) moves to 40
+    # (window [40, 140)), W2 moves to 40 too ([40, 100)); W2 ends at 40 + 30 = 70, W1 at
+    # 40 + 50 = 90; at 70 W3 (the oldest waiting) is moved to its earliest window,
+    # 140 (W1's window holds 2 GPUs until then); at 90 W1 gives its GPUs back: W3 moves to 90.
+    live = [(1, g("a", 4, 0, 100)), (2, g("b", 2, 100, 200)), (3, g("b", 2, 100, 160)),
+            (4, g("c", 4, 200, 300))]
+    r = Ratios({"a": 0.4, "b": 0.5, "c": 1.0}, 0.6)
+    assert expected_starts({"main": 4}, live, r, 0) == {2: 40, 3: 40, 4: 90}
+    assert expected_starts({"main": 4}, live, r, 0, want=[3]) == {3: 40}
+
+
+def test_an_overdue_running_grant_is_expected_to_end_now():
+    live = [(1, g("a", 4, 0, 100)), (2, g("b", 4, 100, 200))]
+    assert expected_starts({"main": 4}, live, Ratios({"a": 0.2}, 0.2), 30) == {2: 30}
+
+
+def test_simulator_index_gives_the_plain_replay():
+    import random
+
+    from cellsched.sim.compress import Waiting
+
+    rnd = random.Random(3)
+    for _ in range(30):
+        live, t = [], 0
+        cal = {}
+        for k in range(25):
+            w = rnd.choice([1, 1, 2, 4])
+            length = rnd.randint(5, 60)
+            t = rnd.randint(0, 200)
+            live.append((k, g(rnd.choice("abc"), w, t, t + length, f"p{k}")))
+        # Only a feasible calendar counts: place them as admission would (earliest fit).
+        from cellsched.core.expect import flat_schedule
+        from cellsched.core.admission import Request
+
+        sched = flat_schedule({"main": 6}, "abc")
+        placed = []
+        for k, x in live:
+            got = sched.admit(Request(x.project, x.team, x.width, x.gpu_seconds), max(0, x.start - 50))
+            placed.append((k, sched.commit(got)))
+        r = Ratios({"a": 0.3, "b": 0.7}, 0.5)
+        now = 40
+        plain = expected_starts({"main": 6}, placed, r, now, waiting_set=PlainWaiting)
+        fast = expected_starts({"main": 6}, placed, r, now, waiting_set=lambda s: Waiting(s, "start_now"))
+        assert plain == fast
+        for k, x in placed:
+            if x.start > now:
+                assert plain[k] <= x.start
+
+
+@pytest.fixture()
+def session(tmp_path: Path):
+    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    SQLModel.metadata.create_all(engine)
+    with Session(engine) as s:
+        yield s
+
+
+def add(s: Session, i: int, team: str, width: int, start: int, end: int, promised_end: int,
+        state: str, ended_at: int | None) -> None:
+    s.add(GrantRow(id=i, project_id=f"p{i}@x", project=f"p{i}", digest="x", team=team, pool="main",
+                   width=width, start=start, end=end, promised_start=start, promised_end=promised_end,
+                   charged_gs=width * (promised_end - start), state=state, created_at=start, ended_at=ended_at))
+
+
+def test_ratios_from_a_ledger_with_known_history(session):
+    now = 100 * DAY
+    # team a: three grants ended within 30 days (held 2 h of 4, 1 h of 4 on 2 GPUs, 4 of 4)
+    add(session, 1, "a", 1, now - 10 * DAY, now - 10 * DAY + 2 * H, now - 10 * DAY + 4 * H, "completed", now - 10 * DAY + 2 * H)
+    add(session, 2, "a", 2, now - 5 * DAY, now - 5 * DAY + 1 * H, now - 5 * DAY + 4 * H, "completed", now - 5 * DAY + H)
+    add(session, 3, "a", 1, now - 2 * DAY, now - 2 * DAY + 4 * H, now - 2 * DAY + 4 * H, "expired", now - 2 * DAY + 4 * H)
+    # not counted: ended 40 days ago, cancelled, still running
+    add(session, 4, "a", 8, now - 40 * DAY, now - 40 * DAY + H, now - 40 * DAY + 9 * H, "completed", now - 40 * DAY + H)
+    add(session, 5, "a", 8, now - 3 * DAY, now - 3 * DAY + H, now - 3 * DAY + 9 * H, "cancelled", now - 3 * DAY + H)
+    add(session, 6, "b", 4, now - H, now + 3 * H, now + 3 * H, "active", None)
+    # waiting: team b, 4 GPUs, promised [now + 3 h, now + 5 h)
+    add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
+    session.commit()
+    r = ratios(session, now)
+    # a: held 2 + 2 + 4 = 8 GPU-hours of 4 + 8 + 4 = 16: 0.5; b has none: the cluster's (a's)
+    assert r.teams == {"a": 0.5} and r.cluster == 0.5 and r.grants == {"a": 3}
+    assert r.basis("b") == "cluster"
+    # grant 6 (b, running since now - 1 h, 4 h window) is expected to hold 2 h: it ends at
+    # now + 1 h, and grant 7 moves there.
+    got, _ = expected_for(session, {"main": 4}, now, [7])
+    assert got == {7: now + H}
+
+
+def test_no_history_falls_back_and_says_so(session):
+    now = 100 * DAY
+    add(session, 6, "b", 4, now - H, now + 3 * H, now + 3 * H, "active", None)
+    add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
+    session.commit()
+    got, r = expected_for(session, {"main": 4}, now, [7])
+    assert r.basis("b") == "none" and r.cluster is None
+    assert got == {7: now + 3 * H}  # every window runs to its end: the promise
+    assert "no grant ended in the last 30 days" in r.sentence("b")
