@@ -40,15 +40,33 @@ def _canonical(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def sign(payload: dict[str, Any], private: Path) -> str:
-    """The receipt: JSON with the payload and its base64 signature."""
+# The private key last loaded, by (path, mtime, size, inode): a server signs a receipt per
+# grant, and parsing the PEM each time cost more than the signature. A key file that is
+# replaced or rewritten is loaded again.
+_KEY: tuple[tuple[str, int, int, int], Any] | None = None
+
+
+def _private_key(private: Path) -> Any:
+    global _KEY
     from cryptography.hazmat.primitives import serialization
 
     try:
+        st = private.stat()
+        stamp = (str(private), st.st_mtime_ns, st.st_size, st.st_ino)
+        kept = _KEY
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
         key = serialization.load_pem_private_key(private.read_bytes(), password=None)
     except FileNotFoundError:
         raise BadInput(f"{private}: no cluster key (run `cellsched init`)") from None
-    sig = key.sign(_canonical(payload))  # type: ignore[call-arg, union-attr]
+    _KEY = (stamp, key)
+    return key
+
+
+def sign(payload: dict[str, Any], private: Path) -> str:
+    """The receipt: JSON with the payload and its base64 signature."""
+    key = _private_key(private)
+    sig = key.sign(_canonical(payload))
     return json.dumps({"payload": payload, "signature": base64.b64encode(sig).decode()}, sort_keys=True)
 
 
