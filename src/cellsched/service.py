@@ -3,6 +3,7 @@
 The CLI passes the OS user as ``caller``; a server in front of the ledger would pass an
 authenticated identity to the same functions. Each write is one ledger transaction holding
 the ledger-wide write lock: read the snapshot, decide with the pure core, write, commit.
+Submits made at the same time share one such transaction (group commit, ``SubmitQueue``).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import bindparam
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
+from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
 from cellsched.core.admission import Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
-from cellsched.errors import BadInput, Denied, Failed, NotFound
+from cellsched.errors import BadInput, CellschedError, Denied, Failed, NotFound
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
@@ -92,6 +97,11 @@ class AdmissionCache:
         with self._lock:
             self._held = None
 
+    def note_build(self) -> None:
+        """Count a snapshot built by a caller (a batch that rebuilt it mid-way)."""
+        with self._lock:
+            self.builds += 1
+
 
 @dataclass(frozen=True)
 class Admission:
@@ -117,6 +127,9 @@ class Env:
     cluster_path: Path
     ledger: Ledger
     admission: AdmissionCache = field(default_factory=AdmissionCache, repr=False, compare=False)
+    submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
+    # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
+    token_cache: Any = field(default=None, repr=False, compare=False)
 
     @property
     def private_key(self) -> Path:
@@ -191,7 +204,8 @@ def check_may_read_logs(env: Env, team: str, project: str, caller: str) -> None:
 
 def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int, *,
            code_source: str | None = None) -> SubmitOutcome:
-    """Validate, seal, admit and record ``spec`` in one transaction (all or nothing).
+    """Validate, seal, admit and record ``spec`` (all or nothing), and answer only once it
+    is committed.
 
     A spec with ``code`` comes with its snapshot (a :class:`Sealed`, or a file path, which is
     snapshotted here); the snapshot is stored in the ledger with the grant, once per digest.
@@ -200,8 +214,11 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
     ``code_source`` (where the client took the code from, for people) makes the outcome's
     ``code`` the same as a local submit's.
 
-    Admission reads the snapshot kept in ``env.admission`` when the ledger has not moved
-    since, else rebuilds it (:class:`AdmissionCache`)."""
+    Submits made at the same time on one ``Env`` (the server's threads) are admitted one
+    after another in one write transaction (:class:`SubmitQueue`, group commit); each gets
+    the answer it would get alone in that order. Admission reads the snapshot kept in
+    ``env.admission`` when the ledger has not moved since, else rebuilds it
+    (:class:`AdmissionCache`)."""
     if isinstance(spec, (str, Path)):
         spec = load_sealed(spec)
     snap: Snapshot | None = None
@@ -219,30 +236,221 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         if snap is not None and snap.digest != code_digest:
             raise BadInput(f"code: the snapshot given is sha256:{snap.digest}, not the spec's")
         code_json = {"digest": code_digest, **(snap.to_json() if snap else {})}
+    return env.submits.run(env, _Submit(spec, snap, caller, now, code_source, d, pid, code_json))
+
+
+@dataclass(eq=False)
+class _Submit:
+    """One submit on its way through :class:`SubmitQueue`: the sealed spec, who asks, when,
+    and (once its batch is committed, or failed) its answer."""
+
+    spec: ProjectSpec
+    snap: Snapshot | None
+    caller: str
+    now: int
+    code_source: str | None
+    digest: str
+    pid: str
+    code_json: dict[str, Any] | None
+    outcome: SubmitOutcome | None = None
+    error: BaseException | None = None
+    done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)  # answered, or to lead
+
+
+class SubmitQueue:
+    """Group commit for the submits of one ``Env``.
+
+    A submit joins the queue. The thread of the submit at the head of the queue leads:
+    it takes the ledger's write lock once, admits the queued submits (up to
+    :attr:`MAX_BATCH`) one after another in that one transaction, commits once (one WAL
+    flush for all), and only then hands each submit its answer and wakes its thread; then
+    it hands the lead to the head of the queue, the submits that arrived meanwhile. So
+    under load a batch holds every submit that waited for the lock, and alone a submit is
+    a batch of one, as before.
+
+    Each answer is the one the submit would get alone in the batch's order: admission runs
+    on the snapshot as the submits before it left it, and their writes are visible to its
+    reads (:class:`_Batch`). A submit's bad input (an error the service raises) is its own
+    answer and writes nothing. Any other failure (the database refusing a row, a lost
+    connection, a failed commit) rolls the whole batch back and every submit of it is run
+    again alone, in order, in its own transaction: the failure reaches the one submit it
+    belongs to, and nothing was answered before (a crash mid-batch loses only unanswered
+    submits)."""
+
+    MAX_BATCH = 64  # submits per transaction: bounds how long one batch holds the lock
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[_Submit] = []
+        self._leading = False  # a thread is writing a batch (or about to): the others wait
+        self.batches = 0  # batches answered (a batch retried one by one counts each retry)
+        self.largest = 0  # the most submits one batch held
+
+    def waiting(self) -> int:
+        """Submits queued for the next batch (not the one being written)."""
+        with self._lock:
+            return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being written (or its leader is about to write it)."""
+        return self._leading
+
+    def run(self, env: Env, job: _Submit) -> SubmitOutcome:
+        """Queue ``job`` and wait for its answer, leading its batch if it is at the head of
+        the queue; its outcome, or its error raised."""
+        with self._lock:
+            self._queue.append(job)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            job.wake.wait()  # answered, or handed the lead
+        if not job.done:
+            try:
+                with self._lock:
+                    batch = self._queue[:self.MAX_BATCH]  # ``job`` is at the head
+                    del self._queue[:self.MAX_BATCH]
+                self._answer(env, batch)
+            finally:
+                with self._lock:
+                    if self._queue:
+                        self._queue[0].wake.set()  # its thread leads the next batch
+                    else:
+                        self._leading = False
+        if job.error is not None:
+            raise job.error
+        assert job.outcome is not None
+        return job.outcome
+
+    def _answer(self, env: Env, batch: list[_Submit]) -> None:
+        try:
+            results = _run_batch(env, batch)
+        except Exception as e:  # noqa: BLE001 - the batch was rolled back, nobody answered
+            # (a commit whose outcome is unknown: the reruns find its grants, ``existing``)
+            env.admission.clear()  # it may hold the rolled-back batch's grants
+            if len(batch) > 1:
+                for job in batch:  # one at a time, in order: each gets its own failure
+                    self._answer(env, [job])
+                return
+            results = [e]
+        except BaseException as e:  # interrupted: nobody waits forever
+            self._settle(batch, [e] * len(batch))
+            raise
+        self._settle(batch, results)
+
+    def _settle(self, batch: list[_Submit], results: list[SubmitOutcome | BaseException]) -> None:
+        with self._lock:
+            self.batches += 1
+            self.largest = max(self.largest, len(batch))
+        for job, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                job.error = result
+            else:
+                job.outcome = result
+            job.done = True
+            job.wake.set()
+
+
+def _run_batch(env: Env, batch: list[_Submit]) -> list[SubmitOutcome | BaseException]:
+    """Admit ``batch`` in order in one write transaction and commit it: each submit's
+    outcome, or the service error that is its answer. Raises (and commits nothing) on any
+    other failure."""
     with env.ledger.write() as s:
-        missing = False
+        b = _Batch(env, s, batch)
+        results: list[SubmitOutcome | BaseException] = []
+        for job in batch:
+            try:
+                results.append(b.decide(job))
+            except CellschedError as e:  # its bad input: written nothing (``dirty`` says if it
+                results.append(e)  # had touched the snapshot, which is then rebuilt)
+        b.flush()
+        if b.adm is not None and not b.dirty:
+            # The batch's grants are in it, exactly as they are in the ledger now.
+            env.admission.put(b.adm, ledger_version(s))
+    return results
+
+
+@dataclass(eq=False)
+class _Plan:
+    """What one submit writes, decided by :meth:`_Batch.decide` and written (with the other
+    submits' plans) by :meth:`_Batch.flush`: a refusal's event, or a grant's rows (its
+    project, its code snapshot if new, the grant it replaces) and event."""
+
+    job: _Submit
+    outcome: SubmitOutcome
+    event: dict[str, Any] = field(default_factory=dict)  # its event's data (granted: set when written)
+    grant: dict[str, Any] | None = None  # the cs_grant row, without id and receipt
+    nodes: tuple[int, ...] = ()
+    project: dict[str, Any] | None = None  # the cs_project row, if new
+    code: dict[str, Any] | None = None  # the cs_code row, if new
+    old: GrantRow | None = None  # the grant this one replaces
+
+
+class _Batch:
+    """One write transaction's submits: decided one after another on one admission
+    snapshot, their rows and events written together (:meth:`flush`).
+
+    Reads see the writes of the submits before: a submit whose reads could touch what a
+    pending plan writes (the same project, code, or a replace) has the pending plans
+    written first; the projects of the batch are looked up in one query."""
+
+    def __init__(self, env: Env, s: Session, batch: list[_Submit]) -> None:
+        self.env, self.s = env, s
+        self.adm: Admission | None = None
+        self.dirty = False  # the snapshot is no longer the ledger's (plus the pending plans')
+        self.pending: list[_Plan] = []
+        self.pending_names: set[str] = set()
+        pids = list({job.pid for job in batch})
+        p = ProjectRow.__table__.c  # type: ignore[attr-defined]
+        self.projects: dict[str, str] = dict(s.connection().execute(
+            sa_select(p.id, p.digest).where(p.id.in_(pids))).all()) if pids else {}
+
+    # -- the admission snapshot -----------------------------------------------------------
+
+    def admission(self, now: int) -> Admission:
+        """The snapshot for a submit at ``now``: the ledger's as the batch has left it."""
+        if self.adm is None:
+            self.adm = self.env.admission.take(self.s, self.env.cluster, now)
+        elif self.dirty or now < self.adm.built_at:
+            self.flush()
+            self.adm = Admission(load_schedule(self.s, self.env.cluster, now), (0, ""), now)
+            self.env.admission.note_build()
+        self.dirty = False
+        return self.adm
+
+    # -- one submit ---------------------------------------------------------------------
+
+    def decide(self, job: _Submit) -> SubmitOutcome:
+        """Admit ``job`` against the snapshot and plan its writes (reads only: nothing is
+        written here); its outcome, or a service error."""
+        env, s, spec, now, d, pid = self.env, self.s, job.spec, job.now, job.digest, job.pid
+        code_digest = None if spec.code is None else spec.code.digest
+        if code_digest is not None or spec.replaces or spec.name in self.pending_names:
+            self.flush()  # its reads must see the batch's writes so far
+        code_json, missing = job.code_json, False
         if code_digest is not None:
             meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
             missing = meta is None
-            if missing and snap is None:
-                if code_source is not None:
+            if missing and job.snap is None:
+                if job.code_source is not None:
                     raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
                                    f"(PUT /api/code/{code_digest} first)")
                 raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
                                "(submit the spec file, so that its code is snapshotted)")
-            if snap is None and code_source is not None and meta is not None:
+            if job.snap is None and job.code_source is not None and meta is not None:
                 code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
-                             "source": code_source}
-        proj = s.get(ProjectRow, pid)
-        existing = proj if proj is not None and proj.digest == d else None
-        if existing is not None:
+                             "source": job.code_source}
+        known = self.projects.get(pid)
+        existing = known is not None and known == d
+        if existing:
             row = s.exec(select(GrantRow).where(GrantRow.project_id == pid, GrantRow.digest == d)
                          .order_by(col(GrantRow.id).desc())).first()
             # A cancelled or replaced grant is no answer to a new submit: admit it again.
             if row is not None and row.state not in ("cancelled", "replaced"):
-                held_adm = env.admission.take(s, env.cluster, now)
-                env.admission.put(held_adm, held_adm.version)  # read only: still the ledger's
-                held = held_adm.schedule.teams.get(row.team)
+                held = self.admission(now).schedule.teams.get(row.team)
+                # A copy: a later submit of the batch may change the session's row (a replace).
+                row = GrantRow.model_construct(**row.model_dump())
                 return SubmitOutcome(
                     pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
                     remaining_gs=held.book.remaining(row.start) if held else None, code=code_json,
@@ -251,61 +459,96 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         unplaceable = None if pool is None else pool_without_nodes(s, pool)
         if unplaceable is not None:
             raise BadInput(f"budget.pool: {unplaceable}")
-        adm = env.admission.take(s, env.cluster, now)
-        sched = adm.schedule
-        old = _replaced_grant(s, spec, caller, env) if spec.replaces else None
+        sched = self.admission(now).schedule
+        old = _replaced_grant(s, spec, job.caller, env) if spec.replaces else None
         if old is not None:
+            self.dirty = True  # released below; stays so if this submit is refused
             sched.release(grant_of(old), now)  # as end_grant will cut it, if this is granted
         decision = sched.admit(request_from_spec(spec), now)
         if isinstance(decision, Refusal):
-            events.append(s, now, "refused", pid, caller, {
+            outcome = SubmitOutcome(pid, d, False, refusal=decision, code=code_json)
+            self._plan(_Plan(job, outcome, event={
                 "digest": d, "team": spec.team, "reason": decision.reason,
                 "gpus": spec.budget.gpus, "gpu_seconds": spec.budget.gpu_seconds,
                 "message": decision.message,
-            })
-            if old is None:
-                env.admission.put(adm, ledger_version(s))  # a refusal changes no grant
-            return SubmitOutcome(pid, d, False, refusal=decision, code=code_json)
-        if missing and snap is not None:
-            # Once per digest: a new version whose code did not change shares the snapshot.
-            s.add(CodeRow(digest=snap.digest, size=snap.size, files=snap.files,
-                          content_bytes=snap.content_bytes, blob=snap.blob, created_at=now))
-        if existing is None:
-            s.add(ProjectRow(
-                id=pid, name=spec.name, digest=d, team=spec.team, owner=spec.owner,
-                submitted_by=caller, spec_json=canonical_json(spec), created_at=now, replaces=spec.replaces,
-            ))
-            s.flush()
-        replaced = None
-        if old is not None:
-            replaced = f"{old.project_id}"
-            end_grant(s, old, now, "replaced", caller, {"by": pid})
-        decision = sched.commit(decision)  # the snapshot as the ledger now stands; fixes its nodes
-        row = GrantRow(
-            project_id=pid, project=spec.name, digest=d, team=spec.team, pool=decision.pool,
-            width=decision.width, start=decision.start, end=decision.end,
-            promised_start=decision.start, promised_end=decision.end,
-            charged_gs=decision.gpu_seconds, created_at=now, nodes=nodes_json(decision.nodes),
-        )
-        s.add(row)
-        s.flush()
-        payload = {
-            "grant": row.id, "project": pid, "digest": d, "team": spec.team, "pool": row.pool,
-            "width": row.width, "start": row.start, "end": row.end,
-            "gpu_seconds": row.charged_gs, "issued_at": now,
-        }
-        row.receipt = sign(payload, env.private_key)
-        s.add(row)
-        events.append(s, now, "granted", pid, caller,
-                      {**{k: v for k, v in payload.items() if k != "project"}, "nodes": list(decision.nodes or ())})
-        # A replace released the old window in the snapshot (end_grant cut it in the ledger
-        # the same way), so the snapshot with the new grant committed is the ledger's.
-        env.admission.put(adm, ledger_version(s))
+            }))
+            return outcome
+        self.dirty = True  # until this submit's plan is complete
+        decision = sched.commit(decision)  # the snapshot as the ledger will stand; fixes its nodes
+        plan = _Plan(job, SubmitOutcome(pid, d, True, replaced=None if old is None else old.project_id,
+                                        code=code_json), old=old, nodes=tuple(decision.nodes or ()))
+        if missing and job.snap is not None:
+            snap = job.snap  # once per digest: a new version whose code did not change shares it
+            plan.code = {"digest": snap.digest, "size": snap.size, "files": snap.files,
+                         "content_bytes": snap.content_bytes, "blob": snap.blob, "created_at": now}
+        if not existing:
+            plan.project = {"id": pid, "name": spec.name, "digest": d, "team": spec.team, "owner": spec.owner,
+                            "submitted_by": job.caller, "spec_json": canonical_json(spec), "created_at": now,
+                            "replaces": spec.replaces}
+            self.projects[pid] = d
+        plan.grant = {"project_id": pid, "project": spec.name, "digest": d, "team": spec.team,
+                      "pool": decision.pool, "width": decision.width, "start": decision.start,
+                      "end": decision.end, "promised_start": decision.start, "promised_end": decision.end,
+                      "charged_gs": decision.gpu_seconds, "refunded_gs": 0, "state": "granted",
+                      "created_at": now, "breach_gs": 0, "receipt": "", "nodes": nodes_json(decision.nodes)}
         book = sched.teams[spec.team].book
-        return SubmitOutcome(
-            pid, d, True, row, remaining_gs=book.remaining(row.start), allowance_gs=book.allowance,
-            replaced=replaced, code=code_json,
-        )
+        plan.outcome.remaining_gs, plan.outcome.allowance_gs = book.remaining(decision.start), book.allowance
+        self._plan(plan)
+        self.dirty = False  # with the plan written, the snapshot is the ledger's (a replace's cut too)
+        return plan.outcome
+
+    def _plan(self, plan: _Plan) -> None:
+        self.pending.append(plan)
+        self.pending_names.add(plan.job.spec.name)
+
+    # -- the writes -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write the pending plans: rows first (projects, grants with their receipts), then
+        every event in the submits' order (a replace's ``replaced`` before its ``granted``)."""
+        plans, self.pending = self.pending, []
+        self.pending_names = set()
+        if not plans:
+            return
+        s, conn = self.s, self.s.connection()
+        codes = [p.code for p in plans if p.code is not None]
+        if codes:
+            conn.execute(sa_insert(CodeRow.__table__), codes)  # type: ignore[attr-defined]
+        projects = [p.project for p in plans if p.project is not None]
+        if projects:
+            conn.execute(sa_insert(ProjectRow.__table__), projects)  # type: ignore[attr-defined]
+        granted = [p for p in plans if p.grant is not None]
+        if granted:
+            g = GrantRow.__table__.c  # type: ignore[attr-defined]
+            ids = conn.execute(sa_insert(GrantRow.__table__).returning(g.id, sort_by_parameter_order=True),
+                               [p.grant for p in granted]).scalars().all()
+            receipts = []
+            for p, gid in zip(granted, ids):
+                values = p.grant
+                assert values is not None
+                payload = {
+                    "grant": gid, "project": values["project_id"], "digest": values["digest"],
+                    "team": values["team"], "pool": values["pool"], "width": values["width"],
+                    "start": values["start"], "end": values["end"], "gpu_seconds": values["charged_gs"],
+                    "issued_at": values["created_at"],
+                }
+                values["id"], values["receipt"] = gid, sign(payload, self.env.private_key)
+                receipts.append({"gid": gid, "receipt": values["receipt"]})
+                p.outcome.grant = GrantRow.model_construct(**values)  # the row as written (not a session's)
+                p.event = {**{k: v for k, v in payload.items() if k != "project"}, "nodes": list(p.nodes)}
+            conn.execute(sa_update(GrantRow.__table__).where(g.id == bindparam("gid"))  # type: ignore[attr-defined]
+                         .values(receipt=bindparam("receipt")), receipts)
+        todo: list[tuple[int, str, str, str, dict[str, Any]]] = []
+        for p in plans:
+            job = p.job
+            if p.old is not None:
+                if todo:
+                    events.append_many(s, todo)
+                todo = []
+                end_grant(s, p.old, job.now, "replaced", job.caller, {"by": job.pid})
+            todo.append((job.now, "granted" if p.grant is not None else "refused", job.pid, job.caller, p.event))
+        if todo:
+            events.append_many(s, todo)
 
 
 def code_meta(s: Session, code_digest: str) -> tuple[int, int, int] | None:

@@ -54,9 +54,12 @@ def user_of_uid(uid: int) -> str:
         return f"uid:{uid}"
 
 
-def identity(request: Request) -> Identity:
-    """FastAPI dependency: the caller, or 401. (A plain function: FastAPI runs it in its
-    thread pool, so the token lookup never blocks the event loop.)"""
+async def identity(request: Request) -> Identity:
+    """FastAPI dependency: the caller, or 401. A token kept from a recent lookup is checked
+    here on the event loop (no I/O); otherwise the ledger is read in the thread pool, so a
+    lookup never blocks the event loop. Lookups are kept a few seconds
+    (``tokens.LOOKUP_TTL_S``): a token revoked other than through this server stops working
+    within that; through it, at once."""
     peer = request.scope.get(PEER_KEY)
     if peer is not None:
         return Identity(user_of_uid(int(peer["uid"])), "socket")
@@ -67,11 +70,16 @@ def identity(request: Request) -> Identity:
         raise _unauthorized("no credentials: log in with `cellsched login URL` (a token from an admin)")
     if len(secret) > MAX_SECRET:
         raise _unauthorized("invalid, expired or revoked token")
+    from starlette.concurrency import run_in_threadpool
+
     from cellsched.runtime.clock import now_s
     from cellsched.server.app import state_of
-    from cellsched.server.tokens import lookup
+    from cellsched.server.tokens import kept, lookup_kept
 
-    found = lookup(state_of(request).env, secret, now_s())
+    env, now = state_of(request).env, now_s()
+    found = kept(env, secret, now)
+    if found is None:
+        found = await run_in_threadpool(lookup_kept, env, secret, now)
     if found is None:
         raise _unauthorized("invalid, expired or revoked token")
     return Identity(found[1], "token", found[0])

@@ -14,12 +14,17 @@ The rules, decided here for any caller (server routes and the local CLI alike):
   by the kernel (the server's Unix socket) or holding the ledger itself, so a leaked token,
   once revoked, leaves nothing behind;
 - admins see and revoke every token; a user sees and revokes their own.
+
+A valid token's lookup is kept for :data:`LOOKUP_TTL_S` seconds (:class:`TokenCache`): a
+revocation through this server works at once, one made elsewhere within that bound.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,10 @@ NEVER = ("never", "none")
 USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 NOTE_MAX = 200
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# How long a valid token's lookup is kept (``TokenCache``): a token revoked other than
+# through this server stops working here within this many seconds.
+LOOKUP_TTL_S = 5.0
+LOOKUP_CACHE_SIZE = 4096
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -111,12 +120,93 @@ def issue(env: Env, user: str, created_by: str, now: int, expires_at: int | None
     return tid, secret
 
 
+class TokenCache:
+    """Valid tokens looked up lately, so that a request need not read the ledger to prove
+    its caller: token hash -> (id, user, expires_at), each kept :data:`LOOKUP_TTL_S`
+    seconds (monotonic clock) from its lookup, at most :data:`LOOKUP_CACHE_SIZE` of them.
+
+    Expiry is checked against the request's clock on every use. A revocation through this
+    process (``revoke``) empties the cache when it commits, and a lookup that read the
+    ledger before that is not kept (``generation``); a revocation by anyone else (the
+    local CLI on the ledger, another server) takes effect here within LOOKUP_TTL_S.
+    Unknown tokens are never kept: a flood of made-up ones costs a read each, as before."""
+
+    def __init__(self, ttl: float = 0.0, size: int = 0) -> None:
+        self.ttl = ttl or LOOKUP_TTL_S
+        self.size = size or LOOKUP_CACHE_SIZE
+        self._lock = threading.Lock()
+        self._kept: dict[str, tuple[str, str, int | None, float]] = {}
+        self.generation = 0
+
+    def get(self, sha256: str, now: int) -> tuple[str, str] | None:
+        with self._lock:
+            hit = self._kept.get(sha256)
+        if hit is None:
+            return None
+        tid, user, expires_at, until = hit
+        if time.monotonic() >= until or (expires_at is not None and now >= expires_at):
+            return None
+        return tid, user
+
+    def put(self, sha256: str, tid: str, user: str, expires_at: int | None, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return  # a revocation committed since this lookup read the ledger
+            if len(self._kept) >= self.size:
+                self._kept.clear()  # rare (more live tokens than the size): simplest bound
+            self._kept[sha256] = (tid, user, expires_at, time.monotonic() + self.ttl)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._kept.clear()
+            self.generation += 1
+
+
+def _cache(env: Env) -> TokenCache:
+    cache = env.token_cache
+    if cache is None:
+        with _CACHE_LOCK:
+            cache = env.token_cache
+            if cache is None:
+                cache = env.token_cache = TokenCache()
+    return cache  # type: ignore[no-any-return]
+
+
+_CACHE_LOCK = threading.Lock()
+
+
 def lookup(env: Env, secret: str, now: int) -> tuple[str, str] | None:
-    """(token id, user) for a valid token, else None (unknown, expired or revoked)."""
+    """(token id, user) for a valid token, else None (unknown, expired or revoked), as the
+    ledger says now."""
+    return _read(env, token_hash(secret), now, None)
+
+
+def kept(env: Env, secret: str, now: int) -> tuple[str, str] | None:
+    """(token id, user) if a recent lookup of this valid token is kept, else None (then
+    :func:`lookup_kept` reads the ledger). No I/O."""
+    return _cache(env).get(token_hash(secret), now)
+
+
+def lookup_kept(env: Env, secret: str, now: int) -> tuple[str, str] | None:
+    """:func:`lookup` for a request to the server: a valid token's lookup is kept a few
+    seconds (:class:`TokenCache`), so a revocation made elsewhere than through this server
+    takes effect here within :data:`LOOKUP_TTL_S`."""
+    h = token_hash(secret)
+    cache = _cache(env)
+    hit = cache.get(h, now)
+    if hit is not None:
+        return hit
+    return _read(env, h, now, cache)
+
+
+def _read(env: Env, sha256: str, now: int, cache: TokenCache | None) -> tuple[str, str] | None:
+    generation = 0 if cache is None else cache.generation
     with env.ledger.read() as s:
-        row = s.exec(select(TokenRow).where(TokenRow.sha256 == token_hash(secret))).first()
+        row = s.exec(select(TokenRow).where(TokenRow.sha256 == sha256)).first()
     if row is None or row.revoked_at is not None or (row.expires_at is not None and now >= row.expires_at):
         return None
+    if cache is not None:
+        cache.put(sha256, row.id, row.user, row.expires_at, generation)
     return row.id, row.user
 
 
@@ -167,5 +257,7 @@ def revoke(env: Env, caller: Identity, token_id: str, now: int) -> tuple[TokenIn
         s.add(row)
         s.flush()
         events.append(s, now, "token_revoked", row.id, caller.user, {"user": row.user, "via": caller.via})
-        return TokenInfo.of(row), True
+        info = TokenInfo.of(row)
+    _cache(env).clear()  # committed: from now on no request of this process gets in with it
+    return info, True
 
