@@ -315,6 +315,14 @@ class ProjectSpec(_Frozen):
     jobs: tuple[Job, ...] = Field(min_length=1, max_length=1000)
     code: Code | None = None
 
+    @field_validator("owner", "problem", "notify")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        # Stored as text columns too, and PostgreSQL's text cannot hold NUL.
+        if v is not None and "\x00" in v:
+            raise ValueError("must not contain NUL characters")
+        return v
+
     @model_validator(mode="after")
     def _jobs(self) -> ProjectSpec:
         problems = []
