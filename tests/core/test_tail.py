@@ -55,7 +55,7 @@ def test_the_next_oldest_holds_its_place_when_the_oldest_starts_now():
     x = s.commit(grant("X", 2, 20, 30))
     y = s.commit(grant("Y", 4, 30, 40))
     s.release(r, 5)
-    moves = start_waiting_now(s, [(1, x), (2, y)], 5)
+    moves = start_waiting_now(s, [(1, x), (2, y)], 5, reserve=1)
     assert [(new.project, new.start) for _, _, new in moves] == [("X", 5), ("Y", 15)]
 
 

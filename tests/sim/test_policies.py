@@ -54,7 +54,7 @@ def test_cellsched_pull_forward_order(rule, reserve, expected):
     # D (2 GPUs, 7) is promised 16. When A ends at 2: compact takes them in start order, so
     # B and C slide to 2, then D to 8; start_now without a reservation starts the longest
     # that fits now first: D (7 s) at 2, then B and C when it ends at 9. With the oldest
-    # holding its place (the default), B, the oldest, moves to 2 and starts; then C, the
+    # holding its place (hold_oldest), B, the oldest, moves to 2 and starts; then C, the
     # oldest left, does too; D goes to 8.
     tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 7, 2))
     e = run("cellsched", setup(tr, 2), rule=rule, reserve=reserve)
@@ -83,7 +83,7 @@ def test_cellsched_jump_into_a_hole():
         # free GPU; B starts when its whole window fits now, at 8 when N ends: still before
         # its promise.
         ("start_now", [0, 0, 8, 3]),
-        # start_now with the oldest waiting grant holding its place (the default): B is the
+        # start_now with the oldest waiting grant holding its place (hold_oldest): B is the
         # oldest, moves to 6 at once as compact would, and N goes after it.
         ("start_now+reserve", [0, 0, 6, 16]),
     ],
@@ -126,3 +126,14 @@ def test_default_allowances_admit_the_whole_trace_and_scale_tightens_them():
     tr = trace(*[(i, 3600, 1) for i in range(10)])
     assert run("cellsched", setup(tr, 2)).refused == {}
     assert len(run("cellsched", setup(tr, 2, scale=0.5)).refused) == 5
+
+
+def test_hold_oldest_is_start_now_with_the_oldest_holding_its_place():
+    """The cluster's policy names the rule; hold_oldest = start_now with one reservation."""
+    from cellsched.core.admission import RESERVE_OLDEST, pull_rule
+
+    assert pull_rule("start_now") == ("start_now", 0) and pull_rule("compact") == ("compact", 0)
+    assert pull_rule("hold_oldest") == ("start_now", RESERVE_OLDEST) == ("start_now", 1)
+    tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 7, 2))
+    assert starts(run("cellsched", setup(tr, 2), rule="hold_oldest")) == [0, 2, 2, 8]
+    assert starts(run("cellsched", setup(tr, 2))) == [0, 9, 9, 2]  # start_now, the default

@@ -518,11 +518,22 @@ class Schedule:
 
 RESERVE_OLDEST = 1
 """How many of the oldest waiting grants ``start_waiting_now`` moves to their earliest
-window before it starts others (docs/admission.md, "The oldest grant holds its place")."""
+window before it starts others under ``pull_forward = "hold_oldest"`` (docs/admission.md,
+"The oldest grant holds its place")."""
+
+
+def pull_rule(name: str) -> tuple[str, int]:
+    """A cluster's ``policy.pull_forward`` as (the pass: ``start_now`` or ``compact``, how
+    many oldest waiting grants hold their place first)."""
+    if name == "hold_oldest":
+        return "start_now", RESERVE_OLDEST
+    if name in ("start_now", "compact"):
+        return name, 0
+    raise ValueError(f"unknown pull_forward rule {name!r}")
 
 
 def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int,
-                      reserve: int = RESERVE_OLDEST) -> list[tuple[int, Grant, Grant]]:
+                      reserve: int = 0) -> list[tuple[int, Grant, Grant]]:
     """The ``start_now`` pull-forward rule over waiting grants keyed by submission order
     (the key is the tie-breaker and says which grant is oldest).
 

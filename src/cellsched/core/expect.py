@@ -114,8 +114,9 @@ class WaitingSet(Protocol):
 class PlainWaiting:
     """``start_waiting_now`` over a dict: the rule written plainly."""
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(self, schedule: Schedule, reserve: int = 0) -> None:
         self.schedule = schedule
+        self.reserve = reserve  # as pull_rule gives it for the cluster's policy.pull_forward
         self.grants: dict[int, Grant] = {}
 
     def add(self, key: int, g: Grant) -> None:
@@ -128,7 +129,7 @@ class PlainWaiting:
         pass
 
     def run(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
-        for k, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now):
+        for k, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now, self.reserve):
             self.remove(k, g)
             if ng.start > now:
                 self.add(k, ng)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from sqlmodel import Session, col, select
 
-from cellsched.core.admission import Grant, start_waiting_now
+from cellsched.core.admission import Grant, pull_rule, start_waiting_now
 from cellsched.executor.base import GangResult, round_seconds
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
@@ -501,7 +501,7 @@ class GrantWriter:
         simulator does: ``start_now`` starts, longest first, each grant whose whole window
         fits now; ``compact`` moves each, in (start, id) order, to the earliest window that
         fits. Returns one line per move."""
-        rule = cluster.policy.pull_forward
+        rule, reserve = pull_rule(cluster.policy.pull_forward)
         sched = load_schedule(s, cluster, now)
         rows = s.exec(waiting_grants(now).order_by(col(GrantRow.start), col(GrantRow.id))).all()
         waiting: list[tuple[GrantRow, int]] = []
@@ -518,7 +518,8 @@ class GrantWriter:
         if rule == "start_now":
             by_id = {row.id or 0: row for row, _ in waiting}
             try:
-                started = start_waiting_now(sched, [(row.id or 0, grant_of(row)) for row, _ in waiting], now)
+                started = start_waiting_now(sched, [(row.id or 0, grant_of(row)) for row, _ in waiting], now,
+                                            reserve)
             except ValueError:
                 started = []
             moves = [(by_id[k], new) for k, _, new in started]

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from heapq import heappop, heappush
 from itertools import islice
 
-from cellsched.core.admission import RESERVE_OLDEST, Grant, Schedule
+from cellsched.core.admission import Grant, Schedule, pull_rule
 
 INF = 1 << 62
 
@@ -74,9 +74,9 @@ class _Lane:
 class Waiting:
     """The waiting grants, and the passes that pull them forward when capacity is freed."""
 
-    def __init__(self, schedule: Schedule, rule: str = "start_now", reserve: int = RESERVE_OLDEST) -> None:
-        if rule not in ("start_now", "compact"):
-            raise ValueError(f"unknown pull_forward rule {rule!r}")
+    def __init__(self, schedule: Schedule, rule: str = "start_now", reserve: int | None = None) -> None:
+        rule, by_rule = pull_rule(rule)
+        reserve = by_rule if reserve is None else reserve
         self.schedule = schedule
         self.rule = rule
         # Team calendars and allowances split by period can block a start the pool allows,

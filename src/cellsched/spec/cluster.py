@@ -95,7 +95,9 @@ class Policy(_Frozen):
     grace_s: int = Field(default=60, ge=0)
     horizon_days: int = Field(default=366, ge=1, le=3660)
     lend_idle: bool = False
-    pull_forward: Literal["start_now", "compact"] = "start_now"
+    # How waiting grants use freed GPUs (docs/admission.md): start_now (default), hold_oldest
+    # (start_now, the oldest waiting grant first holding its place), compact.
+    pull_forward: Literal["start_now", "hold_oldest", "compact"] = "start_now"
     # Variables of the Ray workers' environment jobs also get (docs/executor.md: the rest is
     # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
     pass_env: tuple[str, ...] = Field(default=(), description="environment variable names")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from cellsched.core.admission import RESERVE_OLDEST, Grant, Refusal, Request, Schedule
+from cellsched.core.admission import Grant, Refusal, Request, Schedule
 from cellsched.core.expect import expected_starts
 from cellsched.sim.compress import Waiting
 from cellsched.sim.expect import History
@@ -28,13 +28,14 @@ class Cellsched:
     name = "cellsched"
     promises = True
 
-    def __init__(self, setup: SimSetup, rule: str | None = None, reserve: int = RESERVE_OLDEST,
+    def __init__(self, setup: SimSetup, rule: str | None = None, reserve: int | None = None,
                  expect_every: int | None = None) -> None:
         self.schedule = Schedule.empty(setup.cluster)
         nodes = setup.nodes
         self.offset = {p: nodes.offset(p) for p in self.schedule.pools}
         self.grants: dict[int, Grant] = {}  # job seq -> its grant as it now stands
-        self.waiting = Waiting(self.schedule, rule or setup.cluster.policy.pull_forward, reserve)
+        self.rule_name = rule or setup.cluster.policy.pull_forward
+        self.waiting = Waiting(self.schedule, self.rule_name, reserve)
         self._forget_at = 0
         # The expected start, measured (sim/expect.py): every expect_every-th waiting job.
         self.expect_every = setup.expect_every if expect_every is None else expect_every
@@ -67,7 +68,7 @@ class Cellsched:
     def _expect(self, job: TraceJob, g: Grant, now: int) -> None:
         t0 = time.process_time()
         got = expected_starts(self.pool_gpus, list(self.grants.items()), self.history.ratios(now), now,
-                              want=(job.seq,), waiting_set=lambda s: Waiting(s, "start_now"))
+                              want=(job.seq,), waiting_set=lambda s: Waiting(s, self.rule_name))
         self.expected[job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
         self.expect_seconds += time.process_time() - t0
 
