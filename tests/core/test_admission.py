@@ -93,7 +93,7 @@ CASES: list[tuple[str, Callable[[], Schedule], Request, int, Granted | Refused]]
      base, req("p").deadline(T0 - 1).build(), T0, Refused("deadline_passed")),
     ("deadline too close for the window even on an empty pool",
      base, req("p").gpus(2).hours(4).deadline(T0 + 2 * H - 1).build(), T0,
-     Refused("deadline_passed", (("needed", 2 * H), ("available", 2 * H - 1)))),
+     Refused("deadline_too_close", (("needed", 2 * H), ("available", 2 * H - 1)))),
     ("not_before in the future",
      base, req("p").not_before(T0 + DAY).build(), T0, Granted(T0 + DAY, T0 + DAY + H)),
     ("not_before in the past means now",

@@ -11,6 +11,7 @@ wall clock: time is an integer passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from cellsched import fmt
 from cellsched.core.allowance import TeamBook, periods_touched_at_most
@@ -62,15 +63,20 @@ class Grant:
 
 @dataclass(frozen=True, slots=True)
 class Alternative:
-    """A shape that would be granted now, and one sentence saying how it differs."""
+    """A shape that would be granted now, and one sentence saying how it differs.
 
-    kind: str  # "later_start" | "narrower" | "smaller" | "whole_nodes"
+    ``changes`` says how the spec becomes it: budget keys (``gpus``, ``gpu_seconds``,
+    ``pool``, ``gpu_type``, ``deadline``) and their new values (``core.alternatives.apply``);
+    the grant the changed spec gets now is ``pool``, ``width``, ``start``, ``end``."""
+
+    kind: str  # later_start | narrower | wider | smaller | whole_nodes | other_pool | team_width
     pool: str
     width: int
     start: int
     end: int
     gpu_seconds: int
     message: str
+    changes: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +99,10 @@ REASONS = (
     "over_max_gpus",
     "longer_than_max_grant",
     "deadline_passed",
+    "deadline_too_close",
     "over_allowance",
     "no_capacity_in_window",
+    "name_in_use",  # the service's: another live grant has the spec's name (docs/admission.md)
 )
 
 
@@ -223,8 +231,18 @@ class Schedule:
 
     # -- the decision ------------------------------------------------------------------
 
-    def admit(self, req: Request, now: int) -> Grant | Refusal:
-        """Grant the earliest feasible window for ``req``, or say why not and what would fit."""
+    def admit(self, req: Request, now: int, alternatives: bool = True) -> Grant | Refusal:
+        """Grant the earliest feasible window for ``req``, or say why not and what would fit
+        (``core.alternatives``; with ``alternatives`` false, a refusal is the bare reason,
+        its message unwritten: what the alternatives' own checks need)."""
+        out = self._admit(req, now, alternatives)
+        if isinstance(out, Refusal) and alternatives:
+            from cellsched.core import alternatives as alts
+
+            return alts.offer(self, req, out, now)
+        return out
+
+    def _admit(self, req: Request, now: int, full: bool) -> Grant | Refusal:
         team = self.teams.get(req.team)
         if team is None:
             return Refusal("unknown_team", f"team {req.team!r} is not in the cluster config.")
@@ -262,9 +280,16 @@ class Schedule:
             )
         earliest = max(now + self.policy.min_notice_s, req.not_before or now)
         if req.deadline is not None and earliest + duration > req.deadline:
+            if req.deadline <= now:
+                return Refusal(
+                    "deadline_passed",
+                    f"the deadline {fmt_time(req.deadline)} has passed.",
+                    needed=duration,
+                    available=0,
+                )
             return Refusal(
-                "deadline_passed",
-                f"a {duration / 3600:,.1f} h window starting no earlier than "
+                "deadline_too_close",
+                f"a {fmt.duration(duration)} window starting no earlier than "
                 f"{fmt_time(earliest)} cannot end by the deadline {fmt_time(req.deadline)}.",
                 needed=duration,
                 available=max(0, req.deadline - earliest),
@@ -284,13 +309,15 @@ class Schedule:
         horizon = now + self.policy.horizon_days * 86400
         fitting = [p for p in pools if self.pools[p.name][1].admits(width)]
         if not fitting:
-            return self._not_whole_nodes(req, pools, earliest, horizon)
+            return self._not_whole_nodes(req, pools)
         pushed = [False]
         found = self._search(fitting, req.team, width, duration, earliest, req.deadline, horizon, True, pushed)
         if found is not None:
             pool, start = found
             nodes = self.pools[pool][1].choose(width, start, start + duration)
             return Grant(req.project, req.team, pool, width, start, start + duration, nodes)
+        if not full:
+            return Refusal("no_capacity_in_window" if not pushed[0] else "over_allowance", "")
         # Not found and the allowance never moved the search: capacity alone has no window.
         return self._refuse(req, fitting, earliest, horizon, no_capacity=not pushed[0])
 
@@ -370,7 +397,6 @@ class Schedule:
         book = self.teams[req.team].book
         capacity_only = None if no_capacity else self._search(
             pools, req.team, width, duration, earliest, req.deadline, horizon, False)
-        alternatives: list[Alternative] = []
         # With no window by the deadline (nor the horizon), the later start lies past them:
         # the search for it need not walk that stretch again.
         later_from = earliest
@@ -378,29 +404,14 @@ class Schedule:
             last = horizon if req.deadline is None else min(req.deadline - duration, horizon)
             later_from = max(earliest, last + 1)
         later = self._search(pools, req.team, width, duration, later_from, None, horizon, True)
-        if later is not None and req.deadline is not None:
-            pool, start = later
-            alternatives.append(
-                Alternative(
-                    "later_start", pool, width, start, start + duration, width * duration,
-                    f"start {fmt_time(start)} (move the deadline to {fmt_time(start + duration)})",
-                )
-            )
-        narrower = self._widest_in_window(req, pools, earliest, horizon)
-        if narrower is not None:
-            alternatives.append(narrower)
         if capacity_only is not None:
             pool, start = capacity_only
             left = max(0, book.remaining(start))
-            smaller = self._smaller_in_allowance(req, pools, earliest, horizon)
-            if smaller is not None:
-                alternatives.append(smaller)
             return Refusal(
                 "over_allowance",
                 f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has "
                 f"{fmt_gh(left)} GPU-hours left this {book.period} "
                 f"(allowance {fmt_gh(book.allowance)}).",
-                tuple(alternatives),
                 needed=width * duration,
                 available=left,
                 earliest_start=start,
@@ -423,96 +434,25 @@ class Schedule:
         return Refusal(
             "no_capacity_in_window",
             msg,
-            tuple(alternatives),
             needed=width,
             available=max((self.pools[p.name][1].widest_fit(earliest, earliest + duration) for p in pools), default=0),
             earliest_start=None if later is None else later[1],
         )
 
-    def _not_whole_nodes(self, req: Request, pools: list[Pool], earliest: int, horizon: int) -> Refusal:
+    def _not_whole_nodes(self, req: Request, pools: list[Pool]) -> Refusal:
         """The width is wider than a node and not a whole number of nodes in any candidate
-        pool: refused, with the nearest widths that are (same GPU-hours) as alternatives."""
+        pool: refused, naming the nearest widths that are (offered by ``core.alternatives``)."""
         width = req.width
         near = sorted({w for p in pools for w in admissible_widths_near(
             width, p.gpus_per_node, self.pools[p.name][1].full_nodes) if w <= p.gpus})
-        max_s = self.policy.max_grant_s
-        alternatives = []
-        for w in near:
-            d = -(-req.gpu_seconds // w)
-            if max_s is not None and d > max_s:
-                continue
-            found = self._search(pools, req.team, w, d, earliest, req.deadline, horizon, True)
-            if found is not None:
-                pool, start = found
-                per = self.pools[pool][0].gpus_per_node
-                shape = f"{w // per} whole nodes" if w > per else "one node"
-                alternatives.append(Alternative(
-                    "whole_nodes", pool, w, start, start + d, w * d,
-                    f"{w} GPUs on {shape} from {fmt_time(start)} to {fmt_time(start + d)}",
-                ))
         per_s = " or ".join(str(x) for x in sorted({p.gpus_per_node for p in pools}))
         return Refusal(
             "not_whole_nodes",
             f"{width} GPUs is wider than one node ({per_s} GPUs) and not a whole number of "
             f"nodes: a grant wider than a node takes whole nodes (ask for "
             f"{' or '.join(str(w) for w in near)} GPUs).",
-            tuple(alternatives),
             needed=width,
             available=near[0] if near else None,
-        )
-
-    def _widest_in_window(
-        self, req: Request, pools: list[Pool], earliest: int, horizon: int
-    ) -> Alternative | None:
-        """The most GPUs below the asked width that fit the same GPU-hours in the window."""
-        if req.deadline is None:
-            return None
-        best = None
-        # Narrower means longer: below these widths the window exceeds the longest grant or
-        # no longer fits between the earliest start and the deadline.
-        room = req.deadline - earliest
-        if room <= 0:
-            return None
-        max_s = self.policy.max_grant_s
-        least = max(1, -(-req.gpu_seconds // room), 1 if max_s is None else -(-req.gpu_seconds // max_s))
-        # Only widths the node rule allows in some candidate pool (every width on one-node pools).
-        cals = [self.pools[p.name][1] for p in pools]
-        widths = sorted({w for c in cals for w in c.admissible_widths(least, req.width)})
-        lo, hi = 0, len(widths) - 1
-        while lo <= hi:  # above those bounds feasibility is monotone enough to bisect, then verified
-            mid_i = (lo + hi) // 2
-            mid = widths[mid_i]
-            d = -(-req.gpu_seconds // mid)
-            found = self._search(pools, req.team, mid, d, earliest, req.deadline, horizon, True)
-            if found is not None:
-                best = (mid, d, found)
-                lo = mid_i + 1
-            else:
-                hi = mid_i - 1
-        if best is None:
-            return None
-        w, d, (pool, start) = best
-        return Alternative(
-            "narrower", pool, w, start, start + d, w * d,
-            f"{w} GPUs in your window ({fmt_time(start)} to {fmt_time(start + d)})",
-        )
-
-    def _smaller_in_allowance(
-        self, req: Request, pools: list[Pool], earliest: int, horizon: int
-    ) -> Alternative | None:
-        """The same width for as many GPU-hours as the allowance has left."""
-        book = self.teams[req.team].book
-        left = book.remaining(earliest)
-        d = left // req.width
-        if d <= 0:
-            return None
-        found = self._search(pools, req.team, req.width, d, earliest, req.deadline, horizon, True)
-        if found is None:
-            return None
-        pool, start = found
-        return Alternative(
-            "smaller", pool, req.width, start, start + d, req.width * d,
-            f"{fmt_gh(req.width * d)} GPU-hours on {req.width} GPUs from {fmt_time(start)}",
         )
 
 
