@@ -4,8 +4,9 @@ Breakpoints live in two parallel Python lists (times, free-from-that-time), so l
 ``bisect`` and scans touch only the segments a window crosses. Equal neighbours are merged
 on every change, so the list stays as short as the schedule is busy. A long calendar (a
 pool with a year of grants) also keeps the least and the most free of every BLOCK
-breakpoints, made when a long scan first needs them and dropped by any change, so a
-search over months reads a block at a time.
+breakpoints, so a search over months reads a block at a time. Any change drops them; they
+are made again once the long scans since the last change have read as many breakpoints as
+making them does (a calendar that changes between every two searches never pays for them).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _tail(xs: list[int], k: int) -> Iterator[int]:
 class CapacityCalendar:
     """Free GPUs over time for a pool of ``capacity`` GPUs; time is integer seconds."""
 
-    __slots__ = ("capacity", "_blk", "_t", "_f")
+    __slots__ = ("capacity", "_blk", "_scanned", "_t", "_f")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
@@ -40,6 +41,7 @@ class CapacityCalendar:
         self._t: list[int] = [FAR_PAST]
         self._f: list[int] = [capacity]
         self._blk: tuple[list[int], list[int]] | None = None  # (mins, maxes) per BLOCK
+        self._scanned = 0  # breakpoints long scans have read since the last change
 
     def __len__(self) -> int:
         return len(self._t)
@@ -165,6 +167,7 @@ class CapacityCalendar:
             del self._t[1 : i + 1]
             del self._f[: i]
             self._blk = None
+            self._scanned = 0
 
     # -- internals ---------------------------------------------------------------------
 
@@ -177,10 +180,20 @@ class CapacityCalendar:
             blk = self._blk = ([min(f[a : a + BLOCK]) for a in starts], [max(f[a : a + BLOCK]) for a in starts])
         return blk
 
+    def _direct(self, span: int) -> bool:
+        """Whether a scan of ``span`` breakpoints reads them one by one (short, or no blocks
+        made yet and the scans since the last change have not yet paid for making them)."""
+        if span < LONG or len(self._f) < BLOCKED_FROM:
+            return True
+        if self._blk is not None:
+            return False
+        self._scanned += span
+        return self._scanned < len(self._f)
+
     def _min(self, lo: int, hi: int) -> int:
         """min(f[lo:hi]) (hi > lo), a block at a time over a long span of a long calendar."""
         f = self._f
-        if hi - lo < LONG or len(f) < BLOCKED_FROM:
+        if self._direct(hi - lo):
             return min(f[lo:hi])
         a, b = -(-lo // BLOCK), hi // BLOCK  # the whole blocks inside [lo, hi): a .. b - 1
         return min(min(f[lo : a * BLOCK], default=FAR_FUTURE), min(self._blocks()[0][a:b]),
@@ -191,8 +204,10 @@ class CapacityCalendar:
         1 when ``test`` asks for at least some GPUs (blocks judged by their most), 0 when
         for fewer (by their least)."""
         f = self._f
-        if hi - lo < LONG or len(f) < BLOCKED_FROM:
-            return next(compress(range(lo, hi), map(test, islice(_tail(f, lo), hi - lo))), hi)
+        if hi - lo < LONG or len(f) < BLOCKED_FROM or (self._blk is None and self._scanned < len(f)):
+            x = next(compress(range(lo, hi), map(test, islice(_tail(f, lo), hi - lo))), hi)
+            self._scanned += x - lo  # what it read, not the span: most skips stop early
+            return x
         a = -(-lo // BLOCK)
         x = next(compress(range(lo, a * BLOCK), map(test, islice(_tail(f, lo), a * BLOCK - lo))), None)
         if x is not None:
@@ -214,6 +229,7 @@ class CapacityCalendar:
     def _split(self, at: int) -> int:
         """Index of the breakpoint at ``at``, inserting one if needed."""
         self._blk = None
+        self._scanned = 0
         t = self._t
         i = bisect_right(t, at) - 1
         if t[i] != at:
@@ -224,6 +240,7 @@ class CapacityCalendar:
 
     def _add(self, start: int, end: int, delta: int) -> None:
         self._blk = None
+        self._scanned = 0
         i = self._split(start)
         j = self._split(end)
         f = self._f

@@ -9,30 +9,23 @@ placement can deliver as it stands.
 
 :class:`NodeCalendar` is still the pool's :class:`CapacityCalendar` (free GPUs of the whole
 pool: what the flat methods ``free_at``, ``min_free``, ``earliest``, ``free_until`` ... read),
-and keeps beside it one calendar per node. Searches go through a **threshold index**, one
-per GPU count ``v`` (built the first time a request needs it):
-
-- ``count``: how many nodes have at least ``v`` GPUs free, as a step function of time;
-- every maximal span during which one node has at least ``v`` free (a *run*), kept sorted
-  by its end, with its start beside it, and again sorted by its start.
-
-A node fits ``v`` GPUs over ``[t, t + d)`` iff one of its runs covers that window, so the
-number of nodes that fit is ``count(t)`` minus the runs covering ``t`` that end inside the
-window: bisects and one C-level scan. The earliest start for ``k`` nodes of ``v`` GPUs is
-at ``start`` or at the start of some run (had a node fit one second earlier, it would still
-fit). The search starts where the pool's flat calendar first has the GPUs, skips every
-stretch where ``count`` alone is short (``CapacityCalendar.earliest`` on ``count``), and when
-only ``f < k`` nodes fit at a candidate it jumps to the start of the ``(k - f)``-th run at
-least ``d`` long that begins later (a run that began earlier and covers a later window
-covers this one: it is among the ``f``); hours whose longest run is shorter are skipped
-whole. For one node, that run's start is the answer. Exact, not a heuristic.
+and keeps beside it one calendar per node. Searches, fits and choices go through an **hour
+index** per GPU count ``v`` (:class:`_Hours`, built the first time a request needs it, or by
+``build_index``): per hour, bitmasks of the nodes with ``v`` free at its start, throughout
+it and at some instant of it, and the instants in it at which a node crosses ``v``. The
+nodes that fit ``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of big integers
+away; the earliest start for ``k`` of them skips hours by cached counts and walks only the
+ups inside an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
+(how far the nodes stay free from an instant, for the simulator's pull-forward index) reads
+a **threshold index** instead: every maximal span during which a node has at least ``v``
+free (a *run*), sorted by its end, and how many nodes have ``v`` free over time.
 
 Which nodes: whole nodes are the lowest-numbered ones wholly free over every hour the
-window touches (a bitmask per hour, ANDed), else those whose run ends soonest after the
-window; a narrow grant goes to the best fit in GPUs among nodes already in use (the first
-``SCAN_NODES``), else to the highest-numbered wholly free node (whole nodes are taken from
-the bottom, narrow grants break them from the top), else to the best fit among the nodes
-whose run ends soonest.
+window touches (a bitmask per hour, ANDed), else those whose span of free GPUs ends
+soonest after the window; a narrow grant goes to the best fit in GPUs among nodes already
+in use (the first ``SCAN_NODES``), else to the highest-numbered wholly free node (whole
+nodes are taken from the bottom, narrow grants break them from the top), else to the best
+fit among the nodes whose span ends soonest. ``replace`` moves a reservation off lost nodes by the same choice.
 
 A pool that is one node (``gpus_per_node == gpus``) has no index: the node *is* the pool,
 and every answer is the flat calendar's, bit for bit.
@@ -266,20 +259,22 @@ class _Hours:
 
     Per hour ``q`` (index ``q - q0``): ``m0``, the nodes with ``v`` free just before the
     hour; ``sure``, those with ``v`` free throughout it; ``poss``, those with ``v`` free at
-    some instant of it; ``dall``, those that drop below ``v`` in it; ``pc``/``sc``, how many
-    nodes ``poss``/``sure`` hold; and its crossings, *ups* and *downs*, each as sorted keys
-    ``time * NK + node`` beside the node's bit. Before the first hour every node is as at
-    its calendar's start (``head``), after the last as at its end (``tail``).
+    some instant of it; ``dall``, those that drop below ``v`` in it; and its crossings,
+    *ups* and *downs*, each as sorted keys ``time * NK + node`` beside the node's bit.
+    Before the first hour every node is as at its calendar's start (``head``), after the
+    last as at its end (``tail``).
 
     So the nodes that fit ``v`` GPUs over [t, e) are those with ``v`` free at t (``m0`` of
     t's hour with that hour's crossings up to t toggled) less those with a down in (t, e):
-    a bisect and a few C-level ORs per end hour, and one OR per hour between. A search
-    skips hours by counts: no window starting in hour q fits ``k`` nodes unless ``pc[q]``
-    and ``sc`` of every hour the window surely covers are at least ``k`` (scanned at C
-    speed), then ``poss[q]`` ANDed with those hours' ``sure`` (the *candidates*) holds
-    ``k`` nodes. Inside an hour that passes, the start is ``t`` or the instant a candidate
-    comes up: between two ups the nodes that fit only leave, so when ``f`` nodes fit at t
-    the next start that can fit is the ``(k - f)``-th candidate up after t. Exact."""
+    a bisect and a few C-level ORs per end hour, and one OR per hour between. No window
+    starting in hour q fits ``k`` nodes unless ``poss[q]`` ANDed with the ``sure`` of every
+    hour such a window covers whole (the hour's *candidates*) holds ``k`` nodes. A search
+    skips hours by counts of candidates, cached per chunk of CHUNK hours for a few window
+    lengths (each count is for a length no longer than the search's, so a bound: the hour's
+    own candidates are checked when it passes), scanned at C speed. Inside an hour that
+    passes, the start is ``t`` or the instant a candidate comes up: between two ups the
+    nodes that fit only leave, so when ``f`` nodes fit at t the next start that can fit is
+    the ``(k - f)``-th candidate up after t. Exact."""
 
     __slots__ = ("_lvl", "_maxin", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "poss", "q0",
                  "sure", "tail", "ub", "uk", "v")
