@@ -154,14 +154,15 @@ def iso(t: float | None) -> str | None:
 
 
 def _iso_times(data: dict[str, Any]) -> None:
-    """Add ISO UTC beside every epoch field of a grant or refusal."""
-    for obj in (data.get("grant"), data.get("refusal")):
+    """Add ISO UTC beside every epoch field of a grant, refusal or delay."""
+    for obj in (data.get("grant"), data.get("refusal"), data.get("delay")):
         if not obj:
             continue
-        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at", "earliest_start"):
+        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at", "earliest_start",
+                  "wanted_start", "free_from"):
             if k in obj:
                 obj[k + "_utc"] = iso(obj[k])
-        for alt in obj.get("alternatives", []):
+        for alt in [*obj.get("alternatives", []), *obj.get("sooner", [])]:
             alt["start_utc"], alt["end_utc"] = iso(alt["start"]), iso(alt["end"])
 
 
@@ -191,23 +192,82 @@ def validate_specs(env: Env | None, caller: str, specs: list[SpecIn], now: int) 
     return out
 
 
-def submit(env: Env, caller: str, spec: SpecIn, now: int, snapshot: Snapshot | None = None) -> dict[str, Any]:
+def submit(env: Env, caller: str, spec: SpecIn, now: int, snapshot: Snapshot | None = None, *,
+           dry_run: bool = False, replace: bool = False) -> dict[str, Any]:
     """``submit``: granted or refused (``decision``). The code's archive is ``snapshot``
-    (local), or already in the ledger (uploaded to the server with ``store_code``)."""
+    (local), or already in the ledger (uploaded to the server with ``store_code``).
+
+    ``dry_run`` (``submit --dry-run``, ``plan``): the same answer, nothing written (a spec
+    with code needs no stored snapshot). ``replace`` (``--replace``): the spec replaces the
+    live grant of its name (as ``replaces = "name@digest"`` in it would say)."""
     from cellsched import service
     from cellsched.spec.load import Sealed
 
     sealed = sealed_spec(spec)
+    if replace:
+        sealed = _replacing(env, spec.file, sealed)
     if snapshot is not None:
         if spec.code is None or snapshot.digest != spec.code.digest:
             raise BadInput(f"{spec.file}: code: the snapshot given is not the spec's")
-        outcome = service.submit(env, Sealed(sealed, snapshot), caller, now)
+        outcome = service.submit(env, Sealed(sealed, snapshot), caller, now, dry_run=dry_run)
     else:
         source = None if spec.code is None else spec.code.source
-        outcome = service.submit(env, sealed, caller, now, code_source=source)
+        info = None if spec.code is None else spec.code.snapshot_json()
+        outcome = service.submit(env, sealed, caller, now, code_source=source, dry_run=dry_run, code_info=info)
     data = outcome.to_json()
     _iso_times(data)
     return data
+
+
+def _replacing(env: Env, file: str, sealed: ProjectSpec) -> ProjectSpec:
+    """The spec with ``replaces`` naming the live grant of its name. Again after it was
+    granted (the live grant is then this very version): the same spec, so the same digest
+    and the existing grant."""
+    from cellsched import service
+
+    live = service.live_version(env, sealed.name)
+    if live is None:
+        raise NotFound(f"{file}: --replace: project {sealed.name} has no live grant to replace")
+    pid, live_spec = live
+    if sealed.replaces is not None and sealed.replaces != pid:
+        raise BadInput(f"{file}: --replace: the spec says replaces = {sealed.replaces!r}, the live grant is {pid}")
+    if live_spec is not None and live_spec.model_copy(update={"replaces": None}) == sealed.model_copy(
+            update={"replaces": None}):
+        return live_spec
+    return sealed.model_copy(update={"replaces": pid})
+
+
+def calendar(env: Env, caller: str, now: int, pool: str | None = None, days: int = 14, fit: str | None = None,
+             team: str | None = None) -> dict[str, Any]:
+    """``calendar``: per pool over ``days``, the widest grant that could start in each
+    column (node rule); with ``fit`` (``16x24h``: GPUs × window hours, or days ``2d``), the
+    earliest window of that shape per pool (capacity alone, or admission's own answer for
+    ``team``)."""
+    from cellsched import service
+
+    if not 1 <= days <= 366:
+        raise BadInput(f"--days: {days} is not between 1 and 366")
+    shape = None if fit is None else parse_fit(fit)
+    data = service.calendar(env, now, pool=pool, days=days, fit=shape, team=team)
+    data["from_utc"], data["until_utc"] = iso(data["from"]), iso(data["until"])
+    for p in data["pools"]:
+        for c in p["changes"]:
+            c["start_utc"] = iso(c["start"])
+    if data["fit"] is not None:
+        for a in [*data["fit"]["pools"], *([data["fit"]["earliest"]] if data["fit"]["earliest"] else [])]:
+            a["start_utc"], a["end_utc"] = iso(a["start"]), iso(a["end"])
+    return data
+
+
+def parse_fit(text: str) -> tuple[int, int]:
+    """``16x24h`` (16 GPUs for a 24 h window), ``8x2d``, ``4x36`` (hours): (GPUs, seconds)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d{1,6})\s*[x×]\s*(\d{1,6}(?:\.\d{1,3})?)\s*(h|d)?\s*", text)
+    if m is None or int(m.group(1)) < 1 or float(m.group(2)) <= 0:
+        raise BadInput(f"--fit: {text!r} is not GPUS x HOURS (like 16x24h, or 8x2d)")
+    seconds = round(float(m.group(2)) * (86400 if m.group(3) == "d" else 3600))
+    return int(m.group(1)), seconds
 
 
 def store_code(env: Env, caller: str, digest: str, blob: bytes, now: int) -> dict[str, Any]:

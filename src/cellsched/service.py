@@ -22,7 +22,9 @@ from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
-from cellsched.core.admission import Refusal, Schedule, request_from_spec
+from cellsched import fmt
+from cellsched.core import alternatives as alts
+from cellsched.core.admission import Alternative, Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, CellschedError, Denied, Failed, NotFound
 from cellsched.ledger import events
@@ -167,6 +169,8 @@ class SubmitOutcome:
     allowance_gs: int | None = None
     replaced: str | None = None
     code: dict[str, Any] | None = None  # the code snapshot (digest, files, bytes, ...) if any
+    delay: alts.Delay | None = None  # what put the window after the earliest start asked for
+    dry_run: bool = False  # decided, nothing written (``submit --dry-run``, ``plan``)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -177,10 +181,16 @@ class SubmitOutcome:
         }
         if self.code is not None:
             out["code"] = self.code
+        if self.dry_run:
+            out["dry_run"] = True
         if self.grant is not None:
             out["grant"] = grant_json(self.grant)
             out["remaining_gpu_hours"] = None if self.remaining_gs is None else self.remaining_gs / 3600
             out["allowance_gpu_hours"] = None if self.allowance_gs is None else self.allowance_gs / 3600
+        if self.delay is not None:
+            out["delay"] = {"reason": self.delay.reason, "message": self.delay.message,
+                            "wanted_start": self.delay.wanted, "free_from": self.delay.free_from,
+                            "sooner": [alternative_json(a) for a in self.delay.sooner]}
         if self.refusal is not None:
             out["refusal"] = refusal_json(self.refusal)
         if self.replaced:
@@ -203,7 +213,8 @@ def check_may_read_logs(env: Env, team: str, project: str, caller: str) -> None:
 
 
 def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: int, *,
-           code_source: str | None = None) -> SubmitOutcome:
+           code_source: str | None = None, dry_run: bool = False,
+           code_info: dict[str, Any] | None = None) -> SubmitOutcome:
     """Validate, seal, admit and record ``spec`` (all or nothing), and answer only once it
     is committed.
 
@@ -218,7 +229,11 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
     after another in one write transaction (:class:`SubmitQueue`, group commit); each gets
     the answer it would get alone in that order. Admission reads the snapshot kept in
     ``env.admission`` when the ledger has not moved since, else rebuilds it
-    (:class:`AdmissionCache`)."""
+    (:class:`AdmissionCache`).
+
+    ``dry_run``: the same decision on a snapshot read now, nothing written (no event, no
+    grant, no code stored): ``submit --dry-run`` and ``plan``. A spec with code then needs
+    no stored snapshot; ``code_info`` (the client's description of it) is its ``code``."""
     if isinstance(spec, (str, Path)):
         spec = load_sealed(spec)
     snap: Snapshot | None = None
@@ -236,7 +251,25 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         if snap is not None and snap.digest != code_digest:
             raise BadInput(f"code: the snapshot given is sha256:{snap.digest}, not the spec's")
         code_json = {"digest": code_digest, **(snap.to_json() if snap else {})}
-    return env.submits.run(env, _Submit(spec, snap, caller, now, code_source, d, pid, code_json))
+    job = _Submit(spec, snap, caller, now, code_source, d, pid, code_json)
+    if dry_run:
+        if code_info is not None and snap is None and code_digest is not None:
+            job.code_json = {**code_info, "digest": code_digest}
+        return _dry_run(env, job)
+    return env.submits.run(env, job)
+
+
+def _dry_run(env: Env, job: _Submit) -> SubmitOutcome:
+    """``submit`` with nothing written: decided by the same code on a snapshot read now."""
+    with env.ledger.read() as s:
+        b = _Batch(env, s, [job], dry=True)
+        outcome = b.decide(job)
+        outcome.dry_run = True
+        if outcome.granted and not outcome.existing and b.pending:
+            row = b.pending[-1].grant
+            assert row is not None
+            outcome.grant = GrantRow.model_construct(**{**row, "id": None})
+        return outcome
 
 
 @dataclass(eq=False)
@@ -395,8 +428,8 @@ class _Batch:
     pending plan writes (the same project, code, or a replace) has the pending plans
     written first; the projects of the batch are looked up in one query."""
 
-    def __init__(self, env: Env, s: Session, batch: list[_Submit]) -> None:
-        self.env, self.s = env, s
+    def __init__(self, env: Env, s: Session, batch: list[_Submit], dry: bool = False) -> None:
+        self.env, self.s, self.dry = env, s, dry
         self.adm: Admission | None = None
         self.dirty = False  # the snapshot is no longer the ledger's (plus the pending plans')
         self.pending: list[_Plan] = []
@@ -410,7 +443,9 @@ class _Batch:
 
     def admission(self, now: int) -> Admission:
         """The snapshot for a submit at ``now``: the ledger's as the batch has left it."""
-        if self.adm is None:
+        if self.adm is None and self.dry:  # a snapshot of its own: the kept one is the writers'
+            self.adm = Admission(load_schedule(self.s, self.env.cluster, now), (0, ""), now)
+        elif self.adm is None:
             self.adm = self.env.admission.take(self.s, self.env.cluster, now)
         elif self.dirty or now < self.adm.built_at:
             self.flush()
@@ -432,7 +467,7 @@ class _Batch:
         if code_digest is not None:
             meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
             missing = meta is None
-            if missing and job.snap is None:
+            if missing and job.snap is None and not self.dry:
                 if job.code_source is not None:
                     raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
                                    f"(PUT /api/code/{code_digest} first)")
@@ -461,10 +496,15 @@ class _Batch:
             raise BadInput(f"budget.pool: {unplaceable}")
         sched = self.admission(now).schedule
         old = _replaced_grant(s, spec, job.caller, env) if spec.replaces else None
-        if old is not None:
-            self.dirty = True  # released below; stays so if this submit is refused
-            sched.release(grant_of(old), now)  # as end_grant will cut it, if this is granted
-        decision = sched.admit(request_from_spec(spec), now)
+        request = request_from_spec(spec)
+        in_use = None if spec.replaces else _name_in_use(s, spec.name, d)
+        if in_use is not None:
+            decision: Any = in_use
+        else:
+            if old is not None:
+                self.dirty = True  # released below; stays so if this submit is refused
+                sched.release(grant_of(old), now)  # as end_grant will cut it, if this is granted
+            decision = sched.admit(request, now)
         if isinstance(decision, Refusal):
             outcome = SubmitOutcome(pid, d, False, refusal=decision, code=code_json)
             self._plan(_Plan(job, outcome, event={
@@ -473,10 +513,11 @@ class _Batch:
                 "message": decision.message,
             }))
             return outcome
+        delay = alts.explain(sched, request, decision, now)  # before its own window is taken
         self.dirty = True  # until this submit's plan is complete
         decision = sched.commit(decision)  # the snapshot as the ledger will stand; fixes its nodes
         plan = _Plan(job, SubmitOutcome(pid, d, True, replaced=None if old is None else old.project_id,
-                                        code=code_json), old=old, nodes=tuple(decision.nodes or ()))
+                                        code=code_json, delay=delay), old=old, nodes=tuple(decision.nodes or ()))
         if missing and job.snap is not None:
             snap = job.snap  # once per digest: a new version whose code did not change shares it
             plan.code = {"digest": snap.digest, "size": snap.size, "files": snap.files,
@@ -549,6 +590,36 @@ class _Batch:
             todo.append((job.now, "granted" if p.grant is not None else "refused", job.pid, job.caller, p.event))
         if todo:
             events.append_many(s, todo)
+
+
+def _name_in_use(s: Session, name: str, d: str) -> Refusal | None:
+    """``name_in_use``: another version of the project (same name, another digest) holds a
+    live grant and the spec does not say it replaces it (docs/admission.md)."""
+    rows = s.exec(select(GrantRow).where(GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES),
+                                         GrantRow.digest != d).order_by(col(GrantRow.id))).all()
+    if not rows:
+        return None
+    live = rows[-1]
+    more = "" if len(rows) == 1 else f" (and {fmt.plural(len(rows) - 1, 'other live grant')})"
+    return Refusal(
+        "name_in_use",
+        f"{name} already has a live grant, {live.project_id}{more}: {fmt.plural(live.width, 'GPU')} of "
+        f"{live.pool} {fmt.span(live.start, live.end)}. To replace it, put replaces = \"{live.project_id}\" "
+        f"in the spec or submit with --replace (its unheld GPU-hours are refunded); to keep both, "
+        f"give this spec another name.",
+    )
+
+
+def live_version(env: Env, name: str) -> tuple[str, ProjectSpec | None] | None:
+    """The newest live grant of project ``name``: its id and sealed spec (``submit
+    --replace``); None when there is none."""
+    with env.ledger.read() as s:
+        row = s.exec(select(GrantRow).where(GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES))
+                     .order_by(col(GrantRow.id).desc())).first()
+        if row is None:
+            return None
+        proj = s.get(ProjectRow, row.project_id)
+        return row.project_id, None if proj is None else from_canonical(proj.spec_json)
 
 
 def code_meta(s: Session, code_digest: str) -> tuple[int, int, int] | None:
@@ -642,9 +713,17 @@ def find_grant(s: Session, project: str, live_only: bool = False) -> GrantRow:
 
 
 def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
-    """Cancel a live grant: its GPUs are free for later submits at once, the rest refunded."""
+    """Cancel a live grant: its GPUs are free for later submits at once, the rest refunded.
+    A name with several live grants (versions admitted before ``name_in_use``) must say
+    which (``name@digest``): the error names them."""
     with env.ledger.write() as s:
         row = find_grant(s, project, live_only=True)
+        name, _, short = project.partition("@")
+        others = [r.project_id for r in s.exec(select(GrantRow).where(
+            GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES))).all() if r.digest.startswith(short)]
+        if len(set(others)) > 1:
+            raise BadInput(f"{project} has {len(set(others))} live grants ({', '.join(sorted(set(others)))}): "
+                           "cancel one by name@digest")
         if not _team_member(env, row.team, caller):
             raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
         adm = env.admission.take_current(s, now)  # kept current if it was: no rebuild after a cancel
@@ -657,7 +736,8 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
                 pass  # not reserved as the ledger says (a pool that shrank): rebuilt next time
             else:
                 env.admission.put(adm, ledger_version(s))
-        return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600, "grant": grant_json(row)}
+        return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600,
+                "grant": grant_json(row)}
 
 
 # -- reads -----------------------------------------------------------------------------
@@ -678,12 +758,23 @@ def refusal_json(r: Refusal) -> dict[str, Any]:
     return {
         "reason": r.reason, "message": r.message, "needed": r.needed, "available": r.available,
         "earliest_start": r.earliest_start,
-        "alternatives": [
-            {"kind": a.kind, "pool": a.pool, "gpus": a.width, "start": a.start, "end": a.end,
-             "gpu_hours": a.gpu_seconds / 3600, "message": a.message}
-            for a in r.alternatives
-        ],
+        "alternatives": [alternative_json(a) for a in r.alternatives],
     }
+
+
+def alternative_json(a: Alternative) -> dict[str, Any]:
+    """An alternative and how the spec becomes it (``changes``, in the spec's own keys:
+    ``gpus``, ``gpu_hours``, ``pool``, ``gpu_type``, ``deadline`` as ISO UTC or null)."""
+    changes: dict[str, Any] = {}
+    for k, v in a.changes:
+        if k == "gpu_seconds":
+            changes["gpu_hours"] = v / 3600
+        elif k == "deadline":
+            changes["deadline"] = None if v is None else fmt.iso(v)
+        else:
+            changes[k] = v
+    return {"kind": a.kind, "pool": a.pool, "gpus": a.width, "start": a.start, "end": a.end,
+            "gpu_hours": a.gpu_seconds / 3600, "message": a.message, "changes": changes}
 
 
 def _overlap(a0: int, a1: int, b0: int, b1: int) -> int:
@@ -753,7 +844,11 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
     cfg = env.cluster.team(team_or_project)
     with env.ledger.read() as s:
         if cfg is None:
-            row = find_grant(s, team_or_project)
+            try:
+                row = find_grant(s, team_or_project)
+            except NotFound:
+                teams = ", ".join(t.name for t in env.cluster.teams) or "none"
+                raise NotFound(f"{team_or_project!r} is neither a team nor a project (teams: {teams})") from None
             cfg = env.cluster.team(row.team)
             if cfg is None:
                 raise NotFound(f"team {row.team!r} of {row.project_id} is not in the cluster config")
@@ -803,10 +898,17 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
         if project is not None:
             rows = [find_grant(s, project)]
         else:
+            # Every live grant (two versions of one name both live: both shown), and for a
+            # name with none live, its newest grant.
             latest: dict[str, GrantRow] = {}
+            live: list[GrantRow] = []
             for r in s.exec(select(GrantRow).order_by(col(GrantRow.id))):
                 latest[r.project] = r
-            rows = sorted(latest.values(), key=lambda r: (r.start, r.id or 0))
+                if r.state in LIVE_STATES:
+                    live.append(r)
+            named = {r.project for r in live}
+            rows = sorted(live + [r for r in latest.values() if r.project not in named],
+                          key=lambda r: (r.start, r.id or 0))
         out = []
         for r in rows:
             runs = s.exec(select(JobRunRow).where(JobRunRow.grant_id == r.id).order_by(col(JobRunRow.id))).all()
@@ -945,3 +1047,69 @@ def no_daemon_note(env: Env) -> str | None:
     from cellsched.ledger.lease import state
 
     return state(env.ledger).down("this window is not being served")
+
+
+# -- calendar ---------------------------------------------------------------------------------
+
+CALENDAR_COLUMNS = 84  # columns of the chart at most: two weeks at 4 h a column
+
+
+def calendar(env: Env, now: int, pool: str | None = None, days: int = 14,
+             fit: tuple[int, int] | None = None, team: str | None = None) -> dict[str, Any]:
+    """Per pool, over ``days`` from ``now`` in columns of whole hours, the widest grant the
+    node rule fits over each whole column (free GPUs, no team's limits); with ``fit`` =
+    (GPUs, seconds), the earliest window of that shape per pool: capacity alone, or with
+    ``team`` exactly what admission would grant that team (its ``max_gpus`` and allowance)."""
+    from cellsched.core.admission import Grant, Request
+
+    pools = [p for p in env.cluster.pools if pool is None or p.name == pool]
+    if not pools:
+        raise NotFound(f"--pool: no pool {pool!r} (pools: {', '.join(p.name for p in env.cluster.pools)})")
+    if team is not None and env.cluster.team(team) is None:
+        raise NotFound(f"--team: no team {team!r} (teams: {', '.join(t.name for t in env.cluster.teams) or 'none'})")
+    with env.ledger.read() as s:
+        sched = load_schedule(s, env.cluster, now)
+    span = days * 86400
+    step = max(3600, -(-span // CALENDAR_COLUMNS // 3600) * 3600)
+    cols = -(-span // step)
+    out: dict[str, Any] = {"from": now, "until": now + cols * step, "step_s": step, "pools": []}
+    for p in pools:
+        cal = sched.pools[p.name][1]
+        widest = [cal.widest_fit(now + i * step, now + (i + 1) * step) for i in range(cols)]
+        changes = [{"start": now + i * step, "widest": w} for i, w in enumerate(widest) if i == 0 or w != widest[i - 1]]
+        out["pools"].append({"pool": p.name, "gpu_type": p.gpu_type, "gpus": p.gpus, "gpus_per_node": p.gpus_per_node,
+                             "widest": widest, "changes": changes})
+    if fit is None:
+        out["fit"] = None
+        return out
+    width, seconds = fit
+    earliest_ok = now + env.cluster.policy.min_notice_s
+    horizon = now + env.cluster.policy.horizon_days * 86400
+    answers = []
+    for p in pools:
+        cal = sched.pools[p.name][1]
+        item: dict[str, Any] = {"pool": p.name, "start": None, "end": None, "nodes": None, "note": ""}
+        if team is not None:
+            got = sched.admit(Request("(calendar)", team, width, width * seconds, pool=p.name), now, alternatives=False)
+            if isinstance(got, Grant):
+                item.update(start=got.start, end=got.end, nodes=list(got.nodes or ()))
+            else:
+                item["note"] = got.reason
+        elif width > p.gpus:
+            item["note"] = f"wider than the pool ({fmt.plural(p.gpus, 'GPU')})"
+        elif not cal.admits(width):
+            item["note"] = f"not a whole number of {p.gpus_per_node}-GPU nodes"
+        elif env.cluster.policy.max_grant_s is not None and seconds > env.cluster.policy.max_grant_s:
+            item["note"] = "longer than the longest grant"
+        else:
+            t = cal.earliest_fit(width, seconds, earliest_ok, horizon + seconds)
+            if t is None or t > horizon:
+                item["note"] = f"not within the horizon ({env.cluster.policy.horizon_days} days)"
+            else:
+                item.update(start=t, end=t + seconds, nodes=list(cal.choose(width, t, t + seconds) or ()))
+        answers.append(item)
+    found = [a for a in answers if a["start"] is not None]
+    first = min(found, key=lambda a: a["start"]) if found else None  # ties: the pool listed first
+    out["fit"] = {"gpus": width, "hours": seconds / 3600, "gpu_hours": width * seconds / 3600, "team": team,
+                  "pools": answers, "earliest": None if first is None else {k: first[k] for k in ("pool", "start", "end")}}
+    return out

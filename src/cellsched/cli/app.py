@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from cellsched import __version__
-from cellsched.cli import ledger_cmds, project_cmds, read_cmds, report, run_cmds, server_cmds, simulate
+from cellsched.cli import calendar_cmd, ledger_cmds, project_cmds, read_cmds, report, run_cmds, server_cmds, simulate
 from cellsched.cli.command import Command, Group
 from cellsched.cli.state import G
 
@@ -65,6 +65,8 @@ def _globals(
 
 app.command("validate", cls=Command)(project_cmds.validate)
 app.command("submit", cls=Command)(project_cmds.submit)
+app.command("plan", cls=Command)(project_cmds.plan)
+app.command("calendar", cls=Command)(calendar_cmd.calendar)
 app.command("cancel", cls=Command)(project_cmds.cancel)
 app.command("verify", cls=Command)(project_cmds.verify)
 app.command("status", cls=Command)(read_cmds.status)

@@ -86,35 +86,83 @@ def _code_line(code: dict) -> str:  # type: ignore[type-arg]
 @handled
 def submit(
     spec: Annotated[Path, typer.Argument(help="The project spec to submit.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print the answer; write nothing.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the live grant of the spec's name.")] = False,
+    take: Annotated[Optional[int], typer.Option(
+        "--take", metavar="N", min=1,
+        help="Write the spec with the refusal's alternative N applied next to it (shown as a diff), "
+             "then submit that file.")] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Submit a spec: granted with a guaranteed window (exit 0) or refused with the reason
-    and the nearest thing that would be granted (exit 1).
+    and the nearest things that would be granted (exit 1).
 
-    Submitting the same spec again returns the existing grant. A spec with
-    replaces = "name@digest" swaps the old grant for the new one atomically, or leaves it.
-    A spec with code has it snapshotted now and stored with the grant: later edits to the
-    directory change nothing about what runs.
+    Submitting the same spec again returns the existing grant. Another version of a project
+    with a live grant is refused (name_in_use) unless it replaces it: replaces =
+    "name@digest" in the spec, or --replace. The old grant is swapped for the new one
+    atomically, or left. A spec with code has it snapshotted now and stored with the grant:
+    later edits to the directory change nothing about what runs.
+
+    --dry-run (or `cellsched plan`) gives the same answer and writes nothing. --take N
+    writes SPEC.altN.toml with alternative N of the refusal applied (the change printed as
+    a diff) and submits it as a new sealed spec.
 
     **Example**: cellsched submit projects/pythia-ablation.toml
     """
+    if take is not None:
+        if dry_run:
+            from cellsched.errors import BadInput
+
+            raise BadInput("--take and --dry-run: take submits the changed spec; plan it with `cellsched plan` first")
+        _take(spec, take, replace, json_out)
+        return
     spec_in, snap = read_spec(spec)  # bad input (the code's too) fails here, before the ledger is opened
     b = backend()
-    data = b.submit(spec_in, snap)
+    data = b.submit(spec_in, snap, dry_run=dry_run, replace=replace)
     if json_out:
         emit_json(data)
-    elif data["decision"] == "granted":
+    else:
+        print_answer(b, data, spec)
+    if data["decision"] != "granted":
+        raise typer.Exit(1)
+
+
+@handled
+def plan(
+    spec: Annotated[Path, typer.Argument(help="The project spec to plan.")],
+    replace: Annotated[bool, typer.Option("--replace", help="As if it replaced the live grant of its name.")] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """What submit would answer now (window or refusal, alternatives, charge), with nothing
+    written: `cellsched submit --dry-run`. Exit 0 if it would be granted, 1 if refused.
+
+    **Example**: cellsched plan projects/pythia-ablation.toml
+    """
+    submit(spec, dry_run=True, replace=replace, take=None, json_out=json_out)
+
+
+def print_answer(b: Any, data: dict, spec: Path | None = None) -> None:  # type: ignore[type-arg]
+    """A submit's answer for people (granted, or refused with its alternatives)."""
+    would = data.get("dry_run")
+    if data["decision"] == "granted":
         g = data["grant"]
         facts = b.cluster()
         pool = facts["pools"].get(g["pool"])
         gpu_type = pool["gpu_type"] if pool else g["pool"]
         again = "  (already granted)" if data["existing"] else ""
-        print(f"granted  {data['project']}   {g['width']} × {gpu_type}  {fmt.span(g['start'], g['end'])}{again}")
+        word = "would be granted" if would and not data["existing"] else "granted"
+        print(f"{word}  {data['project']}   {g['width']} × {gpu_type}  {fmt.span(g['start'], g['end'])}{again}")
+        delay = data.get("delay")
+        if delay:
+            print(f"  {delay['message']}")
+            if delay["sooner"]:
+                print("  to start sooner: " + "; or ".join(a["message"] for a in delay["sooner"]))
         if data.get("remaining_gpu_hours") is not None and data.get("allowance_gpu_hours") is not None:
             team = facts["teams"].get(g["team"])
             period = team["period"] if team else "period"
             when = "in total" if period == "none" else f"this {period}"
-            print(f"  {gpu_hours(g['gpu_hours'])} GPU-hours charged to team {g['team']} "
+            charged = "would be charged" if would and not data["existing"] else "charged"
+            print(f"  {gpu_hours(g['gpu_hours'])} GPU-hours {charged} to team {g['team']} "
                   f"(remaining {when}: {gpu_hours(data['remaining_gpu_hours'])} "
                   f"of {gpu_hours(data['allowance_gpu_hours'])})")
         if data.get("replaced"):
@@ -122,12 +170,53 @@ def submit(
         code = data.get("code")
         if code is not None and "files" in code:
             print(f"  {_code_line(code)}")
-        print(f"  receipt: grant {g['id']}, signed; check with `cellsched verify {data['project']}`")
+        if would and not data["existing"]:
+            print("  nothing written (dry run): submit it to be granted")
+        else:
+            print(f"  receipt: grant {g['id']}, signed; check with `cellsched verify {data['project']}`")
     else:
         r = data["refusal"]
-        print(f"refused  {data['project']}  {r['reason']}: {r['message']}")
-        if r["alternatives"]:
-            print("  would be granted now: " + "; or ".join(a["message"] for a in r["alternatives"]))
+        word = "would be refused" if would else "refused"
+        print(f"{word}  {data['project']}  {r['reason']}: {r['message']}")
+        alts = r["alternatives"]
+        if len(alts) == 1:
+            print("  would be granted now: " + alts[0]["message"])
+        elif alts:
+            print("  would be granted now:")
+            for i, a in enumerate(alts, 1):
+                print(f"    {i}. {a['message']}")
+        if alts and spec is not None:
+            print(f"  take one: cellsched submit {spec} --take N")
+
+
+def _take(spec: Path, n: int, replace: bool, json_out: bool) -> None:
+    """``submit --take N``: plan the spec, write alternative N into a copy, submit the copy."""
+    from cellsched import ops
+    from cellsched.cli import take
+    from cellsched.errors import BadInput
+
+    spec_in, snap = read_spec(spec)
+    b = backend()
+    first = b.submit(spec_in, snap, dry_run=True, replace=replace)
+    if first["decision"] == "granted":
+        raise BadInput(f"{spec}: --take {n}: the spec would be granted as it is; submit it")
+    alts = first["refusal"]["alternatives"]
+    if n > len(alts):
+        offered = "no alternative" if not alts else f"alternatives 1 to {len(alts)}" if len(alts) > 1 else "alternative 1"
+        raise BadInput(f"{spec}: --take {n}: the refusal ({first['refusal']['reason']}) offers {offered}")
+    alt = alts[n - 1]
+    kind = ops.spec_kind(str(spec))
+    new, diff = take.write_taken(spec, spec_in.text, kind, ops.written_spec(spec_in), alt["changes"], n)
+    new_in, new_snap = read_spec(new)
+    data = b.submit(new_in, new_snap, dry_run=False, replace=replace)
+    if json_out:
+        emit_json({**data, "took": {"alternative": n, "kind": alt["kind"], "from": str(spec), "file": str(new),
+                                    "changes": alt["changes"], "diff": diff}})
+    else:
+        print(f"took alternative {n} ({alt['kind']}): {alt['message']}")
+        print(f"wrote {new}")
+        sys.stdout.write(diff if diff.endswith("\n") else diff + "\n")
+        print_answer(b, data)
     if data["decision"] != "granted":
         raise typer.Exit(1)
 
@@ -147,7 +236,9 @@ def cancel(
     if json_out:
         emit_json(out)
         return
-    print(f"cancelled  {out['project']}  refunded {gpu_hours(out['refunded_gpu_hours'])} GPU-hours")
+    g = out["grant"]
+    print(f"cancelled  {out['project']}  grant {g['id']} ({g['width']} × {g['pool']} from {fmt.when(g['start'])}); "
+          f"refunded {gpu_hours(out['refunded_gpu_hours'])} GPU-hours")
 
 
 @handled

@@ -89,11 +89,17 @@ class Local:
 
         return ops.validate_specs(None, caller(), specs, _now())
 
-    def submit(self, spec: SpecIn, snapshot: Snapshot | None) -> dict[str, Any]:
+    def submit(self, spec: SpecIn, snapshot: Snapshot | None, dry_run: bool = False,
+               replace: bool = False) -> dict[str, Any]:
         from cellsched import ops
 
         e = self.env()
-        return ops.submit(e, caller(), spec, _now(), snapshot=snapshot)
+        return ops.submit(e, caller(), spec, _now(), snapshot=snapshot, dry_run=dry_run, replace=replace)
+
+    def calendar(self, pool: str | None, days: int, fit: str | None, team: str | None) -> dict[str, Any]:
+        from cellsched import ops
+
+        return ops.calendar(self.env(), caller(), _now(), pool=pool, days=days, fit=fit, team=team)
 
     def cluster(self) -> dict[str, Any]:
         from cellsched import ops
@@ -162,10 +168,18 @@ class Served:
     def validate(self, specs: list[SpecIn]) -> list[dict[str, Any]]:
         return self.remote.call("POST", "/api/validate", json={"specs": [s.model_dump() for s in specs]})  # type: ignore[no-any-return]
 
-    def submit(self, spec: SpecIn, snapshot: Snapshot | None) -> dict[str, Any]:
+    def submit(self, spec: SpecIn, snapshot: Snapshot | None, dry_run: bool = False,
+               replace: bool = False) -> dict[str, Any]:
+        params = {"replace": "true"} if replace else None
+        if dry_run:  # decided on the code's digest alone: nothing uploaded, nothing written
+            return self.remote.call("POST", "/api/plan", json=spec.model_dump(), params=params)  # type: ignore[no-any-return]
         if snapshot is not None:
             self.upload_code(snapshot.digest, snapshot.blob)
-        return self.remote.call("POST", "/api/submit", json=spec.model_dump())  # type: ignore[no-any-return]
+        return self.remote.call("POST", "/api/submit", json=spec.model_dump(), params=params)  # type: ignore[no-any-return]
+
+    def calendar(self, pool: str | None, days: int, fit: str | None, team: str | None) -> dict[str, Any]:
+        return self.remote.call("GET", "/api/calendar", params={  # type: ignore[no-any-return]
+            "pool": pool, "days": days, "fit": fit, "team": team})
 
     def upload_code(self, digest: str, blob: bytes) -> dict[str, Any]:
         """Store a code snapshot on the server unless it holds it already (content-addressed)."""

@@ -339,6 +339,8 @@ def _deadline(ctx: _Ctx) -> list[Alternative | None]:
     if req.deadline is not None and req.deadline > ctx.earliest:
         out.append(_wider(ctx, req.deadline - ctx.earliest))
     out.append(_later(ctx))
+    if req.deadline is not None and req.deadline > ctx.earliest:
+        out.append(_smaller(ctx))  # what fits by the deadline at this width
     return out
 
 

@@ -86,15 +86,33 @@ def validate(body: ValidateIn, who: Who) -> JSON:
 
 
 @router.post("/submit", response_class=JSON, summary="cellsched submit")
-def submit(body: ops.SpecIn, request: Request, who: Who) -> JSON:
+def submit(body: ops.SpecIn, request: Request, who: Who, replace: bool = False) -> JSON:
     """Seal and submit a spec: ``decision`` is ``granted`` or ``refused`` (the CLI's exit 1),
-    both a 200. A spec with code names a snapshot uploaded first (``PUT /api/code/{digest}``)."""
+    both a 200. A spec with code names a snapshot uploaded first (``PUT /api/code/{digest}``).
+    ``replace``: it replaces the live grant of its name (``submit --replace``)."""
     state = state_of(request)
     t0 = time.perf_counter()
-    out = ops.submit(state.env, who.user, body, now_s())
+    out = ops.submit(state.env, who.user, body, now_s(), replace=replace)
     if state.metrics is not None:
         state.metrics.observe_submit(time.perf_counter() - t0, out)
     return JSON(out)
+
+
+@router.post("/plan", response_class=JSON, summary="cellsched plan (submit --dry-run)")
+def plan(body: ops.SpecIn, request: Request, who: Who, replace: bool = False) -> JSON:
+    """What ``submit`` would answer now, with nothing written (``dry_run: true``); a spec with
+    code needs only its snapshot's reference, nothing uploaded."""
+    return JSON(ops.submit(state_of(request).env, who.user, body, now_s(), dry_run=True, replace=replace))
+
+
+@router.get("/calendar", response_class=JSON, summary="cellsched calendar")
+def calendar(request: Request, who: Who, pool: OptName = None,
+             days: Annotated[int, Query(ge=1, le=366)] = 14,
+             fit: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+             team: OptName = None) -> JSON:
+    """Per pool, the widest grant that could start in each column over ``days``; with
+    ``fit`` (``16x24h``), the earliest window of that shape (for ``team``: admission's own)."""
+    return JSON(ops.calendar(state_of(request).env, who.user, now_s(), pool=pool, days=days, fit=fit, team=team))
 
 
 @router.put("/code/{digest}", response_class=JSON, summary="upload a code snapshot")
