@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from cellsched.core.calendar import FAR_FUTURE
 from cellsched.core.nodes import (
+    CHUNK,
+    LEVEL_REACH,
     NodeCalendar,
     admissible_widths_near,
     node_sizes,
@@ -265,6 +267,15 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
         for m in (1, 3, 6):
             picked = h.soonest_set(start, start + d, m)
             assert [n for n in range(len(cal.nodes)) if picked >> n & 1] == sorted(plain_soonest(cal, v, start, start + d, m))
+        # again with every chunk's shared ANDs made (a fit reads long middles from them)
+        if h.q0 is not None:
+            for c in range((h.q0 - 1) // CHUNK, (h.q0 + len(h.m0)) // CHUNK + 1):
+                h._chunk(LEVEL_REACH, c)
+        edges = sorted({x for c in cal.nodes for x in c._t[1:] if x > start + 9 * 3600})
+        for e in [start + d * w for w in (1, 2, 5)] + [x + o for x in edges[:12] for o in (-1, 0, 1)]:
+            h._memo = None
+            bits = h.fit(start, e)
+            assert [n for n in range(len(cal.nodes)) if bits >> n & 1] == plain_fit(cal, v, start, e)
         # the counts and masks kept per hour are what a fresh index builds
         fresh = _fresh(cal, v)
         if h.q0 is not None and fresh.q0 is not None:

@@ -413,7 +413,21 @@ class _Hours:
                 down = reduce(or_, db[y:], 0)
             a = i + 1
         b = j if j < nh else nh
-        if b > a:
+        if b - a > 8:
+            # A long middle: the nodes free at t with no down since are those in ``sure``
+            # of every middle hour, two ANDs from the chunk's shared ones when made.
+            qa = q0 + a
+            c = (qa - 1) // CHUNK
+            levels = self._lvl.get(c)
+            n = b - a
+            span = 1 << (n.bit_length() - 1)
+            lv = span.bit_length() - 1
+            if levels is not None and n <= LEVEL_REACH and len(levels) > lv:
+                x = qa - 1 - c * CHUNK
+                s &= levels[lv][x] & levels[lv][x + n - span]
+            else:
+                down = reduce(or_, self.dall[a:b], down)
+        elif b > a:
             down = reduce(or_, self.dall[a:b], down)
         if j < nh:
             z = bisect_left(self.dk[j], e * NK)
