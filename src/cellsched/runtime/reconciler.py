@@ -389,7 +389,9 @@ class Reconciler:
             return
         with self.env.ledger.read() as s:
             rows = s.exec(select(GrantRow).where(col(GrantRow.state).in_(D.LIVE), col(GrantRow.end) > now,
-                                                 col(GrantRow.pool).in_(list(dead)))).all()
+                                                 col(GrantRow.pool).in_(list(dead)))
+                          # earlier promises get the free nodes first
+                          .order_by(col(GrantRow.start), col(GrantRow.id))).all()
             busy = set(s.exec(select(JobRunRow.grant_id).where(JobRunRow.state == "running")).all())
             runtimes = {r.grant_id: r for r in s.exec(select(GrantRuntimeRow).where(
                 col(GrantRuntimeRow.grant_id).in_([g.id for g in rows]))).all()}
