@@ -103,8 +103,9 @@ def test_submit_refused_says_why_and_what_would_be_granted(cli, tmp_path: Path) 
     assert "refused  too-big@" in r.stdout
     assert "no_capacity_in_window: 8 GPUs are free together only from 2026-12-03 00:00 UTC, " \
            "after your deadline 2026-12-02 00:00 UTC." in r.stdout
-    assert "would be granted now: start 2026-12-03 00:00 UTC (move the deadline" in r.stdout
-    assert "4 GPUs in your window" in r.stdout
+    assert "  would be granted now:\n    1. start 2026-12-03 00:00 UTC (move the deadline" in r.stdout
+    assert "\n    2. 4 GPUs in your window" in r.stdout
+    assert r.stdout.rstrip().endswith("--take N")
     data = as_json(cli("submit", path, "--json"))
     assert data["decision"] == "refused" and "grant" not in data
     ref = data["refusal"]
@@ -112,7 +113,9 @@ def test_submit_refused_says_why_and_what_would_be_granted(cli, tmp_path: Path) 
                         "alternatives"}
     assert ref["reason"] == "no_capacity_in_window" and ref["earliest_start_utc"] == "2026-12-03T00:00:00Z"
     alt = ref["alternatives"][0]
-    assert set(alt) == {"kind", "pool", "gpus", "start", "end", "gpu_hours", "message", "start_utc", "end_utc"}
+    assert set(alt) == {"kind", "pool", "gpus", "start", "end", "gpu_hours", "message", "changes", "start_utc",
+                        "end_utc"}
+    assert alt["changes"] == {"deadline": "2026-12-03T08:00:00Z"}
     assert alt["start_utc"] == iso(alt["start"])
 
 
