@@ -81,6 +81,7 @@ def test_every_command_prints_the_same_through_the_server(served: Served, cluste
     a = spec_file(specs, "ablation")
     b = spec_file(specs, "evals-run", team="evals", gpus=4, hours=8, suffix=".json")
     big = spec_file(specs, "too-big", gpus=16, hours=16 * 24 * 400)
+    a2 = spec_file(specs / "v2", "ablation", hours=24)  # another version of a live name
     probe = spec_file(specs / "probe", "probe", gpus=1, hours=2, code='[code]\nexclude = ["*.log"]')
     (specs / "probe" / "probe.py").write_text("print('probe')\n")
     bad = specs / "bad.toml"
@@ -97,11 +98,19 @@ def test_every_command_prints_the_same_through_the_server(served: Served, cluste
         ("alice", ("validate", "--json", str(a), str(b), str(probe))),
         ("alice", ("validate", str(a), str(bad))),
         ("alice", ("status",)),
+        ("alice", ("plan", str(a))),
+        ("alice", ("submit", "--dry-run", "--json", str(a))),
         ("alice", ("submit", str(a))),
         ("alice", ("submit", "--json", str(a))),
+        ("alice", ("submit", str(a2))),
+        ("alice", ("plan", "--json", "--replace", str(a2))),
+        ("alice", ("calendar", "--days", "2", "--fit", "8x4h")),
+        ("alice", ("calendar", "--json", "--pool", "h100", "--fit", "16x24h", "--team", "interp")),
+        ("alice", ("calendar", "--fit", "3by4")),
         ("carol", ("submit", "--json", str(b))),
         ("alice", ("submit", str(big))),
         ("alice", ("submit", "--json", str(big))),
+        ("alice", ("plan", str(big))),
         ("carol", ("submit", str(a))),
         ("alice", ("submit", str(bad))),
         ("alice", ("submit", str(specs / "missing.toml"))),
@@ -170,7 +179,7 @@ def test_every_command_prints_the_same_through_the_server(served: Served, cluste
     assert denied.stderr.startswith("cellsched: carol may not read the logs of probe@") and denied.stderr.count("\n") == 1
     there = events(served.env.ledger)
     mine_ledger = Ledger(local_db)
-    assert there == events(mine_ledger) and len(there) == 7
+    assert there == events(mine_ledger) and len(there) == 8
     mine_ledger.dispose()
 
 
@@ -194,7 +203,10 @@ BAD = [
     ("POST", "/api/verify", {"project": "nothing", "spec": {"file": "x.yaml", "text": "[1"}}, 400, 2, "x.yaml: not valid YAML"),
     ("GET", "/api/status", {"project": "nothing"}, 404, 2, "no grant for project 'nothing'"),
     ("GET", "/api/budget", {}, 422, 2, "name: Field required"),
-    ("GET", "/api/budget", {"name": "nobody"}, 404, 2, "no grant for project 'nobody'"),
+    ("GET", "/api/budget", {"name": "nobody"}, 404, 2, "'nobody' is neither a team nor a project (teams: "),
+    ("GET", "/api/calendar", {"fit": "16by24"}, 400, 2, "--fit: '16by24' is not GPUS x HOURS"),
+    ("GET", "/api/calendar", {"days": 0}, 422, 2, "days: Input should be greater than or equal to 1"),
+    ("POST", "/api/plan", {"file": "x.toml", "text": "   "}, 400, 2, "x.toml: file is empty"),
     ("GET", "/api/report", {"since": "yesterday"}, 422, 2, "since: Input should be a valid integer"),
     ("GET", "/api/report", {"since": 10, "until": 5}, 400, 2, "--since must be before --until"),
     ("GET", "/api/report", {"team": "nobody"}, 400, 2, "--team: no team 'nobody'"),
