@@ -828,7 +828,10 @@ class Budget:
             # breaches included (DESIGN §2); the split is on the lines (breach_gs), and per
             # grant in ``status`` (breach_gpu_hours)
             "refunded_gpu_hours": self.total("all_refunded_gs") / h,
-            "remaining_gpu_hours": self.remaining_gs / h,
+            # never below 0: an allowance lowered below what is already granted shows as
+            # overdrawn (the grants stand: a window, once granted, is never taken away)
+            "remaining_gpu_hours": max(0, self.remaining_gs) / h,
+            "overdrawn_gpu_hours": max(0, -self.remaining_gs) / h,
             "projects": [
                 {"project": l.project, "state": l.state, "granted_gpu_hours": l.granted_gs / h,
                  "committed_gpu_hours": l.committed_gs / h, "held_gpu_hours": l.held_gs / h,

@@ -140,6 +140,19 @@ def test_budget_of_a_name_that_is_neither_team_nor_project(env: Env) -> None:
         service.budget(env, "nobody", T0)
 
 
+def test_an_allowance_lowered_below_what_is_granted_shows_as_overdrawn(env: Env, cluster_file: Path) -> None:
+    """The grants stand; remaining reads 0, never negative, and the excess is named."""
+    service.submit(env, spec("big", hours=1000), "alice", T0)
+    cluster_file.write_text(cluster_file.read_text().replace("allowance_gpu_hours = 1500", "allowance_gpu_hours = 400"))
+    lowered = service.open_env(cluster_file, env.ledger.url)
+    try:
+        data = service.budget(lowered, "interp", T0 + 60).to_json()
+    finally:
+        lowered.ledger.dispose()
+    assert data["remaining_gpu_hours"] == 0 and data["overdrawn_gpu_hours"] == pytest.approx(600, abs=1)
+    assert all(v >= 0 for k, v in data.items() if k.endswith("_gpu_hours"))
+
+
 # -- every figure >= 0 over random ledgers ------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "report"))

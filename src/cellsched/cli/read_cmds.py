@@ -33,6 +33,9 @@ def budget(
         f"refunded {gpu_hours(data['refunded_gpu_hours'])}  remaining {gpu_hours(data['remaining_gpu_hours'])}  "
         "(GPU-hours)"
     )
+    if data.get("overdrawn_gpu_hours"):
+        print(f"  overdrawn {gpu_hours(data['overdrawn_gpu_hours'])} GPU-hours: the allowance is below what is "
+              "already granted (the grants stand; new submits wait for the next period)")
     if data["projects"]:
         table(None, ["project", "state", "granted", "committed", "held", "used", "refunded"],
               [[p["project"], p["state"], gpu_hours(p["granted_gpu_hours"]), gpu_hours(p["committed_gpu_hours"]),
