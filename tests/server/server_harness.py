@@ -119,3 +119,24 @@ def example_cluster() -> str:
     return str(module.EXAMPLE_CLUSTER)
 
 
+
+
+@contextlib.contextmanager
+def serving(app: Any, *specs: str, **kw: Any) -> Iterator[Any]:
+    """The production listeners for ``specs`` (``--listen`` strings) over ``app``, served
+    from a thread until the block ends; then stopped cleanly."""
+    from cellsched.server.listen import Listeners, parse_listen
+
+    running = Listeners(app, [parse_listen(s) for s in specs], access_log=False, **kw)
+    t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 15
+    while not running.started:
+        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield running
+    finally:
+        running.stop()
+        t.join(15)
+        assert not t.is_alive()

@@ -5,8 +5,6 @@ where it expects them (uvicorn is pinned; an upgrade that moves them fails here 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import http.client
 import inspect
 import json
@@ -14,18 +12,16 @@ import os
 import shutil
 import socket
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from server_harness import serving
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cellsched.server.auth import PEER_KEY
-from cellsched.server.listen import Listeners, parse_listen
 from cellsched.server.peercred import PeerCredH11Protocol, peer_of, protocol_class
 
 NOBODY = 65534
@@ -44,23 +40,6 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     body = json.dumps({"peer": scope.get(PEER_KEY)}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
-
-
-@contextlib.contextmanager
-def serving(app: Any, *specs: str) -> Iterator[Listeners]:
-    running = Listeners(app, [parse_listen(s) for s in specs], access_log=False)
-    t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not running.started:
-        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.01)
-    try:
-        yield running
-    finally:
-        running.stop()
-        t.join(10)
-        assert not t.is_alive()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ on TCP, over a real ledger (SQLite and PostgreSQL):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.client
 import json
@@ -28,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import serving
 from sqlmodel import col, select
 
 from cellsched.cli.remote import Remote
@@ -45,7 +44,7 @@ from cellsched.receipt import create_keys, key_paths
 from cellsched.server import tokens
 from cellsched.server.app import create_app
 from cellsched.server.auth import Identity
-from cellsched.server.listen import Listeners, bind_unix, check_files, parse_listen
+from cellsched.server.listen import bind_unix, check_files, parse_listen
 from cellsched.server.state import ServerState
 from cellsched.service import Env, open_env
 
@@ -112,23 +111,6 @@ def sock_dir() -> Iterator[Path]:
     os.chmod(d, 0o711)
     yield d
     shutil.rmtree(d, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def serving(app: Any, *specs: str, **kw: Any) -> Iterator[Listeners]:
-    running = Listeners(app, [parse_listen(s) for s in specs], access_log=False, **kw)
-    t = threading.Thread(target=lambda: asyncio.run(running.serve()), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 15
-    while not running.started:
-        assert time.monotonic() < deadline and t.is_alive(), "server did not start"
-        time.sleep(0.01)
-    try:
-        yield running
-    finally:
-        running.stop()
-        t.join(15)
-        assert not t.is_alive()
 
 
 @pytest.fixture
