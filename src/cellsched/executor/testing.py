@@ -165,9 +165,10 @@ if os.fork() == 0:
     os.setsid()
     if os.fork() == 0:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        with open(pidfile + ".tmp", "w") as f:
+        tmp = f"{pidfile}.{os.getpid()}.tmp"  # one per grandchild: every rank runs this job
+        with open(tmp, "w") as f:
             f.write(str(os.getpid()))
-        os.rename(pidfile + ".tmp", pidfile)
+        os.rename(tmp, pidfile)
         while True:
             time.sleep(0.05)
     os._exit(0)
