@@ -140,3 +140,34 @@ def serving(app: Any, *specs: str, **kw: Any) -> Iterator[Any]:
         running.stop()
         t.join(15)
         assert not t.is_alive()
+
+
+def in_child(uid: int, fn: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``fn`` in a forked child that has dropped to ``uid`` (and its gid), with ``env``
+    added to its environment; ``{"result": fn's JSON result, "pid": the child's pid}``
+    (the test process must be root)."""
+    import json
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.environ.update(env or {})
+            out = {"result": fn(), "pid": os.getpid()}
+        except BaseException as e:  # noqa: BLE001
+            out = {"child_error": repr(e)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks))
+    assert "child_error" not in out, out
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from server_harness import serving
+from server_harness import in_child, serving
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cellsched.server.auth import PEER_KEY
@@ -66,33 +66,6 @@ def get(conn: http.client.HTTPConnection, path: str = "/", headers: dict[str, st
     conn.request("GET", path, headers=headers or {})
     r = conn.getresponse()
     return r.status, json.loads(r.read() or b"null")
-
-
-def in_child(uid: int, fn: Any) -> Any:
-    """Run ``fn`` in a forked child that has dropped to ``uid`` (and its gid); its JSON
-    result (the test process must be root)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            out = {"result": fn(), "pid": os.getpid()}
-        except BaseException as e:  # noqa: BLE001
-            out = {"child_error": repr(e)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks))
-    assert "child_error" not in out, out
-    return out
 
 
 def test_the_uvicorn_internals_it_hooks_are_still_there() -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from server_harness import in_child as as_uid
 from server_harness import serving
 from sqlmodel import col, select
 
@@ -149,29 +150,7 @@ def raw(path: str, method: str, url: str, body: Any = None, headers: dict[str, s
 def in_child(uid: int, fn: Any) -> Any:
     """``fn()`` in a forked child that dropped to ``uid`` with ``USER``, ``LOGNAME`` and
     ``CELLSCHED_USER`` set to alice; its JSON result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.environ.update(USER="alice", LOGNAME="alice", CELLSCHED_USER="alice")
-            out = {"result": fn()}
-        except BaseException as e:  # noqa: BLE001
-            out = {"child_error": repr(e)}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    chunks = []
-    while chunk := os.read(r, 65536):
-        chunks.append(chunk)
-    os.close(r)
-    os.waitpid(pid, 0)
-    out = json.loads(b"".join(chunks))
-    assert "child_error" not in out, out
-    return out["result"]
+    return as_uid(uid, fn, env={"USER": "alice", "LOGNAME": "alice", "CELLSCHED_USER": "alice"})["result"]
 
 
 def call(url: str, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
