@@ -100,6 +100,19 @@ def test_window_end_terminates_then_kills_a_job_that_ignores_sigterm(env: Env, t
     assert [(j["name"], j["state"]) for j in rep["jobs"]] == [("train", "killed"), ("eval", "blocked")]
 
 
+def test_a_kill_at_the_window_end_seen_by_a_late_tick_is_not_refunded(env: Env, tmp_path: Path) -> None:
+    # A tick reads its clock, then polls Ray: the kill at the window's end can arrive in a
+    # tick whose clock says a second earlier. The grant held to the end; nothing is refunded.
+    g = submit(env, project("stubborn", [job("train", gpus=4)], window_s=60))
+    h = Harness(env, tmp_path, {"train": Behaviour(None, ignores_sigterm=True)})
+    h.run(T0 + 59)
+    h.ex.advance(T0 + 60)  # the executor kills at the window's end ...
+    h.rec.tick(T0 + 59)    # ... and a tick that began just before sees it
+    done = h.grant(g.id)
+    assert done.state == "expired" and done.refunded_gs == 0 and done.ended_at == T0 + 60
+    assert h.attempts(g.id) == [("train", 1, "killed")]
+
+
 def test_a_job_that_checkpoints_on_sigterm_ends_the_window_early(env: Env, tmp_path: Path) -> None:
     g = submit(env, project("polite", [job("train", gpus=4)], window_s=60))
     h = Harness(env, tmp_path, {"train": Behaviour(None, term_delay=2, term_exit_code=0)})

@@ -38,6 +38,7 @@ from cellsched.executor.pools import pool_capacity
 from cellsched.runtime import decide as D
 from cellsched.runtime import nodes as N
 from cellsched.runtime.clock import now_s
+from cellsched.fmt import gpu_h
 from cellsched.runtime.logs import log_dir_for, logs_root_for
 from cellsched.runtime.notify import Notifier, redact, write_report_files
 from cellsched.runtime.report import build_report, render_markdown
@@ -319,9 +320,15 @@ class Reconciler:
             elif isinstance(a, D.Launch):
                 self._launch(v, name, a, now, res)
             elif isinstance(a, D.FinishEarly):
-                done = w.finish_early(gid, now, a.state, self._pull_forward)
+                # ``now`` was read before the executor was polled: a gang killed at the
+                # window's end can be seen by a tick whose ``now`` is a second earlier, and
+                # must not be refunded a second it held. Its own end time counts (not past
+                # the window: a rank's clock may run ahead).
+                ends = [int(r.ended_at) for r in (seen.group.results if seen.group else ())]
+                t = min(v.end, max([now, *ends]))
+                done = w.finish_early(gid, t, a.state, self._pull_forward)
                 if done is not None:
-                    res.add(f"{a.state} {pid}: refunded {done[0]} GPU-seconds")
+                    res.add(f"{a.state} {pid}: refunded {gpu_h(done[0] / 3600)}")
                     for m in done[1]:
                         res.add(m)
                 self._finalize(seen, name, now, res, a.state)
