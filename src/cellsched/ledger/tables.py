@@ -232,3 +232,61 @@ class TokenRow(SQLModel, table=True):
     revoked_at: int | None = None
     revoked_by: str | None = None
     note: str = ""
+
+
+# -- best-effort work (appended for lending idle GPUs: docs/lending.md) -------------------
+
+# A best-effort submission is "queued" while any of its tasks may still run, then "done"
+# (every task ended), "exhausted" (its GPU-hours ran out) or "cancelled".
+BE_LIVE_STATES = ("queued",)
+# A task (one of a job's ``count`` independent runs) is "queued" (waiting, or requeued after a
+# preemption with its attempt count), "running" on lent GPUs, "preempting" (SIGTERM sent,
+# grace running), then "succeeded", "failed" (its retries used up) or "cancelled".
+BE_TASK_LIVE = ("queued", "running", "preempting")
+
+
+class BestEffortRow(SQLModel, table=True):
+    """One best-effort submission: a sealed spec with ``kind = "best-effort"``. No window and
+    no guarantee; charged per GPU-second its tasks hold (times the cluster's rate) against
+    the team's best-effort allowance, never against anyone's guaranteed allowance."""
+
+    __tablename__ = "cs_be"
+    id: int | None = Field(default=None, primary_key=True)
+    project_id: str = Field(index=True, foreign_key="cs_project.id")
+    project: str = Field(index=True)
+    digest: str
+    team: str = Field(index=True)
+    pool: str
+    max_gpus: int  # budget.gpus: GPUs its tasks may hold at once
+    budget_gs: int  # budget.gpu_hours in GPU-seconds: what it may be charged in all
+    charged_gs: int = 0  # GPU-seconds held so far, times the rate (rounded up)
+    state: str = Field(default="queued", index=True)
+    created_at: int
+    ended_at: int | None = None
+
+
+class BestEffortTaskRow(SQLModel, table=True):
+    """One run of a best-effort job (``count`` of them per job). It keeps ``queued_at`` (its
+    place in its team's FIFO) across preemptions; ``attempt`` counts starts."""
+
+    __tablename__ = "cs_be_task"
+    id: int | None = Field(default=None, primary_key=True)
+    be_id: int = Field(index=True, foreign_key="cs_be.id")
+    team: str = Field(index=True)
+    job: str
+    index: int  # 0 .. count-1
+    gpus: int
+    state: str = Field(default="queued", index=True)
+    attempt: int = 0
+    preemptions: int = 0
+    queued_at: int
+    # While running: where (the lender's grant id, or None for GPUs no window holds), on
+    # which calendar node of which pool, since when, and the executor's name for it.
+    lender: int | None = None
+    node: int | None = None
+    started_at: int | None = None
+    reclaim_at: int | None = None  # SIGTERM sent (preempting): SIGKILL at reclaim_at + grace
+    name: str | None = None
+    held_gs: int = 0  # GPU-seconds held by attempts that ended (charged)
+    ended_at: int | None = None
+    detail: str = ""
