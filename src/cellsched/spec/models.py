@@ -10,7 +10,7 @@ import datetime as dt
 import math
 import posixpath
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 NAME_MAX = 63
+COUNT_MAX = 10_000  # runs of one best-effort job ("64 independent one-GPU trials")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -192,6 +193,9 @@ class Job(_Frozen):
     after: Annotated[tuple[Name, ...], OneOrMany] = Field(default=(), description="job names")
     retries: Whole = Field(default=0, ge=0, le=100)
     env: dict[str, str] = Field(default_factory=dict)
+    # Independent runs of the job (best-effort work only): each is a task of its own,
+    # queued, run, preempted and retried on its own (docs/lending.md).
+    count: Whole = Field(default=1, ge=1, le=COUNT_MAX)
 
     @field_validator("run", mode="before")
     @classmethod
@@ -302,11 +306,21 @@ class Code(_Frozen):
         return self
 
 
+Kind = Literal["guaranteed", "best-effort"]
+
+
 class ProjectSpec(_Frozen):
-    """A project: one team, one problem, one budget, jobs run in ``after`` order."""
+    """A project: one team, one problem, one budget, jobs run in ``after`` order.
+
+    ``kind = "best-effort"``: no window and no guarantee; its jobs' tasks (``count`` runs of
+    each) run on idle GPUs, may be preempted, and are charged to the team's best-effort
+    allowance (docs/lending.md). Such a spec has no ``not_before``, ``deadline`` or
+    ``replaces`` (best-effort work has no window) and no ``after`` (its tasks are
+    independent); ``count`` > 1 is for best-effort work only."""
 
     name: Name
     team: Name
+    kind: Kind = "guaranteed"
     owner: str = Field(min_length=1, max_length=128)
     problem: str = Field(min_length=1, max_length=8000)
     replaces: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*@[0-9a-f]{6,64}$")
@@ -323,9 +337,13 @@ class ProjectSpec(_Frozen):
             raise ValueError("must not contain NUL characters")
         return v
 
+    @property
+    def best_effort(self) -> bool:
+        return self.kind == "best-effort"
+
     @model_validator(mode="after")
     def _jobs(self) -> ProjectSpec:
-        problems = []
+        problems = self._kind_problems()
         names: list[str] = [j.name for j in self.jobs]
         seen: set[str] = set()
         for i, name in enumerate(names):
@@ -346,6 +364,34 @@ class ProjectSpec(_Frozen):
                 problems.append("jobs.after: cycle " + " -> ".join(cycle))
         raise_problems(problems)
         return self
+
+    def _kind_problems(self) -> list[str]:
+        """What a spec of this kind may not say (one line per field)."""
+        problems = []
+        if self.best_effort:
+            no_window = "best-effort work has no window (it runs on idle GPUs when there are some)"
+            if self.replaces is not None:
+                problems.append("replaces: best-effort work has no window to replace "
+                                "(cancel the old submission, then submit this one)")
+            if self.budget.not_before is not None:
+                problems.append(f"budget.not_before: {no_window}")
+            if self.budget.deadline is not None:
+                problems.append(f"budget.deadline: {no_window}")
+            for i, job in enumerate(self.jobs):
+                if job.after:
+                    problems.append(f"jobs.{i}.after: best-effort tasks are independent, so no after "
+                                    "(submit a later step as its own spec)")
+        else:
+            for i, job in enumerate(self.jobs):
+                if job.count != 1:
+                    problems.append(f"jobs.{i}.count: only best-effort work runs a job several times "
+                                    '(kind = "best-effort")')
+        return problems
+
+    def tasks(self) -> list[tuple[Job, int]]:
+        """A best-effort spec's tasks, in order: each job (in the spec's order) ``count`` times,
+        as ``(job, index)``."""
+        return [(job, i) for job in self.jobs for i in range(job.count)]
 
     def job_order(self) -> list[Job]:
         """Jobs in a deterministic topological order (ties by position in the spec)."""

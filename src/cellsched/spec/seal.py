@@ -6,7 +6,9 @@ Canonical means: sorted keys, no insignificant whitespace, UTF-8, times as UTC
 
 A spec with ``code`` seals its code too: the ``code`` key (its fields, ``exclude`` sorted,
 ``commit`` the full SHA, and the snapshot's ``digest``) is present only then, so specs
-without code keep the digests they always had.
+without code keep the digests they always had. Likewise ``kind`` is present only for
+best-effort work (``"kind": "best-effort"``) and a job's ``count`` only when it is not 1, so
+every spec written before best-effort work existed keeps its digest.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def _code(code: Code) -> dict[str, Any]:
 
 def canonical_dict(spec: ProjectSpec) -> dict[str, Any]:
     out = _canonical_words(spec)
+    if spec.kind != "guaranteed":
+        out["kind"] = spec.kind
+    for job, item in zip(spec.jobs, out["jobs"]):
+        if job.count != 1:
+            item["count"] = job.count
     if spec.code is not None:
         out["code"] = _code(spec.code)
     return out
