@@ -29,8 +29,18 @@ def test_a_small_cluster_is_valid() -> None:
     assert t is not None
     assert (t.period, t.max_gpus, t.members) == ("month", None, ("alice",))
     assert t.allowance_gpu_seconds == 1500 * 3600 and isinstance(t.allowance_gpu_seconds, int)
-    assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, False, None)
+    assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, True, None)
     assert c.policy.pull_forward == "start_now"
+
+
+def test_lending_defaults_lend_but_no_team_borrows_unless_given_an_allowance() -> None:
+    c = validate(ClusterConfig, make_cluster(), "cluster.toml")
+    assert (c.policy.lend_idle, c.policy.best_effort_rate, c.policy.lend_grace_s) == (True, 1.0, 30)
+    assert c.teams[0].best_effort_gpu_hours == 0 and c.teams[0].best_effort_gpu_seconds == 0
+    c = validate(ClusterConfig, put(put(put(make_cluster(), "teams.0.best_effort_gpu_hours", 2.5),
+                                        "policy.best_effort_rate", 1.5), "policy.lend_grace_s", 0), "c")
+    assert c.teams[0].best_effort_gpu_seconds == 9000 and isinstance(c.teams[0].best_effort_gpu_seconds, int)
+    assert (c.policy.best_effort_rate, c.policy.lend_grace_s) == (1.5, 0)
 
 
 def test_defaults() -> None:
@@ -86,6 +96,12 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("policy.horizon_days", 0, "policy.horizon_days", "greater than or equal to 1"),
     ("policy.lend_idle", "maybe", "policy.lend_idle", "true or false"),
     ("policy.max_grant", 1, "policy.max_grant", "unknown key"),
+    ("teams.0.best_effort_gpu_hours", -1, "teams.0.best_effort_gpu_hours", "greater than or equal to 0"),
+    ("teams.0.best_effort_gpu_hours", "10", "teams.0.best_effort_gpu_hours", "number"),
+    ("policy.best_effort_rate", 0, "policy.best_effort_rate", "greater than 0"),
+    ("policy.best_effort_rate", "1", "policy.best_effort_rate", "number"),
+    ("policy.lend_grace_s", -1, "policy.lend_grace_s", "greater than or equal to 0"),
+    ("policy.lend_grace_s", 2.5, "policy.lend_grace_s", "whole number"),
     ("colour", "red", "colour", "unknown key"),
 ]
 

@@ -78,13 +78,20 @@ class Team(_Frozen):
     allowance_gpu_hours: float = Field(ge=0, le=1e12)
     period: Period = "month"
     max_gpus: int | None = Field(default=None, ge=1)
+    # GPU-hours of best-effort work (docs/lending.md) the team may be charged per period, on
+    # top of its guaranteed allowance; 0: the team cannot borrow idle GPUs (opt-in per team).
+    best_effort_gpu_hours: float = Field(default=0, ge=0, le=1e12)
 
-    _allowance = field_validator("allowance_gpu_hours", mode="before")(_number)
+    _allowance = field_validator("allowance_gpu_hours", "best_effort_gpu_hours", mode="before")(_number)
     _counts = field_validator("max_gpus", mode="before")(_whole)
 
     @property
     def allowance_gpu_seconds(self) -> int:
         return round(self.allowance_gpu_hours * 3600)
+
+    @property
+    def best_effort_gpu_seconds(self) -> int:
+        return round(self.best_effort_gpu_hours * 3600)
 
 
 class Policy(_Frozen):
@@ -94,7 +101,12 @@ class Policy(_Frozen):
     min_notice_s: int = Field(default=0, ge=0)
     grace_s: int = Field(default=60, ge=0)
     horizon_days: int = Field(default=366, ge=1, le=3660)
-    lend_idle: bool = False
+    # Lending idle GPUs to best-effort work (docs/lending.md): the cluster-wide switch (only
+    # teams with best_effort_gpu_hours borrow anyway), GPU-seconds charged per GPU-second a
+    # borrower holds, and the longest a preempted borrower gets between SIGTERM and SIGKILL.
+    lend_idle: bool = True
+    best_effort_rate: float = Field(default=1.0, gt=0, le=1000)
+    lend_grace_s: int = Field(default=30, ge=0, le=3600)
     # How waiting grants use freed GPUs (docs/admission.md): start_now (default), hold_oldest
     # (start_now, the oldest waiting grant first holding its place), compact.
     pull_forward: Literal["start_now", "hold_oldest", "compact"] = "start_now"
@@ -102,8 +114,8 @@ class Policy(_Frozen):
     # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
     pass_env: tuple[str, ...] = Field(default=(), description="environment variable names")
 
-    _hours = field_validator("max_grant_hours", mode="before")(_number)
-    _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", mode="before")(_whole)
+    _hours = field_validator("max_grant_hours", "best_effort_rate", mode="before")(_number)
+    _seconds = field_validator("min_notice_s", "grace_s", "horizon_days", "lend_grace_s", mode="before")(_whole)
 
     @field_validator("lend_idle", mode="before")
     @classmethod
