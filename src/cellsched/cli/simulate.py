@@ -17,7 +17,7 @@ POLICY_HELP = "cellsched, easy, fifo or quota; repeat for several (default: all 
 
 @handled
 def simulate(
-    trace: Annotated[Path, typer.Option("--trace", help="CSV: job_id,submit_s,duration_s,gpus,team[,requested_s].")],
+    trace: Annotated[Path, typer.Option("--trace", help="CSV: job_id,submit_s,duration_s,gpus,team[,requested_s][,class] (class: guaranteed or best-effort).")],
     cluster: Annotated[Optional[Path], typer.Option("--cluster", help="Cluster config (pools, optional teams and policy). Default: the global --cluster (cellsched --cluster FILE simulate ...), CELLSCHED_CLUSTER or cluster.toml.")] = None,
     policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help=POLICY_HELP)] = None,
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="Replace the pools with one pool of N GPUs.")] = None,
@@ -27,6 +27,9 @@ def simulate(
     estimate_noise: Annotated[float, typer.Option("--estimate-noise", help="Per job, multiply the estimate factor by a seeded log-normal draw of this sigma (at least 1.0 overall); 0: none.")] = 0.0,
     noise_seed: Annotated[int, typer.Option("--noise-seed", help="Seed of --estimate-noise.")] = 1,
     expect_every: Annotated[int, typer.Option("--expect-every", help="cellsched: estimate the expected start of every N-th waiting job and measure it (0: off).")] = 20,
+    best_effort_share: Annotated[float, typer.Option("--best-effort-share", help="Make this share of the jobs (0 to 1, drawn by --best-effort-seed) best-effort: no window, run on idle GPUs, preempted when a guaranteed job needs them.")] = 0.0,
+    best_effort_seed: Annotated[int, typer.Option("--best-effort-seed", help="Seed of --best-effort-share.")] = 1,
+    checkpoint_interval: Annotated[int, typer.Option("--checkpoint-interval", help="Best-effort jobs checkpoint every C seconds of run: a preempted job keeps the work up to its last checkpoint (0: none, all work since its start is lost).")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of a table.")] = False,
     html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
 ) -> None:
@@ -55,10 +58,12 @@ def simulate(
     config = load_cluster(cluster_path)
     if pull_forward is not None:
         config = config.model_copy(update={"policy": config.policy.model_copy(update={"pull_forward": pull_forward})})
-    from cellsched.sim.trace import add_estimate_noise
+    from cellsched.sim.trace import add_estimate_noise, mark_best_effort
 
     tr = add_estimate_noise(load_trace(trace, estimate_factor), estimate_noise, noise_seed)
-    setup = build_setup(tr, config, gpus, allowance_scale, expect_every)
+    if best_effort_share:
+        tr = mark_best_effort(tr, best_effort_share, best_effort_seed)
+    setup = build_setup(tr, config, gpus, allowance_scale, expect_every, checkpoint_interval)
     err = sys.stderr
     if tr.bad_rows or not json_out:
         print(tr.summary_line(), file=err)
@@ -90,6 +95,9 @@ def simulate(
             "noise_seed": noise_seed,
             "allowance_scale": allowance_scale,
             "pull_forward": config.policy.pull_forward,
+            "best_effort_share": best_effort_share if best_effort_share else None,
+            "best_effort_seed": best_effort_seed if best_effort_share else None,
+            "checkpoint_interval_s": checkpoint_interval,
             "missing_teams": missing_teams(tr, config),
             "notes": notes,
             "policies": {r.policy: r.metrics for r in replays},
@@ -98,7 +106,8 @@ def simulate(
     from cellsched.sim.html import COLUMNS, table_rows
 
     table(f"{setup.gpus:,} GPUs · {len(tr.jobs):,} jobs · pull_forward {config.policy.pull_forward} "
-          "(waits in hours, makespan in days)",
+          "(waits in hours, makespan in days" + ("; done, refused, waits and promises of the guaranteed jobs, "
+                                                  "utilisation with the best-effort work" if setup.lends else "") + ")",
           [c for c, _ in COLUMNS], table_rows(replays),
           justify=lambda c: "left" if c == "policy" else "right")
     reasons = sorted({k for r in replays for k in r.metrics["refused_by_reason"]})  # type: ignore[attr-defined]
@@ -108,6 +117,14 @@ def simulate(
               [[r.policy, *(f"{r.metrics['refused_by_reason'].get(k, 0):,}" for k in reasons)]  # type: ignore[attr-defined]
                for r in replays],
               justify=lambda c: "left" if c == "policy" else "right")
+    if setup.lends:
+        from cellsched.sim.html import BE_COLUMNS, be_rows
+
+        print()
+        table(f"best-effort work lent idle GPUs ({tr.best_effort_from}; checkpoint every "
+              f"{f'{checkpoint_interval:,} s' if checkpoint_interval else 'never: all work since a start is lost'}; "
+              "GPU-hours, waits in hours)",
+              [c for c, _ in BE_COLUMNS], be_rows(replays), justify=lambda c: "left" if c == "policy" else "right")
     teams = [t["team"] for t in replays[0].metrics["teams"]] if replays else []  # type: ignore[index]
     if teams:
         print()

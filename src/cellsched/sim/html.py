@@ -19,16 +19,29 @@ COLUMNS = [
     ("breaches", "guarantee_breaches"),
 ]
 
+# A lending replay (trace with best-effort jobs): what the best-effort work did.
+BE_COLUMNS = [
+    ("policy", "policy"), ("best-effort jobs", "best_effort_jobs"), ("done", "best_effort_done"),
+    ("completed GPU-h", "best_effort_completed_gpu_hours"), ("held GPU-h", "best_effort_held_gpu_hours"),
+    ("lost GPU-h", "lost_gpu_hours"), ("preemptions", "preemptions"),
+    ("wait p50 h", "best_effort_wait_p50_s"), ("wait p95 h", "best_effort_wait_p95_s"),
+    ("turnaround p50 h", "best_effort_turnaround_p50_s"), ("turnaround p95 h", "best_effort_turnaround_p95_s"),
+    ("utilisation", "utilisation"), ("of it guaranteed", "utilisation_guaranteed"),
+    ("useful", "useful_utilisation"),
+]
+
 
 def cell(key: str, v: object) -> str:
     if v is None:
         return "n/a"
-    if key.startswith("wait_"):
+    if key.startswith(("wait_", "best_effort_wait_", "best_effort_turnaround_")):
         return f"{float(v) / 3600:,.1f}"  # type: ignore[arg-type]
     if key == "makespan_s":
         return f"{float(v) / 86400:,.1f}"  # type: ignore[arg-type]
     if key == "promise_kept":
         return f"{float(v):.2%}"  # type: ignore[arg-type]
+    if key.endswith("gpu_hours"):
+        return f"{float(v):,.1f}"  # type: ignore[arg-type]
     if isinstance(v, float):
         return f"{v:,.3f}"
     return f"{v:,}" if isinstance(v, int) else str(v)
@@ -37,6 +50,11 @@ def cell(key: str, v: object) -> str:
 def table_rows(replays: Sequence[Replay]) -> list[list[str]]:
     """One row of ``COLUMNS`` cells per policy, for the terminal table and the page."""
     return [[cell(k, r.metrics.get(k)) for _, k in COLUMNS] for r in replays]
+
+
+def be_rows(replays: Sequence[Replay]) -> list[list[str]]:
+    """One row of ``BE_COLUMNS`` cells per lending replay."""
+    return [[cell(k, r.metrics.get(k)) for _, k in BE_COLUMNS] for r in replays if r.lent is not None]
 
 
 def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str) -> None:
@@ -65,7 +83,7 @@ def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str)
 
     fig, ax = plt.subplots(figsize=(charts.WIDTH_IN, charts.HEIGHT_IN))
     for r in replays:
-        xs, ys = busy_over_time(r.engine)
+        xs, ys = busy_over_time(r.engine, lent=r.lent)
         ax.plot(xs, ys, color=pal[r.policy], linewidth=1.2, label=r.policy)
     ax.set_xlabel("hours since the first submission")
     ax.set_ylabel("GPUs busy (fraction)")
@@ -80,9 +98,15 @@ def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str)
         trows = [[t["team"], f"{t['allowance_share']:.2%}", f"{t['gpu_time_share']:.2%}"] for t in r.metrics["teams"]]  # type: ignore[index]
         teams.append(f"<h3>{html.escape(r.policy)}</h3>" + html.table(["team", "allowance share", "GPU-time share"], trows,
                                                                         numeric=["allowance share", "GPU-time share"]))
+    lending = []
+    if any(r.lent is not None for r in replays):
+        lending = [html.Section("Best-effort work", html.table(
+            [c for c, _ in BE_COLUMNS], be_rows(replays), numeric=[c for c, _ in BE_COLUMNS[1:]]), id="best-effort",
+            note="lent idle GPUs, preempted when a guaranteed job needs them; GPU-hours, waits in hours")]
     page = html.page(title, [
         html.Section("Policies", table, id="policies",
                      note="waits in hours, makespan in days; promise kept and breaches only for policies that promise a start"),
+        *lending,
         html.Section("Wait times", cdf.html(), id="waits"),
         html.Section("Utilisation", util.html(), id="utilisation"),
         html.Section("Per team", "".join(teams), id="teams"),

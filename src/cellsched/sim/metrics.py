@@ -3,12 +3,21 @@
 Waits count jobs that ran; utilisation is busy GPU-seconds over capacity x the busy span
 (first submission to last end); bounded slowdown uses a 10 s bound; Jain's index is taken
 over teams of (share of GPU-time used) / (share of allowance).
+
+A lending replay (``sim/lending.py``) adds the best-effort keys (:func:`summarise_lending`);
+its waits, refusals and promises are the guaranteed jobs', its utilisation counts every
+GPU-second a borrower held.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from cellsched.sim.engine import Engine
 from cellsched.sim.setup import SimSetup
+
+if TYPE_CHECKING:
+    from cellsched.sim.lending import Lent
 
 BOUND_S = 10
 
@@ -107,6 +116,43 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
     }
 
 
+def summarise_lending(engine: Engine, setup: SimSetup, lent: Lent, seconds: float) -> dict[str, object]:
+    """:func:`summarise` of the guaranteed replay ``engine`` (``setup`` without best-effort
+    jobs, ``seconds`` its replay time), with the best-effort work ``lent`` added: utilisation
+    and makespan over both, and the best-effort keys (docs/simulate.md, Lending)."""
+    m = summarise(engine, setup, seconds + lent.seconds)
+    gbusy = sum(j.gpus * (engine.end[j.seq] - engine.start[j.seq]) for j in engine.jobs if engine.start[j.seq] >= 0)
+    be = lent.jobs
+    first = min([j.submit for j in engine.jobs[:1]] + [j.submit for j in be[:1]], default=0)
+    last = max([e for e in engine.end if e >= 0] + [e for e in lent.done_at if e >= 0], default=first)
+    span = max(1, last - first)
+    cap = engine.capacity * span
+    waits = sorted(s - j.submit for j, s in zip(be, lent.first_start) if s >= 0)
+    turns = sorted(d - j.submit for j, d in zip(be, lent.done_at) if d >= 0)
+    m.update({
+        "utilisation": round((gbusy + lent.held) / cap, 4),
+        "utilisation_guaranteed": round(gbusy / cap, 4),
+        "useful_utilisation": round((gbusy + lent.completed) / cap, 4),
+        "makespan_s": last - first,
+        "best_effort_jobs": len(be),
+        "best_effort_done": len(turns),
+        "best_effort_refused": len(lent.refused),
+        "checkpoint_interval_s": lent.checkpoint_interval,
+        "best_effort_completed_gpu_hours": round(lent.completed / 3600, 3),
+        "best_effort_held_gpu_hours": round(lent.held / 3600, 3),
+        "lost_gpu_hours": round(lent.lost / 3600, 3),
+        "preemptions": lent.preemptions,
+        "preempted_jobs": sum(1 for a in lent.attempts if a > 1),
+        "best_effort_wait_mean_s": round(sum(waits) / len(waits), 1) if waits else 0.0,
+        "best_effort_wait_p50_s": round(percentile(waits, 0.50), 1),
+        "best_effort_wait_p95_s": round(percentile(waits, 0.95), 1),
+        "best_effort_turnaround_p50_s": round(percentile(turns, 0.50), 1),
+        "best_effort_turnaround_p95_s": round(percentile(turns, 0.95), 1),
+        "lending_seconds": round(lent.seconds, 2),
+    })
+    return m
+
+
 def _expected(engine: Engine) -> dict[str, object]:
     """How good the expected start was (``cellsched`` with ``expect_every``): sim/expect.py."""
     pol = engine.policy
@@ -123,18 +169,23 @@ def wait_list(engine: Engine) -> list[int]:
     return sorted(engine.start[j.seq] - j.submit for j in engine.jobs if engine.start[j.seq] >= 0)
 
 
-def busy_over_time(engine: Engine, points: int = 400) -> tuple[list[float], list[float]]:
-    """(hours since first submission, fraction of GPUs busy) sampled on a regular grid."""
+def busy_over_time(engine: Engine, points: int = 400, lent: Lent | None = None) -> tuple[list[float], list[float]]:
+    """(hours since first submission, fraction of GPUs busy) sampled on a regular grid; with
+    ``lent``, GPUs held by best-effort work count as busy."""
     events: list[tuple[int, int]] = []
     for j in engine.jobs:
         s = engine.start[j.seq]
         if s >= 0:
             events.append((s, j.gpus))
             events.append((engine.end[j.seq], -j.gpus))
+    if lent is not None:
+        for i, s, e, _, _ in lent.segments:
+            events.append((s, lent.jobs[i].gpus))
+            events.append((e, -lent.jobs[i].gpus))
     if not events:
         return [], []
     events.sort()
-    t0 = min(j.submit for j in engine.jobs)
+    t0 = min([j.submit for j in engine.jobs[:1]] + ([j.submit for j in lent.jobs[:1]] if lent else []))
     t1 = events[-1][0]
     step = max(1, (t1 - t0) // points)
     xs, ys = [], []

@@ -2,8 +2,10 @@
 
 ``--gpus N`` replaces the cluster's pools with one pool of N GPUs (named after the first
 pool). When the cluster file names no teams, every trace team gets an allowance equal to the
-GPU-hours it requests in the trace, for the whole replay (period ``none``), so the whole
-trace is admissible; ``--allowance-scale`` multiplies every allowance (configured or default).
+GPU-hours its guaranteed jobs request in the trace, for the whole replay (period ``none``),
+so the whole trace is admissible; ``--allowance-scale`` multiplies every allowance (configured
+or default). Best-effort jobs are charged to no guaranteed allowance, so a trace and the same
+trace with its best-effort rows removed give the same cluster.
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ class SimSetup:
     trace: Trace
     cluster: ClusterConfig
     expect_every: int = 0  # cellsched: the expected start of every n-th waiting job (sim/expect.py)
+    checkpoint_interval: int = 0  # best-effort work: seconds between checkpoints (0: none; sim/lending.py)
+
+    @property
+    def lends(self) -> bool:
+        """Whether the trace has best-effort jobs (the replay lends them idle GPUs)."""
+        return any(j.best_effort for j in self.trace.jobs)
+
+    def guaranteed(self) -> SimSetup:
+        """The same setup with the best-effort jobs removed (the trace renumbered)."""
+        return SimSetup(self.trace.guaranteed(), self.cluster, self.expect_every, self.checkpoint_interval)
 
     @property
     def gpus(self) -> int:
@@ -45,6 +57,7 @@ def build_setup(
     gpus: int | None = None,
     allowance_scale: float = 1.0,
     expect_every: int = 0,
+    checkpoint_interval: int = 0,
 ) -> SimSetup:
     if not (allowance_scale > 0):
         raise BadInput(f"--allowance-scale must be above 0, got {allowance_scale}")
@@ -71,9 +84,11 @@ def build_setup(
                 name=name, members=(), period="none", max_gpus=None,
                 allowance_gpu_hours=asked[name] * allowance_scale / 3600,
             )
-            for name in trace.teams()
+            for name in asked  # teams with guaranteed jobs, in order of first appearance
         )
     sim = ClusterConfig.model_construct(pools=pools, teams=teams, admins=cluster.admins, policy=cluster.policy)
     if expect_every < 0:
         raise BadInput(f"--expect-every must be at least 0, got {expect_every}")
-    return SimSetup(trace, sim, expect_every)
+    if checkpoint_interval < 0:
+        raise BadInput(f"--checkpoint-interval must be at least 0 seconds, got {checkpoint_interval}")
+    return SimSetup(trace, sim, expect_every, checkpoint_interval)

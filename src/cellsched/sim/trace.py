@@ -1,10 +1,16 @@
-"""Trace input: CSV ``job_id,submit_s,duration_s,gpus,team[,requested_s]``.
+"""Trace input: CSV ``job_id,submit_s,duration_s,gpus,team[,requested_s][,class]``.
 
 Each row becomes one :class:`TraceJob`, a one-job project. Its *requested* run time is what a
 user would have asked for (``requested_s`` when the trace has it, else the true duration times
 the estimate factor, rounded up to a whole second); its *true* duration is known to the
 simulator only when the job ends. Bad rows are skipped and reported with their line numbers;
 too many of them, or a missing column, is :class:`~cellsched.errors.BadInput`.
+
+The optional ``class`` column says whether a job is ``guaranteed`` (the default, also when
+the cell is empty) or ``best-effort`` (no window: it runs on idle GPUs and may be preempted,
+``sim/lending.py``); any other value is :class:`~cellsched.errors.BadInput` naming the line
+(a misspelt class must not quietly turn lent work into guaranteed work, or the reverse).
+:func:`mark_best_effort` makes a seeded random share of a trace's jobs best-effort instead.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from pathlib import Path
 from cellsched.errors import BadInput, NotFound
 
 REQUIRED = ("job_id", "submit_s", "duration_s", "gpus", "team")
+CLASSES = {"guaranteed": False, "best-effort": True}  # the ``class`` column: value -> best-effort
 MAX_BAD_FRACTION = 0.01  # more bad rows than this (and more than MAX_BAD_ALWAYS) is an error
 MAX_BAD_ALWAYS = 10
 
@@ -32,6 +39,7 @@ class TraceJob:
     gpus: int
     team: str
     requested: int  # what the user asked for, seconds
+    best_effort: bool = False  # no window, runs on idle GPUs (sim/lending.py)
 
     @property
     def run(self) -> int:
@@ -49,6 +57,7 @@ class Trace:
     estimate_factor: float = 1.5
     requested_column: bool = False
     estimate_noise: float = 0.0  # sigma of the log-normal on the factor (add_estimate_noise)
+    best_effort_from: str = ""  # "column class", "share S, seed N", or "" (every job guaranteed)
 
     def teams(self) -> list[str]:
         """Team names in order of first appearance."""
@@ -58,10 +67,25 @@ class Trace:
         return list(seen)
 
     def requested_gpu_seconds(self) -> dict[str, int]:
+        """GPU-seconds each team's *guaranteed* jobs ask for (best-effort work is charged to
+        an allowance of its own, never to the guaranteed one)."""
         out: dict[str, int] = {}
         for j in self.jobs:
-            out[j.team] = out.get(j.team, 0) + j.gpus * j.requested
+            if not j.best_effort:
+                out[j.team] = out.get(j.team, 0) + j.gpus * j.requested
         return out
+
+    def best_effort_jobs(self) -> list[TraceJob]:
+        """The best-effort jobs, in submission order (their ``seq`` is the trace's)."""
+        return [j for j in self.jobs if j.best_effort]
+
+    def guaranteed(self) -> Trace:
+        """The trace with the best-effort jobs removed, renumbered: exactly what a trace file
+        without those rows reads as (the guaranteed schedule a lending replay must keep)."""
+        kept = [j for j in self.jobs if not j.best_effort]
+        jobs = [TraceJob(k, j.job_id, j.submit, j.duration, j.gpus, j.team, j.requested) for k, j in enumerate(kept)]
+        return Trace(self.source, jobs, self.bad_rows, self.estimate_factor, self.requested_column,
+                     self.estimate_noise)
 
     def summary(self) -> dict[str, object]:
         """What was read, for people (one line) and for ``--json``."""
@@ -81,6 +105,8 @@ class Trace:
             "span_s": span,
             "gpu_hours": round(gs / 3600, 1),
             "widest_job_gpus": widest,
+            "best_effort_jobs": sum(1 for j in jobs if j.best_effort),
+            "best_effort": self.best_effort_from or None,
             "requested": "column requested_s" if self.requested_column else (
                 f"duration x {self.estimate_factor:g}" if not self.estimate_noise
                 else f"duration x {self.estimate_factor:g} x lognormal(sigma {self.estimate_noise:g}), at least 1"),
@@ -92,6 +118,8 @@ class Trace:
             f"{s['source']}: {s['jobs']:,} jobs, {s['teams']} teams, span {s['span_s'] / 86400:,.1f} days, "
             f"{s['gpu_hours']:,.0f} GPU-hours, widest {s['widest_job_gpus']} GPUs, requested = {s['requested']}"
         )
+        if self.best_effort_from:
+            line += f", {s['best_effort_jobs']:,} of them best-effort ({self.best_effort_from})"
         if self.bad_rows:
             first = ", ".join(f"line {n} ({why})" for n, why in self.bad_rows[:3])
             more = "" if len(self.bad_rows) <= 3 else f" and {len(self.bad_rows) - 3} more"
@@ -138,8 +166,9 @@ def parse_trace(
         raise BadInput(f"{source}:1: header lacks column(s) {', '.join(missing)} (need {','.join(REQUIRED)})")
     ix = [cols.index(c) for c in REQUIRED]
     ireq = cols.index("requested_s") if "requested_s" in cols else None
-    width = max(ix + ([ireq] if ireq is not None else [])) + 1
-    rows: list[tuple[int, int, str, int, int, str, int]] = []
+    icls = cols.index("class") if "class" in cols else None
+    width = max(ix + [i for i in (ireq, icls) if i is not None]) + 1
+    rows: list[tuple[int, int, str, int, int, str, int, bool]] = []
     bad: list[tuple[int, str]] = []
     seen_ids: set[str] = set()
     line = 1
@@ -170,8 +199,13 @@ def parse_trace(
             except ValueError as e:
                 bad.append((line, str(e)))
                 continue
+            be = False
+            if icls is not None and (cls := row[icls].strip()):
+                if cls not in CLASSES:
+                    raise BadInput(f"{source}:{line}: column class: {cls!r} is not guaranteed or best-effort")
+                be = CLASSES[cls]
             seen_ids.add(jid)
-            rows.append((submit, len(rows), jid, duration, gpus, team, requested))
+            rows.append((submit, len(rows), jid, duration, gpus, team, requested, be))
     except csv.Error as e:
         raise BadInput(f"{source}:{reader.line_num}: not CSV: {e}") from None
     total = len(rows) + len(bad)
@@ -181,8 +215,9 @@ def parse_trace(
     if not rows:
         raise BadInput(f"{source}: no usable rows")
     rows.sort()  # by submit time, then file order: the trace's own order breaks ties
-    jobs = [TraceJob(i, r[2], r[0], r[3], r[4], r[5], r[6]) for i, r in enumerate(rows)]
-    return Trace(source, jobs, bad, estimate_factor, ireq is not None)
+    jobs = [TraceJob(i, r[2], r[0], r[3], r[4], r[5], r[6], r[7]) for i, r in enumerate(rows)]
+    return Trace(source, jobs, bad, estimate_factor, ireq is not None,
+                 best_effort_from="column class" if icls is not None else "")
 
 
 def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
@@ -202,8 +237,28 @@ def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
     for j in trace.jobs:
         factor = max(1.0, f * rnd.lognormvariate(0.0, sigma))
         jobs.append(TraceJob(j.seq, j.job_id, j.submit, j.duration, j.gpus, j.team,
-                             math.ceil(j.duration * factor - 1e-9)))
-    return Trace(trace.source, jobs, trace.bad_rows, f, trace.requested_column, sigma)
+                             math.ceil(j.duration * factor - 1e-9), j.best_effort))
+    return Trace(trace.source, jobs, trace.bad_rows, f, trace.requested_column, sigma, trace.best_effort_from)
+
+
+def mark_best_effort(trace: Trace, share: float, seed: int = 1) -> Trace:
+    """``round(share x jobs)`` jobs made best-effort, drawn by one seeded generator (same
+    seed, same jobs); the rest guaranteed. A trace whose ``class`` column already says which
+    jobs are best-effort is :class:`BadInput`: the two ways would silently disagree."""
+    if not (0.0 <= share <= 1.0):
+        raise BadInput(f"--best-effort-share must be a number from 0 to 1, got {share}")
+    if share == 0:
+        return trace
+    if trace.best_effort_from == "column class":
+        raise BadInput(f"{trace.source}: the class column already says which jobs are best-effort; "
+                       "drop --best-effort-share or the column")
+    import random
+
+    picked = set(random.Random(seed).sample(range(len(trace.jobs)), round(share * len(trace.jobs))))
+    jobs = [TraceJob(j.seq, j.job_id, j.submit, j.duration, j.gpus, j.team, j.requested, j.seq in picked)
+            for j in trace.jobs]
+    return Trace(trace.source, jobs, trace.bad_rows, trace.estimate_factor, trace.requested_column,
+                 trace.estimate_noise, f"share {share:g}, seed {seed}")
 
 
 def load_trace(path: str | Path, estimate_factor: float = 1.5, max_bad_fraction: float = MAX_BAD_FRACTION) -> Trace:
