@@ -1,8 +1,8 @@
 """The executor contract: plain data in, plain data out, and a small poll-based Protocol.
 
 A reconciler drives an executor in two phases each tick: it *observes* (``reservation_state``,
-``running``, ``poll``) and then *acts* (``reserve``, ``launch``, ``ack``, ``terminate``,
-``kill``, ``release``). Every action is idempotent so that a tick repeated after a crash is
+``running``, ``poll``) and then *acts* (``reserve``, ``lend``, ``launch``, ``ack``,
+``terminate``, ``kill``, ``release``). Every action is idempotent so that a tick repeated after a crash is
 harmless, and every observation is cheap and non-blocking (bounded by a short timeout at most).
 
 Results are handed over in two steps: ``poll`` shows every ended gang that has not been
@@ -398,6 +398,39 @@ class Executor(Protocol):
         """
         ...
 
+    def lend(self, owner: str, bundles: Sequence[int], name: str) -> None:
+        """Lend bundles ``bundles`` of the live group ``owner`` to a new group ``name`` (a
+        best-effort borrower's; ``name`` carries this executor's prefix).
+
+        Only idle bundles can be lent: ``InvalidGang`` if a running gang of ``owner`` uses
+        one, or one is lent already, or an ended gang of ``owner`` that used one is not
+        acknowledged yet (poll and ack first: the rank worker that holds its result is
+        stopped); ``InvalidGang`` too for bundles out of range or repeated, or an ``owner``
+        that is itself a borrower; ``UnknownReservation`` if ``owner`` is not live;
+        ``NotReady`` if ``owner`` is not placed (``placed`` and ``ready`` may lend);
+        ``ReservationConflict`` if ``name`` is a live group, or a borrower of other bundles.
+        The owner's rank workers on those bundles are stopped (so the owner's code,
+        environment and working directory are never in the borrower's processes), and
+        ``name`` then behaves exactly like a reservation of ``len(bundles)`` bundles of its
+        own (bundle ``i`` of ``name`` is bundle ``bundles[i]`` of ``owner``, on the same node
+        and GPU): ``reservation_state`` (``placed`` until its own rank workers answer, then
+        ``ready``; ``rescheduling`` while ``owner`` is; ``missing`` once released),
+        ``launch``, ``running``, ``poll``, ``ack``, ``terminate``, ``kill``, ``release``,
+        ``attempt_fate``, ``fence`` all work on it, and ``reservations()`` lists it. While
+        lent, launching an ``owner`` gang on one of those bundles raises ``InvalidGang``.
+
+        ``release(name)`` kills the borrower's gangs (returning their un-acknowledged
+        results, as for any group) and gives the bundles back to ``owner``: its rank workers
+        on them start again (``owner`` is ``placed``, not ``ready``, until they answer; its
+        other bundles' running gangs are not disturbed). ``release(owner)`` releases its
+        borrowers first (their results are then lost to the caller; the caller releases
+        borrowers itself before that if it cares). Idempotent: lending the same bundles of
+        the same owner to the same ``name`` again does nothing (after a daemon restart, the
+        borrower is found again: ``reservations()`` lists it and every operation works on
+        it, as for a re-adopted group). ``Fenced`` if the ranks have seen a newer epoch.
+        """
+        ...
+
     def running(self, name: str) -> list[RunningGang]:
         """Gangs with a rank still running (so their bundles are busy), sorted by (job, attempt)."""
         ...
@@ -462,18 +495,26 @@ def check_name(name: str, prefix: str) -> None:
 
 
 def check_gang(gang: GangSpec, width: int, busy: set[int]) -> None:
-    """Validate ``gang`` against a group of ``width`` bundles of which ``busy`` are taken."""
-    b = gang.bundles
+    """Validate ``gang`` against a group of ``width`` bundles of which ``busy`` are taken
+    (running another gang, or lent)."""
+    check_bundles(gang.reservation, gang.job, gang.bundles, width, busy)
+
+
+def check_bundles(reservation: str, what: str, bundles: Sequence[int], width: int,
+                  busy: set[int]) -> None:
+    """``InvalidGang`` unless ``bundles`` (for ``what``: a job, or a lending) are some, none
+    repeated, all in ``0..width-1`` and none in ``busy``."""
+    b = list(bundles)
     if not b:
-        raise InvalidGang(gang.reservation, f"{gang.job}: a gang needs at least one bundle")
+        raise InvalidGang(reservation, f"{what}: needs at least one bundle")
     if len(set(b)) != len(b):
-        raise InvalidGang(gang.reservation, f"{gang.job}: repeated bundles {list(b)}")
+        raise InvalidGang(reservation, f"{what}: repeated bundles {b}")
     out = [i for i in b if not 0 <= i < width]
     if out:
-        raise InvalidGang(gang.reservation, f"{gang.job}: bundles {out} outside 0..{width - 1}")
+        raise InvalidGang(reservation, f"{what}: bundles {out} outside 0..{width - 1}")
     taken = sorted(set(b) & busy)
     if taken:
-        raise InvalidGang(gang.reservation, f"{gang.job}: bundles {taken} are busy")
+        raise InvalidGang(reservation, f"{what}: bundles {taken} are busy")
 
 
 def classify(

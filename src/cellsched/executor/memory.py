@@ -29,6 +29,12 @@ Timing model (what the twin promises, in virtual seconds):
   reservation with a ``Placement`` is placed only when every node it names is alive, matches
   its label selector and resources, and has room for its bundles there (besides the overall
   ``capacity``); otherwise it stays ``pending``, as on Ray;
+- ``lend(owner, bundles, name)`` at ``now`` makes ``name`` a reservation of its own on those
+  bundles' GPUs, ``placed`` at ``now`` and ``ready`` ``ready_delay`` later (its rank workers
+  start), ``rescheduling`` while its owner is (losing an owner's lent bundle loses the
+  borrower's ranks there); its gangs follow their ``Behaviour`` like any. ``release(name)``
+  gives the bundles back at that instant: the owner is ``placed`` for ``ready_delay`` (its
+  rank workers on them start again; its running gangs go on), then ``ready``;
 - there are no log files: ``pull_logs`` returns 0;
 - results stay until ``ack``ed (``poll`` shows them every time); ``release`` returns the
   un-acknowledged ones and forgets the rest.
@@ -51,6 +57,7 @@ from .base import (
     Fenced,
     GangResult,
     GangSpec,
+    InvalidGang,
     NodeInfo,
     NotReady,
     Placement,
@@ -59,6 +66,7 @@ from .base import (
     ResultKey,
     RunningGang,
     UnknownReservation,
+    check_bundles,
     check_gang,
     check_name,
     classify,
@@ -143,6 +151,12 @@ class _Reservation:
     gangs: dict[tuple[str, int], _Gang] = field(default_factory=dict)
     epoch: int = 0  # the newest epoch its ranks have seen
     placement: Placement | None = None
+    # When its rank workers last (re)started, if not at ``placed_at``: bundles given back
+    # by a borrower (``ready`` again ``ready_delay`` after it).
+    ranks_from: float | None = None
+    lent: dict[int, str] = field(default_factory=dict)  # an owner's bundle -> its borrower
+    lender: str | None = None  # a borrower: the group whose bundles it has
+    lent_from: tuple[int, ...] = ()  # a borrower: its owner's bundle of each of its bundles
 
 
 @dataclass
@@ -222,6 +236,15 @@ class MemoryExecutor:
         """
         r = self._get(name)
         lost = set(bundles)
+        self._lose_ranks(r, lost)
+        for bname in sorted(set(r.lent.values())):  # their state follows the owner's
+            bw = self._resv[bname]
+            self._lose_ranks(bw, {i for i, b in enumerate(bw.lent_from) if b in lost})
+        r.lost |= lost
+        r.back_at = back_at
+
+    def _lose_ranks(self, r: _Reservation, lost: set[int]) -> None:
+        """Ranks of ``r`` running on ``lost`` bundles are lost now; their peers SIGKILLed."""
         t = self.now
         for g in r.gangs.values():
             hit = [i for i, b in enumerate(g.spec.bundles) if b in lost and g.ranks[i].running_at(t)]
@@ -232,8 +255,6 @@ class MemoryExecutor:
                     g.ranks[i] = _Rank(t, None, "lost")
                 elif rank.running_at(t):
                     g.ranks[i] = _Rank(t, SIGKILL_CODE, "lost-peer")
-        r.lost |= lost
-        r.back_at = back_at
 
     def crash_cluster(self, orphans_until: float | None = None) -> None:
         """The local Ray dies with the daemon at ``now``: every reservation vanishes
@@ -285,6 +306,8 @@ class MemoryExecutor:
                              f"for {width} bundles")
         old = self._resv.get(name)
         if old is not None:
+            if old.lender is not None:
+                raise ReservationConflict(name, f"is a borrower of {old.lender}")
             if (old.width, old.cpus_per_gpu) != (width, cpus_per_gpu):
                 raise ReservationConflict(
                     name, f"exists with width {old.width}, cpus_per_gpu {old.cpus_per_gpu}"
@@ -328,6 +351,8 @@ class MemoryExecutor:
         r = self._resv.get(name)
         if r is None:
             return "missing"
+        if r.lender is not None and self.reservation_state(r.lender) == "rescheduling":
+            return "rescheduling"  # the borrower's bundles are the owner's
         if r.placed_at is None:
             return "pending"
         if r.lost:
@@ -335,7 +360,7 @@ class MemoryExecutor:
                 self.heal(name)
             else:
                 return "rescheduling"
-        if self.now < r.placed_at + self.ready_delay:
+        if self.now < (r.placed_at if r.ranks_from is None else r.ranks_from) + self.ready_delay:
             return "placed"  # GPUs held, rank workers still starting
         return "ready"
 
@@ -350,13 +375,7 @@ class MemoryExecutor:
         state = self.reservation_state(r.name)
         if state != "ready":
             raise NotReady(r.name, f"cannot launch {gang.job}: group is {state}")
-        busy = {
-            b
-            for g in r.gangs.values()
-            for b, rank in zip(g.spec.bundles, g.ranks)
-            if rank.running_at(self.now)
-        }
-        check_gang(gang, r.width, busy)
+        check_gang(gang, r.width, self._busy(r) | set(r.lent))
         b = self._behaviour(gang)
         t = self.now
         ranks = [_Rank() for _ in gang.bundles]
@@ -380,6 +399,39 @@ class MemoryExecutor:
         ids = tuple(r.gpu_ids[i] for i in gang.bundles)
         g = r.gangs[gang.key] = _Gang(gang, b, t, ids, ranks)
         self._w.history.append((r.name, g))
+
+    def lend(self, owner: str, bundles: Sequence[int], name: str) -> None:
+        check_name(name, self.prefix)
+        o = self._get(owner)
+        self._check_epoch(o)
+        bs = tuple(bundles)
+        old = self._resv.get(name)
+        if old is not None:
+            if (old.lender, old.lent_from) == (owner, bs):
+                return
+            raise ReservationConflict(name, "exists" if old.lender is None else
+                                      f"borrows bundles {list(old.lent_from)} of {old.lender}")
+        if o.lender is not None:
+            raise InvalidGang(owner, f"is a borrower of {o.lender}: only a group lends")
+        state = self.reservation_state(owner)
+        if state not in ("placed", "ready"):
+            raise NotReady(owner, f"cannot lend: group is {state}")
+        check_bundles(owner, f"lending to {name}", bs, o.width, self._busy(o))
+        taken = sorted(set(bs) & set(o.lent))
+        if taken:
+            raise InvalidGang(owner, f"bundles {taken} are lent already")
+        # Ended gangs not acknowledged: on Ray their results live in the rank workers that
+        # lending stops, so the twin refuses them too.
+        unacked = sorted(k for k, g in o.gangs.items() if not g.acked and set(g.spec.bundles) & set(bs))
+        if unacked:
+            raise InvalidGang(owner, f"bundles {list(bs)} hold results not acknowledged yet "
+                              f"{unacked}: poll and ack them first")
+        self._w.seq += 1
+        self._resv[name] = _Reservation(
+            name, len(bs), o.cpus_per_gpu, self._w.seq, placed_at=self.now,
+            gpu_ids=tuple(o.gpu_ids[b] for b in bs), epoch=o.epoch, lender=owner, lent_from=bs)
+        for b in bs:
+            o.lent[b] = name
 
     def has_code(self, digest: str) -> bool:
         return digest in self.code
@@ -435,12 +487,25 @@ class MemoryExecutor:
         self._signal(name, job, signal.SIGKILL)
 
     def release(self, name: str) -> list[GangResult]:
-        if name not in self._resv:
+        r = self._resv.get(name)
+        if r is None:
             return []
+        for borrower in sorted(set(r.lent.values())):
+            self._drop(borrower)  # their results are lost to the caller
+        out = self._drop(name)
+        o = None if r.lender is None else self._resv.get(r.lender)
+        if o is not None:  # the owner's rank workers on those bundles start again
+            for b in r.lent_from:
+                o.lent.pop(b, None)
+            o.ranks_from = self.now
+        self._place()
+        return out
+
+    def _drop(self, name: str) -> list[GangResult]:
+        """Kill every gang of ``name``, forget it; its un-acknowledged results."""
         self.kill(name)
         out = self.poll(name)
         del self._resv[name]
-        self._place()
         return out
 
     def fence(self, epoch: int) -> None:
@@ -487,6 +552,15 @@ class MemoryExecutor:
             if rank.running_at(t):
                 rank = _Rank(t, SIGKILL_CODE, "executor")
         return rank
+
+    def _busy(self, r: _Reservation) -> set[int]:
+        """Bundles of ``r`` with a rank running now."""
+        return {
+            b
+            for g in r.gangs.values()
+            for b, rank in zip(g.spec.bundles, g.ranks)
+            if rank.running_at(self.now)
+        }
 
     def _get(self, name: str) -> _Reservation:
         r = self._resv.get(name)
