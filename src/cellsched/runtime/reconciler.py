@@ -23,7 +23,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +33,20 @@ from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult,
 from cellsched.ledger.db import Deposed
 from cellsched.ledger.lifecycle import GrantWriter, ledger_id
 from cellsched.ledger.snapshot import DaemonSnapshot, ledger_seq, load_daemon_snapshot, nodes_of, waiting_grants
-from cellsched.ledger.tables import GrantRow, GrantRuntimeRow, JobRunRow, NodeMapRow, ProjectRow
+from cellsched.ledger.tables import (
+    BE_TASK_LIVE,
+    BestEffortTaskRow,
+    GrantRow,
+    GrantRuntimeRow,
+    JobRunRow,
+    NodeMapRow,
+    ProjectRow,
+)
 from cellsched.executor.pools import pool_capacity
 from cellsched.runtime import decide as D
 from cellsched.runtime import nodes as N
 from cellsched.runtime.clock import now_s
+from cellsched.runtime.lending import Lender
 from cellsched.fmt import gpu_h
 from cellsched.runtime.logs import log_dir_for, logs_root_for
 from cellsched.runtime.notify import Notifier, redact, write_report_files
@@ -71,6 +80,11 @@ class Settings:
     notify_in_background: bool = True
     # How often running jobs' logs are copied home from their nodes (seconds).
     logs_every_s: int = 2
+    # Lending (docs/lending.md): borrowers are reclaimed this much earlier than the grace
+    # alone asks (a tick may come late, and so may the release after the grace) ...
+    lend_lead_s: int = 2
+    # ... and a borrower starts only where it can run this long before its grace could begin.
+    lend_min_run_s: int = 60
 
 
 @dataclass
@@ -123,6 +137,10 @@ class Reconciler:
         policy = env.cluster.policy
         self.rules = D.Rules(grace_s=policy.grace_s, placement_timeout_s=self.settings.placement_timeout_s,
                              breach_update_s=self.settings.breach_update_s, down_since=down_since)
+        # A group asked for on GPUs a borrower still holds (a grant pulled forward onto them)
+        # waits for the borrower's grace before that counts as the cluster failing it.
+        self.rules_lent = replace(self.rules, placement_timeout_s=self.rules.placement_timeout_s
+                                  + policy.lend_grace_s + self.settings.lend_lead_s)
         self.pass_env = tuple(getattr(policy, "pass_env", ()))
         self.notifier = Notifier(self._notified, self.settings.notify_in_background, self.pass_env)
         self._specs: dict[str, ProjectSpec] = {}
@@ -142,6 +160,7 @@ class Reconciler:
         self._nb: dict[str, int | None] = {}  # project id -> its not_before  # (ledger seq, next not_before) at the last periodic pull
         # The last whole snapshot and its views, reused while the ledger has not moved.
         self._snap: tuple[DaemonSnapshot, list[tuple[D.GrantView, GrantRow, ProjectRow]]] | None = None
+        self.lender = Lender(self)
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -160,6 +179,7 @@ class Reconciler:
                 # Catches what no grant's end announces, such as a not_before that has passed.
                 self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
+        self._guard(res, "lending", lambda: self.lender.tick(now, res))
         self._pull_logs = self._logs_at is None or now - self._logs_at >= self.settings.logs_every_s
         if self._pull_logs:
             self._logs_at = now
@@ -275,7 +295,8 @@ class Reconciler:
         w, gid, pid = self.writer, v.id, v.project_id
         name = v.rt.reservation if v.rt is not None else self.name_for(row)
         again: set[int] = set()
-        for a in D.decide(v, seen.group, now, self.rules):
+        lent = self.lender.on_nodes(row.pool, nodes_of(row))
+        for a in D.decide(v, seen.group, now, self.rules_lent if lent else self.rules):
             if isinstance(a, D.Begin):
                 if w.begin(gid, name, str(log_dir_for(self.logs_root, row)), now, a.unserved_since):
                     res.add(f"reserving {pid} as {name} ({v.width} GPUs)")
@@ -598,6 +619,8 @@ class Reconciler:
             # ledger about just those names.
             keep = {r.reservation for r in s.exec(select(GrantRuntimeRow).where(
                 col(GrantRuntimeRow.finalized).is_(False), col(GrantRuntimeRow.reservation).in_(names))).all()}
+            keep |= {n for n in s.exec(select(BestEffortTaskRow.name).where(  # borrowers' groups
+                col(BestEffortTaskRow.state).in_(BE_TASK_LIVE), col(BestEffortTaskRow.name).in_(names))).all() if n}
         for n in names:
             if n in keep:
                 continue

@@ -1,0 +1,269 @@
+"""The daemon's side of lending (docs/lending.md): every tick, best-effort tasks are started
+on GPUs no window holds, and taken back before a window needs them.
+
+Each task attempt gets a placement group of its own (``<prefix>be/t<task>-a<attempt>``)
+pinned to the calendar node :func:`cellsched.core.lending.plan` chose, so it never runs in
+a grant's group (nor with a grant's code, environment or working directory). Reclaim is
+SIGTERM (``terminate``), then, ``lend_grace_s`` later, ``release`` (SIGKILL, GPUs free).
+The rank workers also hold a deadline of their own (``term_at``/``kill_at``: the first
+instant the calendar, as it stood at the start, needs those GPUs), so a borrower leaves in
+time even while no daemon runs.
+
+Order within a tick: this runs before the grants are handled, so GPUs released for a window
+starting now are free when its group is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlmodel import Session, col, select
+
+from cellsched.core import lending as L
+from cellsched.core.bequeue import QueuedTask, order
+from cellsched.core.nodes import node_sizes
+from cellsched.executor.base import ExecutorError, Fenced, GangSpec
+from cellsched.fmt import gpu_h
+from cellsched.ledger import events
+from cellsched.ledger.lending import TaskView, TaskWriter, live_tasks
+from cellsched.ledger.tables import LIVE_STATES, GrantRow, ProjectRow
+from cellsched.runtime import nodes as N
+from cellsched.spec.models import Job, ProjectSpec
+from cellsched.spec.seal import from_canonical
+
+if TYPE_CHECKING:
+    from cellsched.runtime.reconciler import Reconciler, TickResult
+
+log = logging.getLogger("cellsched.daemon")
+
+USAGE_WINDOW_S = 86400
+"""Fair share counts each team's best-effort GPU-seconds charged in the last 24 hours."""
+
+
+def team_usage(s: Session, now: int) -> dict[str, int]:
+    """GPU-seconds of best-effort work charged per team since ``now − USAGE_WINDOW_S``."""
+    out: dict[str, int] = {}
+    rows = s.exec(select(events.EventRow.data).where(events.EventRow.kind == "be_ended")
+                  .where(col(events.EventRow.at) >= now - USAGE_WINDOW_S)).all()
+    teams: dict[int, str] = {}
+    for data in rows:
+        d = json.loads(data)
+        be = int(d["be"])
+        if be not in teams:
+            from cellsched.ledger.tables import BestEffortRow
+
+            row = s.get(BestEffortRow, be)
+            teams[be] = row.team if row is not None else ""
+        out[teams[be]] = out.get(teams[be], 0) + int(d.get("charged_gpu_seconds", 0))
+    return out
+
+
+class Lender:
+    """Lending for one reconciler (its executor, ledger, node map and lease epoch)."""
+
+    def __init__(self, rec: Reconciler) -> None:
+        self.rec = rec
+        self.writer = TaskWriter(rec.env.ledger, rec.epoch, "daemon")
+        policy = rec.env.cluster.policy
+        self.grace = int(getattr(policy, "lend_grace_s", 30))
+        self.rate = float(getattr(policy, "best_effort_rate", 1.0))
+        self.enabled = bool(getattr(policy, "lend_idle", True))
+        self._specs: dict[str, ProjectSpec] = {}
+        self.tasks: list[TaskView] = []
+        # Nodes borrowers hold, or left lately (node -> when): a group asked for there may
+        # wait for a borrower's grace before that is the cluster's failure.
+        self._lent_at: dict[L.NodeKey, int] = {}
+        self._now = 0
+        self.sizes: dict[L.NodeKey, int] = {}
+        self.holds: list[L.Hold] = []
+
+    def on_nodes(self, pool: str, nodes: tuple[int, ...] | None) -> bool:
+        """Did a borrower hold GPUs of these nodes of ``pool`` lately (None: any node)?"""
+        if not self._lent_at:
+            return False
+        recent = self.rec.rules.placement_timeout_s + self.grace + 2 * self.rec.settings.lend_lead_s
+        return any(self._now - at <= recent for (p, n), at in self._lent_at.items()
+                   if p == pool and (nodes is None or n in nodes))
+
+    def name_for(self, tv: TaskView, attempt: int) -> str:
+        return f"{self.rec.prefix}be/t{tv.task.id}-a{attempt}"
+
+    def _spec(self, s: Session, project_id: str) -> ProjectSpec:
+        spec = self._specs.get(project_id)
+        if spec is None:
+            row = s.get(ProjectRow, project_id)
+            assert row is not None
+            spec = self._specs[project_id] = from_canonical(row.spec_json)
+        return spec
+
+    def tick(self, now: int, res: TickResult) -> None:
+        rec = self.rec
+        cluster = rec.env.cluster
+        with rec.env.ledger.read() as s:
+            tasks = live_tasks(s)
+            if not tasks:
+                return
+            specs = {tv.be.project_id: self._spec(s, tv.be.project_id) for tv in tasks}
+            grants = s.exec(select(GrantRow).where(col(GrantRow.state).in_(LIVE_STATES))).all()
+            usage = team_usage(s, now)
+        self.sizes = {(p.name, i): n for p in cluster.pools for i, n in enumerate(node_sizes(p.gpus, p.gpus_per_node))}
+        self.holds = list(_holds(grants, cluster))
+        self.tasks = tasks
+        self._now = now
+        for tv in tasks:
+            if tv.task.node is not None:
+                self._lent_at[(tv.be.pool, tv.task.node)] = now
+        running = [tv for tv in tasks if tv.task.state in ("running", "preempting")]
+        for tv in running:
+            rec._guard(res, f"task {tv.task.id}", lambda tv=tv: self._follow(tv, specs[tv.be.project_id], now, res))
+        # Plan with what the ledger says now (the follow-ups above may have ended some).
+        with rec.env.ledger.read() as s:
+            tasks = live_tasks(s)
+        self.tasks = tasks
+        self._plan(tasks, specs, usage, now, res)
+
+    # -- one running task -----------------------------------------------------------------
+
+    def _follow(self, tv: TaskView, spec: ProjectSpec, now: int, res: TickResult) -> None:
+        ex, t, be = self.rec.ex, tv.task, tv.be
+        assert t.name is not None
+        job = _job(spec, t.job)
+        pid = f"{be.project_id}/{t.job}[{t.index}]#{t.attempt}"
+        results = ex.poll(t.name)
+        state = ex.reservation_state(t.name)
+        if results or state == "missing" or (t.state == "preempting" and now >= (t.reclaim_at or now) + self.grace):
+            final = ex.release(t.name) or results
+            r = final[0] if final else None
+            outcome = r.outcome if r is not None else "lost"
+            codes = list(r.exit_codes) if r is not None else []
+            new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate)
+            if new is not None:
+                held = t.gpus * max(0, now - (t.started_at or now))
+                res.add(f"{'preempted' if t.state == 'preempting' else outcome} {pid} "
+                        f"({gpu_h(held / 3600)} held): {new}")
+            return
+        if t.state == "running":
+            why = None
+            if be.state != "queued":
+                why = f"submission {be.state}"
+            elif be.charged_gs + self.charge_so_far(tv, now) >= be.budget_gs:
+                why = "budget spent"
+            elif state == "pending" and now - (t.started_at or now) > self.rec.rules.placement_timeout_s + self.grace:
+                why = "its lent GPUs could not be had"
+            if why is not None:
+                self._reclaim(tv, now, why, res)
+                return
+        if state == "ready" and t.state == "running" and not ex.running(t.name):
+            self._launch(tv, spec, job, now, res)
+
+    def charge_so_far(self, tv: TaskView, now: int) -> int:
+        return int(tv.task.gpus * max(0, now - (tv.task.started_at or now)) * self.rate)
+
+    def _reclaim(self, tv: TaskView, now: int, why: str, res: TickResult) -> None:
+        t = tv.task
+        if self.writer.preempting(t.id or 0, now, why) and t.name is not None:
+            self.rec.ex.terminate(t.name)
+            res.add(f"SIGTERM to best-effort {tv.be.project_id}/{t.job}[{t.index}] ({why}; "
+                    f"SIGKILL in {self.grace} s)")
+
+    def _launch(self, tv: TaskView, spec: ProjectSpec, job: Job, now: int, res: TickResult) -> None:
+        from cellsched.service import code_blob
+
+        rec, t, be = self.rec, tv.task, tv.be
+        assert t.name is not None
+        digest = spec.code.digest if spec.code is not None else None
+        blob = None if digest is None or rec.ex.has_code(digest) else code_blob(rec.env, digest)
+        env = {**job.env, "CELLSCHED_BEST_EFFORT": "1", "CELLSCHED_TASK_INDEX": str(t.index),
+               "CELLSCHED_PREEMPTED": str(t.preemptions)}
+        # The ranks' own deadline: where the calendar (as it stands) needs these GPUs,
+        # counting every borrower now on the node (the daemon may reclaim the others first).
+        node = (be.pool, t.node if t.node is not None else 0)
+        lent = sum(o.task.gpus for o in self.tasks if o.task.node == t.node and o.be.pool == be.pool
+                   and o.task.state in ("running", "preempting"))
+        kill_at = L.free_until(node, self.sizes.get(node, 0), self.holds, lent, now)
+        term_at = None if kill_at is None else kill_at - self.grace
+        gang = GangSpec(
+            reservation=t.name, project=spec.name, job=f"{t.job}-{t.index}", attempt=t.attempt, run=job.run,
+            bundles=tuple(range(t.gpus)), log_dir=str(self.log_dir(be.project, be.digest, be.id or 0)),
+            env=env, term_at=term_at, kill_at=kill_at, pass_env=rec.pass_env,
+            code_digest=digest, code_blob=blob,
+            code_requirements=spec.code.requirements if spec.code is not None else None,
+        )
+        try:
+            rec.ex.launch(gang)
+        except Fenced:
+            raise
+        except ExecutorError as e:
+            res.add(f"launch of best-effort {be.project_id}/{t.job}[{t.index}] failed: {e}")
+            return
+        res.add(f"launched best-effort {be.project_id}/{t.job}[{t.index}]#{t.attempt}")
+
+    def log_dir(self, project: str, digest: str, be_id: int) -> Path:
+        return self.rec.logs_root / project / f"{digest[:12]}-be{be_id}"
+
+    # -- what to reclaim and start ---------------------------------------------------------
+
+    def _plan(self, tasks: list[TaskView], specs: dict[str, ProjectSpec], usage: dict[str, int],
+              now: int, res: TickResult) -> None:
+        rec = self.rec
+        cluster = rec.env.cluster
+        sizes, holds = self.sizes, self.holds
+        borrows, queued, held = [], [], {}
+        for tv in tasks:
+            t = tv.task
+            if t.state in ("running", "preempting") and t.node is not None:
+                borrows.append(L.Borrow(t.id or 0, (tv.be.pool, t.node), t.gpus, t.started_at or now,
+                                        t.state == "preempting"))
+                held[tv.be.id or 0] = held.get(tv.be.id or 0, 0) + t.gpus
+            elif t.state == "queued" and tv.be.state == "queued" and self.enabled:
+                queued.append(tv)
+        by_id = {tv.task.id: tv for tv in tasks}
+        fair = order([QueuedTask(tv.task.id or 0, tv.be.team, tv.task.gpus, tv.task.queued_at, tv.be.id or 0, i)
+                      for i, tv in enumerate(queued)], usage)
+        wants = []
+        for q in fair:
+            tv = by_id[q.id]
+            left = tv.be.budget_gs - tv.be.charged_gs - sum(
+                self.charge_so_far(o, now) for o in tasks if o.be.id == tv.be.id and o.task.state == "running")
+            if left <= 0:
+                continue
+            wants.append(L.Want(q.id, tv.be.pool, tv.task.gpus, tv.be.id or 0, tv.be.max_gpus))
+        st = rec.settings
+        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, st.lend_min_run_s, lead=st.lend_lead_s)
+        if not self.enabled:  # lending switched off: every borrower leaves
+            p = L.Plan(tuple(b.task for b in borrows if not b.preempting), ())
+        for tid in p.reclaim:
+            self._reclaim(by_id[tid], now, "its GPUs are needed by a window", res)
+        for tid, node in p.start:
+            tv = by_id[tid]
+            attempt = tv.task.attempt + 1
+            name = self.name_for(tv, attempt)
+            got = self.writer.start(tid, node[0], node[1], name, None, now)
+            if got is None:
+                continue
+            pool = cluster.pool(node[0])
+            job = _job(specs[tv.be.project_id], tv.task.job)
+            where = None if pool is None else N.placement(pool, (node[1],), tv.task.gpus, rec._nodes)
+            if where is None:
+                rec.ex.reserve(name, tv.task.gpus, job.cpus)
+            else:
+                rec.ex.reserve(name, tv.task.gpus, job.cpus, where)
+            res.add(f"lending {tv.task.gpus} GPU(s) of {node[0]} node {node[1]} to best-effort "
+                    f"{tv.be.project_id}/{tv.task.job}[{tv.task.index}]#{attempt}")
+
+
+def _job(spec: ProjectSpec, name: str) -> Job:
+    return next(j for j in spec.jobs if j.name == name)
+
+
+def _holds(grants: Iterable[GrantRow], cluster) -> Iterable[L.Hold]:  # type: ignore[no-untyped-def]
+    for g in grants:
+        pool = cluster.pool(g.pool)
+        if pool is None:
+            continue
+        nodes = json.loads(g.nodes) if g.nodes else [0]
+        yield from L.holds_of(g.pool, nodes, g.width, pool.gpus_per_node, g.start, g.end)
