@@ -23,16 +23,30 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from sqlmodel import Session, col, select
 
-from cellsched.executor.base import Executor, ExecutorError, Fenced, GangResult, GangSpec
+from cellsched.executor.base import (
+    Executor,
+    ExecutorError,
+    Fenced,
+    GangResult,
+    GangSpec,
+)
+from cellsched.executor.pools import pool_capacity
+from cellsched.fmt import gpu_h
 from cellsched.ledger.db import Deposed
 from cellsched.ledger.lifecycle import GrantWriter, ledger_id
-from cellsched.ledger.snapshot import DaemonSnapshot, ledger_seq, load_daemon_snapshot, nodes_of, waiting_grants
+from cellsched.ledger.snapshot import (
+    DaemonSnapshot,
+    ledger_seq,
+    load_daemon_snapshot,
+    nodes_of,
+    waiting_grants,
+)
 from cellsched.ledger.tables import (
     BE_TASK_LIVE,
     BestEffortTaskRow,
@@ -42,12 +56,10 @@ from cellsched.ledger.tables import (
     NodeMapRow,
     ProjectRow,
 )
-from cellsched.executor.pools import pool_capacity
 from cellsched.runtime import decide as D
 from cellsched.runtime import nodes as N
 from cellsched.runtime.clock import now_s
 from cellsched.runtime.lending import Lender
-from cellsched.fmt import gpu_h
 from cellsched.runtime.logs import log_dir_for, logs_root_for
 from cellsched.runtime.notify import Notifier, redact, write_report_files
 from cellsched.runtime.report import build_report, render_markdown
