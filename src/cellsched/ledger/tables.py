@@ -287,6 +287,7 @@ class BestEffortTaskRow(SQLModel, table=True):
     started_at: int | None = None
     reclaim_at: int | None = None  # SIGTERM sent (preempting): SIGKILL at reclaim_at + grace
     name: str | None = None
+    bundles: str | None = None  # JSON list: the lender grant's bundles it runs on (lender set)
     held_gs: int = 0  # GPU-seconds held by attempts that ended (charged)
     ended_at: int | None = None
     detail: str = ""
