@@ -21,6 +21,11 @@ Figures:
   concurrent clients on the same ledger; target p99 ≤ 100 ms.
 - ``server_cpu_s_per_submit``: the server process's CPU time per submit in the 32-client
   run (the machine has 2 cores shared by the server, PostgreSQL and the clients).
+- ``waited``: of the 32-client run's grants, how many wait (start after now): each of them
+  gets an expected start (docs/admission.md). With no ended grant in the ledger it is the
+  promise (no replay); ``--history N`` preloads N grants that ended in the 30 days before
+  now (each held 30 to 90% of its window), so that every waiting grant's expected start is
+  a replay of the calendar (one per batch of submits).
 
 With ``--repeats N`` the 32- and 8-client runs are made N times on the same server and
 ledger (which grows by their grants); each figure is the median, ``*_runs`` lists every
@@ -187,9 +192,10 @@ def bench_status(repeats: int) -> dict[str, Any]:
 # -- submits on a busy PostgreSQL ledger ----------------------------------------------------
 
 
-def preload(env: Any, grants: int, seed: int = 1) -> None:
+def preload(env: Any, grants: int, seed: int = 1, history: int = 0) -> None:
     """``grants`` grants over the year from T0, each admitted by the core (so the ledger's
-    calendar is one admission could have made), written in bulk."""
+    calendar is one admission could have made), written in bulk; and ``history`` grants that
+    ended (``completed``) in the 30 days before T0, each having held 30 to 90% of its window."""
     from sqlalchemy import insert
 
     from cellsched.core.admission import Grant, Request, Schedule
@@ -223,7 +229,7 @@ def preload(env: Any, grants: int, seed: int = 1) -> None:
             s.execute(insert(ProjectRow), projects[i:i + 2000])
             s.execute(insert(GrantRow), rows[i:i + 2000])
         events.append(s, T0 - 3600, "preloaded", "bench", "bench", {"grants": len(rows)})
-    if len(rows) != grants:
+    if len(rows) != grants + history:
         raise SystemExit(f"only {len(rows)} of {grants} grants fitted")
 
 
@@ -255,8 +261,11 @@ def run_clients(url: str, tokens: list[str], clients: int, per_client: int, tag:
                 mine.append(time.perf_counter() - t)
                 if r.status_code != 200:
                     raise RuntimeError(f"{r.status_code} {r.text[:200]}")
-                d = r.json()["decision"]
+                answer = r.json()
+                d = answer["decision"]
                 seen[d] = seen.get(d, 0) + 1
+                if d == "granted" and answer["grant"]["start"] > T0:
+                    seen["waited"] = seen.get("waited", 0) + 1
             except Exception as e:  # noqa: BLE001 - counted, reported
                 with lock:
                     errors.append(repr(e))
@@ -278,7 +287,8 @@ def run_clients(url: str, tokens: list[str], clients: int, per_client: int, tag:
     return wall, latencies, decisions
 
 
-def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, repeats: int = 1) -> dict[str, Any]:
+def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, repeats: int = 1,
+                  history: int = 0) -> dict[str, Any]:
     from sqlalchemy import create_engine
 
     from cellsched.server.tokens import issue
@@ -294,7 +304,7 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
             work = Path(tmp)
             env = setup(work, url, 2048, TEAMS)
             t = time.perf_counter()
-            preload(env, grants)
+            preload(env, grants, history=history)
             preload_s = time.perf_counter() - t
             tokens = [issue(env, f"user{i}", "root-admin", T0 - 60)[1] for i in range(TEAMS)]
             server = Server(work / "cluster.toml", url, T0)
@@ -323,7 +333,8 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
     if repeats > 1:
         out["granted"] = sum(run["granted"] for run in runs)
         out["refused"] = sum(run["refused"] for run in runs)
-    return {**out, "preloaded_grants": grants, "preload_s": round(preload_s, 1)}
+        out["waited"] = sum(run["waited"] for run in runs)
+    return {**out, "preloaded_grants": grants, "preloaded_history": history, "preload_s": round(preload_s, 1)}
 
 
 def _submit_figures(wall32: float, lat32: list[float], dec32: dict[str, int], cpu: float,
@@ -335,6 +346,7 @@ def _submit_figures(wall32: float, lat32: list[float], dec32: dict[str, int], cp
         "submits_32_clients": n,
         "granted": dec32.get("granted", 0),
         "refused": dec32.get("refused", 0),
+        "waited": dec32.get("waited", 0),
         "submit_p50_ms_32_clients": round(statistics.median(lat32) * 1000, 1),
         "submit_p50_ms": round(statistics.median(lat8) * 1000, 1),
         "submit_p99_ms": round(lat8[min(len(lat8) - 1, int(0.99 * len(lat8)))] * 1000, 1),
@@ -351,12 +363,14 @@ def main() -> int:
     ap.add_argument("--grants", type=int, default=10_000, help="grants preloaded into the PostgreSQL ledger")
     ap.add_argument("--repeats", type=int, default=1, help="runs of the submit figures (medians reported)")
     ap.add_argument("--no-status", action="store_true", help="skip the status figures")
+    ap.add_argument("--history", type=int, default=0,
+                    help="grants that ended in the 30 days before now, preloaded (the expected start's ratios)")
     args = ap.parse_args()
     out: dict[str, Any] = {"load_avg_1m": [round(os.getloadavg()[0], 2)]}
     if not args.no_status:
         out.update(bench_status(5 if args.quick else 11))
     out.update(bench_submits(args.pg, args.grants, 10 if args.quick else 40, 20 if args.quick else 100,
-                             max(1, args.repeats)))
+                             max(1, args.repeats), history=args.history))
     out["load_avg_1m"].append(round(os.getloadavg()[0], 2))
     out["targets"] = {k: f"{op} {v:g}" for k, (op, v) in TARGETS.items()}
     missed = [k for k, (op, v) in TARGETS.items() if k in out and not (out[k] <= v if op == "<=" else out[k] >= v)]

@@ -155,6 +155,8 @@ def iso(t: float | None) -> str | None:
 
 def _iso_times(data: dict[str, Any]) -> None:
     """Add ISO UTC beside every epoch field of a grant, refusal or delay."""
+    if "expected_start" in data:  # a granted submit's (cellsched.expected)
+        data["expected_start_utc"] = iso(data["expected_start"])
     for obj in (data.get("grant"), data.get("refusal"), data.get("delay")):
         if not obj:
             continue
@@ -323,10 +325,15 @@ def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[st
     from cellsched import service
 
     items = service.status(env, project, now)
+    from cellsched import expected
+
+    expected.add_to_status(env, items, now)  # each grant's expected start
     daemon = daemon_json(env)
     for it in items:
         for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
             it[k + "_utc"] = iso(it[k])
+        if "expected_start" in it:
+            it["expected_start_utc"] = iso(it["expected_start"])
         it["daemon"] = daemon
     return items
 

@@ -24,9 +24,10 @@ from sqlmodel import Session, col, select
 
 from cellsched import fmt
 from cellsched.core import alternatives as alts
-from cellsched.core.admission import Alternative, Refusal, Schedule, request_from_spec
+from cellsched.core.admission import Alternative, Grant, Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import period_bounds, split_by_period
 from cellsched.errors import BadInput, CellschedError, Denied, Failed, NotFound
+from cellsched.expected import RatiosCache, fill_batch, fill_outcomes
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
@@ -73,7 +74,7 @@ class AdmissionCache:
         if held is not None:
             return held
         version = ledger_version(s)
-        built = Admission(load_schedule(s, cluster, now), version, now)
+        built = Admission.build(s, cluster, now, version)
         with self._lock:
             self.builds += 1
         return built
@@ -93,7 +94,7 @@ class AdmissionCache:
         """Keep ``held`` (mutated by this transaction's writes, if any) as the snapshot of
         the ledger at ``version``: call it inside the transaction, after its last event."""
         with self._lock:
-            self._held = Admission(held.schedule, version, held.built_at)
+            self._held = Admission(held.schedule, version, held.built_at, held.live)
 
     def clear(self) -> None:
         with self._lock:
@@ -107,11 +108,24 @@ class AdmissionCache:
 
 @dataclass(frozen=True)
 class Admission:
-    """A schedule built at ``built_at`` that reflects the ledger at ``version``."""
+    """A schedule built at ``built_at`` that reflects the ledger at ``version``, and the
+    grants holding GPUs in it from ``built_at`` on, by id (``live``: the expected start's
+    replay input, ``cellsched.expected``; kept with the schedule, so that the replay of a
+    submit that waits reads no grant)."""
 
     schedule: Schedule
     version: tuple[int, str]
     built_at: int
+    live: list[tuple[int, Grant]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, s: Session, cluster: ClusterConfig, now: int, version: tuple[int, str] = (0, "")) -> Admission:
+        live: list[tuple[int, Grant]] = []
+        return cls(load_schedule(s, cluster, now, live), version, now, live)
+
+    def forget(self, grant_id: int | None) -> None:
+        """Grant ``grant_id`` ended (cancelled, replaced): it no longer holds GPUs ahead."""
+        self.live[:] = [kg for kg in self.live if kg[0] != grant_id]
 
 
 def ledger_version(s: Session) -> tuple[int, str]:
@@ -129,6 +143,7 @@ class Env:
     cluster_path: Path
     ledger: Ledger
     admission: AdmissionCache = field(default_factory=AdmissionCache, repr=False, compare=False)
+    ratios: RatiosCache = field(default_factory=RatiosCache, repr=False, compare=False)  # the expected start's
     submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
     # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
     token_cache: Any = field(default=None, repr=False, compare=False)
@@ -171,6 +186,9 @@ class SubmitOutcome:
     code: dict[str, Any] | None = None  # the code snapshot (digest, files, bytes, ...) if any
     delay: alts.Delay | None = None  # what put the window after the earliest start asked for
     dry_run: bool = False  # decided, nothing written (``submit --dry-run``, ``plan``)
+    # A granted answer's expected start and what it rests on (``cellsched.expected``).
+    expected_start: int | None = None
+    expected_basis: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -187,6 +205,8 @@ class SubmitOutcome:
             out["grant"] = grant_json(self.grant)
             out["remaining_gpu_hours"] = None if self.remaining_gs is None else self.remaining_gs / 3600
             out["allowance_gpu_hours"] = None if self.allowance_gs is None else self.allowance_gs / 3600
+            out["expected_start"] = self.expected_start
+            out["expected_start_basis"] = self.expected_basis
         if self.delay is not None:
             out["delay"] = {"reason": self.delay.reason, "message": self.delay.message,
                             "wanted_start": self.delay.wanted, "free_from": self.delay.free_from,
@@ -269,6 +289,8 @@ def _dry_run(env: Env, job: _Submit) -> SubmitOutcome:
             row = b.pending[-1].grant
             assert row is not None
             outcome.grant = GrantRow.model_construct(**{**row, "id": None})
+        if outcome.grant is not None:
+            fill_outcomes(env, [(outcome, job.now)], None if b.adm is None else b.adm.live, s)
         return outcome
 
 
@@ -288,6 +310,7 @@ class _Submit:
     outcome: SubmitOutcome | None = None
     error: BaseException | None = None
     done: bool = False
+    live: tuple[tuple[int, Grant], ...] | None = None  # its batch's live grants, as committed
     wake: threading.Event = field(default_factory=threading.Event)  # answered, or to lead
 
 
@@ -340,17 +363,30 @@ class SubmitQueue:
         if not lead:
             job.wake.wait()  # answered, or handed the lead
         if not job.done:
+            batch: list[_Submit] = []
             try:
                 with self._lock:
                     batch = self._queue[:self.MAX_BATCH]  # ``job`` is at the head
                     del self._queue[:self.MAX_BATCH]
                 self._answer(env, batch)
+            except BaseException:  # interrupted: the submits answered so far are woken now
+                for j in batch:
+                    if j.done:
+                        j.wake.set()
+                raise
             finally:
                 with self._lock:
                     if self._queue:
                         self._queue[0].wake.set()  # its thread leads the next batch
                     else:
                         self._leading = False
+            # Committed, and the next batch may be writing: the expected starts of this
+            # one's waiting grants (one replay), then the answers.
+            try:
+                fill_batch(env, batch)
+            finally:
+                for j in batch:
+                    j.wake.set()
         if job.error is not None:
             raise job.error
         assert job.outcome is not None
@@ -381,8 +417,7 @@ class SubmitQueue:
                 job.error = result
             else:
                 job.outcome = result
-            job.done = True
-            job.wake.set()
+            job.done = True  # woken by the leader (``run``) once the expected starts are in
 
 
 def _run_batch(env: Env, batch: list[_Submit]) -> list[SubmitOutcome | BaseException]:
@@ -401,6 +436,11 @@ def _run_batch(env: Env, batch: list[_Submit]) -> list[SubmitOutcome | BaseExcep
         if b.adm is not None and not b.dirty:
             # The batch's grants are in it, exactly as they are in the ledger now.
             env.admission.put(b.adm, ledger_version(s))
+            if any(isinstance(r, SubmitOutcome) and r.grant is not None and r.grant.start > job.now
+                   for job, r in zip(batch, results)):
+                live = tuple(b.adm.live)  # a copy: the next batch changes the kept one
+                for job in batch:
+                    job.live = live
     return results
 
 
@@ -418,6 +458,7 @@ class _Plan:
     project: dict[str, Any] | None = None  # the cs_project row, if new
     code: dict[str, Any] | None = None  # the cs_code row, if new
     old: GrantRow | None = None  # the grant this one replaces
+    granted: Grant | None = None  # the window as the snapshot took it
 
 
 class _Batch:
@@ -444,12 +485,12 @@ class _Batch:
     def admission(self, now: int) -> Admission:
         """The snapshot for a submit at ``now``: the ledger's as the batch has left it."""
         if self.adm is None and self.dry:  # a snapshot of its own: the kept one is the writers'
-            self.adm = Admission(load_schedule(self.s, self.env.cluster, now), (0, ""), now)
+            self.adm = Admission.build(self.s, self.env.cluster, now)
         elif self.adm is None:
             self.adm = self.env.admission.take(self.s, self.env.cluster, now)
         elif self.dirty or now < self.adm.built_at:
             self.flush()
-            self.adm = Admission(load_schedule(self.s, self.env.cluster, now), (0, ""), now)
+            self.adm = Admission.build(self.s, self.env.cluster, now)
             self.env.admission.note_build()
         self.dirty = False
         return self.adm
@@ -517,7 +558,8 @@ class _Batch:
         self.dirty = True  # until this submit's plan is complete
         decision = sched.commit(decision)  # the snapshot as the ledger will stand; fixes its nodes
         plan = _Plan(job, SubmitOutcome(pid, d, True, replaced=None if old is None else old.project_id,
-                                        code=code_json, delay=delay), old=old, nodes=tuple(decision.nodes or ()))
+                                        code=code_json, delay=delay), old=old, nodes=tuple(decision.nodes or ()),
+                     granted=decision)
         if missing and job.snap is not None:
             snap = job.snap  # once per digest: a new version whose code did not change shares it
             plan.code = {"digest": snap.digest, "size": snap.size, "files": snap.files,
@@ -576,6 +618,8 @@ class _Batch:
                 values["id"], values["receipt"] = gid, sign(payload, self.env.private_key)
                 receipts.append({"gid": gid, "receipt": values["receipt"]})
                 p.outcome.grant = GrantRow.model_construct(**values)  # the row as written (not a session's)
+                if self.adm is not None and p.granted is not None:
+                    self.adm.live.append((gid, p.granted))
                 p.event = {**{k: v for k, v in payload.items() if k != "project"}, "nodes": list(p.nodes)}
             conn.execute(sa_update(GrantRow.__table__).where(g.id == bindparam("gid"))  # type: ignore[attr-defined]
                          .values(receipt=bindparam("receipt")), receipts)
@@ -587,6 +631,8 @@ class _Batch:
                     events.append_many(s, todo)
                 todo = []
                 end_grant(s, p.old, job.now, "replaced", job.caller, {"by": job.pid})
+                if self.adm is not None:
+                    self.adm.forget(p.old.id)
             todo.append((job.now, "granted" if p.grant is not None else "refused", job.pid, job.caller, p.event))
         if todo:
             events.append_many(s, todo)
@@ -735,6 +781,7 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
             except ValueError:
                 pass  # not reserved as the ledger says (a pool that shrank): rebuilt next time
             else:
+                adm.forget(row.id)
                 env.admission.put(adm, ledger_version(s))
         return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600,
                 "grant": grant_json(row)}

@@ -13,7 +13,7 @@ from sqlmodel import Session, col, func, or_, select
 
 from cellsched.core.admission import Grant, Schedule
 from cellsched.ledger.breaches import breach_intervals
-from cellsched.ledger.tables import EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, SchemaInfo
+from cellsched.ledger.tables import LIVE_STATES, EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, SchemaInfo
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -33,13 +33,20 @@ def grant_of(row: GrantRow) -> Grant:
                  None if nodes is None else tuple(nodes))
 
 
-def load_schedule(s: Session, cluster: ClusterConfig, now: int) -> Schedule:
+def load_schedule(s: Session, cluster: ClusterConfig, now: int,
+                  live: list[tuple[int, Grant]] | None = None) -> Schedule:
     """The core's snapshot: every window still ahead reserved, every charge counted, every
-    breach refunded (DESIGN §2) to the period in which the GPUs were not provided."""
+    breach refunded (DESIGN §2) to the period in which the GPUs were not provided.
+
+    ``live``, if given, is filled with every grant holding GPUs from ``now`` on (running or
+    waiting), keyed by id in id order: the expected start's replay input, read here from the
+    same rows (``ledger.history.live_grants`` reads the same set on its own)."""
     sched = Schedule.empty(cluster)
     rows = list(s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id))))
     breaches = breach_intervals(s, rows)
     for row in rows:
+        if live is not None and row.end > now and row.state in LIVE_STATES:
+            live.append((row.id or 0, grant_of(row)))
         if row.pool not in sched.pools or row.team not in sched.teams:
             continue  # config no longer names it; nothing of it can be admitted against
         team = sched.teams[row.team]

@@ -1,0 +1,184 @@
+"""The expected start beside a grant's promise: what ``submit``, ``submit --dry-run`` (``plan``)
+and ``status`` say about when a grant will probably start (docs/admission.md, "Expected start").
+
+The estimator is :mod:`cellsched.core.expect` (its docstring has the rules: a replay of the
+live calendar in which every grant holds its team's recent share of its window); the shares
+come from the ledger (:mod:`cellsched.ledger.history`). This module decides when the replay
+runs and keeps its cost off the submit path:
+
+- a grant whose window has begun is expected at its start (basis :data:`STARTS_NOW` in a
+  submit's answer, :data:`STARTED` in ``status``);
+- a waiting grant, when no grant at all ended in the last 30 days: its promise, no replay
+  (every window is taken to run to its end);
+- else one replay for every waiting grant asked about together: all the waiting grants of a
+  batch of submits (``service.SubmitQueue``), or of one ``status``.
+
+On the server, the ratios are read at most once a minute (:class:`RatiosCache`), and a
+submit's replay runs on the live grants kept with the admission snapshot
+(``service.Admission.live``), after its batch is committed and the next batch has the
+ledger's write lock: it adds nothing to the time the lock is held and reads no grant.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from cellsched.core.admission import Grant
+from cellsched.core.expect import Ratios
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from cellsched.ledger.db import Ledger
+    from cellsched.service import Env, SubmitOutcome, _Submit
+
+STARTS_NOW = "starts now"
+"""The basis of a submit's answer whose window begins at once: the expected start is its start."""
+STARTED = "started"
+"""The basis in ``status`` of a live grant whose window has begun."""
+
+
+class RatiosCache:
+    """The estimator's :class:`~cellsched.core.expect.Ratios` (how much of their windows
+    each team's recent grants held), kept for :attr:`TTL_S` seconds: reading them scans the
+    grants that ended in the last 30 days, which a submit on the server must not do each
+    time. They move only when grants end, and over 30 days of history a minute-old ratio
+    is as good an estimate as a fresh one."""
+
+    TTL_S = 60
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: tuple[int, Ratios] | None = None
+        self.reads = 0  # times the ledger was read for them
+
+    def get(self, ledger: Ledger, now: int, s: Session | None = None) -> Ratios:
+        """The ratios as of ``now`` (read within ``s`` if given, else in a read of their own)."""
+        with self._lock:
+            held = self._held
+        if held is not None and 0 <= now - held[0] < self.TTL_S:
+            return held[1]
+        from cellsched.ledger import history
+
+        if s is None:
+            with ledger.read() as own:
+                got = history.ratios(own, now)
+        else:
+            got = history.ratios(s, now)
+        with self._lock:
+            self._held = (now, got)
+            self.reads += 1
+        return got
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held = None
+
+
+def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[int, Grant]] | None,
+           s: Session | None = None) -> dict[int, tuple[int, str]]:
+    """``(expected start, basis)`` of each waiting grant in ``want`` (keyed by grant id, or
+    by a key above every id for a grant not in the ledger), replayed on ``live`` (every
+    grant holding GPUs from ``now`` on, by id; None: read from the ledger, only if a replay
+    is needed). ``s``: a session to read in (else reads of their own)."""
+    from cellsched.ledger import history
+
+    if not want:
+        return {}
+    ratios = env.ratios.get(env.ledger, now, s)
+    if live is None and ratios.cluster is not None:
+        if s is None:
+            with env.ledger.read() as own:
+                live = history.live_grants(own, now)
+        else:
+            live = history.live_grants(s, now)
+    pools = {p.name: p.gpus for p in env.cluster.pools}
+    return history.expected_of(pools, live or (), ratios, now, want, env.cluster.policy.pull_forward)
+
+
+def _core_grant(g: Any) -> Grant:
+    """A ``GrantRow`` (or a status item: its JSON) as the core's :class:`Grant`."""
+    if isinstance(g, dict):
+        nodes = g.get("nodes")
+        return Grant(g["project"], g["team"], g["pool"], g["width"], g["start"], g["end"],
+                     None if nodes is None else tuple(nodes))
+    from cellsched.ledger.snapshot import grant_of
+
+    return grant_of(g)
+
+
+def _not_estimated(e: Exception) -> str:
+    return f"not estimated ({type(e).__name__}: {e}): take the guaranteed start"
+
+
+def fill_outcomes(env: Env, outcomes: Sequence[tuple[SubmitOutcome, int]],
+                  live: Sequence[tuple[int, Grant]] | None, s: Session | None = None) -> None:
+    """Set ``expected_start`` and ``expected_basis`` on each granted outcome (with the
+    ``now`` of its submit), by one replay for those that wait. Never raises: a failure
+    leaves the promise, and the basis says why."""
+    want: dict[int, Grant] = {}
+    waiting: list[tuple[SubmitOutcome, int]] = []
+    now = 0
+    for o, t in outcomes:
+        row = o.grant
+        if row is None:
+            continue
+        if row.start <= t:
+            o.expected_start, o.expected_basis = row.start, STARTS_NOW if row.start == t else STARTED
+            continue
+        key = row.id if row.id is not None else _dry_key(live)
+        want[key] = _core_grant(row)
+        waiting.append((o, key))
+        now = max(now, t)
+    if not waiting:
+        return
+    try:
+        got = expect(env, now, want, live, s)
+    except Exception as e:  # noqa: BLE001 - the grant stands; only the estimate is missing
+        got = {k: (g.start, _not_estimated(e)) for k, g in want.items()}
+    for o, key in waiting:
+        o.expected_start, o.expected_basis = got[key]
+
+
+def _dry_key(live: Sequence[tuple[int, Grant]] | None) -> int:
+    """A dry run's grant has no id: a key after every grant's (it is the newest)."""
+    return 1 + max((k for k, _ in live or ()), default=1 << 40)
+
+
+def fill_batch(env: Env, batch: Sequence[_Submit]) -> None:
+    """The expected starts of a committed batch of submits: one replay per live calendar
+    the batch's answers were decided on (one, unless the batch was rerun submit by submit)."""
+    groups: dict[int, tuple[Sequence[tuple[int, Grant]] | None, list[tuple[SubmitOutcome, int]]]] = {}
+    for job in batch:
+        if job.outcome is not None and job.outcome.grant is not None:
+            groups.setdefault(id(job.live), (job.live, []))[1].append((job.outcome, job.now))
+    for live, outcomes in groups.values():
+        fill_outcomes(env, outcomes, live)
+
+
+def add_to_status(env: Env, items: list[dict[str, Any]], now: int) -> None:
+    """``expected_start`` and ``expected_start_basis`` on each ``status`` item of a grant: a
+    live grant whose window has begun, its start (:data:`STARTED`); a waiting one, the
+    replay's answer (one replay for them all); a grant no longer live, None."""
+    want: dict[int, Grant] = {}
+    for it in items:
+        if "start" not in it or "id" not in it:
+            continue  # not a grant
+        it["expected_start"], it["expected_start_basis"] = None, None
+        if it["state"] not in ("granted", "reserving", "active") or it["end"] <= now:
+            continue
+        if it["state"] == "granted" and it["start"] > now:
+            want[it["id"]] = _core_grant(it)
+        else:
+            it["expected_start"], it["expected_start_basis"] = it["start"], STARTED
+    if not want:
+        return
+    try:
+        got = expect(env, now, want, None)
+    except Exception as e:  # noqa: BLE001 - status still answers
+        got = {k: (g.start, _not_estimated(e)) for k, g in want.items()}
+    for it in items:
+        if it.get("id") in got and "start" in it:
+            it["expected_start"], it["expected_start_basis"] = got[it["id"]]
