@@ -12,6 +12,10 @@ Mapping (see docs/executor.md):
 - a gang of k ranks → one supervised subprocess per rank (``_supervisor.py``: it owns the
   job's whole process tree and enforces the window), started by the rank actors; results
   stay in the actors until the caller ``ack``s them (``poll`` only reads them);
+- a borrower ``name`` of bundles ``bs`` of group ``owner`` (``lend``) → no group of its own:
+  one detached actor ``<name>/rank-<i>`` in bundle ``bs[i]`` of the owner's group, whose own
+  rank actors there are killed first; the lending is recorded in Ray's internal KV store
+  (``lend_key``), where a restarted daemon finds it;
 - epochs: every command carries ``epoch``; ranks refuse older ones (``Fenced``);
 - workers need only Ray: the rank actors get ``runtime_env={"py_modules": [<gcs:// URI of
   cellsched/__init__.py + cellsched/executor/*.py>]}`` (uploaded once, content-addressed);
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -51,6 +56,7 @@ from .base import (
     Fenced,
     GangResult,
     GangSpec,
+    InvalidGang,
     NodeInfo,
     NotReady,
     Placement,
@@ -60,6 +66,7 @@ from .base import (
     RunningGang,
     UnknownReservation,
     attempt_path,
+    check_bundles,
     check_gang,
     check_name,
     classify,
@@ -98,6 +105,22 @@ PULL_BUDGET = 8 << 20
 # process): the least recently launched are dropped beyond this many bytes (``has_code``
 # then says False and the caller passes the bytes again).
 CODE_KEEP_BYTES = 1 << 30
+
+
+# Where a lending lives in Ray's internal KV store (this executor's namespace): wholly in the
+# key, so that one prefix listing gives every borrower with its owner and bundles (the store
+# has no multi-get). ``lend`` writes it before it touches a rank, ``release`` deletes it.
+LEND_PREFIX = "cellsched-lend:"
+
+
+def lend_key(name: str, owner: str, bundles: Iterable[int]) -> str:
+    """The KV key recording that borrower ``name`` has bundles ``bundles`` of ``owner``."""
+    return LEND_PREFIX + json.dumps([name, owner, list(bundles)], separators=(",", ":"))
+
+
+def _lend_prefix(name: str) -> str:
+    """The start of ``lend_key(name, ...)`` for any owner and bundles (and of no other name's)."""
+    return LEND_PREFIX + json.dumps([name], separators=(",", ":"))[:-1] + ","
 
 
 def stage_package(root: str | None = None) -> str:
@@ -221,6 +244,27 @@ class RayExecutor:
     # -- groups --------------------------------------------------------------------------
 
     def _group(self, name: str) -> tuple[Any, dict[str, Any]] | None:
+        """The live placement group of ``name`` and its table entry, or None. For a borrower:
+        its owner's group and a view of the owner's entry on the borrowed bundles only
+        (bundle ``i`` is the owner's ``lent[i]``), with ``lender`` and ``lent`` added."""
+        found = self._placement_group(name)
+        if found is not None:
+            return found
+        rec = self._lendings(name).get(name)
+        found = None if rec is None else self._placement_group(rec[0])
+        if found is None or rec is None:
+            return None
+        (owner, lent), (pg, entry) = rec, found
+        where = entry.get("bundles_to_node_id") or {}
+        return pg, {
+            "state": entry["state"],
+            "bundles": {i: entry["bundles"][b] for i, b in enumerate(lent)},
+            "bundles_to_node_id": {i: where[b] for i, b in enumerate(lent) if b in where},
+            "lender": owner,
+            "lent": lent,
+        }
+
+    def _placement_group(self, name: str) -> tuple[Any, dict[str, Any]] | None:
         """The live placement group called ``name`` and its table entry, or None."""
         from ray.util import get_placement_group, placement_group_table
 
@@ -232,6 +276,22 @@ class RayExecutor:
         if not entry or entry.get("state") == "REMOVED":
             return None
         return pg, entry
+
+    def _lendings(self, name: str | None = None) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """Borrower -> (owner, the owner's bundles it has), as recorded in Ray's KV store;
+        only ``name``'s record if given."""
+        from ray.experimental.internal_kv import _internal_kv_list
+
+        prefix = LEND_PREFIX if name is None else _lend_prefix(name)
+        out = {}
+        for key in sorted(_internal_kv_list(prefix, namespace=self.namespace)):
+            borrower, owner, bundles = json.loads(key.decode()[len(LEND_PREFIX):])
+            out[borrower] = (owner, tuple(bundles))
+        return out
+
+    def _lent_by(self, owner: str) -> dict[int, str]:
+        """The bundles ``owner`` has lent, each to its borrower."""
+        return {b: n for n, (o, bs) in self._lendings().items() if o == owner for b in bs}
 
     def reserve(self, name: str, width: int, cpus_per_gpu: int = 0,
                 placement: Placement | None = None) -> None:
@@ -249,8 +309,12 @@ class RayExecutor:
         if placement is not None:
             bundle.update((k, float(v)) for k, v in placement.bundle_resources.items())
         found = self._group(name)
+        lent: dict[int, str] = {}
         if found is not None:
             pg, entry = found
+            if "lender" in entry:
+                raise ReservationConflict(name, f"is a borrower of {entry['lender']}")
+            lent = self._lent_by(name)  # adopting: those bundles hold their borrowers' ranks
             bundles = [dict(b) for b in entry["bundles"].values()]
             if bundles != [bundle] * width:
                 raise ReservationConflict(name, f"exists with bundles {bundles}")
@@ -275,7 +339,8 @@ class RayExecutor:
                                  bundle_label_selector=selectors)
         # Rank actors are created right away: Ray holds them until the group is placed and
         # then starts them at once, which saves a driver round trip on the critical path.
-        self._handles[name] = [self._rank_actor(name, pg, i) for i in range(width)]
+        self._handles[name] = [None if i in lent else self._rank_actor(name, pg, i)
+                               for i in range(width)]
 
     def _runtime_env(self) -> dict[str, Any] | None:
         """The rank workers' runtime_env: this package shipped as a gcs:// py_modules
@@ -299,7 +364,9 @@ class RayExecutor:
             self._shipped = (now, {"py_modules": list(env["py_modules"])})
         return dict(self._shipped[1])
 
-    def _rank_actor(self, name: str, pg: Any, i: int) -> Any:
+    def _rank_actor(self, name: str, pg: Any, i: int, bundle: int | None = None) -> Any:
+        """Rank ``i`` of ``name``, in bundle ``bundle`` of ``pg`` (default ``i``; a
+        borrower's ranks are in its owner's bundles)."""
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         return self._rank_cls.options(
@@ -313,12 +380,14 @@ class RayExecutor:
             max_task_retries=0,
             runtime_env=self._runtime_env(),
             scheduling_strategy=PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=i, placement_group_capture_child_tasks=False
+                pg, placement_group_bundle_index=i if bundle is None else bundle,
+                placement_group_capture_child_tasks=False,
             ),
         ).remote(name, i, self.epoch)
 
     def _ranks(self, name: str, width: int | None = None) -> list[Any] | None:
-        """Handles of the rank actors of ``name`` (looked up by name after a restart)."""
+        """Handles of the rank actors of ``name`` by bundle (looked up by name after a
+        restart); None for a bundle it has lent (it holds the borrower's rank)."""
         hs = self._handles.get(name)
         if hs is not None:
             return hs
@@ -326,15 +395,23 @@ class RayExecutor:
         if found is None:
             return None
         pg, entry = found
+        lent = {} if "lender" in entry else self._lent_by(name)
         hs = []
-        for i in range(len(entry["bundles"])):
+        for i, b in enumerate(entry.get("lent") or range(len(entry["bundles"]))):
+            if i in lent:
+                hs.append(None)
+                continue
             try:
                 hs.append(self._ray.get_actor(f"{name}/rank-{i}", namespace=self.namespace))
             except ValueError:
                 # Actor gone (killed from outside, or never created): make it again.
-                hs.append(self._rank_actor(name, pg, i))
+                hs.append(self._rank_actor(name, pg, i, b))
         self._handles[name] = hs
         return hs
+
+    def _live_ranks(self, name: str) -> list[Any]:
+        """Handles of the rank actors of ``name``, lent bundles left out ([] if none)."""
+        return [h for h in self._ranks(name) or [] if h is not None]
 
     def _forget(self, name: str) -> None:
         self._handles.pop(name, None)
@@ -356,11 +433,9 @@ class RayExecutor:
         # Placed (the group holds its GPUs), but "ready" also promises warm rank workers:
         # probe them without waiting for a worker process to start (that is what the next
         # call is for). Until they answer the group is "placed", not a hardware shortfall.
-        hs = self._ranks(name)
-        assert hs is not None
         pings = self._pings.get(name)
         if pings is None:
-            pings = self._pings[name] = [h.info.remote() for h in hs]
+            pings = self._pings[name] = [h.info.remote() for h in self._live_ranks(name)]
         done, _ = self._ray.wait(pings, num_returns=len(pings), timeout=0.05)
         if len(done) < len(pings):
             return "placed"
@@ -397,6 +472,7 @@ class RayExecutor:
             for e in placement_group_table().values()
             if e.get("state") != "REMOVED"
         }
+        names |= {n for n, (owner, _) in self._lendings().items() if owner in names}
         return sorted(n for n in names if n.startswith(self.prefix))
 
     # -- jobs ----------------------------------------------------------------------------
@@ -454,7 +530,7 @@ class RayExecutor:
             raise NotReady(name, f"cannot launch {gang.job}: group is {state}")
         hs = self._ranks(name)
         assert hs is not None
-        check_gang(gang, len(hs), set())
+        check_gang(gang, len(hs), {b for b, h in enumerate(hs) if h is None})  # None: lent
         members = [hs[b] for b in gang.bundles]
         infos = self._call_all(
             [h.info.remote(key=gang.key, want_port=(r == 0)) for r, h in enumerate(members)],
@@ -531,7 +607,10 @@ class RayExecutor:
             # Never placed, so nothing ran; and calls to its unstarted ranks would only time out.
             return [], [], {}
         hs = self._ranks(name) or []
-        snaps = self._call_all([h.snapshot.remote() for h in hs])
+        calls = {b: h.snapshot.remote() for b, h in enumerate(hs) if h is not None}
+        got = dict(zip(calls, self._call_all(list(calls.values()))))
+        # A lent bundle has no rank of this group (lending needs its gangs acknowledged).
+        snaps = [got.get(b, _DEAD) for b in range(len(hs))]
         gangs: dict[Key, dict[int, dict[str, Any]]] = defaultdict(dict)
         for b, s in enumerate(snaps):
             if isinstance(s, dict):
@@ -567,7 +646,7 @@ class RayExecutor:
         launched = self._launched.get(name, {})
         for k in ks:
             launched.pop(k, None)  # a gang all of whose ranks were lost lives only here
-        hs = self._ranks(name) or []  # none if the group is gone: nothing left to mark
+        hs = self._live_ranks(name)  # none if the group is gone: nothing left to mark
         if False in self._call_all([h.ack.remote(ks, self.epoch) for h in hs]):
             raise Fenced(name, f"epoch {self.epoch} is older than the ranks'")
 
@@ -655,7 +734,7 @@ class RayExecutor:
                 reason: str, check: bool = False) -> None:
         """Have the ranks signal matching jobs; ``check``: raise ``Fenced`` if refused
         (the caller's own commands; internal clean-ups during a poll never raise)."""
-        hs = self._ranks(name)
+        hs = self._live_ranks(name)
         if hs:
             got = self._call_all([h.stop.remote(job, attempt, sig, reason, None, self.epoch)
                                   for h in hs])
@@ -671,7 +750,7 @@ class RayExecutor:
         found = self._group(name)
         if found is None or found[1]["state"] == "PENDING":
             return 0
-        hs = self._ranks(name) or []
+        hs = self._live_ranks(name)
         sizes = self._call_all([h.log_sizes.remote() for h in hs])
         todo: list[tuple[Any, str, int]] = []  # (rank, daemon's path, bytes there)
         for h, got in zip(hs, sizes):
@@ -719,16 +798,26 @@ class RayExecutor:
 
     def release(self, name: str, settle_s: float = 5.0) -> list[GangResult]:
         """See the Protocol. ``settle_s`` bounds the wait for killed processes to be reaped."""
+        return self._release(name, settle_s, give_back=True)
+
+    def _release(self, name: str, settle_s: float, give_back: bool) -> list[GangResult]:
+        """``release``; for a borrower, ``give_back``: start its owner's ranks again on the
+        bundles (not when the owner goes too)."""
         from ray.experimental.internal_kv import _internal_kv_del
         from ray.util import remove_placement_group
 
         found = self._group(name)
         if found is None:
+            self._unlend(name)  # a borrower whose owner is gone leaves only its record
             self._forget(name)
             self._launched.pop(name, None)
             return []
         pg, entry = found
-        hs = self._ranks(name) or []
+        owner = entry.get("lender")
+        if owner is None:
+            for borrower in self._lendings_of(name):
+                self._release(borrower, settle_s, give_back=False)  # their results are lost
+        hs = self._live_ranks(name)
         out: dict[Key, GangResult] = {}
         if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
             # The supervisors kill the jobs' trees first; ray.kill alone would leave the
@@ -742,18 +831,118 @@ class RayExecutor:
                 if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
+        self._retire(name, hs, entry["state"] != "PENDING", wait=give_back and owner is not None)
+        if owner is None:
+            remove_placement_group(pg)
+        else:
+            self._unlend(name)
+        _internal_kv_del(epoch_key(name), namespace=self.namespace)
+        self._forget(name)
+        self._launched.pop(name, None)
+        if owner is not None and give_back:
+            # The owner's rank actors come back on those bundles (get_if_exists: idempotent);
+            # until they answer the owner is "placed".
+            hs = self._handles.get(owner)
+            for b in entry["lent"]:
+                h = self._rank_actor(owner, pg, b)
+                if hs is not None:
+                    hs[b] = h
+            self._ready.discard(owner)
+            self._pings.pop(owner, None)
+        return [out[k] for k in sorted(out)]
+
+    def _retire(self, name: str, hs: list[Any], placed: bool, wait: bool) -> None:
+        """Kill rank actors ``hs`` of ``name`` for good, once what they logged is home
+        (``placed``: they may have run something). ``wait``: until they are gone (bounded by
+        ``call_timeout_s``), so that their bundles can take another one-GPU actor."""
+        if placed:
             self.pull_logs(name)  # the last words of the jobs, before the ranks go
             self._drop_pulled_logs(hs)
         for h in hs:
             try:
                 self._ray.kill(h, no_restart=True)
-            except Exception:  # already dead: nothing to free
+            except Exception:  # noqa: BLE001 - already dead: nothing to free
                 pass
-        remove_placement_group(pg)
-        _internal_kv_del(epoch_key(name), namespace=self.namespace)
-        self._forget(name)
-        self._launched.pop(name, None)
-        return [out[k] for k in sorted(out)]
+        if wait:
+            self._call_all([h.info.remote() for h in hs])  # each fails once its actor died
+
+    def lend(self, owner: str, bundles: Iterable[int], name: str) -> None:
+        """See the Protocol. The lending is recorded (KV) before any rank is touched, so a
+        lend cut short by a crash is finished by the same call again."""
+        from ray.experimental.internal_kv import _internal_kv_put
+
+        check_name(name, self.prefix)
+        bs = tuple(int(b) for b in bundles)
+        found = self._group(owner)
+        if found is None:
+            raise UnknownReservation(owner, "no such reservation")
+        pg, entry = found
+        if "lender" in entry:
+            raise InvalidGang(owner, f"is a borrower of {entry['lender']}: only a group lends")
+        if stored_epoch(owner) > self.epoch:
+            raise Fenced(owner, f"epoch {self.epoch} is older than the ranks' {stored_epoch(owner)}")
+        lendings = self._lendings()
+        rec = lendings.get(name)
+        if rec is not None and rec != (owner, bs):
+            raise ReservationConflict(name, f"borrows bundles {list(rec[1])} of {rec[0]}")
+        if rec is not None and name in self._handles:
+            return  # lent by this very executor: nothing to do
+        if rec is None:
+            self._check_lendable(owner, entry, bs, name, lendings)
+            _internal_kv_put(lend_key(name, owner, bs), b"lent", overwrite=True,
+                             namespace=self.namespace)
+        # The owner's ranks there go first (their bundle holds one one-GPU actor); then the
+        # borrower's, which know nothing of the owner's code, environment or directory.
+        hs = self._handles.get(owner)
+        mine = []
+        for b in bs:
+            try:
+                mine.append(self._ray.get_actor(f"{owner}/rank-{b}", namespace=self.namespace))
+            except ValueError:
+                pass  # gone already: a lend cut short, now finished
+            if hs is not None:
+                hs[b] = None
+        self._pings.pop(owner, None)  # they were sent to the ranks it had
+        self._retire(owner, mine, placed=True, wait=True)
+        self._handles[name] = [self._rank_actor(name, pg, i, b) for i, b in enumerate(bs)]
+
+    def _check_lendable(self, owner: str, entry: dict[str, Any], bs: tuple[int, ...], name: str,
+                        lendings: dict[str, tuple[str, tuple[int, ...]]]) -> None:
+        """Raise unless ``bs`` of ``owner`` (its table ``entry``) may be lent to ``name``."""
+        if self._placement_group(name) is not None:
+            raise ReservationConflict(name, "exists")
+        if entry["state"] != "CREATED":
+            raise NotReady(owner, f"cannot lend: group is {_STATES.get(entry['state'], 'pending')}")
+        check_bundles(owner, f"lending to {name}", bs, len(entry["bundles"]), set())
+        taken = sorted(b for n, (o, lent) in lendings.items() if o == owner for b in lent if b in bs)
+        if taken:
+            raise InvalidGang(owner, f"bundles {taken} are lent already")
+        hs = self._ranks(owner)
+        assert hs is not None
+        snaps = self._call_all([hs[b].snapshot.remote() for b in bs])
+        if any(isinstance(x, str) for x in snaps):
+            self._ready.discard(owner)
+            raise NotReady(owner, "cannot lend: rank workers not all reachable")
+        self._check_epoch(owner, [x["epoch"] for x in snaps])
+        busy = [b for b, x in zip(bs, snaps) if any(r["ended_at"] is None for r in x["records"])]
+        check_bundles(owner, f"lending to {name}", bs, len(hs), set(busy))
+        # Their results live in the ranks that lending stops.
+        unacked = sorted({(r["job"], r["attempt"]) for x in snaps for r in x["records"]
+                          if not r["acked"]})
+        if unacked:
+            raise InvalidGang(owner, f"bundles {list(bs)} hold results not acknowledged yet "
+                              f"{unacked}: poll and ack them first")
+
+    def _lendings_of(self, owner: str) -> list[str]:
+        """The borrowers of ``owner``, sorted."""
+        return sorted({n for n in self._lent_by(owner).values()})
+
+    def _unlend(self, name: str) -> None:
+        """Delete the record of borrower ``name`` (and its epoch's, if it was one)."""
+        from ray.experimental.internal_kv import _internal_kv_del
+
+        if _internal_kv_del(_lend_prefix(name), del_by_prefix=True, namespace=self.namespace):
+            _internal_kv_del(epoch_key(name), namespace=self.namespace)
 
     def fence(self, epoch: int) -> None:
         from ray.experimental.internal_kv import _internal_kv_put
@@ -769,7 +958,7 @@ class RayExecutor:
             found = self._group(name)
             if found is None or found[1]["state"] == "PENDING":
                 continue  # its ranks have not started: calls would only time out
-            refs += [h.fence.remote(epoch) for h in self._ranks(name) or []]
+            refs += [h.fence.remote(epoch) for h in self._live_ranks(name)]
         # One bounded wait for all: a rank that does not answer is simply not fenced.
         self._call_all(refs)
 
@@ -781,34 +970,35 @@ class RayExecutor:
         dead_nodes = frozenset(n["NodeID"] for n in nodes if not n["Alive"])
         lock_paths = [attempt_path(log_dir, job, attempt, r, "lock") for r in range(width)]
         if found is not None and found[1]["state"] != "PENDING":
-            hs = self._ranks(name) or []
+            # A lent bundle holds no rank of this group: lending needs every gang that used
+            # it ended and acknowledged, so none of them is asked about.
+            hs = {b: h for b, h in enumerate(self._ranks(name) or []) if h is not None}
             where = found[1].get("bundles_to_node_id", {})
             # Fence first (calls from one caller run in order): "I don't know it" from a
             # rank that has seen our epoch cannot come from before a deposed daemon's launch.
             # Then one rank per node claims the node-local locks there (two at once would
             # find each other's flock held); the locks on this host are claimed below.
             claimer = {}
-            for b in range(len(hs)):
+            for b in hs:
                 claimer.setdefault(where.get(b) or f"?{b}", b)
             claimers = set(claimer.values())
-            refs = [(h.fence.remote(self.epoch), h.info.remote(key),
-                     h.claim_locks.remote(lock_paths, sorted(dead_nodes)) if b in claimers
-                     else None) for b, h in enumerate(hs)]
-            self._call_all([r for triple in refs for r in triple if r is not None])
-            infos = [self._status(i) for _, i, _ in refs]
-            claims = [True if c is None else self._status(c) for _, _, c in refs]
-            self._check_epoch(name, [i["epoch"] for i in infos if isinstance(i, dict)])
-            if any(isinstance(i, dict) and i["state"] == "running" for i in infos):
+            refs = {b: (h.fence.remote(self.epoch), h.info.remote(key),
+                        h.claim_locks.remote(lock_paths, sorted(dead_nodes)) if b in claimers
+                        else None) for b, h in hs.items()}
+            self._call_all([r for triple in refs.values() for r in triple if r is not None])
+            infos = {b: self._status(i) for b, (_, i, _) in refs.items()}
+            claims = {b: True if c is None else self._status(c) for b, (_, _, c) in refs.items()}
+            self._check_epoch(name, [i["epoch"] for i in infos.values() if isinstance(i, dict)])
+            if any(isinstance(i, dict) and i["state"] == "running" for i in infos.values()):
                 return "alive"
             # A rank that does not answer counts if its node is dead, or if its bundle has
             # lost its node (a placed group's bundle is re-placed only after its node died).
-            claims = [claims[claimer[where.get(b) or f"?{b}"]] for b in range(len(hs))]
             resched = found[1]["state"] == "RESCHEDULING"
-            gone = [where.get(b) in dead_nodes or (resched and where.get(b) == "")
-                    for b in range(len(infos))]
             ray_proof = all(
-                (isinstance(i, dict) and i["epoch"] == self.epoch and c is True) or g
-                for i, c, g in zip(infos, claims, gone)
+                (isinstance(infos[b], dict) and infos[b]["epoch"] == self.epoch
+                 and claims[claimer[where.get(b) or f"?{b}"]] is True)
+                or where.get(b) in dead_nodes or (resched and where.get(b) == "")
+                for b in hs
             )
         else:
             # No ranks to ask: a task on every other live node with GPUs claims that node's
