@@ -154,7 +154,9 @@ def iso(t: float | None) -> str | None:
 
 
 def _iso_times(data: dict[str, Any]) -> None:
-    """Add ISO UTC beside every epoch field of a grant, refusal or delay."""
+    """Add ISO UTC beside every epoch field of a grant, refusal, delay or best-effort
+    submission (and its tasks)."""
+    _be_times(data.get("best_effort"))
     if "expected_start" in data:  # a granted submit's (cellsched.expected)
         data["expected_start_utc"] = iso(data["expected_start"])
     for obj in (data.get("grant"), data.get("refusal"), data.get("delay")):
@@ -166,6 +168,17 @@ def _iso_times(data: dict[str, Any]) -> None:
                 obj[k + "_utc"] = iso(obj[k])
         for alt in [*obj.get("alternatives", []), *obj.get("sooner", [])]:
             alt["start_utc"], alt["end_utc"] = iso(alt["start"]), iso(alt["end"])
+
+
+def _be_times(item: dict[str, Any] | None) -> None:
+    """ISO UTC beside the times of a best-effort submission (``status`` item) and its tasks."""
+    if not item:
+        return
+    for k in ("created_at", "ended_at"):
+        item[k + "_utc"] = iso(item.get(k))
+    for t in item.get("task_list", ()):
+        for k in ("queued_at", "started_at", "ended_at"):
+            t[k + "_utc"] = iso(t.get(k))
 
 
 def daemon_json(env: Env) -> dict[str, Any]:
@@ -196,8 +209,9 @@ def validate_specs(env: Env | None, caller: str, specs: list[SpecIn], now: int) 
 
 def submit(env: Env, caller: str, spec: SpecIn, now: int, snapshot: Snapshot | None = None, *,
            dry_run: bool = False, replace: bool = False) -> dict[str, Any]:
-    """``submit``: granted or refused (``decision``). The code's archive is ``snapshot``
-    (local), or already in the ledger (uploaded to the server with ``store_code``).
+    """``submit``: granted or refused (``decision``); best-effort work is queued or refused
+    (docs/lending.md). The code's archive is ``snapshot`` (local), or already in the ledger
+    (uploaded to the server with ``store_code``).
 
     ``dry_run`` (``submit --dry-run``, ``plan``): the same answer, nothing written (a spec
     with code needs no stored snapshot). ``replace`` (``--replace``): the spec replaces the
@@ -206,6 +220,9 @@ def submit(env: Env, caller: str, spec: SpecIn, now: int, snapshot: Snapshot | N
     from cellsched.spec.load import Sealed
 
     sealed = sealed_spec(spec)
+    if replace and sealed.best_effort:
+        raise BadInput(f"{spec.file}: --replace: best-effort work has no window to replace "
+                       "(cancel the old submission, then submit this one)")
     if replace:
         sealed = _replacing(env, spec.file, sealed)
     if snapshot is not None:
@@ -291,7 +308,8 @@ def code_stored(env: Env, caller: str, digest: str, now: int) -> dict[str, Any]:
 
 
 def cancel(env: Env, caller: str, project: str, now: int) -> dict[str, Any]:
-    """``cancel``: the project's live grant ended now, what was not held refunded."""
+    """``cancel``: the project's live grant ended now, what was not held refunded; or its
+    live best-effort submission cancelled (queued tasks now, running ones by the daemon)."""
     from cellsched import service
 
     out = service.cancel(env, project, caller, now)
@@ -320,8 +338,9 @@ def verify(env: Env, caller: str, project: str, now: int, spec: SpecIn | None = 
 
 
 def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[str, Any]]:
-    """``status``: every project's newest grant (or one project's) with progress and jobs;
-    each item carries the daemon's state (the output stays a list)."""
+    """``status``: every project's newest grant (or one project's) with progress and jobs,
+    then best-effort submissions (``kind`` "best-effort", docs/lending.md); each item
+    carries the daemon's state (the output stays a list)."""
     from cellsched import service
 
     items = service.status(env, project, now)
@@ -330,8 +349,11 @@ def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[st
     expected.add_to_status(env, items, now)  # each grant's expected start
     daemon = daemon_json(env)
     for it in items:
-        for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
-            it[k + "_utc"] = iso(it[k])
+        if it.get("kind") == "best-effort":
+            _be_times(it)
+        else:
+            for k in ("start", "end", "promised_start", "promised_end", "started_at", "ended_at"):
+                it[k + "_utc"] = iso(it[k])
         if "expected_start" in it:
             it["expected_start_utc"] = iso(it["expected_start"])
         it["daemon"] = daemon

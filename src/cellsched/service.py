@@ -25,18 +25,28 @@ from sqlmodel import Session, col, select
 from cellsched import fmt
 from cellsched.core import alternatives as alts
 from cellsched.core.admission import Alternative, Grant, Refusal, Schedule, request_from_spec
-from cellsched.core.allowance import period_bounds, split_by_period
+from cellsched.core.allowance import BestEffortUse, period_bounds, split_by_period
 from cellsched.errors import BadInput, CellschedError, Denied, Failed, NotFound
 from cellsched.expected import RatiosCache, fill_batch, fill_outcomes
+from cellsched.ledger import best_effort as be_ledger
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger, default_url
 from cellsched.ledger.lease import pool_without_nodes
 from cellsched.ledger.lifecycle import end_grant
 from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of
-from cellsched.ledger.tables import LIVE_STATES, CodeRow, GrantRow, JobRunRow, ProjectRow, SchemaInfo
+from cellsched.ledger.tables import (
+    BE_LIVE_STATES,
+    LIVE_STATES,
+    BestEffortRow,
+    CodeRow,
+    GrantRow,
+    JobRunRow,
+    ProjectRow,
+    SchemaInfo,
+)
 from cellsched.receipt import key_paths, sign, verify as verify_receipt
-from cellsched.spec.cluster import ClusterConfig
+from cellsched.spec.cluster import ClusterConfig, Pool, Team
 from cellsched.spec.code import Snapshot
 from cellsched.spec.load import Sealed, load_cluster, load_sealed, load_written
 from cellsched.spec.models import ProjectSpec
@@ -189,14 +199,31 @@ class SubmitOutcome:
     # A granted answer's expected start and what it rests on (``cellsched.expected``).
     expected_start: int | None = None
     expected_basis: str | None = None
+    # Best-effort work (docs/lending.md): no grant; queued (``best_effort``, the submission
+    # as ``ledger.best_effort.submission_json`` shows it) or refused, and the team's
+    # best-effort allowance after it (``be_use``).
+    kind: str = "guaranteed"
+    best_effort: dict[str, Any] | None = None
+    be_use: BestEffortUse | None = None
+
+    @property
+    def queued(self) -> bool:
+        return self.best_effort is not None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "project": self.project_id,
             "digest": self.digest,
-            "decision": "granted" if self.granted else "refused",
+            "decision": "granted" if self.granted else "queued" if self.queued else "refused",
             "existing": self.existing,
         }
+        if self.kind != "guaranteed":  # a guaranteed answer stays as it always was
+            out["kind"] = self.kind
+        if self.best_effort is not None:
+            out["best_effort"] = self.best_effort
+        if self.be_use is not None:
+            out["best_effort_allowance_gpu_hours"] = self.be_use.allowance / 3600
+            out["best_effort_remaining_gpu_hours"] = self.be_use.remaining / 3600
         if self.code is not None:
             out["code"] = self.code
         if self.dry_run:
@@ -272,6 +299,10 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
             raise BadInput(f"code: the snapshot given is sha256:{snap.digest}, not the spec's")
         code_json = {"digest": code_digest, **(snap.to_json() if snap else {})}
     job = _Submit(spec, snap, caller, now, code_source, d, pid, code_json)
+    if spec.best_effort:
+        if dry_run and code_info is not None and snap is None and code_digest is not None:
+            job.code_json = {**code_info, "digest": code_digest}
+        return _submit_best_effort(env, job, dry_run)
     if dry_run:
         if code_info is not None and snap is None and code_digest is not None:
             job.code_json = {**code_info, "digest": code_digest}
@@ -504,19 +535,7 @@ class _Batch:
         code_digest = None if spec.code is None else spec.code.digest
         if code_digest is not None or spec.replaces or spec.name in self.pending_names:
             self.flush()  # its reads must see the batch's writes so far
-        code_json, missing = job.code_json, False
-        if code_digest is not None:
-            meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
-            missing = meta is None
-            if missing and job.snap is None and not self.dry:
-                if job.code_source is not None:
-                    raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
-                                   f"(PUT /api/code/{code_digest} first)")
-                raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
-                               "(submit the spec file, so that its code is snapshotted)")
-            if job.snap is None and job.code_source is not None and meta is not None:
-                code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
-                             "source": job.code_source}
+        code_json, missing = _code_of(s, job, self.dry)
         known = self.projects.get(pid)
         existing = known is not None and known == d
         if existing:
@@ -638,13 +657,36 @@ class _Batch:
             events.append_many(s, todo)
 
 
+def _code_of(s: Session, job: _Submit, dry: bool) -> tuple[dict[str, Any] | None, bool]:
+    """The submit's ``code`` answer, and whether its snapshot is missing from the ledger (to
+    be stored with the submit). BadInput if it is missing and not given (unless ``dry``)."""
+    spec = job.spec
+    code_digest = None if spec.code is None else spec.code.digest
+    code_json, missing = job.code_json, False
+    if code_digest is not None:
+        meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
+        missing = meta is None
+        if missing and job.snap is None and not dry:
+            if job.code_source is not None:
+                raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
+                               f"(PUT /api/code/{code_digest} first)")
+            raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
+                           "(submit the spec file, so that its code is snapshotted)")
+        if job.snap is None and job.code_source is not None and meta is not None:
+            code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
+                         "source": job.code_source}
+    return code_json, missing
+
+
 def _name_in_use(s: Session, name: str, d: str) -> Refusal | None:
     """``name_in_use``: another version of the project (same name, another digest) holds a
-    live grant and the spec does not say it replaces it (docs/admission.md)."""
+    live grant and the spec does not say it replaces it (docs/admission.md), or a live
+    best-effort submission has the name (docs/lending.md: names stay unambiguous for
+    ``status`` and ``cancel``)."""
     rows = s.exec(select(GrantRow).where(GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES),
                                          GrantRow.digest != d).order_by(col(GrantRow.id))).all()
     if not rows:
-        return None
+        return _name_in_use_by_best_effort(s, name, d)
     live = rows[-1]
     more = "" if len(rows) == 1 else f" (and {fmt.plural(len(rows) - 1, 'other live grant')})"
     return Refusal(
@@ -654,6 +696,132 @@ def _name_in_use(s: Session, name: str, d: str) -> Refusal | None:
         f"in the spec or submit with --replace (its unheld GPU-hours are refunded); to keep both, "
         f"give this spec another name.",
     )
+
+
+def _name_in_use_by_best_effort(s: Session, name: str, d: str) -> Refusal | None:
+    live = be_ledger.live_named(s, name, other_than=d)
+    if not live:
+        return None
+    row = live[-1]
+    return Refusal(
+        "name_in_use",
+        f"{name} already has a live best-effort submission, {row.project_id}. To run this version instead, "
+        f"cancel it first (cellsched cancel {row.project_id}); to keep both, give this spec another name.",
+    )
+
+
+# -- best-effort work (docs/lending.md) ---------------------------------------------------
+
+
+def _submit_best_effort(env: Env, job: _Submit, dry_run: bool) -> SubmitOutcome:
+    """Queue a best-effort spec: no calendar, no window, nothing charged; or refuse it
+    (nothing written either way for a refusal). Its own write transaction, which changes
+    no grant: the admission snapshot kept for guaranteed submits stays current."""
+    if dry_run:
+        with env.ledger.read() as s:
+            out = _queue_best_effort(env, s, job, write=False)
+        out.dry_run = True
+        return out
+    with env.ledger.write() as s:
+        held = env.admission.take_current(s, job.now)
+        out = _queue_best_effort(env, s, job, write=True)
+        if held is not None:
+            env.admission.put(held, ledger_version(s))
+        return out
+
+
+def best_effort_pool(env: Env, spec: ProjectSpec) -> Pool | Refusal:
+    """Where a best-effort spec's tasks run: ``budget.pool``, or among the pools of
+    ``budget.gpu_type`` (any pool without either) the largest whose nodes each hold the
+    spec's widest job (a task runs on one node), ties by the config's order."""
+    b = spec.budget
+    pools = list(env.cluster.pools)
+    if b.pool is not None:
+        pools = [p for p in pools if p.name == b.pool]
+        if not pools:
+            known = ", ".join(p.name for p in env.cluster.pools)
+            return Refusal("unknown_pool", f"no pool named {b.pool!r} (pools: {known}).")
+    elif b.gpu_type is not None:
+        pools = [p for p in pools if p.gpu_type == b.gpu_type]
+        if not pools:
+            types = ", ".join(sorted({p.gpu_type for p in env.cluster.pools}))
+            return Refusal("unknown_pool", f"no pool has gpu_type {b.gpu_type!r} (types: {types}).")
+    widest = max(j.gpus for j in spec.jobs)
+    fits = [p for p in pools if p.gpus_per_node >= widest]
+    if not fits:
+        per_node = max(p.gpus_per_node for p in pools)
+        where = f"pool {pools[0].name}'s nodes have" if len(pools) == 1 else "the matching pools' nodes have at most"
+        return Refusal("wider_than_node", f"a best-effort task runs on one node: a job of {widest} GPUs needs "
+                                          f"{widest} GPUs on one node, {where} {per_node}.",
+                       needed=widest, available=per_node)
+    return max(fits, key=lambda p: p.gpus)  # max() keeps the first of equals: the config's order
+
+
+def _queue_best_effort(env: Env, s: Session, job: _Submit, write: bool) -> SubmitOutcome:
+    spec, now, d, pid = job.spec, job.now, job.digest, job.pid
+    code_json, missing = _code_of(s, job, dry=not write)
+
+    def refused(r: Refusal) -> SubmitOutcome:
+        return SubmitOutcome(pid, d, False, refusal=r, code=code_json, kind="best-effort")
+
+    team = env.cluster.team(spec.team)
+    again = s.exec(select(BestEffortRow).where(BestEffortRow.project_id == pid, BestEffortRow.digest == d,
+                                               BestEffortRow.state != "cancelled")
+                   .order_by(col(BestEffortRow.id).desc())).first()
+    if again is not None:  # the same digest again: its submission (a cancelled one is queued anew)
+        counts = be_ledger.task_counts(s, [again.id or 0])[again.id or 0]
+        use = _be_use(s, team, now)
+        return SubmitOutcome(pid, d, False, existing=True, code=code_json, kind="best-effort",
+                             best_effort=be_ledger.submission_json(again, counts), be_use=use)
+    if team is None:
+        return refused(Refusal("unknown_team", f"team {spec.team!r} is not in the cluster config."))
+    if team.best_effort_gpu_seconds <= 0:
+        return refused(Refusal(
+            "no_best_effort_allowance",
+            f"team {team.name} has no best-effort allowance (best_effort_gpu_hours in the cluster config)",
+            needed=spec.budget.gpu_seconds, available=0))
+    pool = best_effort_pool(env, spec)
+    if isinstance(pool, Refusal):
+        return refused(pool)
+    in_use = _name_in_use(s, spec.name, d)
+    if in_use is not None:
+        return refused(in_use)
+    use = _be_use(s, team, now)
+    assert use is not None
+    if spec.budget.gpu_seconds > use.remaining:
+        when = "in total" if team.period == "none" else f"this {team.period}"
+        return refused(Refusal(
+            "over_best_effort_allowance",
+            f"{fmt.gpu_seconds_as_hours(spec.budget.gpu_seconds)} GPU-hours asked; team {team.name} has "
+            f"{fmt.gpu_seconds_as_hours(use.remaining)} of its {fmt.gpu_seconds_as_hours(use.allowance)} "
+            f"best-effort GPU-hours left {when} (live submissions reserve their whole budget).",
+            needed=spec.budget.gpu_seconds, available=use.remaining))
+    tasks = sum(j.count for j in spec.jobs)
+    counts = {**dict.fromkeys(be_ledger.TASK_COUNTS, 0), "queued": tasks, "total": tasks, "preemptions": 0}
+    after = BestEffortUse(use.allowance, use.charged, use.reserved + spec.budget.gpu_seconds)
+    if not write:
+        row = BestEffortRow(project_id=pid, project=spec.name, digest=d, team=spec.team, pool=pool.name,
+                            max_gpus=spec.budget.gpus, budget_gs=spec.budget.gpu_seconds, created_at=now)
+        return SubmitOutcome(pid, d, False, code=code_json, kind="best-effort",
+                             best_effort=be_ledger.submission_json(row, counts), be_use=after)
+    if missing and job.snap is not None:
+        snap = job.snap
+        s.add(CodeRow(digest=snap.digest, size=snap.size, files=snap.files, content_bytes=snap.content_bytes,
+                      blob=snap.blob, created_at=now))
+    if s.get(ProjectRow, pid) is None:
+        s.add(ProjectRow(id=pid, name=spec.name, digest=d, team=spec.team, owner=spec.owner,
+                         submitted_by=job.caller, spec_json=canonical_json(spec), created_at=now, replaces=None))
+        s.flush()
+    row = be_ledger.queue(s, spec, pid, d, pool.name, job.caller, now)
+    return SubmitOutcome(pid, d, False, code=code_json, kind="best-effort",
+                         best_effort=be_ledger.submission_json(row, counts), be_use=after)
+
+
+def _be_use(s: Session, team: Team | None, now: int, only: str | None = None) -> BestEffortUse | None:
+    if team is None:
+        return None
+    p0, p1 = period_bounds(now, team.period)
+    return be_ledger.use(s, team.name, team.best_effort_gpu_seconds, p0, p1, only)[0]
 
 
 def live_version(env: Env, name: str) -> tuple[str, ProjectSpec | None] | None:
@@ -763,7 +931,13 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
     A name with several live grants (versions admitted before ``name_in_use``) must say
     which (``name@digest``): the error names them."""
     with env.ledger.write() as s:
-        row = find_grant(s, project, live_only=True)
+        try:
+            row = find_grant(s, project, live_only=True)
+        except NotFound:
+            live = be_ledger.find(s, project, live_only=True)
+            if not live:
+                raise
+            return _cancel_best_effort(env, s, project, live, caller, now)
         name, _, short = project.partition("@")
         others = [r.project_id for r in s.exec(select(GrantRow).where(
             GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES))).all() if r.digest.startswith(short)]
@@ -785,6 +959,27 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
                 env.admission.put(adm, ledger_version(s))
         return {"project": row.project_id, "state": row.state, "refunded_gpu_hours": refund / 3600,
                 "grant": grant_json(row)}
+
+
+def _cancel_best_effort(env: Env, s: Session, project: str, live: list[BestEffortRow], caller: str,
+                        now: int) -> dict[str, Any]:
+    """Cancel a live best-effort submission: its queued tasks are cancelled now; tasks
+    running are left to the daemon, which stops them (SIGTERM, then SIGKILL after
+    ``lend_grace_s``) and charges what they held (docs/lending.md)."""
+    if len({r.project_id for r in live}) > 1:
+        ids = sorted({r.project_id for r in live})
+        raise BadInput(f"{project} has {len(ids)} live best-effort submissions ({', '.join(ids)}): "
+                       "cancel one by name@digest")
+    row = live[0]
+    if not _team_member(env, row.team, caller):
+        raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
+    held = env.admission.take_current(s, now)  # no grant changes: it stays current
+    cancelled, running = be_ledger.cancel(s, row, now, caller)
+    if held is not None:
+        env.admission.put(held, ledger_version(s))
+    counts = be_ledger.task_counts(s, [row.id or 0])[row.id or 0]
+    return {"project": row.project_id, "state": row.state, "kind": "best-effort", "cancelled_tasks": cancelled,
+            "running_tasks": running, "best_effort": be_ledger.submission_json(row, counts)}
 
 
 # -- reads -----------------------------------------------------------------------------
@@ -852,6 +1047,10 @@ class Budget:
     period_end: int
     allowance_gs: int
     lines: list[BudgetLine] = field(default_factory=list)
+    # Best-effort work (docs/lending.md): the team's best-effort allowance this period and
+    # its submissions of the period (``only``: the one project's).
+    best_effort: BestEffortUse = field(default_factory=lambda: BestEffortUse(0, 0, 0))
+    be_rows: list[BestEffortRow] = field(default_factory=list)
 
     def total(self, attr: str) -> int:
         return sum(getattr(line, attr) for line in self.lines)
@@ -885,6 +1084,16 @@ class Budget:
                  "used_gpu_hours": l.used_gs / h, "refunded_gpu_hours": l.all_refunded_gs / h}
                 for l in self.lines
             ],
+            # beside the guaranteed figures, never mixed with them
+            "best_effort_allowance_gpu_hours": self.best_effort.allowance / h,
+            "best_effort_charged_gpu_hours": self.best_effort.charged / h,
+            "best_effort_reserved_gpu_hours": self.best_effort.reserved / h,
+            "best_effort_remaining_gpu_hours": self.best_effort.remaining / h,
+            "best_effort": [
+                {"project": r.project_id, "state": r.state, "budget_gpu_hours": r.budget_gs / h,
+                 "charged_gpu_hours": r.charged_gs / h}
+                for r in self.be_rows
+            ],
         }
 
 
@@ -895,10 +1104,13 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
     with env.ledger.read() as s:
         if cfg is None:
             try:
-                row = find_grant(s, team_or_project)
+                row: GrantRow | BestEffortRow = find_grant(s, team_or_project)
             except NotFound:
-                teams = ", ".join(t.name for t in env.cluster.teams) or "none"
-                raise NotFound(f"{team_or_project!r} is neither a team nor a project (teams: {teams})") from None
+                found = be_ledger.find(s, team_or_project)
+                if not found:
+                    teams = ", ".join(t.name for t in env.cluster.teams) or "none"
+                    raise NotFound(f"{team_or_project!r} is neither a team nor a project (teams: {teams})") from None
+                row = found[0]
             cfg = env.cluster.team(row.team)
             if cfg is None:
                 raise NotFound(f"team {row.team!r} of {row.project_id} is not in the cluster config")
@@ -907,6 +1119,7 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
             only = None
         p0, p1 = period_bounds(now, cfg.period)
         out = Budget(cfg.name, cfg.period, p0, p1, cfg.allowance_gpu_seconds)
+        out.best_effort, out.be_rows = be_ledger.use(s, cfg.name, cfg.best_effort_gpu_seconds, p0, p1, only)
         rows = list(s.exec(select(GrantRow).where(GrantRow.team == cfg.name).order_by(col(GrantRow.id))).all())
         used = _used_by_grant(s, [r.id for r in rows if r.id is not None], p0, p1)
         breaches = breach_intervals(s, rows)
@@ -941,13 +1154,26 @@ def _used_by_grant(s: Session, grant_ids: list[int], p0: int, p1: int) -> dict[i
 
 
 def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
-    """Every project's newest grant (or one project's), with progress and job runs. A window
-    running while no daemon is alive says so in its ``note``."""
-    down = no_daemon_note(env)
+    """Every project's newest grant (or one project's), with progress and job runs, each
+    ``kind`` "guaranteed"; then the best-effort submissions (``kind`` "best-effort": live
+    ones, and each other name's newest; one project's with its tasks). A window running, or
+    best-effort work waiting, while no daemon is alive says so in its ``note``."""
+    from cellsched.ledger.lease import state
+
+    lease = state(env.ledger)
+    down, be_down = lease.down("this window is not being served"), lease.down("best-effort work is not being run")
     with env.ledger.read() as s:
+        be_items: list[dict[str, Any]] = []
         if project is not None:
-            rows = [find_grant(s, project)]
+            try:
+                rows = [find_grant(s, project)]
+            except NotFound:
+                found = be_ledger.find(s, project)
+                if not found:
+                    raise
+                return _best_effort_status(s, found[:1], be_down, tasks=True)
         else:
+            be_items = _best_effort_status(s, _best_effort_shown(s), be_down)
             # Every live grant (two versions of one name both live: both shown), and for a
             # name with none live, its newest grant.
             latest: dict[str, GrantRow] = {}
@@ -974,8 +1200,39 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
             ]
             running = r.state in ("reserving", "active") or (r.state == "granted" and r.start <= now)
             item["note"] = down if down and running and now < r.end else ""
+            item["kind"] = "guaranteed"
             out.append(item)
-        return out
+        return out + be_items
+
+
+def _best_effort_shown(s: Session) -> list[BestEffortRow]:
+    """What ``status`` lists of best-effort work: every live submission, and for a name with
+    none live its newest (as for grants), in submission order."""
+    latest: dict[str, BestEffortRow] = {}
+    live: list[BestEffortRow] = []
+    for r in s.exec(select(BestEffortRow).order_by(col(BestEffortRow.id))):
+        latest[r.project] = r
+        if r.state in BE_LIVE_STATES:
+            live.append(r)
+    named = {r.project for r in live}
+    return sorted(live + [r for r in latest.values() if r.project not in named], key=lambda r: r.id or 0)
+
+
+def _best_effort_status(s: Session, rows: list[BestEffortRow], down: str | None,
+                        tasks: bool = False) -> list[dict[str, Any]]:
+    """``status`` items of best-effort submissions (``kind`` "best-effort"): tasks by state,
+    GPU-hours charged of the budget, preemptions; with ``tasks``, every task too."""
+    counts = be_ledger.task_counts(s, [r.id or 0 for r in rows])
+    out = []
+    for r in rows:
+        c = counts[r.id or 0]
+        item = be_ledger.submission_json(r, c)
+        waiting = r.state in BE_LIVE_STATES and (c["queued"] or c["running"])
+        item["note"] = down if down and waiting else ""
+        if tasks:
+            item["task_list"] = [be_ledger.task_json(t) for t in be_ledger.tasks(s, r.id or 0)]
+        out.append(item)
+    return out
 
 
 def code_blob(env: Env, digest: str) -> bytes:

@@ -163,7 +163,9 @@ def test_budget(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = as_json(cli("budget", "interp", "--json", now="2026-12-01T01:00:00Z"))
     assert set(data) == {"team", "period", "period_start", "period_end", "period_start_utc", "period_end_utc",
                          "allowance_gpu_hours", "committed_gpu_hours", "held_gpu_hours", "used_gpu_hours",
-                         "refunded_gpu_hours", "remaining_gpu_hours", "overdrawn_gpu_hours", "projects", "daemon"}
+                         "refunded_gpu_hours", "remaining_gpu_hours", "overdrawn_gpu_hours", "projects", "daemon",
+                         "best_effort_allowance_gpu_hours", "best_effort_charged_gpu_hours",
+                         "best_effort_reserved_gpu_hours", "best_effort_remaining_gpu_hours", "best_effort"}
     assert data["daemon"]["alive"] is False  # no daemon has served this ledger
     assert (data["period_start_utc"], data["period_end_utc"]) == ("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z")
     assert [p["state"] for p in data["projects"]] == ["granted", "cancelled"]

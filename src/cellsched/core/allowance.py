@@ -98,3 +98,39 @@ class TeamBook:
         p1 = period_bounds(p0, self.period)[1]
         room = self.allowance - self.charged.get(p0, 0)
         return max(start + 1, p1 - room // width if room >= 0 else p1)
+
+
+@dataclass(frozen=True)
+class BestEffortUse:
+    """A team's best-effort allowance in one period (docs/lending.md, "Allowance").
+
+    A best-effort submission counts in the period it was submitted in, all of it: while it
+    is live (queued: its tasks may still run) it **reserves** its whole budget, or what it
+    was charged if that is more (the last attempt is charged in full even past the budget);
+    once it has ended, only what it was **charged**. So ``remaining = allowance − charged of
+    the ended ones − reserved by the live ones``, never below 0. A submission is accepted only
+    if its budget fits in ``remaining``: the team can never be charged more than its
+    allowance in a period, whatever its submissions' tasks do."""
+
+    allowance: int
+    charged: int  # charged to every submission of the period, live or ended
+    reserved: int  # what the live submissions may still be charged, beyond their charge so far
+
+    @property
+    def committed(self) -> int:
+        return self.charged + self.reserved
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.allowance - self.committed)
+
+    @property
+    def overdrawn(self) -> int:
+        return max(0, self.committed - self.allowance)
+
+
+def best_effort_use(allowance: int, submissions: list[tuple[bool, int, int]]) -> BestEffortUse:
+    """The period's use from its submissions, each ``(live, budget_gs, charged_gs)``."""
+    charged = sum(c for _, _, c in submissions)
+    reserved = sum(max(0, b - c) for live, b, c in submissions if live)
+    return BestEffortUse(allowance, charged, reserved)

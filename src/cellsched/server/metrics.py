@@ -220,7 +220,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.reports = Reports(state.env)
         self.submits = Counter("cellsched_submits", "Submits answered by this server process, by outcome "
-                               "(granted, refused, existing: an identical spec already granted)",
+                               "(granted, refused, existing: an identical spec already granted or queued; "
+                               "queued: best-effort work accepted)",
                                ["outcome"], registry=self.registry)
         self.refusals = Counter("cellsched_refusals", "Refusals by this server process, by reason",
                                 ["reason"], registry=self.registry)
@@ -240,8 +241,10 @@ class Metrics:
         refusal = outcome.get("refusal")
         granted = outcome.get("granted")
         if granted is None:
-            granted = outcome.get("decision") == "granted" if "decision" in outcome else not refusal
-        if not granted:
+            granted = outcome.get("decision") in ("granted", "queued") if "decision" in outcome else not refusal
+        if outcome.get("decision") == "queued" and not outcome.get("existing"):
+            self.submits.labels("queued").inc()  # best-effort work: accepted, no window
+        elif not granted:
             reason = refusal.get("reason") if isinstance(refusal, dict) else None
             self.submits.labels("refused").inc()
             self.refusals.labels(str(reason or "unknown")).inc()
