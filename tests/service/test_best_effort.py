@@ -263,3 +263,29 @@ def test_a_guaranteed_budget_without_best_effort_work_shows_zeros(env) -> None: 
     data = service.budget(env, "interp", T0).to_json()
     assert (data["best_effort_allowance_gpu_hours"], data["best_effort_charged_gpu_hours"],
             data["best_effort_remaining_gpu_hours"], data["best_effort"]) == (0, 0, 0, [])
+
+
+def _audit(env):  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        return events.audit(s)
+
+
+@pytest.mark.parametrize(("table", "edit", "words"), [
+    (BestEffortRow, lambda r: setattr(r, "budget_gs", 1), "budget_gs is 1 in the table, 720000 by the events"),
+    (BestEffortRow, lambda r: setattr(r, "state", "done"), "state is done in the table, queued by the events"),
+    (BestEffortTaskRow, lambda r: setattr(r, "gpus", 8), "gpus is 8 in the table, 1 by the events"),
+    (BestEffortTaskRow, lambda r: setattr(r, "queued_at", 0), f"queued_at is 0 in the table, {T0} by the events"),
+    (BestEffortTaskRow, None, "is missing from the table"),
+])
+def test_audit_names_a_hand_edit_of_a_submission_or_its_tasks(env, table, edit, words: str) -> None:  # type: ignore[no-untyped-def]
+    service.submit(env, sweep(jobs=[{"name": "trial", "run": "x", "count": 2}]), "carol", T0)
+    assert _audit(env).ok
+    with env.ledger.write() as s:
+        row = s.exec(select(table)).first()
+        if edit is None:
+            s.delete(row)
+        else:
+            edit(row)
+            s.add(row)
+    result = _audit(env)
+    assert not result.ok and result.table == table.__tablename__ and words in (result.problem or ""), result.problem

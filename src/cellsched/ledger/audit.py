@@ -17,7 +17,14 @@ What each table is checked against:
 - ``cs_breach``: the spans add up to the grant's breach GPU-seconds, each on the grant's
   width and team.
 - ``cs_project``: the id is ``name@digest[:12]`` and the digest is the SHA-256 of the stored
-  spec, so the sealed spec cannot be edited either; the team is the grant's.
+  spec, so the sealed spec cannot be edited either; the team is the grant's (or the
+  best-effort submission's).
+- ``cs_be``: what ``be_queued`` wrote (project, digest, team, pool, max GPUs, budget,
+  submission time) and the state the submission events say (``be_queued``, then
+  ``be_cancelled``, ``be_done`` or ``be_exhausted``). Its charge is the daemon's to keep.
+- ``cs_be_task``: exactly the tasks ``be_queued`` made (each job ``count`` times), each with
+  its job's GPUs, the team and the submission time as ``queued_at`` (a requeued task keeps
+  it). Their states and what they held are the daemon's to keep.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlmodel import Session
 
-from cellsched.ledger.tables import BreachRow, GrantRow, JobRunRow, ProjectRow
+from cellsched.ledger.tables import BestEffortRow, BestEffortTaskRow, BreachRow, GrantRow, JobRunRow, ProjectRow
 
 # Grant columns in the order they are compared (so the first difference named is stable).
 GRANT_COLUMNS = ("project_id", "project", "digest", "team", "pool", "width", "start", "end", "promised_start",
@@ -63,6 +70,18 @@ class _Run:
     exit_codes: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _BestEffort:
+    seq: int  # the be_queued event
+    values: dict[str, Any]
+    tasks: dict[tuple[str, int], int]  # (job, index) -> GPUs
+    state_seq: int
+
+
+BE_COLUMNS = ("project_id", "project", "digest", "team", "pool", "max_gpus", "budget_gs", "created_at", "state")
+BE_ENDS = {"be_cancelled": "cancelled", "be_done": "done", "be_exhausted": "exhausted"}
+
+
 @dataclass(frozen=True)
 class Difference:
     table: str
@@ -77,9 +96,13 @@ class Rebuild:
         self.grants: dict[int, _Grant] = {}
         self.runs: dict[tuple[int, str, int], _Run] = {}
         self.early: Difference | None = None  # an event that makes no sense on its own
+        self.best_effort: dict[int, _BestEffort] = {}
 
     def feed(self, seq: int, at: int, kind: str, subject: str, data: str) -> None:
         """One event, in chain order. Cheap for events that concern no grant."""
+        if kind == "be_queued" or kind in BE_ENDS:
+            self._best_effort(seq, at, kind, subject, data)
+            return
         if '"grant":' not in data:
             return
         try:
@@ -167,6 +190,32 @@ class Rebuild:
         receipt["project"] = subject
         self.grants[gid] = _Grant(seq, values, dict.fromkeys(values, seq), receipt)
 
+    def _best_effort(self, seq: int, at: int, kind: str, subject: str, data: str) -> None:
+        try:
+            d = json.loads(data)
+        except ValueError:
+            return
+        be_id = d.get("be")
+        if not isinstance(be_id, int):
+            return
+        if kind == "be_queued":
+            values = {"project_id": subject, "project": subject.split("@")[0], "digest": d.get("digest"),
+                      "team": d.get("team"), "pool": d.get("pool"), "max_gpus": d.get("max_gpus"),
+                      "budget_gs": d.get("budget_gpu_seconds"), "created_at": at, "state": "queued"}
+            tasks = {(str(job), i): gpus for job, count, gpus in d.get("jobs") or () for i in range(count)}
+            if be_id in self.best_effort and self.early is None:
+                self.early = Difference("cs_event", str(seq), f"event {seq} queues best-effort submission {be_id} "
+                                                              f"again (first by event {self.best_effort[be_id].seq})")
+            self.best_effort.setdefault(be_id, _BestEffort(seq, values, tasks, seq))
+            return
+        be = self.best_effort.get(be_id)
+        if be is None:
+            if self.early is None:
+                self.early = Difference("cs_event", str(seq), f"event {seq} ({kind}) is about best-effort "
+                                                              f"submission {be_id}, which no be_queued event made")
+            return
+        be.values["state"], be.state_seq = BE_ENDS[kind], seq
+
     # -- compare ---------------------------------------------------------------------------
 
     def compare(self, s: Session) -> tuple[Difference | None, int]:
@@ -252,10 +301,17 @@ class Rebuild:
                                   f"the spans add up to {spans[gid]} GPU-seconds, the events to {total} "
                                   f"(event {built.set_by['breach_gs']})"), rows
 
+        diff, n = self._compare_best_effort(conn)
+        rows += n
+        if diff is not None:
+            return diff, rows
+
         p = ProjectRow.__table__.c  # type: ignore[attr-defined]
         teams: dict[str, str] = {}
         for built in self.grants.values():
             teams.setdefault(built.values["project_id"], built.values["team"])
+        for be in self.best_effort.values():
+            teams.setdefault(be.values["project_id"], be.values["team"])
         for pid, name, dg, team, spec_json in conn.execute(
                 select(p.id, p.name, p.digest, p.team, p.spec_json).order_by(p.id)):
             rows += 1
@@ -267,6 +323,56 @@ class Rebuild:
                 return Difference("cs_project", pid, f"the id is not name@digest ({name}@{dg[:12]})"), rows
             if pid in teams and teams[pid] != team:
                 return Difference("cs_project", pid, f"team is {team} in the table, {teams[pid]} by the events"), rows
+        return None, rows
+
+
+    def _compare_best_effort(self, conn: Any) -> tuple[Difference | None, int]:
+        rows = 0
+        b = BestEffortRow.__table__.c  # type: ignore[attr-defined]
+        seen: set[int] = set()
+        for row in conn.execute(select(b.id, *[b[c] for c in BE_COLUMNS]).order_by(b.id)):
+            rows += 1
+            be_id, *cols = row
+            table = dict(zip(BE_COLUMNS, cols))
+            name = f"{be_id} ({table['project_id']})"
+            built = self.best_effort.get(be_id)
+            if built is None:
+                return Difference("cs_be", name, "no be_queued event made it"), rows
+            seen.add(be_id)
+            for col in BE_COLUMNS:
+                if table[col] != built.values[col]:
+                    by = built.state_seq if col == "state" else built.seq
+                    return Difference("cs_be", name, f"{col} is {_show(table[col])} in the table, "
+                                                     f"{_show(built.values[col])} by the events (event {by})"), rows
+        missing = sorted(set(self.best_effort) - seen)
+        if missing:
+            be = self.best_effort[missing[0]]
+            return Difference("cs_be", f"{missing[0]} ({be.values['project_id']})",
+                              f"is missing from the table (queued by event {be.seq})"), rows
+        t = BestEffortTaskRow.__table__.c  # type: ignore[attr-defined]
+        found: dict[int, set[tuple[str, int]]] = {}
+        for tid, be_id, team, job, index, gpus, queued_at in conn.execute(
+                select(t.id, t.be_id, t.team, t.job, t["index"], t.gpus, t.queued_at).order_by(t.id)):
+            rows += 1
+            name = f"{tid} (submission {be_id} {job}[{index}])"
+            built = self.best_effort.get(be_id)
+            key = (job, index)
+            if built is None or key not in built.tasks:
+                return Difference("cs_be_task", name, "no be_queued event made it"), rows
+            if key in found.setdefault(be_id, set()):
+                return Difference("cs_be_task", name, "is a second row for the same task"), rows
+            found[be_id].add(key)
+            for col, got, want in (("gpus", gpus, built.tasks[key]), ("team", team, built.values["team"]),
+                                   ("queued_at", queued_at, built.values["created_at"])):
+                if got != want:
+                    return Difference("cs_be_task", name, f"{col} is {_show(got)} in the table, {_show(want)} by "
+                                                          f"the events (event {built.seq})"), rows
+        for be_id, built in sorted(self.best_effort.items()):
+            gone = sorted(set(built.tasks) - found.get(be_id, set()))
+            if gone:
+                job, index = gone[0]
+                return Difference("cs_be_task", f"submission {be_id} {job}[{index}]",
+                                  f"is missing from the table (queued by event {built.seq})"), rows
         return None, rows
 
 
