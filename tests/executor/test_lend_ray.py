@@ -61,6 +61,9 @@ def test_lend_a_bundle_and_give_it_back(rex: Any, ray_cluster: Any, tmp_path: Pa
     again = RayExecutor(peer_grace_s=2.0)
     assert again.reservations() == sorted([owner, borrower])
     again.lend(owner, (1,), borrower)
+    until(lambda: again.reservation_state(owner) == "ready", timeout=5)  # looks its ranks up
+    with pytest.raises(ValueError):  # ... and made none again in the lent bundle
+        ray_cluster.get_actor(f"{owner}/rank-1")
     b = result(again, borrower)
     assert (b.outcome, b.gpu_ids) == ("succeeded", (r.gpu_ids[1],))  # the same GPU
     assert seen(theirs, 0) == {"gpu": r.gpu_ids[1], "cwd": str(away), "secret": None}
@@ -75,8 +78,10 @@ def test_lend_a_bundle_and_give_it_back(rex: Any, ray_cluster: Any, tmp_path: Pa
     rex.launch(both)
     assert result(rex, owner).outcome == "succeeded"
 
-    # releasing the owner takes a borrower it still has
-    rex.lend(owner, [0], f"{borrower}-2")
+    # an owner that lent every bundle is still ready (nothing of its own to ping); releasing
+    # it takes the borrower it still has
+    rex.lend(owner, [0, 1], f"{borrower}-2")
+    assert rex.reservation_state(owner) == "ready"
     assert rex.release(owner) == []
     assert rex.reservation_state(f"{borrower}-2") == "missing"
     assert owner not in rex.reservations() and f"{borrower}-2" not in rex.reservations()

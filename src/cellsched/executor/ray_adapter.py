@@ -396,18 +396,23 @@ class RayExecutor:
             return None
         pg, entry = found
         lent = {} if "lender" in entry else self._lent_by(name)
-        hs = []
-        for i, b in enumerate(entry.get("lent") or range(len(entry["bundles"]))):
-            if i in lent:
-                hs.append(None)
-                continue
-            try:
-                hs.append(self._ray.get_actor(f"{name}/rank-{i}", namespace=self.namespace))
-            except ValueError:
-                # Actor gone (killed from outside, or never created): make it again.
-                hs.append(self._rank_actor(name, pg, i, b))
+        bundles = list(entry.get("lent") or range(len(entry["bundles"])))
+        named = self._named_ranks(name, [i for i in range(len(bundles)) if i not in lent])
+        # An actor gone (killed from outside, or never created) is made again.
+        hs = [None if i in lent else named.get(i) or self._rank_actor(name, pg, i, b)
+              for i, b in enumerate(bundles)]
         self._handles[name] = hs
         return hs
+
+    def _named_ranks(self, name: str, ranks: Iterable[int]) -> dict[int, Any]:
+        """The rank actors ``<name>/rank-<i>`` that exist, for ``i`` in ``ranks``."""
+        out = {}
+        for i in ranks:
+            try:
+                out[i] = self._ray.get_actor(f"{name}/rank-{i}", namespace=self.namespace)
+            except ValueError:
+                pass
+        return out
 
     def _live_ranks(self, name: str) -> list[Any]:
         """Handles of the rank actors of ``name``, lent bundles left out ([] if none)."""
@@ -879,36 +884,32 @@ class RayExecutor:
         pg, entry = found
         if "lender" in entry:
             raise InvalidGang(owner, f"is a borrower of {entry['lender']}: only a group lends")
-        if stored_epoch(owner) > self.epoch:
-            raise Fenced(owner, f"epoch {self.epoch} is older than the ranks' {stored_epoch(owner)}")
+        self._check_epoch(owner, [stored_epoch(owner)])
         lendings = self._lendings()
         rec = lendings.get(name)
         if rec is not None and rec != (owner, bs):
             raise ReservationConflict(name, f"borrows bundles {list(rec[1])} of {rec[0]}")
         if rec is not None and name in self._handles:
             return  # lent by this very executor: nothing to do
+        mine = self._named_ranks(owner, bs)  # after a lend cut short, maybe some or none
         if rec is None:
-            self._check_lendable(owner, entry, bs, name, lendings)
+            self._check_lendable(owner, entry, bs, name, lendings, mine)
             _internal_kv_put(lend_key(name, owner, bs), b"lent", overwrite=True,
                              namespace=self.namespace)
         # The owner's ranks there go first (their bundle holds one one-GPU actor); then the
         # borrower's, which know nothing of the owner's code, environment or directory.
         hs = self._handles.get(owner)
-        mine = []
-        for b in bs:
-            try:
-                mine.append(self._ray.get_actor(f"{owner}/rank-{b}", namespace=self.namespace))
-            except ValueError:
-                pass  # gone already: a lend cut short, now finished
-            if hs is not None:
-                hs[b] = None
+        for b in bs if hs is not None else ():
+            hs[b] = None
         self._pings.pop(owner, None)  # they were sent to the ranks it had
-        self._retire(owner, mine, placed=True, wait=True)
+        self._retire(owner, list(mine.values()), placed=True, wait=True)
         self._handles[name] = [self._rank_actor(name, pg, i, b) for i, b in enumerate(bs)]
 
     def _check_lendable(self, owner: str, entry: dict[str, Any], bs: tuple[int, ...], name: str,
-                        lendings: dict[str, tuple[str, tuple[int, ...]]]) -> None:
-        """Raise unless ``bs`` of ``owner`` (its table ``entry``) may be lent to ``name``."""
+                        lendings: dict[str, tuple[str, tuple[int, ...]]],
+                        mine: dict[int, Any]) -> None:
+        """Raise unless ``bs`` of ``owner`` (its table ``entry``; ``mine``: its rank actors
+        there) may be lent to ``name``."""
         if self._placement_group(name) is not None:
             raise ReservationConflict(name, "exists")
         if entry["state"] != "CREATED":
@@ -917,15 +918,14 @@ class RayExecutor:
         taken = sorted(b for n, (o, lent) in lendings.items() if o == owner for b in lent if b in bs)
         if taken:
             raise InvalidGang(owner, f"bundles {taken} are lent already")
-        hs = self._ranks(owner)
-        assert hs is not None
-        snaps = self._call_all([hs[b].snapshot.remote() for b in bs])
-        if any(isinstance(x, str) for x in snaps):
+        snaps = self._call_all([mine[b].snapshot.remote() for b in bs if b in mine])
+        if len(mine) < len(bs) or any(isinstance(x, str) for x in snaps):
             self._ready.discard(owner)
+            self._handles.pop(owner, None)  # look up again, recreating missing ranks
             raise NotReady(owner, "cannot lend: rank workers not all reachable")
         self._check_epoch(owner, [x["epoch"] for x in snaps])
-        busy = [b for b, x in zip(bs, snaps) if any(r["ended_at"] is None for r in x["records"])]
-        check_bundles(owner, f"lending to {name}", bs, len(hs), set(busy))
+        busy = {b for b, x in zip(bs, snaps) if any(r["ended_at"] is None for r in x["records"])}
+        check_bundles(owner, f"lending to {name}", bs, len(entry["bundles"]), busy)
         # Their results live in the ranks that lending stops.
         unacked = sorted({(r["job"], r["attempt"]) for x in snaps for r in x["records"]
                           if not r["acked"]})
@@ -935,7 +935,7 @@ class RayExecutor:
 
     def _lendings_of(self, owner: str) -> list[str]:
         """The borrowers of ``owner``, sorted."""
-        return sorted({n for n in self._lent_by(owner).values()})
+        return sorted(set(self._lent_by(owner).values()))
 
     def _unlend(self, name: str) -> None:
         """Delete the record of borrower ``name`` (and its epoch's, if it was one)."""
