@@ -9,6 +9,7 @@ team's best-effort allowance. Nothing is charged to the lender."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,14 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from cellsched.ledger import events
-from cellsched.ledger.lifecycle import GrantWriter
-from cellsched.ledger.tables import BE_TASK_LIVE, BestEffortRow, BestEffortTaskRow
+from cellsched.ledger.lifecycle import GrantWriter, set_breach
+from cellsched.ledger.tables import (
+    BE_TASK_LIVE,
+    BestEffortRow,
+    BestEffortTaskRow,
+    GrantRow,
+    GrantRuntimeRow,
+)
 
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -61,8 +68,10 @@ class TaskWriter(GrantWriter):
         be = s.get(BestEffortRow, t.be_id)
         return None if be is None else (t, be)
 
-    def start(self, task_id: int, pool: str, node: int, name: str, lender: int | None, now: int) -> int | None:
-        """A queued task of a live submission starts on lent GPUs; returns its attempt."""
+    def start(self, task_id: int, pool: str, node: int, name: str, lender: int | None, now: int,
+              bundles: list[int] | None = None) -> int | None:
+        """A queued task of a live submission starts on lent GPUs (no window's, or the idle
+        ``bundles`` of grant ``lender``); returns its attempt."""
         with self.tx() as s:
             got = self._get(s, task_id)
             if got is None:
@@ -72,9 +81,11 @@ class TaskWriter(GrantWriter):
                 return None
             t.state, t.attempt, t.node, t.lender = "running", t.attempt + 1, node, lender
             t.started_at, t.name, t.reclaim_at = now, name, None
+            t.bundles = None if bundles is None else json.dumps(bundles)
             s.add(t)
             self._task_event(s, now, "be_started", t, be, {"attempt": t.attempt, "pool": pool, "node": node,
-                                                            "lender": lender, "reservation": name})
+                                                            "lender": lender, "bundles": bundles,
+                                                            "reservation": name})
             return t.attempt
 
     def preempting(self, task_id: int, now: int, why: str) -> bool:
@@ -121,7 +132,7 @@ class TaskWriter(GrantWriter):
             t.state = state
             t.detail = f"{'preempted' if preempted else outcome}: exit {exit_codes}"
             t.ended_at = now if state in ENDED else None
-            t.started_at, t.node, t.lender, t.name, t.reclaim_at = None, None, None, None, None
+            t.started_at, t.node, t.lender, t.name, t.reclaim_at, t.bundles = None, None, None, None, None, None
             s.add(t)
             self._task_event(s, now, "be_ended", t, be, {
                 "attempt": attempt, "outcome": "preempted" if preempted else outcome, "state": state,
@@ -157,3 +168,22 @@ class TaskWriter(GrantWriter):
             self._close(s, be, now, "exhausted")
             s.add(be)
             return True
+
+    def lending_delay(self, gid: int, job: str, attempt: int, gpus: int, delay: int, now: int) -> int:
+        """The owner's launch waited ``delay`` s for borrowers to leave its bundles: those
+        GPU-seconds of its window were not provided, and are refunded as a breach."""
+        with self.tx() as s:
+            row = s.get(GrantRow, gid)
+            if row is None or delay <= 0:
+                return 0
+            lost = gpus * delay
+            rt = s.get(GrantRuntimeRow, gid)
+            if rt is not None:  # counted with the closed outages, so later ones add to it
+                rt.breach_closed_gs += lost
+                s.add(rt)
+            set_breach(s, row, row.breach_gs + lost, now)
+            s.add(row)
+            events.append(s, now, "lending_delay", row.project_id, self.actor, {
+                "grant": gid, "job": job, "attempt": attempt, "gpus": gpus, "delay_s": delay,
+                "breach_gpu_seconds": row.breach_gs})
+            return lost

@@ -78,6 +78,12 @@ class Lender:
         # wait for a borrower's grace before that is the cluster's failure.
         self._lent_at: dict[L.NodeKey, int] = {}
         self._now = 0
+        self.ends: dict[int, int] = {}  # live grants' window ends
+        self.by_id: dict[int, TaskView] = {}
+        self.specs: dict[str, ProjectSpec] = {}
+        self.rest: list[L.Want] = []  # queued tasks no free GPUs were found for this tick
+        self.held: dict[int, int] = {}  # per submission, GPUs its tasks hold
+        self.slots: list[tuple[int, str, str, int, list[int]]] = []  # idle bundles offered
         self.sizes: dict[L.NodeKey, int] = {}
         self.holds: list[L.Hold] = []
 
@@ -106,12 +112,14 @@ class Lender:
         with rec.env.ledger.read() as s:
             tasks = live_tasks(s)
             if not tasks:
+                self.tasks, self.rest, self.slots = [], [], []
                 return
             specs = {tv.be.project_id: self._spec(s, tv.be.project_id) for tv in tasks}
             grants = s.exec(select(GrantRow).where(col(GrantRow.state).in_(LIVE_STATES))).all()
             usage = team_usage(s, now)
         self.sizes = {(p.name, i): n for p in cluster.pools for i, n in enumerate(node_sizes(p.gpus, p.gpus_per_node))}
         self.holds = list(_holds(grants, cluster))
+        self.ends = {g.id or 0: g.end for g in grants}
         self.tasks = tasks
         self._now = now
         for tv in tasks:
@@ -150,7 +158,7 @@ class Lender:
             why = None
             if be.state != "queued":
                 why = f"submission {be.state}"
-            elif be.charged_gs + self.charge_so_far(tv, now) >= be.budget_gs:
+            elif be.charged_gs + self.accruing(be.id or 0, now) >= be.budget_gs:
                 why = "budget spent"
             elif state == "pending" and now - (t.started_at or now) > self.rec.rules.placement_timeout_s + self.grace:
                 why = "its lent GPUs could not be had"
@@ -159,6 +167,11 @@ class Lender:
                 return
         if state == "ready" and t.state == "running" and not ex.running(t.name):
             self._launch(tv, spec, job, now, res)
+
+    def accruing(self, be_id: int, now: int) -> int:
+        """What the running tasks of submission ``be_id`` will be charged for their time so far."""
+        return sum(self.charge_so_far(o, now) for o in self.tasks
+                   if o.be.id == be_id and o.task.state in ("running", "preempting"))
 
     def charge_so_far(self, tv: TaskView, now: int) -> int:
         return int(tv.task.gpus * max(0, now - (tv.task.started_at or now)) * self.rate)
@@ -184,7 +197,11 @@ class Lender:
         node = (be.pool, t.node if t.node is not None else 0)
         lent = sum(o.task.gpus for o in self.tasks if o.task.node == t.node and o.be.pool == be.pool
                    and o.task.state in ("running", "preempting"))
-        kill_at = L.free_until(node, self.sizes.get(node, 0), self.holds, lent, now)
+        if t.lender is not None:  # a grant's idle bundles: gone before its window's end
+            end = self.ends.get(t.lender)
+            kill_at = None if end is None else end - self.rec.settings.lend_lead_s
+        else:
+            kill_at = L.free_until(node, self.sizes.get(node, 0), self.holds, lent, now)
         term_at = None if kill_at is None else kill_at - self.grace
         gang = GangSpec(
             reservation=t.name, project=spec.name, job=f"{t.job}-{t.index}", attempt=t.attempt, run=job.run,
@@ -212,39 +229,47 @@ class Lender:
         rec = self.rec
         cluster = rec.env.cluster
         sizes, holds = self.sizes, self.holds
+        lead = rec.settings.lend_lead_s
         borrows, queued, held = [], [], {}
         for tv in tasks:
             t = tv.task
-            if t.state in ("running", "preempting") and t.node is not None:
-                borrows.append(L.Borrow(t.id or 0, (tv.be.pool, t.node), t.gpus, t.started_at or now,
-                                        t.state == "preempting"))
+            if t.state in ("running", "preempting"):
                 held[tv.be.id or 0] = held.get(tv.be.id or 0, 0) + t.gpus
+                if t.lender is not None:  # inside a grant: leaves before the window's end
+                    end = self.ends.get(t.lender)
+                    if t.state == "running" and (not self.enabled or end is None
+                                                 or now >= end - self.grace - lead):
+                        self._reclaim(tv, now, "the lending grant's window ends", res)
+                elif t.node is not None:
+                    borrows.append(L.Borrow(t.id or 0, (tv.be.pool, t.node), t.gpus, t.started_at or now,
+                                            t.state == "preempting"))
             elif t.state == "queued" and tv.be.state == "queued" and self.enabled:
                 queued.append(tv)
-        by_id = {tv.task.id: tv for tv in tasks}
+        self.by_id = {tv.task.id or 0: tv for tv in tasks}
+        self.specs = specs
         fair = order([QueuedTask(tv.task.id or 0, tv.be.team, tv.task.gpus, tv.task.queued_at, tv.be.id or 0, i)
                       for i, tv in enumerate(queued)], usage)
         wants = []
         for q in fair:
-            tv = by_id[q.id]
-            left = tv.be.budget_gs - tv.be.charged_gs - sum(
-                self.charge_so_far(o, now) for o in tasks if o.be.id == tv.be.id and o.task.state == "running")
+            tv = self.by_id[q.id]
+            left = tv.be.budget_gs - tv.be.charged_gs - self.accruing(tv.be.id or 0, now)
             if left <= 0:
                 continue
             wants.append(L.Want(q.id, tv.be.pool, tv.task.gpus, tv.be.id or 0, tv.be.max_gpus))
-        st = rec.settings
-        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, st.lend_min_run_s, lead=st.lend_lead_s)
+        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, rec.settings.lend_min_run_s, lead=lead)
         if not self.enabled:  # lending switched off: every borrower leaves
             p = L.Plan(tuple(b.task for b in borrows if not b.preempting), ())
         for tid in p.reclaim:
-            self._reclaim(by_id[tid], now, "its GPUs are needed by a window", res)
+            self._reclaim(self.by_id[tid], now, "its GPUs are needed by a window", res)
+        started = set()
         for tid, node in p.start:
-            tv = by_id[tid]
+            tv = self.by_id[tid]
             attempt = tv.task.attempt + 1
             name = self.name_for(tv, attempt)
-            got = self.writer.start(tid, node[0], node[1], name, None, now)
-            if got is None:
+            if self.writer.start(tid, node[0], node[1], name, None, now) is None:
                 continue
+            started.add(tid)
+            held[tv.be.id or 0] = held.get(tv.be.id or 0, 0) + tv.task.gpus
             pool = cluster.pool(node[0])
             job = _job(specs[tv.be.project_id], tv.task.job)
             where = None if pool is None else N.placement(pool, (node[1],), tv.task.gpus, rec._nodes)
@@ -253,6 +278,75 @@ class Lender:
             else:
                 rec.ex.reserve(name, tv.task.gpus, job.cpus, where)
             res.add(f"lending {tv.task.gpus} GPU(s) of {node[0]} node {node[1]} to best-effort "
+                    f"{tv.be.project_id}/{tv.task.job}[{tv.task.index}]#{attempt}")
+        # What is left may borrow idle bundles of running grants (offered during the tick).
+        self.rest = [w for w in wants if w.task not in started]
+        self.held = held
+
+    # -- idle bundles inside grants ----------------------------------------------------------
+
+    def lent_in(self, gid: int) -> dict[int, TaskView]:
+        """Bundles of grant ``gid`` lent now (to running or leaving borrowers)."""
+        out: dict[int, TaskView] = {}
+        for tv in self.tasks:
+            t = tv.task
+            if t.lender == gid and t.bundles and t.state in ("running", "preempting"):
+                for b in json.loads(t.bundles):
+                    out[b] = tv
+        return out
+
+    def reclaim_bundles(self, gid: int, bundles: Iterable[int], now: int, why: str, res: TickResult) -> bool:
+        """SIGTERM the borrowers on these bundles of ``gid``; True if any is still there."""
+        lent = self.lent_in(gid)
+        there = {lent[b].task.id: lent[b] for b in bundles if b in lent}
+        for tv in there.values():
+            if tv.task.state == "running":
+                self._reclaim(tv, now, why, res)
+        return bool(there)
+
+    def offer(self, gid: int, owner: str, pool: str, nodes: list[int], per_node: int, width: int,
+              idle: Iterable[int], end: int) -> None:
+        """A running grant's idle bundles (nothing of the owner runs there or is about to),
+        to lend after the grants are handled."""
+        if end - self._now < self.grace + self.rec.settings.lend_lead_s + self.rec.settings.lend_min_run_s:
+            return
+        by_node: dict[int, list[int]] = {}
+        for b in sorted(idle):
+            node = nodes[0] if width <= per_node or not nodes else nodes[b // per_node]
+            by_node.setdefault(node, []).append(b)
+        for node, bs in by_node.items():
+            self.slots.append((gid, owner, pool, node, bs))
+
+    def after(self, now: int, res: TickResult) -> None:
+        """Lend offered idle bundles to the queued tasks no free GPUs were found for."""
+        slots, self.slots = self.slots, []
+        rest, self.rest = self.rest, []
+        if not slots or not rest or not self.enabled:
+            return
+        for w in rest:
+            if self.held.get(w.group, 0) + w.gpus > w.cap:
+                continue
+            k = next((i for i, sl in enumerate(slots) if sl[2] == w.pool and len(sl[4]) >= w.gpus), None)
+            if k is None:
+                continue
+            gid, owner, pool, node, bs = slots[k]
+            take, left = bs[:w.gpus], bs[w.gpus:]
+            slots[k] = (gid, owner, pool, node, left)
+            tv = self.by_id[w.task]
+            attempt = tv.task.attempt + 1
+            name = self.name_for(tv, attempt)
+            if self.writer.start(w.task, pool, node, name, gid, now, take) is None:
+                continue
+            self.held[w.group] = self.held.get(w.group, 0) + w.gpus
+            try:
+                self.rec.ex.lend(owner, take, name)
+            except Fenced:
+                raise
+            except ExecutorError as e:
+                self.writer.ended(w.task, attempt, now, "lost", [], 0, self.rate)
+                res.add(f"could not lend bundles {take} of grant {gid}: {e}")
+                continue
+            res.add(f"lending idle bundles {take} of grant {gid} to best-effort "
                     f"{tv.be.project_id}/{tv.task.job}[{tv.task.index}]#{attempt}")
 
 

@@ -173,6 +173,8 @@ class Reconciler:
         # The last whole snapshot and its views, reused while the ledger has not moved.
         self._snap: tuple[DaemonSnapshot, list[tuple[D.GrantView, GrantRow, ProjectRow]]] | None = None
         self.lender = Lender(self)
+        self._finish_at: dict[int, int] = {}  # grants whose jobs ended, waiting for borrowers to leave
+        self._lend_wait: dict[tuple[int, str, int], int] = {}  # launches waiting for borrowers: since
 
     # -- the tick ---------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class Reconciler:
                 only = again
             else:
                 break
+        self._guard(res, "lending", lambda: self.lender.after(now, res))
         return res
 
     def _guard(self, res: TickResult, what: str, fn: Callable[[], None]) -> None:
@@ -308,7 +311,9 @@ class Reconciler:
         name = v.rt.reservation if v.rt is not None else self.name_for(row)
         again: set[int] = set()
         lent = self.lender.on_nodes(row.pool, nodes_of(row))
-        for a in D.decide(v, seen.group, now, self.rules_lent if lent else self.rules):
+        actions = D.decide(v, seen.group, now, self.rules_lent if lent else self.rules)
+        launches = {b for a in actions if isinstance(a, D.Launch) for b in a.bundles}
+        for a in actions:
             if isinstance(a, D.Begin):
                 if w.begin(gid, name, str(log_dir_for(self.logs_root, row)), now, a.unserved_since):
                     res.add(f"reserving {pid} as {name} ({v.width} GPUs)")
@@ -351,7 +356,9 @@ class Reconciler:
                     res.add(f"SIGTERM to {pid} (window ends in {v.end - now} s)")
                 self.ex.terminate(name)
             elif isinstance(a, D.Launch):
-                self._launch(v, name, a, now, res)
+                a = self._unlent(v, name, a, launches, now, res)
+                if a is not None:
+                    self._launch(v, name, a, now, res)
             elif isinstance(a, D.FinishEarly):
                 # ``now`` was read before the executor was polled: a gang killed at the
                 # window's end can be seen by a tick whose ``now`` is a second earlier, and
@@ -359,6 +366,12 @@ class Reconciler:
                 # the window: a rank's clock may run ahead).
                 ends = [int(r.ended_at) for r in (seen.group.results if seen.group else ())]
                 t = min(v.end, max([now, *ends]))
+                # Borrowers in its idle bundles leave first (their grace); the window still
+                # ends, and is refunded, from when its last job did.
+                t = self._finish_at.setdefault(gid, t)
+                if self.lender.reclaim_bundles(gid, range(v.width), now, "the lending grant finished", res):
+                    continue
+                self._finish_at.pop(gid, None)
                 done = w.finish_early(gid, t, a.state, self._pull_forward)
                 if done is not None:
                     res.add(f"{a.state} {pid}: refunded {gpu_h(done[0] / 3600)}")
@@ -373,6 +386,15 @@ class Reconciler:
                 self._finalize(seen, name, now, res, a.reason)
             elif isinstance(a, D.Notify):
                 self._notify(gid, pid, seen.project, res)
+        g = seen.group
+        if (self.lender.rest and row.state == "active" and g is not None and g.state == "ready"
+                and v.rt is not None and v.rt.term_sent_at is None
+                and not any(isinstance(a, (D.FinishEarly, D.Terminate, D.Expire)) for a in actions)):
+            busy = {b for rg in g.running for b in rg.bundles} | launches | set(self.lender.lent_in(gid))
+            pool = self.env.cluster.pool(row.pool)
+            if pool is not None:
+                self.lender.offer(gid, name, row.pool, list(nodes_of(row) or (0,)), pool.gpus_per_node, v.width,
+                                  set(range(v.width)) - busy, v.end)
         return again
 
     def _reserve(self, name: str, v: D.GrantView, row: GrantRow) -> None:
@@ -457,6 +479,32 @@ class Reconciler:
                 relabel: Callable[[GangResult], str] | None = None) -> None:
         for m in self.writer.record_results(gid, results, now, relabel):
             res.add(m)
+
+    def _unlent(self, v: D.GrantView, name: str, a: D.Launch, launches: set[int], now: int,
+                res: TickResult) -> D.Launch | None:
+        """A launch on bundles lent to borrowers: onto other idle bundles if there are
+        enough, else the borrowers are reclaimed and the launch waits (None) for their
+        grace; the wait is refunded to the owner when it launches."""
+        key = (v.id, a.job, a.attempt)
+        lent = self.lender.lent_in(v.id)
+        if set(a.bundles) & lent.keys():
+            taken = launches | set(lent) | {b for rg in self.ex.running(name) for b in rg.bundles}
+            free = [b for b in range(v.width) if b not in taken]
+            if len(free) >= len(a.bundles):
+                moved = tuple(free[:len(a.bundles)])
+                launches.update(moved)
+                a = D.Launch(a.job, a.attempt, moved)
+            else:
+                need = [b for b in a.bundles if b in lent][:len(a.bundles) - len(free)]
+                self.lender.reclaim_bundles(v.id, need, now, f"{v.project_id}/{a.job} needs its GPUs", res)
+                self._lend_wait.setdefault(key, now)
+                return None
+        since = self._lend_wait.pop(key, None)
+        if since is not None and now > since:
+            lost = self.lender.writer.lending_delay(v.id, a.job, a.attempt, len(a.bundles), now - since, now)
+            res.add(f"{v.project_id}/{a.job}#{a.attempt} waited {now - since} s for borrowers to leave: "
+                    f"{gpu_h(lost / 3600)} refunded")
+        return a
 
     def _launch(self, v: D.GrantView, name: str, a: D.Launch, now: int, res: TickResult) -> None:
         assert v.rt is not None

@@ -1,0 +1,210 @@
+"""Lending idle GPUs to best-effort work, on the in-memory twin (virtual clock), on SQLite and
+PostgreSQL: windows start on time, the owner takes its bundles back within the grace, and
+every GPU-second is charged to the borrower exactly once (docs/lending.md)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from cellsched import service
+from cellsched.executor import Behaviour, GangSpec
+from cellsched.ledger import events as ledger_events
+from cellsched.ledger.tables import BestEffortRow, BestEffortTaskRow, EventRow
+from cellsched.spec.models import ProjectSpec
+
+from runtime_builders import T0, Harness, job, project, submit
+
+LEND_GRACE = 10
+LEAD = 2  # Settings.lend_lead_s
+CLUSTER = f"""
+admins = ["root-admin"]
+[policy]
+grace_s = 5
+lend_grace_s = {LEND_GRACE}
+[[pools]]
+name = "h100"
+gpu_type = "H100"
+gpus = 8
+gpus_per_node = 8
+[[teams]]
+name = "interp"
+members = ["alice", "bob"]
+allowance_gpu_hours = 1500
+[[teams]]
+name = "evals"
+members = ["carol"]
+allowance_gpu_hours = 100
+best_effort_gpu_hours = 300
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path, ledger_url: str):  # type: ignore[no-untyped-def]
+    from cellsched.receipt import create_keys, key_paths
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(CLUSTER)
+    create_keys(*key_paths(path))
+    e = service.open_env(path, ledger_url)
+    yield e
+    e.ledger.dispose()
+
+
+def sweep(count: int = 1, gpus: int = 1, hours: float = 10, cap: int = 8) -> ProjectSpec:
+    return ProjectSpec.model_validate({
+        "name": "sweep", "team": "evals", "owner": "carol", "problem": "which learning rate",
+        "kind": "best-effort", "budget": {"gpu_hours": hours, "gpus": cap, "pool": "h100"},
+        "jobs": [{"name": "trial", "run": "python sweep.py", "gpus": gpus, "count": count}],
+    })
+
+
+def queue(env, spec: ProjectSpec, now: int = T0) -> int:  # type: ignore[no-untyped-def]
+    out = service.submit(env, spec, "carol", now)
+    assert out.best_effort is not None and out.to_json()["decision"] == "queued", out.to_json()
+    return int(out.best_effort["id"])
+
+
+def tasks(env) -> list[BestEffortTaskRow]:  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        return list(s.exec(select(BestEffortTaskRow).order_by(BestEffortTaskRow.id)).all())
+
+
+def be_row(env, be_id: int) -> BestEffortRow:  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        row = s.get(BestEffortRow, be_id)
+        assert row is not None
+        return row
+
+
+def be_events(env, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        return [json.loads(e.data) | {"at": e.at} for e in s.exec(select(EventRow).where(EventRow.kind == kind)
+                                                                .order_by(EventRow.seq)).all()]
+
+
+def audit_ok(env) -> None:  # type: ignore[no-untyped-def]
+    with env.ledger.read() as s:
+        assert ledger_events.audit(s).ok
+
+
+def test_free_gpus_are_lent_and_taken_back_so_the_window_starts_on_time(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    start = T0 + 300
+    g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                            not_before=datetime.fromtimestamp(start, timezone.utc)))
+    assert g.start == start
+    be = queue(env, sweep(count=2))
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(None), "trial-1": Behaviour(None)})
+    h.tick(T0)
+    assert [(t.state, t.node, t.lender) for t in tasks(env)] == [("running", 0, None)] * 2
+    h.run(start - LEND_GRACE - LEAD - 1, step=40)
+    assert [t.state for t in tasks(env)] == ["running"] * 2 and not be_events(env, "be_preempting")
+    h.tick(start - LEND_GRACE - LEAD)  # reclaimed the grace (and the lead) before the window
+    assert [t.state for t in tasks(env)] == ["preempting"] * 2
+    h.run(start)
+    grant = h.grant(g.id)
+    assert grant.start == start and grant.started_at == start and grant.breach_gs == 0
+    # they exited at SIGTERM, seen by the next tick
+    gone = start - LEND_GRACE - LEAD + 1
+    ended = be_events(env, "be_ended")
+    assert [(e["at"], e["outcome"], e["state"]) for e in ended] == [(gone, "preempted", "queued")] * 2
+    # charged every GPU-second held, grace included, once
+    held = gone - T0
+    assert [(t.state, t.preemptions, t.attempt, t.held_gs) for t in tasks(env)] == [("queued", 1, 1, held)] * 2
+    assert be_row(env, be).charged_gs == 2 * held
+    # no one is started where the window runs; when it finishes they start again, first in place
+    h.run(start + 50, step=10)
+    assert h.grant(g.id).state == "completed"
+    h.tick(start + 51)
+    assert [(t.state, t.attempt) for t in tasks(env)] == [("running", 2)] * 2
+    audit_ok(env)
+
+
+def test_an_idle_bundle_of_a_grant_is_lent_and_the_owner_takes_it_back_within_the_grace(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Every GPU is some window's: the 6-GPU filler's and the owner's 2. The owner's first job
+    # uses one GPU for 30 s, then "wide" needs both: bundle 1 idles for 30 s meanwhile.
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1), job("wide", gpus=2, after=("narrow",))],
+                                gpus=2, window_s=600))
+    be = queue(env, sweep(count=1))
+    stubborn = Behaviour(None, ignores_sigterm=True)  # leaves only at SIGKILL, after the grace
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30), "wide": Behaviour(20)}.get(gang.job, stubborn)
+
+    h = Harness(env, tmp_path, script)
+    h.tick(T0)
+    h.tick(T0 + 1)
+    (t,) = tasks(env)
+    assert (t.state, t.lender, json.loads(t.bundles or "[]")) == ("running", owner.id, [1])
+    h.run(T0 + 30)  # narrow ends: wide needs bundle 1 back; the borrower gets SIGTERM ...
+    assert tasks(env)[0].state == "preempting"
+    assert h.attempts(owner.id) == [("narrow", 1, "succeeded")]
+    h.run(T0 + 30 + LEND_GRACE + 1)  # ... and SIGKILL after the grace; wide starts at once
+    (wide,) = [r for r in h.runs(owner.id) if r.job == "wide"]
+    delay = (wide.started_at or 0) - (T0 + 30)
+    assert 0 < delay <= LEND_GRACE + 1
+    # the wait is refunded to the owner (a breach: GPU-seconds its window did not provide)
+    (d,) = be_events(env, "lending_delay")
+    assert (d["job"], d["gpus"], d["delay_s"]) == ("wide", 2, delay)
+    assert h.grant(owner.id).breach_gs == 2 * delay
+    # the borrower is charged what it held, to the GPU-second, and requeued (no free GPU now)
+    (t,) = tasks(env)
+    assert (t.state, t.preemptions, t.held_gs) == ("queued", 1, T0 + 30 + LEND_GRACE - (T0 + 1))
+    assert be_row(env, be).charged_gs == t.held_gs
+    # nothing of the owner ran on a lent bundle, and no attempt ran twice
+    assert h.ex.overlaps() == []
+    h.run_until_done(owner.id)
+    assert h.grant(owner.id).state == "completed"
+    audit_ok(env)
+
+
+def test_a_grant_that_finishes_waits_for_its_borrowers_but_is_refunded_from_its_end(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    queue(env, sweep(count=1))
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30)}.get(gang.job, Behaviour(None, term_delay=3))
+
+    h = Harness(env, tmp_path, script)
+    h.run(T0 + 30)
+    (t,) = tasks(env)
+    assert t.state == "preempting" and t.lender == owner.id
+    assert h.grant(owner.id).state == "active"  # its jobs are done; its borrower leaves first
+    h.run(T0 + 34)  # the borrower checkpointed and exited 3 s after SIGTERM
+    done = h.grant(owner.id)
+    assert done.state == "completed" and done.end == T0 + 30 and done.refunded_gs == 2 * (600 - 30)
+    assert tasks(env)[0].state in ("queued", "running")
+    audit_ok(env)
+
+
+def test_cancelling_a_submission_stops_its_running_tasks_and_charges_what_they_held(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    be = queue(env, sweep(count=3, cap=2))  # at most 2 GPUs at once: the third task waits
+    h = Harness(env, tmp_path, {f"trial-{i}": Behaviour(None, ignores_sigterm=True) for i in range(3)})
+    h.tick(T0)
+    assert [t.state for t in tasks(env)] == ["running", "running", "queued"]
+    h.run(T0 + 19)
+    service.cancel(env, "sweep", "carol", T0 + 20)
+    h.tick(T0 + 20)
+    assert [t.state for t in tasks(env)] == ["preempting", "preempting", "cancelled"]
+    h.run(T0 + 20 + LEND_GRACE)  # they ignore SIGTERM: SIGKILL at the grace
+    assert [t.state for t in tasks(env)] == ["cancelled"] * 3
+    assert be_row(env, be).charged_gs == 2 * (20 + LEND_GRACE)
+    assert h.ex.reservations() == []
+    audit_ok(env)
+
+
+def test_a_submission_whose_budget_is_spent_stops(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    be = queue(env, sweep(count=2, hours=100 / 3600, cap=2))  # 100 GPU-seconds in all
+    h = Harness(env, tmp_path, {f"trial-{i}": Behaviour(None) for i in range(2)})
+    h.run(T0 + 60)
+    row = be_row(env, be)
+    assert row.state == "exhausted" and [t.state for t in tasks(env)] == ["cancelled"] * 2
+    # two GPUs reach 100 GPU-seconds at T0+50: SIGTERM then, gone the tick after
+    assert row.charged_gs == 2 * 51
