@@ -5,11 +5,12 @@ every GPU-second is charged to the borrower exactly once (docs/lending.md)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from runtime_builders import T0, Harness, job, project, submit
 from sqlmodel import select
 
 from cellsched import service
@@ -17,8 +18,6 @@ from cellsched.executor import Behaviour, GangSpec
 from cellsched.ledger import events as ledger_events
 from cellsched.ledger.tables import BestEffortRow, BestEffortTaskRow, EventRow
 from cellsched.spec.models import ProjectSpec
-
-from runtime_builders import T0, Harness, job, project, submit
 
 LEND_GRACE = 10
 LEAD = 2  # Settings.lend_lead_s
@@ -96,7 +95,7 @@ def audit_ok(env) -> None:  # type: ignore[no-untyped-def]
 def test_free_gpus_are_lent_and_taken_back_so_the_window_starts_on_time(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     start = T0 + 300
     g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
-                            not_before=datetime.fromtimestamp(start, timezone.utc)))
+                            not_before=datetime.fromtimestamp(start, UTC)))
     assert g.start == start
     be = queue(env, sweep(count=2))
     h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(None), "trial-1": Behaviour(None)})
