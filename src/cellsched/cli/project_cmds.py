@@ -97,6 +97,10 @@ def submit(
     """Submit a spec: granted with a guaranteed window (exit 0) or refused with the reason
     and the nearest things that would be granted (exit 1).
 
+    A spec with kind = "best-effort" is queued instead (exit 0): no window, its tasks run on
+    idle GPUs and may be preempted; refused (exit 1) if the team has no best-effort
+    allowance left (docs/lending.md).
+
     Submitting the same spec again returns the existing grant. Another version of a project
     with a live grant is refused (name_in_use) unless it replaces it: replaces =
     "name@digest" in the spec, or --replace. The old grant is swapped for the new one
@@ -123,7 +127,7 @@ def submit(
         emit_json(data)
     else:
         print_answer(b, data, spec)
-    if data["decision"] != "granted":
+    if data["decision"] not in ("granted", "queued"):  # queued: best-effort work accepted
         raise typer.Exit(1)
 
 
@@ -142,7 +146,13 @@ def plan(
 
 
 def print_answer(b: Any, data: dict, spec: Path | None = None) -> None:  # type: ignore[type-arg]
-    """A submit's answer for people (granted, or refused with its alternatives)."""
+    """A submit's answer for people (granted, or refused with its alternatives; best-effort
+    work queued or refused)."""
+    if data.get("kind") == "best-effort":
+        from cellsched.cli import best_effort
+
+        best_effort.print_submit(data, b.cluster())
+        return
     would = data.get("dry_run")
     if data["decision"] == "granted":
         g = data["grant"]
@@ -198,8 +208,8 @@ def _take(spec: Path, n: int, replace: bool, json_out: bool) -> None:
     spec_in, snap = read_spec(spec)
     b = backend()
     first = b.submit(spec_in, snap, dry_run=True, replace=replace)
-    if first["decision"] == "granted":
-        raise BadInput(f"{spec}: --take {n}: the spec would be granted as it is; submit it")
+    if first["decision"] != "refused":
+        raise BadInput(f"{spec}: --take {n}: the spec would be {first['decision']} as it is; submit it")
     alts = first["refusal"]["alternatives"]
     if n > len(alts):
         offered = "no alternative" if not alts else f"alternatives 1 to {len(alts)}" if len(alts) > 1 else "alternative 1"
@@ -228,6 +238,9 @@ def cancel(
 ) -> None:
     """Cancel a project's grant: its GPUs are free at once, what was not held is refunded.
 
+    A best-effort submission: its queued tasks are cancelled at once; running ones are
+    stopped by the daemon (SIGTERM, then SIGKILL after the grace), charged for what they held.
+
     Only members of the owning team and admins may cancel.
 
     **Example**: cellsched cancel pythia-ablation
@@ -235,6 +248,11 @@ def cancel(
     out = backend().cancel(project)
     if json_out:
         emit_json(out)
+        return
+    if out.get("kind") == "best-effort":
+        from cellsched.cli import best_effort
+
+        best_effort.print_cancel(out)
         return
     g = out["grant"]
     print(f"cancelled  {out['project']}  grant {g['id']} ({g['width']} × {g['pool']} from {fmt.when(g['start'])}); "

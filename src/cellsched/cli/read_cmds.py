@@ -17,7 +17,8 @@ def budget(
     name: Annotated[str, typer.Argument(help="A team, or a project to see its team's budget for it.")],
     json_out: JsonFlag = False,
 ) -> None:
-    """A team's allowance this period: committed, held, used, refunded, remaining, per project.
+    """A team's allowance this period: committed, held, used, refunded, remaining, per project;
+    and its best-effort allowance: charged, reserved by queued work, remaining.
 
     **Example**: cellsched budget interp --json
     """
@@ -33,6 +34,11 @@ def budget(
         f"refunded {gpu_hours(data['refunded_gpu_hours'])}  remaining {gpu_hours(data['remaining_gpu_hours'])}  "
         "(GPU-hours)"
     )
+    from cellsched.cli import best_effort
+
+    line = best_effort.budget_line(data)
+    if line:
+        print(line)
     if data.get("overdrawn_gpu_hours"):
         print(f"  overdrawn {gpu_hours(data['overdrawn_gpu_hours'])} GPU-hours: the allowance is below what is "
               "already granted (the grants stand; new submits wait for the next period)")
@@ -42,6 +48,7 @@ def budget(
                 gpu_hours(p["held_gpu_hours"]), gpu_hours(p["used_gpu_hours"]), gpu_hours(p["refunded_gpu_hours"])]
                for p in data["projects"]],
               justify=fmt.numeric_right("project", "state"))
+    best_effort.print_budget_lines(data)
     print_down(data["daemon"])
 
 
@@ -51,6 +58,9 @@ def status(
     json_out: JsonFlag = False,
 ) -> None:
     """Every project: state, window, progress; with a project, its jobs and attempts too.
+
+    Best-effort work is its own section: tasks queued, running and done, preemptions,
+    GPU-hours charged of its budget; with its name, every task.
 
     **Example**: cellsched status pythia-ablation
     """
@@ -64,7 +74,22 @@ def status(
         # Nothing to carry it in the list: ask for the daemon's state on its own.
         print_down(b.daemon())
         return
-    print_status_table(items)
+    from cellsched.cli import best_effort
+
+    if best_effort.is_best_effort(items[0]) and project is not None:  # one best-effort submission
+        best_effort.print_status(items, None)
+        print_down(items[0]["daemon"])
+        best_effort.print_tasks(items[0])
+        return
+    borrowers = [it for it in items if best_effort.is_best_effort(it)]
+    items = [it for it in items if not best_effort.is_best_effort(it)]
+    if items:
+        print_status_table(items)
+    if borrowers:
+        best_effort.print_status(borrowers)
+    if not items:
+        print_down(borrowers[0]["daemon"])
+        return
     print_down(items[0]["daemon"])
     if project is not None:
         jobs = items[0]["jobs"]
