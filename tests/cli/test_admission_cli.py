@@ -82,7 +82,8 @@ def test_submit_json_keys_and_utc_times(cli, tmp_path: Path) -> None:  # type: i
     assert r.exit_code == 0, r.output
     data = as_json(r)
     assert set(data) == {"project", "digest", "decision", "existing", "grant", "remaining_gpu_hours",
-                         "allowance_gpu_hours"}
+                         "allowance_gpu_hours", "expected_start", "expected_start_utc", "expected_start_basis"}
+    assert (data["expected_start"], data["expected_start_basis"]) == (T0, "starts now")  # its window is now
     assert data["decision"] == "granted" and len(data["digest"]) == 64
     g = data["grant"]
     assert {"id", "project", "team", "pool", "width", "start", "end", "promised_start", "promised_end",

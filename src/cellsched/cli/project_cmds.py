@@ -162,6 +162,9 @@ def print_answer(b: Any, data: dict, spec: Path | None = None) -> None:  # type:
         again = "  (already granted)" if data["existing"] else ""
         word = "would be granted" if would and not data["existing"] else "granted"
         print(f"{word}  {data['project']}   {g['width']} × {gpu_type}  {fmt.span(g['start'], g['end'])}{again}")
+        line = expected_line(data.get("expected_start"), data.get("expected_start_basis"), g["start"])
+        if line:
+            print(f"  {line}")
         delay = data.get("delay")
         if delay:
             print(f"  {delay['message']}")
@@ -197,6 +200,16 @@ def print_answer(b: Any, data: dict, spec: Path | None = None) -> None:  # type:
                 print(f"    {i}. {a['message']}")
         if alts and spec is not None:
             print(f"  take one: cellsched submit {spec} --take N")
+
+
+def expected_line(expected: int | None, basis: str | None, start: int) -> str:
+    """Beside a waiting grant's window, when it will probably start and on what that rests
+    (``cellsched.expected``); nothing for a window that has begun (its basis says so)."""
+    if expected is None or basis in ("starts now", "started"):
+        return ""
+    ahead = start - expected
+    rel = f"{fmt.duration(ahead)} before the guaranteed start" if ahead > 0 else "the guaranteed start"
+    return f"expected start {fmt.when(expected)} ({rel}) — {basis}"
 
 
 def _take(spec: Path, n: int, replace: bool, json_out: bool) -> None:

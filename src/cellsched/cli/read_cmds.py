@@ -90,6 +90,13 @@ def status(
     if not items:
         print_down(borrowers[0]["daemon"])
         return
+    if project is not None:
+        from cellsched.cli.project_cmds import expected_line
+
+        it = items[0]
+        line = expected_line(it.get("expected_start"), it.get("expected_start_basis"), it["start"])
+        if line:
+            print(line)
     print_down(items[0]["daemon"])
     if project is not None:
         jobs = items[0]["jobs"]
@@ -104,15 +111,30 @@ def status(
 
 STATUS_COLUMNS = ["project", "state", "pool", "gpus", header("start"), header("end"), "progress", "used GPU-h",
                   "note"]
+EXPECTED = header("expected")  # after start, when a grant waits
 
 
 def print_status_table(items: list[dict]) -> None:  # type: ignore[type-arg]
-    """The ``status`` table from its JSON items (``cellsched demo`` prints the same)."""
-    table(None, STATUS_COLUMNS,
-          [[it["project"], it["state"], it["pool"], it["width"], stamp(it["start"]), stamp(it["end"]),
-            f"{it['progress']:.0%}", gpu_hours(it["used_gpu_hours"]), status_note(it)]
-           for it in items],
-          justify=fmt.numeric_right("project", "state", "pool", header("start"), header("end"), "note"))
+    """The ``status`` table from its JSON items (``cellsched demo`` prints the same). With
+    a waiting grant among them, its expected start beside its start (``expected (UTC)``)."""
+    rows = [[it["project"], it["state"], it["pool"], it["width"], stamp(it["start"]), stamp(it["end"]),
+             f"{it['progress']:.0%}", gpu_hours(it["used_gpu_hours"]), status_note(it)] for it in items]
+    columns = list(STATUS_COLUMNS)
+    cells = [expected_cell(it) for it in items]
+    if any(cells):
+        columns.insert(5, EXPECTED)
+        for row, cell in zip(rows, cells):
+            row.insert(5, cell)
+    table(None, columns, rows,
+          justify=fmt.numeric_right("project", "state", "pool", header("start"), EXPECTED, header("end"), "note"))
+
+
+def expected_cell(it: dict) -> str:  # type: ignore[type-arg]
+    """A waiting grant's expected start (``cellsched.expected``); blank once its window has
+    begun, or for a grant no longer live."""
+    if it.get("expected_start") is None or it.get("expected_start_basis") == "started":
+        return ""
+    return stamp(it["expected_start"])
 
 
 def status_note(it: dict) -> str:  # type: ignore[type-arg]
