@@ -90,3 +90,25 @@ def test_every_window_field_of_a_best_effort_spec_is_named_in_the_files_order() 
     assert line(doc) == (
         "f.toml: 2 problems: budget.not_before: best-effort work has no window (it runs on idle GPUs when there "
         "are some); budget.deadline: best-effort work has no window (it runs on idle GPUs when there are some)")
+
+
+def test_the_examples_in_lending_md_are_real() -> None:
+    import re
+    from pathlib import Path
+
+    from cellsched.spec.cluster import ClusterConfig
+    from cellsched.spec.load import parse_document
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "lending.md").read_text()
+    spec_block, cluster_block = re.findall(r"```toml\n(.*?)```", text, re.S)[:2]
+    s = validate(ProjectSpec, parse_document(spec_block, "toml", "lending.md"), "lending.md")
+    assert s.best_effort and [(j.name, j.count, j.retries) for j in s.jobs] == [("trial", 64, 1)]
+    cluster = parse_document(cluster_block, "toml", "cluster.toml")
+    c = validate(ClusterConfig, {**cluster, "pools": [{"name": "h100", "gpu_type": "H100", "gpus": 8}]}, "c")
+    assert c.team("evals").best_effort_gpu_hours == 400  # type: ignore[union-attr]
+    assert (c.policy.lend_idle, c.policy.best_effort_rate, c.policy.lend_grace_s) == (True, 1.0, 30)
+    doc = parse_document(spec_block, "toml", "sweep.toml")
+    for bad in (put(doc, "budget.deadline", "2027-01-01T00:00:00Z"), put(doc, "jobs.0.count", 0)):
+        with pytest.raises(BadInput) as e:
+            validate(ProjectSpec, bad, "sweep.toml")
+        assert f"cellsched: {e.value.message}\n" in text
