@@ -104,10 +104,14 @@ def lend(engine: Engine, jobs: list[TraceJob], nodes: NodeMap, checkpoint_interv
     first_start, done_at, attempts = out.first_start, out.done_at, out.attempts
 
     queued = [0]  # jobs in the queue
+    by_width: dict[int, int] = {}  # queued jobs per width
+    by_team: dict[str, int] = {}  # queued jobs per team
 
     def enqueue(i: int) -> None:
         j = jobs[i]
         queued[0] += 1
+        by_width[j.gpus] = by_width.get(j.gpus, 0) + 1
+        by_team[j.team] = by_team.get(j.team, 0) + 1
         heappush(queue.setdefault(j.team, {}).setdefault(j.gpus, []), i)
 
     def stop(i: int, t: int, completed: bool) -> None:
@@ -160,23 +164,32 @@ def lend(engine: Engine, jobs: list[TraceJob], nodes: NodeMap, checkpoint_interv
         return usage.get(team, 0)
 
     def dispatch(t: int) -> None:
-        order = sorted((team_usage(team, t), team) for team, by in queue.items() if any(by.values()))
-        while order and sum(free) > 0:
+        order = None
+        while True:
             # What fits now: per pool, the most idle GPUs on one node and the idle whole nodes.
             caps = [(per, max(free[first:hi]), free[first:hi].count(per)) for first, hi, per in pools]
+            fit = [w for w, c in by_width.items() if c and any(
+                w <= mx if w <= per else (w % per == 0 and w // per <= whole) for per, mx, whole in caps)]
+            if not fit:
+                return
+            if order is None:  # fixed for the instant: usage changes only when attempts end
+                order = sorted((team_usage(team, t), team) for team, c in by_team.items() if c)
             pick = None
             for _, team in order:
-                for w, heap in queue[team].items():
-                    if heap and (pick is None or heap[0] < pick[0]) and any(
-                            w <= mx if w <= per else (w % per == 0 and w // per <= whole) for per, mx, whole in caps):
+                by = queue[team]
+                for w in fit:
+                    heap = by.get(w)
+                    if heap and (pick is None or heap[0] < pick[0]):
                         pick = (heap[0], w)
                 if pick is not None:
                     break
-            if pick is None:
-                return
+            assert pick is not None, "a queued width fits but no team has it"
             i, w = pick
-            heappop(queue[jobs[i].team][w])
+            team = jobs[i].team
+            heappop(queue[team][w])
             queued[0] -= 1
+            by_width[w] -= 1
+            by_team[team] -= 1
             placed = place(w)
             assert placed is not None, "a width that fits found no nodes"
             for g, pw in widths(w, placed):
@@ -217,7 +230,7 @@ def lend(engine: Engine, jobs: list[TraceJob], nodes: NodeMap, checkpoint_interv
                 out.refused[nxt] = "wider_than_pool" if j.gpus > max(
                     sum(nodes.sizes[f:f + n]) for _, f, n, _ in nodes.pools) else "not_whole_nodes"
             nxt += 1
-        if queued[0] and sum(free):
+        if queued[0]:
             dispatch(t)
     for i in range(m):
         if done_at[i] < 0 and i not in out.refused:
