@@ -88,7 +88,7 @@ def validate(body: ValidateIn, who: Who) -> JSON:
 @router.post("/submit", response_class=JSON, summary="cellsched submit")
 def submit(body: ops.SpecIn, request: Request, who: Who, replace: bool = False) -> JSON:
     """Seal and submit a spec: ``decision`` is ``granted`` or ``refused`` (the CLI's exit 1),
-    both a 200. A spec with code names a snapshot uploaded first (``PUT /api/code/{digest}``).
+    both a 200; best-effort work is ``queued`` or ``refused`` (docs/lending.md). A spec with code names a snapshot uploaded first (``PUT /api/code/{digest}``).
     ``replace``: it replaces the live grant of its name (``submit --replace``)."""
     state = state_of(request)
     t0 = time.perf_counter()
@@ -133,7 +133,8 @@ def get_code(digest: Digest, request: Request, who: Who) -> JSON:
 
 @router.post("/cancel", response_class=JSON, summary="cellsched cancel")
 def cancel(body: CancelIn, request: Request, who: Who) -> JSON:
-    """End a project's live grant now (members of its team or admins)."""
+    """End a project's live grant now, or cancel its live best-effort submission (members of
+    its team or admins)."""
     return JSON(ops.cancel(state_of(request).env, who.user, body.project, now_s()))
 
 
@@ -147,7 +148,8 @@ def verify(body: VerifyIn, request: Request, who: Who) -> JSON:
 
 @router.get("/status", response_class=JSON, summary="cellsched status")
 def status(request: Request, who: Who, project: OptName = None) -> JSON:
-    """Every project's newest grant (or one project's), with progress and job attempts."""
+    """Every project's newest grant (or one project's), with progress and job attempts, then
+    best-effort submissions (items with ``kind`` "best-effort")."""
     return JSON(ops.status(state_of(request).env, who.user, project, now_s()))
 
 
