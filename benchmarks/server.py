@@ -224,13 +224,27 @@ def preload(env: Any, grants: int, seed: int = 1, history: int = 0) -> None:
                      "width": g.width, "start": g.start, "end": g.end, "promised_start": g.start,
                      "promised_end": g.end, "charged_gs": g.gpu_seconds, "created_at": T0 - 3600,
                      "nodes": nodes_json(g.nodes), "state": "granted", "receipt": ""})
+    for n in range(history):  # in the past: they hold nothing ahead, only the ratios read them
+        team = f"team{n % TEAMS}"
+        width, hours = rng.choice((1, 2, 4, 8, 16)), rng.randrange(1, 48)
+        start = T0 - rng.randrange(2 * DAY, 29 * DAY)
+        held = max(1, int(hours * 3600 * rng.uniform(0.3, 0.9)))
+        digest = uuid.uuid4().hex * 2
+        pid = f"old{n}@{digest[:12]}"
+        projects.append({"id": pid, "name": f"old{n}", "digest": digest, "team": team, "owner": "bench",
+                         "submitted_by": "bench", "spec_json": "{}", "created_at": start - 3600})
+        rows.append({"project_id": pid, "project": f"old{n}", "digest": digest, "team": team, "pool": "big",
+                     "width": width, "start": start, "end": start + held, "promised_start": start,
+                     "promised_end": start + hours * 3600, "charged_gs": width * hours * 3600,
+                     "refunded_gs": width * (hours * 3600 - held), "created_at": start - 3600,
+                     "ended_at": start + held, "started_at": start, "state": "completed", "receipt": ""})
     with env.ledger.write() as s:
         for i in range(0, len(rows), 2000):
             s.execute(insert(ProjectRow), projects[i:i + 2000])
             s.execute(insert(GrantRow), rows[i:i + 2000])
         events.append(s, T0 - 3600, "preloaded", "bench", "bench", {"grants": len(rows)})
     if len(rows) != grants + history:
-        raise SystemExit(f"only {len(rows)} of {grants} grants fitted")
+        raise SystemExit(f"only {len(rows) - history} of {grants} grants fitted")
 
 
 def run_clients(url: str, tokens: list[str], clients: int, per_client: int, tag: str) -> tuple[float, list[float], Any]:
