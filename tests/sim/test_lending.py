@@ -171,6 +171,8 @@ def test_the_best_effort_share_is_seeded():
     assert pick[0] == pick[1] and pick[0] != pick[2] and len(pick[0]) == len(pick[2]) == 60
     assert not any(j.best_effort for j in tr.jobs)  # the input is left alone
     assert a.summary()["best_effort_jobs"] == 60 and "share 0.3, seed 1" in a.summary_line()
+    narrow = mark_best_effort(trace(*[(i, 10, 1 + i % 2) for i in range(200)]), 0.3, 1, widest=1)
+    assert {j.gpus for j in narrow.jobs if j.best_effort} == {1} and narrow.summary()["best_effort_jobs"] == 60
     with pytest.raises(BadInput, match="--best-effort-share must be a number from 0 to 1"):
         mark_best_effort(tr, 1.5)
 

@@ -241,10 +241,12 @@ def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
     return Trace(trace.source, jobs, trace.bad_rows, f, trace.requested_column, sigma, trace.best_effort_from)
 
 
-def mark_best_effort(trace: Trace, share: float, seed: int = 1) -> Trace:
+def mark_best_effort(trace: Trace, share: float, seed: int = 1, widest: int | None = None) -> Trace:
     """``round(share x jobs)`` jobs made best-effort, drawn by one seeded generator (same
-    seed, same jobs); the rest guaranteed. A trace whose ``class`` column already says which
-    jobs are best-effort is :class:`BadInput`: the two ways would silently disagree."""
+    seed, same jobs); the rest guaranteed. With ``widest``, drawn among the jobs of at most
+    that many GPUs (still a share of all jobs; at most all of those). A trace whose ``class``
+    column already says which jobs are best-effort is :class:`BadInput`: the two ways would
+    silently disagree."""
     if not (0.0 <= share <= 1.0):
         raise BadInput(f"--best-effort-share must be a number from 0 to 1, got {share}")
     if share == 0:
@@ -254,11 +256,12 @@ def mark_best_effort(trace: Trace, share: float, seed: int = 1) -> Trace:
                        "drop --best-effort-share or the column")
     import random
 
-    picked = set(random.Random(seed).sample(range(len(trace.jobs)), round(share * len(trace.jobs))))
+    pool = [j.seq for j in trace.jobs if widest is None or j.gpus <= widest]
+    picked = set(random.Random(seed).sample(pool, min(len(pool), round(share * len(trace.jobs)))))
     jobs = [TraceJob(j.seq, j.job_id, j.submit, j.duration, j.gpus, j.team, j.requested, j.seq in picked)
             for j in trace.jobs]
     return Trace(trace.source, jobs, trace.bad_rows, trace.estimate_factor, trace.requested_column,
-                 trace.estimate_noise, f"share {share:g}, seed {seed}")
+                 trace.estimate_noise, f"share {share:g}, seed {seed}" + (f", at most {widest} GPUs" if widest else ""))
 
 
 def load_trace(path: str | Path, estimate_factor: float = 1.5, max_bad_fraction: float = MAX_BAD_FRACTION) -> Trace:
