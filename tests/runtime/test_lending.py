@@ -89,6 +89,13 @@ def be_events(env, kind: str) -> list[dict[str, Any]]:  # type: ignore[no-untype
                                                                 .order_by(EventRow.seq)).all()]
 
 
+def report(env, since: int, until: int) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    from cellsched.report.compute import build
+    from cellsched.report.snapshot import load
+
+    return build(load(env.ledger, env.cluster, since, until), env.cluster, since, until, until)
+
+
 def audit_ok(env) -> None:  # type: ignore[no-untyped-def]
     with env.ledger.read() as s:
         assert ledger_events.audit(s).ok
@@ -118,6 +125,8 @@ def test_free_gpus_are_lent_and_taken_back_so_the_window_starts_on_time(env, tmp
     held = gone - T0
     assert [(t.state, t.preemptions, t.attempt, t.held_gs) for t in tasks(env)] == [("queued", 1, 1, held)] * 2
     assert be_row(env, be).charged_gs == 2 * held
+    assert report(env, T0, start)["lending"]["by"] == [{"lender": "(no window)", "borrower": "evals",
+                                                        "gpu_hours": 2 * held / 3600}]
     # no one is started where the window runs; when it finishes they start again, first in place
     h.run(start + 50, step=10)
     assert h.grant(g.id).state == "completed"
@@ -158,6 +167,10 @@ def test_an_idle_bundle_of_a_grant_is_lent_and_the_owner_takes_it_back_within_th
     (t,) = tasks(env)
     assert (t.state, t.preemptions, t.held_gs) == ("queued", 1, T0 + 30 + LEND_GRACE - (T0 + 1))
     assert be_row(env, be).charged_gs == t.held_gs
+    # the report says who lent what to whom
+    lending = report(env, T0, T0 + 60)["lending"]
+    assert lending["by"] == [{"lender": "interp", "borrower": "evals", "gpu_hours": t.held_gs / 3600}]
+    assert lending["preemptions"] == 1
     # nothing of the owner ran on a lent bundle, and no attempt ran twice
     assert h.ex.overlaps() == []
     h.run_until_done(owner.id)

@@ -83,7 +83,7 @@ class TaskWriter(GrantWriter):
             t.started_at, t.name, t.reclaim_at = now, name, None
             t.bundles = None if bundles is None else json.dumps(bundles)
             s.add(t)
-            self._task_event(s, now, "be_started", t, be, {"attempt": t.attempt, "pool": pool, "node": node,
+            self._task_event(s, now, "be_started", t, be, {"attempt": t.attempt, "gpus": t.gpus, "pool": pool, "node": node,
                                                             "lender": lender, "bundles": bundles,
                                                             "reservation": name})
             return t.attempt

@@ -418,6 +418,33 @@ def build(snap: Snapshot, cluster: ClusterConfig, since: int, until: int, now: i
         "teams": teams_out,
         "pools": pools_out,
         "projects": projects,
+        "lending": _lending(snap, p0, e1, team),
+    }
+
+
+FREE = "(no window)"
+"""The lender of GPUs no grant's window held."""
+
+
+def _lending(snap: Snapshot, p0: int, e1: int, team: str | None) -> dict[str, Any]:
+    """GPU-hours lent to best-effort work in [p0, e1), by lender and borrower
+    (docs/lending.md). ``team`` keeps the lending it lent or borrowed."""
+    by: dict[tuple[str, str], int] = {}
+    preemptions = 0
+    for f in snap.lent:
+        lender = f.lender or FREE
+        if team is not None and team not in (f.borrower, f.lender):
+            continue
+        gs = f.gpus * _ov(f.start, e1 if f.end is None else f.end, p0, e1)
+        if gs:
+            by[(lender, f.borrower)] = by.get((lender, f.borrower), 0) + gs
+        if f.preempted and f.end is not None and p0 <= f.end < e1:
+            preemptions += 1
+    return {
+        "lent_gpu_hours": _h(sum(by.values())),
+        "preemptions": preemptions,
+        "by": [{"lender": lender, "borrower": borrower, "gpu_hours": _h(gs)}
+               for (lender, borrower), gs in sorted(by.items())],
     }
 
 

@@ -18,7 +18,7 @@ from cellsched.core.allowance import period_bounds
 from cellsched.core.calendar import FAR_PAST
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.db import Ledger
-from cellsched.ledger.tables import EventRow, GrantRow, JobRunRow
+from cellsched.ledger.tables import BestEffortRow, EventRow, GrantRow, JobRunRow
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -69,6 +69,19 @@ class EventFact(NamedTuple):
     reason: str | None
 
 
+class LentFact(NamedTuple):
+    """One best-effort attempt on lent GPUs: ``gpus`` from ``start`` to ``end`` (None: still
+    running), borrowed by ``borrower`` from ``lender`` (the lending grant's team; None: GPUs
+    no window held), and whether it ended preempted."""
+
+    borrower: str
+    lender: str | None
+    gpus: int
+    start: int
+    end: int | None
+    preempted: bool
+
+
 @dataclass(frozen=True)
 class Snapshot:
     grants: tuple[GrantFact, ...]
@@ -76,6 +89,7 @@ class Snapshot:
     events: tuple[EventFact, ...]
     # grant id -> (start, end, width) spans the cluster did not provide; refunded to the team
     breaches: dict[int, list[tuple[int, int, int]]] = field(default_factory=dict)
+    lent: tuple[LentFact, ...] = ()
 
 
 EVENT_KINDS = ("granted", "refused", "cancelled", "replaced", "completed", "expired")
@@ -115,7 +129,40 @@ def load(ledger: Ledger, cluster: ClusterConfig, since: int, until: int) -> Snap
         )
         events = tuple(_event(*row) for row in _fetch(conn, eq))
         breaches = breach_intervals(s, grants)  # the same breach refunds as budget
-    return Snapshot(grants, runs, events, breaches)
+        lent = _lent(conn, since, until)
+    return Snapshot(grants, runs, events, breaches, lent)
+
+
+def _lent(conn: Any, since: int, until: int) -> tuple[LentFact, ...]:
+    """Best-effort attempts that held lent GPUs in [since, until), from the daemon's
+    ``be_started``/``be_ended`` events (paired by task and attempt)."""
+    e = EventRow.__table__.c  # type: ignore[attr-defined]
+    rows = _fetch(conn, select(e.at, e.kind, e.data).where(e.kind.in_(("be_started", "be_ended")), e.at < until)
+                  .order_by(e.seq))
+    if not rows:
+        return ()
+    b = BestEffortRow.__table__.c  # type: ignore[attr-defined]
+    teams = dict(_fetch(conn, select(b.id, b.team)))
+    started: dict[tuple[int, int], tuple[int, dict[str, Any]]] = {}
+    ended: dict[tuple[int, int], tuple[int, bool]] = {}
+    for at, kind, data in rows:
+        d = json.loads(data)
+        key = (int(d["task"]), int(d["attempt"]))
+        if kind == "be_started":
+            started[key] = (at, d)
+        else:
+            ended[key] = (at, d.get("outcome") == "preempted")
+    lenders = {d["lender"] for _, d in started.values() if d.get("lender") is not None}
+    g = GrantRow.__table__.c  # type: ignore[attr-defined]
+    owner = dict(_fetch(conn, select(g.id, g.team).where(g.id.in_(sorted(lenders))))) if lenders else {}
+    out = []
+    for key, (at, d) in started.items():
+        end, preempted = ended.get(key, (None, False))
+        if end is not None and end < since:
+            continue
+        gpus = int(d["gpus"])
+        out.append(LentFact(teams.get(int(d["be"]), "?"), owner.get(d.get("lender")), gpus, at, end, preempted))
+    return tuple(out)
 
 
 def _fetch(conn: Any, query: Any) -> list[tuple[Any, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cellsched import fmt
-from cellsched.fmt import console, duration, header, pct, stamp, table
+from cellsched.fmt import console, duration, header, numeric_right, pct, stamp, table
 
 PROJECT_ROWS = 20
 CALENDAR_ROWS = 10
@@ -82,6 +82,12 @@ def print_report(r: dict[str, Any]) -> None:
                 _runs_out(t)]
                for t in teams],
               justify=lambda c: "left" if c in ("team", header("runs out")) else "right")
+    lending = r.get("lending") or {}
+    if lending.get("by"):
+        table(f"lent to best-effort work (GPU-hours; {lending['preemptions']} preemptions)",
+              ["lender", "borrower", "GPU-hours"],
+              [(x["lender"], x["borrower"], gpu_hours(x["gpu_hours"])) for x in lending["by"]],
+              justify=numeric_right("lender", "borrower"))
     table("pools (GPU-hours)", ["pool", "GPUs", "capacity", "granted", "held", "used", "idle reserved", "utilisation"],
           [[pl["pool"], pl["gpus"], hours(pl["capacity_gpu_hours"]), hours(pl["granted_gpu_hours"]),
             hours(pl["held_gpu_hours"]), hours(pl["used_gpu_hours"]), hours(pl["idle_reserved_gpu_hours"]),
