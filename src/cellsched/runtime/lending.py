@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 from sqlmodel import Session, col, select
 
 from cellsched.core import lending as L
-from cellsched.core.bequeue import QueuedTask, order
+from cellsched.core.bequeue import USAGE_WINDOW_S, QueuedTask, order
 from cellsched.core.nodes import node_sizes
 from cellsched.executor.base import ExecutorError, Fenced, GangSpec
 from cellsched.fmt import gpu_h
 from cellsched.ledger import events
 from cellsched.ledger.lending import TaskView, TaskWriter, live_tasks
-from cellsched.ledger.tables import LIVE_STATES, GrantRow, ProjectRow
+from cellsched.ledger.tables import LIVE_STATES, BestEffortRow, GrantRow, ProjectRow
 from cellsched.runtime import nodes as N
 from cellsched.spec.models import Job, ProjectSpec
 from cellsched.spec.seal import from_canonical
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cellsched.daemon")
 
-USAGE_WINDOW_S = 86400
-"""Fair share counts each team's best-effort GPU-seconds charged in the last 24 hours."""
 
 
 def team_usage(s: Session, now: int) -> dict[str, int]:
@@ -54,8 +52,6 @@ def team_usage(s: Session, now: int) -> dict[str, int]:
         d = json.loads(data)
         be = int(d["be"])
         if be not in teams:
-            from cellsched.ledger.tables import BestEffortRow
-
             row = s.get(BestEffortRow, be)
             teams[be] = row.team if row is not None else ""
         out[teams[be]] = out.get(teams[be], 0) + int(d.get("charged_gpu_seconds", 0))
