@@ -290,3 +290,24 @@ def test_any_workload_keeps_every_window_and_lends_only_idle_gpus(
         audit_ok(env)
     finally:
         env.ledger.dispose()
+
+
+def test_a_restarted_daemon_follows_its_borrowers_and_none_runs_twice(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    be = queue(env, sweep(count=2, cap=2))
+    h = Harness(env, tmp_path, {"trial-0": Behaviour(40), "trial-1": Behaviour(None)})
+    h.run(T0 + 10)
+    h.restart()  # a new daemon over the same cluster: it finds its borrowers and leaves them be
+    h.run(T0 + 41)
+    t0, t1 = tasks(env)
+    assert (t0.state, t0.attempt, t0.held_gs) == ("succeeded", 1, 41) and (t1.state, t1.attempt) == ("running", 1)
+    # the local Ray dies with the daemon: the running task's processes may live on, unseen;
+    # it is not started again until they are proven gone
+    h.ex.crash_cluster(orphans_until=T0 + 60)
+    h.restart()
+    h.run(T0 + 59)
+    assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 1)
+    h.run(T0 + 62)
+    assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 2)
+    assert tasks(env)[1].preemptions == 1  # lost, not failed: no retry used
+    assert be_row(env, be).state == "queued"
+    audit_ok(env)

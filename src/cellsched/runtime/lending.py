@@ -139,6 +139,12 @@ class Lender:
         pid = f"{be.project_id}/{t.job}[{t.index}]#{t.attempt}"
         results = ex.poll(t.name)
         state = ex.reservation_state(t.name)
+        if state == "missing" and not results and t.state == "running" and ex.attempt_fate(
+                t.name, f"{t.job}-{t.index}", t.attempt, t.gpus,
+                str(self.log_dir(be.project, be.digest, be.id or 0))) != "dead":
+            # Its group went away (with the daemon's local Ray): no new attempt until this
+            # one is proven dead, so that no task ever runs twice at once.
+            return
         if results or state == "missing" or (t.state == "preempting" and now >= (t.reclaim_at or now) + self.grace):
             final = ex.release(t.name) or results
             r = final[0] if final else None
