@@ -80,6 +80,15 @@ def test_the_queue_serves_the_team_with_the_least_recent_use_first():
     assert r.lent.first_start == [0, 110, 100, 120]
 
 
+def test_teams_of_equal_usage_take_turns():
+    # Two GPUs, held by G until 100; a0, a1 (team a) and b0, b1 (team b) queue meanwhile.
+    # Neither team has used anything: at 100 one job each (core/bequeue's turns), not a0, a1.
+    tr = trace((0, 100, 2, 100, "g"), (1, 10, 1, 10, "a"), (2, 10, 1, 10, "a"), (3, 10, 1, 10, "b"),
+               (4, 10, 1, 10, "b"))
+    r = lending(tr, 2, best_effort=[1, 2, 3, 4])
+    assert r.lent.first_start == [100, 110, 100, 110]
+
+
 # -- hypothesis: the guaranteed schedule does not see best-effort work ----------------------
 
 row = st.tuples(

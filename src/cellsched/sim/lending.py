@@ -15,12 +15,15 @@ nodes, preempting on each the borrowers it needs gone, **the most recently start
 (least work lost without checkpoints; ``core/lending.py`` reclaims in the same order);
 submissions join the queue; then queued jobs start on idle GPUs.
 
-**Queue order.** Teams by best-effort GPU-seconds charged in the last 24 hours
-(``USAGE_WINDOW_S``, as ``runtime/lending.py`` counts them: each attempt's held time,
-charged when it ends, preempted time included), least first, ties by team name; within a
-team FIFO by submission. A preempted job keeps its place. The order is fixed for one
-instant: the least-served team starts all it can before the next. A job that fits nowhere
-now does not hold back the jobs behind it (best-effort work has no promise to keep).
+**Queue order** (``core/bequeue.order``'s rule, kept incrementally: calling it on the whole
+queue at every instant would cost a replay more than all else). Teams by best-effort
+GPU-seconds charged in the last 24 hours (``USAGE_WINDOW_S``, as ``runtime/lending.py``
+counts them: each attempt's held time, charged when it ends, preempted time included), least
+first, ties by team name; once a team's job starts, its usage counts that job's GPUs, so
+teams of equal usage take turns. Within a team FIFO by submission; a preempted job keeps
+its place. A job that fits nowhere now does not hold back the jobs behind it (best-effort
+work has no promise to keep) and, unlike in ``bequeue.order``, does not count towards its
+team's turn.
 
 **Placement.** By the node rule of every policy (``sim/placement.py``): a job no wider than a
 node on one node, best fit (the fullest node with room; ties by lower index); a wider one on
@@ -40,14 +43,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
 
+from cellsched.core.bequeue import USAGE_WINDOW_S
 from cellsched.sim.engine import Engine
 from cellsched.sim.placement import NodeMap
 from cellsched.sim.trace import TraceJob
-
-USAGE_WINDOW_S = 86400
-"""Fair share counts each team's best-effort GPU-seconds charged in the last 24 hours."""
 
 
 @dataclass
@@ -172,10 +173,12 @@ def lend(engine: Engine, jobs: list[TraceJob], nodes: NodeMap, checkpoint_interv
                 w <= mx if w <= per else (w % per == 0 and w // per <= whole) for per, mx, whole in caps)]
             if not fit:
                 return
-            if order is None:  # fixed for the instant: usage changes only when attempts end
-                order = sorted((team_usage(team, t), team) for team, c in by_team.items() if c)
+            if order is None:  # (usage, team): least first, ties by name
+                order = [(team_usage(team, t), team) for team, c in by_team.items() if c]
+                heapify(order)
             pick = None
-            for _, team in order:
+            while order:
+                used, team = order[0]
                 by = queue[team]
                 for w in fit:
                     heap = by.get(w)
@@ -183,13 +186,17 @@ def lend(engine: Engine, jobs: list[TraceJob], nodes: NodeMap, checkpoint_interv
                         pick = (heap[0], w)
                 if pick is not None:
                     break
+                heappop(order)  # nothing of this team fits now, nor will at this instant
             assert pick is not None, "a queued width fits but no team has it"
             i, w = pick
-            team = jobs[i].team
             heappop(queue[team][w])
             queued[0] -= 1
             by_width[w] -= 1
             by_team[team] -= 1
+            if by_team[team]:  # its pick counts its GPUs: teams of equal usage take turns
+                heapreplace(order, (used + max(1, w), team))
+            else:
+                heappop(order)
             placed = place(w)
             assert placed is not None, "a width that fits found no nodes"
             for g, pw in widths(w, placed):
