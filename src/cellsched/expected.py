@@ -10,13 +10,15 @@ runs and keeps its cost off the submit path:
   submit's answer, :data:`STARTED` in ``status``);
 - a waiting grant, when no grant at all ended in the last 30 days: its promise, no replay
   (every window is taken to run to its end);
-- else one replay for every waiting grant asked about together: all the waiting grants of a
-  batch of submits (``service.SubmitQueue``), or of one ``status``.
+- else one replay for every waiting grant asked about together: those of one ``status``, or
+  of every batch of submits committed while the previous replay ran (:class:`ExpectQueue`).
 
 On the server, the ratios are read at most once a minute (:class:`RatiosCache`), and a
 submit's replay runs on the live grants kept with the admission snapshot
 (``service.Admission.live``), after its batch is committed and the next batch has the
-ledger's write lock: it adds nothing to the time the lock is held and reads no grant.
+ledger's write lock: it adds nothing to the time the lock is held and reads no grant. One
+replay runs at a time: under load its cost is shared by every submit answered from it,
+instead of each batch starting its own on the same cores.
 """
 
 from __future__ import annotations
@@ -148,14 +150,90 @@ def _dry_key(live: Sequence[tuple[int, Grant]] | None) -> int:
 
 
 def fill_batch(env: Env, batch: Sequence[_Submit]) -> None:
-    """The expected starts of a committed batch of submits: one replay per live calendar
-    the batch's answers were decided on (one, unless the batch was rerun submit by submit)."""
-    groups: dict[int, tuple[Sequence[tuple[int, Grant]] | None, list[tuple[SubmitOutcome, int]]]] = {}
+    """The expected starts of a committed batch of submits: at once for windows that begin
+    now; for those that wait, from the next replay (:class:`ExpectQueue`), which the
+    calling thread may run. Returns when every answer of the batch has its expected start."""
+    now: list[tuple[SubmitOutcome, int]] = []
+    wait: list[tuple[SubmitOutcome, int]] = []
+    snapshot: tuple[int, tuple[tuple[int, Grant], ...]] | None = None
     for job in batch:
-        if job.outcome is not None and job.outcome.grant is not None:
-            groups.setdefault(id(job.live), (job.live, []))[1].append((job.outcome, job.now))
-    for live, outcomes in groups.values():
-        fill_outcomes(env, outcomes, live)
+        o = job.outcome
+        if o is None or o.grant is None:
+            continue
+        (wait if o.grant.start > job.now else now).append((o, job.now))
+        if job.live is not None and (snapshot is None or job.live[0] > snapshot[0]):
+            snapshot = job.live
+    fill_outcomes(env, now, None)
+    if wait:
+        env.expects.fill(env, wait, snapshot)
+
+
+class _Pending:
+    """Waiting grants of one batch of submits, answered by a replay of :class:`ExpectQueue`."""
+
+    __slots__ = ("done", "outcomes", "snapshot", "wake")
+
+    def __init__(self, outcomes: list[tuple[SubmitOutcome, int]],
+                 snapshot: tuple[int, tuple[tuple[int, Grant], ...]] | None) -> None:
+        self.outcomes = outcomes
+        self.snapshot = snapshot
+        self.done = False
+        self.wake = threading.Event()  # answered, or to run the next replay
+
+
+class ExpectQueue:
+    """One replay at a time for the waiting grants of committed batches (one per ``Env``).
+
+    A batch joins the queue; if no replay runs, its thread runs one for every batch queued
+    (itself included), on the newest live calendar among them (each batch's is the admission
+    snapshot's as it committed, with the ledger's sequence then: a later one holds the
+    earlier batches' grants too; a batch that kept none reads the ledger), then wakes them
+    and hands the next replay to the thread of the first batch that queued meanwhile. So a
+    batch waits for at most the replay running when it arrives and its own, and the replays
+    never run side by side on the same cores (as :class:`cellsched.service.SubmitQueue`
+    hands on its write lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[_Pending] = []
+        self._running = False
+        self.replays = 0  # replays run (each for every batch queued when it began)
+        self.largest = 0  # the most batches one replay answered
+
+    def fill(self, env: Env, outcomes: list[tuple[SubmitOutcome, int]],
+             snapshot: tuple[int, tuple[tuple[int, Grant], ...]] | None) -> None:
+        me = _Pending(outcomes, snapshot)
+        with self._lock:
+            self._queue.append(me)
+            lead = not self._running
+            self._running = True
+        if not lead:
+            me.wake.wait()  # answered, or handed the next replay
+        if me.done:
+            return
+        todo: list[_Pending] = []
+        try:
+            with self._lock:
+                todo, self._queue = self._queue, []  # ``me`` among them
+            newest = None
+            for p in todo:  # a batch that kept no calendar: read the ledger (newest of all)
+                key = (1 << 62) if p.snapshot is None else p.snapshot[0]
+                if newest is None or key > newest[0]:
+                    newest = (key, p.snapshot)
+            assert newest is not None
+            fill_outcomes(env, [o for p in todo for o in p.outcomes], None if newest[1] is None else newest[1][1])
+            with self._lock:
+                self.replays += 1
+                self.largest = max(self.largest, len(todo))
+        finally:
+            for p in todo:
+                p.done = True
+                p.wake.set()
+            with self._lock:
+                if self._queue:
+                    self._queue[0].wake.set()  # its thread runs the next replay
+                else:
+                    self._running = False
 
 
 def add_to_status(env: Env, items: list[dict[str, Any]], now: int) -> None:

@@ -27,7 +27,7 @@ from cellsched.core import alternatives as alts
 from cellsched.core.admission import Alternative, Grant, Refusal, Schedule, request_from_spec
 from cellsched.core.allowance import BestEffortUse, period_bounds, split_by_period
 from cellsched.errors import BadInput, CellschedError, Denied, Failed, NotFound
-from cellsched.expected import RatiosCache, fill_batch, fill_outcomes
+from cellsched.expected import ExpectQueue, RatiosCache, fill_batch, fill_outcomes
 from cellsched.ledger import best_effort as be_ledger
 from cellsched.ledger import events
 from cellsched.ledger.breaches import breach_intervals
@@ -153,7 +153,9 @@ class Env:
     cluster_path: Path
     ledger: Ledger
     admission: AdmissionCache = field(default_factory=AdmissionCache, repr=False, compare=False)
-    ratios: RatiosCache = field(default_factory=RatiosCache, repr=False, compare=False)  # the expected start's
+    # The expected start's (``cellsched.expected``): ratios kept a minute, one replay at a time.
+    ratios: RatiosCache = field(default_factory=RatiosCache, repr=False, compare=False)
+    expects: ExpectQueue = field(default_factory=lambda: ExpectQueue(), repr=False, compare=False)
     submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
     # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
     token_cache: Any = field(default=None, repr=False, compare=False)
@@ -341,7 +343,8 @@ class _Submit:
     outcome: SubmitOutcome | None = None
     error: BaseException | None = None
     done: bool = False
-    live: tuple[tuple[int, Grant], ...] | None = None  # its batch's live grants, as committed
+    # Its batch's live grants as committed, with the ledger's sequence then (None: not kept).
+    live: tuple[int, tuple[tuple[int, Grant], ...]] | None = None
     wake: threading.Event = field(default_factory=threading.Event)  # answered, or to lead
 
 
@@ -466,10 +469,11 @@ def _run_batch(env: Env, batch: list[_Submit]) -> list[SubmitOutcome | BaseExcep
         b.flush()
         if b.adm is not None and not b.dirty:
             # The batch's grants are in it, exactly as they are in the ledger now.
-            env.admission.put(b.adm, ledger_version(s))
+            version = ledger_version(s)
+            env.admission.put(b.adm, version)
             if any(isinstance(r, SubmitOutcome) and r.grant is not None and r.grant.start > job.now
                    for job, r in zip(batch, results)):
-                live = tuple(b.adm.live)  # a copy: the next batch changes the kept one
+                live = (version[0], tuple(b.adm.live))  # a copy: the next batch changes the kept one
                 for job in batch:
                     job.live = live
     return results

@@ -105,3 +105,34 @@ def spec(name: str, team: str, owner: str, gpus: int, hours: int) -> ProjectSpec
     return ProjectSpec.model_validate({
         "name": name, "team": team, "owner": owner, "problem": "q", "budget": {"gpu_hours": gpus * hours, "gpus": gpus},
         "jobs": [{"name": "t", "run": "true", "gpus": gpus}]})
+
+
+def test_batches_committed_during_a_replay_share_the_next_one(env: Env) -> None:
+    """While a replay runs (here: the queue marked busy, as a replay marks it), batches that
+    commit queue up; the replay that follows answers all of them, on the newest calendar."""
+    import threading
+    import time
+
+    history(env)
+    service.submit(env, spec("a", "interp", "alice", 16, 8), "alice", T0)
+    q = env.expects
+    with q._lock:
+        q._running = True  # a replay is running
+    got: dict[str, service.SubmitOutcome] = {}
+    threads = []
+    for n, (sp, who) in enumerate([(spec("b", "interp", "bob", 8, 4), "bob"),
+                                   (spec("c", "pretraining", "dave", 16, 2), "dave")]):
+        threads.append(threading.Thread(target=lambda sp=sp, who=who: got.__setitem__(
+            sp.name, service.submit(env, sp, who, T0))))
+        threads[-1].start()
+        deadline = time.monotonic() + 30
+        while len(q._queue) < n + 1:  # committed, and waiting for the replay
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    assert not got  # nobody is answered before the replay
+    with q._lock:
+        q._queue[0].wake.set()  # the running replay ends: the first queued runs the next
+    for t in threads:
+        t.join(30)
+    assert (q.replays, q.largest) == (1, 2)
+    assert (got["b"].expected_start, got["c"].expected_start) == (T0 + 4 * H, T0 + 6 * H)
