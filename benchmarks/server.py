@@ -377,13 +377,16 @@ def main() -> int:
     ap.add_argument("--grants", type=int, default=10_000, help="grants preloaded into the PostgreSQL ledger")
     ap.add_argument("--repeats", type=int, default=1, help="runs of the submit figures (medians reported)")
     ap.add_argument("--no-status", action="store_true", help="skip the status figures")
+    ap.add_argument("--per-client", type=int, default=None,
+                    help="submits per client in the 32-client run (default 40, --quick 10)")
     ap.add_argument("--history", type=int, default=0,
                     help="grants that ended in the 30 days before now, preloaded (the expected start's ratios)")
     args = ap.parse_args()
     out: dict[str, Any] = {"load_avg_1m": [round(os.getloadavg()[0], 2)]}
     if not args.no_status:
         out.update(bench_status(5 if args.quick else 11))
-    out.update(bench_submits(args.pg, args.grants, 10 if args.quick else 40, 20 if args.quick else 100,
+    per_client = args.per_client or (10 if args.quick else 40)
+    out.update(bench_submits(args.pg, args.grants, per_client, 20 if args.quick else 100,
                              max(1, args.repeats), history=args.history))
     out["load_avg_1m"].append(round(os.getloadavg()[0], 2))
     out["targets"] = {k: f"{op} {v:g}" for k, (op, v) in TARGETS.items()}
