@@ -164,8 +164,12 @@ def fill_batch(env: Env, batch: Sequence[_Submit]) -> None:
         if job.live is not None and (snapshot is None or job.live[0] > snapshot[0]):
             snapshot = job.live
     fill_outcomes(env, now, None)
-    if wait:
-        env.expects.fill(env, wait, snapshot)
+    if not wait:
+        return
+    if env.ratios.get(env.ledger, max(t for _, t in wait)).cluster is None:
+        fill_outcomes(env, wait, None)  # no history: the promises, no replay, no queue
+        return
+    env.expects.fill(env, wait, snapshot)
 
 
 class _Pending:

@@ -45,8 +45,10 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int,
     rows = list(s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id))))
     breaches = breach_intervals(s, rows)
     for row in rows:
+        nodes = nodes_of(row) if row.end > now else None  # parsed once, for the live list and the calendar
         if live is not None and row.end > now and row.state in LIVE_STATES:
-            live.append((row.id or 0, grant_of(row)))
+            live.append((row.id or 0, Grant(row.project, row.team, row.pool, row.width, row.start, row.end,
+                                            None if nodes is None else tuple(nodes))))
         if row.pool not in sched.pools or row.team not in sched.teams:
             continue  # config no longer names it; nothing of it can be admitted against
         team = sched.teams[row.team]
@@ -56,7 +58,6 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int,
         lo = max(row.start, now)
         if row.end > lo:
             try:
-                nodes = nodes_of(row)
                 sched.pools[row.pool][1].reserve(lo, row.end, row.width, None if nodes is None else tuple(nodes))
                 if team.calendar is not None:
                     team.calendar.reserve(lo, row.end, row.width)
