@@ -11,7 +11,9 @@ runs and keeps its cost off the submit path:
 - a waiting grant, when no grant at all ended in the last 30 days: its promise, no replay
   (every window is taken to run to its end);
 - else one replay for every waiting grant asked about together: those of one ``status``, or
-  of every batch of submits committed while the previous replay ran (:class:`ExpectQueue`).
+  of every batch of submits committed while the previous replay ran (:class:`ExpectQueue`);
+- but a submit (or its dry run) whose calendar holds more than :data:`SUBMIT_MAX_LIVE` live
+  grants is answered without one: its promise, and the basis says so; ``status`` replays it.
 
 On the server, the ratios are read at most once a minute (:class:`RatiosCache`), and a
 submit's replay runs on the live grants kept with the admission snapshot
@@ -40,6 +42,12 @@ STARTS_NOW = "starts now"
 """The basis of a submit's answer whose window begins at once: the expected start is its start."""
 STARTED = "started"
 """The basis in ``status`` of a live grant whose window has begun."""
+SUBMIT_MAX_LIVE = 1000
+"""The most live grants a submit's replay takes. The replay's cost grows with them (about
+50 ms of one core with 1,000, 0.25 s with 1,800, seconds with 10,000: the grant at the end
+of a long queue is only reached by replaying every start before it), and a submit on the
+server must not wait for that, nor take it from the other submits' cores. Above it a
+submit and its dry run answer with the promise and say so; ``status`` still replays."""
 
 
 class RatiosCache:
@@ -80,11 +88,12 @@ class RatiosCache:
 
 
 def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[int, Grant]] | None,
-           s: Session | None = None) -> dict[int, tuple[int, str]]:
+           s: Session | None = None, max_live: int | None = None) -> dict[int, tuple[int, str]]:
     """``(expected start, basis)`` of each waiting grant in ``want`` (keyed by grant id, or
     by a key above every id for a grant not in the ledger), replayed on ``live`` (every
     grant holding GPUs from ``now`` on, by id; None: read from the ledger, only if a replay
-    is needed). ``s``: a session to read in (else reads of their own)."""
+    is needed). ``s``: a session to read in (else reads of their own). With more than
+    ``max_live`` live grants, no replay: the promises, with a basis that says why."""
     from cellsched.ledger import history
 
     if not want:
@@ -96,6 +105,10 @@ def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[i
                 live = history.live_grants(own, now)
         else:
             live = history.live_grants(s, now)
+    if max_live is not None and live is not None and len(live) > max_live:
+        why = (f"not estimated at submit: {len(live):,} grants are live, more than a submit replays "
+               f"({max_live:,}); `cellsched status` estimates it")
+        return {k: (g.start, why) for k, g in want.items()}
     pools = {p.name: p.gpus for p in env.cluster.pools}
     return history.expected_of(pools, live or (), ratios, now, want, env.cluster.policy.pull_forward)
 
@@ -116,10 +129,12 @@ def _not_estimated(e: Exception) -> str:
 
 
 def fill_outcomes(env: Env, outcomes: Sequence[tuple[SubmitOutcome, int]],
-                  live: Sequence[tuple[int, Grant]] | None, s: Session | None = None) -> None:
+                  live: Sequence[tuple[int, Grant]] | None, s: Session | None = None,
+                  max_live: int | None = None) -> None:
     """Set ``expected_start`` and ``expected_basis`` on each granted outcome (with the
-    ``now`` of its submit), by one replay for those that wait. Never raises: a failure
-    leaves the promise, and the basis says why."""
+    ``now`` of its submit), by one replay for those that wait (none with more than
+    ``max_live`` live grants: :data:`SUBMIT_MAX_LIVE` unless given). Never raises: a
+    failure leaves the promise, and the basis says why."""
     want: dict[int, Grant] = {}
     waiting: list[tuple[SubmitOutcome, int]] = []
     now = 0
@@ -137,7 +152,7 @@ def fill_outcomes(env: Env, outcomes: Sequence[tuple[SubmitOutcome, int]],
     if not waiting:
         return
     try:
-        got = expect(env, now, want, live, s)
+        got = expect(env, now, want, live, s, SUBMIT_MAX_LIVE if max_live is None else max_live)
     except Exception as e:  # noqa: BLE001 - the grant stands; only the estimate is missing
         got = {k: (g.start, _not_estimated(e)) for k, g in want.items()}
     for o, key in waiting:

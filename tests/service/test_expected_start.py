@@ -93,3 +93,15 @@ def test_with_no_history_the_expected_start_is_the_promise_and_says_so(env: Env)
     assert env.ratios.reads == 1
     item = ops.status(env, "bob", "b", T0 + 120)[0]
     assert (item["expected_start"], item["expected_start_basis"]) == (b.grant.start, b.expected_basis)
+
+
+def test_a_submit_over_the_live_limit_says_so_and_status_still_replays(env: Env, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(expected, "SUBMIT_MAX_LIVE", 1)  # a and b are live: more than 1
+    history(env)
+    service.submit(env, spec("a", "interp", gpus=16, hours=16 * 8), "alice", T0)
+    b = service.submit(env, spec("b", "interp", gpus=8, hours=8 * 4, owner="bob"), "bob", T0)
+    assert b.grant is not None and b.expected_start == b.grant.start == T0 + 8 * H
+    assert b.expected_basis == ("not estimated at submit: 2 grants are live, more than a submit replays (1); "
+                                "`cellsched status` estimates it")
+    item = ops.status(env, "bob", "b", T0)[0]
+    assert (item["expected_start"], item["expected_start_basis"][:5]) == (T0 + 4 * H, "team ")

@@ -207,6 +207,8 @@ def expected_line(expected: int | None, basis: str | None, start: int) -> str:
     (``cellsched.expected``); nothing for a window that has begun (its basis says so)."""
     if expected is None or basis in ("starts now", "started"):
         return ""
+    if basis is not None and basis.startswith("not estimated"):
+        return f"expected start {basis}"
     ahead = start - expected
     rel = f"{fmt.duration(ahead)} before the guaranteed start" if ahead > 0 else "the guaranteed start"
     return f"expected start {fmt.when(expected)} ({rel}) — {basis}"
