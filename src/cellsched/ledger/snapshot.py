@@ -12,8 +12,18 @@ from dataclasses import dataclass, field
 from sqlmodel import Session, col, func, or_, select
 
 from cellsched.core.admission import Grant, Schedule
+from cellsched.core.nodes import node_sizes
 from cellsched.ledger.breaches import breach_intervals
-from cellsched.ledger.tables import LIVE_STATES, EventRow, GrantRow, GrantRuntimeRow, JobRunRow, ProjectRow, SchemaInfo
+from cellsched.ledger.tables import (
+    LIVE_STATES,
+    EventRow,
+    GrantRow,
+    GrantRuntimeRow,
+    JobRunRow,
+    NodeMapRow,
+    ProjectRow,
+    SchemaInfo,
+)
 from cellsched.spec.cluster import ClusterConfig
 
 
@@ -63,7 +73,44 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int,
                     team.calendar.reserve(lo, row.end, row.width)
             except ValueError:
                 pass  # the pool shrank below what was granted: a breach, shown by status
+    lost = [(r.pool, r.index) for r in s.exec(select(NodeMapRow).where(col(NodeMapRow.node_id).is_(None)))]
+    if lost:
+        _block_lost_nodes(sched, cluster, rows, lost, now)
     return sched
+
+
+def _block_lost_nodes(sched: Schedule, cluster: ClusterConfig, rows: list[GrantRow],
+                      lost: list[tuple[str, int]], now: int) -> None:
+    """A calendar node with no Ray node now (lost, or never there: ``cs_node_map``) takes
+    no new window: what its grants leave free is held from now on, so admission and
+    pull-forwards use only nodes that exist, and its own grants (moved off it by the daemon
+    where other nodes are free) keep their places. A node that comes back frees it again."""
+    for pool_name, idx in lost:
+        pool = cluster.pool(pool_name)
+        if pool is None or pool_name not in sched.pools:
+            continue
+        sizes = node_sizes(pool.gpus, pool.gpus_per_node)
+        if not 0 <= idx < len(sizes):
+            continue
+        far = now + 2 * cluster.policy.horizon_days * 86400
+        steps: dict[int, int] = {now: 0, far: 0}
+        for row in rows:
+            nodes = nodes_of(row) if row.pool == pool_name and row.state in LIVE_STATES and row.end > now else None
+            if not nodes or idx not in nodes:
+                continue
+            g = row.width if len(nodes) == 1 else pool.gpus_per_node
+            steps[max(row.start, now)] = steps.get(max(row.start, now), 0) + g
+            steps[row.end] = steps.get(row.end, 0) - g
+        cal = sched.pools[pool_name][1]
+        used, times = 0, sorted(t for t in steps if t <= far)
+        for a, b in zip(times, times[1:]):
+            used += steps[a]
+            free = sizes[idx] - used
+            if free > 0:
+                try:
+                    cal.reserve(a, b, free, (idx,))
+                except ValueError:
+                    pass  # nothing to hold there
 
 
 
