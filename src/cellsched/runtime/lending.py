@@ -139,7 +139,7 @@ class Lender:
         pid = f"{be.project_id}/{t.job}[{t.index}]#{t.attempt}"
         results = ex.poll(t.name)
         state = ex.reservation_state(t.name)
-        if state == "missing" and not results and t.state == "running" and ex.attempt_fate(
+        if state == "missing" and not results and ex.attempt_fate(
                 t.name, f"{t.job}-{t.index}", t.attempt, t.gpus,
                 str(self.log_dir(be.project, be.digest, be.id or 0))) != "dead":
             # Its group went away (with the daemon's local Ray): no new attempt until this
@@ -198,7 +198,7 @@ class Lender:
         # counting every borrower now on the node (the daemon may reclaim the others first).
         node = (be.pool, t.node if t.node is not None else 0)
         lent = sum(o.task.gpus for o in self.tasks if o.task.node == t.node and o.be.pool == be.pool
-                   and o.task.state in ("running", "preempting"))
+                   and o.task.lender is None and o.task.state in ("running", "preempting"))
         if t.lender is not None:  # a grant's idle bundles: gone before its window's end
             end = self.ends.get(t.lender)
             kill_at = None if end is None else end - self.rec.settings.lend_lead_s
