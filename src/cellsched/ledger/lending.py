@@ -101,10 +101,10 @@ class TaskWriter(GrantWriter):
             return True
 
     def ended(self, task_id: int, attempt: int, now: int, outcome: str, exit_codes: list[int | None],
-              retries: int, rate: float) -> str | None:
-        """The task's attempt is over (its group released): charge what it held, then
-        requeue it (preempted, or lost with its node: it keeps its place), or end it.
-        Returns the task's new state."""
+              retries: int, rate: float, held_until: int | None = None) -> str | None:
+        """The task's attempt is over (its group released): charge what it held (until
+        ``held_until``, default ``now``), then requeue it (preempted, or lost with its
+        node: it keeps its place), or end it. Returns the task's new state."""
         with self.tx() as s:
             got = self._get(s, task_id)
             if got is None:
@@ -112,7 +112,7 @@ class TaskWriter(GrantWriter):
             t, be = got
             if t.state not in ("running", "preempting") or t.attempt != attempt:
                 return None
-            held, charged = charge_of(t.gpus, t.started_at or now, now, rate)
+            held, charged = charge_of(t.gpus, t.started_at or now, now if held_until is None else held_until, rate)
             t.held_gs += held
             be.charged_gs += charged
             preempted = t.state == "preempting"

@@ -150,7 +150,12 @@ class Lender:
             r = final[0] if final else None
             outcome = r.outcome if r is not None else "lost"
             codes = list(r.exit_codes) if r is not None else []
-            new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate)
+            at = now
+            down = self.rec.rules.down_since
+            if r is None and down is not None and t.started_at is not None:
+                at = max(t.started_at, min(now, down))  # gone with the last daemon: charged until then
+            new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate,
+                                    held_until=at)
             if new is not None:
                 held = t.gpus * max(0, now - (t.started_at or now))
                 res.add(f"{'preempted' if t.state == 'preempting' else outcome} {pid} "
