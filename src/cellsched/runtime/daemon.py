@@ -313,6 +313,8 @@ def run(env: Env, address: str | None, gpus: int | None, *, standby: bool = Fals
         got = wait_acquire(env.ledger, stop, duration_s=duration_s, retry_s=retry_s, on_held=held)
         if got is None:
             log.info("standby stopped before taking over")
+            if local:
+                _stop_local_ray()
             return 0
         gap = "" if got.prev_renewed_at is None else f", {got.since - got.prev_renewed_at:.1f} s after the last heartbeat"
         log.info("took over the lease (epoch %d) at %.3f%s", got.epoch, time.time(), gap)
@@ -322,4 +324,17 @@ def run(env: Env, address: str | None, gpus: int | None, *, standby: bool = Fals
         check_gpus(env, hb.lease, ex.cluster_gpus() if hasattr(ex, "cluster_gpus") else None)
     except Deposed as e:
         hb.depose(str(e))
-    return serve(env, ex, interval=interval, once=once, settings=settings, local_ray=local, heartbeat=hb)
+    try:
+        return serve(env, ex, interval=interval, once=once, settings=settings, local_ray=local, heartbeat=hb)
+    finally:
+        if local:
+            _stop_local_ray()
+
+
+def _stop_local_ray() -> None:
+    """Stop the local Ray this process started, now (its jobs were stopped and recorded by
+    the reconciler's shutdown). Left to Ray's exit hook, the stop began with a 0.5 s pause
+    for workers' output to reach the driver, which ``log_to_driver=False`` never sends."""
+    import ray
+
+    ray.shutdown()
