@@ -426,13 +426,25 @@ class Workload:
 # -- the driver ------------------------------------------------------------------------------
 
 
-def _serve_flags() -> list[str]:
-    """``--standby`` where serve has it: after a SIGKILL the old lease is still held, and a
-    plain second serve would exit 2 instead of waiting for it to expire."""
+def _ask_serve_help() -> subprocess.Popen[str] | None:
     try:
-        out = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, timeout=30,
-                             env=dict(os.environ, COLUMNS="200"), check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        return subprocess.Popen([CLI, "serve", "--help"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env=dict(os.environ, COLUMNS="200"))
+    except OSError:
+        return None
+
+
+def _serve_flags(asked: subprocess.Popen[str] | None) -> list[str]:
+    """``--standby`` where serve has it (``asked``: ``serve --help`` running): after a SIGKILL
+    the old lease is still held, and a plain second serve would exit 2 instead of waiting for
+    it to expire."""
+    if asked is None:
+        return []
+    try:
+        out, _ = asked.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        asked.kill()
+        asked.communicate()
         return []
     return ["--standby"] if "--standby" in out else []
 
@@ -442,11 +454,18 @@ class Driver:
         self.cfg = cfg
         self.run_id = uuid.uuid4().hex[:12]
         self.rng = random.Random(cfg.seed)
-        self.w = Workload(cfg, self.run_id)
+        asked = _ask_serve_help()  # meanwhile `cellsched init` runs: two CLI start-ups at once
+        try:
+            self.w = Workload(cfg, self.run_id)
+        except BaseException:
+            if asked is not None:
+                asked.kill()
+                asked.wait()
+            raise
         self.live = Liveness(self.run_id)
         self.rounds: list[Round] = []
         self.serve: subprocess.Popen[bytes] | None = None
-        self.flags = _serve_flags() + list(cfg.serve_args)
+        self.flags = _serve_flags(asked) + list(cfg.serve_args)
         self.problems: list[str] = []  # harness-level trouble (submit refused, final timeout)
         self.leaked_groups: list[str] = []
         self.leaked_at_end: list[str] = []
@@ -563,7 +582,7 @@ class Driver:
                     + ", ".join(f"{g['project']} {g['state']}{'' if g['reported'] else ' (no report)'}"
                                 for g in self.w.grants()))
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         rnd.held_s = time.monotonic() - (end - self.cfg.final_timeout_s)
         if proc.poll() is None:
             self.leaked_groups = live_groups(self.run_id, "cellsched/")
