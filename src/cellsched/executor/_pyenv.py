@@ -91,9 +91,26 @@ def ensure(code_dir: str, lock_rel: str, envs: str, log: str) -> tuple[str, str]
                     shutil.rmtree(path, ignore_errors=True)
                     raise EnvError(f"code.requirements: `{' '.join(argv[1:3])}` exited {code} "
                                    "(its output is above in this log)")
+        _see_worker_packages(path)
         with open(os.path.join(path, COMPLETE), "w"):
             pass
     return path, "built"
+
+
+def _see_worker_packages(path: str) -> None:
+    """Let the environment see the worker's own packages (Ray, and whatever the node has)
+    after its own: ``--system-site-packages`` shows only the base interpreter's, and a worker
+    that runs in a virtualenv has them there. Written after the install, so the lock's pins
+    are always installed in the environment itself and come first on ``sys.path``."""
+    import site
+    import sysconfig
+
+    mine = sysconfig.get_path("purelib", vars={"base": path, "platbase": path})
+    dirs = [d for d in dict.fromkeys([*site.getsitepackages(), sysconfig.get_path("purelib")])
+            if os.path.isdir(d) and os.path.realpath(d) != os.path.realpath(mine)]
+    if dirs and os.path.isdir(mine):
+        with open(os.path.join(mine, "_cellsched_worker.pth"), "w") as f:
+            f.write("".join(d + "\n" for d in dirs))
 
 
 def _build_env() -> dict[str, str]:
