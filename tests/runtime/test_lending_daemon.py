@@ -275,7 +275,8 @@ def test_any_workload_keeps_every_window_and_lends_only_idle_gpus(
             delays = {}
             for e in s.exec(select(EventRow).where(EventRow.kind == "lending_delay")).all():
                 d = json.loads(e.data)
-                delays[d["grant"]] = delays.get(d["grant"], 0) + d["gpus"] * d["delay_s"]
+                assert d["gpu_seconds"] >= d["gpus"] * d["delay_s"]
+                delays[d["grant"]] = delays.get(d["grant"], 0) + d["gpu_seconds"]
         used = 0
         for gid in ids:
             g = h.grant(gid)

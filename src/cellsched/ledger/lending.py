@@ -176,7 +176,9 @@ class TaskWriter(GrantWriter):
             row = s.get(GrantRow, gid)
             if row is None or delay <= 0:
                 return 0
-            lost = gpus * delay
+            # Breaches are whole seconds of the grant's width (cs_breach, audit): the job's
+            # GPU-seconds, rounded up to that.
+            lost = row.width * math.ceil(gpus * delay / row.width)
             rt = s.get(GrantRuntimeRow, gid)
             if rt is not None:  # counted with the closed outages, so later ones add to it
                 rt.breach_closed_gs += lost
@@ -185,5 +187,5 @@ class TaskWriter(GrantWriter):
             s.add(row)
             events.append(s, now, "lending_delay", row.project_id, self.actor, {
                 "grant": gid, "job": job, "attempt": attempt, "gpus": gpus, "delay_s": delay,
-                "breach_gpu_seconds": row.breach_gs})
+                "gpu_seconds": lost, "breach_gpu_seconds": row.breach_gs})
             return lost
