@@ -21,6 +21,9 @@ Figures:
   concurrent clients on the same ledger; target p99 ≤ 100 ms.
 - ``server_cpu_s_per_submit``: the server process's CPU time per submit in the 32-client
   run (the machine has 2 cores shared by the server, PostgreSQL and the clients).
+  ``db_cpu_s_per_submit``: the same for the PostgreSQL backends of the server's connections
+  (found by their ``application_name``), ``client_cpu_s_per_submit`` for this process (the
+  32 client threads): the three shares of the two cores.
 - ``waited``: of the 32-client run's grants, how many wait (start after now): each of them
   gets an expected start (docs/admission.md). With no ended grant in the ledger it is the
   promise (no replay); ``--history N`` preloads N grants that ended in the 30 days before
@@ -92,6 +95,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def db_cpu_s(admin: Any, app_name: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend whose connection is ``app_name`` (the
+    server's pool); empty where /proc does not show them (PostgreSQL on another machine)."""
+    with admin.connect() as c:
+        pids = [r[0] for r in c.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %(n)s", {"n": app_name})]
+    return {pid: proc_cpu_s(pid) for pid in pids}
+
+
 class Server:
     """``cellsched server --listen http://127.0.0.1:PORT`` for a cluster and a ledger."""
 
@@ -116,8 +137,7 @@ class Server:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the server process so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -312,7 +332,8 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
     with admin.connect() as c:
         c.exec_driver_sql(f"CREATE SCHEMA {schema}")
     sep = "&" if "?" in pg else "?"
-    url = f"{pg}{sep}options=-csearch_path%3D{schema}"
+    app_name = f"cs-{schema}"  # the server's backends, for their CPU time
+    url = f"{pg}{sep}options=-csearch_path%3D{schema}&application_name={app_name}"
     try:
         with tempfile.TemporaryDirectory(prefix="cs-bench-submit-") as tmp:
             work = Path(tmp)
@@ -326,11 +347,12 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
             try:
                 run_clients(server.url, tokens, 2, 3, "warm")  # the first submit builds the snapshot
                 for r in range(repeats):
-                    cpu0 = server.cpu_s()
+                    cpu0, db0, me0 = server.cpu_s(), db_cpu_s(admin, app_name), time.process_time()
                     wall32, lat32, dec32 = run_clients(server.url, tokens, 32, per_client_32, f"c32r{r}")
-                    cpu = server.cpu_s() - cpu0
+                    cpu, me = server.cpu_s() - cpu0, time.process_time() - me0
+                    db = sum(t - db0.get(pid, 0.0) for pid, t in db_cpu_s(admin, app_name).items())
                     _wall8, lat8, _dec8 = run_clients(server.url, tokens, 8, per_client_8, f"c8r{r}")
-                    runs.append(_submit_figures(wall32, lat32, dec32, cpu, lat8))
+                    runs.append(_submit_figures(wall32, lat32, dec32, (cpu, db, me), lat8))
             finally:
                 server.stop()
             env.ledger.dispose()
@@ -342,7 +364,8 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
     for key in runs[0]:
         values = [run[key] for run in runs]
         out[key] = statistics.median(values) if isinstance(values[0], float) else values[0]
-        if repeats > 1 and key in ("submits_per_s", "submit_p99_ms", "submit_p50_ms", "server_cpu_s_per_submit"):
+        if repeats > 1 and key in ("submits_per_s", "submit_p99_ms", "submit_p50_ms", "server_cpu_s_per_submit",
+                                   "db_cpu_s_per_submit", "client_cpu_s_per_submit"):
             out[key + "_runs"] = values
     if repeats > 1:
         out["granted"] = sum(run["granted"] for run in runs)
@@ -351,8 +374,10 @@ def bench_submits(pg: str, grants: int, per_client_32: int, per_client_8: int, r
     return {**out, "preloaded_grants": grants, "preloaded_history": history, "preload_s": round(preload_s, 1)}
 
 
-def _submit_figures(wall32: float, lat32: list[float], dec32: dict[str, int], cpu: float,
+def _submit_figures(wall32: float, lat32: list[float], dec32: dict[str, int], cpu: tuple[float, float, float],
                     lat8: list[float]) -> dict[str, Any]:
+    """The figures of one 32-client and one 8-client run; ``cpu``: the 32-client run's CPU
+    seconds in the server, its database backends and this process."""
     lat8 = sorted(lat8)
     n = len(lat32)
     return {
@@ -365,7 +390,9 @@ def _submit_figures(wall32: float, lat32: list[float], dec32: dict[str, int], cp
         "submit_p50_ms": round(statistics.median(lat8) * 1000, 1),
         "submit_p99_ms": round(lat8[min(len(lat8) - 1, int(0.99 * len(lat8)))] * 1000, 1),
         "submits_8_clients": len(lat8),
-        "server_cpu_s_per_submit": round(cpu / n, 4),
+        "server_cpu_s_per_submit": round(cpu[0] / n, 5),
+        "db_cpu_s_per_submit": round(cpu[1] / n, 5),
+        "client_cpu_s_per_submit": round(cpu[2] / n, 5),
     }
 
 
