@@ -502,7 +502,9 @@ class _Batch:
 
     Reads see the writes of the submits before: a submit whose reads could touch what a
     pending plan writes (the same project, code, or a replace) has the pending plans
-    written first; the projects of the batch are looked up in one query."""
+    written first; the projects of the batch are looked up in one query, and so are the
+    batch's names that a live grant or best-effort submission holds (``named``: a name
+    outside it and outside the batch's own plans is not in use, with no query)."""
 
     def __init__(self, env: Env, s: Session, batch: list[_Submit], dry: bool = False) -> None:
         self.env, self.s, self.dry = env, s, dry
@@ -514,6 +516,14 @@ class _Batch:
         p = ProjectRow.__table__.c  # type: ignore[attr-defined]
         self.projects: dict[str, str] = dict(s.connection().execute(
             sa_select(p.id, p.digest).where(p.id.in_(pids))).all()) if pids else {}
+        names = sorted({job.spec.name for job in batch})
+        g, be = GrantRow.__table__.c, BestEffortRow.__table__.c  # type: ignore[attr-defined]
+        # Under the write lock nothing else writes until the commit, so this holds for the
+        # batch, plus the names its own plans take (added in ``_plan``).
+        self.named: set[str] = set(s.connection().execute(
+            sa_select(g.project).where(g.project.in_(names), g.state.in_(LIVE_STATES))
+            .union(sa_select(be.project).where(be.project.in_(names), be.state.in_(BE_LIVE_STATES)))
+        ).scalars()) if names else set()
 
     # -- the admission snapshot -----------------------------------------------------------
 
@@ -561,7 +571,7 @@ class _Batch:
         sched = self.admission(now).schedule
         old = _replaced_grant(s, spec, job.caller, env) if spec.replaces else None
         request = request_from_spec(spec)
-        in_use = None if spec.replaces else _name_in_use(s, spec.name, d)
+        in_use = None if spec.replaces or spec.name not in self.named else _name_in_use(s, spec.name, d)
         if in_use is not None:
             decision: Any = in_use
         else:
@@ -606,6 +616,7 @@ class _Batch:
     def _plan(self, plan: _Plan) -> None:
         self.pending.append(plan)
         self.pending_names.add(plan.job.spec.name)
+        self.named.add(plan.job.spec.name)
 
     # -- the writes -------------------------------------------------------------------------
 

@@ -64,7 +64,8 @@ def replacing(name: str, team: str, gpus: int, hours: float, of: ops.SpecIn) -> 
 
 
 def mixed(db_failure: bool) -> list[tuple[str, ops.SpecIn]]:
-    """Submits of every kind: granted ones, refused ones (wider than the pool), bad input
+    """Submits of every kind: granted ones, refused ones (wider than the pool, or another
+    version of a live name: one held before the batch, one the batch took), bad input
     (code never uploaded; a replace of nothing), the same spec twice (the second is the
     first's grant, ``existing``), a replace of a grant made earlier in the same batch and,
     with ``db_failure``, a project row the database itself refuses (a trigger: see
@@ -83,6 +84,8 @@ def mixed(db_failure: bool) -> list[tuple[str, ops.SpecIn]]:
         spec("evals-b", "evals", 4, 40),
         spec("wider-still", "evals", 64, 64),
         spec("late", "interp", 8, 8 * 20),
+        spec("evals-a", "evals", 4, 40),  # another version of a name this batch took: name_in_use
+        spec("warmup", "pretraining", 2, 8),  # ... of a name held before the batch: name_in_use
     ]
     if db_failure:
         out.insert(6, spec("db-refuses", "interp", 2, 4, owner=REFUSED_OWNER))
@@ -185,6 +188,7 @@ def test_a_batch_answers_each_submit_as_it_would_be_answered_alone(
     assert kinds_of["granted"] >= 5 and kinds_of["refused"] >= 2 and kinds_of["error"] >= 2, expected
     assert any(a[0] == "ok" and a[1]["existing"] for a in expected)
     assert any(a[0] == "ok" and a[1].get("replaced") for a in expected)
+    assert [a[1]["refusal"]["reason"] for a in expected[-2:]] == ["name_in_use"] * 2, expected[-2:]
     if db_failure:
         assert expected[6][0] == "error" and "refused by a trigger" in expected[6][2]
 
