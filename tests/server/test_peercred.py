@@ -90,7 +90,7 @@ def test_the_uvicorn_internals_it_hooks_are_still_there() -> None:
         import httptools  # noqa: F401
     except ImportError:
         assert protocol_class() is PeerCredH11Protocol
-    else:  # pragma: no cover - httptools is not a dependency
+    else:  # httptools is a dependency: this branch
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
         assert issubclass(protocol_class(), HttpToolsProtocol)
@@ -110,6 +110,9 @@ def test_unix_requests_carry_the_peer_and_tcp_requests_do_not(sock_dir: Path) ->
     path = sock_dir / "s.sock"
     with serving(echo_app, f"unix:{path}", "http://127.0.0.1:0") as running:
         assert oct(path.stat().st_mode & 0o777) == oct(0o666)
+        # TCP parses with the parser the socket's class subclasses (httptools' C one, installed).
+        unix_cls, tcp_cls = (s.config.http_protocol_class for s in running.servers)
+        assert unix_cls is protocol_class() and issubclass(unix_cls, tcp_cls) and tcp_cls.__module__.startswith("uvicorn.")
         conn = UnixHTTP(str(path))
         # Two requests on one kept-alive connection: both carry it.
         for _ in range(2):

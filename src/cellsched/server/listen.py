@@ -313,7 +313,9 @@ class Listeners:
                 tls = item.scheme == "https"
                 config = uvicorn.Config(
                     app,
-                    http=protocol_class() if item.is_unix else "h11",
+                    # TCP: httptools (C) when installed, as uvicorn's "auto" picks; the Unix
+                    # socket's protocol subclasses the same one (peercred.protocol_class).
+                    http=protocol_class() if item.is_unix else "auto",
                     ws="none",
                     lifespan="auto" if i == 0 else "off",  # the application starts and stops once
                     log_config=None,
