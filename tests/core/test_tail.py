@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cellsched.core.admission import Grant, Schedule, start_waiting_now
+from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule, start_waiting_now
 from cellsched.spec.cluster import ClusterConfig, Pool, Team
 
 
@@ -73,3 +73,30 @@ def test_reserve_counts_grants_left_waiting(reserve, expected):
     s.release(r, 50)
     moves = start_waiting_now(s, [(1, p), (2, q), (3, z)], 50, reserve=reserve)
     assert [(new.project, new.start) for _, _, new in moves] == expected
+
+
+@pytest.mark.parametrize("per_node", [4, 2])
+@pytest.mark.parametrize("min_width, expected", [
+    (1, [("O", 200), ("N", 10)]),  # the narrow O is the oldest: it holds, W is passed over
+    (4, [("W", 50)]),  # only wide grants hold: W does, and N may not cut in front of it
+])
+def test_only_wide_grants_hold_their_place(per_node, min_width, expected):
+    # The schedule of the first test with an older narrow grant O (2 GPUs, 300 s),
+    # promised [260, 560). At 10, O's earliest window is [200, 500) (two GPUs beside N,
+    # then all four): holding O's place there does nothing for W, which N then passes.
+    # Holding only grants of 4 GPUs or more skips O: W moves to [50, 150) and N stays.
+    s = schedule(per_node)
+    s.commit(grant("B", 2, 0, 50))
+    a = s.commit(grant("A", 2, 0, 100))
+    w = s.commit(grant("W", 4, 100, 200))
+    n = s.commit(grant("N", 2, 200, 260))
+    o = s.commit(grant("O", 2, 260, 560))
+    s.release(a, 10)
+    moves = start_waiting_now(s, [(0, o), (1, w), (2, n)], 10, reserve=Hold(1, min_width))
+    assert [(new.project, new.start) for _, _, new in moves] == expected
+
+
+def test_a_bare_count_is_a_hold_of_any_width():
+    assert as_hold(2) == Hold(2, 1) and as_hold(Hold(1, 16)) == Hold(1, 16)
+    assert not Hold() and Hold(1)
+    assert pull_rule("hold_oldest") == ("start_now", Hold(1, 1))

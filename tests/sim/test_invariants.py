@@ -9,7 +9,7 @@ from simbuild import run, setup, trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellsched.core.admission import start_waiting_now
+from cellsched.core.admission import Hold, start_waiting_now
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
 from cellsched.sim.metrics import summarise
@@ -69,14 +69,14 @@ class PlainWaiting(Waiting):
     daemon runs): the oracle for the simulator's indexed pass."""
 
     def _start_now(self, now):  # noqa: ANN001, ANN202
-        for seq, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now, self.reserve):
+        for seq, g, ng in start_waiting_now(self.schedule, list(self.grants.items()), now, self.hold):
             self._take(seq, g, ng, now)
             yield seq, g, ng
 
 
 def run_plain(stp, reserve=None):  # noqa: ANN001, ANN202
     pol = Cellsched(stp) if reserve is None else Cellsched(stp, reserve=reserve)
-    pol.waiting = PlainWaiting(pol.schedule, "start_now", pol.waiting.reserve)
+    pol.waiting = PlainWaiting(pol.schedule, "start_now", pol.waiting.hold)
     e = Engine(stp.trace.jobs, stp.gpus, pol, stp.nodes)
     e.run()
     return e
@@ -93,11 +93,13 @@ def test_indexed_start_now_equals_the_plain_pass(rows, cap):
 
 @settings(max_examples=150, deadline=None)
 @given(rows=st.lists(job, min_size=1, max_size=60), nodes=st.integers(1, 4), per_node=st.sampled_from([2, 4]),
-       reserve=st.integers(0, 3))
-def test_indexed_pass_equals_the_plain_pass_on_nodes_with_reservations(rows, nodes, per_node, reserve):
-    """The oldest ``reserve`` waiting grants hold their place (moved to their earliest window)
-    before others start: the index (heap of the oldest, then widths) and the core's plain
-    rule give the same schedule, on one node and on several, and every promise holds."""
+       count=st.integers(0, 3), min_width=st.sampled_from([1, 2, 4]))
+def test_indexed_pass_equals_the_plain_pass_on_nodes_with_reservations(rows, nodes, per_node, count, min_width):
+    """The ``count`` oldest waiting grants at least ``min_width`` wide hold their place
+    (moved to their earliest window) before others start: the index (heap of the oldest
+    that may hold, then widths) and the core's plain rule give the same schedule, on one
+    node and on several, and every promise holds."""
+    reserve = Hold(count, min_width)
     cap = nodes * per_node
     rows = [(s, d, g if g <= per_node else per_node * (g // per_node), x, t) for s, d, g, x, t in rows]
     stp = setup(build(rows, cap), cap, per_node=per_node)

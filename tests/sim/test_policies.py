@@ -130,10 +130,10 @@ def test_default_allowances_admit_the_whole_trace_and_scale_tightens_them():
 
 def test_hold_oldest_is_start_now_with_the_oldest_holding_its_place():
     """The cluster's policy names the rule; hold_oldest = start_now with one reservation."""
-    from cellsched.core.admission import RESERVE_OLDEST, pull_rule
+    from cellsched.core.admission import RESERVE_OLDEST, Hold, pull_rule
 
-    assert pull_rule("start_now") == ("start_now", 0) and pull_rule("compact") == ("compact", 0)
-    assert pull_rule("hold_oldest") == ("start_now", RESERVE_OLDEST) == ("start_now", 1)
+    assert pull_rule("start_now") == ("start_now", Hold()) and pull_rule("compact") == ("compact", Hold())
+    assert pull_rule("hold_oldest") == ("start_now", Hold(RESERVE_OLDEST)) == ("start_now", Hold(1, 1))
     tr = trace((0, 2, 2, 10), (0, 6, 1), (0, 6, 1), (0, 7, 2))
     assert starts(run("cellsched", setup(tr, 2), rule="hold_oldest")) == [0, 2, 2, 8]
     assert starts(run("cellsched", setup(tr, 2))) == [0, 9, 9, 2]  # start_now, the default

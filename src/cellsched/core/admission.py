@@ -462,26 +462,50 @@ window before it starts others under ``pull_forward = "hold_oldest"`` (docs/admi
 "The oldest grant holds its place")."""
 
 
-def pull_rule(name: str) -> tuple[str, int]:
-    """A cluster's ``policy.pull_forward`` as (the pass: ``start_now`` or ``compact``, how
-    many oldest waiting grants hold their place first)."""
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Which waiting grants hold their place before ``start_now`` starts others: the
+    ``count`` oldest of those at least ``min_width`` GPUs wide (narrow grants are not the
+    tail: a narrow window fits the gaps that wide ones leave)."""
+
+    count: int = 0
+    min_width: int = 1
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def holds(self, g: Grant) -> bool:
+        return g.width >= self.min_width
+
+
+def as_hold(reserve: int | Hold) -> Hold:
+    """A bare count (the older form of ``reserve``) is that many oldest grants, any width."""
+    return reserve if isinstance(reserve, Hold) else Hold(reserve)
+
+
+def pull_rule(name: str) -> tuple[str, Hold]:
+    """A cluster's ``policy.pull_forward`` as (the pass: ``start_now`` or ``compact``, which
+    oldest waiting grants hold their place first)."""
     if name == "hold_oldest":
-        return "start_now", RESERVE_OLDEST
+        return "start_now", Hold(RESERVE_OLDEST)
     if name in ("start_now", "compact"):
-        return name, 0
+        return name, Hold()
+    if name.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH
+        _, c, w = name.split(":")
+        return "start_now", Hold(int(c), int(w))
     raise ValueError(f"unknown pull_forward rule {name!r}")
 
 
 def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int,
-                      reserve: int = 0) -> list[tuple[int, Grant, Grant]]:
+                      reserve: int | Hold = 0) -> list[tuple[int, Grant, Grant]]:
     """The ``start_now`` pull-forward rule over waiting grants keyed by submission order
     (the key is the tie-breaker and says which grant is oldest).
 
-    1. The oldest waiting grant is moved as early as the calendar allows
-       (``Schedule.move_earlier``): now, or an earlier window in the future, which holds its
-       place against everything started after it; if it starts now, the next oldest, until
-       ``reserve`` grants are left waiting (or none is). As EASY reserves for its head, but
-       on a promise: the window only ever moves earlier.
+    1. The oldest waiting grant (of those ``reserve`` holds: ``Hold``) is moved as early as
+       the calendar allows (``Schedule.move_earlier``): now, or an earlier window in the
+       future, which holds its place against everything started after it; if it starts
+       now, the next oldest, until ``reserve.count`` grants are left waiting (or none is).
+       As EASY reserves for its head, but on a promise: the window only ever moves earlier.
     2. Repeatedly the longest waiting grant (length of its window; ties by earlier start,
        then key) whose whole window fits now starts now, until none does. Longest first
        because a long window needs a long run of free GPUs, which is rare; short ones fit
@@ -491,14 +515,15 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
     Without step 1 the widest grants start at their promise while narrower work fills
     every gap (the tail of the waits). Returns (key, old, new) for each move, in order. The
     simulator finds the same grants by index."""
+    hold = as_hold(reserve)
     left = sorted(((k, g) for k, g in waiting if g.start > now), key=lambda kg: kg[0])
     out = []
     held = 0
     rest: list[tuple[int, Grant]] = []
-    for i, (k, g) in enumerate(left):
-        if held >= reserve:
-            rest.extend(left[i:])
-            break
+    for k, g in left:
+        if held >= hold.count or not hold.holds(g):
+            rest.append((k, g))
+            continue
         ng = schedule.move_earlier(g, now)
         if ng.start < g.start:
             out.append((k, g, ng))

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from heapq import heappop, heappush
 from itertools import islice
 
-from cellsched.core.admission import Grant, Schedule, pull_rule
+from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule
 
 INF = 1 << 62
 
@@ -74,9 +74,9 @@ class _Lane:
 class Waiting:
     """The waiting grants, and the passes that pull them forward when capacity is freed."""
 
-    def __init__(self, schedule: Schedule, rule: str = "start_now", reserve: int | None = None) -> None:
+    def __init__(self, schedule: Schedule, rule: str = "start_now", reserve: int | Hold | None = None) -> None:
         rule, by_rule = pull_rule(rule)
-        reserve = by_rule if reserve is None else reserve
+        hold = by_rule if reserve is None else as_hold(reserve)
         self.schedule = schedule
         self.rule = rule
         # Team calendars and allowances split by period can block a start the pool allows,
@@ -88,13 +88,16 @@ class Waiting:
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self.freed_since = False  # capacity came back since the last pass
-        self.reserve = reserve if rule == "start_now" else 0
-        self._oldest: list[int] = []  # heap of seqs, lazily cleaned (seq order = submission order)
+        self.hold = hold if rule == "start_now" else Hold()
+        self.reserve = self.hold.count
+        # Heap of the seqs of waiting grants the hold applies to, lazily cleaned (seq order =
+        # submission order; a grant's width never changes, so neither does whether it holds).
+        self._oldest: list[int] = []
         self._in_heap: set[int] = set()
 
     def add(self, seq: int, g: Grant) -> None:
         self.grants[seq] = g
-        if seq not in self._in_heap:
+        if self.reserve and seq not in self._in_heap and self.hold.holds(g):
             self._in_heap.add(seq)
             heappush(self._oldest, seq)
         self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
@@ -162,8 +165,8 @@ class Waiting:
                 self.add(seq, g)
 
     def _reserve_oldest(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
-        """The ``reserve`` oldest waiting grants (by submission) are moved as early as the
-        calendar allows (``Schedule.move_earlier``): now, or an earlier future window that
+        """The ``reserve`` oldest waiting grants (by submission; of those ``hold`` applies to)
+        are moved as early as the calendar allows (``Schedule.move_earlier``): now, or an earlier future window that
         the grants started after them must leave alone."""
         heap, grants, in_heap = self._oldest, self.grants, self._in_heap
         back: list[int] = []
