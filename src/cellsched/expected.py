@@ -26,6 +26,7 @@ instead of each batch starting its own on the same cores.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,18 @@ server must not wait for that, nor take it from the other submits' cores. Above 
 submit and its dry run answer with the promise and say so; ``status`` still replays."""
 
 
+@dataclass(frozen=True)
+class Context:
+    """What the replay takes beside the ratios, read with them: the grants admitted in the
+    last 24 hours (later work arrives as they did: ``history.arrivals``), the calendar nodes
+    with no machine (``history.lost_nodes``) and the waiting grants' ``not_before``s still
+    ahead (``history.not_befores``)."""
+
+    arrivals: tuple[tuple[int, str, str | None, int, int], ...] = ()
+    lost: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    not_before: Mapping[int, int] = field(default_factory=dict)
+
+
 class RatiosCache:
     """The estimator's :class:`~cellsched.core.expect.Ratios` (how much of their windows
     each team's recent grants held), kept for :attr:`TTL_S` seconds: reading them scans the
@@ -61,24 +74,34 @@ class RatiosCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._held: tuple[int, Ratios] | None = None
+        self._held: tuple[int, Ratios, Context] | None = None
         self.reads = 0  # times the ledger was read for them
 
     def get(self, ledger: Ledger, now: int, s: Session | None = None) -> Ratios:
         """The ratios as of ``now`` (read within ``s`` if given, else in a read of their own)."""
+        return self.get_all(ledger, now, s)[0]
+
+    def get_all(self, ledger: Ledger, now: int, s: Session | None = None) -> tuple[Ratios, Context]:
+        """The ratios and the rest of the replay's input read with them (:class:`Context`)."""
         with self._lock:
             held = self._held
         if held is not None and 0 <= now - held[0] < self.TTL_S:
-            return held[1]
+            return held[1], held[2]
         from cellsched.ledger import history
+
+        def read(x: Session) -> tuple[Ratios, Context]:
+            r = history.ratios(x, now)
+            if r.cluster is None:
+                return r, Context()
+            return r, Context(tuple(history.arrivals(x, now)), history.lost_nodes(x), history.not_befores(x, now))
 
         if s is None:
             with ledger.read() as own:
-                got = history.ratios(own, now)
+                got = read(own)
         else:
-            got = history.ratios(s, now)
+            got = read(s)
         with self._lock:
-            self._held = (now, got)
+            self._held = (now, *got)
             self.reads += 1
         return got
 
@@ -88,17 +111,29 @@ class RatiosCache:
 
 
 def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[int, Grant]] | None,
-           s: Session | None = None, max_live: int | None = None) -> dict[int, tuple[int, str]]:
+           s: Session | None = None, max_live: int | None = None,
+           not_before: Mapping[int, int] | None = None, fresh: bool = False) -> dict[int, tuple[int, str]]:
     """``(expected start, basis)`` of each waiting grant in ``want`` (keyed by grant id, or
     by a key above every id for a grant not in the ledger), replayed on ``live`` (every
     grant holding GPUs from ``now`` on, by id; None: read from the ledger, only if a replay
     is needed). ``s``: a session to read in (else reads of their own). With more than
-    ``max_live`` live grants, no replay: the promises, with a basis that says why."""
+    ``max_live`` live grants, no replay: the promises, with a basis that says why.
+    ``not_before``: the earliest start of grants of ``want`` (a submit's: where its window
+    would begin but for the calendar). ``fresh``: read the lost nodes and the ``not_before``s
+    now (``status``) rather than take the cached ones."""
     from cellsched.ledger import history
 
     if not want:
         return {}
-    ratios = env.ratios.get(env.ledger, now, s)
+    ratios, ctx = env.ratios.get_all(env.ledger, now, s)
+    lost, nbs = ctx.lost, dict(ctx.not_before)
+    if fresh and ratios.cluster is not None:
+        if s is None:
+            with env.ledger.read() as own:
+                lost, nbs = history.lost_nodes(own), history.not_befores(own, now)
+        else:
+            lost, nbs = history.lost_nodes(s), history.not_befores(s, now)
+    nbs.update(not_before or {})
     if live is None and ratios.cluster is not None:
         if s is None:
             with env.ledger.read() as own:
@@ -109,8 +144,9 @@ def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[i
         why = (f"not estimated at submit: {len(live):,} grants are live, more than a submit replays "
                f"({max_live:,}); `cellsched status` estimates it")
         return {k: (g.start, why) for k, g in want.items()}
-    pools = {p.name: p.gpus for p in env.cluster.pools}
-    return history.expected_of(pools, live or (), ratios, now, want, env.cluster.policy.pull_forward)
+    pools = {p.name: (p.gpus, p.gpus_per_node) for p in env.cluster.pools}
+    return history.expected_of(pools, live or (), ratios, now, want, env.cluster.policy.pull_forward,
+                               nbs, lost, ctx.arrivals)
 
 
 def _core_grant(g: Any) -> Grant:
@@ -136,6 +172,7 @@ def fill_outcomes(env: Env, outcomes: Sequence[tuple[SubmitOutcome, int]],
     ``max_live`` live grants: :data:`SUBMIT_MAX_LIVE` unless given). Never raises: a
     failure leaves the promise, and the basis says why."""
     want: dict[int, Grant] = {}
+    nb: dict[int, int] = {}
     waiting: list[tuple[SubmitOutcome, int]] = []
     now = 0
     for o, t in outcomes:
@@ -147,12 +184,15 @@ def fill_outcomes(env: Env, outcomes: Sequence[tuple[SubmitOutcome, int]],
             continue
         key = row.id if row.id is not None else _dry_key(live)
         want[key] = _core_grant(row)
+        # The earliest start its spec allows (not_before, notice): where the window begins
+        # unless something delayed it (then the delay says where it would have begun).
+        nb[key] = o.delay.wanted if o.delay is not None else row.start
         waiting.append((o, key))
         now = max(now, t)
     if not waiting:
         return
     try:
-        got = expect(env, now, want, live, s, SUBMIT_MAX_LIVE if max_live is None else max_live)
+        got = expect(env, now, want, live, s, SUBMIT_MAX_LIVE if max_live is None else max_live, nb)
     except Exception as e:  # noqa: BLE001 - the grant stands; only the estimate is missing
         got = {k: (g.start, _not_estimated(e)) for k, g in want.items()}
     for o, key in waiting:
@@ -273,7 +313,7 @@ def add_to_status(env: Env, items: list[dict[str, Any]], now: int) -> None:
     if not want:
         return
     try:
-        got = expect(env, now, want, None)
+        got = expect(env, now, want, None, fresh=True)
     except Exception as e:  # noqa: BLE001 - status still answers
         got = {k: (g.start, _not_estimated(e)) for k, g in want.items()}
     for it in items:

@@ -23,21 +23,27 @@ estimate, not a promise, and one definition for ``submit``, ``status`` and ``sim
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
 from typing import Protocol
 
-from cellsched.core.admission import Grant, Schedule, TeamState, start_waiting_now
+from cellsched.core.admission import Grant, Request, Schedule, TeamState, start_waiting_now
 from cellsched.core.allowance import TeamBook
 from cellsched.core.nodes import NodeCalendar
 from cellsched.spec.cluster import Policy, Pool, Team
 
 WINDOW_S = 30 * 86400
 """How far back history counts: grants that ended in the last 30 days."""
+ARRIVALS_S = 86400
+"""Work submitted later is taken to arrive as in the last day: the grants admitted in the
+last 24 hours, submitted again at the same offsets, day after day."""
+MAX_ARRIVALS = 1000
+"""At most this many later submits are replayed (the replay's cost grows with them); past
+them no more work arrives."""
 MIN_GRANTS = 3
 """A team's own ratio needs at least this many ended grants; with fewer, the cluster's."""
 
-END, START = 0, 1
+END, FREE, START, ARRIVE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +57,7 @@ class Ratios:
     cluster_grants: int = 0
     window_s: int = WINDOW_S
 
-    def of(self, team: str) -> float:
+    def of(self, team: str, width: int | None = None) -> float:
         r = self.teams.get(team)
         if r is not None:
             return r
@@ -142,11 +148,19 @@ def held_for(g: Grant, ratio: float) -> int:
     return min(length, max(1, -int(-length * ratio // 1)))
 
 
-def flat_schedule(pools: Mapping[str, int], teams: Iterable[str]) -> Schedule:
-    """An empty schedule of one node per pool and teams without limits: the replay's."""
+PoolShape = int | tuple[int, int]
+"""A pool in the replay: its GPUs (one node: the flat calendar) or (GPUs, GPUs per node)."""
+
+
+def replay_schedule(pools: Mapping[str, PoolShape], teams: Iterable[str]) -> Schedule:
+    """An empty schedule of the given pools (on their nodes) and teams without limits: the
+    replay's (allowances and ``max_gpus`` are left out: an estimate, not a promise)."""
+    built = {}
+    for name, shape in pools.items():
+        n, per = (shape, shape) if isinstance(shape, int) else shape
+        built[name] = (Pool.model_construct(name=name, gpu_type="", gpus=n, gpus_per_node=per), NodeCalendar(n, per))
     return Schedule(
-        pools={name: (Pool.model_construct(name=name, gpu_type="", gpus=n, gpus_per_node=n), NodeCalendar(n))
-               for name, n in pools.items()},
+        pools=built,
         teams={t: TeamState(Team.model_construct(name=t, members=(), period="none", max_gpus=None,
                                                  allowance_gpu_hours=0.0), TeamBook(1 << 62, "none"), None)
                for t in teams},
@@ -154,52 +168,119 @@ def flat_schedule(pools: Mapping[str, int], teams: Iterable[str]) -> Schedule:
     )
 
 
+def flat_schedule(pools: Mapping[str, int], teams: Iterable[str]) -> Schedule:
+    """An empty schedule of one node per pool and teams without limits."""
+    return replay_schedule(pools, teams)
+
+
+def _hold_free(sched: Schedule, pool: str, node: int, t0: int, t1: int) -> None:
+    """Reserve whatever node ``node`` of ``pool`` has free over [t0, t1): a lost node takes
+    nothing new (as ``ledger.snapshot._block_lost_nodes`` holds it for admission)."""
+    cal = sched.pools[pool][1]
+    if t1 <= t0 or not 0 <= node < len(cal.nodes):
+        return
+    node_cal = cal.nodes[node]
+    cuts = [(t0, node_cal.free_at(t0))] + [(a, f) for a, f in node_cal.steps() if t0 < a < t1]
+    for i, (a, free) in enumerate(cuts):
+        b = cuts[i + 1][0] if i + 1 < len(cuts) else t1
+        if free > 0:
+            cal.reserve(a, b, free, (node,))
+
+
 def expected_starts(
-    pools: Mapping[str, int],
+    pools: Mapping[str, PoolShape],
     live: Sequence[tuple[int, Grant]],
     ratios: Ratios,
     now: int,
     want: Collection[int] | None = None,
     waiting_set: Callable[[Schedule], WaitingSet] = PlainWaiting,
+    not_before: Mapping[int, int] | None = None,
+    lost: Mapping[str, Collection[int]] | None = None,
+    arrivals: Sequence[tuple[int, str, str, int, int]] = (),
+    period: int = 0,
 ) -> dict[int, int]:
     """The expected start of every waiting grant in ``live`` (or of those keyed in ``want``:
     the replay stops once they have started), keyed as given.
 
     ``live`` is every grant that holds GPUs from ``now`` on, keyed by submission order:
     running ones (start <= now < end) and waiting ones (start > now). ``pools`` gives each
-    pool's GPUs. Never later than a grant's own start (the rule only moves windows earlier);
-    equal to it when nothing ahead ends early."""
+    pool's GPUs (and GPUs per node: the replay places on nodes, keeping each live grant on
+    its own nodes). ``not_before``: by key, the earliest instant a waiting grant may start
+    (its spec's ``not_before``): it is not pulled forward before then, as the daemon does
+    not. ``lost``: per pool, calendar nodes with no machine behind them: nothing new is
+    placed on them (their own grants keep their windows). Never later than a grant's own
+    start (the rule only moves windows earlier); equal to it when nothing ahead ends early."""
     teams = sorted({g.team for _, g in live})
-    sched = flat_schedule(pools, teams)
+    sched = replay_schedule(pools, teams)
+    multi = {name for name, (_, cal) in sched.pools.items() if len(cal.nodes) > 1}
+    lost_at = {p: frozenset(ns) for p, ns in (lost or {}).items() if p in multi and ns}
+    nb = not_before or {}
     waiting = waiting_set(sched)
     heap: list[tuple[int, int, int]] = []
     running: dict[int, Grant] = {}
+    held: dict[int, Grant] = {}  # waiting grants not yet allowed to move (not_before ahead)
     left = set(want) if want is not None else None
     out: dict[int, int] = {}
+    horizon = now
+
+    def place(g: Grant) -> Grant:
+        nodes = g.nodes if g.pool in multi else None
+        try:
+            return sched.commit(replace(g, nodes=nodes))
+        except ValueError:
+            if nodes is None:
+                raise
+            return sched.commit(replace(g, nodes=None))  # its nodes no longer fit: anywhere
+
     for k, g in sorted(live, key=lambda kg: kg[0]):
         if g.end <= now or g.pool not in pools:
             continue
-        if g.start <= now:
-            ends = max(now, g.start + held_for(g, ratios.of(g.team)))  # from its real start
-            running[k] = sched.commit(Grant(g.project, g.team, g.pool, g.width, now, g.end))
-            heappush(heap, (ends, END, k))
+        horizon = max(horizon, g.end)
+        try:
+            if g.start <= now:
+                ends = max(now, g.start + held_for(g, ratios.of(g.team, g.width)))  # from its real start
+                running[k] = place(replace(g, start=now))
+                heappush(heap, (ends, END, k))
+                continue
+            g = place(g)
+        except ValueError:
+            continue  # over-committed (a pool shrank): not replayed
+        if nb.get(k, now) > now:
+            held[k] = g
+            heappush(heap, (min(nb[k], g.start), FREE, k))
         else:
-            g = sched.commit(Grant(g.project, g.team, g.pool, g.width, g.start, g.end))
             waiting.add(k, g)
-            heappush(heap, (g.start, START, k))
-            if left is None:
-                out.setdefault(k, g.start)
+        heappush(heap, (g.start, START, k))
+        if left is None:
+            out.setdefault(k, g.start)
     if left is not None:
-        left &= set(waiting.grants)
+        left &= set(waiting.grants) | set(held)
         if not left:
             return {}
+    for pool, nodes in lost_at.items():
+        for n in sorted(nodes):
+            _hold_free(sched, pool, n, now, horizon)
+
+    def hold_lost(g: Grant, t0: int, t1: int) -> None:
+        """What ``g`` gave back on lost nodes over [t0, t1) is held again."""
+        ns = lost_at.get(g.pool)
+        if ns and g.nodes:
+            for n in g.nodes:
+                if n in ns:
+                    _hold_free(sched, g.pool, n, t0, t1)
 
     def started(k: int, g: Grant, t: int) -> None:
         running[k] = g
-        heappush(heap, (t + held_for(g, ratios.of(g.team)), END, k))
+        heappush(heap, (t + held_for(g, ratios.of(g.team, g.width)), END, k))
         out[k] = t
         if left is not None:
             left.discard(k)
+
+    # Work submitted later: ``arrivals`` (offset from now, team, pool, width, window length),
+    # repeated every ``period`` seconds, admitted as a submit would be after the pass.
+    arrive_key = max((k for k, _ in live), default=0) + 1
+    if arrivals and period > 0 and left is not None:  # only while something asked for waits
+        heappush(heap, (now + arrivals[0][0], ARRIVE, 0))
 
     # The replay opens with a pass at ``now`` (the live calendar need not be the rule's
     # fixed point: a dry run's grant was just admitted); after it, the rule runs whenever
@@ -212,13 +293,24 @@ def expected_starts(
             k = heappop(heap)[2]
             g = running.pop(k)
             sched.release(g, t)
+            hold_lost(g, t, g.end)
             waiting.freed()
+        while heap and heap[0][0] == t and heap[0][1] == FREE:
+            k = heappop(heap)[2]
+            g = held.pop(k, None)
+            if g is not None and g.start > t:
+                waiting.add(k, g)  # its not_before has come: it may move from here on
+                waiting.freed()
+            elif g is not None:
+                held[k] = g  # its own window starts now: started below
         while heap and heap[0][0] == t and heap[0][1] == START:
             k = heappop(heap)[2]
             g = waiting.grants.get(k)
             if g is not None and g.start == t:
                 waiting.remove(k, g)
                 started(k, g, t)
+            elif k in held and held[k].start == t:
+                started(k, held.pop(k), t)
             else:
                 waiting.freed()  # the grant moved earlier: its old window is free from here
         for k, old, ng in waiting.run(t):
@@ -229,6 +321,25 @@ def expected_starts(
             back = max(old.start, ng.end)  # where its old window is given back (as the simulator)
             if old.start < back < old.end:
                 heappush(heap, (back, START, k))
+            hold_lost(old, old.start, old.end)
+        while heap and heap[0][0] == t and heap[0][1] == ARRIVE:
+            i = heappop(heap)[2]
+            _, team, pool, width, length = arrivals[i % len(arrivals)]
+            if team not in sched.teams:
+                sched.teams[team] = replay_schedule({}, [team]).teams[team]
+            got = sched.admit(Request("", team, width, width * length, pool=pool), t, alternatives=False)
+            if isinstance(got, Grant):
+                got = sched.commit(got)
+                k = arrive_key
+                arrive_key += 1
+                if got.start == t:
+                    started(k, got, t)
+                else:
+                    waiting.add(k, got)
+                    heappush(heap, (got.start, START, k))
+            j = i + 1
+            if j < MAX_ARRIVALS:
+                heappush(heap, (now + (j // len(arrivals)) * period + arrivals[j % len(arrivals)][0], ARRIVE, j))
     if left is not None:
         return {k: out[k] for k in sorted(out) if want is None or k in want}
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from cellsched.core.expect import MIN_GRANTS, WINDOW_S, Ratios, ratios_from
+from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, ratios_from
 from cellsched.core.stats import percentile
 
 MIN_WAIT_S = 3600
@@ -52,6 +52,22 @@ class History:
         teams = {t: r.teams[t] for t, _, _, n in rows if n >= MIN_GRANTS}
         counts = {t: n for t, _, _, n in rows}
         return Ratios(teams, r.cluster, counts, sum(counts.values()), self.window_s)
+
+
+def recent_arrivals(jobs, refused, last: int, now: int,
+                    period: int = ARRIVALS_S) -> list[tuple[int, str, str | None, int, int]]:
+    """The replay's later work (``core.expect``): the jobs admitted in the last ``period``
+    seconds up to job ``last`` (``jobs`` in submission order; ``refused``: seqs refused), as
+    (offset from now at which each is submitted again, team, pool (any), width, window)."""
+    out = []
+    i = last
+    while i >= 0 and jobs[i].submit > now - period:
+        j = jobs[i]
+        if j.seq not in refused:
+            out.append((j.submit - now + period, j.team, None, j.gpus, j.requested))
+        i -= 1
+    out.reverse()
+    return out
 
 
 def accuracy(samples: dict[int, tuple[int, int, int]], start: list[int]) -> dict[str, object]:

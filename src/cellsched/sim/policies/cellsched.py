@@ -16,9 +16,9 @@ from __future__ import annotations
 import time
 
 from cellsched.core.admission import Grant, Refusal, Request, Schedule
-from cellsched.core.expect import expected_starts
+from cellsched.core.expect import ARRIVALS_S, expected_starts
 from cellsched.sim.compress import Waiting
-from cellsched.sim.expect import History
+from cellsched.sim.expect import History, recent_arrivals
 from cellsched.sim.engine import START, Engine
 from cellsched.sim.setup import SimSetup
 from cellsched.sim.trace import TraceJob
@@ -42,7 +42,7 @@ class Cellsched:
         self.history = History()
         self.expected: dict[int, tuple[int, int, int]] = {}  # seq -> (submit, promise, expected)
         self.expect_seconds = 0.0
-        self.pool_gpus = {name: p.gpus for name, (p, _) in self.schedule.pools.items()}
+        self.pool_shapes = {name: (p.gpus, p.gpus_per_node) for name, (p, _) in self.schedule.pools.items()}
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
@@ -67,8 +67,10 @@ class Cellsched:
 
     def _expect(self, job: TraceJob, g: Grant, now: int) -> None:
         t0 = time.process_time()
-        got = expected_starts(self.pool_gpus, list(self.grants.items()), self.history.ratios(now), now,
-                              want=(job.seq,), waiting_set=lambda s: Waiting(s, self.rule_name))
+        got = expected_starts(self.pool_shapes, list(self.grants.items()), self.history.ratios(now), now,
+                              want=(job.seq,), waiting_set=lambda s: Waiting(s, self.rule_name),
+                              arrivals=recent_arrivals(self.engine.jobs, self.engine.refused, job.seq, now),
+                              period=ARRIVALS_S)
         self.expected[job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
         self.expect_seconds += time.process_time() - t0
 

@@ -1,0 +1,245 @@
+"""The expected start's estimators, side by side, on one simulator replay.
+
+    python benchmarks/expected.py --trace ../shared/traces/itp.csv --cluster examples/sim-cluster.toml
+    python benchmarks/expected.py ... --estimate-noise 0.5 --jobs 20000 --every 20
+
+One ``cellsched`` replay (the policy exactly as ``cellsched simulate`` runs it); at the
+submission of every ``--every``-th job that waits, every estimator below replays the same
+live calendar with its own ratios, and each answer is scored against the job's real start
+(jobs that waited at least 1 h: median and p90 of |estimate - actual| / actual wait, and the
+signed median, positive when the estimate is late). Prints one JSON object. The estimator
+``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py); the
+others are the alternatives it was chosen among (docs/admission.md, "Expected start").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cellsched.core.admission import Grant
+from cellsched.core.expect import WINDOW_S, Ratios, expected_starts
+from cellsched.core.stats import percentile
+from cellsched.sim.compress import Waiting
+from cellsched.sim.engine import Engine
+from cellsched.sim.expect import History
+from cellsched.sim.policies.cellsched import Cellsched
+from cellsched.sim.setup import build_setup
+from cellsched.sim.trace import Trace, TraceJob, add_estimate_noise, load_trace
+from cellsched.spec.load import load_cluster
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A ratio per (team, width) from a function: an estimator under test."""
+
+    fn: Callable[[str, int], float]
+
+    def of(self, team: str, width: int | None = None) -> float:
+        return self.fn(team, width or 1)
+
+
+class Ended:
+    """Grants ended in the last 30 days: (t, team, width, held s, granted s)."""
+
+    def __init__(self) -> None:
+        self.rows: deque[tuple[int, str, int, int, int]] = deque()
+
+    def add(self, t: int, team: str, width: int, held: int, granted: int) -> None:
+        self.rows.append((t, team, width, held, granted))
+
+    def window(self, now: int) -> deque[tuple[int, str, int, int, int]]:
+        while self.rows and self.rows[0][0] < now - WINDOW_S:
+            self.rows.popleft()
+        return self.rows
+
+
+def width_class(w: int) -> int:
+    return 0 if w == 1 else 1 if w <= 8 else 2
+
+
+def est_gs_mean(rows) -> Fixed:  # the estimator before this benchmark: GPU-seconds weighted, per team
+    h: dict[str, int] = {}
+    g: dict[str, int] = {}
+    n: dict[str, int] = {}
+    for _, team, w, hs, gs in rows:
+        h[team] = h.get(team, 0) + w * hs
+        g[team] = g.get(team, 0) + w * gs
+        n[team] = n.get(team, 0) + 1
+    cl = sum(h.values()) / max(1, sum(g.values())) if g else 1.0
+    teams = {t: h[t] / g[t] for t in g if n[t] >= 3}
+    return Fixed(lambda team, w: teams.get(team, cl))
+
+
+def est_median(rows) -> Fixed:
+    per: dict[str, list[float]] = {}
+    allr = []
+    for _, team, w, hs, gs in rows:
+        r = hs / gs
+        per.setdefault(team, []).append(r)
+        allr.append(r)
+    cl = statistics.median(allr) if allr else 1.0
+    teams = {t: statistics.median(v) for t, v in per.items() if len(v) >= 3}
+    return Fixed(lambda team, w: teams.get(team, cl))
+
+
+def est_mean(rows) -> Fixed:  # unweighted mean of per-grant ratios
+    per: dict[str, list[float]] = {}
+    allr = []
+    for _, team, w, hs, gs in rows:
+        r = hs / gs
+        per.setdefault(team, []).append(r)
+        allr.append(r)
+    cl = statistics.fmean(allr) if allr else 1.0
+    teams = {t: statistics.fmean(v) for t, v in per.items() if len(v) >= 3}
+    return Fixed(lambda team, w: teams.get(team, cl))
+
+
+def est_shrunk(rows, k: float = 10.0, stat: str = "gs") -> Fixed:
+    """Per (team, width class) with shrinkage towards the team's, the team's towards the
+    cluster's: (n x own + k x parent) / (n + k)."""
+    def acc(key, d, hs, gs, w):
+        x = d.setdefault(key, [0.0, 0.0, 0])
+        if stat == "gs":
+            x[0] += w * hs
+            x[1] += w * gs
+        elif stat == "s":
+            x[0] += hs
+            x[1] += gs
+        else:  # per-grant mean
+            x[0] += hs / gs
+            x[1] += 1
+        x[2] += 1
+    cl_d: dict = {}
+    tm: dict = {}
+    tw: dict = {}
+    for _, team, w, hs, gs in rows:
+        acc(0, cl_d, hs, gs, w)
+        acc(team, tm, hs, gs, w)
+        acc((team, width_class(w)), tw, hs, gs, w)
+    cl = cl_d[0][0] / cl_d[0][1] if cl_d else 1.0
+    team_r = {t: (x[2] * (x[0] / x[1]) + k * cl) / (x[2] + k) for t, x in tm.items()}
+    tw_r = {key: (x[2] * (x[0] / x[1]) + k * team_r[key[0]]) / (x[2] + k) for key, x in tw.items()}
+    return Fixed(lambda team, w: tw_r.get((team, width_class(w)), team_r.get(team, cl)))
+
+
+class Probe(Cellsched):
+    """The ``cellsched`` policy, asking every estimator at each sampled submission."""
+
+    def __init__(self, setup, every: int, estimators: dict[str, tuple[str, Callable]]) -> None:
+        super().__init__(setup, expect_every=0)
+        self.every = every
+        self.estimators = estimators
+        self.ended = Ended()
+        self.samples: dict[str, dict[int, tuple[int, int, int]]] = {n: {} for n in estimators}
+        self.seconds = {n: 0.0 for n in estimators}
+        self.shapes = {name: (p.gpus, p.gpus_per_node) for name, (p, _) in self.schedule.pools.items()}
+        self.hist = History()
+
+    def on_submit(self, job: TraceJob, now: int) -> None:
+        self._last_seq = job.seq
+        super().on_submit(job, now)
+        g = self.grants.get(job.seq)
+        if g is not None and g.start > now and job.seq % self.every == 0:
+            rows = self.ended.window(now)
+            live = list(self.grants.items())
+            for name, (shape, make) in self.estimators.items():
+                t0 = time.process_time()
+                r = make(rows) if make is not None else self.hist.ratios(now)
+                pools = {n: x[0] for n, x in self.shapes.items()} if shape == "flat" else self.shapes
+                arr, period = (), 0
+                if "arr" in name:
+                    period = int(name.split("arr")[1]) * 3600
+                    arr = self.arrivals(now, period)
+                got = expected_starts(pools, live, r, now, want=(job.seq,),
+                                      waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr, period=period)
+                self.samples[name][job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
+                self.seconds[name] += time.process_time() - t0
+
+    def arrivals(self, now: int, period: int) -> list[tuple[int, str, str, int, int]]:
+        """Jobs submitted in [now - period, now], as they would be submitted again from now."""
+        jobs = self.engine.jobs
+        out = []
+        i = self._last_seq
+        while i >= 0 and jobs[i].submit >= now - period:
+            j = jobs[i]
+            out.append((j.submit - now + period, j.team, "main", j.gpus, j.requested))
+            i -= 1
+        out.reverse()
+        return out
+
+    def on_end(self, job: TraceJob, now: int) -> None:
+        g = self.grants[job.seq]
+        self.ended.add(now, job.team, job.gpus, now - g.start, g.end - g.start)
+        self.hist.add(now, job.team, job.gpus * (now - g.start), g.gpu_seconds)
+        super().on_end(job, now)
+
+
+def score(samples: dict[int, tuple[int, int, int]], start: list[int]) -> dict[str, object]:
+    err, signed, prom = [], [], []
+    for seq, (submit, promise, expected) in samples.items():
+        s = start[seq]
+        wait = s - submit
+        if s < 0 or wait < 3600:
+            continue
+        err.append(abs(expected - s) / wait)
+        signed.append((expected - s) / wait)
+        prom.append(abs(promise - s) / wait)
+    err.sort(), signed.sort(), prom.sort()
+    q = lambda xs, p: None if not xs else round(percentile(xs, p, presorted=True), 3)  # noqa: E731
+    return {"n": len(err), "p50": q(err, 50), "p90": q(err, 90), "signed_p50": q(signed, 50),
+            "promise_p50": q(prom, 50), "promise_p90": q(prom, 90)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trace", required=True)
+    ap.add_argument("--cluster", required=True)
+    ap.add_argument("--estimate-noise", type=float, default=0.0)
+    ap.add_argument("--noise-seed", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=0, help="only the first N jobs (0: all)")
+    ap.add_argument("--every", type=int, default=20)
+    ap.add_argument("--only", nargs="*", default=None, help="estimators to run (default: all)")
+    ap.add_argument("--dump", default=None, help="write every sample (submit, promise, expected, start) here")
+    a = ap.parse_args()
+    tr = add_estimate_noise(load_trace(a.trace), a.estimate_noise, a.noise_seed)
+    if a.jobs:
+        tr = Trace(tr.source, tr.jobs[: a.jobs], tr.bad_rows, tr.estimate_factor, tr.requested_column,
+                   tr.estimate_noise, tr.best_effort_from)
+    setup = build_setup(tr, load_cluster(a.cluster))
+    estimators = {
+        "cellsched": ("nodes", None),
+        "flat_gs_mean": ("flat", est_gs_mean),
+        "gs_mean": ("nodes", est_gs_mean),
+        "median": ("nodes", est_median),
+        "mean": ("nodes", est_mean),
+        "shrunk_gs": ("nodes", lambda rows: est_shrunk(rows, 10, "gs")),
+        "shrunk_s": ("nodes", lambda rows: est_shrunk(rows, 10, "s")),
+        "shrunk_mean": ("nodes", lambda rows: est_shrunk(rows, 10, "mean")),
+        "arr6": ("nodes", est_gs_mean),
+        "arr24": ("nodes", est_gs_mean),
+        "arr72": ("nodes", est_gs_mean),
+    }
+    if a.only:
+        estimators = {k: v for k, v in estimators.items() if k in a.only}
+    pol = Probe(setup, a.every, estimators)
+    engine = Engine(setup.trace.jobs, setup.gpus, pol, setup.nodes)
+    t0 = time.perf_counter()
+    engine.run()
+    out = {"jobs": len(tr.jobs), "estimate_noise": a.estimate_noise, "every": a.every,
+           "seconds": round(time.perf_counter() - t0, 1),
+           "estimators": {n: {**score(pol.samples[n], engine.start), "seconds": round(pol.seconds[n], 1)}
+                          for n in estimators}}
+    if a.dump:
+        with open(a.dump, "w") as f:
+            json.dump({n: {seq: [*v, engine.start[seq]] for seq, v in pol.samples[n].items()} for n in estimators}, f)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
