@@ -150,3 +150,97 @@ def test_no_history_falls_back_and_says_so(session):
     assert r.basis("b") == "none" and r.cluster is None
     assert got == {7: now + 3 * H}  # every window runs to its end: the promise
     assert "no grant ended in the last 30 days" in r.sentence("b")
+
+
+def test_a_waiting_grant_is_not_expected_before_its_not_before():
+    # 4 GPUs. R (a) runs [0, 100) and holds half its window: it ends at 50. W (b) is
+    # promised [100, 200) but may not start before 80 (its spec's not_before): it is
+    # expected at 80, not at 50 where the GPUs come free.
+    live = [(1, g("a", 4, 0, 100)), (2, g("b", 4, 100, 200))]
+    half = Ratios({"a": 0.5}, 0.5)
+    assert expected_starts({"main": 4}, live, half, 10) == {2: 50}
+    assert expected_starts({"main": 4}, live, half, 10, not_before={2: 80}) == {2: 80}
+    assert expected_starts({"main": 4}, live, half, 10, want=[2], not_before={2: 80}) == {2: 80}
+    # A not_before past its own start changes nothing: it starts at its window.
+    assert expected_starts({"main": 4}, live, half, 10, not_before={2: 150}) == {2: 100}
+
+
+def node_g(team: str, width: int, start: int, end: int, nodes: tuple[int, ...]) -> Grant:
+    return Grant("p", team, "main", width, start, end, nodes)
+
+
+def test_nothing_new_is_placed_on_a_lost_node():
+    # Two nodes of 4. R (a, 4 GPUs) runs [0, 100) on node 0; W (b, 4 GPUs) is promised
+    # [100, 200) on node 0 (admitted while node 1 was held by something else). Node 1 is
+    # free, and lost: W cannot start there now; it waits for R, which ends at 50.
+    live = [(1, node_g("a", 4, 0, 100, (0,))), (2, node_g("b", 4, 100, 200, (0,)))]
+    half = Ratios({"a": 0.5}, 0.5)
+    assert expected_starts({"main": (8, 4)}, live, half, 10) == {2: 10}  # node 1 free: now
+    assert expected_starts({"main": (8, 4)}, live, half, 10, lost={"main": [1]}) == {2: 50}
+    # R's node lost instead: R keeps its window there, W moves to node 1 at once.
+    assert expected_starts({"main": (8, 4)}, live, half, 10, lost={"main": [0]}) == {2: 10}
+    # Both lost: W keeps its own window on node 0 and starts there, at its promise (R's
+    # early end frees nothing that a new window could take).
+    assert expected_starts({"main": (8, 4)}, live, half, 10, lost={"main": [0, 1]}) == {2: 100}
+
+
+def test_later_work_arrives_as_in_the_last_day():
+    # 4 GPUs. R (a, 4 GPUs) runs [0, 100) and ends at 50 (ratio 0.5). W (b, 4 GPUs, window
+    # 100) is promised [100, 200). With no later work W starts at 50. Yesterday one grant of
+    # 2 GPUs and 40 s was admitted at offset 20 (of 86,400): it arrives again at 10 + 20 =
+    # 30, is admitted at the earliest window that fits, [200, 240) after W's (R holds
+    # [0, 100) and W [100, 200)), and at 50, when R ends, the longest waiting grant that fits
+    # starts first: W (window 100 > 40). So W is still expected at 50; the newcomer then
+    # starts at 50 + 50 = 100 when W ends (held half of 100).
+    live = [(1, g("a", 4, 0, 100)), (2, g("b", 4, 100, 200))]
+    half = Ratios({"a": 0.5, "b": 0.5}, 0.5)
+    arr = [(20, "c", "main", 2, 40)]
+    assert expected_starts({"main": 4}, live, half, 10, want=[2], arrivals=arr, period=86400) == {2: 50}
+    # A newcomer that arrives after R has ended early and fits the hole W cannot use takes
+    # it first: R (a, 2 GPUs) [0, 100) ends at 50; W (b, 4 GPUs) [100, 200) needs all four.
+    # The newcomer (2 GPUs, 60 s) arrives at 40 and starts at once beside R, on [40, 100)
+    # (2 GPUs free): held half, it ends at 70, R at 50: W starts at 70, not at 50.
+    live = [(1, g("a", 2, 0, 100)), (2, g("b", 4, 100, 200))]
+    assert expected_starts({"main": 4}, live, half, 10, want=[2]) == {2: 50}
+    arr = [(30, "c", "main", 2, 60)]
+    assert expected_starts({"main": 4}, live, half, 10, want=[2], arrivals=arr, period=86400) == {2: 70}
+
+
+def test_lost_nodes_and_not_before_read_from_the_ledger(session):
+    from cellsched.ledger.tables import NodeMapRow, ProjectRow
+
+    now = 100 * DAY
+    for i in (1, 2, 3):  # history: team a holds half its windows
+        add(session, i, "a", 1, now - i * DAY, now - i * DAY + 2 * H, now - i * DAY + 4 * H, "completed",
+            now - i * DAY + 2 * H)
+    # Two nodes of 4: R (a, 4 GPUs) runs on node 0 since now - 1 h for 4 h: it ends at now + 1 h.
+    add(session, 6, "a", 4, now - H, now + 3 * H, now + 3 * H, "active", None)
+    add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
+    for gid in (6, 7):
+        row = session.get(GrantRow, gid)
+        row.nodes = "[0]"
+        session.add(row)
+    session.commit()
+    pools = {"main": (8, 4)}
+    got, _ = expected_for(session, pools, now, [7])
+    assert got == {7: now}  # node 1 is there and free: W starts now
+    session.add(NodeMapRow(pool="main", index=1, node_id=None, since=now))
+    session.commit()
+    got, _ = expected_for(session, pools, now, [7])
+    assert got == {7: now + H}  # node 1 lost: W waits for R
+    # W's spec says not before now + 2 h: expected there, after R's end.
+    import datetime as dt
+
+    from cellsched.spec.models import ProjectSpec
+    from cellsched.spec.seal import canonical_json
+
+    nb = dt.datetime.fromtimestamp(now + 2 * H, dt.timezone.utc).isoformat()
+    sp = ProjectSpec.model_validate({
+        "name": "p7", "team": "b", "owner": "o", "problem": "q",
+        "budget": {"gpu_hours": 8, "gpus": 4, "not_before": nb},
+        "jobs": [{"name": "j", "run": ["true"], "gpus": 4}]})
+    session.add(ProjectRow(id="p7@x", name="p7", digest="d7", team="b", owner="o", submitted_by="o",
+                           spec_json=canonical_json(sp), created_at=now - DAY))
+    session.commit()
+    got, _ = expected_for(session, pools, now, [7])
+    assert got == {7: now + 2 * H}

@@ -94,16 +94,19 @@ def _not_before_of(spec_json: str) -> int | None:
         return None
 
 
-def expected_for(s: Session, pools: dict[str, int], now: int, ids: list[int],
+def expected_for(s: Session, pools: Mapping[str, PoolShape], now: int, ids: list[int],
                  extra: tuple[int, Grant] | None = None) -> tuple[dict[int, int], Ratios]:
     """Expected starts of the grants ``ids`` (and of ``extra``, a grant not in the ledger: a
-    dry run's), with the ratios they rest on."""
+    dry run's), with the ratios they rest on: the replay as ``status`` runs it (arrivals,
+    lost nodes and ``not_before``s read from the ledger)."""
     live = live_grants(s, now)
     if extra is not None:
         live.append(extra)
     want = list(ids) + ([extra[0]] if extra is not None else [])
     r = ratios(s, now)
-    return expected_starts(pools, live, r, now, want=want), r
+    got = expected_starts(pools, live, r, now, want=want, not_before=not_befores(s, now), lost=lost_nodes(s),
+                          arrivals=arrivals(s, now), period=ARRIVALS_S)
+    return got, r
 
 
 def replay_waiting(rule: str) -> Callable[[Schedule], WaitingSet]:
