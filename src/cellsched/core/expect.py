@@ -3,22 +3,27 @@
 The promise (a grant's ``start``) is what the calendar guarantees if every grant ahead runs
 to the end of its window. Most do not: they finish early and the ``start_now`` rule pulls
 waiting grants forward into what they free. The **expected start** is a forward replay of
-the current calendar under the same rule in which every running and waiting grant ends
-when history says it will:
+the current calendar under the same rule (the same core) in which:
 
 - each grant holds ``ratio x`` its window (rounded up to a second), where ``ratio`` is its
   team's recent ratio of held to granted window (:class:`Ratios`: GPU-seconds of the windows
-  grants held before they were released, over GPU-seconds granted, for grants that ended in
-  the last 30 days), else the cluster's, else 1.0 (no history: every window runs to its end);
+  grants held before they were released, over GPU-seconds granted, summed over the grants
+  that ended in the last 30 days, with at least 3 of them), else the cluster's, else 1.0
+  (no history: every window runs to its end);
 - a running grant already past that point is expected to end now;
-- a waiting grant is pulled forward by ``start_waiting_now`` (the oldest holds its place,
-  then the longest that fits starts) at every instant GPUs come free in the replay, or
-  starts at its own window's start at the latest.
+- later work arrives as it did in the last day (``arrivals``, :data:`ARRIVALS_S`): the
+  grants admitted in the last 24 hours are submitted again at the same offsets from now,
+  day after day, at most :data:`MAX_ARRIVALS` of them, each admitted at its earliest window
+  after the pass of its instant, and holding its team's ratio of its window;
+- a waiting grant is pulled forward by the cluster's rule at every instant GPUs come free in
+  the replay, or starts at its own window's start at the latest; not before its
+  ``not_before``;
+- grants are placed on the pools' nodes, each live grant on its own; a lost node (``lost``)
+  takes nothing new: what its grants leave free, and give back, is held.
 
-The replay runs on each pool's GPU count (one node per pool) with no team limits: an
-estimate, not a promise, and one definition for ``submit``, ``status`` and ``simulate``
-(which measures it: docs/simulate.md). Pure: no I/O, time passed in.
-"""
+No team limits or allowances: an estimate, not a promise, and one definition for
+``submit``, ``status`` and ``simulate`` (which measures it: docs/simulate.md). Pure: no
+I/O, time passed in."""
 
 from __future__ import annotations
 
