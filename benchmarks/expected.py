@@ -8,8 +8,13 @@ submission of every ``--every``-th job that waits, every estimator below replays
 live calendar with its own ratios, and each answer is scored against the job's real start
 (jobs that waited at least 1 h: median and p90 of |estimate - actual| / actual wait, and the
 signed median, positive when the estimate is late). Prints one JSON object. The estimator
-``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py); the
-others are the alternatives it was chosen among (docs/admission.md, "Expected start").
+``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: team
+ratios of GPU-seconds held over granted, later work as in the last 24 h); the others are
+the alternatives it was chosen among: ``flat_*`` replays on one node per pool, names without
+``arr`` let no later work arrive, ``arrN`` lets the last N hours' work arrive again, and the
+ratio statistics are ``gs_mean`` (the cellsched one), ``median`` / ``mean`` of per-grant
+ratios, ``shrunk_*`` per team and width class (1, 2-8, more GPUs) shrunk towards the team's
+and the cluster's with weight 10 grants.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cellsched.core.admission import Grant
-from cellsched.core.expect import WINDOW_S, Ratios, expected_starts
+from cellsched.core.expect import ARRIVALS_S, WINDOW_S, expected_starts
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -153,7 +158,10 @@ class Probe(Cellsched):
                 r = make(rows) if make is not None else self.hist.ratios(now)
                 pools = {n: x[0] for n, x in self.shapes.items()} if shape == "flat" else self.shapes
                 arr, period = (), 0
-                if "arr" in name:
+                if name == "cellsched":  # as the simulator asks it (sim/expect.py)
+                    period = ARRIVALS_S
+                    arr = self.arrivals(now, period)
+                elif "arr" in name:
                     period = int(name.split("arr")[1]) * 3600
                     arr = self.arrivals(now, period)
                 got = expected_starts(pools, live, r, now, want=(job.seq,),
@@ -224,6 +232,8 @@ def main() -> None:
         "arr6": ("nodes", est_gs_mean),
         "arr24": ("nodes", est_gs_mean),
         "arr72": ("nodes", est_gs_mean),
+        "median_arr24": ("nodes", est_median),
+        "shrunk_arr24": ("nodes", lambda rows: est_shrunk(rows, 10, "gs")),
     }
     if a.only:
         estimators = {k: v for k, v in estimators.items() if k in a.only}

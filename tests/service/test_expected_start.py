@@ -105,3 +105,24 @@ def test_a_submit_over_the_live_limit_says_so_and_status_still_replays(env: Env,
                                 "`cellsched status` estimates it")
     item = ops.status(env, "bob", "b", T0)[0]
     assert (item["expected_start"], item["expected_start_basis"][:5]) == (T0 + 4 * H, "team ")
+
+
+def test_a_grant_is_not_expected_before_its_not_before(env: Env) -> None:
+    # As the first test: A (16 GPUs) holds both nodes until its expected end, T0 + 4 h. B
+    # (8 GPUs, 4 h) may not start before T0 + 5 h: promised [T0 + 8 h, T0 + 12 h) (after A's
+    # window), expected at its not_before, T0 + 5 h, not where A is expected to end. The same
+    # in a dry run, a submit and status (which reads the spec's not_before from the ledger).
+    history(env)
+    service.submit(env, spec("a", "interp", gpus=16, hours=16 * 8), "alice", T0)
+    d = ops.submit(env, "bob", ops.SpecIn(file="b.json", text=spec(
+        "b", "interp", gpus=8, hours=8 * 4, owner="bob", not_before=T0 + 5 * H).model_dump_json(exclude_none=True)),
+        T0, dry_run=True)
+    assert d["grant"]["start"] == T0 + 8 * H and d["expected_start"] == T0 + 5 * H
+    b = service.submit(env, spec("b", "interp", gpus=8, hours=8 * 4, owner="bob", not_before=T0 + 5 * H), "bob", T0)
+    assert b.grant is not None and b.grant.start == T0 + 8 * H
+    assert b.expected_start == T0 + 5 * H
+    item = ops.status(env, "bob", "b", T0)[0]
+    assert item["expected_start"] == T0 + 5 * H
+    # Without a not_before it would have been expected where A ends.
+    c = service.submit(env, spec("c", "interp", gpus=8, hours=8 * 4), "alice", T0)
+    assert c.grant is not None and c.expected_start == T0 + 4 * H
