@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cellsched.core.admission import Grant
 from cellsched.core.expect import ARRIVALS_S, WINDOW_S, expected_starts
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
@@ -199,7 +198,7 @@ def score(samples: dict[int, tuple[int, int, int]], start: list[int]) -> dict[st
         signed.append((expected - s) / wait)
         prom.append(abs(promise - s) / wait)
     err.sort(), signed.sort(), prom.sort()
-    q = lambda xs, p: None if not xs else round(percentile(xs, p, presorted=True), 3)  # noqa: E731
+    q = lambda xs, p: None if not xs else round(percentile(xs, p, presorted=True), 3)
     return {"n": len(err), "p50": q(err, 50), "p90": q(err, 90), "signed_p50": q(signed, 50),
             "promise_p50": q(prom, 50), "promise_p90": q(prom, 90)}
 

@@ -26,8 +26,8 @@ instead of each batch starting its own on the same cores.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cellsched.core.admission import Grant

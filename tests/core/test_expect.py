@@ -9,7 +9,13 @@ import pytest
 from sqlmodel import Session, SQLModel, create_engine
 
 from cellsched.core.admission import Grant
-from cellsched.core.expect import PlainWaiting, Ratios, expected_starts, held_for, ratios_from
+from cellsched.core.expect import (
+    PlainWaiting,
+    Ratios,
+    expected_starts,
+    held_for,
+    ratios_from,
+)
 from cellsched.ledger.history import expected_for, ratios
 from cellsched.ledger.tables import GrantRow
 
@@ -85,8 +91,8 @@ def test_simulator_index_gives_the_plain_replay():
             t = rnd.randint(0, 200)
             live.append((k, g(rnd.choice("abc"), w, t, t + length, f"p{k}")))
         # Only a feasible calendar counts: place them as admission would (earliest fit).
-        from cellsched.core.expect import flat_schedule
         from cellsched.core.admission import Request
+        from cellsched.core.expect import flat_schedule
 
         sched = flat_schedule({"main": 6}, "abc")
         placed = []
@@ -234,7 +240,7 @@ def test_lost_nodes_and_not_before_read_from_the_ledger(session):
     from cellsched.spec.models import ProjectSpec
     from cellsched.spec.seal import canonical_json
 
-    nb = dt.datetime.fromtimestamp(now + 2 * H, dt.timezone.utc).isoformat()
+    nb = dt.datetime.fromtimestamp(now + 2 * H, dt.UTC).isoformat()
     sp = ProjectSpec.model_validate({
         "name": "p7", "team": "b", "owner": "o", "problem": "q",
         "budget": {"gpu_hours": 8, "gpus": 4, "not_before": nb},

@@ -32,7 +32,13 @@ from dataclasses import dataclass, field, replace
 from heapq import heappop, heappush
 from typing import Protocol
 
-from cellsched.core.admission import Grant, Request, Schedule, TeamState, start_waiting_now
+from cellsched.core.admission import (
+    Grant,
+    Request,
+    Schedule,
+    TeamState,
+    start_waiting_now,
+)
 from cellsched.core.allowance import TeamBook
 from cellsched.core.nodes import NodeCalendar
 from cellsched.spec.cluster import Policy, Pool, Team
