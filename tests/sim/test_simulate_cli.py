@@ -110,11 +110,32 @@ def test_itp_prefix_keeps_every_promise():
 
 @pytest.mark.skipif(not ITP.exists(), reason="../shared/traces/itp.csv is not here")
 def test_itp_full_trace_meets_the_quality_target():
-    """The published target on the real trace, 1,100 GPUs as one node (the flat calendar,
-    whose schedules the one-node pool reproduces exactly), factor 1.5, the default
+    """Issue 15, point 1, at 1,100 GPUs on nodes of 8 (examples/sim-cluster.toml), factor
+    1.5, under ``hold_oldest`` (the oldest waiting grant holds its place): every promise
+    kept, nothing refused, p99 wait no longer than EASY's, utilisation at least EASY's -
+    0.005 and the mean wait at most 0.6 x EASY's. The other sizes and factors are in
+    benchmarks/tail.py and docs/simulate.md (where they miss). ~3 CPU minutes."""
+    from cellsched.sim.run import replay
+    from cellsched.sim.setup import build_setup
+    from cellsched.sim.trace import load_trace
+    from cellsched.spec.load import load_cluster
+
+    config = load_cluster(CLUSTER)
+    held = config.model_copy(update={"policy": config.policy.model_copy(update={"pull_forward": "hold_oldest"})})
+    setup = build_setup(load_trace(ITP), held)
+    cs, easy = (replay(setup, p).metrics for p in ("cellsched", "easy"))
+    assert cs["refused"] == 0 and cs["promise_kept"] == 1.0 and cs["guarantee_breaches"] == 0
+    assert cs["wait_p99_s"] <= easy["wait_p99_s"]
+    assert cs["utilisation"] >= easy["utilisation"] - 0.005
+    assert cs["wait_mean_s"] <= 0.6 * easy["wait_mean_s"]
+
+
+@pytest.mark.skipif(not ITP.exists(), reason="../shared/traces/itp.csv is not here")
+def test_itp_full_trace_on_one_node_meets_the_first_target():
+    """The first published target on the real trace, 1,100 GPUs as one node (the flat
+    calendar, whose schedules the one-node pool reproduces exactly), factor 1.5, the default
     ``start_now``: every promise kept, nothing refused, EASY's utilisation matched and its
-    mean wait beaten by 40%. (Issue 15's tail targets under ``hold_oldest`` on nodes take
-    ~3 CPU minutes: measured by ``benchmarks/simulate.py``, tabled in docs/simulate.md.)"""
+    mean wait beaten by 40%."""
     from cellsched.sim.run import replay
     from cellsched.sim.setup import build_setup
     from cellsched.sim.trace import load_trace
@@ -123,8 +144,9 @@ def test_itp_full_trace_meets_the_quality_target():
 
     config = load_cluster(CLUSTER)
     one_node = Pool.model_construct(name="main", gpu_type="a100", gpus=1100, gpus_per_node=1100)
+    policy = config.policy.model_copy(update={"pull_forward": "start_now"})
     setup = build_setup(load_trace(ITP), ClusterConfig.model_construct(
-        pools=(one_node,), teams=config.teams, admins=config.admins, policy=config.policy))
+        pools=(one_node,), teams=config.teams, admins=config.admins, policy=policy))
     cs, easy = (replay(setup, p).metrics for p in ("cellsched", "easy"))
     assert cs["refused"] == 0 and cs["promise_kept"] == 1.0 and cs["guarantee_breaches"] == 0
     assert cs["utilisation"] >= easy["utilisation"]

@@ -470,9 +470,11 @@ class Hold:
 
     count: int = 0
     min_width: int = 1
+    biggest: int = 0  # then this many more, largest window (GPU-seconds) first
+    ahead_s: int = 0  # the oldest holds only while its window starts at least this far ahead
 
     def __bool__(self) -> bool:
-        return self.count > 0
+        return self.count > 0 or self.biggest > 0
 
     def holds(self, g: Grant) -> bool:
         return g.width >= self.min_width
@@ -490,9 +492,10 @@ def pull_rule(name: str) -> tuple[str, Hold]:
         return "start_now", Hold(RESERVE_OLDEST)
     if name in ("start_now", "compact"):
         return name, Hold()
-    if name.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH
-        _, c, w = name.split(":")
-        return "start_now", Hold(int(c), int(w))
+    if name.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH[:BIGGEST]
+        _, c, w, *b = name.split(":")
+        more = [int(x) for x in b] + [0, 0]
+        return "start_now", Hold(int(c), int(w), more[0], more[1])
     raise ValueError(f"unknown pull_forward rule {name!r}")
 
 
@@ -517,19 +520,13 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
     simulator finds the same grants by index."""
     hold = as_hold(reserve)
     left = sorted(((k, g) for k, g in waiting if g.start > now), key=lambda kg: kg[0])
-    out = []
-    held = 0
-    rest: list[tuple[int, Grant]] = []
-    for k, g in left:
-        if held >= hold.count or not hold.holds(g):
-            rest.append((k, g))
-            continue
-        ng = schedule.move_earlier(g, now)
-        if ng.start < g.start:
-            out.append((k, g, ng))
-        if ng.start > now:
-            held += 1
-            rest.append((k, ng))
+    out: list[tuple[int, Grant, Grant]] = []
+    tried: set[int] = set()
+    left = _hold_places(schedule, left, now, hold.count, hold.holds, out, tried, hold.ahead_s)
+    if hold.biggest:
+        left.sort(key=lambda kg: (-kg[1].gpu_seconds, kg[0]))
+        left = _hold_places(schedule, left, now, hold.biggest, lambda g: True, out, tried)
+    rest = left
     rest.sort(key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
     while True:
         for i, (k, g) in enumerate(rest):
@@ -540,6 +537,35 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
                 break
         else:
             return out
+
+
+def _hold_places(schedule: Schedule, left: list[tuple[int, Grant]], now: int, count: int,
+                 holds, out: list[tuple[int, Grant, Grant]], tried: set[int],  # type: ignore[no-untyped-def]
+                 ahead_s: int = 0) -> list[tuple[int, Grant]]:
+    """Step 1 of ``start_waiting_now`` over ``left`` in its order: grants ``holds`` accepts,
+    not ``tried`` before, move to their earliest window until ``count`` of them are left
+    waiting. Returns the waiting grants as they now stand, in order, but those that
+    started now; appends every move to ``out`` and every grant tried to ``tried``. The first
+    grant due to hold whose window starts less than ``ahead_s`` from now ends the step (the
+    queue ahead of it is short: it holds nothing)."""
+    rest: list[tuple[int, Grant]] = []
+    held = 0
+    for k, g in left:
+        if held >= count or not holds(g) or k in tried:
+            rest.append((k, g))
+            continue
+        if g.start - now < ahead_s:
+            held = count
+            rest.append((k, g))
+            continue
+        tried.add(k)
+        ng = schedule.move_earlier(g, now)
+        if ng.start < g.start:
+            out.append((k, g, ng))
+        if ng.start > now:
+            held += 1
+            rest.append((k, ng))
+    return rest
 
 
 def _team_state(team: Team) -> TeamState:

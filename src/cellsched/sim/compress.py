@@ -94,12 +94,19 @@ class Waiting:
         # submission order; a grant's width never changes, so neither does whether it holds).
         self._oldest: list[int] = []
         self._in_heap: set[int] = set()
+        # With ``hold.biggest``: every waiting grant by (-GPU-seconds, seq), as lazily cleaned
+        # (a grant's window keeps its size when it moves).
+        self._big: list[tuple[int, int]] = []
+        self._in_big: set[int] = set()
 
     def add(self, seq: int, g: Grant) -> None:
         self.grants[seq] = g
         if self.reserve and seq not in self._in_heap and self.hold.holds(g):
             self._in_heap.add(seq)
             heappush(self._oldest, seq)
+        if self.hold.biggest and seq not in self._in_big:
+            self._in_big.add(seq)
+            heappush(self._big, (-g.gpu_seconds, seq))
         self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
 
     def remove(self, seq: int, g: Grant) -> None:
@@ -133,8 +140,11 @@ class Waiting:
         start (which can free team capacity or allowance it needs), as the plain rule, which
         tries every grant again after each start, would find it."""
         schedule = self.schedule
-        if self.reserve:
-            yield from self._reserve_oldest(now)
+        if self.hold:
+            tried: set[int] = set()
+            yield from self._reserve_oldest(now, tried)
+            if self.hold.biggest:
+                yield from self._reserve_biggest(now, tried)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
         held: list[tuple[int, Grant]] = []
         try:
@@ -164,7 +174,7 @@ class Waiting:
             for seq, g in held:
                 self.add(seq, g)
 
-    def _reserve_oldest(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
+    def _reserve_oldest(self, now: int, tried: set[int]) -> Iterator[tuple[int, Grant, Grant]]:
         """The ``reserve`` oldest waiting grants (by submission; of those ``hold`` applies to)
         are moved as early as the calendar allows (``Schedule.move_earlier``): now, or an earlier future window that
         the grants started after them must leave alone."""
@@ -180,6 +190,9 @@ class Waiting:
             back.append(seq)
             if g.start <= now:
                 continue  # starts now by its own event
+            if g.start - now < self.hold.ahead_s:
+                break  # its promise is near: nobody holds a place this time
+            tried.add(seq)
             ng = self.schedule.move_earlier(g, now)
             if ng.start < g.start:
                 self._take(seq, g, ng, now)
@@ -191,6 +204,34 @@ class Waiting:
                 held += 1
         for seq in back:
             heappush(heap, seq)
+
+    def _reserve_biggest(self, now: int, tried: set[int]) -> Iterator[tuple[int, Grant, Grant]]:
+        """Then the ``hold.biggest`` largest waiting grants (GPU-seconds of the window, ties
+        by submission), but those ``tried`` already, are moved as early as the calendar allows."""
+        heap, grants, in_big = self._big, self.grants, self._in_big
+        back: list[tuple[int, int]] = []
+        held = 0
+        while heap and held < self.hold.biggest:
+            item = heappop(heap)
+            seq = item[1]
+            g = grants.get(seq)
+            if g is None:
+                in_big.discard(seq)
+                continue
+            back.append(item)
+            if g.start <= now or seq in tried:
+                continue
+            ng = self.schedule.move_earlier(g, now)
+            if ng.start < g.start:
+                self._take(seq, g, ng, now)
+                yield seq, g, ng
+            if ng.start <= now:
+                back.pop()
+                in_big.discard(seq)
+            else:
+                held += 1
+        for item in back:
+            heappush(heap, item)
 
     def _longest_fit(self, pool: str, lane: _Lane, now: int) -> tuple[int, tuple[int, int]] | None:
         """(-length, key) of the longest waiting grant of ``pool`` that fits its pool now.
