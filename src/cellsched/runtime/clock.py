@@ -12,11 +12,18 @@ import time
 from cellsched.errors import BadInput
 
 
+# 9999-12-31T23:59:59Z: the latest time a date can name (and every later step can print).
+LATEST = 253402300799
+
+
 def parse_time(value: str, what: str = "time") -> int:
     """Epoch seconds from ``1764547200``, ``2026-12-01``, ``2026-12-01T12:00`` or with a zone
     (no zone means UTC)."""
     v = value.strip()
-    if v.lstrip("-").isdigit():
+    digits = v.removeprefix("-")
+    if digits.isascii() and digits.isdigit():  # not str.isdigit alone: "²" passes it, int() refuses it
+        if not 0 <= int(v) <= LATEST:
+            raise BadInput(f"{what}: {value!r} is out of range (epoch seconds from 0 to {LATEST})")
         return int(v)
     try:
         parsed = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))

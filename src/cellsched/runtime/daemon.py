@@ -92,8 +92,10 @@ def check_address(address: str | None, timeout_s: float = 5.0) -> None:
         return
     hostport = address.split("://", 1)[-1].split("/", 1)[0]
     host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep:
         return  # an address form we do not know: let Ray judge it
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise BadInput(f"--address {address}: {port!r} is not a port number (1-65535)")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
