@@ -144,6 +144,7 @@ class Probe(Cellsched):
         self.seconds = {n: 0.0 for n in estimators}
         self.shapes = {name: (p.gpus, p.gpus_per_node) for name, (p, _) in self.schedule.pools.items()}
         self.hist = History()
+        self.costs: dict[str, list[tuple[int, float]]] = {}  # per estimator: (live grants, CPU s) per estimate
 
     def on_submit(self, job: TraceJob, now: int) -> None:
         self._last_seq = job.seq
@@ -166,7 +167,9 @@ class Probe(Cellsched):
                 got = expected_starts(pools, live, r, now, want=(job.seq,),
                                       waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr, period=period)
                 self.samples[name][job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
-                self.seconds[name] += time.process_time() - t0
+                dt = time.process_time() - t0
+                self.seconds[name] += dt
+                self.costs.setdefault(name, []).append((len(live), dt))
 
     def arrivals(self, now: int, period: int) -> list[tuple[int, str, str, int, int]]:
         """Jobs submitted in [now - period, now], as they would be submitted again from now."""
@@ -240,9 +243,21 @@ def main() -> None:
     engine = Engine(setup.trace.jobs, setup.gpus, pol, setup.nodes)
     t0 = time.perf_counter()
     engine.run()
+    def cost(rows: list[tuple[int, float]]) -> dict[str, object]:
+        """CPU ms per estimate (median, p90, max) by live grants: up to 500, 1,000, 2,000, more."""
+        out: dict[str, object] = {}
+        for lo, hi in ((0, 500), (501, 1000), (1001, 2000), (2001, 1 << 30)):
+            xs = sorted(dt for n, dt in rows if lo <= n <= hi)
+            if xs:
+                out[f"live_{lo}_{hi if hi < 1 << 30 else 'more'}"] = {
+                    "n": len(xs), "ms_p50": round(1000 * xs[len(xs) // 2], 1),
+                    "ms_p90": round(1000 * xs[int(len(xs) * 0.9)], 1), "ms_max": round(1000 * xs[-1], 1)}
+        return out
+
     out = {"jobs": len(tr.jobs), "estimate_noise": a.estimate_noise, "every": a.every,
            "seconds": round(time.perf_counter() - t0, 1),
-           "estimators": {n: {**score(pol.samples[n], engine.start), "seconds": round(pol.seconds[n], 1)}
+           "estimators": {n: {**score(pol.samples[n], engine.start), "seconds": round(pol.seconds[n], 1),
+                              "cost": cost(pol.costs.get(n, []))}
                           for n in estimators}}
     if a.dump:
         with open(a.dump, "w") as f:

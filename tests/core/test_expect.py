@@ -71,9 +71,14 @@ def test_replay_chain_and_the_rule_of_the_waiting_grants():
     assert expected_starts({"main": 4}, live, r, 0, want=[3]) == {3: 40}
 
 
-def test_an_overdue_running_grant_is_expected_to_end_now():
+def test_an_overdue_running_grant_holds_the_ratio_of_what_is_left():
+    # R (a) [0, 100), team a holds 0.2 of its windows: expected to end at 20. At 30 it still
+    # runs: it ran longer than most, so it holds 0.2 of what is left, 70 s: it ends at 44,
+    # and W moves there (not to 30: under noise, ending every overdue grant now started
+    # everything behind them at once; docs/admission.md).
     live = [(1, g("a", 4, 0, 100)), (2, g("b", 4, 100, 200))]
-    assert expected_starts({"main": 4}, live, Ratios({"a": 0.2}, 0.2), 30) == {2: 30}
+    assert expected_starts({"main": 4}, live, Ratios({"a": 0.2}, 0.2), 10) == {2: 20}
+    assert expected_starts({"main": 4}, live, Ratios({"a": 0.2}, 0.2), 30) == {2: 44}
 
 
 def test_simulator_index_gives_the_plain_replay():

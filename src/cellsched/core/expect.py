@@ -10,7 +10,9 @@ the current calendar under the same rule (the same core) in which:
   grants held before they were released, over GPU-seconds granted, summed over the grants
   that ended in the last 30 days, with at least 3 of them), else the cluster's, else 1.0
   (no history: every window runs to its end);
-- a running grant already past that point is expected to end now;
+- a running grant already past that point is expected to hold ``ratio x`` what is left of
+  its window from now (it ran longer than most: under noise, ending it now would start
+  every grant behind it at once);
 - later work arrives as it did in the last day (``arrivals``, :data:`ARRIVALS_S`): the
   grants admitted in the last 24 hours are submitted again at the same offsets from now,
   day after day, at most :data:`MAX_ARRIVALS` of them, each admitted at its earliest window
@@ -249,7 +251,10 @@ def expected_starts(
         horizon = max(horizon, g.end)
         try:
             if g.start <= now:
-                ends = max(now, g.start + held_for(g, ratios.of(g.team, g.width)))  # from its real start
+                r = ratios.of(g.team, g.width)
+                ends = g.start + held_for(g, r)  # from its real start
+                if ends <= now:  # it has run longer than most: the ratio of what is left
+                    ends = now + held_for(replace(g, start=now), r)
                 running[k] = place(replace(g, start=now))
                 heappush(heap, (ends, END, k))
                 continue
