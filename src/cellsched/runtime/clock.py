@@ -23,7 +23,7 @@ def parse_time(value: str, what: str = "time") -> int:
     digits = v.removeprefix("-")
     if digits.isascii() and digits.isdigit():  # not str.isdigit alone: "²" passes it, int() refuses it
         if not 0 <= int(v) <= LATEST:
-            raise BadInput(f"{what}: {value!r} is out of range (epoch seconds from 0 to {LATEST})")
+            raise BadInput(f"{what}: {v} is out of range (epoch seconds from 0 to {LATEST})")
         return int(v)
     try:
         parsed = dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
