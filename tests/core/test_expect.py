@@ -97,9 +97,9 @@ def test_simulator_index_gives_the_plain_replay():
             live.append((k, g(rnd.choice("abc"), w, t, t + length, f"p{k}")))
         # Only a feasible calendar counts: place them as admission would (earliest fit).
         from cellsched.core.admission import Request
-        from cellsched.core.expect import flat_schedule
+        from cellsched.core.expect import replay_schedule
 
-        sched = flat_schedule({"main": 6}, "abc")
+        sched = replay_schedule({"main": 6}, "abc")
         placed = []
         for k, x in live:
             got = sched.admit(Request(x.project, x.team, x.width, x.gpu_seconds), max(0, x.start - 50))

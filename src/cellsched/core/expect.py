@@ -70,7 +70,7 @@ class Ratios:
     cluster_grants: int = 0
     window_s: int = WINDOW_S
 
-    def of(self, team: str, width: int | None = None) -> float:
+    def of(self, team: str) -> float:
         r = self.teams.get(team)
         if r is not None:
             return r
@@ -181,11 +181,6 @@ def replay_schedule(pools: Mapping[str, PoolShape], teams: Iterable[str]) -> Sch
     )
 
 
-def flat_schedule(pools: Mapping[str, int], teams: Iterable[str]) -> Schedule:
-    """An empty schedule of one node per pool and teams without limits."""
-    return replay_schedule(pools, teams)
-
-
 def _hold_free(sched: Schedule, pool: str, node: int, t0: int, t1: int) -> None:
     """Reserve whatever node ``node`` of ``pool`` has free over [t0, t1): a lost node takes
     nothing new (as ``ledger.snapshot._block_lost_nodes`` holds it for admission)."""
@@ -251,7 +246,7 @@ def expected_starts(
         horizon = max(horizon, g.end)
         try:
             if g.start <= now:
-                r = ratios.of(g.team, g.width)
+                r = ratios.of(g.team)
                 ends = g.start + held_for(g, r)  # from its real start
                 if ends <= now:  # it has run longer than most: the ratio of what is left
                     ends = now + held_for(replace(g, start=now), r)
@@ -287,7 +282,7 @@ def expected_starts(
 
     def started(k: int, g: Grant, t: int) -> None:
         running[k] = g
-        heappush(heap, (t + held_for(g, ratios.of(g.team, g.width)), END, k))
+        heappush(heap, (t + held_for(g, ratios.of(g.team)), END, k))
         out[k] = t
         if left is not None:
             left.discard(k)
