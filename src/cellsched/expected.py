@@ -26,9 +26,9 @@ instead of each batch starting its own on the same cores.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cellsched.core.admission import Grant
 from cellsched.core.expect import Ratios
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cellsched.ledger.db import Ledger
     from cellsched.service import Env, SubmitOutcome, _Submit
 
+T = TypeVar("T")
 STARTS_NOW = "starts now"
 """The basis of a submit's answer whose window begins at once: the expected start is its start."""
 STARTED = "started"
@@ -95,11 +96,7 @@ class RatiosCache:
                 return r, Context()
             return r, Context(tuple(history.arrivals(x, now)), history.lost_nodes(x), history.not_befores(x, now))
 
-        if s is None:
-            with ledger.read() as own:
-                got = read(own)
-        else:
-            got = read(s)
+        got = _within(ledger, s, read)
         with self._lock:
             self._held = (now, *got)
             self.reads += 1
@@ -108,6 +105,14 @@ class RatiosCache:
     def clear(self) -> None:
         with self._lock:
             self._held = None
+
+
+def _within(ledger: Ledger, s: Session | None, fn: Callable[[Session], T]) -> T:
+    """``fn`` of ``s`` if given, else of a read of its own."""
+    if s is not None:
+        return fn(s)
+    with ledger.read() as own:
+        return fn(own)
 
 
 def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[int, Grant]] | None,
@@ -127,19 +132,13 @@ def expect(env: Env, now: int, want: Mapping[int, Grant], live: Sequence[tuple[i
         return {}
     ratios, ctx = env.ratios.get_all(env.ledger, now, s)
     lost, nbs = ctx.lost, dict(ctx.not_before)
-    if fresh and ratios.cluster is not None:
-        if s is None:
-            with env.ledger.read() as own:
-                lost, nbs = history.lost_nodes(own), history.not_befores(own, now)
-        else:
-            lost, nbs = history.lost_nodes(s), history.not_befores(s, now)
+    if ratios.cluster is not None and (fresh or live is None):
+        def read(x: Session) -> tuple[Mapping[str, Sequence[int]], dict[int, int], Sequence[tuple[int, Grant]]]:
+            fl = (history.lost_nodes(x), history.not_befores(x, now)) if fresh else (lost, nbs)
+            return (*fl, history.live_grants(x, now) if live is None else live)
+
+        lost, nbs, live = _within(env.ledger, s, read)  # one read: the same snapshot
     nbs.update(not_before or {})
-    if live is None and ratios.cluster is not None:
-        if s is None:
-            with env.ledger.read() as own:
-                live = history.live_grants(own, now)
-        else:
-            live = history.live_grants(s, now)
     if max_live is not None and live is not None and len(live) > max_live:
         why = (f"not estimated at submit: {len(live):,} grants are live, more than a submit replays "
                f"({max_live:,}); `cellsched status` estimates it")
