@@ -92,7 +92,7 @@ class Waiting:
         self.reserve = self.hold.count
         # Heap of the seqs of waiting grants the hold applies to, lazily cleaned (seq order =
         # submission order; a grant's width never changes, so neither does whether it holds).
-        self._oldest: list[int] = []
+        self._oldest: list[tuple[int, int]] = []  # (seq, seq): ranked by submission
         self._in_heap: set[int] = set()
         # With ``hold.biggest``: every waiting grant by (-GPU-seconds, seq), as lazily cleaned
         # (a grant's window keeps its size when it moves).
@@ -103,7 +103,7 @@ class Waiting:
         self.grants[seq] = g
         if self.reserve and seq not in self._in_heap and self.hold.holds(g):
             self._in_heap.add(seq)
-            heappush(self._oldest, seq)
+            heappush(self._oldest, (seq, seq))
         if self.hold.biggest and seq not in self._in_big:
             self._in_big.add(seq)
             heappush(self._big, (-g.gpu_seconds, seq))
@@ -142,9 +142,10 @@ class Waiting:
         schedule = self.schedule
         if self.hold:
             tried: set[int] = set()
-            yield from self._reserve_oldest(now, tried)
+            # The oldest (of those the hold applies to), then the biggest windows.
+            yield from self._hold_places(self._oldest, self._in_heap, self.reserve, now, tried, self.hold.ahead_s)
             if self.hold.biggest:
-                yield from self._reserve_biggest(now, tried)
+                yield from self._hold_places(self._big, self._in_big, self.hold.biggest, now, tried)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
         held: list[tuple[int, Grant]] = []
         try:
@@ -174,24 +175,29 @@ class Waiting:
             for seq, g in held:
                 self.add(seq, g)
 
-    def _reserve_oldest(self, now: int, tried: set[int]) -> Iterator[tuple[int, Grant, Grant]]:
-        """The ``reserve`` oldest waiting grants (by submission; of those ``hold`` applies to)
-        are moved as early as the calendar allows (``Schedule.move_earlier``): now, or an earlier future window that
-        the grants started after them must leave alone."""
-        heap, grants, in_heap = self._oldest, self.grants, self._in_heap
-        back: list[int] = []
+    def _hold_places(self, heap: list[tuple[int, int]], members: set[int], count: int, now: int,
+                     tried: set[int], ahead_s: int = 0) -> Iterator[tuple[int, Grant, Grant]]:
+        """The first ``count`` waiting grants of ``heap`` ((rank, seq), lazily cleaned: seqs
+        no longer waiting are dropped, and from ``members``), but those ``tried`` already,
+        are moved as early as the calendar allows (``Schedule.move_earlier``): now, or an
+        earlier future window that the grants started after them must leave alone. The
+        first whose window starts less than ``ahead_s`` from now ends it (its promise is
+        near: nobody holds a place this time). The core's ``_hold_places``, by index."""
+        grants = self.grants
+        back: list[tuple[int, int]] = []
         held = 0
-        while heap and held < self.reserve:
-            seq = heappop(heap)
+        while heap and held < count:
+            item = heappop(heap)
+            seq = item[1]
             g = grants.get(seq)
             if g is None:
-                in_heap.discard(seq)
+                members.discard(seq)
                 continue
-            back.append(seq)
-            if g.start <= now:
-                continue  # starts now by its own event
-            if g.start - now < self.hold.ahead_s:
-                break  # its promise is near: nobody holds a place this time
+            back.append(item)
+            if g.start <= now or seq in tried:
+                continue  # starts now by its own event, or held its place already
+            if g.start - now < ahead_s:
+                break
             tried.add(seq)
             ng = self.schedule.move_earlier(g, now)
             if ng.start < g.start:
@@ -199,35 +205,7 @@ class Waiting:
                 yield seq, g, ng
             if ng.start <= now:
                 back.pop()
-                in_heap.discard(seq)
-            else:
-                held += 1
-        for seq in back:
-            heappush(heap, seq)
-
-    def _reserve_biggest(self, now: int, tried: set[int]) -> Iterator[tuple[int, Grant, Grant]]:
-        """Then the ``hold.biggest`` largest waiting grants (GPU-seconds of the window, ties
-        by submission), but those ``tried`` already, are moved as early as the calendar allows."""
-        heap, grants, in_big = self._big, self.grants, self._in_big
-        back: list[tuple[int, int]] = []
-        held = 0
-        while heap and held < self.hold.biggest:
-            item = heappop(heap)
-            seq = item[1]
-            g = grants.get(seq)
-            if g is None:
-                in_big.discard(seq)
-                continue
-            back.append(item)
-            if g.start <= now or seq in tried:
-                continue
-            ng = self.schedule.move_earlier(g, now)
-            if ng.start < g.start:
-                self._take(seq, g, ng, now)
-                yield seq, g, ng
-            if ng.start <= now:
-                back.pop()
-                in_big.discard(seq)
+                members.discard(seq)
             else:
                 held += 1
         for item in back:
