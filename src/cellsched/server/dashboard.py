@@ -52,29 +52,20 @@ def _html(text: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(text, status_code=status, headers={"Cache-Control": "no-cache"})
 
 
-def _time(value: str, what: str) -> int:
-    """``parse_time``, whose digit test passes characters ``int`` refuses (``"²"``): one
-    line for those too, not a 500."""
-    from cellsched.runtime.clock import parse_time
-
-    try:
-        return parse_time(value, what)
-    except ValueError:
-        raise BadInput(f"{what}: {value!r} is not a time (use 2026-12-01 or 2026-12-01T12:00:00Z)") from None
-
-
 def _period(request: Request, reports: Reports) -> tuple[int, int, bool]:
     """[since, until) from ``?since=&until=`` (the CLI's syntax; until defaults to the end
     of the current period, since to its start when until is not given, else 30 days
     before until), and whether it is the current period."""
+    from cellsched.runtime.clock import parse_time
+
     q = request.query_params
     now = reports.clock()
     p0, p1 = current_period(reports.env.cluster, now)
     raw_since, raw_until = q.get("since") or None, q.get("until") or None
     if raw_since is None and raw_until is None:
         return p0, p1, True
-    until = _time(raw_until, "until") if raw_until is not None else p1
-    since = _time(raw_since, "since") if raw_since is not None else until - 30 * 86400
+    until = parse_time(raw_until, "until") if raw_until is not None else p1
+    since = parse_time(raw_since, "since") if raw_since is not None else until - 30 * 86400
     for what, t in (("since", since), ("until", until)):
         # Calendar arithmetic (allowance periods, dates on the page) fails outside years 1-9999:
         # a period the report can draw, not a 500.
