@@ -80,28 +80,25 @@ def est_gs_mean(rows) -> Fixed:  # the estimator before this benchmark: GPU-seco
     return Fixed(lambda team, w: teams.get(team, cl))
 
 
-def est_median(rows) -> Fixed:
+def _per_grant(rows, stat) -> Fixed:  # type: ignore[no-untyped-def]
+    """Each team's ``stat`` of its grants' held/granted ratios (3 or more), else the cluster's."""
     per: dict[str, list[float]] = {}
     allr = []
     for _, team, w, hs, gs in rows:
         r = hs / gs
         per.setdefault(team, []).append(r)
         allr.append(r)
-    cl = statistics.median(allr) if allr else 1.0
-    teams = {t: statistics.median(v) for t, v in per.items() if len(v) >= 3}
+    cl = stat(allr) if allr else 1.0
+    teams = {t: stat(v) for t, v in per.items() if len(v) >= 3}
     return Fixed(lambda team, w: teams.get(team, cl))
+
+
+def est_median(rows) -> Fixed:
+    return _per_grant(rows, statistics.median)
 
 
 def est_mean(rows) -> Fixed:  # unweighted mean of per-grant ratios
-    per: dict[str, list[float]] = {}
-    allr = []
-    for _, team, w, hs, gs in rows:
-        r = hs / gs
-        per.setdefault(team, []).append(r)
-        allr.append(r)
-    cl = statistics.fmean(allr) if allr else 1.0
-    teams = {t: statistics.fmean(v) for t, v in per.items() if len(v) >= 3}
-    return Fixed(lambda team, w: teams.get(team, cl))
+    return _per_grant(rows, statistics.fmean)
 
 
 def est_shrunk(rows, k: float = 10.0, stat: str = "gs") -> Fixed:
