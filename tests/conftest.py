@@ -110,8 +110,8 @@ def env(cluster_file: Path, ledger_url: str):  # type: ignore[no-untyped-def]
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Longest first: ``slow`` tests (each a minute or more, mostly waiting on Ray and
     daemons), then the other Ray tests, then the rest, each in collection order. Under
-    ``-n 2`` (pyproject's addopts) the two workers then start on the long ones side by side
-    and fill in with short ones, instead of one worker ending the run alone on them."""
+    ``-n 2 --dist loadgroup`` (README) the two workers then start on the long ones side by
+    side and fill in with short ones, instead of one worker ending the run alone on them."""
     def rank(item: pytest.Item) -> int:
         return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 2
 
