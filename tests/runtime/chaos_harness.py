@@ -21,8 +21,13 @@ so their first real run fails and the retry succeeds. The job marked ``until-fin
 training run: it lasts until the final round has begun. Every job process carries
 ``CHAOS_JOB=<run id>`` in its environment (the spec's ``env``, which an environment allowlist
 keeps) and ``CHAOS_SH=<sh pid>`` for the ``sleep`` it waits on; the daemon and its local Ray
-carry ``CHAOS_RUN=<run id>``. A background thread scans ``/proc`` every 0.2 s and records
-when each attempt's processes were last seen alive.
+carry ``CHAOS_RUN=<run id>``. A background thread scans ``/proc`` every 0.2 s; every pid is
+stamped when it is read (wall clock just before and just after reading its ``stat``, which
+shows it alive, not a zombie), and per rank of an attempt (from the processes' own
+``CELLSCHED_*``/``RANK`` environment, and ``CHAOS_SH`` or the parent chain for the shell)
+the first and the last sighting are kept. cellsched's supervisors carry the job's
+environment but are not the job (they kill and reap it, then exit): they are not sightings
+of it (they still count as leftovers after a daemon's Ray is gone).
 
 A round: start ``serve`` (own process group, log file), wait until it logs that it is up,
 hold for a random time (seeded; now and then the signal comes while it is still starting),
@@ -36,11 +41,18 @@ report, the placement groups of its Ray are listed, and it is stopped with SIGTE
 
 The checks:
 
-- overlaps: two attempts of one job (or two copies of one rank of one attempt) whose
-  intervals intersect. An attempt's interval runs from its first ``start`` stamp to its last
-  ``end`` stamp; a rank without ``end`` (SIGKILLed) is taken as alive until the end of the
-  first ``/proc`` scan that began after it was last seen and did not see it (neither its
-  shell nor anything carrying its ``CHAOS_SH``), or else until the end of its round.
+- overlaps: two attempts of one job (or two copies of one rank of one attempt) proven alive
+  at the same moment. A rank is proven alive over ``[alive_from, alive_to]``: ``alive_from``
+  is its ``start`` stamp (or, if earlier, the end of the first ``/proc`` read that saw one of
+  its processes), ``alive_to`` its ``end`` stamp or the *start* of the last read that saw one
+  of its processes, whichever is later (a read shows a process alive at some moment between
+  its start and end, so only those bounds are safe; and a rank's processes, its shell and
+  what the shell started, form one tree alive without a gap). Two ranks overlap when those
+  intervals intersect with a positive width, i.e. a process of attempt N was seen alive
+  strictly after attempt N+1 was seen alive (the check is strict: no tolerance).
+  Undecided (reported, not counted): a rank killed without an ``end`` stamp may have lived
+  past its last sighting until the first scan that missed it (or its round's end); where
+  only that possible tail meets the next attempt, the report says so with the width.
 - lost results: an attempt the ledger records as ``succeeded`` whose ranks did not all stamp
   ``end`` with code 0, one recorded ``failed`` with no stamp at all, and every job that did not
   end ``succeeded`` (windows are long enough for all of them).
@@ -213,6 +225,17 @@ class Proc:
     kind: str  # "job" or "ray" (the daemon's Ray and anything else carrying CHAOS_RUN)
     env: dict[str, str]
     cmd: str
+    # wall-clock times just before and just after this pid's ``stat`` was read and showed it
+    # alive (not a zombie): it was alive at some moment in between, so "alive at ≥ read[0]"
+    # and "alive at ≤ read[1]" are the safe claims
+    read: tuple[float, float] = (0.0, 0.0)
+    ppid: int = 0
+
+    @property
+    def supervisor(self) -> bool:
+        """cellsched's own supervisor of a rank (it carries the job's environment, but it is
+        not the job: it kills and reaps the job's tree, then exits)."""
+        return "_supervisor.py" in self.cmd
 
     @property
     def sh(self) -> int:
@@ -231,6 +254,30 @@ class Proc:
         return f"pid {self.pid} ({cmd[:100]})"
 
 
+def rank_keys(procs: list[Proc]) -> list[tuple[Proc, tuple[str, str, int, int, int]]]:
+    """Each job process of one scan (supervisors left out) with its rank's key: (project,
+    job, attempt, rank, stamping shell), as in the stamps. The shell is ``CHAOS_SH`` where
+    the process has it, else the top of its parent chain among this scan's job processes
+    (the shell itself; a ``date`` or subshell it forked before exporting ``CHAOS_SH``)."""
+    jobs = {p.pid: p for p in procs if p.kind == "job" and not p.supervisor}
+    out = []
+    for p in jobs.values():
+        e = p.env
+        if "CHAOS_SH" in e:
+            sh = p.sh
+        else:
+            top, hops = p, 0
+            while top.ppid in jobs and hops < 64:
+                top, hops = jobs[top.ppid], hops + 1
+            sh = top.pid
+        try:
+            out.append((p, (e["CELLSCHED_PROJECT"], e["CELLSCHED_JOB"], int(e["CELLSCHED_ATTEMPT"]),
+                            int(e.get("RANK", "0")), sh)))
+        except (KeyError, ValueError):
+            continue
+    return out
+
+
 def scan(run_id: str) -> list[Proc]:
     """Live (non-zombie) processes of this run, from ``/proc``."""
     job_mark = f"CHAOS_JOB={run_id}".encode()
@@ -245,16 +292,20 @@ def scan(run_id: str) -> list[Proc]:
                 raw = f.read()
             if job_mark not in raw and run_mark not in raw:
                 continue
+            t0 = time.time()
             with open(f"/proc/{d}/stat", "rb") as f:
                 stat = f.read()
-            if stat[stat.rindex(b")") + 2:][:1] in (b"Z", b"X"):
+            t1 = time.time()
+            rest = stat[stat.rindex(b")") + 2:].split()
+            if rest[0] in (b"Z", b"X"):
                 continue
+            ppid = int(rest[1])
             with open(f"/proc/{d}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):
             continue
         env = dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
-        out.append(Proc(int(d), "job" if job_mark in raw else "ray", env, cmd))
+        out.append(Proc(int(d), "job" if job_mark in raw else "ray", env, cmd, (t0, t1), ppid))
     return out
 
 
@@ -276,14 +327,28 @@ def wait_gone(run_id: str, kind: str, timeout: float) -> list[Proc]:
         time.sleep(0.1)
 
 
+@dataclass
+class Seen:
+    """What the scanner saw of one rank's processes (its shell and what that started),
+    from the per-pid read stamps (``Proc.read``)."""
+
+    first_end: float  # the end of the first read that saw one alive: alive at some t ≤ this
+    last_start: float  # the start of the last read that saw one alive: alive at some t ≥ this
+    last_end: float
+    last_pid: int
+    reads: int = 1
+
+
 class Liveness(threading.Thread):
-    """Scans ``/proc`` every ``every`` s: when each stamping shell (or its sleep) was last
-    seen alive, keyed by the shell's pid, and when every scan began and ended."""
+    """Scans ``/proc`` every ``every`` s and keeps, per rank of an attempt (project, job,
+    attempt, rank, stamping shell: from the processes' own environment), the read stamps of
+    the first and last sighting of any of its processes alive (``Seen``), and when every scan
+    began and ended."""
 
     def __init__(self, run_id: str, every: float = 0.2) -> None:
         super().__init__(daemon=True, name="chaos-liveness")
         self.run_id, self.every = run_id, every
-        self.last_seen: dict[int, float] = {}  # the end of the last scan that saw it
+        self.seen: dict[tuple[str, str, int, int, int], Seen] = {}
         self.starts: list[float] = []
         self.ends: list[float] = []
         self.halt = threading.Event()
@@ -291,19 +356,27 @@ class Liveness(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set():
             t = time.time()
-            seen = {p.sh for p in scan(self.run_id) if p.kind == "job"}
+            procs = scan(self.run_id)
             end = time.time()
-            for sh in seen:
-                self.last_seen[sh] = end
+            for p, k in rank_keys(procs):
+                s = self.seen.get(k)
+                if s is None:
+                    self.seen[k] = Seen(p.read[1], p.read[0], p.read[1], p.pid)
+                else:
+                    s.first_end = min(s.first_end, p.read[1])
+                    if p.read[0] >= s.last_start:
+                        s.last_start, s.last_end, s.last_pid = p.read[0], p.read[1], p.pid
+                    s.reads += 1
             self.starts.append(t)
             self.ends.append(end)
             self.halt.wait(self.every)
 
-    def dead_by(self, sh: int, since: float) -> float | None:
-        """A time by which shell ``sh`` (alive at ``since``) and its processes were gone: the
-        end of the first scan that began after it was last alive and did not see it; None if
-        no scan came after."""
-        after = max(since, self.last_seen.get(sh, since))
+    def dead_by(self, key: tuple[str, str, int, int, int], since: float) -> float | None:
+        """A time by which the rank ``key`` (alive at ``since``) and its processes were gone:
+        the end of the first scan that began after its last sighting's read ended and did
+        not see it; None if no scan came after. An upper bound, not a sighting."""
+        s = self.seen.get(key)
+        after = max(since, s.last_end if s is not None else since)
         i = bisect.bisect_right(self.starts, after)
         return self.ends[i] if i < len(self.starts) else None
 
@@ -662,16 +735,33 @@ class RankRun:
     job: str
     attempt: int
     rank: int
-    pid: int
-    start: float
+    pid: int  # its stamping shell
+    start: float | None  # None: seen by the scanner, but it never stamped start
     end: float | None = None
     rc: int | None = None
-    alive_until: float = 0.0  # end, or the conservative end of a rank without one
+    seen: Seen | None = None  # the scanner's sightings of its processes
+    # Proven alive: at some moment ≤ alive_from and at some moment ≥ alive_to, hence (one
+    # process tree, started by the shell) over the whole [alive_from, alive_to].
+    alive_from: float = 0.0
+    alive_to: float = 0.0
+    # Not ruled out: its processes may have lived until this (end stamp, or the first scan
+    # that missed it, or its round's end), at least until its last sighting's read ended.
+    alive_until: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, int, int, int]:
+        return (self.project, self.job, self.attempt, self.rank, self.pid)
 
     def line(self) -> str:
+        st = f"start {self.start:.3f}" if self.start is not None else "no start stamp"
         end = (f"end {self.end:.3f} rc {self.rc}" if self.end is not None
-               else f"no end stamp, alive until ≥ {self.alive_until:.3f}")
-        return f"attempt {self.attempt} rank {self.rank} pid {self.pid}: start {self.start:.3f}, {end}"
+               else f"no end stamp, gone by ≤ {self.alive_until:.3f}")
+        s = self.seen
+        seen = ("" if s is None else
+                f"; /proc: {s.reads} reads, first ending {s.first_end:.3f}, last "
+                f"[{s.last_start:.3f}, {s.last_end:.3f}] (pid {s.last_pid})")
+        return (f"attempt {self.attempt} rank {self.rank} sh {self.pid}: {st}, {end}{seen}; "
+                f"proven alive [{self.alive_from:.3f}, {self.alive_to:.3f}]")
 
 
 def read_stamps(path: Path) -> tuple[list[RankRun], list[str]]:
@@ -686,8 +776,9 @@ def read_stamps(path: Path) -> tuple[list[RankRun], list[str]]:
             elif f[0] == "end" and len(f) == 8:
                 k = (f[1], f[2], int(f[3]), int(f[4]), int(f[6]))
                 r = runs.get(k)
-                if r is None:
+                if r is None:  # signalled before it could stamp start: alive at its end all the same
                     bad.append(f"end without start: {ln}")
+                    runs[k] = RankRun(f[1], f[2], int(f[3]), int(f[4]), int(f[6]), None, float(f[5]), int(f[7]))
                 else:
                     r.end, r.rc = float(f[5]), int(f[7])
             else:
@@ -704,45 +795,96 @@ def _round_end(rounds: list[Round], t: float) -> float:
     return t
 
 
-def find_overlaps(runs: list[RankRun]) -> list[str]:
+def _at_once(x: RankRun, y: RankRun, x_until: float, y_until: float) -> float | None:
+    """``x`` (the earlier attempt, or copy) alive until ``x_until`` and ``y`` until
+    ``y_until``: the length of the time both were alive (≥ 0; 0 when one was seen at a single
+    instant inside the other's life), or None if they were not. ``y`` must have been seen
+    alive strictly before ``x`` was last: equal stamps are no overlap."""
+    lo, hi = max(x.alive_from, y.alive_from), min(x_until, y_until)
+    if lo <= hi and y.alive_from < x_until:
+        return hi - lo
+    return None
+
+
+def _both_alive(x: RankRun, y: RankRun) -> float | None:
+    """Proven alive at once (from sightings and stamps only)."""
+    return _at_once(x, y, x.alive_to, y.alive_to)
+
+
+def _may_overlap(x: RankRun, y: RankRun) -> float | None:
+    """Not ruled out (``alive_until``: a killed rank's possible tail)."""
+    return _at_once(x, y, x.alive_until, y.alive_until)
+
+
+def find_overlaps(runs: list[RankRun]) -> tuple[list[str], list[str]]:
+    """(overlaps, undecided). An overlap is a proof: a process of one attempt seen alive (a
+    stamp, or a ``/proc`` read's start) strictly after a process of another attempt of the
+    same job (or another copy of the same rank) was seen alive (a stamp, or a read's end),
+    while that one was still alive. Undecided: not proven, but not ruled out either (a rank
+    killed without an end stamp, between its last sighting and the first scan that missed
+    it): reported with its width, not counted."""
     by_job: dict[tuple[str, str], dict[int, list[RankRun]]] = {}
     for r in runs:
         by_job.setdefault((r.project, r.job), {}).setdefault(r.attempt, []).append(r)
-    found = []
+    found: list[str] = []
+    undecided: list[str] = []
+
+    def lines(rs: list[RankRun]) -> str:
+        return "\n".join("    " + r.line() for r in sorted(rs, key=lambda r: (r.alive_from, r.attempt, r.rank)))
+
     for (project, jname), attempts in sorted(by_job.items()):
-        span = {a: (min(r.start for r in rs), max(r.alive_until for r in rs)) for a, rs in attempts.items()}
-        order = sorted(span)
+        order = sorted(attempts)
         for i, a in enumerate(order):
             for b in order[i + 1:]:
-                (s1, e1), (s2, e2) = span[a], span[b]
-                if s1 < e2 and s2 < e1:
-                    found.append(
-                        f"{project}/{jname}: attempt {a} [{s1:.3f} → {e1:.3f}] overlaps attempt {b} "
-                        f"[{s2:.3f} → {e2:.3f}] by {min(e1, e2) - max(s1, s2):.2f} s; stamps:\n"
-                        + "\n".join("    " + r.line() for r in sorted(attempts[a] + attempts[b],
-                                                                       key=lambda r: (r.start, r.rank))))
+                pairs = [(x, y) for x in attempts[a] for y in attempts[b]]
+                proven = [(x, y, w) for x, y in pairs if (w := _both_alive(x, y)) is not None]
+                if proven:
+                    x, y, w = max(proven, key=lambda t: t[2])
+                    found.append(f"{project}/{jname}: attempt {a} rank {x.rank} and attempt {b} rank {y.rank} "
+                                 f"proven alive at once for {w:.3f} s from {max(x.alive_from, y.alive_from):.3f} "
+                                 f"(attempt {a} seen alive at {x.alive_to:.3f}, attempt {b} since "
+                                 f"{y.alive_from:.3f}); stamps:\n" + lines(attempts[a] + attempts[b]))
+                    continue
+                maybe = [(x, y, w) for x, y in pairs if (w := _may_overlap(x, y)) is not None]
+                if maybe:
+                    x, y, w = max(maybe, key=lambda t: t[2])
+                    undecided.append(f"{project}/{jname}: attempt {a} rank {x.rank} may have lived "
+                                     f"{x.alive_until - y.alive_from:.3f} s into attempt {b} (rank {y.rank}), "
+                                     f"not proven; stamps:\n" + lines(attempts[a] + attempts[b]))
             ranks: dict[int, list[RankRun]] = {}
             for r in attempts[a]:
                 ranks.setdefault(r.rank, []).append(r)
             for rank, copies in ranks.items():
-                copies.sort(key=lambda r: r.start)
-                for x, y in pairwise(copies):
-                    if y.start < x.alive_until:
-                        found.append(f"{project}/{jname}: attempt {a} rank {rank} ran twice at once:\n"
-                                     f"    {x.line()}\n    {y.line()}")
-    return found
+                copies.sort(key=lambda r: r.alive_from)
+                for i2, x in enumerate(copies):
+                    for y in copies[i2 + 1:]:
+                        if (w := _both_alive(x, y)) is not None:
+                            found.append(f"{project}/{jname}: attempt {a} rank {rank} ran twice at once "
+                                         f"({w:.3f} s):\n    {x.line()}\n    {y.line()}")
+                        elif _may_overlap(x, y) is not None:
+                            undecided.append(f"{project}/{jname}: attempt {a} rank {rank}: two copies may have "
+                                             f"overlapped {x.alive_until - y.alive_from:.3f} s, not proven:\n"
+                                             f"    {x.line()}\n    {y.line()}")
+    return found, undecided
 
 
 def check(d: Driver) -> dict[str, Any]:
     runs, bad_stamps = read_stamps(d.w.stamps)
-    for r in runs:
+    stamped_keys = {r.key for r in runs}
+    # a rank seen alive that never stamped start (signalled before it could) still counts
+    unstamped = [RankRun(*k, start=None) for k in d.live.seen if k not in stamped_keys]
+    for r in runs + unstamped:
+        r.seen = s = d.live.seen.get(r.key)
+        known = [t for t in (r.start, r.end) if t is not None]
+        r.alive_from = min(known + ([s.first_end] if s else []))
+        r.alive_to = max(known + ([s.last_start] if s else []))
         if r.end is not None:
-            r.alive_until = r.end
+            until = r.end
         else:  # killed: gone by the first /proc scan that missed it, else by its round's end
-            dead = d.live.dead_by(r.pid, r.start)
-            r.alive_until = dead if dead is not None else max(d.live.last_seen.get(r.pid, r.start),
-                                                              _round_end(d.rounds, r.start))
-    overlaps = find_overlaps(runs)
+            dead = d.live.dead_by(r.key, r.alive_from)
+            until = dead if dead is not None else _round_end(d.rounds, r.alive_from)
+        r.alive_until = max(until, r.alive_to, s.last_end if s else until)
+    overlaps, undecided = find_overlaps(runs + unstamped)
 
     stamped: dict[tuple[str, str, int], list[RankRun]] = {}
     for r in runs:
@@ -758,7 +900,7 @@ def check(d: Driver) -> dict[str, Any]:
         mine = stamped.get(key, [])
         seen_attempts[(row["grant_id"], row["job"], row["attempt"])] = seen_attempts.get(
             (row["grant_id"], row["job"], row["attempt"]), 0) + 1
-        gs = sum(r.alive_until - r.start for r in mine)
+        gs = sum(r.alive_until - (r.start or r.alive_from) for r in mine)
         per_grant_stamped[row["grant_id"]] = per_grant_stamped.get(row["grant_id"], 0.0) + gs
         what = f"{row['project']}/{row['job']} attempt {row['attempt']} ({row['state']}, exit codes {row['exit_codes']})"
         if row["state"] == "succeeded":
@@ -811,7 +953,7 @@ def check(d: Driver) -> dict[str, Any]:
             continue
         outcome = ("succeeded" if all(r.rc == 0 for r in rs) else "failed" if any(r.rc == 1 for r in rs)
                    else None)
-        rnd = next((x for x in d.rounds if x.started <= min(r.start for r in rs) <= x.ended), None)
+        rnd = next((x for x in d.rounds if x.started <= min(r.alive_from for r in rs) <= x.ended), None)
         last = max(r.end for r in rs if r.end is not None)
         if outcome is None or rnd is None or rnd.signalled is None or last >= rnd.signalled:
             continue
@@ -837,6 +979,7 @@ def check(d: Driver) -> dict[str, Any]:
     return {
         "rounds": len([r for r in d.rounds if r.signal is not None]),
         "overlaps": len(overlaps),
+        "undecided": len(undecided),
         "lost_results": len(lost),
         "double_charged": len(double),
         "leaked_groups": len(d.leaked_groups),
@@ -846,7 +989,7 @@ def check(d: Driver) -> dict[str, Any]:
         "waves": d.w.waves,
         "unrecorded_completions": len(unrecorded),
         "round_signals": [r.signals() for r in d.rounds],
-        "details": {"overlaps": overlaps, "lost_results": lost, "double_charged": double,
+        "details": {"overlaps": overlaps, "undecided": undecided, "lost_results": lost, "double_charged": double,
                     "leaked_groups": d.leaked_groups, "leaked_processes": leaked_procs,
                     "unrecorded_completions": unrecorded, "bad_stamps": bad_stamps,
                     "problems": d.problems},
@@ -883,7 +1026,7 @@ def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> str:
     """A readable account of what went wrong (empty sections left out), for assertion messages."""
     head = (f"chaos on {res['db']} (seed {res['seed']}, {res['rounds']} rounds, {res['seconds']} s, "
-            f"work dir {res['workdir']}): overlaps {res['overlaps']}, lost results {res['lost_results']}, "
+            f"work dir {res['workdir']}): overlaps {res['overlaps']} (undecided {res['undecided']}), lost results {res['lost_results']}, "
             f"double charged {res['double_charged']}, leaked groups {res['leaked_groups']}, "
             f"leaked processes {res['leaked_processes']}")
     out = [head]
