@@ -238,6 +238,70 @@ def test_rank_actor_crash_loses_gang_and_rank_comes_back(rex: Any, ray_cluster: 
     assert result(rex, n).outcome == "succeeded"
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["same-daemon", "restarted-daemon"])
+def test_a_lost_rank_s_result_waits_until_its_job_is_gone(rex: Any, ray_cluster: Any, tmp_path: Path,
+                                                          restart: bool) -> None:
+    """A rank actor that dies (Ray restarts it) leaves its supervisor to kill its job; until
+    that is done (the rank's lock file is held) the gang has no result, so the daemon
+    cannot start the next attempt beside it. The supervisor is held with SIGSTOP: a node so
+    loaded that it has not been scheduled yet. ``restarted-daemon``: a new executor
+    instance (no memory of the launch) asks."""
+    import signal
+
+    from cellsched.executor import RayExecutor
+
+    n = ready(rex, 2)
+    rex.launch(spec(n, ["sleep", "60"], (0, 1), tmp_path))
+    rank1 = ray_cluster.get_actor(f"{n}/rank-1", namespace="cellsched")
+
+    def running_record() -> dict[str, Any] | None:
+        recs = ray_cluster.get(rank1.snapshot.remote())["records"]
+        return next((r for r in recs if r["supervisor"] and r["ended_at"] is None), None)
+
+    rec = until(running_record)
+    sup, job = rec["supervisor"], rec["pid"]
+    assert pid_alive(sup) and pid_alive(job)
+    before = ray_cluster.get(rank1.info.remote())["incarnation"]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        ray_cluster.kill(rank1, no_restart=False)  # the rank's worker dies; Ray restarts it
+
+        def restarted() -> bool:
+            try:
+                return ray_cluster.get(rank1.info.remote(), timeout=5)["incarnation"] != before
+            except Exception:  # noqa: BLE001 - restarting
+                return False
+
+        until(restarted)
+        ex = RayExecutor() if restart else rex
+        # a poll stops rank 0 (the peer of a lost rank), which ends; rank 1's job still runs
+        rank0 = ray_cluster.get_actor(f"{n}/rank-0", namespace="cellsched")
+
+        def rank0_ended() -> bool:
+            assert pid_alive(job)
+            assert ex.poll(n) == [], "a result while a lost rank's job is alive"
+            return all(r["ended_at"] is not None for r in ray_cluster.get(rank0.snapshot.remote())["records"])
+
+        until(rank0_ended)
+        for _ in range(10):
+            assert pid_alive(job)
+            assert ex.poll(n) == [], "a result while a lost rank's job is alive"
+            assert ex.running(n) == []  # nothing of it is ours to stop: the supervisor will
+            time.sleep(0.1)
+    finally:
+        os.kill(sup, signal.SIGCONT)  # it reads EOF from its dead rank and kills the job
+
+    def collected() -> list[GangResult]:
+        got = rex.poll(n)
+        assert not got or not pid_alive(job), "a result while a lost rank's job is alive"
+        return got
+
+    (r,) = until(collected)
+    rex.ack(n, [r.key])
+    assert (r.outcome, r.exit_codes, r.detail) == ("lost", (-9, None), "lost ranks 1")
+    until(lambda: not pid_alive(sup), timeout=5)  # it has freed the lock: it exits now
+
+
 # -- supervision, windows, environment, fencing, fate (issue 11) ----------------------------
 
 

@@ -236,8 +236,8 @@ class RayExecutor:
         self._code: OrderedDict[str, tuple[Any, int]] = OrderedDict()
         self.code_puts = 0  # how many ray.put of a snapshot this instance made (benchmarks)
         # Gangs this instance launched: the only memory of a gang all of whose ranks were lost
-        # together (their records died with them).
-        self._launched: dict[str, dict[Key, tuple[float, list[Any], list[str]]]] = (
+        # together (their records died with them): start, members, device ids, lock files.
+        self._launched: dict[str, dict[Key, tuple[float, list[Any], list[str], list[str]]]] = (
             defaultdict(dict)
         )
 
@@ -573,7 +573,8 @@ class RayExecutor:
         if gang.code_digest is not None:
             base_env["CELLSCHED_CODE_DIGEST"] = gang.code_digest
             code = self._code_arg(gang)
-        self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids)
+        self._launched[name][gang.key] = (time.time(), member_ids, gpu_ids,
+                                          [gang.lock_path(r) for r in range(len(members))])
         refs = []
         for r, h in enumerate(members):
             node = infos[r]["node_id"]
@@ -677,8 +678,11 @@ class RayExecutor:
                 first = next(iter(recs.values()))
                 t0 = min(r["started_at"] for r in recs.values())
                 members, gpu_ids = first["members"], first["gang_gpu_ids"]
+                # every rank's lock file sits beside a rank's log (the daemon's path of it)
+                where = os.path.dirname(first.get("home") or first["log"])
+                locks = [os.path.join(where, f"rank-{r}.lock") for r in range(len(members))]
             elif key in self._launched.get(name, {}):
-                t0, members, gpu_ids = self._launched[name][key]
+                t0, members, gpu_ids, locks = self._launched[name][key]
             else:
                 continue
             status = []
@@ -704,6 +708,14 @@ class RayExecutor:
                 if lost:
                     self._signal(name, key[0], key[1], 9, "lost")
                 continue
+            if lost:
+                if dead_nodes is None:
+                    dead_nodes = {n["NodeID"] for n in self._ray.nodes() if not n["Alive"]}
+                if not self._lost_ranks_gone(name, members, status, locks, hs, snaps, dead_nodes):
+                    # A lost rank's supervisor may still be killing its job (the rank actor
+                    # died first): no result, so no next attempt, until its lock is free.
+                    settled = False
+                    continue
             for r in live:
                 if r.get("code") == "failed":  # wrong bytes kept for that digest? drop them
                     self._code.pop(r.get("code_digest") or "", None)
@@ -734,6 +746,37 @@ class RayExecutor:
         if acks:
             self._call_all([hs[b].ack.remote(ks, self.epoch) for b, ks in sorted(acks.items())])
         return out, settled
+
+    def _lost_ranks_gone(self, name: str, members: list[Any], status: list[Any], locks: list[str],
+                         hs: list[Any], snaps: list[Any], dead_nodes: set[str]) -> bool:
+        """Whether nothing of a lost rank (``status`` ``_DEAD``) of a gang can still be
+        alive. Its rank actor died, or Ray restarted it, but its supervisor lives on its own
+        and holds the rank's lock file until it has killed and reaped every process of the
+        job: a result reported before would let the next attempt start beside the last one.
+        Proof per lost rank: its node is dead, or its lock is claimed dead (``claim_dead``)
+        on this host (the daemon's node) or through a live rank actor of this group on its
+        node (``claim_locks``). No proof (lock held, or no actor to ask there): False, and
+        the caller asks again on its next poll (a restarted daemon too: the lock files and
+        the peers' records are all it needs)."""
+        found = None
+        calls = []
+        host = socket.gethostname()
+        for r, ((_, _, node), s) in enumerate(zip(members, status)):
+            if s != _DEAD or node in dead_nodes:
+                continue
+            if node == self._home_node:
+                if not claim_dead(locks[r], host, frozenset(dead_nodes)):
+                    return False
+                continue
+            if found is None:
+                found = self._group(name)
+            where = (found[1].get("bundles_to_node_id") or {}) if found is not None else {}
+            asker = next((b for b, h in enumerate(hs) if h is not None and where.get(b) == node
+                          and b < len(snaps) and isinstance(snaps[b], dict)), None)
+            if asker is None:
+                return False
+            calls.append(hs[asker].claim_locks.remote([locks[r]], sorted(dead_nodes)))
+        return all(c is True for c in self._call_all(calls))
 
     def _signal(self, name: str, job: str | None, attempt: int | None, sig: int,
                 reason: str, check: bool = False) -> None:
