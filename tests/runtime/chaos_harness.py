@@ -851,9 +851,12 @@ def find_overlaps(runs: list[RankRun]) -> tuple[list[str], list[str]]:
                     undecided.append(f"{project}/{jname}: attempt {a} rank {x.rank} may have lived "
                                      f"{x.alive_until - y.alive_from:.3f} s into attempt {b} (rank {y.rank}), "
                                      f"not proven; stamps:\n" + lines(attempts[a] + attempts[b]))
+            # copies: shells that stamped (a process seen without stamps may be a child
+            # orphaned by its killed shell, keyed by itself: evidence across attempts only)
             ranks: dict[int, list[RankRun]] = {}
             for r in attempts[a]:
-                ranks.setdefault(r.rank, []).append(r)
+                if r.start is not None or r.end is not None:
+                    ranks.setdefault(r.rank, []).append(r)
             for rank, copies in ranks.items():
                 copies.sort(key=lambda r: r.alive_from)
                 for i2, x in enumerate(copies):
