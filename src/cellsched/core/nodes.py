@@ -39,7 +39,7 @@ from operator import and_, or_, xor
 
 from collections.abc import Collection
 
-from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
+from cellsched.core.calendar import FAR_FUTURE, CapacityCalendar, _tail
 
 _LAST = 1 << 62  # sorts after any node index
 BEST_FIT_OF = 4  # a narrow grant's node is the best fit in GPUs among this many candidates
@@ -156,14 +156,23 @@ class _Whole:
         m, bit = self.masks, 1 << n
         if not freed:  # a reserve: the node is busy somewhere in each of these hours
             a, b = qa - self.q0, qb - self.q0 + 1
-            m[a:b] = [x & ~bit for x in m[a:b]]
+            m[a:b] = map((~bit).__and__, m[a:b])
             return
-        per = self.per
-        for q in range(qa, qb + 1):
-            if node.min_free(q * HOUR, (q + 1) * HOUR) == per:
-                m[q - self.q0] |= bit
-            else:
-                m[q - self.q0] &= ~bit
+        # Whole throughout hour q unless a segment with fewer than ``per`` free meets it.
+        per, q0 = self.per, self.q0
+        t, f = node._t, node._f
+        lo, hi = qa * HOUR, (qb + 1) * HOUR
+        i = bisect_right(t, lo) - 1
+        j = bisect_left(t, hi, i + 1)
+        whole = [True] * (qb - qa + 1)
+        for k in range(i, j):
+            if f[k] != per:
+                a = max(t[k], lo) // HOUR - qa
+                z = ((t[k + 1] if k + 1 < len(t) else hi) - 1) // HOUR - qa + 1
+                whole[a:z] = [False] * (min(z, len(whole)) - a)
+        nb = ~bit
+        for x, w in enumerate(whole, qa - q0):
+            m[x] = m[x] | bit if w else m[x] & nb
 
     def forget_before(self, t: int) -> None:
         if self.q0 is None:
@@ -624,26 +633,54 @@ class _Hours:
         """Node ``n`` changed inside hours [qs, qe]; ``old`` were its crossings there."""
         b = self.bits[n]
         self._memo = None
-        new = self.crossings(node, qs * HOUR, (qe + 1) * HOUR)
-        self._cover(qs, qe)
+        v = self.v
+        t, f = node._t, node._f
+        k = bisect_left(t, qs * HOUR)  # (>= 1: t[0] is the far past)
+        stop = bisect_left(t, (qe + 1) * HOUR, k)
+        above = was = f[k - 1] >= v  # just before hour qs
+        new = []
+        for x in range(k, stop):
+            if (f[x] >= v) is not above:
+                above = not above
+                new.append((t[x], above))
         q0 = self.q0
-        gone, came = set(old) - set(new), set(new) - set(old)
-        for tm, up in gone:
+        if q0 is None or qs < q0 or qe - q0 >= len(self.m0):
+            self._cover(qs, qe)
+            q0 = self.q0
+        # (a handful of crossings each: list lookups beat building sets)
+        for c in old:
+            if c in new:
+                continue
+            tm, up = c
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
-            x = bisect_left(keys[i], tm * NK + n)
-            keys[i] = keys[i][:x] + keys[i][x + 1 :]
-            bb[i] = bb[i][:x] + bb[i][x + 1 :]
-        for tm, up in came:
+            ks = keys[i]
+            x = bisect_left(ks, tm * NK + n)
+            keys[i] = ks[:x] + ks[x + 1 :]
+            bs = bb[i]
+            bb[i] = bs[:x] + bs[x + 1 :]
+        for c in new:
+            if c in old:
+                continue
+            tm, up = c
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
-            x = bisect_left(keys[i], tm * NK + n)
-            keys[i] = keys[i][:x] + (tm * NK + n,) + keys[i][x:]
-            bb[i] = bb[i][:x] + (b,) + bb[i][x:]
-        self._node_bits(n, node, qs, qe, new)
-        f = node._f
-        self.head = self.head | b if f[0] >= self.v else self.head & ~b
-        tail = self.tail | b if f[-1] >= self.v else self.tail & ~b
+            ks = keys[i]
+            key = tm * NK + n
+            x = bisect_left(ks, key)
+            keys[i] = (*ks[:x], key, *ks[x:])
+            bs = bb[i]
+            bb[i] = (*bs[:x], b, *bs[x:])
+        # Outside the hours with a crossing now, the node has no down: the hours where
+        # it had one are cleared here, the others are left as they are.
+        nb = ~b
+        dall = self.dall
+        for tm, up in old:
+            if not up:
+                dall[tm // HOUR - q0] &= nb
+        self._node_bits(b, qs, qe, new, was)
+        self.head = self.head | b if f[0] >= v else self.head & ~b
+        tail = self.tail | b if f[-1] >= v else self.tail & ~b
         if tail != self.tail:  # (a change reaching the far future: never in practice)
             self.tail = tail
             self._ubc.clear()
@@ -670,25 +707,32 @@ class _Hours:
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst.extend([()] * more)
 
-    def _node_bits(self, n: int, node: CapacityCalendar, qs: int, qe: int, ev: list[tuple[int, bool]]) -> None:
-        """Node ``n``'s bits in hours qs..qe, from its crossings ``ev`` there."""
-        b = self.bits[n]
+    def _node_bits(self, b: int, qs: int, qe: int, ev: list[tuple[int, bool]], above: bool) -> None:
+        """The bits ``b`` (a node's) in hours qs..qe, from its crossings ``ev`` there and
+        whether it had ``v`` free just before hour qs (``above``)."""
         nb = ~b
         q0 = self.q0
         m0, sure, poss, dall = self.m0, self.sure, self.poss, self.dall
-        above = node.free_at(qs * HOUR - 1) >= self.v
         q, p, ne = qs, 0, len(ev)
         while q <= qe:
             nxt = min(ev[p][0] // HOUR, qe + 1) if p < ne else qe + 1
             if nxt > q:  # hours without a crossing: the node is as it was throughout
                 a, z = q - q0, nxt - q0
-                if above:
-                    for lst in (m0, sure, poss):
-                        lst[a:z] = [x | b for x in lst[a:z]]
+                if z - a == 1:
+                    if above:
+                        m0[a] |= b
+                        sure[a] |= b
+                        poss[a] |= b
+                    else:
+                        m0[a] &= nb
+                        sure[a] &= nb
+                        poss[a] &= nb
                 else:
-                    for lst in (m0, sure, poss):
-                        lst[a:z] = [x & nb for x in lst[a:z]]
-                dall[a:z] = [x & nb for x in dall[a:z]]
+                    op = b.__or__ if above else nb.__and__
+                    m0[a:z] = map(op, m0[a:z])
+                    sure[a:z] = map(op, sure[a:z])
+                    poss[a:z] = map(op, poss[a:z])
+                    # (dall: cleared by the caller where the node had a down)
                 q = nxt
                 continue
             i, first = q - q0, q * HOUR
@@ -1076,16 +1120,25 @@ class NodeCalendar(CapacityCalendar):
     def _node_add(self, n: int, start: int, end: int, delta: int) -> None:
         self._version += 1
         node = self.nodes[n]
-        # Only thresholds the change crosses have runs that change (see the class doc).
-        lo_before, hi_before = node.min_free(start, end), node.max_free(start, end)
-        lo_after, hi_after = lo_before + delta, hi_before + delta
-        low = min(lo_before, lo_after)
-        high = max(hi_before, hi_after)
-        hours = [h for v, h in self._hours.items() if low < v <= high and v <= node.capacity]
         qs, qe = start // HOUR, end // HOUR
-        crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
+        hours = self._hours
+        if hours:
+            # Only the GPU counts the change crosses have crossings that change.
+            t, f = node._t, node._f
+            i = bisect_right(t, start) - 1
+            j = bisect_left(t, end, i + 1)
+            seg = f[i:j]
+            low, high = min(seg), max(seg)
+            if delta < 0:
+                low += delta
+            else:
+                high += delta
+            cap = node.capacity
+            hours = [h for v, h in hours.items() if low < v <= high and v <= cap]
+            crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
         node._add(start, end, delta)
         if self._whole_masks is not None:
             self._whole_masks.changed(node, n, start, end, delta > 0)
-        for h, old in zip(hours, crossed):
-            h.changed(n, node, old, qs, qe)
+        if hours:
+            for h, old in zip(hours, crossed):
+                h.changed(n, node, old, qs, qe)
