@@ -241,12 +241,20 @@ class CapacityCalendar:
     def _add(self, start: int, end: int, delta: int) -> None:
         self._blk = None
         self._scanned = 0
-        i = self._split(start)
-        j = self._split(end)
-        f = self._f
-        f[i:j] = [x + delta for x in f[i:j]]
+        t, f = self._t, self._f
+        # (the two splits of _split, inline: end's bisect starts from start's)
+        i = bisect_right(t, start) - 1
+        if t[i] != start:
+            i += 1
+            t.insert(i, start)
+            f.insert(i, f[i - 1])
+        j = bisect_right(t, end, i) - 1
+        if t[j] != end:
+            j += 1
+            t.insert(j, end)
+            f.insert(j, f[j - 1])
+        f[i:j] = map(delta.__add__, f[i:j])
         # Merge equal neighbours at both edges (j first: deleting it keeps i valid).
-        t = self._t
         if j < len(t) and f[j] == f[j - 1]:
             del t[j], f[j]
         if i > 0 and f[i] == f[i - 1]:

@@ -17,8 +17,7 @@ nodes that fit ``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of bi
 away; the earliest start for ``k`` of them skips hours by cached counts and walks only the
 ups inside an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
 (how far the nodes stay free from an instant, for the simulator's pull-forward index) reads
-a **threshold index** instead: every maximal span during which a node has at least ``v``
-free (a *run*), sorted by its end, and how many nodes have ``v`` free over time.
+the same hours: of the nodes free at the instant, it walks their first downs after it.
 
 Which nodes: whole nodes are the lowest-numbered ones wholly free over every hour the
 window touches (a bitmask per hour, ANDed), else those whose span of free GPUs ends
@@ -40,7 +39,7 @@ from operator import and_, or_, xor
 
 from collections.abc import Collection
 
-from cellsched.core.calendar import FAR_FUTURE, FAR_PAST, CapacityCalendar, _tail
+from cellsched.core.calendar import FAR_FUTURE, CapacityCalendar, _tail
 
 _LAST = 1 << 62  # sorts after any node index
 BEST_FIT_OF = 4  # a narrow grant's node is the best fit in GPUs among this many candidates
@@ -82,84 +81,6 @@ def admissible_widths_near(width: int, per_node: int, full_nodes: int) -> list[i
     if q + 1 <= full_nodes:
         out.append((q + 1) * per_node)
     return out
-
-
-def _runs_of(cal: CapacityCalendar, v: int, lo: int, hi: int) -> list[tuple[int, int]]:
-    """Maximal spans [a, b) with at least ``v`` free on ``cal`` such that b >= lo and a <= hi
-    (so a span touching [lo, hi] counts: it may merge with a change inside)."""
-    t, f = cal._t, cal._f
-    n = len(t)
-    k = max(0, bisect_right(t, lo - 1) - 1)
-    stop = bisect_right(t, hi)
-    out: list[tuple[int, int]] = []
-    short = v.__gt__
-    while k < stop:
-        if f[k] < v:
-            k = next(compress(range(k + 1, stop), map(v.__le__, _tail(f, k + 1))), stop)
-            if k >= stop:
-                break
-        a = k
-        while a > 0 and f[a - 1] >= v:
-            a -= 1
-        b = next(compress(range(k + 1, n), map(short, _tail(f, k + 1))), n)
-        out.append((t[a], t[b] if b < n else FAR_FUTURE))
-        k = b
-    return out
-
-
-class _Threshold:
-    """Runs of ``>= v`` GPUs free, over every node that has ``v`` GPUs at all, kept for
-    ``reach``: each run's end, sorted, with its start beside it, and ``count``, how many
-    nodes have at least ``v`` free, as a step function of time."""
-
-    __slots__ = ("count", "end_starts", "ends", "v")
-
-    def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
-        self.v = v
-        eligible = [i for i, c in enumerate(nodes) if c.capacity >= v]
-        self.count = count = CapacityCalendar(len(eligible))
-        runs: list[tuple[int, int, int]] = []
-        for i in eligible:
-            runs.extend((b, i, a) for a, b in _runs_of(nodes[i], v, FAR_PAST, FAR_FUTURE))
-        runs.sort()
-        self.ends: list[tuple[int, int]] = [(b, i) for b, i, _ in runs]  # (run end, node), sorted
-        self.end_starts: list[int] = [a for _, _, a in runs]  # the run's start, beside its end
-        # count as a step function, by one sweep over the runs' edges
-        delta: dict[int, int] = {}
-        for b, _, a in runs:
-            delta[a] = delta.get(a, 0) + 1
-            if b < FAR_FUTURE:
-                delta[b] = delta.get(b, 0) - 1
-        ts, fs = [FAR_PAST], [delta.pop(FAR_PAST, 0)]
-        for x in sorted(delta):
-            val = fs[-1] + delta[x]
-            if val != fs[-1]:
-                ts.append(x)
-                fs.append(val)
-        count._t, count._f = ts, fs
-
-    def replace(self, node: int, old: list[tuple[int, int]], new: list[tuple[int, int]], lo: int, hi: int) -> None:
-        """Node ``node``'s runs ``old`` (touching [lo, hi)) are now ``new``."""
-        ends, es, count = self.ends, self.end_starts, self.count
-        for a, b in old:
-            i = bisect_left(ends, (b, node))
-            del ends[i], es[i]
-            if min(b, hi) > max(a, lo):
-                count._add(max(a, lo), min(b, hi), -1)
-        for a, b in new:
-            i = bisect_left(ends, (b, node))
-            ends.insert(i, (b, node))
-            es.insert(i, a)
-            if min(b, hi) > max(a, lo):
-                count._add(max(a, lo), min(b, hi), 1)
-
-    def forget_before(self, t: int) -> None:
-        """As the nodes' calendars forget: runs over by ``t`` go, runs open at ``t`` now
-        start in the far past (as the node's first segment does)."""
-        self.count.forget_before(t)
-        i = bisect_right(self.ends, (t, _LAST))
-        del self.ends[:i], self.end_starts[:i]
-        self.end_starts = [FAR_PAST if a <= t else a for a in self.end_starts]
 
 
 class _Whole:
@@ -235,14 +156,23 @@ class _Whole:
         m, bit = self.masks, 1 << n
         if not freed:  # a reserve: the node is busy somewhere in each of these hours
             a, b = qa - self.q0, qb - self.q0 + 1
-            m[a:b] = [x & ~bit for x in m[a:b]]
+            m[a:b] = map((~bit).__and__, m[a:b])
             return
-        per = self.per
-        for q in range(qa, qb + 1):
-            if node.min_free(q * HOUR, (q + 1) * HOUR) == per:
-                m[q - self.q0] |= bit
-            else:
-                m[q - self.q0] &= ~bit
+        # Whole throughout hour q unless a segment with fewer than ``per`` free meets it.
+        per, q0 = self.per, self.q0
+        t, f = node._t, node._f
+        lo, hi = qa * HOUR, (qb + 1) * HOUR
+        i = bisect_right(t, lo) - 1
+        j = bisect_left(t, hi, i + 1)
+        whole = [True] * (qb - qa + 1)
+        for k in range(i, j):
+            if f[k] != per:
+                a = max(t[k], lo) // HOUR - qa
+                z = ((t[k + 1] if k + 1 < len(t) else hi) - 1) // HOUR - qa + 1
+                whole[a:z] = [False] * (min(z, len(whole)) - a)
+        nb = ~bit
+        for x, w in enumerate(whole, qa - q0):
+            m[x] = m[x] | bit if w else m[x] & nb
 
     def forget_before(self, t: int) -> None:
         if self.q0 is None:
@@ -577,6 +507,48 @@ class _Hours:
             t = (q0 + i + 1) * HOUR
         return None
 
+    def reach(self, k: int, t: int) -> int:
+        """The latest r such that ``k`` nodes have ``v`` free throughout [t, r): t when
+        fewer have it at t, FAR_FUTURE when enough never lose it. Of the c nodes free at t,
+        the (c - k + 1)-th to go down (each at its first down after t) ends it."""
+        left = self.at(t)
+        need = left.bit_count() - k + 1
+        if need <= 0:
+            return t
+        q0 = self.q0
+        if q0 is None:
+            return FAR_FUTURE
+        nh = len(self.m0)
+        i = t // HOUR - q0
+        if i >= nh:
+            return FAR_FUTURE
+        x = 0
+        if i < 0:
+            i = 0
+        else:
+            x = bisect_right(self.dk[i], t * NK + NK - 1)
+        dall, dks, dbs = self.dall, self.dk, self.db
+        while i < nh:
+            db = dbs[i]
+            here = (reduce(or_, db[x:], 0) if x else dall[i]) & left
+            if here:
+                c = here.bit_count()
+                if c < need:
+                    left &= ~here
+                    need -= c
+                else:
+                    dk = dks[i]
+                    for y in compress(range(x, len(db)), map(here.__and__, db[x:])):
+                        b = db[y]
+                        if left & b:
+                            left &= ~b
+                            need -= 1
+                            if need == 0:
+                                return dk[y] // NK
+            i = next(compress(range(i + 1, nh), map(left.__and__, _tail(dall, i + 1))), nh)
+            x = 0
+        return FAR_FUTURE
+
     def soonest(self, t: int, e: int, m: int, allowed: int = -1) -> list[int]:
         """Up to ``m`` nodes (of ``allowed``) that have ``v`` free over [t, e), those whose
         span of ``v`` free ends soonest first (ties: lower node first; spans that never end
@@ -661,26 +633,54 @@ class _Hours:
         """Node ``n`` changed inside hours [qs, qe]; ``old`` were its crossings there."""
         b = self.bits[n]
         self._memo = None
-        new = self.crossings(node, qs * HOUR, (qe + 1) * HOUR)
-        self._cover(qs, qe)
+        v = self.v
+        t, f = node._t, node._f
+        k = bisect_left(t, qs * HOUR)  # (>= 1: t[0] is the far past)
+        stop = bisect_left(t, (qe + 1) * HOUR, k)
+        above = was = f[k - 1] >= v  # just before hour qs
+        new = []
+        for x in range(k, stop):
+            if (f[x] >= v) is not above:
+                above = not above
+                new.append((t[x], above))
         q0 = self.q0
-        gone, came = set(old) - set(new), set(new) - set(old)
-        for tm, up in gone:
+        if q0 is None or qs < q0 or qe - q0 >= len(self.m0):
+            self._cover(qs, qe)
+            q0 = self.q0
+        # (a handful of crossings each: list lookups beat building sets)
+        for c in old:
+            if c in new:
+                continue
+            tm, up = c
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
-            x = bisect_left(keys[i], tm * NK + n)
-            keys[i] = keys[i][:x] + keys[i][x + 1 :]
-            bb[i] = bb[i][:x] + bb[i][x + 1 :]
-        for tm, up in came:
+            ks = keys[i]
+            x = bisect_left(ks, tm * NK + n)
+            keys[i] = ks[:x] + ks[x + 1 :]
+            bs = bb[i]
+            bb[i] = bs[:x] + bs[x + 1 :]
+        for c in new:
+            if c in old:
+                continue
+            tm, up = c
             keys, bb = (self.uk, self.ub) if up else (self.dk, self.db)
             i = tm // HOUR - q0
-            x = bisect_left(keys[i], tm * NK + n)
-            keys[i] = keys[i][:x] + (tm * NK + n,) + keys[i][x:]
-            bb[i] = bb[i][:x] + (b,) + bb[i][x:]
-        self._node_bits(n, node, qs, qe, new)
-        f = node._f
-        self.head = self.head | b if f[0] >= self.v else self.head & ~b
-        tail = self.tail | b if f[-1] >= self.v else self.tail & ~b
+            ks = keys[i]
+            key = tm * NK + n
+            x = bisect_left(ks, key)
+            keys[i] = (*ks[:x], key, *ks[x:])
+            bs = bb[i]
+            bb[i] = (*bs[:x], b, *bs[x:])
+        # Outside the hours with a crossing now, the node has no down: the hours where
+        # it had one are cleared here, the others are left as they are.
+        nb = ~b
+        dall = self.dall
+        for tm, up in old:
+            if not up:
+                dall[tm // HOUR - q0] &= nb
+        self._node_bits(b, qs, qe, new, was)
+        self.head = self.head | b if f[0] >= v else self.head & ~b
+        tail = self.tail | b if f[-1] >= v else self.tail & ~b
         if tail != self.tail:  # (a change reaching the far future: never in practice)
             self.tail = tail
             self._ubc.clear()
@@ -707,25 +707,32 @@ class _Hours:
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst.extend([()] * more)
 
-    def _node_bits(self, n: int, node: CapacityCalendar, qs: int, qe: int, ev: list[tuple[int, bool]]) -> None:
-        """Node ``n``'s bits in hours qs..qe, from its crossings ``ev`` there."""
-        b = self.bits[n]
+    def _node_bits(self, b: int, qs: int, qe: int, ev: list[tuple[int, bool]], above: bool) -> None:
+        """The bits ``b`` (a node's) in hours qs..qe, from its crossings ``ev`` there and
+        whether it had ``v`` free just before hour qs (``above``)."""
         nb = ~b
         q0 = self.q0
         m0, sure, poss, dall = self.m0, self.sure, self.poss, self.dall
-        above = node.free_at(qs * HOUR - 1) >= self.v
         q, p, ne = qs, 0, len(ev)
         while q <= qe:
             nxt = min(ev[p][0] // HOUR, qe + 1) if p < ne else qe + 1
             if nxt > q:  # hours without a crossing: the node is as it was throughout
                 a, z = q - q0, nxt - q0
-                if above:
-                    for lst in (m0, sure, poss):
-                        lst[a:z] = [x | b for x in lst[a:z]]
+                if z - a == 1:
+                    if above:
+                        m0[a] |= b
+                        sure[a] |= b
+                        poss[a] |= b
+                    else:
+                        m0[a] &= nb
+                        sure[a] &= nb
+                        poss[a] &= nb
                 else:
-                    for lst in (m0, sure, poss):
-                        lst[a:z] = [x & nb for x in lst[a:z]]
-                dall[a:z] = [x & nb for x in dall[a:z]]
+                    op = b.__or__ if above else nb.__and__
+                    m0[a:z] = map(op, m0[a:z])
+                    sure[a:z] = map(op, sure[a:z])
+                    poss[a:z] = map(op, poss[a:z])
+                    # (dall: cleared by the caller where the node had a down)
                 q = nxt
                 continue
             i, first = q - q0, q * HOUR
@@ -807,7 +814,7 @@ class NodeCalendar(CapacityCalendar):
     necessary condition for any node placement); ``earliest_fit``, ``choose``, ``reserve``
     and ``release`` follow the node rule (module docstring)."""
 
-    __slots__ = ("_held", "_hours", "_idx", "_one", "_reach", "_version", "_whole_masks", "_widest_node", "nodes",
+    __slots__ = ("_held", "_hours", "_one", "_reach", "_version", "_whole_masks", "_widest_node", "nodes",
                  "per_node")
 
     def __init__(self, capacity: int, per_node: int | None = None) -> None:
@@ -822,7 +829,6 @@ class NodeCalendar(CapacityCalendar):
         self._version = 0  # bumped by every change, so answers about one instant can be kept
         self._reach: dict[tuple[int, int], tuple[int, int]] = {}
         self._whole_masks: _Whole | None = None  # built the first time a search needs it
-        self._idx: dict[int, _Threshold] = {}  # for reach
         self._hours: dict[int, _Hours] = {}  # for searches, fits and choices
         # Reservations by (end, width): [(start, nodes)], so a release that does not name
         # its nodes (a snapshot rebuilt without them) finds the ones the reserve took.
@@ -856,12 +862,6 @@ class NodeCalendar(CapacityCalendar):
         if k is None:
             raise ValueError(f"{width} GPUs is not a whole number of {self.per_node}-GPU nodes")
         return self.per_node, k
-
-    def _index(self, v: int) -> _Threshold:
-        idx = self._idx.get(v)
-        if idx is None:
-            idx = self._idx[v] = _Threshold(v, self.nodes)
-        return idx
 
     def build_index(self) -> None:
         """Build the search indexes now (every GPU count's hours, the whole-node masks),
@@ -994,17 +994,7 @@ class NodeCalendar(CapacityCalendar):
 
     def _reach_of(self, width: int, t: int) -> int:
         v, k = self._shape(width)
-        idx = self._index(v)
-        if idx.count.free_at(t) < k:
-            return t
-        ends, es = idx.ends, idx.end_starts
-        i = bisect_right(ends, (t, _LAST))
-        # The runs covering t are those starting by t among the ends after t: the k-th
-        # latest of them is the reach.
-        n = len(ends)
-        hits = compress(range(n - 1, i - 1, -1), map(t.__ge__, islice(reversed(es), n - i)))
-        x = next(islice(hits, k - 1, None), None)
-        return t if x is None else ends[x][0]
+        return self._hours_of(v).reach(k, t)
 
     def replace(self, start: int, end: int, width: int, nodes: tuple[int, ...], dead: Collection[int],
                 now: int) -> tuple[int, ...] | None:
@@ -1118,8 +1108,6 @@ class NodeCalendar(CapacityCalendar):
         self._version += 1
         for c in self.nodes:
             c.forget_before(t)
-        for idx in self._idx.values():
-            idx.forget_before(t)
         for h in self._hours.values():
             h.forget_before(t)
         if self._whole_masks is not None:
@@ -1132,20 +1120,25 @@ class NodeCalendar(CapacityCalendar):
     def _node_add(self, n: int, start: int, end: int, delta: int) -> None:
         self._version += 1
         node = self.nodes[n]
-        # Only thresholds the change crosses have runs that change (see the class doc).
-        lo_before, hi_before = node.min_free(start, end), node.max_free(start, end)
-        lo_after, hi_after = lo_before + delta, hi_before + delta
-        low = min(lo_before, lo_after)
-        high = max(hi_before, hi_after)
-        touched = [idx for v, idx in self._idx.items() if low < v <= high and v <= node.capacity]
-        olds = [_runs_of(node, idx.v, start, end) for idx in touched]
-        hours = [h for v, h in self._hours.items() if low < v <= high and v <= node.capacity]
         qs, qe = start // HOUR, end // HOUR
-        crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
+        hours = self._hours
+        if hours:
+            # Only the GPU counts the change crosses have crossings that change.
+            t, f = node._t, node._f
+            i = bisect_right(t, start) - 1
+            j = bisect_left(t, end, i + 1)
+            seg = f[i:j]
+            low, high = min(seg), max(seg)
+            if delta < 0:
+                low += delta
+            else:
+                high += delta
+            cap = node.capacity
+            hours = [h for v, h in hours.items() if low < v <= high and v <= cap]
+            crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
         node._add(start, end, delta)
         if self._whole_masks is not None:
             self._whole_masks.changed(node, n, start, end, delta > 0)
-        for idx, old in zip(touched, olds):
-            idx.replace(n, old, _runs_of(node, idx.v, start, end), start, end)
-        for h, old in zip(hours, crossed):
-            h.changed(n, node, old, qs, qe)
+        if hours:
+            for h, old in zip(hours, crossed):
+                h.changed(n, node, old, qs, qe)
