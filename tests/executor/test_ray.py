@@ -36,6 +36,20 @@ pytestmark = pytest.mark.ray
 PY = sys.executable
 
 
+def kill_and_restart(ray_cluster: Any, rank: Any) -> None:
+    """Kill a rank actor's worker and wait until Ray has restarted it (a new incarnation)."""
+    before = ray_cluster.get(rank.info.remote())["incarnation"]
+    ray_cluster.kill(rank, no_restart=False)
+
+    def restarted() -> bool:
+        try:
+            return ray_cluster.get(rank.info.remote(), timeout=5)["incarnation"] != before
+        except Exception:  # noqa: BLE001 - restarting
+            return False
+
+    until(restarted)
+
+
 def name() -> str:
     return f"cellsched/test/{uuid.uuid4().hex[:8]}"
 
@@ -261,18 +275,9 @@ def test_a_lost_rank_s_result_waits_until_its_job_is_gone(rex: Any, ray_cluster:
     rec = until(running_record)
     sup, job = rec["supervisor"], rec["pid"]
     assert pid_alive(sup) and pid_alive(job)
-    before = ray_cluster.get(rank1.info.remote())["incarnation"]
     os.kill(sup, signal.SIGSTOP)
     try:
-        ray_cluster.kill(rank1, no_restart=False)  # the rank's worker dies; Ray restarts it
-
-        def restarted() -> bool:
-            try:
-                return ray_cluster.get(rank1.info.remote(), timeout=5)["incarnation"] != before
-            except Exception:  # noqa: BLE001 - restarting
-                return False
-
-        until(restarted)
+        kill_and_restart(ray_cluster, rank1)  # the rank's worker dies; Ray restarts it
         ex = RayExecutor() if restart else rex
         # a poll stops rank 0 (the peer of a lost rank), which ends; rank 1's job still runs
         rank0 = ray_cluster.get_actor(f"{n}/rank-0", namespace="cellsched")
@@ -411,16 +416,7 @@ def test_fenced_commands_are_refused(rex: Any, ray_cluster: Any, tmp_path: Path)
         # a rank Ray restarts (as after a node loss) comes back with its creation arguments
         # (epoch 0) but does not forget the fence
         rank1 = ray_cluster.get_actor(f"{n}/rank-1", namespace="cellsched")
-        before = ray_cluster.get(rank1.info.remote())["incarnation"]
-        ray_cluster.kill(rank1, no_restart=False)
-
-        def restarted() -> bool:
-            try:
-                return ray_cluster.get(rank1.info.remote(), timeout=5)["incarnation"] != before
-            except Exception:  # noqa: BLE001 - restarting
-                return False
-
-        until(restarted)
+        kill_and_restart(ray_cluster, rank1)
         assert ray_cluster.get(rank1.info.remote())["epoch"] == 5
         with pytest.raises(Fenced):
             stale.launch(spec(n, ["true"], (1,), tmp_path, job="c"))
