@@ -27,18 +27,37 @@ def g(team: str, width: int, start: int, end: int, project: str = "p") -> Grant:
     return Grant(project, team, "main", width, start, end)
 
 
-def test_ratios_are_held_over_granted_per_team_then_the_cluster():
-    hist = [("a", 50, 100), ("a", 30, 100), ("a", 100, 200),  # a: 180 / 400 = 0.45
-            ("b", 10, 10)]  # b: one grant only: too few for its own ratio
+def test_ratios_are_the_median_grant_per_team_then_the_cluster():
+    hist = [("a", 50, 100), ("a", 30, 100), ("a", 180, 200),  # a: 0.5, 0.3, 0.9: median 0.5
+            ("b", 10, 10)]  # b: one grant only (1.0): too few for its own ratio
     r = ratios_from(hist)
-    assert r.teams == {"a": 0.45}
-    assert r.cluster == pytest.approx(190 / 410)
-    assert (r.of("a"), r.basis("a")) == (0.45, "team")
-    assert (r.of("b"), r.basis("b")) == (pytest.approx(190 / 410), "cluster")
-    assert "fewer than 3" in r.sentence("b")
+    # The median grant, not the GPU-seconds sum (260 / 400 = 0.65 for a).
+    assert r.teams == {"a": 0.5}
+    assert r.cluster == pytest.approx(0.7)  # 0.3, 0.5, 0.9, 1.0: (0.5 + 0.9) / 2
+    assert r.grants == {"a": 3, "b": 1} and r.cluster_grants == 4
+    assert (r.of("a"), r.basis("a")) == (0.5, "team")
+    assert (r.of("b"), r.basis("b")) == (pytest.approx(0.7), "cluster")
+    assert r.sentence("a") == ("team a's last 30 days: the median grant held 50% of its window (3 grants); "
+                               "later work arrives as in the last 24 h")
+    assert "fewer than 3" in r.sentence("b") and "later work arrives as in the last 24 h" in r.sentence("b")
     empty = ratios_from([])
     assert (empty.of("a"), empty.basis("a"), empty.cluster) == (1.0, "none", None)
     assert "every window is taken to run to its end" in empty.sentence("a")
+
+
+def test_a_running_grant_holds_the_median_of_the_ratios_above_what_it_has_run():
+    r = ratios_from([("a", 50, 100), ("a", 30, 100), ("a", 180, 200), ("b", 10, 10)])
+    # Team a's ratios 0.3, 0.5, 0.9; a window of 100 s.
+    assert r.held("a", 100) == 50  # not started: the median
+    assert r.held("a", 100, 20) == 50  # ran 0.2: all three are above, the median 0.5
+    assert r.held("a", 100, 40) == 70  # ran 0.4: 0.5 and 0.9 are above: 0.7
+    assert r.held("a", 100, 60) == 90  # ran 0.6: only 0.9
+    assert r.held("a", 100, 95) == 98  # past every one: 95 + 0.5 x the 5 s left, rounded up
+    # Team b has too few: the cluster's 0.3, 0.5, 0.9, 1.0; having run 0.6: 0.9 and 1.0.
+    assert r.held("b", 100, 60) == 95
+    # Ratios given by hand (no per-grant distribution): the ratio, or of what is left.
+    hand = Ratios({"a": 0.5}, 0.5)
+    assert (hand.held("a", 100), hand.held("a", 100, 40), hand.held("a", 100, 60)) == (50, 50, 80)
 
 
 def test_held_for_rounds_up_and_never_exceeds_the_window():
@@ -143,13 +162,14 @@ def test_ratios_from_a_ledger_with_known_history(session):
     add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
     session.commit()
     r = ratios(session, now)
-    # a: held 2 + 2 + 4 = 8 GPU-hours of 4 + 8 + 4 = 16: 0.5; b has none: the cluster's (a's)
+    # a: per grant 2/4, 1/4, 4/4: the median 0.5; b has none: the cluster's (a's)
     assert r.teams == {"a": 0.5} and r.cluster == 0.5 and r.grants == {"a": 3}
     assert r.basis("b") == "cluster"
-    # grant 6 (b, running since now - 1 h, 4 h window) is expected to hold 2 h: it ends at
-    # now + 1 h, and grant 7 moves there.
+    # grant 6 (b, running since now - 1 h, 4 h window) has held 1/4 of its window: of the
+    # cluster's ratios 0.25, 0.5, 1.0 those above 1/4 are 0.5 and 1.0, median 0.75: it is
+    # expected to hold 3 h and end at now + 2 h, and grant 7 moves there.
     got, _ = expected_for(session, {"main": 4}, now, [7])
-    assert got == {7: now + H}
+    assert got == {7: now + 2 * H}
 
 
 def test_no_history_falls_back_and_says_so(session):
