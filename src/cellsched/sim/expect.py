@@ -14,7 +14,7 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Sequence
 
-from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, median_of
+from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, quantile_of
 from cellsched.core.stats import percentile
 
 MIN_WAIT_S = 3600
@@ -51,11 +51,11 @@ class History:
         if self._held is None:
             dist: dict[str, Sequence[float]] = {t: tuple(xs) for t, xs in sorted(self.per.items())
                                                 if len(xs) >= MIN_GRANTS}
-            teams = {t: median_of(xs) for t, xs in dist.items()}
+            teams = {t: quantile_of(xs) for t, xs in dist.items()}
             if self.every:
                 dist[""] = tuple(self.every)
             counts = {t: len(xs) for t, xs in sorted(self.per.items()) if xs}
-            self._held = Ratios(teams, median_of(self.every) if self.every else None, counts,
+            self._held = Ratios(teams, quantile_of(self.every) if self.every else None, counts,
                                 len(self.every), self.window_s, dist)
         return self._held
 
