@@ -8,13 +8,19 @@ submission of every ``--every``-th job that waits, every estimator below replays
 live calendar with its own ratios, and each answer is scored against the job's real start
 (jobs that waited at least 1 h: median and p90 of |estimate - actual| / actual wait, and the
 signed median, positive when the estimate is late). Prints one JSON object. The estimator
-``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: team
-ratios of GPU-seconds held over granted, later work as in the last 24 h); the others are
-the alternatives it was chosen among: ``flat_*`` replays on one node per pool, names without
-``arr`` let no later work arrive, ``arrN`` lets the last N hours' work arrive again, and the
-ratio statistics are ``gs_mean`` (the cellsched one), ``median`` / ``mean`` of per-grant
-ratios, ``shrunk_*`` per team and width class (1, 2-8, more GPUs) shrunk towards the team's
-and the cluster's with weight 10 grants.
+``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: per
+team the 40th percentile of per-grant ratios of held to granted window, a running grant the
+40th percentile of those above the share it has run, later work as in the last 24 h); the
+others are the alternatives it was chosen among: ``flat_*`` replays on one node per pool,
+names without ``arr`` let no later work arrive, ``arrN`` lets the last N hours' work arrive
+again. Ratio statistics: ``gs_mean`` (GPU-seconds held over granted, summed: the one before),
+``median`` / ``mean`` of per-grant ratios, ``shrunk_*`` per team and width class (1, 2-8,
+more GPUs) shrunk towards the team's and the cluster's with weight 10 grants; ``median_*`` /
+``qNN_*`` the median / NNth percentile of per-grant ratios, ``cond`` for a running grant of
+the ratios above the share it has run (``nocond``: the old rule, past it the ratio of what
+is left), ``cluster_*`` the cluster's for every team, ``min20`` a team's own only with 20
+grants; ``*_cal`` scales the expected wait by the median actual / expected wait of the last
+100 sampled grants (of that estimator) that have started.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import argparse
 import json
 import statistics
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +53,72 @@ class Fixed:
 
     def of(self, team: str, width: int | None = None) -> float:
         return self.fn(team, width or 1)
+
+    def held(self, team: str, length: int, elapsed: int = 0) -> int:
+        r = self.of(team)
+        h = _up(length, r)
+        return elapsed + _up(length - elapsed, r) if h <= elapsed else h
+
+
+def _up(length: int, r: float) -> int:
+    return min(length, max(1, -int(-length * r // 1)))
+
+
+def _q(xs: list[float], q: float, lo: int = 0) -> float:
+    """The ``q`` quantile of the sorted ``xs[lo:]``: the median (the mean of the middle two
+    when they are even), else the element of rank ``floor(q x n)`` (core's ``quantile_of``)."""
+    n = len(xs) - lo
+    if q == 0.5:
+        m = lo + n // 2
+        return xs[m] if n % 2 else (xs[m - 1] + xs[m]) / 2
+    return xs[lo + min(n - 1, int(q * n))]
+
+
+@dataclass
+class Quantile:
+    """Per-grant ratios per team (``min_grants`` or more, else the cluster's; ``scope``
+    "cluster": the cluster's for everyone): a grant not started holds the ``q`` quantile of
+    its window; a running one (``cond``) the ``q`` quantile of the ratios above the share
+    it has run, else the old rule."""
+
+    per: dict[str, list[float]]
+    every: list[float]
+    q: float = 0.5
+    cond: bool = True
+    min_grants: int = 3
+
+    def held(self, team: str, length: int, elapsed: int = 0) -> int:
+        xs = self.per.get(team)
+        if xs is None or len(xs) < self.min_grants:
+            xs = self.every
+        if not xs or length <= 0:
+            return length
+        r = _q(xs, self.q)
+        if self.cond and elapsed > 0:
+            i = bisect_right(xs, elapsed / length)
+            if i < len(xs):
+                return _up(length, _q(xs, self.q, i))
+            return elapsed + _up(length - elapsed, r)
+        h = _up(length, r)
+        return elapsed + _up(length - elapsed, r) if h <= elapsed else h
+
+
+def est_quantile(q: float = 0.5, cond: bool = True, scope: str = "team", min_grants: int = 3):
+    def make(rows) -> Quantile:
+        per: dict[str, list[float]] = {}
+        every = []
+        for _, team, w, hs, gs in rows:
+            if gs <= 0:
+                continue
+            r = min(1.0, max(hs / gs, 1e-6))
+            every.append(r)
+            if scope == "team":
+                per.setdefault(team, []).append(r)
+        every.sort()
+        for v in per.values():
+            v.sort()
+        return Quantile(per, every, q, cond, min_grants)
+    return make
 
 
 class Ended:
@@ -129,6 +202,9 @@ def est_shrunk(rows, k: float = 10.0, stat: str = "gs") -> Fixed:
     return Fixed(lambda team, w: tw_r.get((team, width_class(w)), team_r.get(team, cl)))
 
 
+CAL_K = 100
+
+
 class Probe(Cellsched):
     """The ``cellsched`` policy, asking every estimator at each sampled submission."""
 
@@ -141,6 +217,7 @@ class Probe(Cellsched):
         self.seconds = {n: 0.0 for n in estimators}
         self.shapes = {name: (p.gpus, p.gpus_per_node) for name, (p, _) in self.schedule.pools.items()}
         self.hist = History()
+        self.raw: dict[str, list[tuple[int, int, int]]] = {}
         self.costs: dict[str, list[tuple[int, float]]] = {}  # per estimator: (live grants, CPU s) per estimate
 
     def on_submit(self, job: TraceJob, now: int) -> None:
@@ -159,14 +236,33 @@ class Probe(Cellsched):
                     period = ARRIVALS_S
                     arr = self.arrivals(now, period)
                 elif "arr" in name:
-                    period = int(name.split("arr")[1]) * 3600
+                    period = int(name.split("arr")[1].split("_")[0]) * 3600
                     arr = self.arrivals(now, period)
                 got = expected_starts(pools, live, r, now, want=(job.seq,),
                                       waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr, period=period)
-                self.samples[name][job.seq] = (job.submit, g.start, got.get(job.seq, g.start))
+                e = got.get(job.seq, g.start)
+                if name.endswith("_cal"):  # calibrated: the recent median of actual / expected wait
+                    raw = self.raw.setdefault(name, [])
+                    raw.append((job.seq, job.submit, e))
+                    c = self.calibration(raw)
+                    e = min(g.start, now + round(c * (e - now)))
+                self.samples[name][job.seq] = (job.submit, g.start, e)
                 dt = time.process_time() - t0
                 self.seconds[name] += dt
                 self.costs.setdefault(name, []).append((len(live), dt))
+
+    def calibration(self, raw: list[tuple[int, int, int]], k: int = CAL_K) -> float:
+        """The median of actual / expected wait over the last ``k`` sampled grants (of
+        this estimator, uncalibrated) that have started, expected to wait 1 min or more
+        (1.0 with fewer than 10)."""
+        xs = []
+        start = self.engine.start
+        for seq, submit, e in reversed(raw):
+            if start[seq] >= 0 and e - submit >= 60:
+                xs.append((start[seq] - submit) / (e - submit))
+                if len(xs) >= k:
+                    break
+        return statistics.median(xs) if len(xs) >= 10 else 1.0
 
     def arrivals(self, now: int, period: int) -> list[tuple[int, str, str, int, int]]:
         """Jobs submitted in [now - period, now], as they would be submitted again from now."""
@@ -233,6 +329,16 @@ def main() -> None:
         "arr72": ("nodes", est_gs_mean),
         "median_arr24": ("nodes", est_median),
         "shrunk_arr24": ("nodes", lambda rows: est_shrunk(rows, 10, "gs")),
+        "median_nocond_arr24": ("nodes", est_quantile(0.5, cond=False)),
+        "median_cond_arr24": ("nodes", est_quantile(0.5)),
+        "q40_cond_arr24": ("nodes", est_quantile(0.4)),
+        "q60_cond_arr24": ("nodes", est_quantile(0.6)),
+        "q70_cond_arr24": ("nodes", est_quantile(0.7)),
+        "cluster_median_cond_arr24": ("nodes", est_quantile(0.5, scope="cluster")),
+        "median_cond_min20_arr24": ("nodes", est_quantile(0.5, min_grants=20)),
+        "gs_mean_arr24_cal": ("nodes", est_gs_mean),
+        "median_cond_arr24_cal": ("nodes", est_quantile(0.5)),
+        "median_nocond_arr24_cal": ("nodes", est_quantile(0.5, cond=False)),
     }
     if a.only:
         estimators = {k: v for k, v in estimators.items() if k in a.only}

@@ -2,8 +2,10 @@
 and ``status`` say about when a grant will probably start (docs/admission.md, "Expected start").
 
 The estimator is :mod:`cellsched.core.expect` (its docstring has the rules: a replay of the
-live calendar in which every grant holds its team's recent share of its window); the shares
-come from the ledger (:mod:`cellsched.ledger.history`). This module decides when the replay
+live calendar in which every grant holds the 40th percentile of its team's recent per-grant
+ratios of held to granted window, a running grant that of the ratios above the share it has
+run, and later work arrives as in the last day); the ratios come from the ledger
+(:mod:`cellsched.ledger.history`). This module decides when the replay
 runs and keeps its cost off the submit path:
 
 - a grant whose window has begun is expected at its start (basis :data:`STARTS_NOW` in a
@@ -66,7 +68,7 @@ class Context:
 
 class RatiosCache:
     """The estimator's :class:`~cellsched.core.expect.Ratios` (how much of their windows
-    each team's recent grants held), kept for :attr:`TTL_S` seconds: reading them scans the
+    each team's recent grants held, grant by grant), kept for :attr:`TTL_S` seconds: reading them scans the
     grants that ended in the last 30 days, which a submit on the server must not do each
     time. They move only when grants end, and over 30 days of history a minute-old ratio
     is as good an estimate as a fresh one."""

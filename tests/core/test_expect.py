@@ -3,7 +3,6 @@ on a ledger with known history (ledger/history.py), and the fallback when there 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlmodel import Session, SQLModel, create_engine
@@ -17,7 +16,7 @@ from cellsched.core.expect import (
     ratios_from,
 )
 from cellsched.ledger.history import expected_for, ratios
-from cellsched.ledger.tables import GrantRow
+from cellsched.ledger.tables import GrantRow, ProjectRow
 
 H = 3600
 DAY = 86400
@@ -27,18 +26,44 @@ def g(team: str, width: int, start: int, end: int, project: str = "p") -> Grant:
     return Grant(project, team, "main", width, start, end)
 
 
-def test_ratios_are_held_over_granted_per_team_then_the_cluster():
-    hist = [("a", 50, 100), ("a", 30, 100), ("a", 100, 200),  # a: 180 / 400 = 0.45
-            ("b", 10, 10)]  # b: one grant only: too few for its own ratio
+def test_ratios_are_the_40th_percentile_grant_per_team_then_the_cluster():
+    hist = [("a", 50, 100), ("a", 30, 100), ("a", 180, 200),  # a: 0.3, 0.5, 0.9
+            ("b", 10, 10),  # b: one grant only (1.0): too few for its own ratio
+            ("c", 20, 100), ("c", 40, 100), ("c", 60, 100), ("c", 80, 100)]  # c: 0.2 .. 0.8
     r = ratios_from(hist)
-    assert r.teams == {"a": 0.45}
-    assert r.cluster == pytest.approx(190 / 410)
-    assert (r.of("a"), r.basis("a")) == (0.45, "team")
-    assert (r.of("b"), r.basis("b")) == (pytest.approx(190 / 410), "cluster")
-    assert "fewer than 3" in r.sentence("b")
+    # The ratio of rank floor(0.4 n) from 0: a's middle one, 0.5 (the GPU-seconds sum would be
+    # 260 / 400 = 0.65); c's second, 0.4 (its median is 0.5); the cluster's eight ratios
+    # 0.2 0.3 0.4 0.5 0.6 0.8 0.9 1.0: rank 3, 0.5.
+    assert r.teams == {"a": 0.5, "c": 0.4}
+    assert r.cluster == 0.5
+    assert r.grants == {"a": 3, "b": 1, "c": 4} and r.cluster_grants == 8
+    assert (r.of("a"), r.basis("a")) == (0.5, "team")
+    assert (r.of("b"), r.basis("b")) == (0.5, "cluster")
+    assert r.sentence("c") == ("team c's last 30 days: 2 grants in 5 held at most 40% of their window (4 grants); "
+                               "later work arrives as in the last 24 h")
+    assert r.sentence("b") == ("the cluster's last 30 days (team b has fewer than 3 ended grants): 2 grants in 5 "
+                               "held at most 50% of their window (8 grants); later work arrives as in the last 24 h")
     empty = ratios_from([])
     assert (empty.of("a"), empty.basis("a"), empty.cluster) == (1.0, "none", None)
-    assert "every window is taken to run to its end" in empty.sentence("a")
+    assert empty.sentence("a") == "no grant ended in the last 30 days: every window is taken to run to its end"
+
+
+def test_a_running_grant_holds_the_40th_percentile_of_the_ratios_above_what_it_has_run():
+    r = ratios_from([("a", 50, 100), ("a", 30, 100), ("a", 180, 200), ("b", 10, 10),
+                     ("c", 20, 100), ("c", 40, 100), ("c", 60, 100), ("c", 80, 100)])
+    # Team a's ratios 0.3, 0.5, 0.9; a window of 100 s.
+    assert r.held("a", 100) == 50  # not started: rank 1 of 3
+    assert r.held("a", 100, 20) == 50  # ran 0.2: all three are above, rank 1: 0.5
+    assert r.held("a", 100, 40) == 50  # ran 0.4: 0.5 and 0.9 are above, rank 0: 0.5
+    assert r.held("a", 100, 60) == 90  # ran 0.6: only 0.9
+    assert r.held("a", 100, 95) == 98  # past every one: 95 + 0.5 x the 5 s left, rounded up
+    # Team c (0.2 0.4 0.6 0.8): having run 0.5, 0.6 and 0.8 are above: 0.6; having run 0.7: 0.8.
+    assert (r.held("c", 100), r.held("c", 100, 50), r.held("c", 100, 70)) == (40, 60, 80)
+    # Team b has too few: the cluster's; having run 0.6, 0.8 0.9 1.0 are above: rank 1, 0.9.
+    assert r.held("b", 100, 60) == 90
+    # Ratios given by hand (no per-grant distribution): the ratio, or of what is left.
+    hand = Ratios({"a": 0.5}, 0.5)
+    assert (hand.held("a", 100), hand.held("a", 100, 40), hand.held("a", 100, 60)) == (50, 50, 80)
 
 
 def test_held_for_rounds_up_and_never_exceeds_the_window():
@@ -115,15 +140,19 @@ def test_simulator_index_gives_the_plain_replay():
 
 
 @pytest.fixture()
-def session(tmp_path: Path):
-    engine = create_engine(f"sqlite:///{tmp_path / 'l.db'}")
+def session(ledger_url: str):  # SQLite and PostgreSQL (tests/conftest.py)
+    engine = create_engine(ledger_url)
     SQLModel.metadata.create_all(engine)
     with Session(engine) as s:
         yield s
+    engine.dispose()
 
 
 def add(s: Session, i: int, team: str, width: int, start: int, end: int, promised_end: int,
         state: str, ended_at: int | None) -> None:
+    s.add(ProjectRow(id=f"p{i}@x", name=f"p{i}", digest=f"d{i}", team=team, owner="o", submitted_by="o",
+                     spec_json="{}", created_at=start))
+    s.flush()  # the grant's project first (PostgreSQL checks the foreign key)
     s.add(GrantRow(id=i, project_id=f"p{i}@x", project=f"p{i}", digest="x", team=team, pool="main",
                    width=width, start=start, end=end, promised_start=start, promised_end=promised_end,
                    charged_gs=width * (promised_end - start), state=state, created_at=start, ended_at=ended_at))
@@ -143,13 +172,17 @@ def test_ratios_from_a_ledger_with_known_history(session):
     add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
     session.commit()
     r = ratios(session, now)
-    # a: held 2 + 2 + 4 = 8 GPU-hours of 4 + 8 + 4 = 16: 0.5; b has none: the cluster's (a's)
+    # a: per grant 2/4, 1/4, 4/4: rank floor(0.4 x 3) = 1, 0.5; b has none: the cluster's (a's)
     assert r.teams == {"a": 0.5} and r.cluster == 0.5 and r.grants == {"a": 3}
     assert r.basis("b") == "cluster"
-    # grant 6 (b, running since now - 1 h, 4 h window) is expected to hold 2 h: it ends at
-    # now + 1 h, and grant 7 moves there.
+    # grant 6 (b, running since now - 1 h, 4 h window) has held 1/4 of its window: of the
+    # cluster's ratios 0.25, 0.5, 1.0 those above 1/4 are 0.5 and 1.0, rank 0: 0.5. It is
+    # expected to hold 2 h and end at now + 1 h, and grant 7 moves there.
     got, _ = expected_for(session, {"main": 4}, now, [7])
     assert got == {7: now + H}
+    # Run 3 h of its 4 (now + 2 h), only 1.0 is above 3/4: it runs to its end, now + 3 h.
+    got, _ = expected_for(session, {"main": 4}, now + 2 * H, [7])
+    assert got == {7: now + 3 * H}
 
 
 def test_no_history_falls_back_and_says_so(session):
@@ -218,7 +251,7 @@ def test_later_work_arrives_as_in_the_last_day():
 
 
 def test_lost_nodes_and_not_before_read_from_the_ledger(session):
-    from cellsched.ledger.tables import NodeMapRow, ProjectRow
+    from cellsched.ledger.tables import NodeMapRow
 
     now = 100 * DAY
     for i in (1, 2, 3):  # history: team a holds half its windows
@@ -250,8 +283,9 @@ def test_lost_nodes_and_not_before_read_from_the_ledger(session):
         "name": "p7", "team": "b", "owner": "o", "problem": "q",
         "budget": {"gpu_hours": 8, "gpus": 4, "not_before": nb},
         "jobs": [{"name": "j", "run": ["true"], "gpus": 4}]})
-    session.add(ProjectRow(id="p7@x", name="p7", digest="d7", team="b", owner="o", submitted_by="o",
-                           spec_json=canonical_json(sp), created_at=now - DAY))
+    project = session.get(ProjectRow, "p7@x")
+    project.spec_json = canonical_json(sp)
+    session.add(project)
     session.commit()
     got, _ = expected_for(session, pools, now, [7])
     assert got == {7: now + 2 * H}

@@ -2,9 +2,10 @@
 start (``cellsched.core.expect``), read from the ledger.
 
 A grant that ended (``completed`` or ``expired``; not ``cancelled`` or ``replaced``, which
-say nothing about how long work runs) in the last ``window_s`` seconds counts with the
-GPU-seconds of the window it held (``width x (end - start)``: its window as cut when it was
-released) against the GPU-seconds granted (``width x (promised_end - promised_start)``).
+say nothing about how long work runs) in the last ``window_s`` seconds counts with its ratio
+of the window it held (``end - start``: its window as cut when it was released) to the
+window granted (``promised_end - promised_start``); a team's ratio is the 40th percentile of
+its grants' (``core.expect.ratios_from``).
 
 :func:`expected_of` is what ``submit``, ``submit --dry-run`` and ``status`` say beside a
 waiting grant's promise: the replay of ``core.expect`` under the cluster's
@@ -34,7 +35,7 @@ ENDED = ("completed", "expired")
 
 
 def ratios(s: Session, now: int, window_s: int = WINDOW_S) -> Ratios:
-    """Per team (and for the cluster) the share of granted windows held, recently."""
+    """Per team (and for the cluster) the per-grant ratios of held to granted window, recently."""
     rows = s.exec(select(GrantRow).where(col(GrantRow.state).in_(ENDED),
                                          col(GrantRow.ended_at) >= now - window_s,
                                          col(GrantRow.ended_at) <= now).order_by(col(GrantRow.id)))

@@ -10,48 +10,54 @@ an hour, the expected start and the promise with the real start.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import deque
+from collections.abc import Sequence
 
-from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, ratios_from
+from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, quantile_of
 from cellsched.core.stats import percentile
 
 MIN_WAIT_S = 3600
 
 
 class History:
-    """Ended grants of the last ``window_s`` seconds: per team the GPU-seconds held and
-    granted, kept as running sums (what the ledger's ``ratios`` reads, incrementally)."""
+    """Ended grants of the last ``window_s`` seconds: per team the sorted ratios of held to
+    granted window (what the ledger's ``ratios`` reads, kept incrementally)."""
 
     def __init__(self, window_s: int = WINDOW_S) -> None:
         self.window_s = window_s
-        self.ended: deque[tuple[int, str, int, int]] = deque()
-        self.held: dict[str, int] = {}
-        self.granted: dict[str, int] = {}
-        self.count: dict[str, int] = {}
+        self.ended: deque[tuple[int, str, float]] = deque()
+        self.per: dict[str, list[float]] = {}
+        self.every: list[float] = []
+        self._held: Ratios | None = None
 
     def add(self, t: int, team: str, held: int, granted: int) -> None:
-        self.ended.append((t, team, held, granted))
-        self.held[team] = self.held.get(team, 0) + held
-        self.granted[team] = self.granted.get(team, 0) + granted
-        self.count[team] = self.count.get(team, 0) + 1
+        if granted <= 0:
+            return
+        r = min(1.0, max(max(0, held) / granted, 1e-6))
+        self.ended.append((t, team, r))
+        insort(self.per.setdefault(team, []), r)
+        insort(self.every, r)
+        self._held = None
 
     def ratios(self, now: int) -> Ratios:
         ended = self.ended
         while ended and ended[0][0] < now - self.window_s:
-            _, team, h, g = ended.popleft()
-            self.held[team] -= h
-            self.granted[team] -= g
-            self.count[team] -= 1
-        # One pseudo-row per team: ratios_from sums them the same way.
-        rows = []
-        for team in sorted(self.count):
-            n = self.count[team]
-            if n:
-                rows.append((team, self.held[team], self.granted[team], n))
-        r = ratios_from(((t, h, g) for t, h, g, _ in rows), self.window_s, min_grants=1)
-        teams = {t: r.teams[t] for t, _, _, n in rows if n >= MIN_GRANTS}
-        counts = {t: n for t, _, _, n in rows}
-        return Ratios(teams, r.cluster, counts, sum(counts.values()), self.window_s)
+            _, team, r = ended.popleft()
+            xs = self.per[team]
+            del xs[bisect_left(xs, r)]
+            del self.every[bisect_left(self.every, r)]
+            self._held = None
+        if self._held is None:
+            dist: dict[str, Sequence[float]] = {t: tuple(xs) for t, xs in sorted(self.per.items())
+                                                if len(xs) >= MIN_GRANTS}
+            teams = {t: quantile_of(xs) for t, xs in dist.items()}
+            if self.every:
+                dist[""] = tuple(self.every)
+            counts = {t: len(xs) for t, xs in sorted(self.per.items()) if xs}
+            self._held = Ratios(teams, quantile_of(self.every) if self.every else None, counts,
+                                len(self.every), self.window_s, dist)
+        return self._held
 
 
 def recent_arrivals(jobs, refused, last: int, now: int,
