@@ -155,16 +155,29 @@ def ratios_from(history: Iterable[tuple[str, int, int]], window_s: int = WINDOW_
     measured")."""
     per: dict[str, list[float]] = {}
     for team, h, g in history:
-        if g <= 0:
-            continue
-        per.setdefault(team, []).append(min(1.0, max(max(0, h) / g, 1e-6)))
-    dist: dict[str, tuple[float, ...]] = {t: tuple(sorted(v)) for t, v in sorted(per.items()) if len(v) >= min_grants}
+        if g > 0:
+            per.setdefault(team, []).append(grant_ratio(h, g))
+    for v in per.values():
+        v.sort()
+    return ratios_of(per, sorted(r for v in per.values() for r in v), window_s, min_grants)
+
+
+def grant_ratio(held: int, granted: int) -> float:
+    """One grant's ratio of held to granted (``granted`` > 0), clamped to (0, 1]."""
+    return min(1.0, max(max(0, held) / granted, 1e-6))
+
+
+def ratios_of(per: Mapping[str, Sequence[float]], every: Sequence[float], window_s: int = WINDOW_S,
+              min_grants: int = MIN_GRANTS) -> Ratios:
+    """:class:`Ratios` from each team's per-grant ratios, sorted (``per``), and all of them,
+    sorted (``every``): what :func:`ratios_from` and the simulator's history both build."""
+    dist: dict[str, Sequence[float]] = {t: tuple(v) for t, v in sorted(per.items()) if len(v) >= min_grants}
     teams = {t: quantile_of(v) for t, v in dist.items()}
-    every = tuple(sorted(r for v in per.values() for r in v))
-    if every:
-        dist[""] = every
-    return Ratios(teams, quantile_of(every) if every else None, {t: len(v) for t, v in sorted(per.items())},
-                  len(every), window_s, dist)
+    all_ = tuple(every)
+    if all_:
+        dist[""] = all_
+    return Ratios(teams, quantile_of(all_) if all_ else None, {t: len(v) for t, v in sorted(per.items()) if v},
+                  len(all_), window_s, dist)
 
 
 class WaitingSet(Protocol):

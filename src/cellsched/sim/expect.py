@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Sequence
 
-from cellsched.core.expect import ARRIVALS_S, MIN_GRANTS, WINDOW_S, Ratios, quantile_of
+from cellsched.core.expect import ARRIVALS_S, WINDOW_S, Ratios, grant_ratio, ratios_of
 from cellsched.core.stats import percentile
 
 MIN_WAIT_S = 3600
@@ -34,7 +33,7 @@ class History:
     def add(self, t: int, team: str, held: int, granted: int) -> None:
         if granted <= 0:
             return
-        r = min(1.0, max(max(0, held) / granted, 1e-6))
+        r = grant_ratio(held, granted)
         self.ended.append((t, team, r))
         insort(self.per.setdefault(team, []), r)
         insort(self.every, r)
@@ -49,14 +48,7 @@ class History:
             del self.every[bisect_left(self.every, r)]
             self._held = None
         if self._held is None:
-            dist: dict[str, Sequence[float]] = {t: tuple(xs) for t, xs in sorted(self.per.items())
-                                                if len(xs) >= MIN_GRANTS}
-            teams = {t: quantile_of(xs) for t, xs in dist.items()}
-            if self.every:
-                dist[""] = tuple(self.every)
-            counts = {t: len(xs) for t, xs in sorted(self.per.items()) if xs}
-            self._held = Ratios(teams, quantile_of(self.every) if self.every else None, counts,
-                                len(self.every), self.window_s, dist)
+            self._held = ratios_of(self.per, self.every, self.window_s)
         return self._held
 
 
