@@ -618,31 +618,27 @@ class _Hours:
 
     def crossings(self, node: CapacityCalendar, lo: int, hi: int) -> list[tuple[int, bool]]:
         """The node's crossings of ``v`` at instants in [lo, hi): (time, up)."""
+        return self._crossings(node, lo, hi)[1]
+
+    def _crossings(self, node: CapacityCalendar, lo: int, hi: int) -> tuple[bool, list[tuple[int, bool]]]:
+        """Whether the node had ``v`` free just before ``lo``, and its crossings in [lo, hi)."""
         t, f, v = node._t, node._f, self.v
         k = max(bisect_left(t, lo), 1)
         stop = bisect_left(t, hi, k)
-        above = f[k - 1] >= v
+        above = was = f[k - 1] >= v
         out = []
         for x in range(k, stop):
             if (f[x] >= v) is not above:
                 above = not above
                 out.append((t[x], above))
-        return out
+        return was, out
 
     def changed(self, n: int, node: CapacityCalendar, old: list[tuple[int, bool]], qs: int, qe: int) -> None:
         """Node ``n`` changed inside hours [qs, qe]; ``old`` were its crossings there."""
         b = self.bits[n]
         self._memo = None
-        v = self.v
-        t, f = node._t, node._f
-        k = bisect_left(t, qs * HOUR)  # (>= 1: t[0] is the far past)
-        stop = bisect_left(t, (qe + 1) * HOUR, k)
-        above = was = f[k - 1] >= v  # just before hour qs
-        new = []
-        for x in range(k, stop):
-            if (f[x] >= v) is not above:
-                above = not above
-                new.append((t[x], above))
+        v, f = self.v, node._f
+        was, new = self._crossings(node, qs * HOUR, (qe + 1) * HOUR)  # was: just before hour qs
         q0 = self.q0
         if q0 is None or qs < q0 or qe - q0 >= len(self.m0):
             self._cover(qs, qe)
