@@ -259,7 +259,12 @@ class GangSpec:
 
 def attempt_path(log_dir: str, job: str, attempt: int, rank: int, ext: str) -> str:
     """``<log_dir>/<job>/attempt-<attempt>/rank-<rank>.<ext>``: per-rank files of an attempt."""
-    return f"{log_dir}/{job}/attempt-{attempt}/rank-{rank}.{ext}"
+    return rank_path(f"{log_dir}/{job}/attempt-{attempt}", rank, ext)
+
+
+def rank_path(attempt_dir: str, rank: int, ext: str) -> str:
+    """``<attempt_dir>/rank-<rank>.<ext>``: one rank's file in an attempt's directory."""
+    return f"{attempt_dir}/rank-{rank}.{ext}"
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,7 @@ from .base import (
     check_gang,
     check_name,
     classify,
+    rank_path,
     round_seconds,
 )
 from .pools import NODE_ID_LABEL
@@ -665,6 +666,13 @@ class RayExecutor:
         acks: dict[int, list[Key]] = defaultdict(list)  # tidying up half-finished acks only
         now = time.time()
         dead_nodes: set[str] | None = None
+
+        def dead() -> set[str]:  # Ray's dead nodes, asked once per poll and only if needed
+            nonlocal dead_nodes
+            if dead_nodes is None:
+                dead_nodes = {n["NodeID"] for n in self._ray.nodes() if not n["Alive"]}
+            return dead_nodes
+
         for key in sorted(set(gangs) | set(self._launched.get(name, {}))):
             recs = gangs.get(key, {})
             if any(r["acked"] for r in recs.values()):
@@ -680,7 +688,7 @@ class RayExecutor:
                 members, gpu_ids = first["members"], first["gang_gpu_ids"]
                 # every rank's lock file sits beside a rank's log (the daemon's path of it)
                 where = os.path.dirname(first.get("home") or first["log"])
-                locks = [os.path.join(where, f"rank-{r}.lock") for r in range(len(members))]
+                locks = [rank_path(where, r, "lock") for r in range(len(members))]
             elif key in self._launched.get(name, {}):
                 t0, members, gpu_ids, locks = self._launched[name][key]
             else:
@@ -691,9 +699,7 @@ class RayExecutor:
                 if s == _UNKNOWN:
                     # Unreachable: lost if its node is dead (the actor may wait forever for a
                     # re-placement that has no capacity), else transient: ask again later.
-                    if dead_nodes is None:
-                        dead_nodes = {n["NodeID"] for n in self._ray.nodes() if not n["Alive"]}
-                    status.append(_DEAD if node in dead_nodes else _UNKNOWN)
+                    status.append(_DEAD if node in dead() else _UNKNOWN)
                 elif s == _DEAD or s["incarnation"] != inc or b not in recs:
                     status.append(_DEAD)
                 else:
@@ -709,9 +715,7 @@ class RayExecutor:
                     self._signal(name, key[0], key[1], 9, "lost")
                 continue
             if lost:
-                if dead_nodes is None:
-                    dead_nodes = {n["NodeID"] for n in self._ray.nodes() if not n["Alive"]}
-                if not self._lost_ranks_gone(name, members, status, locks, hs, snaps, dead_nodes):
+                if not self._lost_ranks_gone(name, members, status, locks, hs, snaps, dead()):
                     # A lost rank's supervisor may still be killing its job (the rank actor
                     # died first): no result, so no next attempt, until its lock is free.
                     settled = False
