@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cellsched.core.expect import ARRIVALS_S, WINDOW_S, expected_starts
+from cellsched.core.expect import ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -55,13 +55,8 @@ class Fixed:
         return self.fn(team, width or 1)
 
     def held(self, team: str, length: int, elapsed: int = 0) -> int:
-        r = self.of(team)
-        h = _up(length, r)
-        return elapsed + _up(length - elapsed, r) if h <= elapsed else h
-
-
-def _up(length: int, r: float) -> int:
-    return min(length, max(1, -int(-length * r // 1)))
+        # the core's rule for a ratio given by hand (no per-grant ratios)
+        return Ratios(cluster=self.of(team)).held(team, length, elapsed)
 
 
 def _q(xs: list[float], q: float, lo: int = 0) -> float:
@@ -97,10 +92,10 @@ class Quantile:
         if self.cond and elapsed > 0:
             i = bisect_right(xs, elapsed / length)
             if i < len(xs):
-                return _up(length, _q(xs, self.q, i))
-            return elapsed + _up(length - elapsed, r)
-        h = _up(length, r)
-        return elapsed + _up(length - elapsed, r) if h <= elapsed else h
+                return held_share(length, _q(xs, self.q, i))
+            return elapsed + held_share(length - elapsed, r)
+        h = held_share(length, r)
+        return elapsed + held_share(length - elapsed, r) if h <= elapsed else h
 
 
 def est_quantile(q: float = 0.5, cond: bool = True, scope: str = "team", min_grants: int = 3):
@@ -110,7 +105,7 @@ def est_quantile(q: float = 0.5, cond: bool = True, scope: str = "team", min_gra
         for _, team, w, hs, gs in rows:
             if gs <= 0:
                 continue
-            r = min(1.0, max(hs / gs, 1e-6))
+            r = grant_ratio(hs, gs)
             every.append(r)
             if scope == "team":
                 per.setdefault(team, []).append(r)

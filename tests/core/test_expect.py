@@ -12,7 +12,7 @@ from cellsched.core.expect import (
     PlainWaiting,
     Ratios,
     expected_starts,
-    held_for,
+    held_share,
     ratios_from,
 )
 from cellsched.ledger.history import expected_for, ratios
@@ -66,10 +66,10 @@ def test_a_running_grant_holds_the_40th_percentile_of_the_ratios_above_what_it_h
     assert (hand.held("a", 100), hand.held("a", 100, 40), hand.held("a", 100, 60)) == (50, 50, 80)
 
 
-def test_held_for_rounds_up_and_never_exceeds_the_window():
-    assert held_for(g("a", 1, 0, 100), 0.333) == 34
-    assert held_for(g("a", 1, 0, 100), 1.0) == 100
-    assert held_for(g("a", 1, 0, 100), 1e-9) == 1
+def test_held_share_rounds_up_and_never_exceeds_the_window():
+    assert held_share(100, 0.333) == 34
+    assert held_share(100, 1.0) == 100
+    assert held_share(100, 1e-9) == 1
 
 
 def test_a_running_grant_that_ends_early_brings_the_waiting_one_forward():

@@ -107,10 +107,10 @@ class Ratios:
             if i < len(xs):
                 r = quantile_of(xs, i)
             else:
-                return elapsed + _up(length - elapsed, r)
-        h = _up(length, r)
+                return elapsed + held_share(length - elapsed, r)
+        h = held_share(length, r)
         if h <= elapsed:  # no distribution: it ran longer than most, the ratio of what is left
-            return elapsed + _up(length - elapsed, r)
+            return elapsed + held_share(length - elapsed, r)
         return h
 
     def basis(self, team: str) -> str:
@@ -132,8 +132,9 @@ class Ratios:
         return f"no grant ended in the last {days} days: every window is taken to run to its end"
 
 
-def _up(length: int, ratio: float) -> int:
-    """``ratio`` of ``length`` seconds, rounded up, at least 1 and at most ``length``."""
+def held_share(length: int, ratio: float) -> int:
+    """Seconds of a window of ``length`` seconds held at ``ratio``: rounded up, at least 1 and
+    at most ``length``."""
     return min(length, max(1, -int(-length * ratio // 1)))
 
 
@@ -215,12 +216,6 @@ class PlainWaiting:
             if ng.start > now:
                 self.add(k, ng)
             yield k, g, ng
-
-
-def held_for(g: Grant, ratio: float) -> int:
-    """Seconds a grant is expected to hold its window: ``ratio`` of it, rounded up."""
-    length = g.end - g.start
-    return min(length, max(1, -int(-length * ratio // 1)))
 
 
 PoolShape = int | tuple[int, int]
