@@ -58,7 +58,8 @@ def test_escaping_grandchild_never_survives(tmp_path: Path, how: str) -> None:
     argv, pidfile = escaping_job(tmp_path)
     if how == "main-exits":  # the main process leaves, the daemonised grandchild stays
         argv = ["sh", "-c", f"{' '.join(argv)} & sleep 0.3; exit 0"]
-    extra = {"term_at": time.time() + 0.3, "kill_at": time.time() + 0.6} if how == "window" else {}
+    # long enough for the job to ignore SIGTERM and fork before term_at on a loaded machine
+    extra = {"term_at": time.time() + 1.5, "kill_at": time.time() + 2.0} if how == "window" else {}
     job = SupervisedJob.spawn(orders(tmp_path, argv, **extra), {"PATH": os.environ["PATH"]})
     assert job.started() is None
     gc = grandchild_pid(pidfile)
@@ -126,3 +127,51 @@ def test_claim_dead_while_another_process_holds_the_lock(tmp_path: Path) -> None
         sleeper.kill()
         sleeper.wait()
     assert claim_dead(str(lock), host="here")
+
+
+def job_env(attempt: int = 1, rank: int = 0) -> dict[str, str]:
+    """A job's environment as the rank gives it: the attempt's identity included."""
+    return {"PATH": os.environ["PATH"], "CELLSCHED_PROJECT": "p", "CELLSCHED_JOB": "train",
+            "CELLSCHED_ATTEMPT": str(attempt), "RANK": str(rank)}
+
+
+def test_a_killed_supervisor_s_escaped_job_is_gone_before_the_rank_answers(tmp_path: Path) -> None:
+    """The supervisor itself is SIGKILLed (OOM killer, an admin): the job's grandchild that
+    left its session is no longer anyone's descendant, yet it carries the attempt's
+    identity; the rank's answer (the proof the daemon retries on) comes only once it is
+    gone."""
+    argv, pidfile = escaping_job(tmp_path)
+    o = orders(tmp_path, argv)
+    job = SupervisedJob.spawn(o, job_env())
+    assert job.started() is None and job.supervisor
+    gc = grandchild_pid(pidfile)
+    os.kill(job.supervisor, signal.SIGKILL)
+    assert job.wait() == (-9, None, "supervisor-lost")
+    assert not pid_alive(gc)
+    assert claim_dead(str(o["lock"]))
+
+
+def test_claim_dead_waits_for_a_process_that_carries_the_attempt(tmp_path: Path) -> None:
+    """A supervisor killed before its clean-up left "running" in the lock: while any process
+    of this host carries that attempt's identity (outside the job's group and session),
+    its death is not proven; another attempt's or rank's processes do not count."""
+    argv, pidfile = escaping_job(tmp_path)
+    o = orders(tmp_path, argv)
+    job = SupervisedJob.spawn(o, job_env())
+    assert job.started() is None and job.supervisor
+    gc = grandchild_pid(pidfile)
+    os.kill(job.supervisor, signal.SIGKILL)
+    until(lambda: not pid_alive(job.supervisor or 0))
+    os.killpg(job.pid or 0, signal.SIGKILL)  # the group goes; the grandchild has left it
+    others = [subprocess.Popen(["sleep", "60"], env=job_env(attempt=2), start_new_session=True),
+              subprocess.Popen(["sleep", "60"], env=job_env(rank=1), start_new_session=True)]
+    try:
+        assert pid_alive(gc) and not claim_dead(str(o["lock"]))
+        assert Path(str(o["lock"])).read_text().startswith("running")
+        os.kill(gc, signal.SIGKILL)
+        until(lambda: not pid_alive(gc))
+        assert claim_dead(str(o["lock"]))
+    finally:
+        for p in others:
+            p.kill()
+            p.wait()

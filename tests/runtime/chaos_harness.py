@@ -25,9 +25,9 @@ carry ``CHAOS_RUN=<run id>``. A background thread scans ``/proc`` every 0.2 s; e
 stamped when it is read (wall clock just before and just after reading its ``stat``, which
 shows it alive, not a zombie), and per rank of an attempt (from the processes' own
 ``CELLSCHED_*``/``RANK`` environment, and ``CHAOS_SH`` or the parent chain for the shell)
-the first and the last sighting are kept. cellsched's supervisors carry the job's
-environment but are not the job (they kill and reap it, then exit): they are not sightings
-of it (they still count as leftovers after a daemon's Ray is gone).
+the first and the last sighting are kept. cellsched's supervisors carry most of the job's
+environment (not its attempt and rank) and are not the job (they kill and reap it, then
+exit): they are not sightings of it (they still count as leftovers after a daemon's Ray is gone).
 
 A round: start ``serve`` (own process group, log file), wait until it logs that it is up,
 hold for a random time (seeded; now and then the signal comes while it is still starting),
@@ -233,8 +233,8 @@ class Proc:
 
     @property
     def supervisor(self) -> bool:
-        """cellsched's own supervisor of a rank (it carries the job's environment, but it is
-        not the job: it kills and reaps the job's tree, then exits)."""
+        """cellsched's own supervisor of a rank (it carries most of the job's environment,
+        but it is not the job: it kills and reaps the job's tree, then exits)."""
         return "_supervisor.py" in self.cmd
 
     @property

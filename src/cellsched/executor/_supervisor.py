@@ -18,8 +18,10 @@ What it does:
 3. takes the attempt's lock file (``flock``, non-blocking) and refuses to start if it says
    ``dead`` (``attempt_fate`` proved the attempt dead: a late start must never run); holds
    it until every descendant is gone;
-4. runs the job in a new session, with the environment it was given, stdout/stderr to the
-   log, and reports ``started <pid> <wall-clock start>`` on stdout;
+4. runs the job in a new session, with the environment its orders give (which names the
+   attempt and rank: its *mark*, ``mark_of``; the supervisor's own environment leaves the
+   mark out), stdout/stderr to the log, and reports ``started <pid> <wall-clock start>`` on
+   stdout;
 5. stops the job's tree (its process group *and* every process whose parent chain leads here,
    found in ``/proc``) when: the rank process dies (EOF on stdin: the rank holds the only
    write end) → SIGKILL; the rank asks (``signal <sig> <grace>`` on stdin) or sends SIGTERM
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hashlib
 import json
 import os
 import select
@@ -48,6 +51,10 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 REFUSED_CODE = 125  # declared dead before it could start (= base.REFUSED_CODE)
 LOCK_WAIT_S = 2.0  # attempt_fate holds a lock for microseconds; anything longer is a live owner
+# What names one rank of one attempt in its job's environment (base.RESERVED_ENV sets them):
+# every process of the job inherits them, including one that left the job's session and is
+# nobody's descendant any more once its supervisor is gone.
+MARK_KEYS = ("CELLSCHED_PROJECT", "CELLSCHED_JOB", "CELLSCHED_ATTEMPT", "RANK")
 
 
 # -- the lock file (shared with attempt_fate's local proof) ------------------------------
@@ -80,7 +87,8 @@ def claim_dead(lock_path: str, host: str | None = None,
     False when the lock is held (a supervisor is alive), or it was last held by a
     supervisor that never finished (it did not write ``ended``): on another host (whose
     lock this host may not see) unless its Ray node is in ``dead_nodes``, or on this host
-    while its job's process group or session still has a live process.
+    while its job's process group or session still has a live process, or any process
+    still carries the attempt's mark (``carrying``: one that left the job's session).
     """
     host = host or socket.gethostname()
     try:
@@ -98,11 +106,47 @@ def claim_dead(lock_path: str, host: str | None = None,
                 return False
             if _group_alive(int(fields.get("job", "0") or 0)):
                 return False
+            if fields.get("mark") and carrying(fields["mark"]):
+                return False
         if state != "dead":
             _write(fd, f"dead by={os.getpid()} host={host} at={time.time():.3f}\n")
         return True
     finally:
         os.close(fd)  # unlocks
+
+
+def mark_of(env: dict[str, str]) -> str | None:
+    """The attempt's mark: a digest of its identity in the job's environment (``MARK_KEYS``);
+    None for an environment that does not name an attempt."""
+    if "CELLSCHED_ATTEMPT" not in env:
+        return None
+    ident = "\0".join(env.get(k, "") for k in MARK_KEYS)
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def carrying(mark: str) -> list[int]:
+    """Live processes of this host whose environment carries ``mark`` (the environment a
+    process started with, as ``/proc/<pid>/environ`` shows it). Supervisors do not carry it:
+    they are given the job's environment without ``MARK_KEYS``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                raw = f.read()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if b"CELLSCHED_ATTEMPT=" not in raw:
+            continue
+        env = {}
+        for item in raw.split(b"\0"):
+            k, eq, v = item.partition(b"=")
+            if eq and k.decode(errors="replace") in MARK_KEYS:
+                env[k.decode()] = v.decode(errors="replace")
+        if mark_of(env) == mark and _stat(int(d)) not in (None, "Z"):
+            out.append(int(d))
+    return sorted(out)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -391,11 +435,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGHUP, lambda *_: None)
     argv = orders["argv"]
+    env = orders.get("env")
+    mark = mark_of(env) if env is not None else None
     started, sup.t0 = time.time(), time.monotonic()
     try:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            cwd=orders.get("cwd"), start_new_session=True, close_fds=True,
+            cwd=orders.get("cwd"), start_new_session=True, close_fds=True, env=env,
         )
     except OSError as e:
         code = 127 if isinstance(e, FileNotFoundError) else 126
@@ -406,7 +452,8 @@ def main() -> int:
         return 0
     sup.job = proc.pid
     _write(lock, f"running supervisor={sup.me} job={proc.pid} host={host} "
-                 f"node={orders.get('node', '-')} since={started:.3f}\n")
+                 f"node={orders.get('node', '-')} since={started:.3f}"
+                 + (f" mark={mark}" if mark else "") + "\n")
     _out(f"started {proc.pid} {started:.6f} {sup.me}")
     ctl = 0
     if rest:
@@ -431,9 +478,10 @@ class SupervisedJob:
     for the job to run; ``signal`` may be called before that (the supervisor acts on it as
     soon as the job runs); ``wait`` returns once nothing of the job is left."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], mark: str | None = None) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self._proc = proc
+        self._mark = mark  # the attempt's mark in the job's environment (``mark_of``)
         self._ctl = os.dup(proc.stdin.fileno())  # non-inheritable: no other child gets it
         proc.stdin.close()  # the supervisor's stdin now has one write end: ours
         self._ctl_lock = threading.Lock()  # stop (actor thread) vs. close (waiter thread)
@@ -446,15 +494,18 @@ class SupervisedJob:
     def spawn(orders: dict, env: dict[str, str]) -> SupervisedJob:  # type: ignore[type-arg]
         """Start a supervisor for ``orders`` (argv, log, lock, cwd, term_at, kill_at, grace,
         node) with the job's environment ``env``; returns at once."""
+        # The job's environment travels in the orders; the supervisor's own leaves out the
+        # attempt's mark, so that only the job's processes carry it (``carrying``).
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=env, start_new_session=True, close_fds=True,
+            env={k: v for k, v in env.items() if k not in MARK_KEYS},
+            start_new_session=True, close_fds=True,
         )
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(orders).encode() + b"\n")
+        proc.stdin.write(json.dumps({**orders, "env": env}).encode() + b"\n")
         proc.stdin.flush()
-        return SupervisedJob(proc)
+        return SupervisedJob(proc, mark_of(env))
 
     def started(self) -> tuple[int, str] | None:
         """Wait until the job runs (None), or ``(exit code, why)`` if it never will."""
@@ -491,12 +542,22 @@ class SupervisedJob:
         self._close()
         if len(line) == 4 and line[0] == "exit":
             return int(line[1]), float(line[2]), line[3]
-        # The supervisor itself was killed: make sure at least the job's group goes.
+        # The supervisor itself was killed (OOM killer, an admin): nothing reaps the job's
+        # tree any more, and what left its session is nobody's descendant. Kill the job's
+        # group and every process that carries the attempt's mark, and answer only once
+        # none is left: the answer is what the daemon retries on.
         if self.pid:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        while self._mark is not None and (left := carrying(self._mark)):
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(0.02)
         return -int(signal.SIGKILL), None, "supervisor-lost"
 
     def _close(self) -> None:
