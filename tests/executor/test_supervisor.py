@@ -135,17 +135,24 @@ def job_env(attempt: int = 1, rank: int = 0) -> dict[str, str]:
             "CELLSCHED_ATTEMPT": str(attempt), "RANK": str(rank)}
 
 
+def supervisor_killed(tmp: Path) -> tuple[dict[str, object], SupervisedJob, int]:
+    """An escaping job run under a supervisor that is then SIGKILLed: (orders, the rank's
+    handle, the escaped grandchild's pid)."""
+    argv, pidfile = escaping_job(tmp)
+    o = orders(tmp, argv)
+    job = SupervisedJob.spawn(o, job_env())
+    assert job.started() is None and job.supervisor
+    gc = grandchild_pid(pidfile)
+    os.kill(job.supervisor, signal.SIGKILL)
+    return o, job, gc
+
+
 def test_a_killed_supervisor_s_escaped_job_is_gone_before_the_rank_answers(tmp_path: Path) -> None:
     """The supervisor itself is SIGKILLed (OOM killer, an admin): the job's grandchild that
     left its session is no longer anyone's descendant, yet it carries the attempt's
     identity; the rank's answer (the proof the daemon retries on) comes only once it is
     gone."""
-    argv, pidfile = escaping_job(tmp_path)
-    o = orders(tmp_path, argv)
-    job = SupervisedJob.spawn(o, job_env())
-    assert job.started() is None and job.supervisor
-    gc = grandchild_pid(pidfile)
-    os.kill(job.supervisor, signal.SIGKILL)
+    o, job, gc = supervisor_killed(tmp_path)
     assert job.wait() == (-9, None, "supervisor-lost")
     assert not pid_alive(gc)
     assert claim_dead(str(o["lock"]))
@@ -155,12 +162,7 @@ def test_claim_dead_waits_for_a_process_that_carries_the_attempt(tmp_path: Path)
     """A supervisor killed before its clean-up left "running" in the lock: while any process
     of this host carries that attempt's identity (outside the job's group and session),
     its death is not proven; another attempt's or rank's processes do not count."""
-    argv, pidfile = escaping_job(tmp_path)
-    o = orders(tmp_path, argv)
-    job = SupervisedJob.spawn(o, job_env())
-    assert job.started() is None and job.supervisor
-    gc = grandchild_pid(pidfile)
-    os.kill(job.supervisor, signal.SIGKILL)
+    o, job, gc = supervisor_killed(tmp_path)
     until(lambda: not pid_alive(job.supervisor or 0))
     os.killpg(job.pid or 0, signal.SIGKILL)  # the group goes; the grandchild has left it
     others = [subprocess.Popen(["sleep", "60"], env=job_env(attempt=2), start_new_session=True),
