@@ -147,20 +147,34 @@ def test_early_finish_refunds_exactly_and_a_waiting_grant_starts_early(env: Env,
     assert c.start == h.now
 
 
-def test_waiting_grant_never_moves_before_its_not_before(env: Env, tmp_path: Path) -> None:
-    a = submit(env, project("first", [job("train", gpus=16)], gpus=16, window_s=100))
-    nb = T0 + 30
-    from datetime import datetime, timezone
+@pytest.mark.parametrize("rule", ["start_now", "hold_oldest"])
+def test_waiting_grant_never_moves_before_its_not_before(rule: str, cluster_file: Path, ledger_url: str,
+                                                         tmp_path: Path) -> None:
+    """No grant's end announces that a not_before has passed: the daemon's periodic pull
+    starts the grant, under every rule that starts grants now (``hold_oldest`` too)."""
+    env = env_with_rule(cluster_file, ledger_url, rule)
+    try:
+        a = submit(env, project("first", [job("train", gpus=16)], gpus=16, window_s=100))
+        nb = T0 + 30
+        from datetime import datetime, timezone
 
-    b = submit(env, project("later", [job("train", gpus=16)], gpus=16, window_s=50,
-                            not_before=datetime.fromtimestamp(nb, timezone.utc)))
-    assert b.start == a.end
-    h = Harness(env, tmp_path, {"train": Behaviour(5)})
-    h.run(T0 + 29)
-    assert h.grant(b.id).start == T0 + 100  # free from T0+5, but not before its not_before
-    h.run(T0 + 40)
-    # start_now (the default): it starts at the daemon's first look at or after not_before.
-    assert nb <= h.grant(b.id).start <= nb + 10 and h.grant(b.id).started_at == h.grant(b.id).start
+        b = submit(env, project("later", [job("train", gpus=16)], gpus=16, window_s=50,
+                                not_before=datetime.fromtimestamp(nb, timezone.utc)))
+        assert b.start == a.end
+        h = Harness(env, tmp_path, {"train": Behaviour(5)})
+        h.run(T0 + 29)
+        assert h.grant(b.id).start == T0 + 100  # free from T0+5, but not before its not_before
+        h.run(T0 + 40)
+        # it starts at the daemon's first look at or after not_before
+        assert nb <= h.grant(b.id).start <= nb + 10 and h.grant(b.id).started_at == h.grant(b.id).start
+    finally:
+        env.ledger.dispose()
+
+
+def env_with_rule(cluster_file: Path, ledger_url: str, rule: str) -> Env:
+    """The test cluster with ``policy.pull_forward = rule``."""
+    cluster_file.write_text(cluster_file.read_text().replace("[policy]\n", f'[policy]\npull_forward = "{rule}"\n'))
+    return service.open_env(cluster_file, ledger_url)
 
 
 @pytest.mark.parametrize("rule", ["start_now", "compact"])
@@ -170,8 +184,7 @@ def test_pull_forward_rules(rule: str, cluster_file: Path, ledger_url: str, tmp_
     are free from there) and c behind it, at once; ``start_now`` moves nothing into the
     future. When a2 is stopped (T0+36, its grace), b's whole window fits now and it starts
     under both rules; c follows b under ``compact`` and keeps its window under ``start_now``."""
-    cluster_file.write_text(cluster_file.read_text().replace("[policy]\n", f'[policy]\npull_forward = "{rule}"\n'))
-    e = service.open_env(cluster_file, ledger_url)
+    e = env_with_rule(cluster_file, ledger_url, rule)
     try:
         a = submit(e, project("a", [job("t", gpus=8)], gpus=8, window_s=100))
         a2 = submit(e, project("a2", [job("u", gpus=8)], gpus=8, window_s=40))

@@ -36,6 +36,7 @@ from cellsched.executor.base import (
     GangResult,
     GangSpec,
 )
+from cellsched.core.admission import pull_rule
 from cellsched.executor.pools import pool_capacity
 from cellsched.fmt import gpu_h
 from cellsched.ledger.db import Deposed
@@ -154,6 +155,9 @@ class Reconciler:
         self.rules_lent = replace(self.rules, placement_timeout_s=self.rules.placement_timeout_s
                                   + policy.lend_grace_s + self.settings.lend_lead_s)
         self.pass_env = tuple(getattr(policy, "pass_env", ()))
+        # Rules that start grants now (start_now, hold_oldest) also pull at the periodic sweep
+        # and at a window's end; compact placed every grant at its earliest window already.
+        self._starts_now = pull_rule(policy.pull_forward)[0] == "start_now"
         self.notifier = Notifier(self._notified, self.settings.notify_in_background, self.pass_env)
         self._specs: dict[str, ProjectSpec] = {}
         self._last_sweep: float | None = None
@@ -168,8 +172,8 @@ class Reconciler:
         self._stuck: set[int] = set()  # grants on a lost node with no free nodes to move to (said once)
         self._logs_at: float | None = None  # when running jobs' logs were last pulled home
         self._pull_logs = False
-        self._pulled = (-1, 0)
-        self._nb: dict[str, int | None] = {}  # project id -> its not_before  # (ledger seq, next not_before) at the last periodic pull
+        self._pulled = (-1, 0)  # (ledger seq, next not_before) at the last periodic pull
+        self._nb: dict[str, int | None] = {}  # project id -> its not_before
         # The last whole snapshot and its views, reused while the ledger has not moved.
         self._snap: tuple[DaemonSnapshot, list[tuple[D.GrantView, GrantRow, ProjectRow]]] | None = None
         self.lender = Lender(self)
@@ -189,7 +193,7 @@ class Reconciler:
         if self._last_sweep is None or now - self._last_sweep >= self.settings.sweep_every_s:
             self._guard(res, "sweep", lambda: self._sweep(now, res))
             self._guard(res, "nodes", lambda: self._refresh_nodes(now, res))
-            if self.env.cluster.policy.pull_forward == "start_now":
+            if self._starts_now:
                 # Catches what no grant's end announces, such as a not_before that has passed.
                 self._guard(res, "pull forward", lambda: self._pull_now(now, res))
             self._last_sweep = now
@@ -552,8 +556,7 @@ class Reconciler:
 
         # A cancel (service layer) freed capacity too, and so did a window's end for a grant
         # that under start_now could not start before it: waiting grants may move up.
-        pull = reason in ("cancelled", "replaced") or (
-            reason == "expired" and self.env.cluster.policy.pull_forward == "start_now")
+        pull = reason in ("cancelled", "replaced") or (reason == "expired" and self._starts_now)
         done = self.writer.finalize(gid, now, why, report, bool(spec.notify),
                                     self._pull_forward if pull else None)
         if done is None:
