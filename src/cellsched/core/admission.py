@@ -212,8 +212,9 @@ class Schedule:
         No other grant's window moves. With ``waiting`` (the other waiting grants; the one
         keyed ``key`` is this grant), when no nodes are free for it but the pool's GPUs are,
         waiting grants are re-placed onto other nodes over their same windows to free
-        nodes for it (``NodeCalendar.make_room``: all or nothing); each re-placement is
-        made in ``waiting`` and appended to ``waiting.moved`` as (key, old, new)."""
+        nodes for it (``NodeCalendar.room_for`` decides without touching anything, then
+        ``move_away``: all or nothing); each re-placement is made in ``waiting`` and
+        appended to ``waiting.moved`` as (key, old, new)."""
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
@@ -517,7 +518,8 @@ window before it starts others under ``pull_forward = "hold_oldest"`` (docs/admi
 class Hold:
     """Which waiting grants hold their place before ``start_now`` starts others: the
     ``count`` oldest of those at least ``min_width`` GPUs wide (narrow grants are not the
-    tail: a narrow window fits the gaps that wide ones leave)."""
+    tail: a narrow window fits the gaps that wide ones leave); and from which width on a
+    grant may start by re-placing waiting grants on other nodes (``replace``, 0: none)."""
 
     count: int = 0
     min_width: int = 1
@@ -539,7 +541,9 @@ def as_hold(reserve: int | Hold) -> Hold:
 
 def pull_rule(name: str) -> tuple[str, Hold]:
     """A cluster's ``policy.pull_forward`` as (the pass: ``start_now`` or ``compact``, which
-    oldest waiting grants hold their place first)."""
+    oldest waiting grants hold their place first). For experiments (``benchmarks/tail.py``),
+    a ``start_now`` rule may end in ``+replace[:MIN_WIDTH]``: grants at least MIN_WIDTH
+    (default 1) GPUs wide may start by re-placing waiting grants (``Hold.replace``)."""
     base, plus, extra = name.partition("+")
     what, _, wide = extra.partition(":")
     if plus and (what != "replace" or base == "compact" or not (wide or "1").isdigit()):
@@ -607,7 +611,11 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
        then key) whose whole window fits now starts now, until none does. Longest first
        because a long window needs a long run of free GPUs, which is rare; short ones fit
        the gaps later. (A grant of step 1 is among them: a start here gives back the rest
-       of the starter's old window, which may let it fit now after all.)
+       of the starter's old window, which may let it fit now after all.) With
+       ``reserve.replace`` (an experiment, rejected: docs/simulate.md, "Tail waits"), a
+       grant at least that wide that finds no nodes free may start by re-placing the other
+       waiting grants on other nodes over their same windows (``Schedule.start_now`` with
+       ``Unstarted``); each re-placement is a move (key, old, new) with the same window.
 
     Without step 1 the widest grants start at their promise while narrower work fills
     every gap (the tail of the waits). Returns (key, old, new) for each move, in order. The

@@ -24,7 +24,9 @@ window touches (a bitmask per hour, ANDed), else those whose span of free GPUs e
 soonest after the window; a narrow grant goes to the best fit in GPUs among nodes already
 in use (the first ``SCAN_NODES``), else to the highest-numbered wholly free node (whole
 nodes are taken from the bottom, narrow grants break them from the top), else to the best
-fit among the nodes whose span ends soonest. ``replace`` moves a reservation off lost nodes by the same choice.
+fit among the nodes whose span ends soonest. ``replace`` moves a reservation off lost nodes by the same choice;
+``room_for`` and ``move_away`` use it to clear nodes of reservations that may move (an experiment
+of the pull-forward: waiting grants re-placed, same windows, so that another starts now).
 
 A pool that is one node (``gpus_per_node == gpus``) has no index: the node *is* the pool,
 and every answer is the flat calendar's, bit for bit.

@@ -20,7 +20,11 @@ length <= R(w) - now (before its own window it holds nothing). On a pool of seve
 that test is necessary but not sufficient (the nodes free up to R(w) need not be the
 grant's own), so the core has the last word there, as it has with team limits. The waiting grants are kept per (pool, width)
 sorted by (start, submission) with their lengths beside them and sorted, so the longest
-grant that fits is a few bisects and short C-level scans per width.
+grant that fits is a few bisects and short C-level scans per width. With a rule's
+``+replace`` (an experiment: a grant may start by re-placing waiting grants on other
+nodes, ``Hold.replace``), R(w) for such a grant is the pool's flat ``free_until`` wherever
+``reach`` says enough nodes are free at the instant itself (re-placing frees nodes only
+from after it), and the core decides.
 """
 
 from __future__ import annotations
