@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cellsched.core.admission import REASONS, Grant, Hold, Refusal, Request, Schedule, start_waiting_now
+from cellsched.core.admission import REASONS, Grant, Refusal, Request, Schedule
 from admission_builders import H, at, cluster
 
 START = at(2026, 12, 30)  # two days before a month boundary
@@ -159,17 +159,6 @@ class CoreMachine(RuleBasedStateMachine):
             assert new == old or (new.start, new.end) == (self.now, self.now + old.end - old.start)
             assert (new.pool, new.width) == (old.pool, old.width)
             h.grant = new
-
-    @rule(wide=st.sampled_from([1, 2, 8]))
-    def start_now_replacing(self, wide: int) -> None:
-        """The start_now pass in which a grant at least ``wide`` GPUs wide may start by
-        re-placing waiting grants on other nodes over their same windows."""
-        waiting = [(i, self.held[i].grant) for i in self._waiting()]
-        for i, old, new in start_waiting_now(self.sched, waiting, self.now, Hold(replace=wide)):
-            assert old == self.held[i].grant
-            assert (new.pool, new.width, new.end - new.start) == (old.pool, old.width, old.end - old.start)
-            assert new.start == self.now or (new.start, new.end) == (old.start, old.end)
-            self.held[i].grant = new
 
     # -- invariants -------------------------------------------------------------------
 

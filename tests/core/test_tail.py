@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cellsched.core.admission import Grant, Hold, Schedule, Unstarted, as_hold, pull_rule, start_waiting_now
+from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule, start_waiting_now
 from cellsched.spec.cluster import ClusterConfig, Pool, Team
 
 
@@ -100,66 +100,3 @@ def test_a_bare_count_is_a_hold_of_any_width():
     assert as_hold(2) == Hold(2, 1) and as_hold(Hold(1, 16)) == Hold(1, 16)
     assert not Hold() and Hold(1)
     assert pull_rule("hold_oldest") == ("start_now", Hold(1, 1))
-
-
-def three_small_nodes() -> Schedule:
-    return Schedule.empty(ClusterConfig(
-        pools=(Pool(name="p", gpu_type="g", gpus=6, gpus_per_node=2),),
-        teams=(Team(name="a", allowance_gpu_hours=1e6, period="none"),)))
-
-
-@pytest.mark.parametrize("rule", ["start_now", "start_now+replace"])
-def test_a_wide_grant_starts_now_because_a_waiting_narrow_grant_is_replaced(rule):
-    # Three nodes of 2 GPUs. Running: B (2 GPUs, node 0) and A (2 GPUs, node 1) both end
-    # early at 10; C (1 GPU, node 2) runs to 300, D (1 GPU, node 2) to 15. Waiting: N
-    # (1 GPU, node 0) promised [20, 60); W (4 GPUs: nodes 0 and 1) promised [100, 200).
-    # At 10 the pool has 4 GPUs free throughout [10, 110), but N sits on node 0 inside it,
-    # so no two whole nodes are free for W. N fits node 2 over its own window (D has gone
-    # by 20): re-placed there, W starts now on nodes 0 and 1; N keeps [20, 60) (node 2 is
-    # busy at 10, nodes 0 and 1 are W's). Without re-placing, N (which fits now) starts
-    # at 10 and W keeps its promise.
-    s = three_small_nodes()
-    b = s.commit(Grant("B", "a", "p", 2, 0, 20, (0,)))
-    a = s.commit(Grant("A", "a", "p", 2, 0, 100, (1,)))
-    s.commit(Grant("C", "a", "p", 1, 0, 300, (2,)))
-    s.commit(Grant("D", "a", "p", 1, 0, 15, (2,)))
-    n = s.commit(Grant("N", "a", "p", 1, 20, 60, (0,)))
-    w = s.commit(Grant("W", "a", "p", 4, 100, 200, (0, 1)))
-    s.release(b, 10)
-    s.release(a, 10)
-    _, reserve = pull_rule(rule)
-    moves = start_waiting_now(s, [(1, n), (2, w)], 10, reserve=reserve)
-    got = [(new.project, new.start, new.end, new.nodes) for _, _, new in moves]
-    if rule == "start_now":
-        assert got == [("N", 10, 50, (0,))]
-        return
-    assert got == [("N", 20, 60, (2,)), ("W", 10, 110, (0, 1))]
-    cal = s.pools["p"][1]
-    assert [c.min_free(10, 300) for c in cal.nodes] == [0, 0, 0]  # nothing over-committed
-    with pytest.raises(ValueError):  # N's old place is W's now
-        cal.reserve(20, 60, 1, (0,))
-
-
-def test_replacing_is_all_or_nothing():
-    # As above, but C takes both of node 2's GPUs: N fits nowhere else over [20, 60), so W
-    # cannot start now, and nothing moves (N keeps node 0; N itself fits now on node 1).
-    s = three_small_nodes()
-    b = s.commit(Grant("B", "a", "p", 2, 0, 20, (0,)))
-    a = s.commit(Grant("A", "a", "p", 2, 0, 100, (1,)))
-    s.commit(Grant("C", "a", "p", 2, 0, 300, (2,)))
-    n = s.commit(Grant("N", "a", "p", 1, 20, 60, (0,)))
-    w = s.commit(Grant("W", "a", "p", 4, 100, 200, (0, 1)))
-    s.release(b, 10)
-    s.release(a, 10)
-    assert s.start_now(w, 10, Unstarted([(1, n)]), 2) == w
-    moves = start_waiting_now(s, [(1, n), (2, w)], 10, reserve=pull_rule("start_now+replace")[1])
-    assert [(new.project, new.start, new.nodes) for _, _, new in moves] == [("N", 10, (0,))]
-
-
-def test_replace_rule_names():
-    assert pull_rule("start_now+replace") == ("start_now", Hold(replace=1))
-    assert pull_rule("hold_oldest+replace") == ("start_now", Hold(1, replace=1))
-    assert pull_rule("hold_oldest+replace:16") == ("start_now", Hold(1, replace=16))
-    for bad in ("compact+replace", "start_now+again", "start_now+replace:x"):
-        with pytest.raises(ValueError):
-            pull_rule(bad)

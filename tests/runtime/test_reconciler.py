@@ -207,47 +207,6 @@ def test_pull_forward_rules(rule: str, cluster_file: Path, ledger_url: str, tmp_
         e.ledger.dispose()
 
 
-def test_a_replaced_waiting_grant_keeps_its_window_on_the_nodes_the_ledger_records(env: Env) -> None:
-    """Two nodes of 8 GPUs. g0 (16 GPUs) holds both until T0+105; behind it g1 (1 GPU) and
-    g2 (6) on node 0 and g3 (4) on node 1, all [T0+105, T0+155), then g4 (8 GPUs, 150 s)
-    on node 0 from T0+155. g0 is cancelled at T0+10. Longest first: g4 fits no node now;
-    g1 and g2 start now on node 0; then g4 fits node 1 once g3 is re-placed on node 0 over
-    its same window, so g4 starts now. The pass writes g3's new nodes in its transaction
-    (a ``moved_nodes`` event), and the ledger's schedule packs as recorded."""
-    from cellsched.ledger.lifecycle import GrantWriter
-    from cellsched.ledger.snapshot import load_schedule, nodes_of
-    from cellsched.ledger.tables import GrantRow
-
-    shapes = [(16, 100, 5), (1, 50, 6), (6, 50, 8), (4, 50, 9), (8, 150, 9)]
-    rows = [submit(env, project(f"g{i}", [job("t", gpus=w)], gpus=w, window_s=d), T0 + t)
-            for i, (w, d, t) in enumerate(shapes)]
-    assert [(r.start - T0, nodes_of(r)) for r in rows] == [(5, [0, 1]), (105, [0]), (105, [0]), (105, [1]), (155, [0])]
-    service.cancel(env, "g0", "root-admin", T0 + 10)
-    policy = env.cluster.policy.model_copy(update={"pull_forward": "start_now+replace:8"})
-    cluster = env.cluster.model_copy(update={"policy": policy})
-    w = GrantWriter(env.ledger)
-    with w.tx() as s:
-        lines = w.pull_forward(s, T0 + 10, cluster, lambda s, row: None)
-    assert len(lines) == 4 and lines[2].startswith("re-placed g3")
-    with env.ledger.read() as s:
-        got = [s.get(GrantRow, r.id) for r in rows[1:]]
-        assert [(g.start - T0, g.end - T0, nodes_of(g)) for g in got] == [
-            (10, 60, [0]), (10, 60, [0]), (105, 155, [0]), (10, 160, [1])]
-        cal = load_schedule(s, env.cluster, T0 + 10).pools["h100"][1]
-        assert [c.min_free(T0 + 10, T0 + 160) for c in cal.nodes] == [1, 0]
-    moved = [json.loads(m.data) for m in service_events(env, "moved_nodes")]
-    assert [(m["from"], m["to"]) for m in moved] == [([1], [0])]
-
-
-def service_events(env: Env, kind: str) -> list[Any]:
-    from sqlmodel import select
-
-    from cellsched.ledger.tables import EventRow
-
-    with env.ledger.read() as s:
-        return [e for e in s.exec(select(EventRow).where(EventRow.kind == kind)).all()]
-
-
 # -- cancel ---------------------------------------------------------------------------------
 
 

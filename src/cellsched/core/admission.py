@@ -11,7 +11,6 @@ wall clock: time is an integer passed in.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from collections.abc import Iterable
 from typing import Any
 
 from cellsched import fmt
@@ -201,20 +200,14 @@ class Schedule:
             return self.commit(own)
         return self.commit(replace(grant, start=t, end=t + length, nodes=None))
 
-    def start_now(self, grant: Grant, now: int, waiting: Unstarted | None = None, key: int | None = None) -> Grant:
+    def start_now(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant at ``now`` if its whole window fits there, else leave it.
 
         Same pool, width and length; "fits" means nodes by the node rule are free over
         [now, now + length) with the grant's own window given back (its own nodes or
         others: the grant returned says which), the team's ``max_gpus`` holds, and the
-        allowance covers the window charged by period. Returns the grant as it now stands.
-
-        No other grant's window moves. With ``waiting`` (the other waiting grants; the one
-        keyed ``key`` is this grant), when no nodes are free for it but the pool's GPUs are,
-        waiting grants are re-placed onto other nodes over their same windows to free
-        nodes for it (``NodeCalendar.room_for`` decides without touching anything, then
-        ``move_away``: all or nothing); each re-placement is made in ``waiting`` and
-        appended to ``waiting.moved`` as (key, old, new)."""
+        allowance covers the window charged by period. No other grant moves. Returns the
+        grant as it now stands."""
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
@@ -227,59 +220,14 @@ class Schedule:
         tcal = self.teams[grant.team].calendar
         if tcal is not None and tcal.min_free(now, upto) < grant.width:
             return grant
-        plan = None
         if grant.nodes is not None and not cal.fits_moved(grant.width, now, now + length, grant.start, grant.nodes):
-            # No nodes for it now (decided without touching anything), unless re-placing
-            # waiting grants frees some (only where nothing runs now: they start later).
-            if waiting is None or len(cal.nodes) < 2 or cal.reach(grant.width, now) <= now:
-                return grant
-            plan = self._room(grant, now, waiting, key)
-            if plan is None:
-                return grant
+            return grant  # no nodes for it now (decided without touching anything)
         book = self.teams[grant.team].book
         own = replace(grant, nodes=self.release(grant, grant.start).nodes)
-        if book.period != "none" and book.next_fit(now, now + length, grant.width) is not None:
-            return self.commit(own)  # it would overdraw the period it moves into
-        if plan is None:
-            nodes = cal.choose(grant.width, now, now + length)
-        else:
-            assert waiting is not None
-            nodes = self._move_away(grant.pool, plan, waiting)
-        if nodes is None:
-            return self.commit(own)  # no nodes free
+        nodes = cal.choose(grant.width, now, now + length)
+        if nodes is None or (book.period != "none" and book.next_fit(now, now + length, grant.width) is not None):
+            return self.commit(own)  # no nodes free, or it would overdraw the period it moves into
         return self.commit(replace(grant, start=now, end=now + length, nodes=nodes))
-
-    def _room(self, grant: Grant, now: int, waiting: Unstarted, key: int | None
-              ) -> tuple[tuple[int, ...], list[tuple[int, int, int, int, tuple[int, ...]]]] | None:
-        """``NodeCalendar.room_for`` a waiting grant starting now, the other waiting grants
-        (but ``key``) movable; nothing is touched."""
-        pool = grant.pool
-        grants = waiting.grants
-
-        def movable(n: int) -> list[tuple[int, int, int, int, tuple[int, ...]]]:
-            return [(k, g.start, g.end, g.width, g.nodes or ()) for k in waiting.on(pool, n)
-                    if k != key for g in (grants[k],)]
-
-        cal = self.pools[pool][1]
-        assert grant.nodes is not None
-        return cal.room_for(grant.width, now, now + grant.end - grant.start, movable,
-                            (grant.start, grant.end, grant.nodes))
-
-    def _move_away(self, pool: str, plan: tuple[tuple[int, ...], list[tuple[int, int, int, int, tuple[int, ...]]]],
-                   waiting: Unstarted) -> tuple[int, ...] | None:
-        """Carry out a ``_room`` plan: its waiting grants re-placed (in ``waiting``, and
-        listed in ``waiting.moved``), its nodes returned; None, nothing moved, if it fails."""
-        nodes, moving = plan
-        moves = self.pools[pool][1].move_away(moving, nodes)
-        if moves is None:
-            return None
-        for k, _, new in moves:
-            old = waiting.grants[k]
-            ng = replace(old, nodes=new)
-            waiting.remove(k)
-            waiting.add(k, ng)
-            waiting.moved.append((k, old, ng))
-        return nodes
 
     # -- the decision ------------------------------------------------------------------
 
@@ -518,14 +466,12 @@ window before it starts others under ``pull_forward = "hold_oldest"`` (docs/admi
 class Hold:
     """Which waiting grants hold their place before ``start_now`` starts others: the
     ``count`` oldest of those at least ``min_width`` GPUs wide (narrow grants are not the
-    tail: a narrow window fits the gaps that wide ones leave); and from which width on a
-    grant may start by re-placing waiting grants on other nodes (``replace``, 0: none)."""
+    tail: a narrow window fits the gaps that wide ones leave)."""
 
     count: int = 0
     min_width: int = 1
     biggest: int = 0  # then this many more, largest window (GPU-seconds) first
     ahead_s: int = 0  # the oldest holds only while its window starts at least this far ahead
-    replace: int = 0  # from this width on (0: never), a grant may start now by re-placing waiting ones
 
     def __bool__(self) -> bool:
         return self.count > 0 or self.biggest > 0
@@ -541,60 +487,16 @@ def as_hold(reserve: int | Hold) -> Hold:
 
 def pull_rule(name: str) -> tuple[str, Hold]:
     """A cluster's ``policy.pull_forward`` as (the pass: ``start_now`` or ``compact``, which
-    oldest waiting grants hold their place first). For experiments (``benchmarks/tail.py``),
-    a ``start_now`` rule may end in ``+replace[:MIN_WIDTH]``: grants at least MIN_WIDTH
-    (default 1) GPUs wide may start by re-placing waiting grants (``Hold.replace``)."""
-    base, plus, extra = name.partition("+")
-    what, _, wide = extra.partition(":")
-    if plus and (what != "replace" or base == "compact" or not (wide or "1").isdigit()):
-        raise ValueError(f"unknown pull_forward rule {name!r}")
-    again = int(wide or "1") if plus else 0
-    if base == "hold_oldest":
-        return "start_now", Hold(RESERVE_OLDEST, replace=again)
-    if base in ("start_now", "compact"):
-        return base, Hold(replace=again)
-    if base.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH[:BIGGEST]
-        _, c, w, *b = base.split(":")
+    oldest waiting grants hold their place first)."""
+    if name == "hold_oldest":
+        return "start_now", Hold(RESERVE_OLDEST)
+    if name in ("start_now", "compact"):
+        return name, Hold()
+    if name.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH[:BIGGEST]
+        _, c, w, *b = name.split(":")
         more = [int(x) for x in b] + [0, 0]
-        return "start_now", Hold(int(c), int(w), more[0], more[1], again)
+        return "start_now", Hold(int(c), int(w), more[0], more[1])
     raise ValueError(f"unknown pull_forward rule {name!r}")
-
-
-class Unstarted:
-    """The waiting grants a pull-forward may re-place (same window and width, other nodes),
-    keyed as the caller keys them (submission order), with the keys on each node of each
-    pool; and the re-placements made, (key, old, new), for the caller to record."""
-
-    __slots__ = ("_on", "grants", "moved")
-
-    def __init__(self, waiting: Iterable[tuple[int, Grant]] = ()) -> None:
-        self.grants: dict[int, Grant] = {}
-        self._on: dict[tuple[str, int], dict[int, None]] = {}
-        self.moved: list[tuple[int, Grant, Grant]] = []
-        for k, g in waiting:
-            self.add(k, g)
-
-    def add(self, key: int, g: Grant) -> None:
-        """A waiting grant; one whose nodes are not known is not re-placed (nor listed)."""
-        if g.nodes is None:
-            return
-        self.grants[key] = g
-        on = self._on
-        for n in g.nodes:
-            keys = on.get((g.pool, n))
-            if keys is None:
-                keys = on[(g.pool, n)] = {}
-            keys[key] = None
-
-    def remove(self, key: int) -> None:
-        g = self.grants.pop(key, None)
-        if g is not None:
-            for n in g.nodes or ():
-                del self._on[(g.pool, n)][key]
-
-    def on(self, pool: str, node: int) -> list[int]:
-        """The keys of the waiting grants on ``node`` of ``pool``, ascending."""
-        return sorted(self._on.get((pool, node), ()))
 
 
 def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now: int,
@@ -611,11 +513,7 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
        then key) whose whole window fits now starts now, until none does. Longest first
        because a long window needs a long run of free GPUs, which is rare; short ones fit
        the gaps later. (A grant of step 1 is among them: a start here gives back the rest
-       of the starter's old window, which may let it fit now after all.) With
-       ``reserve.replace`` (an experiment, rejected: docs/simulate.md, "Tail waits"), a
-       grant at least that wide that finds no nodes free may start by re-placing the other
-       waiting grants on other nodes over their same windows (``Schedule.start_now`` with
-       ``Unstarted``); each re-placement is a move (key, old, new) with the same window.
+       of the starter's old window, which may let it fit now after all.)
 
     Without step 1 the widest grants start at their promise while narrower work fills
     every gap (the tail of the waits). Returns (key, old, new) for each move, in order. The
@@ -630,22 +528,12 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
         left = _hold_places(schedule, left, now, hold.biggest, lambda g: True, out, tried)
     rest = left
     rest.sort(key=lambda kg: (kg[1].start - kg[1].end, kg[1].start, kg[0]))
-    # Step 3, with ``hold.replace``: the grants still waiting may be re-placed to let one start.
-    others = Unstarted(rest) if hold.replace else None
-    wide = hold.replace
     while True:
         for i, (k, g) in enumerate(rest):
-            if others is not None:
-                g = others.grants.get(k, g)  # as re-placed since
-            ng = schedule.start_now(g, now, others if wide and g.width >= wide else None, k)
-            if others is not None and others.moved:
-                out.extend(others.moved)
-                others.moved.clear()
+            ng = schedule.start_now(g, now)
             if ng.start == now:
                 out.append((k, g, ng))
                 del rest[i]
-                if others is not None:
-                    others.remove(k)
                 break
         else:
             return out

@@ -379,9 +379,6 @@ def expected_starts(
             else:
                 waiting.freed()  # the grant moved earlier: its old window is free from here
         for k, old, ng in waiting.run(t):
-            if ng.start == old.start:
-                hold_lost(old, old.start, old.end)  # re-placed on other nodes, same window
-                continue
             if ng.start == t:
                 started(k, ng, t)
             else:

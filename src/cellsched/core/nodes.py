@@ -24,9 +24,7 @@ window touches (a bitmask per hour, ANDed), else those whose span of free GPUs e
 soonest after the window; a narrow grant goes to the best fit in GPUs among nodes already
 in use (the first ``SCAN_NODES``), else to the highest-numbered wholly free node (whole
 nodes are taken from the bottom, narrow grants break them from the top), else to the best
-fit among the nodes whose span ends soonest. ``replace`` moves a reservation off lost nodes by the same choice;
-``room_for`` and ``move_away`` use it to clear nodes of reservations that may move (an experiment
-of the pull-forward: waiting grants re-placed, same windows, so that another starts now).
+fit among the nodes whose span ends soonest. ``replace`` moves a reservation off lost nodes by the same choice.
 
 A pool that is one node (``gpus_per_node == gpus``) has no index: the node *is* the pool,
 and every answer is the flat calendar's, bit for bit.
@@ -39,7 +37,7 @@ from functools import reduce
 from itertools import compress, count, islice
 from operator import and_, or_, xor
 
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 
 from cellsched.core.calendar import FAR_FUTURE, CapacityCalendar, _tail
 
@@ -794,51 +792,6 @@ class _Hours:
         self.dall.insert(0, reduce(or_, self.db[0], 0))
 
 
-MovableReservation = tuple[int, int, int, int, tuple[int, ...]]
-"""A reservation that ``make_room`` may move to other nodes: (key, start, end, width, nodes)."""
-
-
-def _short_spans(node: CapacityCalendar, start: int, end: int, v: int) -> list[tuple[int, int]]:
-    """The spans of [start, end) in which ``node`` has fewer than ``v`` GPUs free."""
-    t, f = node._t, node._f
-    i = bisect_right(t, start) - 1
-    j = bisect_left(t, end, i + 1)
-    out: list[tuple[int, int]] = []
-    for x in range(i, j):
-        if f[x] < v:
-            a = max(t[x], start)
-            b = min(t[x + 1], end) if x + 1 < len(t) else end
-            if out and out[-1][1] == a:
-                out[-1] = (out[-1][0], b)
-            else:
-                out.append((a, b))
-    return out
-
-
-def _min_free_without(node: CapacityCalendar, start: int, end: int, given: list[tuple[int, int, int]]) -> int:
-    """The fewest GPUs ``node`` has free at an instant of [start, end) once the spans
-    ``given`` ((start, end, GPUs)) are given back to it."""
-    back: dict[int, int] = {}
-    for a, b, g in given:
-        a, b = max(a, start), min(b, end)
-        if a < b:
-            back[a] = back.get(a, 0) + g
-            back[b] = back.get(b, 0) - g
-    t, f = node._t, node._f
-    i = bisect_right(t, start) - 1
-    j = bisect_left(t, end, i + 1)
-    points = sorted({start, *t[i + 1 : j], *(x for x in back if x < end)})
-    low = node.capacity
-    level = 0
-    x = i
-    for p in points:
-        level += back.get(p, 0)
-        while x + 1 < len(t) and t[x + 1] <= p:
-            x += 1
-        low = min(low, f[x] + level)
-    return low
-
-
 _ZERO_ONE = bytes.maketrans(b"01", b"\x00\x01")
 
 
@@ -1059,103 +1012,18 @@ class NodeCalendar(CapacityCalendar):
             return tuple(nodes)
         if self._one:
             return None  # the pool's only node is lost
+        v, k = self._shape(width)
+        bits = [1 << n for n in range(len(self.nodes))]
+        blocked = reduce(or_, (bits[n] for n in dead if 0 <= n < len(bits)), 0)
+        blocked = reduce(or_, (bits[n] for n in nodes), blocked)
+        allowed = ((1 << len(bits)) - 1) & ~blocked
         kept = [n for n in nodes if n not in dead]
-        lost = reduce(or_, (1 << n for n in dead if 0 <= n < len(self.nodes)), 0)
-        more = self._elsewhere(frm, end, width, nodes, lost)
+        more = self.choose(len(gone) * v if k > 1 else width, frm, end, allowed)
         if more is None:
             return None
         moved = tuple(sorted(kept + list(more)))
         self.release(frm, end, width, tuple(nodes))
         return self.reserve(frm, end, width, moved)
-
-    def room_for(self, width: int, start: int, end: int, movable: Callable[[int], list[MovableReservation]],
-                 own: tuple[int, int, tuple[int, ...]] | None = None
-                 ) -> tuple[tuple[int, ...], list[MovableReservation]] | None:
-        """Nodes for ``width`` GPUs over [start, end) that are free once some reservations
-        move to other nodes, each over the same window with the same width; nothing is
-        touched (``move_away`` moves them).
-
-        ``movable(n)`` lists the reservations on node ``n`` that may move, as (key, start,
-        end, width, nodes); only those starting inside the window move, and only nodes with
-        the GPUs free at ``start`` itself are cleared. ``own`` (start, end, nodes) is the
-        grant's own reservation, given back before it takes the new window (it is counted
-        as gone, never moved). The nodes free over the window come first; then, by how many
-        movable reservations meet the window (then node), each node that those meeting an
-        instant it lacks the GPUs would clear, when each of them alone finds other nodes.
-        Returns (the nodes, ascending; the reservations to move, by (start, key)), or None."""
-        if self._one or not self.admits(width) or end <= start:
-            return None
-        v, k = self._shape(width)
-        h = self._hours_of(v)
-        fit = h.fit(start, end)
-        ready = _lowest_bits(fit, k)
-        need = k - len(ready)
-        if need <= 0:
-            return tuple(ready), []
-        cand = h.at(start) & ~fit
-        if cand.bit_count() < need:
-            return None
-        mine = set(own[2]) if own is not None else set()
-        listed = []
-        for n in _lowest_bits(cand, cand.bit_count()):
-            here = [r for r in movable(n) if start < r[1] < end]
-            if here or n in mine:
-                listed.append((len(here), n, here))
-        if len(listed) < need:
-            return None
-        listed.sort(key=lambda c: (c[0], c[1]))
-        dead = fit
-        picked: list[int] = []
-        moving: dict[int, MovableReservation] = {}
-        for _, n, here in listed:
-            node = self.nodes[n]
-            short = _short_spans(node, start, end, v)
-            movers = [r for r in here if any(r[1] < b and r[2] > a for a, b in short)]
-            back = [(r[1], r[2], v if r[3] > self.per_node else r[3]) for r in movers]
-            if n in mine:
-                assert own is not None
-                back.append((own[0], own[1], v))
-            if _min_free_without(node, start, end, back) < v:
-                continue
-            d = dead | 1 << n
-            if any(self._elsewhere(r[1], r[2], r[3], r[4], d) is None for r in movers):
-                continue
-            dead = d
-            picked.append(n)
-            moving.update((r[0], r) for r in movers)
-            if len(picked) == need:
-                break
-        else:
-            return None
-        return tuple(sorted(ready + picked)), sorted(moving.values(), key=lambda r: (r[1], r[0]))
-
-    def move_away(self, moving: list[MovableReservation], nodes: tuple[int, ...]
-                  ) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]] | None:
-        """Move each reservation of ``moving`` off ``nodes``, in order, as ``replace``
-        moves one off lost nodes (same window and width). All or nothing: returns
-        [(key, old nodes, new nodes)], or None with every move undone. Never over-commits:
-        every move is a release and a ``reserve`` that checks its nodes."""
-        gone = set(nodes)
-        done: list[tuple[MovableReservation, tuple[int, ...]]] = []
-        for r in moving:
-            new = self.replace(r[1], r[2], r[3], r[4], gone, r[1])
-            if new is None:
-                for (_, s0, e0, w0, old), nw in reversed(done):
-                    self.release(s0, e0, w0, nw)
-                    self.reserve(s0, e0, w0, old)
-                return None
-            done.append((r, new))
-        return [(r[0], r[4], nw) for r, nw in done]
-
-    def _elsewhere(self, start: int, end: int, width: int, nodes: tuple[int, ...], dead: int) -> tuple[int, ...] | None:
-        """The nodes ``replace`` would add for a reservation on ``nodes`` to leave those in
-        the mask ``dead`` (by the node rule, ``choose`` among the others it does not hold),
-        or None when none fit; nothing is touched."""
-        v, k = self._shape(width)
-        own = reduce(or_, (1 << n for n in nodes), 0)
-        gone = (own & dead).bit_count()
-        allowed = ((1 << len(self.nodes)) - 1) & ~(dead | own)
-        return self.choose(gone * v if k > 1 else width, start, end, allowed)
 
     # -- writers -----------------------------------------------------------------------
 

@@ -531,19 +531,7 @@ class GrantWriter:
                     continue
                 if new.start < row.start:
                     moves.append((row, new))
-        return [self.moved_earlier(s, row, new, now) if new.start != row.start else self.replaced(s, row, new, now)
-                for row, new in moves]
-
-    def replaced(self, s: Session, row: GrantRow, new: Grant, now: int) -> str:
-        """Inside a pull-forward's transaction: waiting ``row`` keeps its window on other
-        nodes (``new``'s), re-placed to let another grant start now."""
-        old = nodes_of(row) or []
-        row.nodes = nodes_json(new.nodes)
-        s.add(row)
-        self._event(s, now, "moved_nodes", row, {
-            "from": sorted(old), "to": sorted(new.nodes or ()), "lost": [],
-            "message": "re-placed, same window, to let another grant start now"})
-        return f"re-placed {row.project_id} on nodes {', '.join(map(str, new.nodes or ()))}"
+        return [self.moved_earlier(s, row, new, now) for row, new in moves]
 
     def moved_earlier(self, s: Session, row: GrantRow, new: Grant, now: int) -> str:
         """Inside a pull-forward's transaction: ``row``'s window moves to ``new``'s (and to its

@@ -20,11 +20,7 @@ length <= R(w) - now (before its own window it holds nothing). On a pool of seve
 that test is necessary but not sufficient (the nodes free up to R(w) need not be the
 grant's own), so the core has the last word there, as it has with team limits. The waiting grants are kept per (pool, width)
 sorted by (start, submission) with their lengths beside them and sorted, so the longest
-grant that fits is a few bisects and short C-level scans per width. With a rule's
-``+replace`` (an experiment: a grant may start by re-placing waiting grants on other
-nodes, ``Hold.replace``), R(w) for such a grant is the pool's flat ``free_until`` wherever
-``reach`` says enough nodes are free at the instant itself (re-placing frees nodes only
-from after it), and the core decides.
+grant that fits is a few bisects and short C-level scans per width.
 """
 
 from __future__ import annotations
@@ -34,7 +30,7 @@ from collections.abc import Iterator
 from heapq import heappop, heappush
 from itertools import islice
 
-from cellsched.core.admission import Grant, Hold, Schedule, Unstarted, as_hold, pull_rule
+from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule
 
 INF = 1 << 62
 
@@ -102,8 +98,6 @@ class Waiting:
         # (a grant's window keeps its size when it moves).
         self._big: list[tuple[int, int]] = []
         self._in_big: set[int] = set()
-        # With ``hold.replace``: the waiting grants by node, which a start may re-place.
-        self.unstarted = Unstarted() if self.hold.replace else None
 
     def add(self, seq: int, g: Grant) -> None:
         self.grants[seq] = g
@@ -114,14 +108,10 @@ class Waiting:
             self._in_big.add(seq)
             heappush(self._big, (-g.gpu_seconds, seq))
         self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
-        if self.unstarted is not None:
-            self.unstarted.add(seq, g)
 
     def remove(self, seq: int, g: Grant) -> None:
         del self.grants[seq]
         self.lanes[g.pool].remove((g.start, seq), g.width)
-        if self.unstarted is not None:
-            self.unstarted.remove(seq)
 
     def freed(self) -> None:
         """GPUs came free (a job ended, a grant moved away): the next pass has work."""
@@ -157,9 +147,6 @@ class Waiting:
             if self.hold.biggest:
                 yield from self._hold_places(self._big, self._in_big, self.hold.biggest, now, tried)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
-        others = self.unstarted
-        # Grants the core refused since the last start, off their lanes until the next one
-        # (a refusal changes nothing; re-placing may change their nodes, never their lanes).
         held: list[tuple[int, Grant]] = []
         try:
             while True:
@@ -172,26 +159,21 @@ class Waiting:
                     return
                 seq = best[1][1]
                 g = self.grants[seq]
-                ng = schedule.start_now(g, now, others if g.width >= self.hold.replace else None, seq)
-                if others is not None and others.moved:
-                    for k, old, new in others.moved:
-                        self.grants[k] = new
-                        yield k, old, new
-                    others.moved.clear()
+                ng = schedule.start_now(g, now)
                 if ng.start != now:
                     if not self.constrained:
                         raise AssertionError(f"grant {g.project} fits its pool now but the core did not start it")
-                    self.lanes[g.pool].remove((g.start, seq), g.width)
+                    self.remove(seq, g)
                     held.append((seq, g))
                     continue
                 self._take(seq, g, ng, now)
                 yield seq, g, ng
                 for seq, g in held:
-                    self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
+                    self.add(seq, g)
                 held.clear()
         finally:
             for seq, g in held:
-                self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
+                self.add(seq, g)
 
     def _hold_places(self, heap: list[tuple[int, int]], members: set[int], count: int, now: int,
                      tried: set[int], ahead_s: int = 0) -> Iterator[tuple[int, Grant, Grant]]:
@@ -245,10 +227,6 @@ class Waiting:
             if lo >= len(wk):
                 continue
             reach = cal.reach(w, now)
-            if self.unstarted is not None and w >= self.hold.replace and reach > now:
-                # Nodes for it may be freed by re-placing waiting grants: the pool's free
-                # GPUs bound it then (the core has the last word).
-                reach = cal.free_until(w, now)
             room = reach - now
             k = bisect_right(wk, (reach, INF), lo)
             longest = max(islice(lens, lo, k)) if k > lo else -1

@@ -110,8 +110,6 @@ class Cellsched:
         start_now = self.waiting.rule == "start_now"
         for seq, old, new in self.waiting.run(now):
             grants[seq] = new
-            if new.start == old.start:
-                continue  # re-placed on other nodes, same window: it starts when it did
             if new.start == now:
                 engine.run_job(jobs[seq], now, self._where(new))
             else:
