@@ -206,8 +206,8 @@ class _Hours:
     nodes that fit only leave, so when ``f`` nodes fit at t the next start that can fit is
     the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_maxin", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "poss", "q0",
-                 "sure", "tail", "ub", "uk", "v")
+    __slots__ = ("_lvl", "_maxin", "_memo", "_pending", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0",
+                 "poss", "q0", "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -240,6 +240,10 @@ class _Hours:
         # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
         self._lvl: dict[int, list[list[int]]] = {}
         self._memo: tuple[int, int, int] | None = None  # the last fit asked: (t, e, nodes)
+        # Changes not yet in the hours, per node: (first hour, last hour, the node's calendar,
+        # its crossings in those hours before the changes). ``settle`` puts them in; a node
+        # changed again over the same or adjacent hours meanwhile is put in once.
+        self._pending: dict[int, tuple[int, int, CapacityCalendar, list[tuple[int, bool]]]] = {}
         self.q0: int | None = None
         self.m0: list[int] = []
         self.sure: list[int] = []
@@ -616,6 +620,40 @@ class _Hours:
 
     # -- upkeep ------------------------------------------------------------------------
 
+    def will_change(self, n: int, node: CapacityCalendar, qs: int, qe: int) -> None:
+        """Node ``n`` (calendar ``node``) is about to change inside hours [qs, qe]: noted
+        here, put into the hours by ``settle`` (before anything reads them). A node's
+        changes over overlapping or adjacent hours are put in as one."""
+        self._memo = None
+        pending = self._pending
+        p = pending.get(n)
+        if p is not None:
+            a, b, _, old = p
+            if qs > b + 1 or qe < a - 1:  # apart: the earlier change goes in now
+                self.changed(n, node, old, a, b)
+                p = None
+            elif a <= qs and qe <= b:
+                return
+        if p is None:
+            pending[n] = (qs, qe, node, self.crossings(node, qs * HOUR, (qe + 1) * HOUR))
+            return
+        # (hours outside [a, b] are as they were before the noted changes)
+        if qs < a:
+            old = self.crossings(node, qs * HOUR, a * HOUR) + old
+            a = qs
+        if qe > b:
+            old = old + self.crossings(node, (b + 1) * HOUR, (qe + 1) * HOUR)
+            b = qe
+        pending[n] = (a, b, node, old)
+
+    def settle(self) -> None:
+        """Put the noted changes into the hours (node by node, in index order)."""
+        pending = self._pending
+        for n in sorted(pending):
+            a, b, node, old = pending[n]
+            self.changed(n, node, old, a, b)
+        pending.clear()
+
     def crossings(self, node: CapacityCalendar, lo: int, hi: int) -> list[tuple[int, bool]]:
         """The node's crossings of ``v`` at instants in [lo, hi): (time, up)."""
         return self._crossings(node, lo, hi)[1]
@@ -868,9 +906,12 @@ class NodeCalendar(CapacityCalendar):
             self._whole()
 
     def _hours_of(self, v: int) -> _Hours:
+        """The hour index of ``v`` GPUs, up to date (every search, fit and choice asks here)."""
         h = self._hours.get(v)
         if h is None:
             h = self._hours[v] = _Hours(v, self.nodes)
+        elif h._pending:
+            h.settle()
         return h
 
     # -- searches ----------------------------------------------------------------------
@@ -1102,6 +1143,8 @@ class NodeCalendar(CapacityCalendar):
         if self._one:
             return
         self._version += 1
+        for h in self._hours.values():
+            h.settle()  # (from the calendars as they are before they forget)
         for c in self.nodes:
             c.forget_before(t)
         for h in self._hours.values():
@@ -1130,11 +1173,9 @@ class NodeCalendar(CapacityCalendar):
             else:
                 high += delta
             cap = node.capacity
-            hours = [h for v, h in hours.items() if low < v <= high and v <= cap]
-            crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
+            for v, h in hours.items():
+                if low < v <= high and v <= cap:
+                    h.will_change(n, node, qs, qe)
         node._add(start, end, delta)
         if self._whole_masks is not None:
             self._whole_masks.changed(node, n, start, end, delta > 0)
-        if hours:
-            for h, old in zip(hours, crossed):
-                h.changed(n, node, old, qs, qe)
