@@ -12,10 +12,11 @@ pool: what the flat methods ``free_at``, ``min_free``, ``earliest``, ``free_unti
 and keeps beside it one calendar per node. Searches, fits and choices go through an **hour
 index** per GPU count ``v`` (:class:`_Hours`, built the first time a request needs it, or by
 ``build_index``): per hour, bitmasks of the nodes with ``v`` free at its start, throughout
-it and at some instant of it, and the instants in it at which a node crosses ``v``. The
-nodes that fit ``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of big integers
-away; the earliest start for ``k`` of them skips hours by cached counts and walks only the
-ups inside an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
+it and at some instant of it, and the instants in it at which a node crosses ``v`` (a
+node's changes reach the index of ``v`` when something next asks it). The nodes that fit
+``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of big integers away; the
+earliest start for ``k`` of them skips hours by cached counts and walks only the ups inside
+an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
 (how far the nodes stay free from an instant, for the simulator's pull-forward index) reads
 the same hours: of the nodes free at the instant, it walks their first downs after it.
 
