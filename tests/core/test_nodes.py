@@ -275,7 +275,7 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
             assert [n for n in range(len(cal.nodes)) if picked >> n & 1] == sorted(plain_soonest(cal, v, start, start + d, m))
         # again with every chunk's shared ANDs made (a fit reads long middles from them)
         if h.q0 is not None:
-            for c in range((h.q0 - 1) // CHUNK, (h.q0 + len(h.m0)) // CHUNK + 1):
+            for c in range((h.q0 - 1) // CHUNK, (h.q0 + len(h.sure)) // CHUNK + 1):
                 h._chunk(LEVEL_REACH, c)
         edges = sorted({x for c in cal.nodes for x in c._t[1:] if x > start + 9 * 3600})
         for e in [start + d * w for w in (1, 2, 5)] + [x + o for x in edges[:12] for o in (-1, 0, 1)]:
@@ -286,11 +286,11 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
         fresh = _fresh(cal, v)
         if h.q0 is not None and fresh.q0 is not None:
             lo = max(h.q0, fresh.q0)
-            hi = min(h.q0 + len(h.m0), fresh.q0 + len(fresh.m0))
+            hi = min(h.q0 + len(h.sure), fresh.q0 + len(fresh.sure))
             for q in range(lo, hi):
                 i, j = q - h.q0, q - fresh.q0
-                assert (h.m0[i], h.sure[i], h.poss[i], h.dall[i]) == \
-                    (fresh.m0[j], fresh.sure[j], fresh.poss[j], fresh.dall[j]), q
+                assert (h.sure[i], h.flip[i], h.part[i], h.dall[i]) == \
+                    (fresh.sure[j], fresh.flip[j], fresh.part[j], fresh.dall[j]), q
                 assert (h.uk[i], h.ub[i], h.dk[i], h.db[i]) == (fresh.uk[j], fresh.ub[j], fresh.dk[j], fresh.db[j])
 
 

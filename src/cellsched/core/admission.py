@@ -10,7 +10,7 @@ wall clock: time is an integer passed in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from cellsched import fmt
@@ -55,6 +55,11 @@ class Grant:
     start: int
     end: int
     nodes: tuple[int, ...] | None = None
+
+    def placed(self, start: int, end: int, nodes: tuple[int, ...] | None) -> Grant:
+        """This grant over [start, end) on ``nodes`` (``dataclasses.replace`` spelled out:
+        a replay makes tens of thousands of these, and replace costs several times more)."""
+        return Grant(self.project, self.team, self.pool, self.width, start, end, nodes)
 
     @property
     def gpu_seconds(self) -> int:
@@ -154,7 +159,7 @@ class Schedule:
         if team.calendar is not None:
             team.calendar.reserve(grant.start, grant.end, grant.width)
         team.book.charge(grant.start, grant.end, grant.width)
-        return grant if grant.nodes == nodes else replace(grant, nodes=nodes)
+        return grant if grant.nodes == nodes else grant.placed(grant.start, grant.end, nodes)
 
     def release(self, grant: Grant, at: int) -> Grant:
         """Give back the part of the window from ``at`` on (the whole of it if ``at`` is
@@ -168,7 +173,7 @@ class Schedule:
             if team.calendar is not None:
                 team.calendar.release(cut, grant.end, grant.width)
             team.book.refund(cut, grant.end, grant.width)
-        return replace(grant, end=cut, nodes=nodes)
+        return grant.placed(grant.start, cut, nodes)
 
     def move_earlier(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant as early as capacity now allows, never later than it was.
@@ -188,7 +193,7 @@ class Schedule:
                 grant.start - now < length
                 or self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.start) is None):
             return grant
-        own = replace(grant, nodes=self.release(grant, grant.start).nodes)
+        own = grant.placed(grant.start, grant.end, self.release(grant, grant.start).nodes)
         t = self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.end)
         book = self.teams[grant.team].book
         while t is not None and t < grant.start:
@@ -198,7 +203,7 @@ class Schedule:
             t = self._earliest_in(grant.pool, grant.team, grant.width, length, nxt, grant.end)
         if t is None or t >= grant.start:
             return self.commit(own)
-        return self.commit(replace(grant, start=t, end=t + length, nodes=None))
+        return self.commit(grant.placed(t, t + length, None))
 
     def start_now(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant at ``now`` if its whole window fits there, else leave it.
@@ -223,11 +228,11 @@ class Schedule:
         if grant.nodes is not None and not cal.fits_moved(grant.width, now, now + length, grant.start, grant.nodes):
             return grant  # no nodes for it now (decided without touching anything)
         book = self.teams[grant.team].book
-        own = replace(grant, nodes=self.release(grant, grant.start).nodes)
+        own = grant.placed(grant.start, grant.end, self.release(grant, grant.start).nodes)
         nodes = cal.choose(grant.width, now, now + length)
         if nodes is None or (book.period != "none" and book.next_fit(now, now + length, grant.width) is not None):
             return self.commit(own)  # no nodes free, or it would overdraw the period it moves into
-        return self.commit(replace(grant, start=now, end=now + length, nodes=nodes))
+        return self.commit(grant.placed(now, now + length, nodes))
 
     # -- the decision ------------------------------------------------------------------
 

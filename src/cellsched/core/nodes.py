@@ -12,10 +12,11 @@ pool: what the flat methods ``free_at``, ``min_free``, ``earliest``, ``free_unti
 and keeps beside it one calendar per node. Searches, fits and choices go through an **hour
 index** per GPU count ``v`` (:class:`_Hours`, built the first time a request needs it, or by
 ``build_index``): per hour, bitmasks of the nodes with ``v`` free at its start, throughout
-it and at some instant of it, and the instants in it at which a node crosses ``v``. The
-nodes that fit ``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of big integers
-away; the earliest start for ``k`` of them skips hours by cached counts and walks only the
-ups inside an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
+it and at some instant of it, and the instants in it at which a node crosses ``v`` (a
+node's changes reach the index of ``v`` when something next asks it). The nodes that fit
+``v`` over ``[t, t + d)`` are a few bisects and C-level ORs of big integers away; the
+earliest start for ``k`` of them skips hours by cached counts and walks only the ups inside
+an hour that can hold it (the class says how). Exact, not a heuristic. ``reach``
 (how far the nodes stay free from an instant, for the simulator's pull-forward index) reads
 the same hours: of the nodes free at the instant, it walks their first downs after it.
 
@@ -192,7 +193,10 @@ class _Hours:
     some instant of it; ``dall``, those that drop below ``v`` in it; and its crossings,
     *ups* and *downs*, each as sorted keys ``time * NK + node`` beside the node's bit.
     Before the first hour every node is as at its calendar's start (``head``), after the
-    last as at its end (``tail``).
+    last as at its end (``tail``). Only ``sure`` is kept as it is: ``m0`` is ``sure ^ flip``
+    and ``poss`` is ``sure | part``, where ``flip`` and ``part`` hold only nodes that cross
+    ``v`` in the hour (a node that does not is in all three or in none). So a change
+    rewrites one mask per hour it spans, not three, outside the hours where it crosses.
 
     So the nodes that fit ``v`` GPUs over [t, e) are those with ``v`` free at t (``m0`` of
     t's hour with that hour's crossings up to t toggled) less those with a down in (t, e):
@@ -206,8 +210,8 @@ class _Hours:
     nodes that fit only leave, so when ``f`` nodes fit at t the next start that can fit is
     the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_maxin", "_memo", "_ubc", "bits", "dall", "db", "dk", "elig", "head", "m0", "poss", "q0",
-                 "sure", "tail", "ub", "uk", "v")
+    __slots__ = ("_lvl", "_maxin", "_memo", "_pending", "_ubc", "bits", "dall", "db", "dk", "elig", "flip", "head",
+                 "part", "q0", "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
         self.v = v
@@ -240,10 +244,14 @@ class _Hours:
         # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
         self._lvl: dict[int, list[list[int]]] = {}
         self._memo: tuple[int, int, int] | None = None  # the last fit asked: (t, e, nodes)
+        # Changes not yet in the hours, per node: (first hour, last hour, the node's calendar,
+        # its crossings in those hours before the changes). ``settle`` puts them in; a node
+        # changed again over the same or adjacent hours meanwhile is put in once.
+        self._pending: dict[int, tuple[int, int, CapacityCalendar, list[tuple[int, bool]]]] = {}
         self.q0: int | None = None
-        self.m0: list[int] = []
         self.sure: list[int] = []
-        self.poss: list[int] = []
+        self.flip: list[int] = []  # m0 ^ sure
+        self.part: list[int] = []  # poss & ~sure: free for part of the hour only
         self.dall: list[int] = []
         # An hour's crossings are tuples (of ints only: the garbage collector stops walking
         # such tuples after its first look, so millions of crossings cost it nothing); a
@@ -275,9 +283,10 @@ class _Hours:
         uk, ub, dk, db = self.uk[i], self.ub[i], self.dk[i], self.db[i]
         x, y = bisect_left(uk, first), bisect_left(dk, first)
         s0 = reduce(xor, ub[:x], reduce(xor, db[:y], m0))
-        self.m0.append(m0)
-        self.poss.append(reduce(or_, ub[x:], s0))
-        self.sure.append(s0 & ~reduce(or_, db[y:], 0))
+        sure = s0 & ~reduce(or_, db[y:], 0)
+        self.sure.append(sure)
+        self.flip.append(m0 ^ sure)
+        self.part.append(reduce(or_, ub[x:], s0) & ~sure)
         self.dall.append(reduce(or_, db, 0))
 
     # -- queries -----------------------------------------------------------------------
@@ -290,10 +299,10 @@ class _Hours:
         i = t // HOUR - q0
         if i < 0:
             return self.head
-        if i >= len(self.m0):
+        if i >= len(self.sure):
             return self.tail
         key = t * NK + NK - 1
-        s = self.m0[i]
+        s = self.sure[i] ^ self.flip[i]
         x = bisect_right(self.uk[i], key)
         if x:
             s = reduce(xor, self.ub[i][:x], s)
@@ -315,7 +324,7 @@ class _Hours:
         q0 = self.q0
         if q0 is None:
             return self.head
-        nh = len(self.m0)
+        nh = len(self.sure)
         i = t // HOUR - q0
         if i >= nh:
             return self.tail
@@ -328,7 +337,7 @@ class _Hours:
             a = 0
         else:
             key = t * NK + NK - 1
-            s = self.m0[i]
+            s = self.sure[i] ^ self.flip[i]
             dk, db = self.dk[i], self.db[i]
             x = bisect_right(self.uk[i], key)
             if x:
@@ -368,8 +377,8 @@ class _Hours:
     def _candidates(self, i: int, inner: int) -> int:
         """Nodes that may fit a window starting in hour ``i`` that surely covers the
         ``inner`` hours after it: free at some instant of hour i, throughout those."""
-        nh = len(self.m0)
-        m = self.poss[i]
+        nh = len(self.sure)
+        m = self.sure[i] | self.part[i]
         if 0 < inner <= LEVEL_REACH and i + inner < nh:
             q = self.q0 + i  # from the chunk's shared ANDs when they are made
             levels = self._lvl.get(q // CHUNK)
@@ -390,8 +399,8 @@ class _Hours:
     def _next_hour(self, i: int, k: int, inner: int, last: int) -> int:
         """The first hour index in [i, last] at which a window that surely covers the
         ``inner`` hours after its start hour may have ``k`` candidates (last + 1 when none
-        is; len(m0) when none is before the tail)."""
-        nh = min(len(self.m0), last + 1)
+        is; len(sure) when none is before the tail)."""
+        nh = min(len(self.sure), last + 1)
         enough = k.__le__
         # Counts for the nearest of a few fixed window lengths not above ``inner`` (a bound
         # a little weaker, but there are few of them, so the chunks are soon all made; the
@@ -433,13 +442,24 @@ class _Hours:
             out.extend([self.tail] * (b - max(a, nh)))
         return out
 
+    def _poss(self, qa: int, qb: int) -> list[int]:
+        """``poss`` of absolute hours [qa, qb) (as ``_span``: ``head`` before, ``tail`` after)."""
+        out = self._span(self.sure, qa, qb)
+        q0 = self.q0
+        assert q0 is not None
+        a, b = max(qa - q0, 0), min(qb - q0, len(self.part))
+        if b > a:
+            x = a + q0 - qa  # where hour index a is in ``out``
+            out[x : x + b - a] = map(or_, out[x : x + b - a], self.part[a:b])
+        return out
+
     def _chunk(self, inner: int, c: int) -> tuple[int, list[int]]:
         """(largest, counts) of candidates for start hours c * CHUNK .. (c + 1) * CHUNK - 1:
         ``poss`` of the hour ANDed with ``sure`` of the ``inner`` hours after it (a sliding
         window's AND from two overlapping power-of-two ANDs: a few C-level maps)."""
         a = c * CHUNK
         if inner == 0:
-            counts = list(map(int.bit_count, self._span(self.poss, a, a + CHUNK)))
+            counts = list(map(int.bit_count, self._poss(a, a + CHUNK)))
             return max(counts), counts
         span = 1 << (inner.bit_length() - 1)  # (inner <= LEVEL_REACH)
         levels = self._lvl.get(c)
@@ -451,7 +471,7 @@ class _Hours:
         w = levels[span.bit_length() - 1]
         if span < inner:
             w = map(and_, w, w[inner - span :])
-        counts = list(map(int.bit_count, map(and_, self._span(self.poss, a, a + CHUNK), w)))
+        counts = list(map(int.bit_count, map(and_, self._poss(a, a + CHUNK), w)))
         return max(counts), counts
 
     def _invalidate(self, qa: int, qb: int) -> None:
@@ -474,7 +494,7 @@ class _Hours:
             return None
         if self.fit(t, t + d).bit_count() >= k:
             return t  # the usual case for one node: no hours to scan
-        nh = len(self.m0)
+        nh = len(self.sure)
         inner = d // HOUR - 1  # hours any window of length d starting in an hour covers whole
         while t <= limit:
             i = t // HOUR - q0
@@ -518,7 +538,7 @@ class _Hours:
         q0 = self.q0
         if q0 is None:
             return FAR_FUTURE
-        nh = len(self.m0)
+        nh = len(self.sure)
         i = t // HOUR - q0
         if i >= nh:
             return FAR_FUTURE
@@ -577,7 +597,7 @@ class _Hours:
         q0 = self.q0
         if not left or q0 is None:
             return out, taken, left
-        nh = len(self.m0)
+        nh = len(self.sure)
         i = e // HOUR - q0
         if i >= nh:
             return out, taken, left
@@ -616,6 +636,40 @@ class _Hours:
 
     # -- upkeep ------------------------------------------------------------------------
 
+    def will_change(self, n: int, node: CapacityCalendar, qs: int, qe: int) -> None:
+        """Node ``n`` (calendar ``node``) is about to change inside hours [qs, qe]: noted
+        here, put into the hours by ``settle`` (before anything reads them). A node's
+        changes over overlapping or adjacent hours are put in as one."""
+        self._memo = None
+        pending = self._pending
+        p = pending.get(n)
+        if p is not None:
+            a, b, _, old = p
+            if qs > b + 1 or qe < a - 1:  # apart: the earlier change goes in now
+                self.changed(n, node, old, a, b)
+                p = None
+            elif a <= qs and qe <= b:
+                return
+        if p is None:
+            pending[n] = (qs, qe, node, self.crossings(node, qs * HOUR, (qe + 1) * HOUR))
+            return
+        # (hours outside [a, b] are as they were before the noted changes)
+        if qs < a:
+            old = self.crossings(node, qs * HOUR, a * HOUR) + old
+            a = qs
+        if qe > b:
+            old = old + self.crossings(node, (b + 1) * HOUR, (qe + 1) * HOUR)
+            b = qe
+        pending[n] = (a, b, node, old)
+
+    def settle(self) -> None:
+        """Put the noted changes into the hours (node by node, in index order)."""
+        pending = self._pending
+        for n in sorted(pending):
+            a, b, node, old = pending[n]
+            self.changed(n, node, old, a, b)
+        pending.clear()
+
     def crossings(self, node: CapacityCalendar, lo: int, hi: int) -> list[tuple[int, bool]]:
         """The node's crossings of ``v`` at instants in [lo, hi): (time, up)."""
         return self._crossings(node, lo, hi)[1]
@@ -640,7 +694,7 @@ class _Hours:
         v, f = self.v, node._f
         was, new = self._crossings(node, qs * HOUR, (qe + 1) * HOUR)  # was: just before hour qs
         q0 = self.q0
-        if q0 is None or qs < q0 or qe - q0 >= len(self.m0):
+        if q0 is None or qs < q0 or qe - q0 >= len(self.sure):
             self._cover(qs, qe)
             q0 = self.q0
         # (a handful of crossings each: list lookups beat building sets)
@@ -667,13 +721,17 @@ class _Hours:
             keys[i] = (*ks[:x], key, *ks[x:])
             bs = bb[i]
             bb[i] = (*bs[:x], b, *bs[x:])
-        # Outside the hours with a crossing now, the node has no down: the hours where
-        # it had one are cleared here, the others are left as they are.
+        # Outside the hours with a crossing now, the node has no down and is in all of
+        # m0, sure and poss or in none: the hours where it crossed are cleared here, the
+        # others are left as they are.
         nb = ~b
-        dall = self.dall
+        dall, flip, part = self.dall, self.flip, self.part
         for tm, up in old:
+            i = tm // HOUR - q0
+            flip[i] &= nb
+            part[i] &= nb
             if not up:
-                dall[tm // HOUR - q0] &= nb
+                dall[i] &= nb
         self._node_bits(b, qs, qe, new, was)
         self.head = self.head | b if f[0] >= v else self.head & ~b
         tail = self.tail | b if f[-1] >= v else self.tail & ~b
@@ -690,49 +748,39 @@ class _Hours:
         if qs < self.q0:
             more = self.q0 - qs
             h = self.head
-            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0)):
+            for lst, val in ((self.sure, h), (self.flip, 0), (self.part, 0), (self.dall, 0)):
                 lst[:0] = [val] * more
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst[:0] = [()] * more
             self.q0 = qs
-        more = qe - self.q0 + 1 - len(self.m0)
+        more = qe - self.q0 + 1 - len(self.sure)
         if more > 0:
             h = self.tail
-            for lst, val in ((self.m0, h), (self.sure, h), (self.poss, h), (self.dall, 0)):
+            for lst, val in ((self.sure, h), (self.flip, 0), (self.part, 0), (self.dall, 0)):
                 lst.extend([val] * more)
             for lst in (self.uk, self.ub, self.dk, self.db):
                 lst.extend([()] * more)
 
     def _node_bits(self, b: int, qs: int, qe: int, ev: list[tuple[int, bool]], above: bool) -> None:
         """The bits ``b`` (a node's) in hours qs..qe, from its crossings ``ev`` there and
-        whether it had ``v`` free just before hour qs (``above``)."""
+        whether it had ``v`` free just before hour qs (``above``). (Its ``flip`` and ``part``
+        bits are clear outside the hours of ``ev``: the caller cleared where it crossed.)"""
         nb = ~b
         q0 = self.q0
-        m0, sure, poss, dall = self.m0, self.sure, self.poss, self.dall
+        sure, flip, part, dall = self.sure, self.flip, self.part, self.dall
         q, p, ne = qs, 0, len(ev)
         while q <= qe:
             nxt = min(ev[p][0] // HOUR, qe + 1) if p < ne else qe + 1
             if nxt > q:  # hours without a crossing: the node is as it was throughout
                 a, z = q - q0, nxt - q0
                 if z - a == 1:
-                    if above:
-                        m0[a] |= b
-                        sure[a] |= b
-                        poss[a] |= b
-                    else:
-                        m0[a] &= nb
-                        sure[a] &= nb
-                        poss[a] &= nb
+                    sure[a] = sure[a] | b if above else sure[a] & nb
                 else:
-                    op = b.__or__ if above else nb.__and__
-                    m0[a:z] = map(op, m0[a:z])
-                    sure[a:z] = map(op, sure[a:z])
-                    poss[a:z] = map(op, poss[a:z])
-                    # (dall: cleared by the caller where the node had a down)
+                    sure[a:z] = map(b.__or__ if above else nb.__and__, sure[a:z])
                 q = nxt
                 continue
             i, first = q - q0, q * HOUR
-            m0[i] = m0[i] | b if above else m0[i] & nb
+            m0 = above
             s0, up_later, down_later, down = above, False, False, False
             while p < ne and ev[p][0] < first + HOUR:
                 tm, above = ev[p]
@@ -744,8 +792,10 @@ class _Hours:
                 else:
                     down_later = True
                 down = down or not above
-            poss[i] = poss[i] | b if s0 or up_later else poss[i] & nb
-            sure[i] = sure[i] | b if s0 and not down_later else sure[i] & nb
+            whole = s0 and not down_later
+            sure[i] = sure[i] | b if whole else sure[i] & nb
+            flip[i] = flip[i] | b if m0 != whole else flip[i] & nb
+            part[i] = part[i] | b if (s0 or up_later) and not whole else part[i] & nb
             dall[i] = dall[i] | b if down else dall[i] & nb
             q += 1
 
@@ -757,7 +807,7 @@ class _Hours:
         if q0 is None:
             return
         drop = t // HOUR - q0
-        if drop >= len(self.m0):
+        if drop >= len(self.sure):
             self._ubc.clear()
             self._lvl.clear()
         else:
@@ -765,14 +815,14 @@ class _Hours:
         for chunks in (self._ubc, self._lvl):
             for c in [c for c in chunks if c < t // HOUR // CHUNK]:
                 del chunks[c]
-        if drop >= len(self.m0):
+        if drop >= len(self.sure):
             self.head = self.tail
             self.q0 = None
-            for lst in (self.m0, self.sure, self.poss, self.dall, self.uk, self.ub, self.dk, self.db):
+            for lst in (self.sure, self.flip, self.part, self.dall, self.uk, self.ub, self.dk, self.db):
                 lst.clear()
             return
         if drop > 0:
-            for lst in (self.m0, self.sure, self.poss, self.dall, self.uk, self.ub, self.dk, self.db):
+            for lst in (self.sure, self.flip, self.part, self.dall, self.uk, self.ub, self.dk, self.db):
                 del lst[:drop]
             self.q0 = q0 = q0 + drop
         if drop < 0:
@@ -784,12 +834,11 @@ class _Hours:
             keys[0], bb[0] = keys[0][x:], bb[0][x:]
         self.head = s
         # hour 0 now starts at the state at t and has no crossings before t
-        for lst in (self.m0, self.sure, self.poss, self.dall):
-            del lst[0]
-        self.m0.insert(0, s)
-        self.poss.insert(0, reduce(or_, self.ub[0], s))
-        self.sure.insert(0, s & ~reduce(or_, self.db[0], 0))
-        self.dall.insert(0, reduce(or_, self.db[0], 0))
+        sure = s & ~reduce(or_, self.db[0], 0)
+        self.sure[0] = sure
+        self.flip[0] = s ^ sure
+        self.part[0] = reduce(or_, self.ub[0], s) & ~sure
+        self.dall[0] = reduce(or_, self.db[0], 0)
 
 
 _ZERO_ONE = bytes.maketrans(b"01", b"\x00\x01")
@@ -868,9 +917,12 @@ class NodeCalendar(CapacityCalendar):
             self._whole()
 
     def _hours_of(self, v: int) -> _Hours:
+        """The hour index of ``v`` GPUs, up to date (every search, fit and choice asks here)."""
         h = self._hours.get(v)
         if h is None:
             h = self._hours[v] = _Hours(v, self.nodes)
+        elif h._pending:
+            h.settle()
         return h
 
     # -- searches ----------------------------------------------------------------------
@@ -1102,6 +1154,8 @@ class NodeCalendar(CapacityCalendar):
         if self._one:
             return
         self._version += 1
+        for h in self._hours.values():
+            h.settle()  # (from the calendars as they are before they forget)
         for c in self.nodes:
             c.forget_before(t)
         for h in self._hours.values():
@@ -1130,11 +1184,9 @@ class NodeCalendar(CapacityCalendar):
             else:
                 high += delta
             cap = node.capacity
-            hours = [h for v, h in hours.items() if low < v <= high and v <= cap]
-            crossed = [h.crossings(node, qs * HOUR, (qe + 1) * HOUR) for h in hours]
+            for v, h in hours.items():
+                if low < v <= high and v <= cap:
+                    h.will_change(n, node, qs, qe)
         node._add(start, end, delta)
         if self._whole_masks is not None:
             self._whole_masks.changed(node, n, start, end, delta > 0)
-        if hours:
-            for h, old in zip(hours, crossed):
-                h.changed(n, node, old, qs, qe)
