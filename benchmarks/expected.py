@@ -34,7 +34,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cellsched.core.expect import ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share
+from cellsched.core.expect import (ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
+                                   ratios_of)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -113,6 +114,20 @@ def est_quantile(q: float = 0.5, cond: bool = True, scope: str = "team", min_gra
         for v in per.values():
             v.sort()
         return Quantile(per, every, q, cond, min_grants)
+    return make
+
+
+def est_near(nearest: int, q: float):
+    """The core's estimator with ``nearest`` grants of the most similar window (0: all of
+    the team's) and quantile ``q``."""
+    def make(rows) -> Ratios:
+        per: dict[str, list[tuple[int, float]]] = {}
+        for _, team, _, hs, gs in rows:
+            if gs > 0:
+                per.setdefault(team, []).append((gs, grant_ratio(hs, gs)))
+        for v in per.values():
+            v.sort()
+        return ratios_of(per, sorted(x for v in per.values() for x in v), nearest=nearest, q=q)
     return make
 
 
@@ -274,7 +289,7 @@ class Probe(Cellsched):
     def on_end(self, job: TraceJob, now: int) -> None:
         g = self.grants[job.seq]
         self.ended.add(now, job.team, job.gpus, now - g.start, g.end - g.start)
-        self.hist.add(now, job.team, job.gpus * (now - g.start), g.gpu_seconds)
+        self.hist.add(now, job.team, now - g.start, g.end - g.start)
         super().on_end(job, now)
 
 
@@ -331,6 +346,11 @@ def main() -> None:
         "q70_cond_arr24": ("nodes", est_quantile(0.7)),
         "cluster_median_cond_arr24": ("nodes", est_quantile(0.5, scope="cluster")),
         "median_cond_min20_arr24": ("nodes", est_quantile(0.5, min_grants=20)),
+        "near10_q40_arr24": ("nodes", est_near(10, 0.4)),
+        "near20_q40_arr24": ("nodes", est_near(20, 0.4)),
+        "near20_q50_arr24": ("nodes", est_near(20, 0.5)),
+        "near40_q40_arr24": ("nodes", est_near(40, 0.4)),
+        "near20_q30_arr24": ("nodes", est_near(20, 0.3)),
         "gs_mean_arr24_cal": ("nodes", est_gs_mean),
         "median_cond_arr24_cal": ("nodes", est_quantile(0.5)),
         "median_nocond_arr24_cal": ("nodes", est_quantile(0.5, cond=False)),

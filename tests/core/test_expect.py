@@ -14,6 +14,7 @@ from cellsched.core.expect import (
     expected_starts,
     held_share,
     ratios_from,
+    ratios_of,
 )
 from cellsched.ledger.history import expected_for, ratios
 from cellsched.ledger.tables import GrantRow, ProjectRow
@@ -64,6 +65,30 @@ def test_a_running_grant_holds_the_40th_percentile_of_the_ratios_above_what_it_h
     # Ratios given by hand (no per-grant distribution): the ratio, or of what is left.
     hand = Ratios({"a": 0.5}, 0.5)
     assert (hand.held("a", 100), hand.held("a", 100, 40), hand.held("a", 100, 60)) == (50, 50, 80)
+
+
+def test_a_grant_holds_the_40th_percentile_of_the_grants_with_the_nearest_windows():
+    # Team a's five grants as (window s, ratio), three nearest taken (ratios_from takes 20).
+    a = [(100, 0.9), (200, 0.8), (400, 0.5), (800, 0.3), (1600, 0.2)]
+    r = ratios_of({"a": a}, a, nearest=3)
+    assert r.teams == {"a": 0.5}  # all five, sorted 0.2 .. 0.9: rank floor(0.4 x 5) = 2
+    # 400 s: 400 itself, then 200 and 800 as near (400/200 = 800/400): the shorter, 200;
+    # 0.3 0.5 0.8, rank 1: 0.5.
+    assert r.like("a", 400) == (0.3, 0.5, 0.8) and r.held("a", 400) == 200
+    # 1,000 s: 800 (x 1.25), then 1600 (x 1.6) before 400 (x 2.5): 0.2 0.3 0.5 -> 0.3.
+    assert r.held("a", 1000) == 300
+    # 50 s: the three shortest, 0.5 0.8 0.9 -> 0.8.
+    assert r.held("a", 50) == 40
+    # Running, 400 s window: having run 0.55 only 0.8 is above (320 s); past 0.8, the
+    # 60 s left at 0.5.
+    assert (r.held("a", 400, 220), r.held("a", 400, 340)) == (320, 370)
+    assert r.sentence("a", 400) == ("team a's last 30 days: of the 3 grants (of 5) with windows nearest this one's in "
+                                    "length, 2 grants in 5 held at most 50% of their window; later work arrives as "
+                                    "in the last 24 h")
+    assert r.sentence("a", 1000).startswith("team a's last 30 days: of the 3 grants (of 5) with windows nearest "
+                                            "this one's in length, 2 grants in 5 held at most 30% of their window")
+    # The cluster's the same way for a team with too few (here the cluster is team a).
+    assert r.held("b", 1000) == 300 and r.basis("b") == "cluster"
 
 
 def test_held_share_rounds_up_and_never_exceeds_the_window():
