@@ -8,9 +8,10 @@ submission of every ``--every``-th job that waits, every estimator below replays
 live calendar with its own ratios, and each answer is scored against the job's real start
 (jobs that waited at least 1 h: median and p90 of |estimate - actual| / actual wait, and the
 signed median, positive when the estimate is late). Prints one JSON object. The estimator
-``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: per
-team the 40th percentile of per-grant ratios of held to granted window, a running grant the
-40th percentile of those above the share it has run, later work as in the last 24 h); the
+``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: the
+median of the per-grant ratios of held to granted window of the team's 20 grants with the
+windows nearest in length, a running grant the median of those above the share it has run,
+later work as in the last 24 h); the
 others are the alternatives it was chosen among: ``flat_*`` replays on one node per pool,
 names without ``arr`` let no later work arrive, ``arrN`` lets the last N hours' work arrive
 again. Ratio statistics: ``gs_mean`` (GPU-seconds held over granted, summed: the one before),
@@ -19,8 +20,9 @@ more GPUs) shrunk towards the team's and the cluster's with weight 10 grants; ``
 ``qNN_*`` the median / NNth percentile of per-grant ratios, ``cond`` for a running grant of
 the ratios above the share it has run (``nocond``: the old rule, past it the ratio of what
 is left), ``cluster_*`` the cluster's for every team, ``min20`` a team's own only with 20
-grants; ``*_cal`` scales the expected wait by the median actual / expected wait of the last
-100 sampled grants (of that estimator) that have started.
+grants; ``nearK_qNN`` the core's rule with the K grants of the nearest window lengths and
+the NNth percentile (``near20_q50`` is ``cellsched``); ``*_cal`` scales the expected wait
+by the median actual / expected wait of the last 100 sampled grants (of that estimator) that have started.
 """
 
 from __future__ import annotations

@@ -6,14 +6,14 @@ waiting grants forward into what they free. The **expected start** is a forward 
 the current calendar under the same rule (the same core) in which:
 
 - each grant not yet started holds ``ratio x`` its window (rounded up to a second), where
-  ``ratio`` is the 40th percentile (:data:`QUANTILE`) of its team's recent per-grant ratios
-  of held to granted window
-  (:class:`Ratios`: over the grants that ended in the last 30 days, with at least 3 of
-  them), else the cluster's, else 1.0 (no history: every window runs to its end);
-- a running grant that has held ``e`` of its window ``W`` is expected to hold the 40th
-  percentile of those ratios above ``e / W`` (of the grants that ran at least as long: one
-  that ran past most is likely one of those that run to their end), times ``W``; past every
-  one of them, ``ratio x`` what is left of its window from now;
+  ``ratio`` is the median (:data:`QUANTILE`) of the per-grant ratios of held to granted
+  window of the :data:`NEAREST` grants of its team whose windows are nearest its own in
+  length (:class:`Ratios`: over the grants that ended in the last 30 days, with at least 3
+  of them), else of the cluster's, else 1.0 (no history: every window runs to its end);
+- a running grant that has held ``e`` of its window ``W`` is expected to hold the median
+  of those ratios above ``e / W`` (of the grants that ran at least as long: one that ran
+  past most is likely one of those that run to their end), times ``W``; past every one of
+  them, ``ratio x`` what is left of its window from now;
 - later work arrives as it did in the last day (``arrivals``, :data:`ARRIVALS_S`): the
   grants admitted in the last 24 hours are submitted again at the same offsets from now,
   day after day, at most :data:`MAX_ARRIVALS` of them, each admitted at its earliest window
@@ -57,16 +57,18 @@ MAX_ARRIVALS = 1000
 them no more work arrives."""
 MIN_GRANTS = 3
 """A team's own ratio needs at least this many ended grants; with fewer, the cluster's."""
-QUANTILE = 0.4
-"""Which per-grant ratio a grant is expected to hold: the 40th percentile, a little under the
-median. Measured on itp.csv under noisy estimates (docs/simulate.md, "The expected start,
-measured"): the median left the replay late (a running grant's remainder is the median of
-a skewed tail), the 40th percentile is unbiased; without noise every grant holds the same
-share and the choice changes nothing."""
+QUANTILE = 0.5
+"""Which of the ratios a grant is expected to hold: the median (rank ``floor(n / 2)`` from
+0). Measured on itp.csv under noisy estimates (docs/simulate.md, "The expected start,
+measured"): over all of a team's grants the 40th percentile did best; over the grants of the
+nearest window lengths, whose ratios spread less, the median (the 40th percentile left the
+replay early); without noise every grant holds the same share and the choice changes
+nothing."""
 NEAREST = 20
 """A grant's ratio is taken among this many of its team's ended grants whose windows are
-most like its own in length (by ratio): a team runs the same work again, so a window longer
-than the work's usual one was mostly asked with more margin (docs/simulate.md)."""
+nearest its own in length (by their ratio to it): a team runs the same work again, so a
+window longer than the work's usual one was mostly asked with more margin. 10 was worse
+(fewer grants, a noisier quantile): docs/simulate.md."""
 
 END, FREE, START, ARRIVE = 0, 1, 2, 3
 
@@ -160,11 +162,12 @@ class Ratios:
         xs = self.like(team, length) if length is not None and length > 0 else ()
         if xs:
             r = quantile_of(xs, 0, self.q)
-        share = f"2 grants in 5 held at most {r:.0%} of their window"
+        part = "half" if self.q == 0.5 else f"{self.q:.0%}"
         if 0 < len(xs) < n:  # some grants, not all: the nearest in window length
-            share = f"of the {len(xs)} grants (of {n:,}) with windows nearest this one's in length, {share}"
+            share = (f"of the {len(xs)} grants (of {n:,}) with windows nearest this one's in length, {part} held "
+                     f"at most {r:.0%} of their window")
         else:
-            share = f"{share} ({n:,} grants)"
+            share = f"{part} {'the' if self.q == 0.5 else 'of the'} grants held at most {r:.0%} of their window ({n:,} grants)"
         later = "; later work arrives as in the last 24 h"
         if b == "team":
             return f"team {team}'s last {days} days: {share}{later}"

@@ -4,8 +4,9 @@ start (``cellsched.core.expect``), read from the ledger.
 A grant that ended (``completed`` or ``expired``; not ``cancelled`` or ``replaced``, which
 say nothing about how long work runs) in the last ``window_s`` seconds counts with its ratio
 of the window it held (``end - start``: its window as cut when it was released) to the
-window granted (``promised_end - promised_start``); a team's ratio is the 40th percentile of
-its grants' (``core.expect.ratios_from``).
+window granted (``promised_end - promised_start``), and with that window's length: a grant
+is expected to hold the median ratio of its team's 20 grants with the windows nearest its
+own (``core.expect.ratios_from``).
 
 :func:`expected_of` is what ``submit``, ``submit --dry-run`` and ``status`` say beside a
 waiting grant's promise: the replay of ``core.expect`` under the cluster's
