@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cellsched.core.expect import (ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
-                                   ratios_of)
+                                   ratios_from)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -123,13 +123,7 @@ def est_near(nearest: int, q: float):
     """The core's estimator with ``nearest`` grants of the most similar window (0: all of
     the team's) and quantile ``q``."""
     def make(rows) -> Ratios:
-        per: dict[str, list[tuple[int, float]]] = {}
-        for _, team, _, hs, gs in rows:
-            if gs > 0:
-                per.setdefault(team, []).append((gs, grant_ratio(hs, gs)))
-        for v in per.values():
-            v.sort()
-        return ratios_of(per, sorted(x for v in per.values() for x in v), nearest=nearest, q=q)
+        return ratios_from(((team, hs, gs) for _, team, _, hs, gs in rows), nearest=nearest, q=q)
     return make
 
 

@@ -189,7 +189,7 @@ def quantile_of(xs: Sequence[float], lo: int = 0, q: float = QUANTILE) -> float:
 
 
 def ratios_from(history: Iterable[tuple[str, int, int]], window_s: int = WINDOW_S,
-                min_grants: int = MIN_GRANTS) -> Ratios:
+                min_grants: int = MIN_GRANTS, nearest: int = NEAREST, q: float = QUANTILE) -> Ratios:
     """:class:`Ratios` from ``(team, seconds held, window length in seconds)`` of the grants
     that ended in the window. A grant's ratio is its held over granted, clamped to (0, 1];
     a team's ratio is the :data:`QUANTILE` of its grants' (with at least ``min_grants`` of
@@ -204,7 +204,7 @@ def ratios_from(history: Iterable[tuple[str, int, int]], window_s: int = WINDOW_
             per.setdefault(team, []).append((length, grant_ratio(h, length)))
     for v in per.values():
         v.sort()
-    return ratios_of(per, sorted(x for v in per.values() for x in v), window_s, min_grants)
+    return ratios_of(per, sorted(x for v in per.values() for x in v), window_s, min_grants, nearest, q)
 
 
 def grant_ratio(held: int, granted: int) -> float:
