@@ -8,9 +8,10 @@ submission of every ``--every``-th job that waits, every estimator below replays
 live calendar with its own ratios, and each answer is scored against the job's real start
 (jobs that waited at least 1 h: median and p90 of |estimate - actual| / actual wait, and the
 signed median, positive when the estimate is late). Prints one JSON object. The estimator
-``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: per
-team the 40th percentile of per-grant ratios of held to granted window, a running grant the
-40th percentile of those above the share it has run, later work as in the last 24 h); the
+``cellsched`` is the one ``submit``, ``status`` and ``simulate`` use (core/expect.py: the
+median of the per-grant ratios of held to granted window of the team's 20 grants with the
+windows nearest in length, a running grant the median of those above the share it has run,
+later work as in the last 24 h); the
 others are the alternatives it was chosen among: ``flat_*`` replays on one node per pool,
 names without ``arr`` let no later work arrive, ``arrN`` lets the last N hours' work arrive
 again. Ratio statistics: ``gs_mean`` (GPU-seconds held over granted, summed: the one before),
@@ -19,8 +20,9 @@ more GPUs) shrunk towards the team's and the cluster's with weight 10 grants; ``
 ``qNN_*`` the median / NNth percentile of per-grant ratios, ``cond`` for a running grant of
 the ratios above the share it has run (``nocond``: the old rule, past it the ratio of what
 is left), ``cluster_*`` the cluster's for every team, ``min20`` a team's own only with 20
-grants; ``*_cal`` scales the expected wait by the median actual / expected wait of the last
-100 sampled grants (of that estimator) that have started.
+grants; ``nearK_qNN`` the core's rule with the K grants of the nearest window lengths and
+the NNth percentile (``near20_q50`` is ``cellsched``); ``*_cal`` scales the expected wait
+by the median actual / expected wait of the last 100 sampled grants (of that estimator) that have started.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cellsched.core.expect import ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share
+from cellsched.core.expect import (ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
+                                   ratios_from)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -113,6 +116,14 @@ def est_quantile(q: float = 0.5, cond: bool = True, scope: str = "team", min_gra
         for v in per.values():
             v.sort()
         return Quantile(per, every, q, cond, min_grants)
+    return make
+
+
+def est_near(nearest: int, q: float):
+    """The core's estimator with ``nearest`` grants of the most similar window (0: all of
+    the team's) and quantile ``q``."""
+    def make(rows) -> Ratios:
+        return ratios_from(((team, hs, gs) for _, team, _, hs, gs in rows), nearest=nearest, q=q)
     return make
 
 
@@ -274,7 +285,7 @@ class Probe(Cellsched):
     def on_end(self, job: TraceJob, now: int) -> None:
         g = self.grants[job.seq]
         self.ended.add(now, job.team, job.gpus, now - g.start, g.end - g.start)
-        self.hist.add(now, job.team, job.gpus * (now - g.start), g.gpu_seconds)
+        self.hist.add(now, job.team, now - g.start, g.end - g.start)
         super().on_end(job, now)
 
 
@@ -331,6 +342,11 @@ def main() -> None:
         "q70_cond_arr24": ("nodes", est_quantile(0.7)),
         "cluster_median_cond_arr24": ("nodes", est_quantile(0.5, scope="cluster")),
         "median_cond_min20_arr24": ("nodes", est_quantile(0.5, min_grants=20)),
+        "near10_q40_arr24": ("nodes", est_near(10, 0.4)),
+        "near20_q40_arr24": ("nodes", est_near(20, 0.4)),
+        "near20_q50_arr24": ("nodes", est_near(20, 0.5)),
+        "near40_q40_arr24": ("nodes", est_near(40, 0.4)),
+        "near20_q30_arr24": ("nodes", est_near(20, 0.3)),
         "gs_mean_arr24_cal": ("nodes", est_gs_mean),
         "median_cond_arr24_cal": ("nodes", est_quantile(0.5)),
         "median_nocond_arr24_cal": ("nodes", est_quantile(0.5, cond=False)),

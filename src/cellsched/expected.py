@@ -2,9 +2,10 @@
 and ``status`` say about when a grant will probably start (docs/admission.md, "Expected start").
 
 The estimator is :mod:`cellsched.core.expect` (its docstring has the rules: a replay of the
-live calendar in which every grant holds the 40th percentile of its team's recent per-grant
-ratios of held to granted window, a running grant that of the ratios above the share it has
-run, and later work arrives as in the last day); the ratios come from the ledger
+live calendar in which every grant holds the median of the recent per-grant ratios of held
+to granted window of its team's 20 grants with the windows nearest its own in length, a
+running grant that of those ratios above the share it has run, and later work arrives as in
+the last day); the ratios come from the ledger
 (:mod:`cellsched.ledger.history`). This module decides when the replay
 runs and keeps its cost off the submit path:
 

@@ -77,7 +77,7 @@ def cli(tmp_path: Path, cluster_file: Path, ledger_url: str):  # type: ignore[no
 
 def test_plan_submit_and_status_say_the_expected_start(cli: Any, tmp_path: Path) -> None:
     b = write(tmp_path, "b", "interp", "bob", 8, 4)  # promised [T0 + 8 h, T0 + 12 h); expected T0 + 4 h
-    basis = ("team interp's last 30 days: 2 grants in 5 held at most 50% of their window (3 grants); "
+    basis = ("team interp's last 30 days: half the grants held at most 50% of their window (3 grants); "
              "later work arrives as in the last 24 h")
     line = f"  expected start 2026-12-01 04:00 UTC (4 h before the guaranteed start) — {basis}"
 

@@ -14,6 +14,7 @@ from cellsched.core.expect import (
     expected_starts,
     held_share,
     ratios_from,
+    ratios_of,
 )
 from cellsched.ledger.history import expected_for, ratios
 from cellsched.ledger.tables import GrantRow, ProjectRow
@@ -26,44 +27,75 @@ def g(team: str, width: int, start: int, end: int, project: str = "p") -> Grant:
     return Grant(project, team, "main", width, start, end)
 
 
-def test_ratios_are_the_40th_percentile_grant_per_team_then_the_cluster():
+def test_ratios_are_the_median_grant_per_team_then_the_cluster():
     hist = [("a", 50, 100), ("a", 30, 100), ("a", 180, 200),  # a: 0.3, 0.5, 0.9
             ("b", 10, 10),  # b: one grant only (1.0): too few for its own ratio
             ("c", 20, 100), ("c", 40, 100), ("c", 60, 100), ("c", 80, 100)]  # c: 0.2 .. 0.8
     r = ratios_from(hist)
-    # The ratio of rank floor(0.4 n) from 0: a's middle one, 0.5 (the GPU-seconds sum would be
-    # 260 / 400 = 0.65); c's second, 0.4 (its median is 0.5); the cluster's eight ratios
-    # 0.2 0.3 0.4 0.5 0.6 0.8 0.9 1.0: rank 3, 0.5.
-    assert r.teams == {"a": 0.5, "c": 0.4}
-    assert r.cluster == 0.5
+    # The ratio of rank floor(n / 2) from 0: a's middle one, 0.5 (the GPU-seconds sum would be
+    # 260 / 400 = 0.65); c's third, 0.6; the cluster's eight ratios
+    # 0.2 0.3 0.4 0.5 0.6 0.8 0.9 1.0: rank 4, 0.6.
+    assert r.teams == {"a": 0.5, "c": 0.6}
+    assert r.cluster == 0.6
     assert r.grants == {"a": 3, "b": 1, "c": 4} and r.cluster_grants == 8
     assert (r.of("a"), r.basis("a")) == (0.5, "team")
-    assert (r.of("b"), r.basis("b")) == (0.5, "cluster")
-    assert r.sentence("c") == ("team c's last 30 days: 2 grants in 5 held at most 40% of their window (4 grants); "
-                               "later work arrives as in the last 24 h")
-    assert r.sentence("b") == ("the cluster's last 30 days (team b has fewer than 3 ended grants): 2 grants in 5 "
-                               "held at most 50% of their window (8 grants); later work arrives as in the last 24 h")
+    assert (r.of("b"), r.basis("b")) == (0.6, "cluster")
+    # Every team has fewer than 20 grants: all of them are the nearest, for any window.
+    assert r.sentence("c") == r.sentence("c", 100) == (
+        "team c's last 30 days: half the grants held at most 60% of their window (4 grants); "
+        "later work arrives as in the last 24 h")
+    assert r.sentence("b", 10) == ("the cluster's last 30 days (team b has fewer than 3 ended grants): half the "
+                                   "grants held at most 60% of their window (8 grants); later work arrives as in "
+                                   "the last 24 h")
     empty = ratios_from([])
     assert (empty.of("a"), empty.basis("a"), empty.cluster) == (1.0, "none", None)
     assert empty.sentence("a") == "no grant ended in the last 30 days: every window is taken to run to its end"
 
 
-def test_a_running_grant_holds_the_40th_percentile_of_the_ratios_above_what_it_has_run():
+def test_a_running_grant_holds_the_median_of_the_ratios_above_what_it_has_run():
     r = ratios_from([("a", 50, 100), ("a", 30, 100), ("a", 180, 200), ("b", 10, 10),
                      ("c", 20, 100), ("c", 40, 100), ("c", 60, 100), ("c", 80, 100)])
     # Team a's ratios 0.3, 0.5, 0.9; a window of 100 s.
     assert r.held("a", 100) == 50  # not started: rank 1 of 3
     assert r.held("a", 100, 20) == 50  # ran 0.2: all three are above, rank 1: 0.5
-    assert r.held("a", 100, 40) == 50  # ran 0.4: 0.5 and 0.9 are above, rank 0: 0.5
+    assert r.held("a", 100, 40) == 90  # ran 0.4: 0.5 and 0.9 are above, rank 1: 0.9
     assert r.held("a", 100, 60) == 90  # ran 0.6: only 0.9
     assert r.held("a", 100, 95) == 98  # past every one: 95 + 0.5 x the 5 s left, rounded up
-    # Team c (0.2 0.4 0.6 0.8): having run 0.5, 0.6 and 0.8 are above: 0.6; having run 0.7: 0.8.
-    assert (r.held("c", 100), r.held("c", 100, 50), r.held("c", 100, 70)) == (40, 60, 80)
+    # Team c (0.2 0.4 0.6 0.8): rank 2, 0.6; having run 0.3, 0.4 0.6 0.8 are above: rank 1,
+    # 0.6; having run 0.5, 0.6 and 0.8: 0.8.
+    assert (r.held("c", 100), r.held("c", 100, 30), r.held("c", 100, 50)) == (60, 60, 80)
     # Team b has too few: the cluster's; having run 0.6, 0.8 0.9 1.0 are above: rank 1, 0.9.
     assert r.held("b", 100, 60) == 90
     # Ratios given by hand (no per-grant distribution): the ratio, or of what is left.
     hand = Ratios({"a": 0.5}, 0.5)
     assert (hand.held("a", 100), hand.held("a", 100, 40), hand.held("a", 100, 60)) == (50, 50, 80)
+
+
+def test_a_grant_holds_the_median_of_the_grants_with_the_nearest_windows():
+    # Team a's five grants as (window s, ratio), three nearest taken (ratios_from takes 20).
+    a = [(100, 0.9), (200, 0.8), (400, 0.5), (800, 0.3), (1600, 0.2)]
+    r = ratios_of({"a": a}, a, nearest=3)
+    assert r.teams == {"a": 0.5}  # all five, sorted 0.2 .. 0.9: rank floor(5 / 2) = 2
+    # 400 s: 400 itself, then 200 and 800 as near (400/200 = 800/400): the shorter, 200;
+    # 0.3 0.5 0.8, rank 1: 0.5.
+    assert r.like("a", 400) == (0.3, 0.5, 0.8) and r.held("a", 400) == 200
+    # 1,000 s: 800 (x 1.25), then 1600 (x 1.6) before 400 (x 2.5): 0.2 0.3 0.5 -> 0.3.
+    assert r.held("a", 1000) == 300
+    # 50 s: the three shortest, 0.5 0.8 0.9 -> 0.8.
+    assert r.held("a", 50) == 40
+    # Running, 400 s window: having run 0.55 only 0.8 is above (320 s); past 0.8, the
+    # 60 s left at 0.5.
+    assert (r.held("a", 400, 220), r.held("a", 400, 340)) == (320, 370)
+    assert r.sentence("a", 400) == ("team a's last 30 days: of the 3 grants (of 5) with windows nearest this one's in "
+                                    "length, half held at most 50% of their window; later work arrives as in the "
+                                    "last 24 h")
+    assert r.sentence("a", 1000).startswith("team a's last 30 days: of the 3 grants (of 5) with windows nearest "
+                                            "this one's in length, half held at most 30% of their window")
+    # Without a window: the team's over all of them.
+    assert r.sentence("a").startswith("team a's last 30 days: half the grants held at most 50% of their window "
+                                      "(5 grants)")
+    # The cluster's the same way for a team with too few (here the cluster is team a).
+    assert r.held("b", 1000) == 300 and r.basis("b") == "cluster"
 
 
 def test_held_share_rounds_up_and_never_exceeds_the_window():
@@ -172,17 +204,21 @@ def test_ratios_from_a_ledger_with_known_history(session):
     add(session, 7, "b", 4, now + 3 * H, now + 5 * H, now + 5 * H, "granted", None)
     session.commit()
     r = ratios(session, now)
-    # a: per grant 2/4, 1/4, 4/4: rank floor(0.4 x 3) = 1, 0.5; b has none: the cluster's (a's)
+    # a: per grant 2/4, 1/4, 4/4: rank floor(3 / 2) = 1, 0.5; b has none: the cluster's (a's)
     assert r.teams == {"a": 0.5} and r.cluster == 0.5 and r.grants == {"a": 3}
     assert r.basis("b") == "cluster"
-    # grant 6 (b, running since now - 1 h, 4 h window) has held 1/4 of its window: of the
-    # cluster's ratios 0.25, 0.5, 1.0 those above 1/4 are 0.5 and 1.0, rank 0: 0.5. It is
+    # Each with its window's length in seconds (grant 2's two GPUs do not count), sorted.
+    assert r.near["a"] == ((4 * H, 4 * H, 4 * H), (0.25, 0.5, 1.0))
+    # Half an hour earlier, grant 6 (b, running since now - 1 h, 4 h window) has held 1/8 of
+    # its window: the cluster's ratios 0.25, 0.5, 1.0 are all above, rank 1: 0.5. It is
     # expected to hold 2 h and end at now + 1 h, and grant 7 moves there.
-    got, _ = expected_for(session, {"main": 4}, now, [7])
+    got, _ = expected_for(session, {"main": 4}, now - H // 2, [7])
     assert got == {7: now + H}
-    # Run 3 h of its 4 (now + 2 h), only 1.0 is above 3/4: it runs to its end, now + 3 h.
-    got, _ = expected_for(session, {"main": 4}, now + 2 * H, [7])
-    assert got == {7: now + 3 * H}
+    # At now it has held 1/4: 0.5 and 1.0 are above, rank 1: 1.0, it runs to its end (now +
+    # 3 h); so too at now + 2 h (3/4 held: only 1.0 above).
+    for t in (now, now + 2 * H):
+        got, _ = expected_for(session, {"main": 4}, t, [7])
+        assert got == {7: now + 3 * H}
 
 
 def test_no_history_falls_back_and_says_so(session):

@@ -60,7 +60,7 @@ def test_the_api_answers_with_the_expected_start(env: Env, monkeypatch: pytest.M
     assert (a["expected_start"], a["expected_start_basis"]) == (T0, "starts now")
     b_in = text("b", "interp", "bob", 8, 4)  # promised T0 + 8 h; a ends at T0 + 4 h (0.5 of 8 h)
     planned = call("POST", "/api/plan", "bob", json=b_in)
-    basis = ("team interp's last 30 days: 2 grants in 5 held at most 50% of their window (3 grants); "
+    basis = ("team interp's last 30 days: half the grants held at most 50% of their window (3 grants); "
              "later work arrives as in the last 24 h")
     assert planned["dry_run"] and planned["grant"]["start"] == T0 + 8 * H
     assert (planned["expected_start"], planned["expected_start_utc"], planned["expected_start_basis"]) == (

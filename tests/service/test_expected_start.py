@@ -51,11 +51,11 @@ def test_a_waiting_grant_is_expected_where_history_says_the_calendar_frees(env: 
     # of 4 h: it ends at T0 + 6 h, where C starts.
     assert (a.expected_start, a.expected_basis) == (T0, expected.STARTS_NOW)
     assert b.expected_start == T0 + 4 * H
-    assert b.expected_basis == ("team interp's last 30 days: 2 grants in 5 held at most 50% of their window (3 grants); "
+    assert b.expected_basis == ("team interp's last 30 days: half the grants held at most 50% of their window (3 grants); "
                                 "later work arrives as in the last 24 h")
     assert c.expected_start == T0 + 6 * H
     assert c.expected_basis == ("the cluster's last 30 days (team pretraining has fewer than 3 ended grants): "
-                                "2 grants in 5 held at most 50% of their window (3 grants); "
+                                "half the grants held at most 50% of their window (3 grants); "
                                 "later work arrives as in the last 24 h")
     got = c.to_json()
     assert (got["expected_start"], got["expected_start_basis"]) == (T0 + 6 * H, c.expected_basis)

@@ -37,7 +37,7 @@ def test_a_running_grant_past_most_of_history_is_expected_to_run_long():
     # [20,000, 220,000). j4 (8 GPUs) submitted at 120,000 is promised 220,000 and starts at
     # 200,000 when j3 ends: it waited 80,000 s. At 120,000 j3 has run half its window; of
     # the ratios, only 0.9 is above one half: j3 is expected to hold 0.9 x 200,000 and end at
-    # 200,000, and j4 to start there: error 0 (the 40th percentile, 0.5, with the ratio of
+    # 200,000, and j4 to start there: error 0 (the median, 0.5, with the ratio of
     # what is left once past it, would say 160,000: error 0.5). No later work arrives (j4 is
     # the only job of the last 24 h, and it arrives again after 200,000). The promise is
     # 20,000 s late: 0.25.

@@ -6,14 +6,14 @@ waiting grants forward into what they free. The **expected start** is a forward 
 the current calendar under the same rule (the same core) in which:
 
 - each grant not yet started holds ``ratio x`` its window (rounded up to a second), where
-  ``ratio`` is the 40th percentile (:data:`QUANTILE`) of its team's recent per-grant ratios
-  of held to granted window
-  (:class:`Ratios`: over the grants that ended in the last 30 days, with at least 3 of
-  them), else the cluster's, else 1.0 (no history: every window runs to its end);
-- a running grant that has held ``e`` of its window ``W`` is expected to hold the 40th
-  percentile of those ratios above ``e / W`` (of the grants that ran at least as long: one
-  that ran past most is likely one of those that run to their end), times ``W``; past every
-  one of them, ``ratio x`` what is left of its window from now;
+  ``ratio`` is the median (:data:`QUANTILE`) of the per-grant ratios of held to granted
+  window of the :data:`NEAREST` grants of its team whose windows are nearest its own in
+  length (:class:`Ratios`: over the grants that ended in the last 30 days, with at least 3
+  of them), else of the cluster's, else 1.0 (no history: every window runs to its end);
+- a running grant that has held ``e`` of its window ``W`` is expected to hold the median
+  of those ratios above ``e / W`` (of the grants that ran at least as long: one that ran
+  past most is likely one of those that run to their end), times ``W``; past every one of
+  them, ``ratio x`` what is left of its window from now;
 - later work arrives as it did in the last day (``arrivals``, :data:`ARRIVALS_S`): the
   grants admitted in the last 24 hours are submitted again at the same offsets from now,
   day after day, at most :data:`MAX_ARRIVALS` of them, each admitted at its earliest window
@@ -57,12 +57,18 @@ MAX_ARRIVALS = 1000
 them no more work arrives."""
 MIN_GRANTS = 3
 """A team's own ratio needs at least this many ended grants; with fewer, the cluster's."""
-QUANTILE = 0.4
-"""Which per-grant ratio a grant is expected to hold: the 40th percentile, a little under the
-median. Measured on itp.csv under noisy estimates (docs/simulate.md, "The expected start,
-measured"): the median left the replay late (a running grant's remainder is the median of
-a skewed tail), the 40th percentile is unbiased; without noise every grant holds the same
-share and the choice changes nothing."""
+QUANTILE = 0.5
+"""Which of the ratios a grant is expected to hold: the median (rank ``floor(n / 2)`` from
+0). Measured on itp.csv under noisy estimates (docs/simulate.md, "The expected start,
+measured"): over all of a team's grants the 40th percentile did best; over the grants of the
+nearest window lengths, whose ratios spread less, the median (the 40th percentile left the
+replay early); without noise every grant holds the same share and the choice changes
+nothing."""
+NEAREST = 20
+"""A grant's ratio is taken among this many of its team's ended grants whose windows are
+nearest its own in length (by their ratio to it): a team runs the same work again, so a
+window longer than the work's usual one was mostly asked with more margin. 10 was worse
+(fewer grants, a noisier quantile): docs/simulate.md."""
 
 END, FREE, START, ARRIVE = 0, 1, 2, 3
 
@@ -72,19 +78,23 @@ class Ratios:
     """Per team, the share of a granted window its grants held before release (recently),
     and the same over the whole cluster (``None``: no history at all).
 
-    ``teams`` and ``cluster`` are the statistic the replay uses for a grant that has not
-    started (the :data:`QUANTILE` of per-grant ratios, :func:`ratios_from`); ``dist`` holds,
-    per team (and ``""`` for the cluster), the sorted per-grant ratios it came from, so that
-    a grant already running is expected to hold the same quantile of the ratios *above* the
-    share of its window it has already run (:meth:`held`). Without ``dist`` (ratios given by hand) a
-    running grant holds ``ratio x`` its window, or ``ratio x`` what is left once past it."""
+    ``teams`` and ``cluster`` are the :data:`QUANTILE` of all the team's (the cluster's)
+    per-grant ratios (:func:`ratios_from`): what the basis sentence states. ``near`` holds,
+    per team with at least ``MIN_GRANTS`` ended grants (and ``""`` for the cluster), the
+    window lengths of its ended grants, sorted, and their ratios in the same order, so that
+    a grant is expected to hold the :data:`QUANTILE` of the ratios of the :data:`NEAREST`
+    grants of the most similar window length (:meth:`held`). Without ``near`` (ratios given
+    by hand) a grant holds ``ratio x`` its window, or ``ratio x`` what is left once past it."""
 
     teams: Mapping[str, float] = field(default_factory=dict)
     cluster: float | None = None
     grants: Mapping[str, int] = field(default_factory=dict)  # per team: ended grants counted
     cluster_grants: int = 0
     window_s: int = WINDOW_S
-    dist: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    near: Mapping[str, tuple[Sequence[int], Sequence[float]]] = field(default_factory=dict)
+    nearest: int = 0  # NEAREST, as ratios_of builds it (0: every grant of the team)
+    q: float = QUANTILE
+    _memo: dict[tuple[str, int], tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def of(self, team: str) -> float:
         r = self.teams.get(team)
@@ -92,20 +102,41 @@ class Ratios:
             return r
         return 1.0 if self.cluster is None else self.cluster
 
+    def like(self, team: str, length: int) -> tuple[float, ...]:
+        """The sorted ratios of the :attr:`nearest` grants of ``team`` (or the cluster's, with
+        too few) whose windows are closest to ``length`` seconds by their ratio to it (of two
+        as close, the shorter), or ``()`` without ``near``."""
+        key = team if team in self.teams else ""
+        got = self._memo.get((key, length))
+        if got is None:
+            lengths, ratios = self.near.get(key, ((), ()))
+            n = len(lengths)
+            k = n if self.nearest <= 0 else min(n, self.nearest)
+            lo = hi = bisect_right(lengths, length)
+            while hi - lo < k:  # lengths[lo - 1] <= length <= lengths[hi]: the nearer of the two
+                if hi == n or (lo > 0 and length * length <= lengths[lo - 1] * lengths[hi]):
+                    lo -= 1
+                else:
+                    hi += 1
+            got = tuple(sorted(ratios[lo:hi]))
+            self._memo[(key, length)] = got
+        return got
+
     def held(self, team: str, length: int, elapsed: int = 0) -> int:
         """Seconds a grant of ``team`` with a window of ``length`` seconds is expected to
         hold it in all, having held it ``elapsed`` seconds so far (0: not started): the
-        :data:`QUANTILE` of the per-grant ratios above ``elapsed / length`` (the grants of
-        history that ran at least as long), times ``length``, rounded up; past every one of them,
-        ``elapsed`` and the team's ratio of what is left."""
-        r = self.of(team)
+        :attr:`q` quantile of the ratios of the team's grants with windows most like it
+        (:meth:`like`) and, once started, above ``elapsed / length`` (those that ran at least
+        as long), times ``length``, rounded up; past every one of them, ``elapsed`` and the
+        quantile of all of them of what is left."""
         if length <= 0:
             return 0
-        xs = self.dist.get(team if team in self.teams else "")
+        xs = self.like(team, length)
+        r = quantile_of(xs, 0, self.q) if xs else self.of(team)
         if elapsed > 0 and xs:
             i = bisect_right(xs, elapsed / length)
             if i < len(xs):
-                r = quantile_of(xs, i)
+                r = quantile_of(xs, i, self.q)
             else:
                 return elapsed + held_share(length - elapsed, r)
         h = held_share(length, r)
@@ -119,17 +150,29 @@ class Ratios:
             return "team"
         return "none" if self.cluster is None else "cluster"
 
-    def sentence(self, team: str) -> str:
+    def sentence(self, team: str, length: int | None = None) -> str:
+        """What the expected start of a grant of ``team`` rests on, in words; with its window
+        ``length``, the ratio its own window was given (:meth:`like`), else the team's."""
         days = self.window_s // 86400
         b = self.basis(team)
+        if b == "none":
+            return f"no grant ended in the last {days} days: every window is taken to run to its end"
+        n = self.grants.get(team, 0) if b == "team" else self.cluster_grants
+        r = self.teams[team] if b == "team" else self.cluster
+        xs = self.like(team, length) if length is not None and length > 0 else ()
+        if xs:
+            r = quantile_of(xs, 0, self.q)
+        part = "half" if self.q == 0.5 else f"{self.q:.0%}"
+        if 0 < len(xs) < n:  # some grants, not all: the nearest in window length
+            share = (f"of the {len(xs)} grants (of {n:,}) with windows nearest this one's in length, {part} held "
+                     f"at most {r:.0%} of their window")
+        else:
+            share = f"{part} {'the' if self.q == 0.5 else 'of the'} grants held at most {r:.0%} of their window ({n:,} grants)"
         later = "; later work arrives as in the last 24 h"
         if b == "team":
-            return (f"team {team}'s last {days} days: 2 grants in 5 held at most {self.teams[team]:.0%} of their "
-                    f"window ({self.grants.get(team, 0)} grants){later}")
-        if b == "cluster":
-            return (f"the cluster's last {days} days (team {team} has fewer than {MIN_GRANTS} ended grants): "
-                    f"2 grants in 5 held at most {self.cluster:.0%} of their window ({self.cluster_grants} grants){later}")
-        return f"no grant ended in the last {days} days: every window is taken to run to its end"
+            return f"team {team}'s last {days} days: {share}{later}"
+        return (f"the cluster's last {days} days (team {team} has fewer than {MIN_GRANTS} ended grants): "
+                f"{share}{later}")
 
 
 def held_share(length: int, ratio: float) -> int:
@@ -146,21 +189,22 @@ def quantile_of(xs: Sequence[float], lo: int = 0, q: float = QUANTILE) -> float:
 
 
 def ratios_from(history: Iterable[tuple[str, int, int]], window_s: int = WINDOW_S,
-                min_grants: int = MIN_GRANTS) -> Ratios:
-    """:class:`Ratios` from ``(team, held GPU-seconds, granted GPU-seconds)`` of the grants
+                min_grants: int = MIN_GRANTS, nearest: int = NEAREST, q: float = QUANTILE) -> Ratios:
+    """:class:`Ratios` from ``(team, seconds held, window length in seconds)`` of the grants
     that ended in the window. A grant's ratio is its held over granted, clamped to (0, 1];
     a team's ratio is the :data:`QUANTILE` of its grants' (with at least ``min_grants`` of
-    them), the cluster's that of all. Per grant, not the GPU-seconds sum: under noisy
-    estimates the long windows are mostly the overestimated ones, a summed ratio is pulled
-    down by them and every estimate came out early (docs/simulate.md, "The expected start,
-    measured")."""
-    per: dict[str, list[float]] = {}
-    for team, h, g in history:
-        if g > 0:
-            per.setdefault(team, []).append(grant_ratio(h, g))
+    them), the cluster's that of all; a grant is expected to hold the :data:`QUANTILE` of
+    those of the :data:`NEAREST` of them whose windows are most like its own. Per grant, not
+    the GPU-seconds sum: under noisy estimates the long windows are mostly the
+    overestimated ones, a summed ratio is pulled down by them and every estimate came out
+    early (docs/simulate.md, "The expected start, measured")."""
+    per: dict[str, list[tuple[int, float]]] = {}
+    for team, h, length in history:
+        if length > 0:
+            per.setdefault(team, []).append((length, grant_ratio(h, length)))
     for v in per.values():
         v.sort()
-    return ratios_of(per, sorted(r for v in per.values() for r in v), window_s, min_grants)
+    return ratios_of(per, sorted(x for v in per.values() for x in v), window_s, min_grants, nearest, q)
 
 
 def grant_ratio(held: int, granted: int) -> float:
@@ -168,17 +212,24 @@ def grant_ratio(held: int, granted: int) -> float:
     return min(1.0, max(max(0, held) / granted, 1e-6))
 
 
-def ratios_of(per: Mapping[str, Sequence[float]], every: Sequence[float], window_s: int = WINDOW_S,
-              min_grants: int = MIN_GRANTS) -> Ratios:
-    """:class:`Ratios` from each team's per-grant ratios, sorted (``per``), and all of them,
-    sorted (``every``): what :func:`ratios_from` and the simulator's history both build."""
-    dist: dict[str, Sequence[float]] = {t: tuple(v) for t, v in sorted(per.items()) if len(v) >= min_grants}
-    teams = {t: quantile_of(v) for t, v in dist.items()}
-    all_ = tuple(every)
-    if all_:
-        dist[""] = all_
-    return Ratios(teams, quantile_of(all_) if all_ else None, {t: len(v) for t, v in sorted(per.items()) if v},
-                  len(all_), window_s, dist)
+def ratios_of(per: Mapping[str, Sequence[tuple[int, float]]], every: Sequence[tuple[int, float]],
+              window_s: int = WINDOW_S, min_grants: int = MIN_GRANTS, nearest: int = NEAREST,
+              q: float = QUANTILE) -> Ratios:
+    """:class:`Ratios` from each team's ended grants as ``(window length, ratio)``, sorted
+    (``per``), and all of them, sorted (``every``): what :func:`ratios_from` and the
+    simulator's history both build."""
+    near: dict[str, tuple[Sequence[int], Sequence[float]]] = {}
+    teams: dict[str, float] = {}
+    for t, v in sorted(per.items()):
+        if len(v) >= min_grants:
+            near[t] = (tuple(x for x, _ in v), tuple(r for _, r in v))
+            teams[t] = quantile_of(sorted(near[t][1]), 0, q)
+    cluster = None
+    if every:
+        near[""] = (tuple(x for x, _ in every), tuple(r for _, r in every))
+        cluster = quantile_of(sorted(near[""][1]), 0, q)
+    return Ratios(teams, cluster, {t: len(v) for t, v in sorted(per.items()) if v}, len(every), window_s,
+                  near, nearest, q)
 
 
 class WaitingSet(Protocol):

@@ -4,8 +4,9 @@ start (``cellsched.core.expect``), read from the ledger.
 A grant that ended (``completed`` or ``expired``; not ``cancelled`` or ``replaced``, which
 say nothing about how long work runs) in the last ``window_s`` seconds counts with its ratio
 of the window it held (``end - start``: its window as cut when it was released) to the
-window granted (``promised_end - promised_start``); a team's ratio is the 40th percentile of
-its grants' (``core.expect.ratios_from``).
+window granted (``promised_end - promised_start``), and with that window's length: a grant
+is expected to hold the median ratio of its team's 20 grants with the windows nearest its
+own (``core.expect.ratios_from``).
 
 :func:`expected_of` is what ``submit``, ``submit --dry-run`` and ``status`` say beside a
 waiting grant's promise: the replay of ``core.expect`` under the cluster's
@@ -39,8 +40,8 @@ def ratios(s: Session, now: int, window_s: int = WINDOW_S) -> Ratios:
     rows = s.exec(select(GrantRow).where(col(GrantRow.state).in_(ENDED),
                                          col(GrantRow.ended_at) >= now - window_s,
                                          col(GrantRow.ended_at) <= now).order_by(col(GrantRow.id)))
-    return ratios_from(((r.team, r.width * max(0, r.end - r.start),
-                         r.width * (r.promised_end - r.promised_start)) for r in rows), window_s)
+    return ratios_from(((r.team, max(0, r.end - r.start), r.promised_end - r.promised_start) for r in rows),
+                       window_s)
 
 
 def live_grants(s: Session, now: int) -> list[tuple[int, Grant]]:
@@ -127,12 +128,12 @@ def expected_of(pools: Mapping[str, PoolShape], live: Sequence[tuple[int, Grant]
                 arrivals: Sequence[tuple[int, str, str | None, int, int]] = ()) -> dict[int, tuple[int, str]]:
     """``(expected start, basis)`` of each waiting grant in ``want`` (keyed as in ``live``,
     by submission order; a key not in ``live`` is added to it: a dry run's grant). The basis
-    is :meth:`Ratios.sentence` for the grant's team. With no ended grant in the window at
+    is :meth:`Ratios.sentence` for the grant's team and window. With no ended grant in the window at
     all every window runs to its end: the expected start is the promise, and no replay is
     run. ``not_before`` (by key), ``lost`` (per pool) and ``arrivals`` (:func:`arrivals`)
     as :func:`cellsched.core.expect.expected_starts` takes them. Never later than the
     promise, never before a grant's ``not_before``."""
-    out = {k: (g.start, ratios.sentence(g.team)) for k, g in want.items()}
+    out = {k: (g.start, ratios.sentence(g.team, g.end - g.start)) for k, g in want.items()}
     if ratios.cluster is None or not want:
         return out
     keys = {k for k, _ in live}

@@ -20,32 +20,34 @@ MIN_WAIT_S = 3600
 
 
 class History:
-    """Ended grants of the last ``window_s`` seconds: per team the sorted ratios of held to
-    granted window (what the ledger's ``ratios`` reads, kept incrementally)."""
+    """Ended grants of the last ``window_s`` seconds: per team their (window length, ratio of
+    held to granted window), sorted (what the ledger's ``ratios`` reads, kept incrementally)."""
 
     def __init__(self, window_s: int = WINDOW_S) -> None:
         self.window_s = window_s
-        self.ended: deque[tuple[int, str, float]] = deque()
-        self.per: dict[str, list[float]] = {}
-        self.every: list[float] = []
+        self.ended: deque[tuple[int, str, tuple[int, float]]] = deque()
+        self.per: dict[str, list[tuple[int, float]]] = {}
+        self.every: list[tuple[int, float]] = []
         self._held: Ratios | None = None
 
-    def add(self, t: int, team: str, held: int, granted: int) -> None:
-        if granted <= 0:
+    def add(self, t: int, team: str, held: int, length: int) -> None:
+        """A grant of ``team`` with a window of ``length`` seconds, released at ``t`` having
+        held it ``held`` seconds."""
+        if length <= 0:
             return
-        r = grant_ratio(held, granted)
-        self.ended.append((t, team, r))
-        insort(self.per.setdefault(team, []), r)
-        insort(self.every, r)
+        x = (length, grant_ratio(held, length))
+        self.ended.append((t, team, x))
+        insort(self.per.setdefault(team, []), x)
+        insort(self.every, x)
         self._held = None
 
     def ratios(self, now: int) -> Ratios:
         ended = self.ended
         while ended and ended[0][0] < now - self.window_s:
-            _, team, r = ended.popleft()
+            _, team, x = ended.popleft()
             xs = self.per[team]
-            del xs[bisect_left(xs, r)]
-            del self.every[bisect_left(self.every, r)]
+            del xs[bisect_left(xs, x)]
+            del self.every[bisect_left(self.every, x)]
             self._held = None
         if self._held is None:
             self._held = ratios_of(self.per, self.every, self.window_s)

@@ -91,7 +91,7 @@ class Cellsched:
         if g.end < now:
             raise AssertionError(f"job {job.job_id} ran past its window")
         if self.expect_every:
-            self.history.add(now, job.team, job.gpus * (now - g.start), g.gpu_seconds)
+            self.history.add(now, job.team, now - g.start, g.end - g.start)
         self.schedule.release(g, now)
         self.waiting.freed()
 
