@@ -151,7 +151,7 @@ def pid_alive(pid: int) -> bool:
     """True if ``pid`` runs (a zombie waiting for its reaper counts as dead)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or gone between open and read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
