@@ -91,6 +91,9 @@ def test_a_grant_holds_the_median_of_the_grants_with_the_nearest_windows():
                                     "last 24 h")
     assert r.sentence("a", 1000).startswith("team a's last 30 days: of the 3 grants (of 5) with windows nearest "
                                             "this one's in length, half held at most 30% of their window")
+    # Another number of nearest grants is another answer: the memo of like() is not shared.
+    from dataclasses import replace as dc_replace
+    assert dc_replace(r, nearest=5).like("a", 400) == (0.2, 0.3, 0.5, 0.8, 0.9) and r.like("a", 400) == (0.3, 0.5, 0.8)
     # Without a window: the team's over all of them.
     assert r.sentence("a").startswith("team a's last 30 days: half the grants held at most 50% of their window "
                                       "(5 grants)")

@@ -94,7 +94,10 @@ class Ratios:
     near: Mapping[str, tuple[Sequence[int], Sequence[float]]] = field(default_factory=dict)
     nearest: int = 0  # NEAREST, as ratios_of builds it (0: every grant of the team)
     q: float = QUANTILE
-    _memo: dict[tuple[str, int], tuple[float, ...]] = field(default_factory=dict, compare=False, repr=False)
+    # per (team or "", window length): like()'s answer; not an argument, so that
+    # dataclasses.replace (another nearest, q or history) never shares a memo
+    _memo: dict[tuple[str, int], tuple[float, ...]] = field(default_factory=dict, init=False, compare=False,
+                                                            repr=False)
 
     def of(self, team: str) -> float:
         r = self.teams.get(team)
