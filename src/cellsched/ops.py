@@ -434,7 +434,6 @@ def logs(env: Env, caller: str, project: str, job: str | None, rank: int | None,
          now: int) -> dict[str, Any]:
     """``logs``: the project's newest grant, its attempts (oldest first) and the rank logs
     ``logs`` prints for these arguments, in order (read them with :func:`log_read`)."""
-    from cellsched.ledger.tables import LIVE_STATES
     from cellsched.runtime import logs as L
 
     from cellsched import service
@@ -442,7 +441,7 @@ def logs(env: Env, caller: str, project: str, job: str | None, rank: int | None,
     g, log_dir, runs = L.locate(env, project)
     service.check_may_read_logs(env, g.team, g.project_id, caller)
     out: dict[str, Any] = {
-        "project": g.project_id, "grant_state": g.state, "grant_live": g.state in LIVE_STATES, "log_dir": log_dir,
+        "project": g.project_id, "kind": g.kind, "grant_state": g.state, "grant_live": g.live, "log_dir": log_dir,
         "attempts": [{"job": a.job, "attempt": a.attempt, "state": a.state, "gpus": a.gpus} for a in runs],
         "files": [], "headers": False,
     }

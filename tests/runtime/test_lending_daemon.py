@@ -315,3 +315,37 @@ def test_a_restarted_daemon_follows_its_borrowers_and_none_runs_twice(env, tmp_p
     assert tasks(env)[1].preemptions == 1  # lost, not failed: no retry used
     assert be_row(env, be).state == "queued"
     audit_ok(env)
+
+
+def test_logs_lists_a_submission_s_attempts_where_its_ranks_write(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``cellsched logs`` of a best-effort project: each start of a task is an attempt of
+    job ``<job>-<index>``, with its outcome, in the directory the daemon gave its ranks
+    (here a ``--logs-dir`` of its own, not the default beside the cluster file)."""
+    from cellsched import ops
+    from cellsched.runtime.logs import be_log_dir, rank_log
+
+    start = T0 + 300
+    submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                        not_before=datetime.fromtimestamp(start, UTC)))
+    be = queue(env, sweep(count=2))
+    queued = ops.logs(env, "", "sweep", None, None, None, T0)
+    assert (queued["kind"], queued["grant_state"], queued["grant_live"], queued["attempts"]) == (
+        "best-effort", "queued", True, [])
+    root = tmp_path / "daemon-logs"
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(None), "trial-1": Behaviour(None)},
+                logs_root=root)
+    h.run(start - LEND_GRACE - LEAD, step=40)  # lent, then taken back for the window (SIGTERM) ...
+    h.run(start)  # ... they left at once, the window started on time ...
+    h.run(start + 50, step=10)
+    h.tick(start + 51)  # ... and once it finished they were lent again
+    digest = be_row(env, be).digest
+    d = be_log_dir(root, "sweep", digest, be)
+    got = ops.logs(env, "", "sweep", None, None, None, h.now)
+    assert got["log_dir"] == str(d)
+    assert [(a["job"], a["attempt"], a["state"]) for a in got["attempts"]] == [
+        ("trial-0", 1, "preempted"), ("trial-1", 1, "preempted"), ("trial-0", 2, "running"), ("trial-1", 2, "running")]
+    assert [f["path"] for f in got["files"]] == [str(rank_log(d, f"trial-{i}", 2, 0)) for i in (0, 1)]
+    one = ops.logs(env, "", "sweep", "trial-1", None, 1, h.now)
+    assert [(f["job"], f["attempt"], f["state"]) for f in one["files"]] == [("trial-1", 1, "preempted")]
+    with pytest.raises(service.Denied, match="only members of team evals"):
+        ops.logs(env, "alice", "sweep", None, None, None, h.now)

@@ -3,6 +3,7 @@ of its own; the owner takes it back, SIGKILL at the grace for a task that ignore
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -22,6 +23,7 @@ from cellsched.ledger.tables import (
     GrantRuntimeRow,
     JobRunRow,
 )
+from cellsched.runtime import logs
 from cellsched.runtime.clock import now_s
 from cellsched.runtime.reconciler import Reconciler, Settings
 from cellsched.service import Env, open_env
@@ -133,6 +135,8 @@ def test_an_idle_gpu_is_lent_and_a_stubborn_borrower_is_killed_at_the_grace(
         words = log.split()
         assert words[:2] == ["borrower", "1"] and words[3] == "None", log
         assert words[2] not in owner_gpu  # narrow had bundle 0; the borrower had bundle 1
+        shown = io.StringIO()  # what `cellsched logs sweep trial-0 --attempt 1` prints
+        assert logs.show(lenv, "sweep", "trial-0", None, 1, out=shown) == 1 and shown.getvalue() == log
     finally:
         service.cancel(lenv, "sweep", "carol", now_s())
         service.cancel(lenv, "filler", "alice", now_s())

@@ -210,7 +210,7 @@ BAD = [
     ("GET", "/api/report", {"since": "yesterday"}, 422, 2, "since: Input should be a valid integer"),
     ("GET", "/api/report", {"since": 10, "until": 5}, 400, 2, "--since must be before --until"),
     ("GET", "/api/report", {"team": "nobody"}, 400, 2, "--team: no team 'nobody'"),
-    ("GET", "/api/logs", {"project": "nothing"}, 404, 2, "no grant for project 'nothing'"),
+    ("GET", "/api/logs", {"project": "nothing"}, 404, 2, "no grant or best-effort submission for project 'nothing'"),
     ("GET", "/api/logs/read", {"project": "x", "job": "t", "attempt": 0, "rank": 0}, 422, 2, "attempt: Input should be greater"),
     ("PUT", "/api/code/xyz", b"", 422, 2, "digest: String should match pattern"),
     ("PUT", "/api/code/" + "0" * 64, b"not an archive", 400, 2, "code: not a code archive"),

@@ -125,7 +125,8 @@ def logs_json(source, project: str, job: str | None, rank: int | None, attempt: 
     from cellsched.runtime import logs as L
 
     lst = source.listing(project, job, rank, attempt)
-    out = {k: lst[k] for k in ("project", "grant_state", "grant_live", "log_dir", "attempts")}
+    out = {k: lst[k] for k in ("project", "kind", "grant_state", "grant_live", "log_dir", "attempts") if k in lst}
+    out.setdefault("kind", "grant")  # a server from before best-effort logs
     out["logs"] = []
     for f in lst["files"]:
         data = L._read_all(source, project, f["job"], f["attempt"], f["rank"])

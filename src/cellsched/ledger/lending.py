@@ -69,9 +69,10 @@ class TaskWriter(GrantWriter):
         return None if be is None else (t, be)
 
     def start(self, task_id: int, pool: str, node: int, name: str, lender: int | None, now: int,
-              bundles: list[int] | None = None) -> int | None:
+              bundles: list[int] | None = None, log_dir: str | None = None) -> int | None:
         """A queued task of a live submission starts on lent GPUs (no window's, or the idle
-        ``bundles`` of grant ``lender``); returns its attempt."""
+        ``bundles`` of grant ``lender``); returns its attempt. ``log_dir``: where its ranks
+        write (the event keeps it, for ``logs``)."""
         with self.tx() as s:
             got = self._get(s, task_id)
             if got is None:
@@ -85,7 +86,8 @@ class TaskWriter(GrantWriter):
             s.add(t)
             self._task_event(s, now, "be_started", t, be, {"attempt": t.attempt, "gpus": t.gpus, "pool": pool, "node": node,
                                                             "lender": lender, "bundles": bundles,
-                                                            "reservation": name})
+                                                            "reservation": name,
+                                                            **({} if log_dir is None else {"log_dir": log_dir})})
             return t.attempt
 
     def preempting(self, task_id: int, now: int, why: str) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
@@ -32,6 +31,7 @@ from cellsched.ledger import events
 from cellsched.ledger.lending import TaskView, TaskWriter, live_tasks
 from cellsched.ledger.tables import LIVE_STATES, BestEffortRow, GrantRow, ProjectRow
 from cellsched.runtime import nodes as N
+from cellsched.runtime.logs import be_log_dir
 from cellsched.spec.models import Job, ProjectSpec
 from cellsched.spec.seal import from_canonical
 
@@ -141,7 +141,7 @@ class Lender:
         state = ex.reservation_state(t.name)
         if state == "missing" and not results and ex.attempt_fate(
                 t.name, f"{t.job}-{t.index}", t.attempt, t.gpus,
-                str(self.log_dir(be.project, be.digest, be.id or 0))) != "dead":
+                self.dir_of(be)) != "dead":
             # Its group went away (with the daemon's local Ray): no new attempt until this
             # one is proven dead, so that no task ever runs twice at once.
             return
@@ -212,7 +212,7 @@ class Lender:
         term_at = None if kill_at is None else kill_at - self.grace
         gang = GangSpec(
             reservation=t.name, project=spec.name, job=f"{t.job}-{t.index}", attempt=t.attempt, run=job.run,
-            bundles=tuple(range(t.gpus)), log_dir=str(self.log_dir(be.project, be.digest, be.id or 0)),
+            bundles=tuple(range(t.gpus)), log_dir=self.dir_of(be),
             env=env, term_at=term_at, kill_at=kill_at, pass_env=rec.pass_env,
             code_digest=digest, code_blob=blob,
             code_requirements=spec.code.requirements if spec.code is not None else None,
@@ -226,8 +226,9 @@ class Lender:
             return
         res.add(f"launched best-effort {be.project_id}/{t.job}[{t.index}]#{t.attempt}")
 
-    def log_dir(self, project: str, digest: str, be_id: int) -> Path:
-        return self.rec.logs_root / project / f"{digest[:12]}-be{be_id}"
+    def dir_of(self, be: BestEffortRow) -> str:
+        """Where the submission's ranks write their logs."""
+        return str(be_log_dir(self.rec.logs_root, be.project, be.digest, be.id or 0))
 
     # -- what to reclaim and start ---------------------------------------------------------
 
@@ -273,7 +274,7 @@ class Lender:
             tv = self.by_id[tid]
             attempt = tv.task.attempt + 1
             name = self.name_for(tv, attempt)
-            if self.writer.start(tid, node[0], node[1], name, None, now) is None:
+            if self.writer.start(tid, node[0], node[1], name, None, now, log_dir=self.dir_of(tv.be)) is None:
                 continue
             started.add(tid)
             held[tv.be.id or 0] = held.get(tv.be.id or 0, 0) + tv.task.gpus
@@ -342,7 +343,7 @@ class Lender:
             tv = self.by_id[w.task]
             attempt = tv.task.attempt + 1
             name = self.name_for(tv, attempt)
-            if self.writer.start(w.task, pool, node, name, gid, now, take) is None:
+            if self.writer.start(w.task, pool, node, name, gid, now, take, self.dir_of(tv.be)) is None:
                 continue
             self.held[w.group] = self.held.get(w.group, 0) + w.gpus
             try:

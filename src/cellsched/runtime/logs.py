@@ -40,6 +40,12 @@ def log_dir_for(root: Path, grant: GrantRow) -> Path:
     return root / grant.project / f"{grant.digest[:12]}-g{grant.id}"
 
 
+def be_log_dir(root: Path, project: str, digest: str, be_id: int) -> Path:
+    """A best-effort submission's: ``<root>/<project>/<digest12>-be<id>/`` (its tasks' job
+    directories are ``<job>-<index>``)."""
+    return root / project / f"{digest[:12]}-be{be_id}"
+
+
 @dataclass(frozen=True)
 class Attempt:
     job: str
@@ -48,23 +54,72 @@ class Attempt:
     gpus: int
 
 
+@dataclass(frozen=True)
+class Owner:
+    """Whose logs: a grant's (``kind`` "grant") or a best-effort submission's."""
+    kind: str
+    team: str
+    project_id: str
+    state: str
+    live: bool
+
+
 def rank_log(log_dir: str | Path, job: str, attempt: int, rank: int) -> Path:
     return Path(log_dir) / job / f"attempt-{attempt}" / f"rank-{rank}.log"
 
 
-def locate(env: Env, project: str) -> tuple[GrantRow, str, list[Attempt]]:
-    """The project's newest grant, its log directory and its attempts (oldest first)."""
+def locate(env: Env, project: str) -> tuple[Owner, str, list[Attempt]]:
+    """The project's newest grant (else its newest best-effort submission), its log directory
+    and its attempts (oldest first)."""
     from sqlmodel import col, select
 
-    from cellsched.ledger.tables import GrantRuntimeRow, JobRunRow
+    from cellsched.ledger.tables import LIVE_STATES, GrantRuntimeRow, JobRunRow
     from cellsched.service import find_grant
 
     with env.ledger.read() as s:
-        g = find_grant(s, project)
+        try:
+            g = find_grant(s, project)
+        except NotFound:
+            return _locate_best_effort(env, s, project)
         rt = s.get(GrantRuntimeRow, g.id)
         runs = s.exec(select(JobRunRow).where(JobRunRow.grant_id == g.id).order_by(col(JobRunRow.id))).all()
         log_dir = rt.log_dir if rt is not None else str(log_dir_for(logs_root_for(env), g))
-        return g, log_dir, [Attempt(r.job, r.attempt, r.state, r.gpus) for r in runs]
+        owner = Owner("grant", g.team, g.project_id, g.state, g.state in LIVE_STATES)
+        return owner, log_dir, [Attempt(r.job, r.attempt, r.state, r.gpus) for r in runs]
+
+
+def _locate_best_effort(env: Env, s: Any, project: str) -> tuple[Owner, str, list[Attempt]]:
+    """A best-effort submission's attempts, from its ``be_started`` and ``be_ended`` events:
+    one per start of a task (job ``<job>-<index>``), "running" until it ended, then its
+    outcome ("succeeded", "failed", "preempted", "lost", ...). The log directory is the one
+    the daemon named when it started a task (else the default under the logs root)."""
+    import json
+
+    from sqlmodel import col, select
+
+    from cellsched.ledger import best_effort as be_ledger
+    from cellsched.ledger.tables import BE_LIVE_STATES, EventRow
+
+    rows = be_ledger.find(s, project)
+    if not rows:
+        raise NotFound(f"no grant or best-effort submission for project {project!r}")
+    be = rows[0]
+    owner = Owner("best-effort", be.team, be.project_id, be.state, be.state in BE_LIVE_STATES)
+    log_dir = str(be_log_dir(logs_root_for(env), be.project, be.digest, be.id or 0))
+    found: dict[tuple[str, int], Attempt] = {}
+    q = (select(EventRow).where(EventRow.subject == be.project_id)
+         .where(col(EventRow.kind).in_(("be_started", "be_ended"))).order_by(col(EventRow.seq)))
+    for e in s.exec(q).all():
+        d = json.loads(e.data)
+        if d.get("be") != be.id:
+            continue
+        key = (f"{d['job']}-{d['index']}", int(d["attempt"]))
+        if e.kind == "be_started":
+            found[key] = Attempt(key[0], key[1], "running", int(d["gpus"]))
+            log_dir = d.get("log_dir", log_dir)
+        elif key in found:
+            found[key] = Attempt(key[0], key[1], str(d["outcome"]), found[key].gpus)
+    return owner, log_dir, list(found.values())
 
 
 def pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Attempt]:
@@ -149,8 +204,8 @@ def show(where: Env | LogSource, project: str, job: str | None, rank: int | None
     source = _source(where)
     lst = source.listing(project, job, rank, attempt)
     if not lst["attempts"]:
-        print(f"{lst['project']} has no job attempts yet (grant {lst['grant_state']}); logs will be in {lst['log_dir']}",
-              file=out)
+        print(f"{lst['project']} has no job attempts yet ({lst.get('kind', 'grant')} {lst['grant_state']}); "
+              f"logs will be in {lst['log_dir']}", file=out)
         return 0
     n = 0
     for f in lst["files"]:
