@@ -116,3 +116,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 2
 
     items.sort(key=rank)
+    # Every Ray test on one worker, one after another (``--dist loadgroup``): one local Ray at
+    # a time, and the timing-bound tests never share the machine with a second Ray; the other
+    # worker takes everything else.
+    for item in items:
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
