@@ -65,7 +65,10 @@ class Owner:
 
 
 def rank_log(log_dir: str | Path, job: str, attempt: int, rank: int) -> Path:
-    return Path(log_dir) / job / f"attempt-{attempt}" / f"rank-{rank}.log"
+    """The log a rank worker writes (``executor.base.attempt_path``: the executor's name for it)."""
+    from cellsched.executor.base import attempt_path
+
+    return Path(attempt_path(str(log_dir), job, attempt, rank, "log"))
 
 
 def locate(env: Env, project: str) -> tuple[Owner, str, list[Attempt]]:
