@@ -29,14 +29,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cellsched.core.expect import (ARRIVALS_S, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
+from cellsched.core.expect import (ARRIVALS_S, MAX_ARRIVALS, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
                                    ratios_from)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
@@ -208,6 +209,42 @@ def est_shrunk(rows, k: float = 10.0, stat: str = "gs") -> Fixed:
     return Fixed(lambda team, w: tw_r.get((team, width_class(w)), team_r.get(team, cl)))
 
 
+class Sampled:
+    """A Monte Carlo draw of the core's estimator: each grant holds a ratio drawn at random
+    from the ratios :meth:`Ratios.like` gives it (a running one from those above the share
+    it has run), instead of their median; ``mcK_*`` replays K such draws and takes the
+    median start."""
+
+    def __init__(self, r: Ratios, rng: random.Random) -> None:
+        self.r, self.rng = r, rng
+
+    def held(self, team: str, length: int, elapsed: int = 0) -> int:
+        if length <= 0:
+            return 0
+        xs = self.r.like(team, length)
+        if not xs:
+            return self.r.held(team, length, elapsed)
+        i = bisect_right(xs, elapsed / length) if elapsed > 0 else 0
+        if i >= len(xs):
+            return elapsed + held_share(length - elapsed, self.rng.choice(xs))
+        return max(elapsed + 1, held_share(length, xs[self.rng.randrange(i, len(xs))]))
+
+
+class Oracle:
+    """For the error's decomposition (``o*`` estimators): a grant whose team is spelled
+    ``team#seq`` holds what job ``seq`` really held (``jobs[seq].run``); any other (later
+    work from the arrivals model) the core's estimate ``r``. With true durations and true
+    arrivals the replay must give the real start: what is left is the replay's own."""
+
+    def __init__(self, r: Ratios, jobs) -> None:
+        self.r, self.jobs = r, jobs
+
+    def held(self, team: str, length: int, elapsed: int = 0) -> int:
+        if "#" in team:
+            return max(elapsed + 1, min(length, self.jobs[int(team.split("#")[1])].run))
+        return self.r.held(team, length, elapsed)
+
+
 CAL_K = 100
 
 
@@ -238,15 +275,37 @@ class Probe(Cellsched):
                 r = make(rows) if make is not None else self.hist.ratios(now)
                 pools = {n: x[0] for n, x in self.shapes.items()} if shape == "flat" else self.shapes
                 arr, period = (), 0
-                if name == "cellsched":  # as the simulator asks it (sim/expect.py)
+                if name == "cellsched" or name.startswith(("mc", "o")):  # as the simulator asks it (sim/expect.py)
                     period = ARRIVALS_S
                     arr = self.arrivals(now, period)
                 elif "arr" in name:
                     period = int(name.split("arr")[1].split("_")[0]) * 3600
                     arr = self.arrivals(now, period)
-                got = expected_starts(pools, live, r, now, want=(job.seq,),
-                                      waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr, period=period)
-                e = got.get(job.seq, g.start)
+                if name.startswith("o"):  # the decomposition: odur / oarr / oboth, _noarr
+                    true_dur = name.startswith(("odur", "oboth"))
+                    if name.startswith(("oarr", "oboth")):  # the jobs really submitted next, once each
+                        arr = self.true_arrivals(now, true_dur)
+                        period = 1 << 40
+                    elif name.endswith("_noarr"):
+                        arr, period = (), 0
+                    lv = [(k, replace(x, team=f"{x.team}#{k}")) for k, x in live] if true_dur else live
+                    got = expected_starts(pools, lv, Oracle(r, self.engine.jobs), now, want=(job.seq,),
+                                          waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
+                                          period=period)
+                    e = got.get(job.seq, g.start)
+                elif name.startswith("mc"):  # K draws, the median start (or the qNN of them)
+                    k = int(name[2:].split("_")[0])
+                    qq = int(name.split("_q")[1].split("_")[0]) / 100 if "_q" in name else 0.5
+                    rng = random.Random(job.seq)
+                    es = sorted(expected_starts(pools, live, Sampled(r, rng), now, want=(job.seq,),
+                                                waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
+                                                period=period).get(job.seq, g.start) for _ in range(k))
+                    e = es[min(k - 1, int(qq * k))]
+                else:
+                    got = expected_starts(pools, live, r, now, want=(job.seq,),
+                                          waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
+                                          period=period)
+                    e = got.get(job.seq, g.start)
                 if name.endswith("_cal"):  # calibrated: the recent median of actual / expected wait
                     raw = self.raw.setdefault(name, [])
                     raw.append((job.seq, job.submit, e))
@@ -280,6 +339,17 @@ class Probe(Cellsched):
             out.append((j.submit - now + period, j.team, "main", j.gpus, j.requested))
             i -= 1
         out.reverse()
+        return out
+
+    def true_arrivals(self, now: int, true_dur: bool) -> list[tuple[int, str, str, int, int]]:
+        """The next MAX_ARRIVALS jobs really submitted after this one (not refused), at their
+        real offsets; ``true_dur``: each spelled ``team#seq`` (it holds its real run)."""
+        jobs = self.engine.jobs
+        out = []
+        for j in jobs[self._last_seq + 1: self._last_seq + 1 + MAX_ARRIVALS]:
+            if j.seq not in self.engine.refused and not j.best_effort:
+                out.append((j.submit - now, f"{j.team}#{j.seq}" if true_dur else j.team, "main", j.gpus,
+                            j.requested))
         return out
 
     def on_end(self, job: TraceJob, now: int) -> None:
@@ -347,6 +417,14 @@ def main() -> None:
         "near20_q50_arr24": ("nodes", est_near(20, 0.5)),
         "near40_q40_arr24": ("nodes", est_near(40, 0.4)),
         "near20_q30_arr24": ("nodes", est_near(20, 0.3)),
+        "mc5": ("nodes", None),
+        "mc11": ("nodes", None),
+        "mc21": ("nodes", None),
+        "mc11_q40": ("nodes", None),
+        "odur": ("nodes", None),
+        "odur_noarr": ("nodes", None),
+        "oarr": ("nodes", None),
+        "oboth": ("nodes", None),
         "gs_mean_arr24_cal": ("nodes", est_gs_mean),
         "median_cond_arr24_cal": ("nodes", est_quantile(0.5)),
         "median_nocond_arr24_cal": ("nodes", est_quantile(0.5, cond=False)),
