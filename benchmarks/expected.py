@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import time
@@ -125,6 +126,58 @@ def est_near(nearest: int, q: float):
     the team's) and quantile ``q``."""
     def make(rows) -> Ratios:
         return ratios_from(((team, hs, gs) for _, team, _, hs, gs in rows), nearest=nearest, q=q)
+    return make
+
+
+@dataclass
+class NearHeld:
+    """A grant of window W holds the median over the ``nearest`` grants of its team (with
+    ``min_grants``, else the cluster's) whose windows are nearest its own in length of
+    ``held_i x (W / W_i) ** beta``: ``beta`` 1 is the core's (ratio x W), 0 the seconds its
+    neighbours held. A team reruns the same work; a window carries the noise of its own
+    estimate, the seconds its neighbours held do not. A running grant: the median of those
+    above what it has held, past every one the ratio of what is left (as the core)."""
+
+    per: dict[str, tuple[list[int], list[int]]]  # team ("" the cluster) -> (lengths sorted, helds)
+    beta: float
+    nearest: int = 20
+
+    def held(self, team: str, length: int, elapsed: int = 0) -> int:
+        if length <= 0:
+            return 0
+        lengths, helds = self.per.get(team) or self.per.get("", ([], []))
+        n = len(lengths)
+        k = min(n, self.nearest)
+        if not k:
+            return length
+        lo = hi = bisect_right(lengths, length)
+        while hi - lo < k:
+            if hi == n or (lo > 0 and length * length <= lengths[lo - 1] * lengths[hi]):
+                lo -= 1
+            else:
+                hi += 1
+        xs = sorted(helds[i] * (length / lengths[i]) ** self.beta for i in range(lo, hi))
+        if elapsed > 0:
+            ys = [x for x in xs if x > elapsed]
+            if not ys:
+                rs = sorted(helds[i] / lengths[i] for i in range(lo, hi))
+                return elapsed + held_share(length - elapsed, rs[len(rs) // 2])
+            xs = ys
+        return max(elapsed + 1, min(length, math.ceil(xs[len(xs) // 2] - 1e-9)))
+
+
+def est_near_held(beta: float):
+    def make(rows) -> NearHeld:
+        per: dict[str, list[tuple[int, int]]] = {}
+        every: list[tuple[int, int]] = []
+        for _, team, _, hs, gs in rows:
+            if gs > 0:
+                x = (gs, min(max(hs, 1), gs))
+                per.setdefault(team, []).append(x)
+                every.append(x)
+        out = {t: sorted(v) for t, v in per.items() if len(v) >= 3}
+        out[""] = sorted(every)
+        return NearHeld({t: ([x for x, _ in v], [h for _, h in v]) for t, v in out.items()}, beta)
     return make
 
 
@@ -421,6 +474,14 @@ def main() -> None:
         "mc11": ("nodes", None),
         "mc21": ("nodes", None),
         "mc11_q40": ("nodes", None),
+        "nheld0_arr24": ("nodes", est_near_held(0.0)),
+        "nheld25_arr24": ("nodes", est_near_held(0.25)),
+        "nheld50_arr24": ("nodes", est_near_held(0.5)),
+        "nheld75_arr24": ("nodes", est_near_held(0.75)),
+        "nheld100_arr24": ("nodes", est_near_held(1.0)),
+        "near20_q50_arr12": ("nodes", est_near(20, 0.5)),
+        "near20_q50_arr48": ("nodes", est_near(20, 0.5)),
+        "near20_q50_arr168": ("nodes", est_near(20, 0.5)),
         "odur": ("nodes", None),
         "odur_noarr": ("nodes", None),
         "oarr": ("nodes", None),
