@@ -23,6 +23,13 @@ is left), ``cluster_*`` the cluster's for every team, ``min20`` a team's own onl
 grants; ``nearK_qNN`` the core's rule with the K grants of the nearest window lengths and
 the NNth percentile (``near20_q50`` is ``cellsched``); ``*_cal`` scales the expected wait
 by the median actual / expected wait of the last 100 sampled grants (of that estimator) that have started.
+``mcK`` (``mcK_qNN``) replays K times with each grant's ratio drawn from its nearest grants'
+and takes the median (NNth percentile) start; ``nheldB`` carries a neighbour's held seconds
+to the window asked about as ``held x (W / W_i) ** (B / 100)`` (100: the core's). The error
+taken apart: ``odur`` replays with every live grant holding what its job really held,
+``oarr`` with the jobs really submitted next, ``oboth`` with both (the real start, exactly),
+``odur_noarr`` true durations and no later work (docs/simulate.md, "Where the error comes
+from").
 """
 
 from __future__ import annotations
