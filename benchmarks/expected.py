@@ -486,6 +486,8 @@ def main() -> None:
         "nheld50_arr24": ("nodes", est_near_held(0.5)),
         "nheld75_arr24": ("nodes", est_near_held(0.75)),
         "nheld100_arr24": ("nodes", est_near_held(1.0)),
+        "near20_q55_arr24": ("nodes", est_near(20, 0.55)),
+        "near20_q60_arr24": ("nodes", est_near(20, 0.6)),
         "near20_q50_arr12": ("nodes", est_near(20, 0.5)),
         "near20_q50_arr48": ("nodes", est_near(20, 0.5)),
         "near20_q50_arr168": ("nodes", est_near(20, 0.5)),
