@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from cellsched.core.expect import (ARRIVALS_S, MAX_ARRIVALS, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
-                                   ratios_from)
+                                   nearest_span, ratios_from)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -153,16 +153,9 @@ class NearHeld:
         if length <= 0:
             return 0
         lengths, helds = self.per.get(team) or self.per.get("", ([], []))
-        n = len(lengths)
-        k = min(n, self.nearest)
-        if not k:
+        if not lengths:
             return length
-        lo = hi = bisect_right(lengths, length)
-        while hi - lo < k:
-            if hi == n or (lo > 0 and length * length <= lengths[lo - 1] * lengths[hi]):
-                lo -= 1
-            else:
-                hi += 1
+        lo, hi = nearest_span(lengths, length, self.nearest)
         xs = sorted(helds[i] * (length / lengths[i]) ** self.beta for i in range(lo, hi))
         if elapsed > 0:
             ys = [x for x in xs if x > elapsed]
@@ -341,31 +334,27 @@ class Probe(Cellsched):
                 elif "arr" in name:
                     period = int(name.split("arr")[1].split("_")[0]) * 3600
                     arr = self.arrivals(now, period)
+                def replay(lv, ratios, arr=arr, period=period, pools=pools) -> int:
+                    return expected_starts(pools, lv, ratios, now, want=(job.seq,),
+                                           waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
+                                           period=period).get(job.seq, g.start)
+
                 if name.startswith("o"):  # the decomposition: odur / oarr / oboth, _noarr
                     true_dur = name.startswith(("odur", "oboth"))
                     if name.startswith(("oarr", "oboth")):  # the jobs really submitted next, once each
-                        arr = self.true_arrivals(now, true_dur)
-                        period = 1 << 40
+                        arr, period = self.true_arrivals(now, true_dur), 1 << 40
                     elif name.endswith("_noarr"):
                         arr, period = (), 0
                     lv = [(k, replace(x, team=f"{x.team}#{k}")) for k, x in live] if true_dur else live
-                    got = expected_starts(pools, lv, Oracle(r, self.engine.jobs), now, want=(job.seq,),
-                                          waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
-                                          period=period)
-                    e = got.get(job.seq, g.start)
+                    e = replay(lv, Oracle(r, self.engine.jobs), arr, period)
                 elif name.startswith("mc"):  # K draws, the median start (or the qNN of them)
                     k = int(name[2:].split("_")[0])
                     qq = int(name.split("_q")[1].split("_")[0]) / 100 if "_q" in name else 0.5
                     rng = random.Random(job.seq)
-                    es = sorted(expected_starts(pools, live, Sampled(r, rng), now, want=(job.seq,),
-                                                waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
-                                                period=period).get(job.seq, g.start) for _ in range(k))
+                    es = sorted(replay(live, Sampled(r, rng)) for _ in range(k))
                     e = es[min(k - 1, int(qq * k))]
                 else:
-                    got = expected_starts(pools, live, r, now, want=(job.seq,),
-                                          waiting_set=lambda s: Waiting(s, self.rule_name), arrivals=arr,
-                                          period=period)
-                    e = got.get(job.seq, g.start)
+                    e = replay(live, r)
                 if name.endswith("_cal"):  # calibrated: the recent median of actual / expected wait
                     raw = self.raw.setdefault(name, [])
                     raw.append((job.seq, job.submit, e))

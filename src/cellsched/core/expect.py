@@ -113,14 +113,7 @@ class Ratios:
         got = self._memo.get((key, length))
         if got is None:
             lengths, ratios = self.near.get(key, ((), ()))
-            n = len(lengths)
-            k = n if self.nearest <= 0 else min(n, self.nearest)
-            lo = hi = bisect_right(lengths, length)
-            while hi - lo < k:  # lengths[lo - 1] <= length <= lengths[hi]: the nearer of the two
-                if hi == n or (lo > 0 and length * length <= lengths[lo - 1] * lengths[hi]):
-                    lo -= 1
-                else:
-                    hi += 1
+            lo, hi = nearest_span(lengths, length, self.nearest)
             got = tuple(sorted(ratios[lo:hi]))
             self._memo[(key, length)] = got
         return got
@@ -176,6 +169,21 @@ class Ratios:
             return f"team {team}'s last {days} days: {share}{later}"
         return (f"the cluster's last {days} days (team {team} has fewer than {MIN_GRANTS} ended grants): "
                 f"{share}{later}")
+
+
+def nearest_span(lengths: Sequence[int], length: int, nearest: int) -> tuple[int, int]:
+    """``(lo, hi)``: the ``nearest`` of the sorted window ``lengths`` closest to ``length`` by
+    their ratio to it (of two as close, the shorter) are ``lengths[lo:hi]``; all of them
+    when ``nearest`` <= 0 or there are no more."""
+    n = len(lengths)
+    k = n if nearest <= 0 else min(n, nearest)
+    lo = hi = bisect_right(lengths, length)
+    while hi - lo < k:  # lengths[lo - 1] <= length <= lengths[hi]: the nearer of the two
+        if hi == n or (lo > 0 and length * length <= lengths[lo - 1] * lengths[hi]):
+            lo -= 1
+        else:
+            hi += 1
+    return lo, hi
 
 
 def held_share(length: int, ratio: float) -> int:
