@@ -13,8 +13,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from cellsched.core.calendar import FAR_FUTURE
+import cellsched.core.nodes as nodes_mod
 from cellsched.core.nodes import (
     CHUNK,
+    DOWN_CHUNK,
     LEVEL_REACH,
     NodeCalendar,
     admissible_widths_near,
@@ -232,12 +234,22 @@ hour_ops = st.lists(
 @given(steps=hour_ops, qs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 30 * 3600),
                                           st.integers(0, 50 * 3600), st.none() | st.integers(0, 80 * 3600)),
                                 min_size=1, max_size=10),
-       built_first=st.booleans())
-def test_hour_index_matches_the_nodes(steps, qs, built_first):
+       built_first=st.booleans(), down_chunk=st.sampled_from([DOWN_CHUNK, 4]))
+def test_hour_index_matches_the_nodes(steps, qs, built_first, down_chunk):
     """Windows at any second over tens of hours on five nodes of 8 and one of 4; the index
     built before the changes (kept up to date) or after them (built from the calendars);
     after any reserves, partial releases and forgets, ``fit``, ``earliest`` and ``soonest``
-    answer as asking every node's calendar does."""
+    answer as asking every node's calendar does. (Also with chunks of 4 hours for the ORs
+    of downs that the walks to a node's next down skip by, so that walks cross many.)"""
+    kept = nodes_mod.DOWN_CHUNK
+    nodes_mod.DOWN_CHUNK = down_chunk
+    try:
+        _hour_index_matches_the_nodes(steps, qs, built_first)
+    finally:
+        nodes_mod.DOWN_CHUNK = kept
+
+
+def _hour_index_matches_the_nodes(steps, qs, built_first):
     cal = NodeCalendar(44, 8)
     if built_first:
         for v in range(1, 9):
@@ -261,6 +273,10 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
             ns = cal.choose(width, a, a + length)
             if ns is not None:
                 live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+        if built_first:  # walks between the changes: what they cache must follow the changes
+            for v in (1, 4, 8):
+                cal._hours_of(v).soonest(a, a + length, 6)
+                cal._hours_of(v).reach(1, a)
     for v, k, d, start, deadline in qs:
         start = max(start, floor)
         h = cal._hours_of(v)
@@ -292,6 +308,12 @@ def test_hour_index_matches_the_nodes(steps, qs, built_first):
                 assert (h.sure[i], h.flip[i], h.part[i], h.dall[i]) == \
                     (fresh.sure[j], fresh.flip[j], fresh.part[j], fresh.dall[j]), q
                 assert (h.uk[i], h.ub[i], h.dk[i], h.db[i]) == (fresh.uk[j], fresh.ub[j], fresh.dk[j], fresh.db[j])
+        # a chunk's OR of downs kept for the walks to the next down covers every down in it
+        if h.q0 is not None:
+            for c, m in h._dor.items():
+                a = max(c * nodes_mod.DOWN_CHUNK - h.q0, 0)
+                z = max(c * nodes_mod.DOWN_CHUNK + nodes_mod.DOWN_CHUNK - h.q0, 0)
+                assert reduce(or_, h.dall[a:z], 0) & ~m == 0, c
 
 
 def _fresh(cal, v):

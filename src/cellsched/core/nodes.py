@@ -51,6 +51,7 @@ NK = 1 << 21  # a crossing's key is time * NK + node: an hour's crossings sort b
 HK = NK * HOUR  # key // HK is the crossing's hour
 LOW = NK - 1  # key & LOW is the crossing's node
 CHUNK = 128  # hours per cached chunk of candidate counts
+DOWN_CHUNK = 64  # hours per cached OR of the downs, skipped whole by the walks for the next down
 LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
 # The window lengths (in whole hours after the start hour) whose counts judge chunks:
 # COARSE[L] is the largest of 0-16, then every second to 32, every fourth to 64, not above L.
@@ -210,7 +211,7 @@ class _Hours:
     nodes that fit only leave, so when ``f`` nodes fit at t the next start that can fit is
     the ``(k - f)``-th candidate up after t. Exact."""
 
-    __slots__ = ("_lvl", "_maxin", "_memo", "_pending", "_ubc", "bits", "dall", "db", "dk", "elig", "flip", "head",
+    __slots__ = ("_dor", "_lvl", "_maxin", "_memo", "_pending", "_ubc", "bits", "dall", "db", "dk", "elig", "flip", "head",
                  "part", "q0", "sure", "tail", "ub", "uk", "v")
 
     def __init__(self, v: int, nodes: list[CapacityCalendar]) -> None:
@@ -244,6 +245,11 @@ class _Hours:
         # first (to its end plus LEVEL_REACH hours), shared by every L up to LEVEL_REACH.
         self._lvl: dict[int, list[list[int]]] = {}
         self._memo: tuple[int, int, int] | None = None  # the last fit asked: (t, e, nodes)
+        # Per chunk of DOWN_CHUNK hours (by absolute hour // DOWN_CHUNK): the OR of ``dall``
+        # over it, made when a walk for the next down needs it and dropped when an hour of
+        # it changes; never less than the OR of its hours (so a walk may skip a chunk whose
+        # OR misses the nodes it follows).
+        self._dor: dict[int, int] = {}
         # Changes not yet in the hours, per node: (first hour, last hour, the node's calendar,
         # its crossings in those hours before the changes). ``settle`` puts them in; a node
         # changed again over the same or adjacent hours meanwhile is put in once.
@@ -476,6 +482,9 @@ class _Hours:
 
     def _invalidate(self, qa: int, qb: int) -> None:
         """Hours qa..qb (absolute) changed: drop the chunks that read them."""
+        if self._dor:
+            for c in range(qa // DOWN_CHUNK, qb // DOWN_CHUNK + 1):
+                self._dor.pop(c, None)
         if self._ubc:
             for c in range((qa - self._maxin) // CHUNK, qb // CHUNK + 1):
                 self._ubc.pop(c, None)
@@ -565,9 +574,29 @@ class _Hours:
                             need -= 1
                             if need == 0:
                                 return dk[y] // NK
-            i = next(compress(range(i + 1, nh), map(left.__and__, _tail(dall, i + 1))), nh)
+            i = self._next_down(left, i + 1, nh)
             x = 0
         return FAR_FUTURE
+
+    def _next_down(self, left: int, i: int, nh: int) -> int:
+        """The first hour index in [i, nh) in which a node of ``left`` goes down (nh: none),
+        skipping the chunks whose ORs of downs miss ``left``."""
+        dall, dor, q0 = self.dall, self._dor, self.q0
+        assert q0 is not None
+        sel = left.__and__
+        while i < nh:
+            c = (q0 + i) // DOWN_CHUNK
+            a = c * DOWN_CHUNK - q0  # the chunk's first hour index (may be below 0)
+            stop = min(a + DOWN_CHUNK, nh)
+            m = dor.get(c)
+            if m is None:
+                m = dor[c] = reduce(or_, dall[max(a, 0) : a + DOWN_CHUNK], 0)
+            if m & left:
+                x = next(compress(range(i, stop), map(sel, _tail(dall, i))), None)
+                if x is not None:
+                    return x
+            i = stop
+        return nh
 
     def soonest(self, t: int, e: int, m: int, allowed: int = -1) -> list[int]:
         """Up to ``m`` nodes (of ``allowed``) that have ``v`` free over [t, e), those whose
@@ -630,7 +659,7 @@ class _Hours:
                                 return out, taken, 0
                 if not left:
                     break
-            i = next(compress(range(i + 1, nh), map(left.__and__, _tail(dall, i + 1))), nh)
+            i = self._next_down(left, i + 1, nh)
             x = 0
         return out, taken, left
 
@@ -810,6 +839,7 @@ class _Hours:
         if drop >= len(self.sure):
             self._ubc.clear()
             self._lvl.clear()
+            self._dor.clear()
         else:
             self._invalidate(q0, t // HOUR)
         for chunks in (self._ubc, self._lvl):
