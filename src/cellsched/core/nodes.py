@@ -160,21 +160,24 @@ class _Whole:
             a, b = qa - self.q0, qb - self.q0 + 1
             m[a:b] = map((~bit).__and__, m[a:b])
             return
-        # Whole throughout hour q unless a segment with fewer than ``per`` free meets it.
+        # A release: every hour it spans held the node's GPUs at some instant, so its bit is
+        # clear there; it is set in the hours now wholly inside a segment with ``per`` free
+        # (equal neighbours are merged, so each such run is one segment).
         per, q0 = self.per, self.q0
         t, f = node._t, node._f
         lo, hi = qa * HOUR, (qb + 1) * HOUR
         i = bisect_right(t, lo) - 1
         j = bisect_left(t, hi, i + 1)
-        whole = [True] * (qb - qa + 1)
+        last = len(t) - 1
+        add = bit.__or__
         for k in range(i, j):
-            if f[k] != per:
-                a = max(t[k], lo) // HOUR - qa
-                z = ((t[k + 1] if k + 1 < len(t) else hi) - 1) // HOUR - qa + 1
-                whole[a:z] = [False] * (min(z, len(whole)) - a)
-        nb = ~bit
-        for x, w in enumerate(whole, qa - q0):
-            m[x] = m[x] | bit if w else m[x] & nb
+            if f[k] == per:
+                a = -(-max(t[k], lo) // HOUR) - q0
+                z = min(t[k + 1] if k < last else hi, hi) // HOUR - q0
+                if z - a == 1:
+                    m[a] |= bit
+                elif z > a:
+                    m[a:z] = map(add, m[a:z])
 
     def forget_before(self, t: int) -> None:
         if self.q0 is None:
