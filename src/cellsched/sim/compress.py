@@ -226,12 +226,6 @@ class Waiting:
             lo = bisect_right(wk, floor)
             if lo >= len(wk):
                 continue
-            # The pool's own free GPUs reach at least as far as the nodes (a node-rule fit
-            # is a pool fit): when even they admit no grant of this width, neither do the
-            # nodes, and their index is not asked (nor brought up to date).
-            flat = cal.free_until(w, now)
-            if wk[lo][0] > flat and lane.width_sorted[w][0] > flat - now:
-                continue
             reach = cal.reach(w, now)
             room = reach - now
             k = bisect_right(wk, (reach, INF), lo)
