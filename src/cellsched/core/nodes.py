@@ -249,9 +249,10 @@ class _Hours:
         self._lvl: dict[int, list[list[int]]] = {}
         self._memo: tuple[int, int, int] | None = None  # the last fit asked: (t, e, nodes)
         # Per chunk of DOWN_CHUNK hours (by absolute hour // DOWN_CHUNK): the OR of ``dall``
-        # over it, made when a walk for the next down needs it and dropped when an hour of
-        # it changes; never less than the OR of its hours (so a walk may skip a chunk whose
-        # OR misses the nodes it follows).
+        # over it, made when a walk for the next down needs it; a change ORs in the nodes
+        # that now go down in it, and a walk that finds none of the nodes it named there
+        # makes it anew. Never less than the OR of its hours, so a walk may skip a chunk
+        # whose OR misses the nodes it follows.
         self._dor: dict[int, int] = {}
         # Changes not yet in the hours, per node: (first hour, last hour, the node's calendar,
         # its crossings in those hours before the changes). ``settle`` puts them in; a node
@@ -485,9 +486,6 @@ class _Hours:
 
     def _invalidate(self, qa: int, qb: int) -> None:
         """Hours qa..qb (absolute) changed: drop the chunks that read them."""
-        if self._dor:
-            for c in range(qa // DOWN_CHUNK, qb // DOWN_CHUNK + 1):
-                self._dor.pop(c, None)
         if self._ubc:
             for c in range((qa - self._maxin) // CHUNK, qb // CHUNK + 1):
                 self._ubc.pop(c, None)
@@ -598,6 +596,8 @@ class _Hours:
                 x = next(compress(range(i, stop), map(sel, _tail(dall, i))), None)
                 if x is not None:
                     return x
+                # It named a node of ``left`` with no down here any more: made anew
+                dor[c] = reduce(or_, dall[max(a, 0) : a + DOWN_CHUNK], 0)
             i = stop
         return nh
 
@@ -765,6 +765,13 @@ class _Hours:
             if not up:
                 dall[i] &= nb
         self._node_bits(b, qs, qe, new, was)
+        dor = self._dor
+        if dor:  # its downs now are in the chunks' ORs (its old ones may stay: a walk renews)
+            for tm, up in new:
+                if not up:
+                    c = tm // HOUR // DOWN_CHUNK
+                    if c in dor:
+                        dor[c] |= b
         self.head = self.head | b if f[0] >= v else self.head & ~b
         tail = self.tail | b if f[-1] >= v else self.tail & ~b
         if tail != self.tail:  # (a change reaching the far future: never in practice)
@@ -848,6 +855,8 @@ class _Hours:
         for chunks in (self._ubc, self._lvl):
             for c in [c for c in chunks if c < t // HOUR // CHUNK]:
                 del chunks[c]
+        for c in [c for c in self._dor if c < t // HOUR // DOWN_CHUNK]:
+            del self._dor[c]
         if drop >= len(self.sure):
             self.head = self.tail
             self.q0 = None
