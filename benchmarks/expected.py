@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from cellsched.core.expect import (ARRIVALS_S, MAX_ARRIVALS, WINDOW_S, Ratios, expected_starts, grant_ratio, held_share,
-                                   nearest_span, ratios_from)
+                                   nearest_span, quantile_of, ratios_from)
 from cellsched.core.stats import percentile
 from cellsched.sim.compress import Waiting
 from cellsched.sim.engine import Engine
@@ -161,9 +161,9 @@ class NearHeld:
             ys = [x for x in xs if x > elapsed]
             if not ys:
                 rs = sorted(helds[i] / lengths[i] for i in range(lo, hi))
-                return elapsed + held_share(length - elapsed, rs[len(rs) // 2])
+                return elapsed + held_share(length - elapsed, quantile_of(rs))
             xs = ys
-        return max(elapsed + 1, min(length, math.ceil(xs[len(xs) // 2] - 1e-9)))
+        return max(elapsed + 1, min(length, math.ceil(quantile_of(xs) - 1e-9)))
 
 
 def est_near_held(beta: float):
