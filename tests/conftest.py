@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,25 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path, pg_available: boo
         return
     if not pg_available:
         pytest.skip("PostgreSQL is not reachable")
+    with pg_schema_url() as url:
+        yield url
+
+
+@pytest.fixture
+def ledger_urls(tmp_path: Path, pg_available: bool) -> Iterator[dict[str, str]]:
+    """Both databases at once, for a test that runs them side by side: ``{"sqlite": URL,
+    "postgres": URL}`` (without PostgreSQL where it is unreachable and CI is not set)."""
+    urls = {"sqlite": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    if not pg_available:
+        yield urls
+        return
+    with pg_schema_url() as url:
+        yield {**urls, "postgres": url}
+
+
+@contextmanager
+def pg_schema_url() -> Iterator[str]:
+    """A URL to a fresh, empty PostgreSQL schema on the test server, dropped afterwards."""
     schema = "cs_" + uuid.uuid4().hex[:12]
     eng = _pg_engine()
     with eng.connect() as c:
