@@ -67,8 +67,8 @@ def _ready(ex: Any, width: int) -> str:
     return n
 
 
-def _result(ex: Any, resv: str) -> Any:
-    (r,) = until(lambda: ex.poll(resv), 20.0)
+def _result(ex: Any, resv: str, timeout: float = 30.0) -> Any:
+    (r,) = until(lambda: ex.poll(resv), timeout)
     ex.ack(resv, [r.key])
     return r
 
@@ -148,17 +148,18 @@ def test_stopped_while_fetching_never_starts(rex: Any, tmp_path: Path) -> None:
 
     @ray.remote(num_cpus=0)
     def slow() -> bytes:
-        time.sleep(3)
+        time.sleep(8)
         return blob
 
-    # The executor holds a Ray object for the digest that takes 3 s to exist: the ranks
-    # wait for it in the background, and a terminate meanwhile ends the attempt unstarted.
-    rex._code[digest] = (slow.remote(), len(blob))
+    # The executor holds a Ray object for the digest that takes 8 s to exist (made once the
+    # group is ready, so a slow machine cannot spend those seconds first): the ranks wait for
+    # it in the background, and a terminate meanwhile ends the attempt unstarted.
     n = _ready(rex, 2)
+    rex._code[digest] = (slow.remote(), len(blob))
     g = gang(n, tmp_path / "logs", digest, None, run="echo started")
     t = time.monotonic()
     rex.launch(g)
-    assert time.monotonic() - t < 2  # launch does not wait for the code
+    assert time.monotonic() - t < 4  # launch does not wait for the code
     assert [x.attempt for x in rex.running(n)] == [0]
     rex.terminate(n)
     r = _result(rex, n)
@@ -178,7 +179,7 @@ def test_job_runs_in_the_python_environment_of_its_sealed_lock_file(rex: Any, tm
     g = GangSpec(n, "proj", "job", 0, run, (0, 1), str(tmp_path / "logs"), code_digest=digest,
                  code_blob=blob, code_requirements="requirements.lock")
     rex.launch(g)
-    r = _result(rex, n)
+    r = _result(rex, n, 120.0)  # pip makes the environment: seconds alone, far more under load
     logs = [Path(g.log_path(k)).read_text() for k in range(2)]
     assert r.outcome == "succeeded", logs
     for text in logs:
