@@ -127,6 +127,7 @@ def env(cluster_file: Path, ledger_url: str):  # type: ignore[no-untyped-def]
     e.ledger.dispose()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist names each item's group from its markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Longest first: ``slow`` tests (each a minute or more, mostly waiting on Ray and
     daemons), then the other Ray tests, then the rest, each in collection order. Under
@@ -142,3 +143,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Under ``--dist loadgroup`` xdist tells each Ray test's group by a ``@ray`` suffix on
+    its node id. A pytest/xdist pair that loses the suffix (pytest 9.2 with xdist 3.8) spreads
+    the Ray tests over both workers without a word: two local Rays at once, and the
+    timing-bound tests then fail at random. Stop at collection instead."""
+    if not session.config.getoption("loadgroup", False):
+        return
+    lost = [i.nodeid for i in session.items if i.get_closest_marker("ray") and not i.nodeid.endswith("@ray")]
+    if lost:
+        import sys
+
+        msg = (f"--dist loadgroup does not group the Ray tests (pytest {pytest.__version__}): {lost[0]} "
+               "has no @ray suffix; see the pytest pin in pyproject.toml")
+        sys.__stderr__.write(msg + "\n")  # a worker's own exception reaches the controller as a bare crash
+        raise pytest.UsageError(msg)
