@@ -127,8 +127,14 @@ def test_ranks_see_their_environment_and_jobs_run_in_dag_order(rec: Reconciler, 
     assert json.loads(rs["wide"].gpu_ids) == [e["CUDA_VISIBLE_DEVICES"] for e in seen]
 
 
-def test_failing_job_is_retried_then_reported(rec: Reconciler, renv: Env) -> None:
-    spec = project("failing", [job("train", gpus=2, retries=1, run="echo trying; exit 3"),
+def test_failing_job_is_retried_then_reported(rec: Reconciler, renv: Env, tmp_path: Path) -> None:
+    # Both ranks say their line before either fails (a barrier, as a real gang would meet in
+    # its first collective): the first rank to fail stops its peer, which on a loaded
+    # machine could otherwise be stopped before it had said anything.
+    meet = tmp_path / "meet"
+    fail = (f'd={meet}/$CELLSCHED_ATTEMPT; mkdir -p $d; echo trying; touch $d/$RANK; '
+            'while [ $(ls $d | wc -l) -lt 2 ]; do sleep 0.1; done; exit 3')
+    spec = project("failing", [job("train", gpus=2, retries=1, run=fail),
                                job("eval", after=("train",), run="true")], gpus=2, window_s=300)
     g = submit(renv, spec, now=now_s())
     done = drive(rec, finalized(renv, g.id))
