@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--load", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--pull-forward", choices=["start_now", "hold_oldest", "compact"], default="start_now")
+    ap.add_argument("--pull-forward", choices=["start_now", "hold_oldest", "hold_when_busy", "compact"], default="start_now")
     ap.add_argument("--per-node", type=int, default=8, help="GPUs per node (0: one node, the flat calendar)")
     args = ap.parse_args()
 

@@ -56,6 +56,7 @@ def run_one(trace_path: Path, gpus: int, factor: float, per_node: int, policy: s
     m = replay(setup, policy).metrics
     return {
         "utilisation": round(float(m["utilisation"]), 4),
+        "utilisation_arriving": round(float(m["utilisation_arriving"]), 4),
         "mean_h": round(float(m["wait_mean_s"]) / 3600, 2),
         "p99_h": round(float(m["wait_p99_s"]) / 3600, 1),
         "promise_kept": m["promise_kept"],

@@ -96,7 +96,27 @@ def test_only_wide_grants_hold_their_place(per_node, min_width, expected):
     assert [(new.project, new.start) for _, _, new in moves] == expected
 
 
+@pytest.mark.parametrize("per_node", [4, 2])
+@pytest.mark.parametrize("backlog_s, w_at, n_at", [(130, 50, 200), (131, 100, 10)])
+def test_the_oldest_holds_only_while_work_is_waiting(per_node, backlog_s, w_at, n_at):
+    # The schedule of the first test. At 10, W (4 GPUs x 100 s) and N (2 x 60 s) wait:
+    # 520 GPU-seconds, 130 s of the pool's 4 GPUs. A hold that asks for 130 s of waiting
+    # work holds W's place (W moves to [50, 150), N stays); one that asks for 131 s does
+    # not (N starts at 10, W keeps its promise).
+    s = schedule(per_node)
+    s.commit(grant("B", 2, 0, 50))
+    a = s.commit(grant("A", 2, 0, 100))
+    w = s.commit(grant("W", 4, 100, 200))
+    n = s.commit(grant("N", 2, 200, 260))
+    s.release(a, 10)
+    moves = start_waiting_now(s, [(1, w), (2, n)], 10, reserve=Hold(1, backlog_s=backlog_s))
+    got = {new.project: new.start for _, _, new in moves}
+    assert (got.get("W", 100), got.get("N", 200)) == (w_at, n_at)
+    assert pull_rule(f"hold:1:1:0:0:{backlog_s}") == ("start_now", Hold(1, 1, 0, 0, backlog_s))
+
+
 def test_a_bare_count_is_a_hold_of_any_width():
     assert as_hold(2) == Hold(2, 1) and as_hold(Hold(1, 16)) == Hold(1, 16)
     assert not Hold() and Hold(1)
     assert pull_rule("hold_oldest") == ("start_now", Hold(1, 1))
+    assert pull_rule("hold_when_busy") == ("start_now", Hold(1, 1, backlog_s=3 * 3600))

@@ -147,7 +147,7 @@ def test_early_finish_refunds_exactly_and_a_waiting_grant_starts_early(env: Env,
     assert c.start == h.now
 
 
-@pytest.mark.parametrize("rule", ["start_now", "hold_oldest"])
+@pytest.mark.parametrize("rule", ["start_now", "hold_oldest", "hold_when_busy"])
 def test_waiting_grant_never_moves_before_its_not_before(rule: str, cluster_file: Path, ledger_url: str,
                                                          tmp_path: Path) -> None:
     """No grant's end announces that a not_before has passed: the daemon's periodic pull

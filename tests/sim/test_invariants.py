@@ -94,14 +94,15 @@ def test_indexed_start_now_equals_the_plain_pass(rows, cap):
 @settings(max_examples=150, deadline=None)
 @given(rows=st.lists(job, min_size=1, max_size=60), nodes=st.integers(1, 4), per_node=st.sampled_from([2, 4]),
        count=st.integers(0, 3), min_width=st.sampled_from([1, 2, 4]), biggest=st.integers(0, 2),
-       ahead=st.sampled_from([0, 10, 40]))
+       ahead=st.sampled_from([0, 10, 40]), backlog=st.sampled_from([0, 0, 30, 200]))
 def test_indexed_pass_equals_the_plain_pass_on_nodes_with_reservations(rows, nodes, per_node, count, min_width,
-                                                                       biggest, ahead):
+                                                                       biggest, ahead, backlog):
     """The ``count`` oldest waiting grants at least ``min_width`` wide hold their place
-    (moved to their earliest window), then the ``biggest`` largest, before others start:
+    (moved to their earliest window; with ``backlog`` only while their pool has that much
+    work waiting), then the ``biggest`` largest, before others start:
     the index (heaps of the oldest that may hold and of the largest, then widths) and the core's plain rule give the same schedule, on one
     node and on several, and every promise holds."""
-    reserve = Hold(count, min_width, biggest, ahead)
+    reserve = Hold(count, min_width, biggest, ahead, backlog)
     cap = nodes * per_node
     rows = [(s, d, g if g <= per_node else per_node * (g // per_node), x, t) for s, d, g, x, t in rows]
     stp = setup(build(rows, cap), cap, per_node=per_node)

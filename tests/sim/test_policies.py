@@ -27,6 +27,17 @@ def test_classic_easy_example(policy, expected):
     assert starts(e) == expected
 
 
+@pytest.mark.parametrize("policy, arriving", [("fifo", 6 / 12), ("easy", 7 / 12)])
+def test_utilisation_while_work_arrives_leaves_the_drain_out(policy, arriving):
+    # CLASSIC on 4 GPUs: work arrives over [0, 3). Only A (2 GPUs) runs there under FIFO;
+    # EASY also backfills C (1 GPU) at 2. The whole span is the same 35 s for both
+    # (D ends at 35), 65 busy GPU-seconds.
+    st = setup(CLASSIC, 4)
+    m = summarise(run(policy, st), st, 0.0)
+    assert m["utilisation_arriving"] == round(arriving, 4)
+    assert m["utilisation"] == round(65 / (4 * 35), 4)
+
+
 def test_easy_backfills_wide_job_into_gpus_the_head_will_not_need():
     # 6 GPUs. A 4 GPUs to 10. B (4 GPUs) waits until 10; at 10 two GPUs are spare (extra = 2).
     # C (2 GPUs, 100 s) ends long after 10 but uses only the spare GPUs: backfilled at 2.

@@ -47,7 +47,7 @@ def test_json_has_every_policy_and_key(trace_file):
 def test_pull_forward_flag_overrides_the_cluster(trace_file):
     base = ["--trace", str(trace_file), "--cluster", str(CLUSTER), "--gpus", "8", "-p", "cellsched", "--json"]
     runs = {rule: json.loads(invoke(*base, "--pull-forward", rule).stdout)
-            for rule in ("start_now", "hold_oldest", "compact")}
+            for rule in ("start_now", "hold_oldest", "hold_when_busy", "compact")}
     assert json.loads(invoke(*base).stdout)["pull_forward"] == "start_now"  # the default
     for rule, data in runs.items():
         assert data["pull_forward"] == rule
@@ -72,7 +72,7 @@ def test_table_and_html(trace_file, tmp_path):
         (["--policy", "sjf"], "unknown policy 'sjf'"),
         (["--gpus", "0"], "--gpus must be at least 1"),
         (["--estimate-factor", "0.5"], "estimate-factor"),
-        (["--pull-forward", "later"], "--pull-forward: must be start_now, hold_oldest or compact"),
+        (["--pull-forward", "later"], "--pull-forward: must be start_now, hold_oldest, hold_when_busy or compact"),
     ],
 )
 def test_bad_input_is_exit_2_one_line(trace_file, args, message):

@@ -71,7 +71,7 @@ INVALID: list[tuple[str, Any, str, str]] = [
     ("policy.max_grant_hours", "336", "policy.max_grant_hours", "number"),
     ("policy.lend_idle", "true", "policy.lend_idle", "true or false"),
     ("policy.lend_idle", 1, "policy.lend_idle", "true or false"),
-    ("policy.pull_forward", "later", "policy.pull_forward", "must be 'start_now', 'hold_oldest' or 'compact'"),
+    ("policy.pull_forward", "later", "policy.pull_forward", "must be 'start_now', 'hold_oldest', 'hold_when_busy' or 'compact'"),
     ("pools.0.gpus_per_node", 0, "pools.0.gpus_per_node", "greater than or equal to 1"),
     ("pools.0.gpus_per_node", 32, "pools.0.gpus_per_node", "more than the pool's gpus"),
     ("pools.0.gpu_type", "", "pools.0.gpu_type", "at least 1 character"),

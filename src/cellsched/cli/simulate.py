@@ -23,7 +23,7 @@ def simulate(
     gpus: Annotated[Optional[int], typer.Option("--gpus", help="Replace the pools with one pool of N GPUs.")] = None,
     estimate_factor: Annotated[float, typer.Option("--estimate-factor", help="Requested run time = true duration x this (when the trace has no requested_s).")] = 1.5,
     allowance_scale: Annotated[float, typer.Option("--allowance-scale", help="Multiply every team allowance (e.g. 0.8 to study refusals).")] = 1.0,
-    pull_forward: Annotated[Optional[str], typer.Option("--pull-forward", help="start_now, hold_oldest or compact: how cellsched pulls waiting grants forward (default: the cluster's policy.pull_forward).")] = None,
+    pull_forward: Annotated[Optional[str], typer.Option("--pull-forward", help="start_now, hold_oldest, hold_when_busy or compact: how cellsched pulls waiting grants forward (default: the cluster's policy.pull_forward).")] = None,
     estimate_noise: Annotated[float, typer.Option("--estimate-noise", help="Per job, multiply the estimate factor by a seeded log-normal draw of this sigma (at least 1.0 overall); 0: none.")] = 0.0,
     noise_seed: Annotated[int, typer.Option("--noise-seed", help="Seed of --estimate-noise.")] = 1,
     expect_every: Annotated[int, typer.Option("--expect-every", help="cellsched: estimate the expected start of every N-th waiting job and measure it (0: off).")] = 20,
@@ -52,8 +52,8 @@ def simulate(
     for p in names:
         if p not in POLICIES:
             raise BadInput(f"--policy: unknown policy {p!r} (choose from {', '.join(POLICIES)})")
-    if pull_forward not in (None, "start_now", "hold_oldest", "compact"):
-        raise BadInput(f"--pull-forward: must be start_now, hold_oldest or compact, got {pull_forward!r}")
+    if pull_forward not in (None, "start_now", "hold_oldest", "hold_when_busy", "compact"):
+        raise BadInput(f"--pull-forward: must be start_now, hold_oldest, hold_when_busy or compact, got {pull_forward!r}")
     cluster_path = cluster if cluster is not None else G.cluster
     config = load_cluster(cluster_path)
     if pull_forward is not None:

@@ -466,6 +466,12 @@ RESERVE_OLDEST = 1
 window before it starts others under ``pull_forward = "hold_oldest"`` (docs/admission.md,
 "The oldest grant holds its place")."""
 
+BUSY_BACKLOG_S = 3 * 3600
+"""Under ``pull_forward = "hold_when_busy"`` the oldest waiting grant holds its place only
+while its pool has at least this much work waiting (its waiting grants' GPU-seconds over its
+GPUs): where the queue is short the held window strands GPUs that nothing else fits around
+(docs/simulate.md, "Tail waits")."""
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
@@ -477,6 +483,9 @@ class Hold:
     min_width: int = 1
     biggest: int = 0  # then this many more, largest window (GPU-seconds) first
     ahead_s: int = 0  # the oldest holds only while its window starts at least this far ahead
+    # Only while the grant's pool has at least this much work waiting: the GPU-seconds of
+    # its waiting grants (those not starting now, as the pass begins) over its GPUs.
+    backlog_s: int = 0
 
     def __bool__(self) -> bool:
         return self.count > 0 or self.biggest > 0
@@ -495,12 +504,15 @@ def pull_rule(name: str) -> tuple[str, Hold]:
     oldest waiting grants hold their place first)."""
     if name == "hold_oldest":
         return "start_now", Hold(RESERVE_OLDEST)
+    if name == "hold_when_busy":
+        return "start_now", Hold(RESERVE_OLDEST, backlog_s=BUSY_BACKLOG_S)
     if name in ("start_now", "compact"):
         return name, Hold()
-    if name.startswith("hold:"):  # experiments (benchmarks/tail.py): hold:COUNT:MIN_WIDTH[:BIGGEST]
+    if name.startswith("hold:"):  # experiments (benchmarks/tail.py):
+        # hold:COUNT:MIN_WIDTH[:BIGGEST[:AHEAD_S[:BACKLOG_S]]]
         _, c, w, *b = name.split(":")
-        more = [int(x) for x in b] + [0, 0]
-        return "start_now", Hold(int(c), int(w), more[0], more[1])
+        more = [int(x) for x in b] + [0, 0, 0]
+        return "start_now", Hold(int(c), int(w), more[0], more[1], more[2])
     raise ValueError(f"unknown pull_forward rule {name!r}")
 
 
@@ -527,7 +539,14 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
     left = sorted(((k, g) for k, g in waiting if g.start > now), key=lambda kg: kg[0])
     out: list[tuple[int, Grant, Grant]] = []
     tried: set[int] = set()
-    left = _hold_places(schedule, left, now, hold.count, hold.holds, out, tried, hold.ahead_s)
+    holds = hold.holds
+    if hold.backlog_s:
+        work: dict[str, int] = {}
+        for _, g in left:
+            work[g.pool] = work.get(g.pool, 0) + g.gpu_seconds
+        deep = {p for p, gs in work.items() if gs >= hold.backlog_s * schedule.pools[p][1].capacity}
+        holds = lambda g: hold.holds(g) and g.pool in deep  # noqa: E731
+    left = _hold_places(schedule, left, now, hold.count, holds, out, tried, hold.ahead_s)
     if hold.biggest:
         left.sort(key=lambda kg: (-kg[1].gpu_seconds, kg[0]))
         left = _hold_places(schedule, left, now, hold.biggest, lambda g: True, out, tried)

@@ -155,7 +155,7 @@ class Reconciler:
         self.rules_lent = replace(self.rules, placement_timeout_s=self.rules.placement_timeout_s
                                   + policy.lend_grace_s + self.settings.lend_lead_s)
         self.pass_env = tuple(getattr(policy, "pass_env", ()))
-        # Rules that start grants now (start_now, hold_oldest) also pull at the periodic sweep
+        # Rules that start grants now (start_now, hold_oldest, hold_when_busy) also pull at the periodic sweep
         # and at a window's end; compact placed every grant at its earliest window already.
         self._starts_now = pull_rule(policy.pull_forward)[0] == "start_now"
         self.notifier = Notifier(self._notified, self.settings.notify_in_background, self.pass_env)

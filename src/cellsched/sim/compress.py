@@ -87,6 +87,7 @@ class Waiting:
         ) or any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
+        self._work: dict[str, int] = {name: 0 for name in schedule.pools}  # waiting GPU-seconds
         self.freed_since = False  # capacity came back since the last pass
         self.hold = hold if rule == "start_now" else Hold()
         self.reserve = self.hold.count
@@ -108,10 +109,26 @@ class Waiting:
             self._in_big.add(seq)
             heappush(self._big, (-g.gpu_seconds, seq))
         self.lanes[g.pool].add((g.start, seq), g.width, g.end - g.start)
+        self._work[g.pool] += g.gpu_seconds
 
     def remove(self, seq: int, g: Grant) -> None:
         del self.grants[seq]
         self.lanes[g.pool].remove((g.start, seq), g.width)
+        self._work[g.pool] -= g.gpu_seconds
+
+    def _deep(self, now: int) -> set[str] | None:
+        """The pools with at least ``hold.backlog_s`` of work waiting (their waiting grants'
+        GPU-seconds, but those starting now, over their GPUs), or None: every pool."""
+        if not self.hold.backlog_s:
+            return None
+        deep = set()
+        for pool, lane in self.lanes.items():
+            work = self._work[pool]
+            for _, seq in lane.keys[:bisect_right(lane.keys, (now, INF))]:
+                work -= self.grants[seq].gpu_seconds
+            if work >= self.hold.backlog_s * self.schedule.pools[pool][1].capacity:
+                deep.add(pool)
+        return deep
 
     def freed(self) -> None:
         """GPUs came free (a job ended, a grant moved away): the next pass has work."""
@@ -143,7 +160,8 @@ class Waiting:
         if self.hold:
             tried: set[int] = set()
             # The oldest (of those the hold applies to), then the biggest windows.
-            yield from self._hold_places(self._oldest, self._in_heap, self.reserve, now, tried, self.hold.ahead_s)
+            yield from self._hold_places(self._oldest, self._in_heap, self.reserve, now, tried,
+                                         self.hold.ahead_s, self._deep(now))
             if self.hold.biggest:
                 yield from self._hold_places(self._big, self._in_big, self.hold.biggest, now, tried)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
@@ -176,13 +194,15 @@ class Waiting:
                 self.add(seq, g)
 
     def _hold_places(self, heap: list[tuple[int, int]], members: set[int], count: int, now: int,
-                     tried: set[int], ahead_s: int = 0) -> Iterator[tuple[int, Grant, Grant]]:
+                     tried: set[int], ahead_s: int = 0,
+                     deep: set[str] | None = None) -> Iterator[tuple[int, Grant, Grant]]:
         """The first ``count`` waiting grants of ``heap`` ((rank, seq), lazily cleaned: seqs
         no longer waiting are dropped, and from ``members``), but those ``tried`` already,
         are moved as early as the calendar allows (``Schedule.move_earlier``): now, or an
         earlier future window that the grants started after them must leave alone. The
         first whose window starts less than ``ahead_s`` from now ends it (its promise is
-        near: nobody holds a place this time). The core's ``_hold_places``, by index."""
+        near: nobody holds a place this time). Grants of pools not in ``deep`` (when given)
+        are passed over. The core's ``_hold_places``, by index."""
         grants = self.grants
         back: list[tuple[int, int]] = []
         held = 0
@@ -194,8 +214,8 @@ class Waiting:
                 members.discard(seq)
                 continue
             back.append(item)
-            if g.start <= now or seq in tried:
-                continue  # starts now by its own event, or held its place already
+            if g.start <= now or seq in tried or (deep is not None and g.pool not in deep):
+                continue  # starts now by its own event, held its place already, or no backlog
             if g.start - now < ahead_s:
                 break
             tried.add(seq)

@@ -1,7 +1,9 @@
 """Metrics of one replay: what the ``simulate`` table and ``--json`` show.
 
 Waits count jobs that ran; utilisation is busy GPU-seconds over capacity x the busy span
-(first submission to last end); bounded slowdown uses a 10 s bound; Jain's index is taken
+(first submission to last end), and ``utilisation_arriving`` the same over the span work
+still arrives in (first to last submission: the drain after it, which one long wide job
+can decide, left out); bounded slowdown uses a 10 s bound; Jain's index is taken
 over teams of (share of GPU-time used) / (share of allowance).
 
 A lending replay (``sim/lending.py``) adds the best-effort keys (:func:`summarise_lending`);
@@ -48,11 +50,16 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
     team_waits: dict[str, list[int]] = {}
     team_slow: dict[str, float] = {}
     kept = promised = 0
+    first = min((j.submit for j in jobs), default=0)
+    last_submit = max((j.submit for j in jobs), default=first)
+    busy_arriving = 0
     for j in jobs:
         s = start[j.seq]
         if s < 0:
             continue
         run = end[j.seq] - s
+        if s < last_submit:
+            busy_arriving += j.gpus * (min(end[j.seq], last_submit) - s)
         w = s - j.submit
         waits.append(w)
         busy += j.gpus * run
@@ -67,7 +74,6 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
             kept += s <= p
     waits.sort()
     done = len(waits)
-    first = min((j.submit for j in jobs), default=0)
     last = max((e for e in end if e >= 0), default=first)
     span = max(1, last - first)
     shares = setup.allowance_shares()
@@ -100,6 +106,7 @@ def summarise(engine: Engine, setup: SimSetup, seconds: float) -> dict[str, obje
         "refused": len(engine.refused),
         "refused_by_reason": dict(sorted(refused_by.items())),
         "utilisation": round(busy / (engine.capacity * span), 4),
+        "utilisation_arriving": round(busy_arriving / (engine.capacity * max(1, last_submit - first)), 4),
         "wait_mean_s": round(sum(waits) / done, 1) if done else 0.0,
         "wait_p50_s": round(percentile(waits, 0.50), 1),
         "wait_p95_s": round(percentile(waits, 0.95), 1),
