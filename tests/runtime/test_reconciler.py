@@ -207,6 +207,33 @@ def test_pull_forward_rules(rule: str, cluster_file: Path, ledger_url: str, tmp_
         e.ledger.dispose()
 
 
+@pytest.mark.parametrize("rule, c_window, b_at", [
+    ("hold_oldest", 50, 40), ("hold_when_busy", 50, 100), ("hold_when_busy", 11_000, 40)])
+def test_the_oldest_holds_its_place_in_the_daemon(rule: str, c_window: int, b_at: int, cluster_file: Path,
+                                                  ledger_url: str, tmp_path: Path) -> None:
+    """The schedule of ``test_pull_forward_rules``. When a ends (T0+10), b, the oldest
+    waiting grant, holds its place under ``hold_oldest``: it moves to T0+40, the earliest
+    its 16 GPUs are free. ``hold_when_busy`` holds only with 3 h of work waiting in the
+    pool: b and c hold 16 x 150 GPU-seconds (150 s of the pool's 16 GPUs), so nothing
+    moves; with c's window 11,000 s long, 11,100 s wait and b moves as under ``hold_oldest``."""
+    e = env_with_rule(cluster_file, ledger_url, rule)
+    try:
+        a = submit(e, project("a", [job("t", gpus=8)], gpus=8, window_s=100))
+        submit(e, project("a2", [job("u", gpus=8)], gpus=8, window_s=40))
+        b = submit(e, project("b", [job("v", gpus=16)], gpus=16, window_s=100))
+        c = submit(e, project("c", [job("w", gpus=16)], gpus=16, window_s=c_window))
+        assert (a.start, b.start, c.start) == (T0, T0 + 100, T0 + 200)
+        h = Harness(e, tmp_path, {"t": Behaviour(10), "u": Behaviour(None),
+                                  "v": Behaviour(None), "w": Behaviour(None)})
+        h.run(T0 + 12)
+        assert (h.grant(b.id).start - T0, h.grant(b.id).end - T0) == (b_at, b_at + 100)
+        assert h.grant(c.id).start == T0 + 200  # start_now moves nothing else into the future
+        moved = [json.loads(m.data)["from_start"] - T0 for m in h.events("moved_earlier")]
+        assert moved == ([100] if b_at == 40 else [])
+    finally:
+        e.ledger.dispose()
+
+
 # -- cancel ---------------------------------------------------------------------------------
 
 
