@@ -10,7 +10,7 @@ queue neither empties nor grows without bound: the trace's size, not its congest
 changes between sizes. Prints one JSON object: ``jobs_per_s`` per policy (at the largest
 size), seconds per size, and the fitted exponent of time against size (1.0 is linear; n log n
 over 10k..100k fits about 1.1; n^2 would be 2). ``cellsched`` uses the default pull-forward
-rule (``start_now``); ``--pull-forward hold_oldest`` or ``compact`` measures another. Every policy places
+rule (``hold_when_busy``); ``--pull-forward start_now``, ``hold_oldest`` or ``compact`` measures another. Every policy places
 jobs on nodes of ``--per-node`` GPUs (default 8); ``--per-node 0`` makes the pool one node,
 the flat calendar.
 """
@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--load", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--pull-forward", choices=["start_now", "hold_oldest", "hold_when_busy", "compact"], default="start_now")
+    ap.add_argument("--pull-forward", choices=["start_now", "hold_oldest", "hold_when_busy", "compact"],
+                    default="hold_when_busy")
     ap.add_argument("--per-node", type=int, default=8, help="GPUs per node (0: one node, the flat calendar)")
     args = ap.parse_args()
 

@@ -30,7 +30,7 @@ def test_a_small_cluster_is_valid() -> None:
     assert (t.period, t.max_gpus, t.members) == ("month", None, ("alice",))
     assert t.allowance_gpu_seconds == 1500 * 3600 and isinstance(t.allowance_gpu_seconds, int)
     assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, True, None)
-    assert c.policy.pull_forward == "start_now"
+    assert c.policy.pull_forward == "hold_when_busy"
 
 
 def test_lending_defaults_lend_but_no_team_borrows_unless_given_an_allowance() -> None:

@@ -2,10 +2,12 @@
 
 The cluster's ``policy.pull_forward`` names the rule (docs/admission.md):
 
-- ``start_now`` (default): at every instant when GPUs come free, the longest waiting grant
+- ``start_now``: at every instant when GPUs come free, the longest waiting grant
   (window length; ties by start, then submission) whose whole window fits *now* starts now
   (``Schedule.start_now``), and again, until none fits (``start_waiting_now`` in the core
-  is the rule written plainly). Nothing moves into the future.
+  is the rule written plainly). Nothing moves into the future. ``hold_oldest`` and
+  ``hold_when_busy`` (the default) first move the oldest waiting grant to its earliest
+  window (always, or while its pool has 3 h of work waiting), as a ``Hold``.
 - ``compact``: exact compression. In order of (start, submission) each waiting grant is moved by
   ``Schedule.move_earlier`` to the earliest window the calendar then allows, now or later.
   One pass is again a fixed point (a move takes capacity only before the mover's old start

@@ -107,10 +107,10 @@ class Policy(_Frozen):
     lend_idle: bool = True
     best_effort_rate: float = Field(default=1.0, gt=0, le=1000)
     lend_grace_s: int = Field(default=30, ge=0, le=3600)
-    # How waiting grants use freed GPUs (docs/admission.md): start_now (default), hold_oldest
-    # (start_now, the oldest waiting grant first holding its place), hold_when_busy (the
-    # same while at least 3 h of work waits), compact.
-    pull_forward: Literal["start_now", "hold_oldest", "hold_when_busy", "compact"] = "start_now"
+    # How waiting grants use freed GPUs (docs/admission.md): start_now, hold_oldest
+    # (start_now, the oldest waiting grant first holding its place), hold_when_busy (default:
+    # the same while at least 3 h of work waits), compact.
+    pull_forward: Literal["start_now", "hold_oldest", "hold_when_busy", "compact"] = "hold_when_busy"
     # Variables of the Ray workers' environment jobs also get (docs/executor.md: the rest is
     # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
     pass_env: tuple[str, ...] = Field(default=(), description="environment variable names")

@@ -4,8 +4,9 @@ Each trace job is a one-job project: ``Schedule.admit`` gives it the earliest wi
 fits the pool calendar and its team's allowance (that start is the *promise*), or a refusal.
 The job starts at its window's start at the latest. When GPUs come free (a job ends, early
 or on time), the waiting grants are pulled forward by the cluster's ``policy.pull_forward``
-rule, the same one ``cellsched serve`` applies (``cellsched.sim.compress``): by default each
-waiting grant whose whole window fits now starts now; with ``compact`` every waiting grant
+rule, the same one ``cellsched serve`` applies (``cellsched.sim.compress``): by default
+(``hold_when_busy``) the oldest waiting grant moves to its earliest window while 3 h of work
+wait, then each waiting grant whose whole window fits now starts now; with ``compact`` every waiting grant
 moves to the earliest window the calendar then allows. Never later than promised.
 Every grant is on nodes (the core's node rule); a job runs on its grant's nodes as they
 stand when it starts (a grant pulled forward may have moved to other nodes).
