@@ -162,8 +162,10 @@ class Waiting:
         if self.hold:
             tried: set[int] = set()
             # The oldest (of those the hold applies to), then the biggest windows.
-            yield from self._hold_places(self._oldest, self._in_heap, self.reserve, now, tried,
-                                         self.hold.ahead_s, self._deep(now))
+            deep = self._deep(now)
+            if deep is None or deep:  # no pool busy enough: no grant holds (skip the heap)
+                yield from self._hold_places(self._oldest, self._in_heap, self.reserve, now, tried,
+                                             self.hold.ahead_s, deep)
             if self.hold.biggest:
                 yield from self._hold_places(self._big, self._in_big, self.hold.biggest, now, tried)
         lanes = [(pool, lane) for pool, lane in self.lanes.items() if lane.keys]
