@@ -29,7 +29,7 @@ from pathlib import Path
 from cellsched.sim.run import replay
 from cellsched.sim.setup import build_setup
 from cellsched.sim.trace import Trace, TraceJob, load_trace
-from cellsched.spec.cluster import ClusterConfig, Policy, Pool
+from cellsched.spec.cluster import PULL_FORWARD_RULES, ClusterConfig, Policy, Pool
 
 ITP = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "itp.csv"
 
@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=1000)
     ap.add_argument("--load", type=float, default=0.9)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--pull-forward", choices=["start_now", "hold_oldest", "hold_when_busy", "compact"],
+    ap.add_argument("--pull-forward", choices=PULL_FORWARD_RULES,
                     default="hold_when_busy")
     ap.add_argument("--per-node", type=int, default=8, help="GPUs per node (0: one node, the flat calendar)")
     args = ap.parse_args()

@@ -46,14 +46,16 @@ def simulate(
     from cellsched.sim.run import replay
     from cellsched.sim.setup import build_setup
     from cellsched.sim.trace import load_trace
+    from cellsched.spec.cluster import PULL_FORWARD_RULES
     from cellsched.spec.load import load_cluster
 
     names = list(dict.fromkeys(policy or ["cellsched", "easy", "fifo", "quota"]))
     for p in names:
         if p not in POLICIES:
             raise BadInput(f"--policy: unknown policy {p!r} (choose from {', '.join(POLICIES)})")
-    if pull_forward not in (None, "start_now", "hold_oldest", "hold_when_busy", "compact"):
-        raise BadInput(f"--pull-forward: must be start_now, hold_oldest, hold_when_busy or compact, got {pull_forward!r}")
+    if pull_forward is not None and pull_forward not in PULL_FORWARD_RULES:
+        *most, last = PULL_FORWARD_RULES
+        raise BadInput(f"--pull-forward: must be {', '.join(most)} or {last}, got {pull_forward!r}")
     cluster_path = cluster if cluster is not None else G.cluster
     config = load_cluster(cluster_path)
     if pull_forward is not None:

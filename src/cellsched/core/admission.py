@@ -493,6 +493,11 @@ class Hold:
     def holds(self, g: Grant) -> bool:
         return g.width >= self.min_width
 
+    def busy(self, waiting_gs: int, gpus: int) -> bool:
+        """Whether a pool of ``gpus`` with ``waiting_gs`` GPU-seconds waiting is busy enough
+        for the hold (always, without ``backlog_s``)."""
+        return waiting_gs >= self.backlog_s * gpus
+
 
 def as_hold(reserve: int | Hold) -> Hold:
     """A bare count (the older form of ``reserve``) is that many oldest grants, any width."""
@@ -544,7 +549,7 @@ def start_waiting_now(schedule: Schedule, waiting: list[tuple[int, Grant]], now:
         work: dict[str, int] = {}
         for _, g in left:
             work[g.pool] = work.get(g.pool, 0) + g.gpu_seconds
-        deep = {p for p, gs in work.items() if gs >= hold.backlog_s * schedule.pools[p][1].capacity}
+        deep = {p for p, gs in work.items() if hold.busy(gs, schedule.pools[p][1].capacity)}
         holds = lambda g: hold.holds(g) and g.pool in deep  # noqa: E731
     left = _hold_places(schedule, left, now, hold.count, holds, out, tried, hold.ahead_s)
     if hold.biggest:

@@ -128,7 +128,7 @@ class Waiting:
             work = self._work[pool]
             for _, seq in lane.keys[:bisect_right(lane.keys, (now, INF))]:
                 work -= self.grants[seq].gpu_seconds
-            if work >= self.hold.backlog_s * self.schedule.pools[pool][1].capacity:
+            if self.hold.busy(work, self.schedule.pools[pool][1].capacity):
                 deep.add(pool)
         return deep
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cellsched.spec.models import Name, raise_problems
 
 Period = Literal["month", "quarter", "year", "none"]
+PullForward = Literal["start_now", "hold_oldest", "hold_when_busy", "compact"]
+PULL_FORWARD_RULES: tuple[str, ...] = get_args(PullForward)  # docs/admission.md
 
 
 class _Frozen(BaseModel):
@@ -110,7 +112,7 @@ class Policy(_Frozen):
     # How waiting grants use freed GPUs (docs/admission.md): start_now, hold_oldest
     # (start_now, the oldest waiting grant first holding its place), hold_when_busy (default:
     # the same while at least 3 h of work waits), compact.
-    pull_forward: Literal["start_now", "hold_oldest", "hold_when_busy", "compact"] = "hold_when_busy"
+    pull_forward: PullForward = "hold_when_busy"
     # Variables of the Ray workers' environment jobs also get (docs/executor.md: the rest is
     # an allowlist). Never the daemon's own CELLSCHED_* settings (the ledger's URL).
     pass_env: tuple[str, ...] = Field(default=(), description="environment variable names")
