@@ -465,6 +465,8 @@ def main() -> None:
         "near20_q40_arr24": ("nodes", est_near(20, 0.4)),
         "near20_q50_arr24": ("nodes", est_near(20, 0.5)),
         "near40_q40_arr24": ("nodes", est_near(40, 0.4)),
+        "near10_q50_arr24": ("nodes", est_near(10, 0.5)),
+        "near40_q50_arr24": ("nodes", est_near(40, 0.5)),
         "near20_q30_arr24": ("nodes", est_near(20, 0.3)),
         "mc5": ("nodes", None),
         "mc11": ("nodes", None),

@@ -68,7 +68,8 @@ NEAREST = 20
 """A grant's ratio is taken among this many of its team's ended grants whose windows are
 nearest its own in length (by their ratio to it): a team runs the same work again, so a
 window longer than the work's usual one was mostly asked with more margin. 10 was worse
-(fewer grants, a noisier quantile): docs/simulate.md."""
+(fewer grants, a noisier quantile); 40 was no better where it was not chosen (1,000 GPUs):
+docs/simulate.md."""
 
 END, FREE, START, ARRIVE = 0, 1, 2, 3
 
