@@ -400,3 +400,64 @@ def test_lost_nodes_move_their_grants(steps, dead, now, indexed, extra):
         for t in sorted({s for s, *_ in live})[:5]:
             h = cal._hours_of(v)
             assert [n for n in range(len(sizes)) if h.fit(t, t + 7200) >> n & 1] == plain_fit(cal, v, t, t + 7200)
+
+
+# -- whether a waiting grant can move earlier, asked without giving its window back ------
+
+def test_a_whole_node_grant_with_some_own_nodes_free_moves_only_with_enough_others():
+    """Two whole nodes over [10 h, 20 h) on nodes 0 and 1; node 0 free before it, node 1
+    busy until 10 h, nodes 2 and 3 busy until 30 h: no earlier window (node 0 alone is not
+    enough). Once node 3 is free from 5 h, node 0 and node 3 fit from 5 h."""
+    h = 3600
+    cal = NodeCalendar(32, 8)
+    cal.reserve(0, 10 * h, 8, (1,))
+    cal.reserve(0, 30 * h, 8, (2,))
+    cal.reserve(0, 30 * h, 8, (3,))
+    cal.reserve(10 * h, 20 * h, 16, (0, 1))
+    assert not cal.may_move_earlier(16, 10 * h, 0, 10 * h, (0, 1))
+    cal.release(5 * h, 30 * h, 8, (3,))
+    assert cal.may_move_earlier(16, 10 * h, 0, 10 * h, (0, 1))
+    # a narrow grant on a node busy the instant before it, no other node free before it
+    cal = NodeCalendar(16, 8)
+    cal.reserve(0, 10 * h, 8, (0,))
+    cal.reserve(0, 40 * h, 6, (1,))
+    cal.reserve(10 * h, 12 * h, 4, (0,))
+    assert not cal.may_move_earlier(4, 2 * h, 0, 10 * h, (0,))
+    cal.reserve(0, 40 * h, 1, (1,))  # node 1 now has 1 free: still nothing for 4
+    assert not cal.may_move_earlier(4, 2 * h, 0, 10 * h, (0,))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from([(44, 8), (20, 8), (16, 4)]), steps=hour_ops, now=st.integers(0, 5 * 3600))
+def test_may_move_earlier_never_misses_an_earlier_window(shape, steps, now):
+    """For any grants on nodes and any moment: whenever a waiting grant would fit a window
+    of its length starting before its own once its window is given back (the brute force
+    over every grant but it), ``may_move_earlier`` says it may, and it never says so for a
+    grant whose start is not after now."""
+    gpus, per = shape
+    cal = NodeCalendar(gpus, per)
+    sizes = node_sizes(gpus, per)
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+    for kind, a, length, width, pick in steps:  # admitted at their earliest, some end early
+        if kind == "release" and live:
+            s, e, w, ns = live.pop(pick % len(live))
+            cut = min(max(s, s + a // 4), e)
+            if cut < e:
+                cal.release(cut, e, w, ns)
+            if cut > s:
+                live.append((s, cut, w, ns))
+        elif kind == "reserve" and cal.admits(width):
+            t = cal.earliest_fit(width, length, a // 8)
+            live.append((t, t + length, width, cal.reserve(t, t + length, width)))
+    for i, (s, e, w, ns) in enumerate(live):
+        d = e - s
+        says = cal.may_move_earlier(w, d, now, s, ns)
+        if s <= now:
+            assert not says
+            continue
+        others = live[:i] + live[i + 1:]
+        truth = brute_earliest(sizes, per, others, w, d, now, s - 1 + d)
+        event("can move" if truth is not None else "cannot move")
+        event("says may" if says else "says no")
+        if truth is not None:
+            assert says, (s, e, w, ns, now, truth)

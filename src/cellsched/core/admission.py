@@ -193,6 +193,8 @@ class Schedule:
                 grant.start - now < length
                 or self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.start) is None):
             return grant
+        if grant.nodes is not None and not cal.may_move_earlier(grant.width, length, now, grant.start, grant.nodes):
+            return grant  # no nodes for an earlier window even with its own given back
         own = grant.placed(grant.start, grant.end, self.release(grant, grant.start).nodes)
         t = self._earliest_in(grant.pool, grant.team, grant.width, length, now, grant.end)
         book = self.teams[grant.team].book

@@ -883,6 +883,18 @@ class _Hours:
         self.dall[0] = reduce(or_, self.db[0], 0)
 
 
+def _free_since(cal: CapacityCalendar, v: int, t: int) -> int | None:
+    """The earliest r such that ``cal`` has at least ``v`` free throughout [r, t] (None
+    when it has not at ``t``)."""
+    times, f = cal._t, cal._f
+    i = bisect_right(times, t) - 1
+    if f[i] < v:
+        return None
+    while i > 0 and f[i - 1] >= v:
+        i -= 1
+    return times[i]
+
+
 _ZERO_ONE = bytes.maketrans(b"01", b"\x00\x01")
 
 
@@ -1052,6 +1064,34 @@ class NodeCalendar(CapacityCalendar):
             if node.min_free(start, upto) >= v and node.min_free(start, end) < v:
                 n += 1
         return n >= k
+
+    def may_move_earlier(self, width: int, length: int, now: int, start: int, own: tuple[int, ...]) -> bool:
+        """Whether a grant of ``width`` over [start, start + length) on nodes ``own`` may
+        fit a window of the same length starting in [now, start) once its own GPUs are
+        given back, judged without giving them back: False only when no such window fits
+        the pool's nodes (True may still find none).
+
+        An earlier window either ends by ``start`` (the grant's own GPUs play no part) or
+        covers the instant before it: then each of its nodes is one of ``own`` free (``v``
+        GPUs) from the window's start to ``start`` (from there its own come back), or
+        another node free throughout, as the index already says. With ``c`` own nodes, the
+        window starts no earlier than the latest of the ``c`` own nodes free soonest (and,
+        covering that instant, it leaves out the own nodes, reserved whole from ``start``:
+        none is counted twice)."""
+        last = start - 1
+        if last < now:
+            return False
+        v, k = self._shape(width)
+        since = sorted(r for r in (_free_since(self.nodes[n], v, last) for n in own) if r is not None)
+        if len(since) >= k:
+            return True
+        covering = max(now, start - length + 1)  # the first start of a window covering ``last``
+        for c in range(len(since), -1, -1):
+            frm = max(covering, since[c - 1]) if c else now
+            w = width if c == 0 else (k - c) * v  # (c > 0 only for whole nodes: k > 1)
+            if self.earliest_fit(w, length, frm, last + length) is not None:
+                return True
+        return False
 
     def widest_fit(self, start: int, end: int) -> int:
         """The widest grant the node rule lets fit over the whole of [start, end)."""
