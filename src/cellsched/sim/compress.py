@@ -20,7 +20,9 @@ grant of width w needs are free ends at R(w) (``NodeCalendar.reach``; on a one-n
 the flat ``free_until``), and a grant of width w fits now iff its start <= R(w) or its
 length <= R(w) - now (before its own window it holds nothing). On a pool of several nodes
 that test is necessary but not sufficient (the nodes free up to R(w) need not be the
-grant's own), so the core has the last word there, as it has with team limits. The waiting grants are kept per (pool, width)
+grant's own): a grant longer than R(w) - now is offered only once the core's own node
+tests (``NodeCalendar.fits_moved``) pass, and the core has the last word, as it has with
+team limits. The waiting grants are kept per (pool, width)
 sorted by (start, submission) with their lengths beside them and sorted, so the longest
 grant that fits is a few bisects and short C-level scans per width.
 """
@@ -33,6 +35,7 @@ from heapq import heappop, heappush
 from itertools import islice
 
 from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule
+from cellsched.core.nodes import NodeCalendar
 
 INF = 1 << 62
 
@@ -87,6 +90,7 @@ class Waiting:
         self.constrained = any(
             t.calendar is not None or t.book.period != "none" for t in schedule.teams.values()
         ) or any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
+        self.multi_node = any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self._work: dict[str, int] = {name: 0 for name in schedule.pools}  # waiting GPU-seconds
@@ -259,6 +263,16 @@ class Waiting:
             ws = lane.width_sorted[w]
             p = bisect_right(ws, room)
             fits = ws[p - 1] if p else -1
+            if longest > fits and self.multi_node:
+                # Longer grants starting by the reach fit only if their own nodes are the
+                # free ones: asked here, as the core asks (a few reads, nothing touched).
+                at = self._prefix_fit(cal, wk, lens, lo, k, fits, w, now)
+                if at >= 0:
+                    cand = (-lens[at], wk[at])
+                    if best is None or cand < best:
+                        best = cand
+                    continue
+                longest = -1
             at = -1
             if fits > longest:
                 try:
@@ -277,6 +291,23 @@ class Waiting:
             if best is None or cand < best:
                 best = cand
         return best
+
+    def _prefix_fit(self, cal: NodeCalendar, wk: list[tuple[int, int]], lens: list[int], lo: int, k: int,
+                    fits: int, w: int, now: int) -> int:
+        """Of the grants at [lo, k) of a width's list (those starting by its reach) longer
+        than ``fits``, the index of the longest (ties: the first) whose window the pool's
+        nodes take now with its own given back (``Schedule.start_now``'s node tests), or -1.
+        Grants no longer than the room fit without asking."""
+        grants = self.grants
+        order = sorted((-lens[i], i) for i in range(lo, k) if lens[i] > fits)
+        for neg, i in order:
+            g = grants[wk[i][1]]
+            length = -neg
+            if cal.min_free(now, min(g.start, now + length)) < w:
+                continue
+            if g.nodes is None or cal.fits_moved(w, now, now + length, g.start, g.nodes):
+                return i
+        return -1
 
     def _compact(self, now: int) -> Iterator[tuple[int, Grant, Grant]]:
         """Every waiting grant in (start, seq) order gets its turn. A grant that its pool
