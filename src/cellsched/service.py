@@ -159,6 +159,31 @@ class Env:
     submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
     # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
     token_cache: Any = field(default=None, repr=False, compare=False)
+    # (mtime, inode, size) of the cluster config when it was read, for ``refresh_cluster``.
+    cluster_stamp: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
+
+    def refresh_cluster(self, check: Callable[[Path], None] | None = None) -> bool:
+        """Read the cluster config again if its file changed since it was read (a
+        long-running server's: an edit takes effect at the next request, as at the next
+        command). ``check`` may refuse the file (BadInput); so may its validation: then the
+        config in force stays, and the error is raised once for the caller to log. A new
+        config drops the admission snapshot, built on the old one. Returns whether it
+        changed."""
+        try:
+            st = self.cluster_path.stat()
+        except OSError as e:
+            self.cluster_stamp = (0, 0, -1)  # (said once, until the file is back)
+            raise NotFound(f"{self.cluster_path}: {e.strerror}; the config read before stays in force") from None
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+        if stamp == self.cluster_stamp:
+            return False
+        self.cluster_stamp = stamp  # (taken before reading: an edit while it is read is read again)
+        if check is not None:
+            check(self.cluster_path)
+        cluster = load_cluster(self.cluster_path)
+        self.cluster = cluster
+        self.admission.clear()
+        return True
 
     @property
     def private_key(self) -> Path:
@@ -177,8 +202,10 @@ def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
     path = Path(cluster_path)
     if not path.exists():
         raise NotFound(f"{path}: no cluster config (run `cellsched init` or pass --cluster)")
+    st = path.stat()
     cluster = load_cluster(path)
-    return Env(cluster, path, Ledger(db_url or default_url(path)))
+    return Env(cluster, path, Ledger(db_url or default_url(path)),
+               cluster_stamp=(st.st_mtime_ns, st.st_ino, st.st_size))
 
 
 # -- submit ----------------------------------------------------------------------------

@@ -554,3 +554,46 @@ def test_a_member_of_another_team_cancelling_gets_403_and_nothing_changes(served
     done = call(served.tcp, "POST", "/api/cancel", bob, json={"project": project})
     assert done["state"] == "cancelled"
     assert head(served.env)[0] == before[0] + 1
+
+
+def test_an_edit_of_the_cluster_config_takes_effect_at_the_next_request(served: Served,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Taking alice out of her team (or an admin out of ``admins``) while the server runs
+    takes her rights away at her next request, as a command run locally would; a file
+    that no longer validates, or that group or others may write, is not taken (the config
+    in force stays, and the log says why)."""
+    _, alice = served.token("alice")
+    _, bob = served.token("bob")
+    path = served.env.cluster_path
+    assert call(served.tcp, "GET", "/api/whoami", alice)["teams"] == ["interp"]
+    assert call(served.tcp, "POST", "/api/submit", alice,
+                json={"file": "pythia-ablation.toml", "text": SPEC})["decision"] == "granted"
+
+    def write(text: str, mode: int = 0o644) -> None:
+        path.write_text(text)
+        path.chmod(mode)
+        st = path.stat()  # a second write may land in the same mtime tick: the size differs anyway
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    without_alice = CLUSTER.replace('members = ["alice", "bob"]', 'members = ["bob"]').replace(
+        'admins = ["root", "root-admin"]', 'admins = ["root"]')
+    write(without_alice)
+    who = call(served.tcp, "GET", "/api/whoami", alice)
+    assert who["teams"] == [] and not who["admin"]
+    before = head(served.env)
+    other = SPEC.replace("pythia-ablation", "pythia-ablation-2")
+    with pytest.raises(Denied, match="alice is not a member of team interp"):
+        call(served.tcp, "POST", "/api/submit", alice, json={"file": "p2.toml", "text": other})
+    assert head(served.env) == before
+    assert call(served.tcp, "GET", "/api/whoami", bob)["teams"] == ["interp"]
+    # a broken file, then one others may write (naming alice again): neither is taken
+    with caplog.at_level("ERROR", logger="cellsched.server"):
+        write("admins = [\n")
+        assert call(served.tcp, "GET", "/api/whoami", alice)["teams"] == []
+        write(CLUSTER, 0o666)
+        assert call(served.tcp, "GET", "/api/whoami", alice)["teams"] == []
+    said = [r.getMessage() for r in caplog.records if "not read again" in r.getMessage()]
+    assert len(said) == 2 and "writable by group or others" in said[1], said
+    path.chmod(0o644)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert call(served.tcp, "GET", "/api/whoami", alice)["teams"] == ["interp"]

@@ -102,6 +102,30 @@ async def _too_large(send: Any, message: str, status: int = 413) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class ConfigWatch:
+    """Before each request, read the cluster config again if its file changed
+    (``Env.refresh_cluster``): who is in which team and who is an admin are what the file
+    says now, as for a command run locally. A file that no longer validates, or that group
+    or others may write, is not taken: the config in force stays, and the log says why."""
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            from cellsched.server.listen import check_cluster_mode
+
+            env = self.state.env
+            try:
+                if env.refresh_cluster(check_cluster_mode):
+                    log.info("cluster config %s read again: it changed", env.cluster_path)
+                    if self.state.metrics is not None:
+                        self.state.metrics.reports.clear()
+            except CellschedError as e:
+                log.error("cluster config not read again, the one in force stays: %s", e.message)
+        await self.app(scope, receive, send)
+
+
 def _validation_line(exc: RequestValidationError) -> str:
     """One line naming the first field that is wrong, like the CLI's bad-input lines."""
     errs = exc.errors()
@@ -147,6 +171,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
     app.add_middleware(BodyLimit, state=state)  # type: ignore[arg-type]
+    app.add_middleware(ConfigWatch, state=state)  # type: ignore[arg-type]
     return app
 
 

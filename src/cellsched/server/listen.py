@@ -148,14 +148,19 @@ def check_files(ledger_url: str, cluster_path: Path, tls_key: Path | None = None
     if not key.exists():
         raise BadInput(f"{key}: no signing key (run `cellsched init` as the server's account)")
     _private(key, "signing key")
-    mode = stat.S_IMODE(cluster_path.stat().st_mode)
-    if mode & 0o022:
-        raise BadInput(f"{cluster_path}: the cluster config is writable by group or others (mode {mode:03o}), "
-                       "and it names the admins; chmod 644 it")
+    check_cluster_mode(cluster_path)
     if tls_key is not None:
         if not tls_key.exists():
             raise BadInput(f"--tls-key {tls_key}: no such file")
         _private(tls_key, "TLS key")
+
+
+def check_cluster_mode(cluster_path: Path) -> None:
+    """BadInput if the cluster config, which names the admins, is writable by group or others."""
+    mode = stat.S_IMODE(cluster_path.stat().st_mode)
+    if mode & 0o022:
+        raise BadInput(f"{cluster_path}: the cluster config is writable by group or others (mode {mode:03o}), "
+                       "and it names the admins; chmod 644 it")
 
 
 # -- logs ---------------------------------------------------------------------------------

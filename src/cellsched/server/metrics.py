@@ -122,6 +122,11 @@ class Reports:
         with self.env.ledger.read() as s:
             return ledger_seq(s)
 
+    def clear(self) -> None:
+        """Forget every result (the cluster config changed: teams, pools, allowances)."""
+        with self._lock:
+            self._cache.clear()
+
     def _fresh(self, key: tuple[Any, ...]) -> Cached | None:
         with self._lock:
             hit = self._cache.get(key)
