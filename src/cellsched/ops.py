@@ -296,6 +296,13 @@ def store_code(env: Env, caller: str, digest: str, blob: bytes, now: int) -> dic
     return service.store_code(env, caller, digest, blob, now)
 
 
+def check_may_upload_code(env: Env, caller: str) -> None:
+    """Denied unless ``caller`` may upload code (before an upload's body is read)."""
+    from cellsched import service
+
+    service.check_may_upload_code(env, caller)
+
+
 def code_stored(env: Env, caller: str, digest: str, now: int) -> dict[str, Any]:
     """Whether the ledger holds a code snapshot (so a client need not upload it again)."""
     from cellsched import service

@@ -891,6 +891,13 @@ def code_meta(s: Session, code_digest: str) -> tuple[int, int, int] | None:
 MAX_UNPACKED = 640 << 20
 
 
+def check_may_upload_code(env: Env, caller: str) -> None:
+    """Denied unless ``caller`` is a member of a team or an admin (asked before the server
+    reads an upload's body, and again by ``store_code``)."""
+    if not (caller in env.cluster.admins or any(caller in t.members for t in env.cluster.teams)):
+        raise Denied(f"{caller} may not upload code: only members of a team and admins")
+
+
 def store_code(env: Env, caller: str, code_digest: str, blob: bytes, now: int) -> dict[str, Any]:
     """Store an uploaded code snapshot under its content digest, after checking that the
     archive's content has that digest (``executor._codepack.check``). Idempotent: a digest
@@ -898,8 +905,7 @@ def store_code(env: Env, caller: str, code_digest: str, blob: bytes, now: int) -
     each new snapshot is an event (``code_stored``) naming who uploaded it."""
     from cellsched.executor import _codepack
 
-    if not (caller in env.cluster.admins or any(caller in t.members for t in env.cluster.teams)):
-        raise Denied(f"{caller} may not upload code: only members of a team and admins")
+    check_may_upload_code(env, caller)
     with env.ledger.read() as s:
         meta = code_meta(s, code_digest)
     if meta is None:

@@ -597,3 +597,37 @@ def test_an_edit_of_the_cluster_config_takes_effect_at_the_next_request(served: 
     path.chmod(0o644)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert call(served.tcp, "GET", "/api/whoami", alice)["teams"] == ["interp"]
+
+
+def test_a_code_upload_from_someone_who_may_not_upload_is_refused_before_its_body(served: Served) -> None:
+    """A caller in no team (here alice, taken out of hers after her token was issued)
+    uploading code gets 403 as soon as the request's head is in: the server does not wait
+    for (nor hold) a body of up to 100 MiB it would refuse anyway."""
+    _, alice = served.token("alice")
+    path = served.env.cluster_path
+    path.write_text(CLUSTER.replace('members = ["alice", "bob"]', 'members = ["bob"]'))
+    host, port = served.tcp.removeprefix("http://").split(":")
+    digest = "0" * 64
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall((f"PUT /api/code/{digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n"
+                      "Content-Type: application/octet-stream\r\nContent-Length: 50000000\r\n\r\n").encode()
+                     + b"x" * 1000)  # the head, and 1,000 of the 50,000,000 bytes it announces
+        got = _response(conn)  # (times out, failing, if the server waits for the rest)
+    assert got.startswith("HTTP/1.1 403") and "alice may not upload code" in got, got[:300]
+
+
+def _response(conn: socket.socket) -> str:
+    """One HTTP response, head and body (by its Content-Length), as text."""
+    data = b""
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            if len(body) >= length:
+                break
+    return data.decode("latin-1")

@@ -17,6 +17,7 @@ write lock serialises the writers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Annotated, Any
@@ -119,10 +120,16 @@ def calendar(request: Request, who: Who, pool: OptName = None,
 async def put_code(digest: Digest, request: Request, who: Who) -> JSON:
     """Store a code snapshot (the archive ``executor/_codepack`` makes) under its content
     digest. The archive's content must have that digest; storing one that is there already
-    changes nothing. Members of a team and admins only."""
-    blob = await request.body()
+    changes nothing. Members of a team and admins only: anyone else is refused before the
+    body is read, and at most ``uploads_at_once`` (2) bodies are read at a time (each may be up
+    to the server's code body limit, 100 MiB by default)."""
     state = state_of(request)
-    return JSON(await run_in_threadpool(ops.store_code, state.env, who.user, digest, blob, now_s()))
+    ops.check_may_upload_code(state.env, who.user)
+    if state.uploads is None:
+        state.uploads = asyncio.Semaphore(state.uploads_at_once)
+    async with state.uploads:
+        blob = await request.body()
+        return JSON(await run_in_threadpool(ops.store_code, state.env, who.user, digest, blob, now_s()))
 
 
 @router.get("/code/{digest}", response_class=JSON, summary="is a code snapshot stored?")

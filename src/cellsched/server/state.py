@@ -15,10 +15,13 @@ class ServerState:
 
     ``metrics`` is the server's own Prometheus registry and instruments
     (``cellsched.server.metrics.Metrics``), set by ``create_app``; ``max_body`` and
-    ``max_code_body`` are the request size limits in bytes."""
+    ``max_code_body`` are the request size limits in bytes; ``uploads_at_once`` how many
+    code uploads' bodies are read at a time."""
 
     env: Env
     started_at: float = field(default_factory=time.time)
     max_body: int = 1 << 20
     max_code_body: int = 100 << 20
     metrics: Any = None
+    uploads_at_once: int = 2  # code upload bodies read at a time (each up to max_code_body)
+    uploads: Any = None  # their asyncio.Semaphore, made in the server's event loop
