@@ -478,6 +478,6 @@ def log_read(env: Env, caller: str, project: str, job: str, attempt: int, rank: 
     if not any(a.job == job and a.attempt == attempt for a in runs):
         L.pick(runs, job, attempt)  # raises NotFound naming what there is
     p = L.rank_log(log_dir, job, attempt, rank)
-    data, size, exists = L.read_chunk(p, offset, max(1, min(limit, LOG_CHUNK)))
+    data, size, exists = L.read_chunk(p, offset, max(1, min(limit, LOG_CHUNK)), within=log_dir)
     return {"path": str(p), "exists": exists, "offset": offset, "next_offset": offset + len(data),
             "size": size, "data_b64": base64.b64encode(data).decode("ascii")}

@@ -336,6 +336,12 @@ def submit(env: Env, spec: ProjectSpec | Sealed | str | Path, caller: str, now: 
         if code_info is not None and snap is None and code_digest is not None:
             job.code_json = {**code_info, "digest": code_digest}
         return _dry_run(env, job)
+    if team is None:
+        # Nobody's hours: refused (unknown_team) and not recorded. Anyone may send such a
+        # spec, and the ledger's events are what teams were granted and refused.
+        out = _dry_run(env, job)
+        out.dry_run = False
+        return out
     return env.submits.run(env, job)
 
 

@@ -607,3 +607,45 @@ def test_generated_bodies_never_get_a_5xx(fuzzed: Served, endpoint: str) -> None
         check()
     finally:
         client.close()
+
+
+def test_a_log_that_is_a_link_or_not_a_file_is_not_read(served: Served, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job whose user may write the log directory cannot make ``logs`` read another file
+    the server's account can read: a rank log that is a symbolic link, one under a directory
+    that links out of the log directory, or a FIFO (which would hang the read) is refused
+    with one line (403), and the file it points at is not sent."""
+    import os
+
+    from cellsched.runtime import logs as L
+
+    monkeypatch.setenv("CELLSCHED_NOW", NOW_ISO)
+    path = spec_file(tmp_path, "sly", gpus=1, hours=2)
+    assert served.cli("submit", str(path)).exit_code == 0
+    with served.env.ledger.write() as s:
+        g = s.exec(select(GrantRow)).one()
+        for attempt in (1, 2, 3):
+            s.add(JobRunRow(grant_id=g.id, job="train", attempt=attempt, state="failed", gpus=1,
+                            started_at=NOW, ended_at=NOW + 60, exit_codes="[1]"))
+    _g, log_dir, _runs = L.locate(served.env, "sly")
+    secret = tmp_path / "secret.key"
+    secret.write_text("the signing key\n")
+    p1 = L.rank_log(log_dir, "train", 1, 0)
+    p1.parent.mkdir(parents=True, exist_ok=True)
+    p1.symlink_to(secret)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    p2 = L.rank_log(log_dir, "train", 2, 0)
+    (outside / p2.name).write_text("the signing key\n")  # a plain file, in a directory out of the logs
+    p2.parent.symlink_to(outside)
+    p3 = L.rank_log(log_dir, "train", 3, 0)
+    p3.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(p3)
+    with served.http("alice", timeout=20) as c:
+        for attempt, says in ((1, "a symbolic link, not a log"), (2, "symbolic link out of the log directory"),
+                              (3, "not a regular file")):
+            r = c.get("/api/logs/read", params={"project": "sly", "job": "train", "attempt": attempt, "rank": 0})
+            assert r.status_code == 403 and says in r.json()["error"], (attempt, r.text)
+            assert "signing key" not in r.text
+    out = served.cli("logs", "sly", "train", "--attempt", "1")
+    assert out.exit_code == 1 and "a symbolic link, not a log" in out.stderr and "signing key" not in out.stdout

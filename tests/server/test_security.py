@@ -631,3 +631,16 @@ def _response(conn: socket.socket) -> str:
             if len(body) >= length:
                 break
     return data.decode("latin-1")
+
+
+def test_a_spec_naming_a_team_the_config_does_not_have_is_refused_and_not_recorded(served: Served) -> None:
+    """Anyone the server knows may send such a spec, as often as they like: the answer is
+    the refusal (unknown_team), and the ledger's event chain does not grow."""
+    _, carol = served.token("carol")
+    before = head(served.env)
+    ghost = SPEC.replace('team = "interp"', 'team = "ghostteam"')
+    for _ in range(3):
+        out = call(served.tcp, "POST", "/api/submit", carol, json={"file": "ghost.toml", "text": ghost})
+        assert out["decision"] == "refused" and out["refusal"]["reason"] == "unknown_team", out
+        assert "dry_run" not in out
+    assert head(served.env) == before

@@ -11,14 +11,16 @@ client uses it.
 from __future__ import annotations
 
 import base64
+import errno
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from cellsched.errors import NotFound
+from cellsched.errors import Denied, NotFound
 
 if TYPE_CHECKING:
     from cellsched.ledger.tables import GrantRow
@@ -146,15 +148,32 @@ def pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Atte
 _pick = pick  # the name it had
 
 
-def read_chunk(path: Path, offset: int, limit: int) -> tuple[bytes, int, bool]:
-    """Up to ``limit`` bytes of ``path`` from ``offset``: (data, file size, exists)."""
+def read_chunk(path: Path, offset: int, limit: int, within: str | Path | None = None) -> tuple[bytes, int, bool]:
+    """Up to ``limit`` bytes of ``path`` from ``offset``: (data, file size, exists).
+
+    Only a regular file, reached without a symbolic link: not the log itself (opened with
+    O_NOFOLLOW) nor, with ``within``, any directory between it and ``within`` (the grant's
+    log directory). A job whose user may write the log directory could otherwise point its
+    log at any file the server's account can read (a key, a password file) and read it back
+    through ``logs``; a FIFO would hang the read. Refused (Denied), one line."""
+    if within is not None:
+        real, top = os.path.realpath(path.parent), os.path.realpath(within)
+        if real != top and not real.startswith(top + os.sep):
+            raise Denied(f"{path}: a directory on its way is a symbolic link out of the log directory; not read")
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            f.seek(max(0, offset))
-            return f.read(limit), size, True
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return b"", 0, False
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Denied(f"{path}: a symbolic link, not a log; not read") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise Denied(f"{path}: not a regular file; not read")
+        f.seek(max(0, offset))
+        return f.read(limit), st.st_size, True
 
 
 class LogSource(Protocol):
