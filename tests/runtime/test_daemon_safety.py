@@ -126,3 +126,74 @@ def test_a_deposed_daemon_is_refused_by_the_ranks(env: Env, tmp_path: Path) -> N
     with pytest.raises(Fenced):
         h.tick(T0 + 6)  # the old one wakes up and would launch "b"
     assert h.ex.overlaps() == []
+
+
+class _Crash(BaseException):
+    """kill -9, as far as the reconciler can tell."""
+
+
+@pytest.mark.parametrize("how", ["none", "db_error", "kill9"])
+def test_a_failed_write_or_a_crash_at_a_windows_end_loses_no_gpu_second(env: Env, tmp_path: Path, how: str) -> None:
+    """A job still running at its window's end is killed, and its result is stored before
+    its group is released: if the write fails (the database drops the connection) or the
+    daemon dies right then, the next pass still finds the result and meters the 4 GPUs x
+    30 s, not a 'killed, result not collected' attempt with 0 GPU-seconds."""
+    from sqlalchemy.exc import OperationalError
+
+    g = submit(env, project("meter", [job("train", gpus=4)], window_s=30))
+    h = Harness(env, tmp_path, {"train": Behaviour(None, ignores_sigterm=True)}, strict=False)
+    h.run(T0 + 29)
+    assert h.attempts(g.id) == [("train", 1, "running")]
+    record, failed = h.rec.writer.record_results, []
+
+    def flaky(gid, results, now, relabel=None):  # type: ignore[no-untyped-def]
+        if how != "none" and results and not failed:
+            failed.append(how)
+            if how == "db_error":
+                raise OperationalError("UPDATE", {}, Exception("server closed the connection"))
+            raise _Crash()
+        return record(gid, results, now, relabel)
+
+    h.rec.writer.record_results = flaky  # type: ignore[method-assign]
+    if how == "kill9":
+        with pytest.raises(_Crash):
+            h.tick(T0 + 30)
+        h.restart()
+    else:
+        h.tick(T0 + 30)
+    h.run_until_done(g.id)
+    [run] = h.runs(g.id)
+    assert run.state == "killed" and run.gpu_seconds == 4 * 30, (run.state, run.gpu_seconds, run.detail)
+    assert h.report(g.id)["gpu_seconds"]["used"] == 4 * 30
+
+
+def test_an_outage_dated_from_the_last_heartbeat_does_not_refund_a_closed_one_again(env: Env, tmp_path: Path) -> None:
+    """A daemon with its own local Ray is killed (-9) after closing an outage that began
+    after its last heartbeat; the next daemon finds the group gone and dates the new outage
+    from that heartbeat. The seconds the closed outage already refunded are not refunded
+    again: the grant's breach rows never overlap, and the second outage counts from T0+15."""
+    from sqlmodel import col, select
+
+    from cellsched.ledger.tables import BreachRow
+    from cellsched.runtime.reconciler import Reconciler
+
+    g = submit(env, project("breachy", [job("train", gpus=4)], window_s=100))
+    h = Harness(env, tmp_path, {"train": Behaviour(None)})
+    h.run(T0 + 10)
+    name = h.runtime(g.id).reservation
+    h.ex.lose_bundles(name, [0])  # a node lost at T0+10: an outage opens
+    h.run(T0 + 14)
+    h.ex.heal(name)
+    h.tick(T0 + 15)  # the group is back: the outage closes at T0+15, refunded
+    closed = h.grant(g.id).breach_gs
+    assert closed > 0
+    h.ex.advance(T0 + 16)
+    h.ex.crash_cluster(orphans_until=T0 + 16)  # kill -9 at T0+16; its local Ray dies with it
+    h.ex.advance(T0 + 18)
+    h.rec = Reconciler(env, h.ex, clock=lambda: int(h.ex.now), settings=h.settings, down_since=T0 + 14)
+    h.tick(T0 + 18)  # the next daemon: group missing, an outage from T0+15 (not T0+14)
+    with env.ledger.read() as s:
+        rows = sorted((b.start, b.end) for b in s.exec(select(BreachRow).where(BreachRow.grant_id == g.id)
+                                                      .order_by(col(BreachRow.id))) if b.end > b.start)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(rows, rows[1:])), rows
+    assert h.grant(g.id).breach_gs == closed + 4 * 3

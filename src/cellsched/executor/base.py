@@ -462,6 +462,14 @@ class Executor(Protocol):
         """SIGKILL every running job's process group (or only ``job``'s)."""
         ...
 
+    def stop(self, name: str) -> list[GangResult]:
+        """Kill every job of the group and return every result not acknowledged yet (jobs
+        killed here are ``killed``), as ``release`` would, but forget nothing: the group stays
+        and ``poll`` shows the same results until they are ``ack``ed. So a caller stores them
+        first and releases after: a crash or a failed write in between loses nothing.
+        Idempotent; an unknown name has no results."""
+        ...
+
     def release(self, name: str) -> list[GangResult]:
         """Kill everything, free the GPUs, forget the group; idempotent.
 

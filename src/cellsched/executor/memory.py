@@ -486,6 +486,12 @@ class MemoryExecutor:
     def kill(self, name: str, job: str | None = None) -> None:
         self._signal(name, job, signal.SIGKILL)
 
+    def stop(self, name: str) -> list[GangResult]:
+        if name not in self._resv:
+            return []
+        self.kill(name)
+        return self.poll(name)
+
     def release(self, name: str) -> list[GangResult]:
         r = self._resv.get(name)
         if r is None:

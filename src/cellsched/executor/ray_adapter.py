@@ -870,19 +870,7 @@ class RayExecutor:
             for borrower in self._lendings_of(name):
                 self._release(borrower, settle_s, give_back=False)  # their results are lost
         hs = self._live_ranks(name)
-        out: dict[Key, GangResult] = {}
-        if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
-            # The supervisors kill the jobs' trees first; ray.kill alone would leave the
-            # jobs' grandchildren running (and its result would be lost).
-            self._signal(name, None, None, 9, "release", check=True)
-            deadline = time.monotonic() + settle_s
-            while True:
-                got, settled = self._collect(name)
-                for r in got:  # collect is side-effect free: a result shows on every round
-                    out.setdefault((r.job, r.attempt), r)
-                if settled or time.monotonic() > deadline:
-                    break
-                time.sleep(0.01)
+        out = self._stop(name, entry, settle_s)
         self._retire(name, hs, entry["state"] != "PENDING", wait=give_back and owner is not None)
         if owner is None:
             remove_placement_group(pg)
@@ -902,6 +890,32 @@ class RayExecutor:
             self._ready.discard(owner)
             self._pings.pop(owner, None)
         return [out[k] for k in sorted(out)]
+
+    def stop(self, name: str, settle_s: float = 5.0) -> list[GangResult]:
+        """See the Protocol. ``settle_s`` bounds the wait for killed processes to be reaped."""
+        found = self._group(name)
+        if found is None:
+            return []
+        out = self._stop(name, found[1], settle_s)
+        return [out[k] for k in sorted(out)]
+
+    def _stop(self, name: str, entry: dict[str, Any], settle_s: float) -> dict[Key, GangResult]:
+        """Kill the group's jobs and collect the results not acknowledged (for ``settle_s`` at
+        most, until every gang is accounted for); nothing is forgotten."""
+        out: dict[Key, GangResult] = {}
+        if entry["state"] != "PENDING":  # when rescheduling, survivors still run jobs
+            # The supervisors kill the jobs' trees first; ray.kill alone would leave the
+            # jobs' grandchildren running (and its result would be lost).
+            self._signal(name, None, None, 9, "release", check=True)
+            deadline = time.monotonic() + settle_s
+            while True:
+                got, settled = self._collect(name)
+                for r in got:  # collect is side-effect free: a result shows on every round
+                    out.setdefault((r.job, r.attempt), r)
+                if settled or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        return out
 
     def _retire(self, name: str, hs: list[Any], placed: bool, wait: bool) -> None:
         """Kill rank actors ``hs`` of ``name`` for good, once what they logged is home

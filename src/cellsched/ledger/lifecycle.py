@@ -81,7 +81,13 @@ def open_breach(row: GrantRow, rt: GrantRuntimeRow, now: int) -> int:
 
 def open_outage(s: Session, row: GrantRow, rt: GrantRuntimeRow, since: int, now: int) -> None:
     """Open an outage from ``since``: from then on the window is not provided, and the
-    breach (refunded) grows with it; the breach so far is recorded now."""
+    breach (refunded) grows with it; the breach so far is recorded now.
+
+    Never from before the last outage's close (``breach_noted_at``, with none open): a new
+    daemon dates an outage from the last one's last heartbeat, and the last one may have
+    closed (and refunded) an outage after it; those seconds are not refunded twice."""
+    if rt.outage_since is None and rt.breach_noted_at is not None:
+        since = max(since, min(rt.breach_noted_at, now))
     rt.outage_since = since
     rt.breach_noted_at = now
     set_breach(s, row, open_breach(row, rt, now), now)

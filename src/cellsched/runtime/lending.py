@@ -146,7 +146,7 @@ class Lender:
             # one is proven dead, so that no task ever runs twice at once.
             return
         if results or state == "missing" or (t.state == "preempting" and now >= (t.reclaim_at or now) + self.grace):
-            final = ex.release(t.name) or results
+            final = ex.stop(t.name) or results  # (released once its end is written: nothing lost)
             r = final[0] if final else None
             outcome = r.outcome if r is not None else "lost"
             codes = list(r.exit_codes) if r is not None else []
@@ -156,6 +156,7 @@ class Lender:
                 at = max(t.started_at, min(now, down))  # gone with the last daemon: charged until then
             new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate,
                                     held_until=at)
+            ex.release(t.name)
             if new is not None:
                 held = t.gpus * max(0, now - (t.started_at or now))
                 res.add(f"{'preempted' if t.state == 'preempting' else outcome} {pid} "

@@ -477,7 +477,21 @@ class Reconciler:
             res.add(f"{row.project_id}: moved off lost node(s) of pool {row.pool} to nodes {new}")
             rt = runtimes.get(row.id)
             if rt is not None and rt.reservation:
-                self._record(row.id, self.ex.release(rt.reservation), now, res)
+                self._release_recorded(row.id, rt.reservation, now, res)
+
+    def _release_recorded(self, gid: int, name: str, now: int, res: TickResult,
+                          relabel: Callable[[GangResult], str] | None = None) -> None:
+        """Release the group only once what its gangs did is in the ledger: stop them, store
+        every result not acknowledged, acknowledge them, then release (whatever still comes
+        back is stored too). A crash or a failed write before the release leaves the group and
+        its results for the next pass: no GPU-second is lost."""
+        results = self.ex.stop(name)
+        if results:
+            self._record(gid, results, now, res, relabel)
+            self.ex.ack(name, [(r.job, r.attempt) for r in results])
+        late = self.ex.release(name)
+        if late:
+            self._record(gid, late, now, res, relabel)
 
     def _record(self, gid: int, results: list[GangResult], now: int, res: TickResult,
                 relabel: Callable[[GangResult], str] | None = None) -> None:
@@ -543,9 +557,7 @@ class Reconciler:
         """The grant has ended: release the group, close attempts, write the report; then
         notify. Idempotent."""
         gid = seen.view.id
-        results = self.ex.release(name)
-        if results:
-            self._record(gid, results, now, res)
+        self._release_recorded(gid, name, now, res)
         why = {"expired": "killed at the window's end", "cancelled": "grant cancelled",
                "replaced": "grant replaced by a new version"}.get(reason, "group released")
         spec, proj = seen.view.spec, seen.project
@@ -627,12 +639,10 @@ class Reconciler:
                 time.sleep(poll_s)
             now = self.clock()
             for gid, n in names.items():
-                self.ex.kill(n)
-                results = self.ex.release(n)
                 # An attempt that reported nothing stays "running": the next daemon ends it only
                 # with a proof of death (its lock files), never on this daemon's word.
-                self._record(gid, results, now, res,
-                             relabel=lambda r: "interrupted" if r.outcome == "killed" else r.outcome)
+                self._release_recorded(gid, n, now, res,
+                                       relabel=lambda r: "interrupted" if r.outcome == "killed" else r.outcome)
         except Exception:
             log.exception("stopping jobs failed; the supervisors stop them when their ranks die")
 
