@@ -953,9 +953,7 @@ def _check_unpacked_size(blob: bytes) -> None:
 
 
 def _replaced_grant(s: Session, spec: ProjectSpec, caller: str, env: Env) -> GrantRow:
-    name, _, short = (spec.replaces or "").partition("@")
-    if name != spec.name:
-        raise BadInput(f"replaces: {spec.replaces!r} names another project (this one is {spec.name!r})")
+    name, _, short = (spec.replaces or "").partition("@")  # (the spec's own name: ProjectSpec checks it)
     rows = s.exec(select(GrantRow).where(GrantRow.project == name, col(GrantRow.state).in_(LIVE_STATES))).all()
     old = next((r for r in rows if r.digest.startswith(short)), None)
     if old is None:

@@ -233,3 +233,26 @@ def test_audit_without_a_ledger_says_so_and_creates_none(tmp_path: Path) -> None
     assert r.exit_code == 2
     assert r.stderr == f"cellsched: {tmp_path / 'cellsched.db'}: no ledger here (run `cellsched init`, or pass --db)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_that_only_read_create_no_ledger(cluster_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cluster config but no ledger yet (or a --db naming a file that is not there),
+    a command that only reads the ledger answers as for an empty one (a name it does not
+    know is one line, exit 2) and creates nothing; submit, which writes, creates it."""
+    monkeypatch.setenv("CELLSCHED_SERVER", "local")
+    root = cluster_file.parent
+    before = sorted(p.name for p in root.iterdir())
+    spec = str(ROOT / "projects" / "pythia-ablation.toml")
+    for db in ([], ["--db", f"sqlite:///{root / 'new.db'}"]):
+        flags = ["--cluster", str(cluster_file), *db]
+        for args in (["status"], ["budget", "interp"], ["report"], ["calendar"], ["daemon"],
+                     ["submit", "--dry-run", spec]):
+            r = run(*flags, *args)
+            assert r.exit_code == 0 and "Traceback" not in r.output, (args, r.output)
+        for args in (["status", "nope"], ["budget", "nope"], ["cancel", "nope"], ["verify", "nope"], ["logs", "nope"]):
+            r = run(*flags, *args)
+            assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "nope" in r.stderr, (args, r.stderr)
+        assert sorted(p.name for p in root.iterdir()) == before
+    assert "no projects" in run("--cluster", str(cluster_file), "status").stdout
+    assert run("--cluster", str(cluster_file), "submit", spec).exit_code == 0
+    assert (root / "cellsched.db").exists()

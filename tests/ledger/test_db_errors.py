@@ -116,6 +116,11 @@ NOT_URLS = [
     ("postgresql+psycopg://u:se@cret@h/db", "--db postgresql+psycopg://u:***@h/db: more than one '@'"),
     ("postgresql+psycopg://u:sekret@h/db?application_name=a@b", "--db postgresql+psycopg://u:***@b: more than one '@'"),
     ("postgresql+psycopg://u@h:port/db", "--db postgresql+psycopg://u@h:port/db: the port 'port' is not a number"),
+    # query parameters libpq cannot take (docs/cli.md suggests ?connect_timeout=N)
+    ("postgresql+psycopg://u:sekret@h/db?connect_timeout=abc",
+     "--db postgresql+psycopg://u:***@h/db?connect_timeout=abc: bad value for connect_timeout: 'abc'"),
+    ("postgresql+psycopg://u:sekret@127.0.0.1/db?foo=bar",
+     "--db postgresql+psycopg://u:***@127.0.0.1/db?foo=bar: invalid connection option \"foo\""),
 ]
 
 

@@ -74,6 +74,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
      "f.toml: replaces: best-effort work has no window to replace (cancel the old submission, then submit this one)"),
     ("after", sweep(jobs=[make_job("a"), make_job("b", after=["a"])]),
      "f.toml: jobs.1.after: best-effort tasks are independent, so no after (submit a later step as its own spec)"),
+    ("replaces another project", make_spec(replaces="other@abcdef123456"),
+     "f.toml: replaces: 'other@abcdef123456' names another project (this one is 'pythia-ablation'; "
+     "a new version keeps its name)"),
     ("count on guaranteed", put(make_spec(), "jobs.1.count", 4),
      'f.toml: jobs.1.count: only best-effort work runs a job several times (kind = "best-effort")'),
     ("unknown kind", sweep(kind="batch"), "f.toml: kind: must be 'guaranteed' or 'best-effort', got a string \"batch\""),

@@ -71,6 +71,24 @@ def _now() -> int:
     return now_s()
 
 
+def _default_url() -> str:
+    from cellsched.ledger.db import default_url
+
+    return default_url(G.cluster)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite ledger URL (None: not SQLite, or in memory)."""
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+    return None
+
+
+def _sqlite_missing(url: str) -> bool:
+    file = _sqlite_file(url)
+    return file is not None and not file.exists()
+
+
 class Local:
     """The embedded default: ``cellsched.ops`` on the local ledger, for the OS user."""
 
@@ -84,6 +102,17 @@ class Local:
             self._env = env()
         return self._env
 
+    def read_env(self):  # type: ignore[no-untyped-def]
+        """``env()`` for a command that only reads the ledger: a SQLite ledger file that is
+        not there is read as the empty ledger it stands for, and not created (a read command,
+        or one given a name that is not there, writes nothing)."""
+        if self._env is None:
+            from cellsched.service import open_env
+
+            url = G.db or _default_url()
+            self._env = open_env(G.cluster, "sqlite://" if _sqlite_missing(url) else G.db)
+        return self._env
+
     def validate(self, specs: list[SpecIn]) -> list[dict[str, Any]]:
         from cellsched import ops
 
@@ -93,13 +122,13 @@ class Local:
                replace: bool = False) -> dict[str, Any]:
         from cellsched import ops
 
-        e = self.env()
+        e = self.read_env() if dry_run else self.env()
         return ops.submit(e, caller(), spec, _now(), snapshot=snapshot, dry_run=dry_run, replace=replace)
 
     def calendar(self, pool: str | None, days: int, fit: str | None, team: str | None) -> dict[str, Any]:
         from cellsched import ops
 
-        return ops.calendar(self.env(), caller(), _now(), pool=pool, days=days, fit=fit, team=team)
+        return ops.calendar(self.read_env(), caller(), _now(), pool=pool, days=days, fit=fit, team=team)
 
     def cluster(self) -> dict[str, Any]:
         from cellsched import ops
@@ -109,54 +138,51 @@ class Local:
     def cancel(self, project: str) -> dict[str, Any]:
         from cellsched import ops
 
-        return ops.cancel(self.env(), caller(), project, _now())
+        return ops.cancel(self.read_env(), caller(), project, _now())
 
     def verify(self, project: str, spec: SpecIn | None, code_now: CodeNow | None) -> dict[str, Any]:
         from cellsched import ops
 
-        return ops.verify(self.env(), caller(), project, _now(), spec=spec, code_now=code_now)
+        return ops.verify(self.read_env(), caller(), project, _now(), spec=spec, code_now=code_now)
 
     def status(self, project: str | None) -> list[dict[str, Any]]:
         from cellsched import ops
 
-        return ops.status(self.env(), caller(), project, _now())
+        return ops.status(self.read_env(), caller(), project, _now())
 
     def budget(self, name: str) -> dict[str, Any]:
         from cellsched import ops
 
-        return ops.budget(self.env(), caller(), name, _now())
+        return ops.budget(self.read_env(), caller(), name, _now())
 
     def report(self, since: int | None, until: int | None, team: str | None,
                last: int | None = None) -> dict[str, Any]:
         from cellsched import ops
 
         now = _now()
-        e = self.env()
+        e = self.read_env()
         return ops.report(e, caller(), since, until, team, now, last=last)
 
     def audit(self) -> dict[str, Any]:
         from cellsched import ops
         from cellsched.errors import NotFound
-        from cellsched.ledger.db import Ledger, default_url
+        from cellsched.ledger.db import Ledger
 
-        url = G.db or default_url(G.cluster)
-        if url.startswith("sqlite:///") and ":memory:" not in url:
-            # Opening would create an empty ledger, and "ok, 0 events" for the wrong path is a lie.
-            file = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
-            if not file.exists():
-                raise NotFound(f"{file}: no ledger here (run `cellsched init`, or pass --db)")
+        url = G.db or _default_url()
+        if _sqlite_missing(url):  # "ok, 0 events" for the wrong path would be a lie
+            raise NotFound(f"{_sqlite_file(url)}: no ledger here (run `cellsched init`, or pass --db)")
         return ops.audit(Ledger(url), caller(), _now())
 
     def daemon(self) -> dict[str, Any]:
         from cellsched import ops
 
-        return ops.daemon(self.env(), caller(), _now())
+        return ops.daemon(self.read_env(), caller(), _now())
 
     def logs(self) -> Any:
         """A ``runtime.logs.LogSource``."""
         from cellsched.runtime.logs import LocalLogs
 
-        return LocalLogs(self.env())
+        return LocalLogs(self.read_env())
 
 
 class Served:

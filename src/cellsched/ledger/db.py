@@ -294,6 +294,7 @@ def unusable(e: BaseException, url: str) -> BadInput | None:
             # permission denied; no schema to create in; a read-only transaction (a standby)
             and sqlstate not in ("42501", "3F000", "25006")
             and not isinstance(orig, sqlite3.Error)
+            and not _bad_conninfo(orig)
         ):
             return None
     elif not isinstance(e, (exc.ArgumentError, exc.NoSuchModuleError)):
@@ -301,6 +302,16 @@ def unusable(e: BaseException, url: str) -> BadInput | None:
     text = str(orig).strip() or type(orig).__name__
     reason = _sqlite_reason(text, url) if url.startswith("sqlite") else _postgres_reason(text, url)
     return BadInput(f"--db {redacted(url)}: {_scrub(reason, url)}")
+
+
+# libpq's words for a URL's query parameters it cannot take (``?connect_timeout=abc``,
+# ``?foo=bar``): psycopg raises them as a ProgrammingError before connecting.
+_CONNINFO = re.compile(r"^(bad value for \S+:|invalid connection option |missing \"=\" after |"
+                       r"invalid dsn|unterminated quoted string)")
+
+
+def _bad_conninfo(e: BaseException) -> bool:
+    return _is_psycopg(e) and not getattr(e, "sqlstate", None) and bool(_CONNINFO.match(str(e).strip()))
 
 
 def _is_psycopg(e: BaseException) -> bool:

@@ -44,7 +44,12 @@ def relative_seconds(value: str) -> int | None:
     n = int(m.group(1)) * UNITS[m.group(2)[0]]
     if n <= 0:
         raise BadInput(f"--since {value}: a span must be longer than zero")
+    if n > MAX_SPAN_S:
+        raise BadInput(f"--since {value}: a span of at most 100 years (5218w), or give a time")
     return n
+
+
+MAX_SPAN_S = 5218 * 7 * 86400  # about 100 years: a report reaches back no further than that
 
 
 def named_period(value: str) -> tuple[int, int]:

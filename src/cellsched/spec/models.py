@@ -382,6 +382,9 @@ class ProjectSpec(_Frozen):
                     problems.append(f"jobs.{i}.after: best-effort tasks are independent, so no after "
                                     "(submit a later step as its own spec)")
         else:
+            if self.replaces is not None and self.replaces.partition("@")[0] != self.name:
+                problems.append(f"replaces: {self.replaces!r} names another project (this one is {self.name!r}; "
+                                "a new version keeps its name)")
             for i, job in enumerate(self.jobs):
                 if job.count != 1:
                     problems.append(f"jobs.{i}.count: only best-effort work runs a job several times "
