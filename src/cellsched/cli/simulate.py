@@ -31,7 +31,7 @@ def simulate(
     best_effort_seed: Annotated[int, typer.Option("--best-effort-seed", help="Seed of --best-effort-share.")] = 1,
     checkpoint_interval: Annotated[int, typer.Option("--checkpoint-interval", help="Best-effort jobs checkpoint every C seconds of run: a preempted job keeps the work up to its last checkpoint (0: none, all work since its start is lost).")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for programs instead of a table.")] = False,
-    html_path: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts.")] = None,
+    html_file: Annotated[Optional[str], typer.Option("--html", metavar="FILE", help="Also write a self-contained HTML report with charts (checked before the replay: an existing directory to write into, not a directory or device).")] = None,
 ) -> None:
     """Replay a job trace on a virtual clock through cellsched's admission core and baselines.
 
@@ -42,6 +42,8 @@ def simulate(
     **Example**: cellsched simulate --trace jobs.csv --cluster examples/sim-cluster.toml --policy cellsched --policy easy
     """
     from cellsched.errors import BadInput
+    from cellsched.sim.html import html_target
+    from cellsched.sim.limits import check_options
     from cellsched.sim.policies import POLICIES
     from cellsched.sim.run import replay
     from cellsched.sim.setup import build_setup
@@ -56,6 +58,13 @@ def simulate(
     if pull_forward is not None and pull_forward not in PULL_FORWARD_RULES:
         *most, last = PULL_FORWARD_RULES
         raise BadInput(f"--pull-forward: must be {', '.join(most)} or {last}, got {pull_forward!r}")
+    # Everything the user typed is checked before anything is read or replayed: a bad value
+    # must not cost a long replay first (docs/simulate.md gives each option's range).
+    check_options(gpus=gpus, estimate_factor=estimate_factor, allowance_scale=allowance_scale,
+                  estimate_noise=estimate_noise, noise_seed=noise_seed, expect_every=expect_every,
+                  best_effort_share=best_effort_share, best_effort_seed=best_effort_seed,
+                  checkpoint_interval=checkpoint_interval)
+    html_path = html_target(html_file) if html_file is not None else None
     cluster_path = cluster if cluster is not None else G.cluster
     config = load_cluster(cluster_path)
     if pull_forward is not None:

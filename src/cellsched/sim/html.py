@@ -113,9 +113,61 @@ def write_html(path: Path, replays: Sequence[Replay], title: str, subtitle: str)
     ], subtitle=subtitle, generator="cellsched simulate")
     cdf.close()
     util.close()
-    try:
-        path.write_text(page, encoding="utf-8")
-    except OSError as e:
-        from cellsched.errors import BadInput
+    _write(path, page)
 
-        raise BadInput(f"{path}: cannot write: {e.strerror}") from None
+
+def html_target(text: str) -> Path:
+    """The ``--html`` file, checked before the replay so that a path it could never write
+    fails at once in one line: not empty, not a directory nor anything but a regular file
+    (a FIFO would block the end of a long run, /dev/full fill nothing), in an existing
+    directory this process may write into. Nothing is created here."""
+    import os
+    import stat
+
+    from cellsched.errors import BadInput, one_line
+
+    if not text.strip():
+        raise BadInput("--html: empty file name; give one like sim.html")
+    path = Path(text)
+    where = one_line(text)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise BadInput(f"--html: cannot write {where}: {e.strerror}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"--html: {where} is a directory; give a file name like sim.html")
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"--html: {where} is not a regular file; give a file name like sim.html")
+        if not os.access(path, os.W_OK):
+            raise BadInput(f"--html: cannot write {where}: permission denied")
+        return path
+    parent = path.parent
+    if not parent.is_dir():
+        raise BadInput(f"--html: cannot write {where}: directory {one_line(str(parent))} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"--html: cannot write {where}: directory {one_line(str(parent))} is not writable")
+    return path
+
+
+def _write(path: Path, text: str) -> None:
+    """Write the page through a temporary file beside it, renamed over it at the end: a
+    write that fails (a full disk) leaves no half page, and the old one, if any, intact."""
+    import os
+
+    from cellsched.errors import BadInput, one_line
+
+    target = Path(os.path.realpath(path))  # a symbolic link keeps pointing at the page
+    tmp = target.with_name(f".cellsched-simulate-{os.getpid()}.tmp")  # short: any name stays legal
+    try:
+        try:
+            with open(tmp, "x", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise BadInput(f"--html: cannot write {one_line(str(path))}: {e.strerror}") from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cellsched.errors import BadInput
+from cellsched.sim.limits import check_options
 from cellsched.sim.placement import NodeMap
 from cellsched.sim.trace import Trace
 from cellsched.spec.cluster import ClusterConfig, Pool, Team
@@ -59,12 +59,10 @@ def build_setup(
     expect_every: int = 0,
     checkpoint_interval: int = 0,
 ) -> SimSetup:
-    if not (allowance_scale > 0):
-        raise BadInput(f"--allowance-scale must be above 0, got {allowance_scale}")
+    check_options(gpus=gpus, allowance_scale=allowance_scale, expect_every=expect_every,
+                  checkpoint_interval=checkpoint_interval)
     pools = cluster.pools
     if gpus is not None:
-        if gpus < 1:
-            raise BadInput(f"--gpus must be at least 1, got {gpus}")
         first = pools[0]
         pools = (Pool.model_construct(
             name=first.name, gpu_type=first.gpu_type, gpus=gpus,
@@ -87,8 +85,4 @@ def build_setup(
             for name in asked  # teams with guaranteed jobs, in order of first appearance
         )
     sim = ClusterConfig.model_construct(pools=pools, teams=teams, admins=cluster.admins, policy=cluster.policy)
-    if expect_every < 0:
-        raise BadInput(f"--expect-every must be at least 0, got {expect_every}")
-    if checkpoint_interval < 0:
-        raise BadInput(f"--checkpoint-interval must be at least 0 seconds, got {checkpoint_interval}")
     return SimSetup(trace, sim, expect_every, checkpoint_interval)

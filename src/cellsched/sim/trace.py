@@ -17,10 +17,21 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cellsched.errors import BadInput, NotFound
+from cellsched.errors import BadInput, NotFound, one_line
+from cellsched.sim.limits import (
+    MAX_ESTIMATE_FACTOR,
+    MAX_ESTIMATE_NOISE,
+    MAX_GPUS,
+    MAX_SECONDS,
+    MAX_TRACE_BYTES,
+    number_from,
+    shown,
+)
 
 REQUIRED = ("job_id", "submit_s", "duration_s", "gpus", "team")
 CLASSES = {"guaranteed": False, "best-effort": True}  # the ``class`` column: value -> best-effort
@@ -127,21 +138,46 @@ class Trace:
         return line
 
 
+# Each number column's upper bound, and how the bound reads in a message.
+MAXIMA = {
+    "submit_s": (MAX_SECONDS, "3,155,760,000 (100 years)"),
+    "duration_s": (MAX_SECONDS, "3,155,760,000 (100 years)"),
+    "requested_s": (MAX_SECONDS, "3,155,760,000 (100 years)"),
+    "gpus": (MAX_GPUS, f"{MAX_GPUS:,}"),
+}
+
+
 def _int(text: str, name: str, minimum: int) -> int:
     text = text.strip()
+    maximum, most = MAXIMA[name]
     try:
         v = int(text)
     except ValueError:
         try:
             x = float(text)
         except ValueError:
-            raise ValueError(f"{name} {text!r} is not a number") from None
-        if not math.isfinite(x):
-            raise ValueError(f"{name} {text!r} is not finite") from None
+            raise ValueError(f"{name} {shown(text)!r} is not a number") from None
+        if math.isnan(x) or (math.isinf(x) and "inf" in text.lower()):
+            raise ValueError(f"{name} {shown(text)!r} is not finite") from None
+        # Before rounding: 1e300 would become a 301-digit int, and a number too long for
+        # int() (over 4,300 digits) reads as an infinite float.
+        if x > maximum:
+            raise ValueError(f"{name} {shown(text)} is above {most}") from None
+        if x < -maximum:
+            raise ValueError(f"{name} {shown(text)} is below {minimum}") from None
         v = math.ceil(x) if name != "submit_s" else math.floor(x)
     if v < minimum:
-        raise ValueError(f"{name} {v} is below {minimum}")
+        raise ValueError(f"{name} {shown(v)} is below {minimum}")
+    if v > maximum:
+        raise ValueError(f"{name} {shown(text)} is above {most}")
     return v
+
+
+def requested_of(duration: int, factor: float) -> int:
+    """``ceil(duration x factor)``, at most :data:`MAX_SECONDS` (a request of more than a
+    century is one the replay could not afford and no study needs)."""
+    x = duration * factor
+    return MAX_SECONDS if x > MAX_SECONDS else math.ceil(x - 1e-9)
 
 
 def parse_trace(
@@ -151,8 +187,7 @@ def parse_trace(
     max_bad_fraction: float = MAX_BAD_FRACTION,
 ) -> Trace:
     """Read a trace from text lines; see the module docstring for the rules."""
-    if not (estimate_factor >= 1.0 and math.isfinite(estimate_factor)):
-        raise BadInput(f"--estimate-factor must be a number >= 1, got {estimate_factor}")
+    number_from("--estimate-factor", estimate_factor, 1.0, MAX_ESTIMATE_FACTOR)
     reader = csv.reader(lines)
     try:
         header = next(reader)
@@ -195,14 +230,14 @@ def parse_trace(
                 if ireq is not None and row[ireq].strip():
                     requested = _int(row[ireq], "requested_s", 1)
                 else:
-                    requested = math.ceil(duration * estimate_factor - 1e-9)
+                    requested = requested_of(duration, estimate_factor)
             except ValueError as e:
                 bad.append((line, str(e)))
                 continue
             be = False
             if icls is not None and (cls := row[icls].strip()):
                 if cls not in CLASSES:
-                    raise BadInput(f"{source}:{line}: column class: {cls!r} is not guaranteed or best-effort")
+                    raise BadInput(f"{source}:{line}: column class: {shown(cls)!r} is not guaranteed or best-effort")
                 be = CLASSES[cls]
             seen_ids.add(jid)
             rows.append((submit, len(rows), jid, duration, gpus, team, requested, be))
@@ -225,8 +260,7 @@ def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
     deviation of its log), from one seeded generator in trace order; the factor is at least
     1.0 (nobody asks for less than the trace ran: the work stays the trace's). Rows whose
     request came from a ``requested_s`` column keep it. Same seed, same trace."""
-    if not (sigma >= 0 and math.isfinite(sigma)):
-        raise BadInput(f"--estimate-noise must be a number >= 0, got {sigma}")
+    number_from("--estimate-noise", sigma, 0.0, MAX_ESTIMATE_NOISE)
     if sigma == 0 or trace.requested_column:
         return trace
     import random
@@ -237,7 +271,7 @@ def add_estimate_noise(trace: Trace, sigma: float, seed: int = 0) -> Trace:
     for j in trace.jobs:
         factor = max(1.0, f * rnd.lognormvariate(0.0, sigma))
         jobs.append(TraceJob(j.seq, j.job_id, j.submit, j.duration, j.gpus, j.team,
-                             math.ceil(j.duration * factor - 1e-9), j.best_effort))
+                             requested_of(j.duration, factor), j.best_effort))
     return Trace(trace.source, jobs, trace.bad_rows, f, trace.requested_column, sigma, trace.best_effort_from)
 
 
@@ -247,8 +281,7 @@ def mark_best_effort(trace: Trace, share: float, seed: int = 1, widest: int | No
     that many GPUs (still a share of all jobs; at most all of those). A trace whose ``class``
     column already says which jobs are best-effort is :class:`BadInput`: the two ways would
     silently disagree."""
-    if not (0.0 <= share <= 1.0):
-        raise BadInput(f"--best-effort-share must be a number from 0 to 1, got {share}")
+    number_from("--best-effort-share", share, 0.0, 1.0)
     if share == 0:
         return trace
     if trace.best_effort_from == "column class":
@@ -265,16 +298,51 @@ def mark_best_effort(trace: Trace, share: float, seed: int = 1, widest: int | No
 
 
 def load_trace(path: str | Path, estimate_factor: float = 1.5, max_bad_fraction: float = MAX_BAD_FRACTION) -> Trace:
-    """Load a trace file; missing or unreadable files are :class:`BadInput`."""
+    """Load a trace file: a regular file (a symbolic link to one is fine) of at most
+    :data:`~cellsched.sim.limits.MAX_TRACE_BYTES` (2 GiB). Anything else (missing, a
+    directory, a FIFO, a device, too large, unreadable) is :class:`BadInput` before a row is
+    parsed; nothing but a regular file is opened, and that without blocking, so a FIFO is
+    refused instead of waited on and /dev/zero is never read."""
     p = Path(path)
-    if not p.exists():
-        raise NotFound(f"{p}: no such file")
-    if p.is_dir():
-        raise BadInput(f"{p}: is a directory, not a trace file")
+    where = one_line(str(p))
+    number_from("--estimate-factor", estimate_factor, 1.0, MAX_ESTIMATE_FACTOR)
+    fd = -1
     try:
-        with p.open(newline="", encoding="utf-8") as fh:
-            return parse_trace(fh, str(p), estimate_factor, max_bad_fraction)
-    except UnicodeDecodeError as e:
-        raise BadInput(f"{p}: not UTF-8 text (bad byte at offset {e.start})") from None
+        st = os.stat(p)
+        if stat.S_ISREG(st.st_mode):
+            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            st = os.fstat(fd)  # what was opened, should the path have changed since the stat
+    except FileNotFoundError:
+        raise NotFound(f"{where}: no such file") from None
     except OSError as e:
-        raise BadInput(f"{p}: cannot read: {e.strerror}") from None
+        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            raise BadInput(f"{where}: is a directory, not a trace file")
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInput(f"{where}: is a {_kind(st.st_mode)}, not a regular file; give a CSV file")
+        if st.st_size > MAX_TRACE_BYTES:
+            raise BadInput(f"{where}: {st.st_size:,} bytes is too large (a trace is at most 2 GiB)")
+        with os.fdopen(fd, newline="", encoding="utf-8") as fh:
+            fd = -1  # the file object closes it now
+            return parse_trace(fh, where, estimate_factor, max_bad_fraction)
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{where}: not UTF-8 text (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular one is, in words."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
