@@ -14,12 +14,15 @@ from cellsched.fmt import emit_json, plural
 @handled
 def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing cluster config.")] = False,
-    check: Annotated[bool, typer.Option("--check", help="Only check the cluster config; write nothing.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Only check the cluster config and its keys; write nothing.")] = False,
 ) -> None:
     """Write a commented starter cluster.toml, create the cluster signing key and the ledger.
 
-    Existing files are kept (the key is never overwritten). Edit the config, then submit;
-    --check validates an edited config without writing anything.
+    Existing files are kept (the key is never overwritten; a missing cellsched.pub is
+    written again from it). A key file that is not a usable key (a directory, not PEM, a
+    pair that does not match) is refused before anything is written. Edit the config, then
+    submit; --check validates an edited config (and the keys, if there) without writing
+    anything.
 
     **Example**: cellsched --cluster /etc/cellsched/cluster.toml init
     """
@@ -27,12 +30,14 @@ def init(
 
     from cellsched.errors import BadInput
     from cellsched.ledger.db import Ledger, default_url
-    from cellsched.receipt import create_keys, key_paths
+    from cellsched.receipt import check_keys, create_keys, key_paths
     from cellsched.spec.load import load_cluster
 
     path = G.cluster
+    private, public = key_paths(path)
     if check:
         cluster = load_cluster(path)
+        check_keys(private, public)
         print(f"ok  {path}: {len(cluster.pools)} pools, {sum(p.gpus for p in cluster.pools)} GPUs, "
               f"{len(cluster.teams)} teams")
         return
@@ -41,6 +46,9 @@ def init(
         load_cluster(path)  # a hand-edited file must still be valid
     elif not path.parent.exists():
         raise BadInput(f"{path.parent}: no such directory")
+    # The keys before anything is written: a damaged key is never kept as if it were one.
+    had_key = check_keys(private, public)
+    had_public = public.exists()
     # The ledger first: a --db that cannot be used is one line with nothing written.
     url = G.db or default_url(path)
     Ledger(url).ensure_schema()
@@ -51,11 +59,12 @@ def init(
         path.write_text(text.replace("{user}", caller()))
         print(f"wrote    {path}")
         load_cluster(path)
-    private, public = key_paths(path)
     if create_keys(private, public):
         print(f"wrote    {private} (private signing key, mode 600) and {public}")
     else:
         print(f"kept     {private}")
+        if had_key and not had_public:
+            print(f"wrote    {public} (from the private key)")
     print(f"ledger   {url.split('@')[-1] if '@' in url else url}")
 
 

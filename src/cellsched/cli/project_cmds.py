@@ -221,6 +221,7 @@ def _take(spec: Path, n: int, replace: bool, json_out: bool) -> None:
     from cellsched.errors import BadInput
 
     spec_in, snap = read_spec(spec)
+    take.check_target(spec, n)  # before the ledger or the server is asked anything
     b = backend()
     first = b.submit(spec_in, snap, dry_run=True, replace=replace)
     if first["decision"] != "refused":

@@ -60,9 +60,7 @@ class Remote:
         tls = self.url.startswith("https:")
         verify: Any = False
         if tls:  # a CA file as an SSL context (httpx deprecates passing the path itself)
-            import ssl
-
-            verify = ssl.create_default_context(cafile=self.ca) if self.ca else True
+            verify = ca_context(self.ca, f"{config_path()}: ca {self.ca}") if self.ca else True
         return httpx.Client(base_url=self.url.rstrip("/"), headers=headers, timeout=timeout, verify=verify)
 
     def call(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
@@ -76,6 +74,30 @@ class Remote:
         except httpx.TransportError as e:
             raise BadInput(f"server {self.url}: cannot connect ({_reason(e)})") from None
         return answer(r, self.url)
+
+
+# A certificate bundle is at most a few hundred kB (the system's is ~200 kB).
+MAX_CA_BYTES = 10 * 1024 * 1024
+
+
+def ca_context(ca: str | Path, where: str) -> Any:
+    """An SSL context trusting the PEM certificates in the file ``ca``; one line starting
+    with ``where`` (``--ca FILE`` or the config's ``ca FILE``) if it is not a regular
+    file or holds no certificate."""
+    import ssl
+
+    from cellsched.files import read_bytes
+
+    try:
+        read_bytes(Path(ca), MAX_CA_BYTES, where)  # a regular file, of a sane size: never a pipe
+    except NotFound:
+        raise BadInput(f"{where}: no such file") from None
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (ssl.SSLError, ValueError):
+        raise BadInput(f"{where}: not a PEM certificate (trust the server's certificate: its .crt file)") from None
+    except OSError as e:
+        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
 
 
 def _httpx():  # type: ignore[no-untyped-def]
@@ -144,18 +166,41 @@ def configured() -> Remote | None:
     return Remote(url=str(url), token=cfg.get("token") if same else None, ca=cfg.get("ca") if same else None)
 
 
+# The client config is three short lines; anything near this is not one.
+MAX_CONFIG_BYTES = 64 * 1024
+CONFIG_KEYS = ("server", "token", "ca")
+
+
 def read_config() -> dict[str, Any]:
+    """The user config file's keys (``{}`` if there is none); one line naming the file if
+    it cannot be used: not a regular file, too large, not UTF-8, not TOML, a key that is
+    not a string."""
+    from cellsched.files import read_bytes
+
     path = config_path()
+    where = str(path)
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        raw = read_bytes(path, MAX_CONFIG_BYTES, where)
+    except NotFound:
         return {}
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read ({e.strerror})") from None
+    except BadInput as e:
+        raise BadInput(f"{e.message} (the client config, written by `cellsched login`)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadInput(f"{where}: not UTF-8 text (bad byte at offset {e.start}); "
+                       "write it again with `cellsched login`") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise BadInput(f"{path}: not valid TOML ({e})") from None
+        raise BadInput(f"{where}: not valid TOML ({' '.join(str(e).split())})") from None
+    for key in CONFIG_KEYS:
+        value = data.get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            shown = ("an empty string" if value == "" else str(value).lower() if isinstance(value, bool)
+                     else "a number" if isinstance(value, (int, float)) else "a list" if isinstance(value, list)
+                     else "a table" if isinstance(value, dict) else "a time")
+            raise BadInput(f"{where}: {key}: must be a non-empty string, got {shown}")
     if "token" in data and os.name == "posix":
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
@@ -168,18 +213,34 @@ def write_config(server: str, token: str | None, ca: str | None = None) -> Path:
     """Write the user config file (mode 0600, created that way: the token is never
     readable by others, not even for a moment)."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_config_writable()
     lines = [f"server = {_toml_str(server)}"]
     if token:
         lines.append(f"token = {_toml_str(token)}")
     if ca:
         lines.append(f"ca = {_toml_str(ca)}")
     tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.is_file():
+            tmp.unlink()
+        raise BadInput(f"{path}: cannot write: {e.strerror}") from None
     return path
+
+
+def check_config_writable() -> None:
+    """BadInput naming the user config file if something other than a regular file is in
+    its place (a directory, a named pipe): ``login`` checks it before calling the server."""
+    from cellsched.files import check_writable
+
+    path = config_path()
+    if os.path.lexists(path) and not path.is_file():
+        check_writable(path)
 
 
 def _toml_str(s: str) -> str:

@@ -286,14 +286,14 @@ def login(
 
     **Example**: cellsched login https://head:8443 --ca head.crt < token.txt
     """
-    from cellsched.cli.remote import Remote, write_config
+    from cellsched.cli.remote import Remote, ca_context, check_config_writable, write_config
     from cellsched.errors import BadInput
 
     server_url = _server_url(url, insecure)
+    check_config_writable()
     ca_path = None
     if ca is not None:
-        if not ca.is_file():
-            raise BadInput(f"--ca {ca}: no such file")
+        ca_context(ca, f"--ca {ca}")  # a PEM certificate file, checked before the server is called
         ca_path = str(ca.resolve())
     if server_url.startswith("unix:"):
         if token is not None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
-from cellsched.errors import BadInput
+from cellsched.errors import BadInput, one_line
+from cellsched.files import check_writable, read_bytes
 
 ORDER = ("gpu_hours", "gpus", "pool", "gpu_type", "deadline")
 
@@ -136,12 +138,45 @@ def write_taken(path: Path, text: str, kind: str, spec: Any, changes: dict[str, 
     if new is None:
         said = ", ".join(f"{k} = {json.dumps(v)}" for k, v in changes.items())
         raise BadInput(f"{path}: --take {n}: cannot edit this layout of the budget; change it by hand: {said}")
-    if out.exists() and out.read_text() != new:
-        raise BadInput(f"{out}: exists with other words; remove it or rename it to take alternative {n} again")
-    out.write_text(new)
+    if os.path.lexists(out):
+        if not out.is_file():
+            check_writable(out)  # a directory, a pipe, a device, a link to nothing: one line
+        try:
+            same = read_bytes(out, len(new.encode()), str(out)).decode("utf-8", "replace") == new
+        except BadInput:  # larger than what would be written, or unreadable
+            same = False
+        if not same:
+            raise BadInput(f"{out}: exists with other words; remove it or rename it to take alternative {n} again")
+    else:
+        _write(out, new)
     diff = "".join(difflib.unified_diff(text.splitlines(keepends=True), new.splitlines(keepends=True),
                                         fromfile=str(path), tofile=str(out)))
     return out, diff
+
+
+def check_target(path: Path, n: int) -> None:
+    """BadInput naming ``SPEC.altN.EXT`` if it could not be written (checked before the
+    spec is planned, so that nothing at all is done). A regular file there is compared
+    with what would be written, later, by :func:`write_taken`."""
+    target = target_path(path, n)
+    if not target.is_file():
+        check_writable(target)
+
+
+def _write(out: Path, text: str) -> None:
+    """Write a new file (never one that is there: made with O_EXCL); one line naming it
+    if that fails, and no part of it left behind."""
+    data = text.encode("utf-8")
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as e:
+        raise BadInput(f"{one_line(str(out))}: cannot write: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        out.unlink(missing_ok=True)
+        raise BadInput(f"{one_line(str(out))}: cannot write: {e.strerror}") from None
 
 
 def _loads_as(text: str, kind: str, where: str) -> Any:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union, get_args, get_
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from cellsched.errors import BadInput, NotFound, one_line
+from cellsched.errors import BadInput, one_line
+from cellsched.files import read_bytes
 from cellsched.spec.cluster import ClusterConfig
 from cellsched.spec.models import ProjectSpec, Problems
 
@@ -35,24 +36,12 @@ if TYPE_CHECKING:
 
 
 def read_text(path: Path) -> str:
-    """The file's text, or a clear error: missing, a directory, too big, not UTF-8, empty.
-    A UTF-8 byte order mark at the start is kept (the text goes as it is to the server);
-    :func:`parse_document` drops it."""
+    """The file's text, or a clear error: missing, a directory, a named pipe or a device
+    (only a regular file is read, never more than :data:`MAX_BYTES` of it, and a pipe never
+    blocks), too big, not UTF-8, empty. A UTF-8 byte order mark at the start is kept (the
+    text goes as it is to the server); :func:`parse_document` drops it."""
     where = one_line(str(path))
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise NotFound(f"{where}: no such file") from None
-    except OSError as e:
-        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
-    if path.is_dir():
-        raise BadInput(f"{where}: is a directory, not a file")
-    if size > MAX_BYTES:
-        raise BadInput(f"{where}: {size:,} bytes is too large (limit {MAX_BYTES:,})")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise BadInput(f"{where}: cannot read: {e.strerror}") from None
+    raw = read_bytes(path, MAX_BYTES, where)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -74,16 +63,64 @@ def parse_document(text: str, kind: str, where: str) -> dict[str, Any]:
         if kind == "toml":
             data: Any = tomllib.loads(text)
         elif kind == "json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_pairs)
         else:
             import yaml  # lazy: only YAML users pay for it
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
     except Exception as e:  # every parser has its own error types; all mean "bad syntax"
         raise BadInput(f"{where}: not valid {kind.upper()}: {syntax_error(e, text)}") from None
     if not isinstance(data, dict):
         raise BadInput(f"{where}: expected a table of keys at the top, got {type(data).__name__}")
     return data
+
+
+class DuplicateKey(ValueError):
+    """A key written twice in one table of a JSON document (TOML refuses it itself)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key it has twice: else the last one would win
+    without a word, and the spec sealed would not be the one the reader sees."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+_YAML_LOADER: Any = None
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's SafeLoader (plain data only), refusing a key written twice in one mapping,
+    at any depth. Keys brought in by a merge (``<<: *base``) may be overridden, as YAML
+    says; an unhashable key is left to SafeLoader, which refuses it."""
+    global _YAML_LOADER
+    if _YAML_LOADER is None:
+        import yaml
+        from yaml.constructor import ConstructorError
+
+        class UniqueKeyLoader(yaml.SafeLoader):
+            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+                if isinstance(node, yaml.MappingNode):
+                    seen: set[Any] = set()
+                    for key_node, _ in node.value:
+                        if key_node.tag == "tag:yaml.org,2002:merge":
+                            continue
+                        key = self.construct_object(key_node, deep=deep)
+                        try:
+                            twice = key in seen
+                            seen.add(key)
+                        except TypeError:
+                            continue
+                        if twice:
+                            raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                return super().construct_mapping(node, deep=deep)
+
+        _YAML_LOADER = UniqueKeyLoader
+    return _YAML_LOADER
 
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)\s*$")
