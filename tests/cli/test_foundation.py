@@ -207,6 +207,17 @@ def test_init_in_a_missing_directory(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["c.yaml", "c.json", "c.txt", "cluster"])
+def test_init_writes_no_config_under_a_name_that_is_not_toml(tmp_path: Path, name: str) -> None:
+    """The starter config is TOML: under another name nothing is written (not the config,
+    not the ledger beside it, not a key)."""
+    r = run("--cluster", str(tmp_path / name), "init")
+    assert r.exit_code == 2 and r.stderr == (
+        f"cellsched: {tmp_path / name}: init writes a TOML cluster config; name it .toml "
+        "(a YAML or JSON one you write yourself)\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_relative_cluster_path_puts_the_ledger_beside_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "conf").mkdir()

@@ -113,6 +113,7 @@ def test_take_writes_the_alternative_next_to_the_spec_shows_the_diff_and_submits
         assert f"wrote {new}" in r.stdout and f"--- {path}\n+++ {new}\n" in r.stdout
         text = new.read_text()
         assert text.startswith("# a spec with comments, which --take keeps") and "# held together" in text
+        assert text.count("\n\n") == path.read_text().count("\n\n")  # an edited line adds no blank one
         granted = js(cli("status", "--json", "late"))[0]
         assert (granted["pool"], granted["width"], granted["start"], granted["end"]) == (
             alt["pool"], alt["gpus"], alt["start"], alt["end"])

@@ -46,6 +46,8 @@ def init(
         load_cluster(path)  # a hand-edited file must still be valid
     elif not path.parent.exists():
         raise BadInput(f"{path.parent}: no such directory")
+    elif path.suffix.lower() != ".toml":  # the starter config is TOML: written under another name it would not load
+        raise BadInput(f"{path}: init writes a TOML cluster config; name it .toml (a YAML or JSON one you write yourself)")
     # The keys before anything is written: a damaged key is never kept as if it were one.
     had_key = check_keys(private, public)
     had_public = public.exists()

@@ -84,7 +84,7 @@ def _edit(text: str, kind: str, changes: dict[str, Any], width: int) -> str | No
         if k not in changes:
             continue
         v = changes[k]
-        pat = re.compile(rf"^(\s*{k}\s*{sep}\s*)([^#\n]*?)(\s*(#.*)?)(\n?)$")
+        pat = re.compile(rf"^(\s*{k}\s*{sep}[ \t]*)([^#\n]*?)([ \t]*(#.*)?)(\n?)$")
         hit = next((i for i in range(a, b) if pat.match(lines[i].rstrip("\r\n") + "\n")), None)
         if v is None:
             if hit is not None:
