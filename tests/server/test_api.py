@@ -321,6 +321,10 @@ def test_the_body_limits(env: Any, tmp_path: Path) -> None:
         assert r.status_code == 413 and "over the limit" in r.json()["error"]
         r = c.put(f"/api/code/{d2}", content=iter([blob2[i:i + 65536] for i in range(0, len(blob2), 65536)]))
         assert r.status_code == 413  # chunked, no Content-Length: counted as it streams
+        body = json.dumps({"file": "x.toml", "text": "x" * (1 << 20)}).encode()
+        r = c.post("/api/submit", content=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "over the limit" in r.json()["error"]  # a route that parses it too
 
 
 def test_a_gzip_bomb_is_refused_before_it_is_unpacked(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -88,8 +88,12 @@ class BodyLimit:
                 await _too_large(send, f"request body is over the limit of {e.limit} bytes")
 
 
-class _BodyTooLarge(Exception):
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from the body's stream: an HTTP error (413) of its own, so that a route that
+    parses the body (FastAPI turns other errors met there into a 400) answers it too."""
+
     def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is over the limit of {limit} bytes")
         self.limit = limit
 
 
