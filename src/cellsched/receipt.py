@@ -59,6 +59,17 @@ MAX_KEY_BYTES = 64 * 1024
 _DAMAGED = "restore it from a backup, or run `cellsched init` with a cluster config in a fresh directory"
 
 
+def _key_bytes(path: Path, missing: str, what: str) -> bytes:
+    """The bytes of a key file; one line naming it (BadInput) if it is not there (``missing``
+    says what to do) or is not a regular file of a key's size."""
+    try:
+        return read_bytes(path, MAX_KEY_BYTES)
+    except NotFound:
+        raise BadInput(f"{path}: {missing}") from None
+    except BadInput as e:
+        raise BadInput(f"{e.message}: the cluster {what} must be a PEM file; {_DAMAGED}") from None
+
+
 def load_private_key(private: Path) -> Any:
     """The Ed25519 signing key in ``private``; one line naming the file (BadInput) if
     there is none, or it is not a regular file or not a PEM Ed25519 private key."""
@@ -66,12 +77,7 @@ def load_private_key(private: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    try:
-        raw = read_bytes(private, MAX_KEY_BYTES)
-    except NotFound:
-        raise BadInput(f"{private}: no cluster key (run `cellsched init`)") from None
-    except BadInput as e:
-        raise BadInput(f"{e.message}: the cluster signing key must be a PEM file; {_DAMAGED}") from None
+    raw = _key_bytes(private, "no cluster key (run `cellsched init`)", "signing key")
     try:
         key = serialization.load_pem_private_key(raw, password=None)
     except TypeError:  # encrypted with a password: the server could not sign unattended
@@ -90,12 +96,7 @@ def load_public_key(public: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    try:
-        raw = read_bytes(public, MAX_KEY_BYTES)
-    except NotFound:
-        raise BadInput(f"{public}: no public key") from None
-    except BadInput as e:
-        raise BadInput(f"{e.message}: the cluster public key must be a PEM file; {_DAMAGED}") from None
+    raw = _key_bytes(public, "no public key", "public key")
     try:
         key = serialization.load_pem_public_key(raw)
     except (ValueError, UnsupportedAlgorithm):
