@@ -18,6 +18,8 @@ CASES = [
     (["simulate", "--gpus", "many"], "cellsched: simulate: Invalid value for '--gpus': "),
     (["token", "create"], "cellsched: token create: Missing option '--user'"),
     (["bogus"], "cellsched: No such command 'bogus'."),
+    # --db "$LEDGER" with the variable unset: not the default ledger, written to unasked
+    (["--db", "", "status"], "cellsched: Invalid value for --db: empty: give a ledger URL, or leave --db out"),
 ]
 
 

@@ -61,6 +61,10 @@ def _globals(
     # them. (By name: typer carries its own copy of click's ParameterSource.)
     G.given = [f"--{name}" for name in ("cluster", "db")
                if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+    if db is not None and not db.strip() and "--db" in G.given:
+        # (``--db "$LEDGER"`` with the variable unset: not the default ledger, written to unasked.
+        # An empty CELLSCHED_DB stays "not set", as an empty variable usually is.)
+        raise typer.BadParameter("empty: give a ledger URL, or leave --db out for the default", param_hint="--db")
 
 
 app.command("validate", cls=Command)(project_cmds.validate)
