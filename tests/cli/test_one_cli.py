@@ -177,6 +177,7 @@ def test_report_periods(cluster_file: Path, args: tuple[str, ...], since: str, u
     (("--period", "2026-11", "--since", "7d"), "--period names the whole period"),
     (("--since", "0d"), "--since 0d: a span must be longer than zero"),
     (("--since", "999999999999999w"), "--since 999999999999999w: a span of at most 100 years (5218w)"),
+    (("--png", ""), "--png: empty: give a directory (--png . for this one)"),
     (("--since", "7 days"), "--since: '7 days' is not a time"),
 ])
 def test_report_period_bad_input_is_one_line(cluster_file: Path, args: tuple[str, ...], message: str) -> None:

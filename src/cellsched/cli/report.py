@@ -20,7 +20,7 @@ def report(
     team: Annotated[Optional[str], typer.Option("--team", help="Only this team's figures (capacity stays the cluster's).")] = None,
     json_out: JsonFlag = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Also write a self-contained HTML report with charts to FILE.", metavar="FILE")] = None,
-    png: Annotated[Optional[Path], typer.Option("--png", help="Also write the charts as PNG files into DIR.", metavar="DIR")] = None,
+    png_dir: Annotated[Optional[str], typer.Option("--png", help="Also write the charts as PNG files into DIR.", metavar="DIR")] = None,
 ) -> None:
     """Cluster utilisation over a period: capacity, granted, held, used, idle while reserved;
     per team, pool and project; refusals by reason; wait from submit to start; breaches.
@@ -47,6 +47,9 @@ def report(
         t0 = parse_time(since, "--since") if since is not None and last is None else None
     if t0 is not None and t1 is not None and t1 <= t0:
         raise BadInput(f"--since must be before --until (got {iso(t0)} → {iso(t1)})")
+    if png_dir is not None and not png_dir.strip():  # ("$DIR" unset: not this directory, unasked)
+        raise BadInput("--png: empty: give a directory (--png . for this one)")
+    png = None if png_dir is None else Path(png_dir)
     if png is not None and png.exists() and not png.is_dir():
         raise BadInput(f"--png: {png} exists and is not a directory")
     if html is not None and html.is_dir():
