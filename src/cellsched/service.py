@@ -80,7 +80,7 @@ class AdmissionCache:
 
     def take(self, s: Session, cluster: ClusterConfig, now: int) -> Admission:
         """The snapshot for this transaction (the cached one if current, else rebuilt)."""
-        held = self.take_current(s, now)
+        held = self.take_current(s, now, cluster)
         if held is not None:
             return held
         version = ledger_version(s)
@@ -89,13 +89,15 @@ class AdmissionCache:
             self.builds += 1
         return built
 
-    def take_current(self, s: Session, now: int) -> Admission | None:
-        """The cached snapshot if it reflects the ledger as this transaction sees it, else
-        None (and the cache is emptied either way until ``put``)."""
+    def take_current(self, s: Session, now: int, cluster: ClusterConfig) -> Admission | None:
+        """The cached snapshot if it reflects the ledger as this transaction sees it, and was
+        built on ``cluster`` (the config in force: one read again since, by the server, makes
+        it stale whoever puts it back), else None (and the cache is emptied either way until
+        ``put``)."""
         version = ledger_version(s)
         with self._lock:
             held, self._held = self._held, None
-            if held is not None and held.version == version and now >= held.built_at:
+            if held is not None and held.version == version and now >= held.built_at and held.cluster is cluster:
                 self.hits += 1
                 return held
         return None
@@ -104,7 +106,7 @@ class AdmissionCache:
         """Keep ``held`` (mutated by this transaction's writes, if any) as the snapshot of
         the ledger at ``version``: call it inside the transaction, after its last event."""
         with self._lock:
-            self._held = Admission(held.schedule, version, held.built_at, held.live)
+            self._held = Admission(held.schedule, version, held.built_at, held.live, held.cluster)
 
     def clear(self) -> None:
         with self._lock:
@@ -127,11 +129,12 @@ class Admission:
     version: tuple[int, str]
     built_at: int
     live: list[tuple[int, Grant]] = field(default_factory=list)
+    cluster: ClusterConfig | None = None  # the config it was built on
 
     @classmethod
     def build(cls, s: Session, cluster: ClusterConfig, now: int, version: tuple[int, str] = (0, "")) -> Admission:
         live: list[tuple[int, Grant]] = []
-        return cls(load_schedule(s, cluster, now, live), version, now, live)
+        return cls(load_schedule(s, cluster, now, live), version, now, live, cluster)
 
     def forget(self, grant_id: int | None) -> None:
         """Grant ``grant_id`` ended (cancelled, replaced): it no longer holds GPUs ahead."""
@@ -159,8 +162,8 @@ class Env:
     submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
     # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
     token_cache: Any = field(default=None, repr=False, compare=False)
-    # (mtime, inode, size) of the cluster config when it was read, for ``refresh_cluster``.
-    cluster_stamp: tuple[int, int, int] | None = field(default=None, repr=False, compare=False)
+    # (mtime, inode, size, mode) of the cluster config when it was read, for ``refresh_cluster``.
+    cluster_stamp: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def refresh_cluster(self, check: Callable[[Path], None] | None = None) -> bool:
         """Read the cluster config again if its file changed since it was read (a
@@ -172,9 +175,9 @@ class Env:
         try:
             st = self.cluster_path.stat()
         except OSError as e:
-            self.cluster_stamp = (0, 0, -1)  # (said once, until the file is back)
+            self.cluster_stamp = (0, 0, -1, 0)  # (said once, until the file is back)
             raise NotFound(f"{self.cluster_path}: {e.strerror}; the config read before stays in force") from None
-        stamp = (st.st_mtime_ns, st.st_ino, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_ino, st.st_size, st.st_mode)  # (mode: a chmod that makes it acceptable)
         if stamp == self.cluster_stamp:
             return False
         self.cluster_stamp = stamp  # (taken before reading: an edit while it is read is read again)
@@ -205,7 +208,7 @@ def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
     st = path.stat()
     cluster = load_cluster(path)
     return Env(cluster, path, Ledger(db_url or default_url(path)),
-               cluster_stamp=(st.st_mtime_ns, st.st_ino, st.st_size))
+               cluster_stamp=(st.st_mtime_ns, st.st_ino, st.st_size, st.st_mode))
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -771,7 +774,7 @@ def _submit_best_effort(env: Env, job: _Submit, dry_run: bool) -> SubmitOutcome:
         out.dry_run = True
         return out
     with env.ledger.write() as s:
-        held = env.admission.take_current(s, job.now)
+        held = env.admission.take_current(s, job.now, env.cluster)
         out = _queue_best_effort(env, s, job, write=True)
         if held is not None:
             env.admission.put(held, ledger_version(s))
@@ -998,7 +1001,7 @@ def cancel(env: Env, project: str, caller: str, now: int) -> dict[str, Any]:
                            "cancel one by name@digest")
         if not _team_member(env, row.team, caller):
             raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
-        adm = env.admission.take_current(s, now)  # kept current if it was: no rebuild after a cancel
+        adm = env.admission.take_current(s, now, env.cluster)  # kept current if it was: no rebuild after a cancel
         before = grant_of(row)
         refund = end_grant(s, row, now, "cancelled", caller, {})
         if adm is not None and row.pool in adm.schedule.pools and row.team in adm.schedule.teams:
@@ -1025,7 +1028,7 @@ def _cancel_best_effort(env: Env, s: Session, project: str, live: list[BestEffor
     row = live[0]
     if not _team_member(env, row.team, caller):
         raise Denied(f"{caller} may not cancel {row.project_id}: only members of team {row.team} or admins")
-    held = env.admission.take_current(s, now)  # no grant changes: it stays current
+    held = env.admission.take_current(s, now, env.cluster)  # no grant changes: it stays current
     cancelled, running = be_ledger.cancel(s, row, now, caller)
     if held is not None:
         env.admission.put(held, ledger_version(s))

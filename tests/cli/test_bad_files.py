@@ -176,6 +176,15 @@ def test_a_key_brought_in_by_a_yaml_merge_may_still_be_overridden(tmp_path: Path
     assert r.exit_code == 0, r.output  # type: ignore[attr-defined]
 
 
+def test_a_merged_mapping_used_again_through_an_alias_is_no_duplicate() -> None:
+    """Building merges rewrites the merged mapping in place; its keys are not duplicates when
+    it is used again through an alias (the check reads the document as written)."""
+    from cellsched.spec.load import parse_document
+
+    text = "t:\n  <<: &m\n    <<: {x: 1}\n    x: 2\n  y: 3\no: *m\n"
+    assert parse_document(text, "yaml", "f.yaml")["o"] == {"x": 2}
+
+
 def test_a_cluster_config_with_a_key_written_twice(tmp_path: Path) -> None:
     cluster = tmp_path / "cluster.json"
     cluster.write_text('{"admins": ["root-admin"], "admins": ["alice"], "pools": [], "teams": []}')

@@ -267,3 +267,19 @@ def test_commands_that_only_read_create_no_ledger(cluster_file: Path, monkeypatc
     assert "no projects" in run("--cluster", str(cluster_file), "status").stdout
     assert run("--cluster", str(cluster_file), "submit", spec).exit_code == 0
     assert (root / "cellsched.db").exists()
+
+
+def test_submit_take_on_a_ledger_not_created_yet_keeps_its_grant(cluster_file: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--take plans first (a read: the missing ledger is read as empty, nothing created)
+    and then submits: that grant lands in the real ledger, created then."""
+    monkeypatch.setenv("CELLSCHED_SERVER", "local")
+    root = cluster_file.parent
+    spec = root / "big.toml"
+    spec.write_text('name = "big"\nteam = "interp"\nowner = "alice"\nproblem = "q"\n'
+                    '[budget]\ngpu_hours = 32\ngpus = 32\n[[jobs]]\nname = "train"\nrun = ["python", "t.py"]\ngpus = 32\n')
+    r = run("--cluster", str(cluster_file), "submit", str(spec), "--take", "1")
+    assert r.exit_code == 0 and "granted" in r.stdout, r.output
+    assert (root / "cellsched.db").exists()
+    [row] = json.loads(run("--cluster", str(cluster_file), "status", "--json", "big").stdout)
+    assert row["state"] == "granted" and row["width"] == 16

@@ -199,3 +199,20 @@ def test_verify_against_a_spec_file(env, tmp_path) -> None:  # type: ignore[no-u
     other.write_text(canonical_json(spec("a", hours=17)).replace('"gpu_seconds":61200', '"gpu_hours":17'))
     with pytest.raises(Failed, match="is not the sealed spec"):
         service.verify(env, "a", other)
+
+
+def test_a_config_read_again_during_a_submit_does_not_bring_back_the_old_snapshot(env) -> None:  # type: ignore[no-untyped-def]
+    """The server reads an edited config between requests while a submit batch holds the
+    admission snapshot; the batch then gives back a snapshot built on the old config. The
+    next submit is decided on the new one: evals' max_gpus lowered from 8 to 4 refuses 8."""
+    from cellsched.service import ledger_version
+
+    assert service.submit(env, spec("a", gpus=8, hours=8), "alice", T0).granted
+    path = env.cluster_path
+    with env.ledger.write() as s:
+        held = env.admission.take(s, env.cluster, T0)
+        path.write_text(path.read_text().replace("max_gpus = 8", "max_gpus = 4"))
+        assert env.refresh_cluster()
+        env.admission.put(held, ledger_version(s))
+    out = service.submit(env, spec("wide", "evals", gpus=8, hours=8, owner="carol"), "carol", T0)
+    assert not out.granted and out.refusal is not None and out.refusal.reason == "over_max_gpus"

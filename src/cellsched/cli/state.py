@@ -96,6 +96,7 @@ class Local:
 
     def __init__(self) -> None:
         self._env: Any = None
+        self._empty: Any = None  # read_env's stand-in for a SQLite ledger not created yet
 
     def env(self):  # type: ignore[no-untyped-def]
         if self._env is None:
@@ -106,12 +107,13 @@ class Local:
         """``env()`` for a command that only reads the ledger: a SQLite ledger file that is
         not there is read as the empty ledger it stands for, and not created (a read command,
         or one given a name that is not there, writes nothing)."""
-        if self._env is None:
+        if self._env is not None or not _sqlite_missing(G.db or _default_url()):
+            return self.env()
+        if self._empty is None:  # (its own: a write that follows, as --take's, opens the real one)
             from cellsched.service import open_env
 
-            url = G.db or _default_url()
-            self._env = open_env(G.cluster, "sqlite://" if _sqlite_missing(url) else G.db)
-        return self._env
+            self._empty = open_env(G.cluster, "sqlite://")
+        return self._empty
 
     def validate(self, specs: list[SpecIn]) -> list[dict[str, Any]]:
         from cellsched import ops

@@ -221,8 +221,8 @@ class GrantWriter:
             open_outage(s, row, rt, since, now)
             s.add(row)
             s.add(rt)
-            self._event(s, now, kind, row, {
-                "width": row.width, "since": since, "breach_gpu_seconds": row.breach_gs, "message": message})
+            self._event(s, now, kind, row, {  # (since as opened: never before the last outage's close)
+                "width": row.width, "since": rt.outage_since, "breach_gpu_seconds": row.breach_gs, "message": message})
             return True
 
     def close_outage(self, gid: int, now: int, message: str) -> bool:

@@ -64,10 +64,8 @@ def parse_document(text: str, kind: str, where: str) -> dict[str, Any]:
             data: Any = tomllib.loads(text)
         elif kind == "json":
             data = json.loads(text, object_pairs_hook=_unique_pairs)
-        else:
-            import yaml  # lazy: only YAML users pay for it
-
-            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
+        else:  # (yaml is imported there, lazily: only YAML users pay for it)
+            data = _yaml_load(text)
     except Exception as e:  # every parser has its own error types; all mean "bad syntax"
         raise BadInput(f"{where}: not valid {kind.upper()}: {syntax_error(e, text)}") from None
     if not isinstance(data, dict):
@@ -90,37 +88,39 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-_YAML_LOADER: Any = None
+def _yaml_load(text: str) -> Any:
+    """PyYAML's safe load (plain data only), refusing a key written twice in one mapping at
+    any depth. Checked on the composed nodes, before anything is built: a key brought in by
+    a merge (``<<: *base``) may be overridden, as YAML says (building merges rewrites the
+    merged mappings in place, so a check while building would see their keys twice)."""
+    import yaml
+    from yaml.constructor import ConstructorError
 
-
-def _yaml_loader() -> Any:
-    """PyYAML's SafeLoader (plain data only), refusing a key written twice in one mapping,
-    at any depth. Keys brought in by a merge (``<<: *base``) may be overridden, as YAML
-    says; an unhashable key is left to SafeLoader, which refuses it."""
-    global _YAML_LOADER
-    if _YAML_LOADER is None:
-        import yaml
-        from yaml.constructor import ConstructorError
-
-        class UniqueKeyLoader(yaml.SafeLoader):
-            def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-                if isinstance(node, yaml.MappingNode):
-                    seen: set[Any] = set()
-                    for key_node, _ in node.value:
-                        if key_node.tag == "tag:yaml.org,2002:merge":
-                            continue
-                        key = self.construct_object(key_node, deep=deep)
-                        try:
-                            twice = key in seen
-                            seen.add(key)
-                        except TypeError:
-                            continue
-                        if twice:
-                            raise ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-                return super().construct_mapping(node, deep=deep)
-
-        _YAML_LOADER = UniqueKeyLoader
-    return _YAML_LOADER
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    seen_nodes: set[int] = set()
+    twice = []  # every key written twice: the first in the text is the one named
+    todo = [] if root is None else [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for key_node, value_node in node.value:
+                todo.extend((key_node, value_node))
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in keys:
+                    twice.append(key_node)
+                keys.add(key)
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    if twice:
+        first = min(twice, key=lambda n: (n.start_mark.line, n.start_mark.column))
+        raise ConstructorError(None, None, f"duplicate key {first.value!r}", first.start_mark)
+    return yaml.safe_load(text)
 
 
 _TOML_AT = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|(end of document))\)\s*$")
