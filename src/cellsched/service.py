@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ class Env:
     submits: SubmitQueue = field(default_factory=lambda: SubmitQueue(), repr=False, compare=False)
     # The server's token lookups, kept briefly (``server/tokens.py``); None until first used.
     token_cache: Any = field(default=None, repr=False, compare=False)
-    # (mtime, inode, size, mode) of the cluster config when it was read, for ``refresh_cluster``.
+    # ``_stamp`` of the cluster config when it was read, for ``refresh_cluster``.
     cluster_stamp: tuple[int, ...] | None = field(default=None, repr=False, compare=False)
 
     def refresh_cluster(self, check: Callable[[Path], None] | None = None) -> bool:
@@ -177,7 +178,7 @@ class Env:
         except OSError as e:
             self.cluster_stamp = (0, 0, -1, 0)  # (said once, until the file is back)
             raise NotFound(f"{self.cluster_path}: {e.strerror}; the config read before stays in force") from None
-        stamp = (st.st_mtime_ns, st.st_ino, st.st_size, st.st_mode)  # (mode: a chmod that makes it acceptable)
+        stamp = _stamp(st)
         if stamp == self.cluster_stamp:
             return False
         self.cluster_stamp = stamp  # (taken before reading: an edit while it is read is read again)
@@ -207,8 +208,13 @@ def open_env(cluster_path: str | Path, db_url: str | None = None) -> Env:
         raise NotFound(f"{path}: no cluster config (run `cellsched init` or pass --cluster)")
     st = path.stat()
     cluster = load_cluster(path)
-    return Env(cluster, path, Ledger(db_url or default_url(path)),
-               cluster_stamp=(st.st_mtime_ns, st.st_ino, st.st_size, st.st_mode))
+    return Env(cluster, path, Ledger(db_url or default_url(path)), cluster_stamp=_stamp(st))
+
+
+def _stamp(st: os.stat_result) -> tuple[int, ...]:
+    """What tells that the cluster config changed: mtime, inode, size, and mode (a chmod
+    can make a refused file acceptable)."""
+    return (st.st_mtime_ns, st.st_ino, st.st_size, st.st_mode)
 
 
 # -- submit ----------------------------------------------------------------------------

@@ -207,6 +207,17 @@ class Schedule:
             return self.commit(own)
         return self.commit(grant.placed(t, t + length, None))
 
+    def pool_takes_now(self, grant: Grant, now: int) -> bool:
+        """Whether the pool's nodes take a waiting grant's whole window from ``now``, its own
+        given back: the pool's free GPUs before its own window (where it holds nothing), and
+        nodes by the node rule (its own or others) over the whole window. Decided without
+        touching anything: ``start_now``'s node tests, and the simulator's before an offer."""
+        length = grant.end - grant.start
+        cal = self.pools[grant.pool][1]
+        if cal.min_free(now, min(grant.start, now + length)) < grant.width:
+            return False
+        return grant.nodes is None or cal.fits_moved(grant.width, now, now + length, grant.start, grant.nodes)
+
     def start_now(self, grant: Grant, now: int) -> Grant:
         """Start a waiting grant at ``now`` if its whole window fits there, else leave it.
 
@@ -218,17 +229,14 @@ class Schedule:
         if grant.start <= now:
             return grant
         length = grant.end - grant.start
-        # Before its own window the grant holds nothing: free GPUs there must suffice
-        # (the pool's and the team's: quick refusals before anything is touched).
-        upto = min(grant.start, now + length)
-        cal = self.pools[grant.pool][1]
-        if cal.min_free(now, upto) < grant.width:
+        if not self.pool_takes_now(grant, now):
             return grant
+        # Before its own window the grant holds nothing: the team's free GPUs there must
+        # suffice too (a quick refusal before anything is touched).
         tcal = self.teams[grant.team].calendar
-        if tcal is not None and tcal.min_free(now, upto) < grant.width:
+        if tcal is not None and tcal.min_free(now, min(grant.start, now + length)) < grant.width:
             return grant
-        if grant.nodes is not None and not cal.fits_moved(grant.width, now, now + length, grant.start, grant.nodes):
-            return grant  # no nodes for it now (decided without touching anything)
+        cal = self.pools[grant.pool][1]
         book = self.teams[grant.team].book
         own = grant.placed(grant.start, grant.end, self.release(grant, grant.start).nodes)
         nodes = cal.choose(grant.width, now, now + length)

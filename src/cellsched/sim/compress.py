@@ -21,7 +21,7 @@ the flat ``free_until``), and a grant of width w fits now iff its start <= R(w) 
 length <= R(w) - now (before its own window it holds nothing). On a pool of several nodes
 that test is necessary but not sufficient (the nodes free up to R(w) need not be the
 grant's own): a grant longer than R(w) - now is offered only once the core's own node
-tests (``NodeCalendar.fits_moved``) pass, and the core has the last word, as it has with
+tests (``Schedule.pool_takes_now``) pass, and the core has the last word, as it has with
 team limits. The waiting grants are kept per (pool, width)
 sorted by (start, submission) with their lengths beside them and sorted, so the longest
 grant that fits is a few bisects and short C-level scans per width.
@@ -35,7 +35,6 @@ from heapq import heappop, heappush
 from itertools import islice
 
 from cellsched.core.admission import Grant, Hold, Schedule, as_hold, pull_rule
-from cellsched.core.nodes import NodeCalendar
 
 INF = 1 << 62
 
@@ -87,10 +86,9 @@ class Waiting:
         # Team calendars and allowances split by period can block a start the pool allows,
         # and so can nodes (the index's reach may come from other nodes than the grant's
         # own): with any of them the core's word is final, not the pool index's.
-        self.constrained = any(
-            t.calendar is not None or t.book.period != "none" for t in schedule.teams.values()
-        ) or any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
         self.multi_node = any(len(cal.nodes) > 1 for _, cal in schedule.pools.values())
+        self.constrained = self.multi_node or any(
+            t.calendar is not None or t.book.period != "none" for t in schedule.teams.values())
         self.grants: dict[int, Grant] = {}
         self.lanes: dict[str, _Lane] = {name: _Lane() for name in schedule.pools}
         self._work: dict[str, int] = {name: 0 for name in schedule.pools}  # waiting GPU-seconds
@@ -266,7 +264,7 @@ class Waiting:
             if longest > fits and self.multi_node:
                 # Longer grants starting by the reach fit only if their own nodes are the
                 # free ones: asked here, as the core asks (a few reads, nothing touched).
-                at = self._prefix_fit(cal, wk, lens, lo, k, fits, w, now)
+                at = self._prefix_fit(wk, lens, lo, k, fits, now)
                 if at >= 0:
                     cand = (-lens[at], wk[at])
                     if best is None or cand < best:
@@ -292,20 +290,14 @@ class Waiting:
                 best = cand
         return best
 
-    def _prefix_fit(self, cal: NodeCalendar, wk: list[tuple[int, int]], lens: list[int], lo: int, k: int,
-                    fits: int, w: int, now: int) -> int:
+    def _prefix_fit(self, wk: list[tuple[int, int]], lens: list[int], lo: int, k: int, fits: int, now: int) -> int:
         """Of the grants at [lo, k) of a width's list (those starting by its reach) longer
         than ``fits``, the index of the longest (ties: the first) whose window the pool's
-        nodes take now with its own given back (``Schedule.start_now``'s node tests), or -1.
-        Grants no longer than the room fit without asking."""
-        grants = self.grants
-        order = sorted((-lens[i], i) for i in range(lo, k) if lens[i] > fits)
-        for neg, i in order:
-            g = grants[wk[i][1]]
-            length = -neg
-            if cal.min_free(now, min(g.start, now + length)) < w:
-                continue
-            if g.nodes is None or cal.fits_moved(w, now, now + length, g.start, g.nodes):
+        nodes take now with its own given back (``Schedule.pool_takes_now``, the core's own
+        node tests), or -1. Grants no longer than the room fit without asking."""
+        grants, takes = self.grants, self.schedule.pool_takes_now
+        for _, i in sorted((-lens[i], i) for i in range(lo, k) if lens[i] > fits):
+            if takes(grants[wk[i][1]], now):
                 return i
         return -1
 
