@@ -344,13 +344,19 @@ def verify(env: Env, caller: str, project: str, now: int, spec: SpecIn | None = 
     return out
 
 
-def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[str, Any]]:
+def status(env: Env, caller: str, project: str | None, now: int, everything: bool = False) -> list[dict[str, Any]]:
     """``status``: every project's newest grant (or one project's) with progress and jobs,
     then best-effort submissions (``kind`` "best-effort", docs/lending.md); each item
-    carries the daemon's state (the output stays a list)."""
+    carries the daemon's state (the output stays a list).
+
+    Without a project, a name whose newest grant (or submission) is no longer live is listed
+    only if it ended in the last ``service.STATUS_RECENT_S`` (7 days), unless ``everything``;
+    each item says from when (``listed_since``, None with ``everything`` or a project) and
+    how many names were left out (``older_not_listed``)."""
     from cellsched import service
 
-    items = service.status(env, project, now)
+    since = None if everything or project is not None else now - service.STATUS_RECENT_S
+    items, older = service.status(env, project, now, since)
     from cellsched import expected
 
     expected.add_to_status(env, items, now)  # each grant's expected start
@@ -363,6 +369,7 @@ def status(env: Env, caller: str, project: str | None, now: int) -> list[dict[st
                 it[k + "_utc"] = iso(it[k])
         if "expected_start" in it:
             it["expected_start_utc"] = iso(it["expected_start"])
+        it["listed_since"], it["listed_since_utc"], it["older_not_listed"] = since, iso(since), older
         it["daemon"] = daemon
     return items
 

@@ -1214,17 +1214,25 @@ def _used_by_grant(s: Session, grant_ids: list[int], p0: int, p1: int) -> dict[i
     return used
 
 
-def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
+STATUS_RECENT_S = 7 * 86400  # ``status`` lists what ended this recently (``--all``: everything)
+
+
+def status(env: Env, project: str | None, now: int, since: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """Every project's newest grant (or one project's), with progress and job runs, each
     ``kind`` "guaranteed"; then the best-effort submissions (``kind`` "best-effort": live
     ones, and each other name's newest; one project's with its tasks). A window running, or
-    best-effort work waiting, while no daemon is alive says so in its ``note``."""
+    best-effort work waiting, while no daemon is alive says so in its ``note``.
+
+    With ``since``, a name's newest grant or submission that is no longer live is listed
+    only if it ended at or after ``since`` (live ones always are); returns the items and how
+    many were left out so."""
     from cellsched.ledger.lease import state
 
     lease = state(env.ledger)
     down, be_down = lease.down("this window is not being served"), lease.down("best-effort work is not being run")
     with env.ledger.read() as s:
         be_items: list[dict[str, Any]] = []
+        older = 0
         if project is not None:
             try:
                 rows = [find_grant(s, project)]
@@ -1232,23 +1240,17 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
                 found = be_ledger.find(s, project)
                 if not found:
                     raise
-                return _best_effort_status(s, found[:1], be_down, tasks=True)
+                return _best_effort_status(s, found[:1], be_down, tasks=True), 0
         else:
-            be_items = _best_effort_status(s, _best_effort_shown(s), be_down)
-            # Every live grant (two versions of one name both live: both shown), and for a
-            # name with none live, its newest grant.
-            latest: dict[str, GrantRow] = {}
-            live: list[GrantRow] = []
-            for r in s.exec(select(GrantRow).order_by(col(GrantRow.id))):
-                latest[r.project] = r
-                if r.state in LIVE_STATES:
-                    live.append(r)
-            named = {r.project for r in live}
-            rows = sorted(live + [r for r in latest.values() if r.project not in named],
-                          key=lambda r: (r.start, r.id or 0))
+            shown, older = _best_effort_shown(s, since)
+            be_items = _best_effort_status(s, shown, be_down)
+            live, done, left_out = _grants_shown(s, since)
+            older += left_out
+            rows = sorted(live + done, key=lambda r: (r.start, r.id or 0))
+        runs_of = _job_runs(s, [r.id or 0 for r in rows])
         out = []
         for r in rows:
-            runs = s.exec(select(JobRunRow).where(JobRunRow.grant_id == r.id).order_by(col(JobRunRow.id))).all()
+            runs = runs_of.get(r.id or 0, [])
             item = grant_json(r)
             length = max(1, r.end - r.start)
             item["progress"] = min(1.0, max(0.0, (now - r.start) / length)) if r.state in LIVE_STATES else 1.0
@@ -1263,12 +1265,46 @@ def status(env: Env, project: str | None, now: int) -> list[dict[str, Any]]:
             item["note"] = down if down and running and now < r.end else ""
             item["kind"] = "guaranteed"
             out.append(item)
-        return out + be_items
+        return out + be_items, older
 
 
-def _best_effort_shown(s: Session) -> list[BestEffortRow]:
+def _grants_shown(s: Session, since: int | None) -> tuple[list[GrantRow], list[GrantRow], int]:
+    """What ``status`` lists of grants: every live one (two versions of one name both live:
+    both), and for a name with none live its newest grant (with ``since``: only if it ended
+    then or later); and how many names ``since`` left out. Asked of the database, so a
+    ledger of years lists its live work without loading every grant it ever held."""
+    from sqlalchemy import func, or_
+
+    live = list(s.exec(select(GrantRow).where(col(GrantRow.state).in_(LIVE_STATES))))
+    newest = sa_select(func.max(GrantRow.id)).group_by(col(GrantRow.project))
+    live_names = sa_select(GrantRow.project).where(col(GrantRow.state).in_(LIVE_STATES))
+    # a name with none live (its newest grant is then not live either)
+    done_q = select(GrantRow).where(col(GrantRow.id).in_(newest), col(GrantRow.project).not_in(live_names))
+    if since is None:
+        return live, list(s.exec(done_q)), 0
+    ended = or_(col(GrantRow.end) >= since, func.coalesce(col(GrantRow.ended_at), 0) >= since)
+    done = list(s.exec(done_q.where(ended)))
+    left_out = s.exec(sa_select(func.count()).select_from(done_q.where(~ended).subquery())).one()[0]
+    return live, done, int(left_out)
+
+
+def _job_runs(s: Session, grant_ids: list[int]) -> dict[int, list[JobRunRow]]:
+    """The job runs of each of ``grant_ids``, in the order they were written: a few queries
+    however many grants (one per grant made ``status`` of a long history take minutes)."""
+    out: dict[int, list[JobRunRow]] = {}
+    ids = sorted(set(grant_ids))
+    for k in range(0, len(ids), 5000):  # (well under SQLite's limit on bound parameters)
+        chunk = ids[k:k + 5000]
+        q = select(JobRunRow).where(col(JobRunRow.grant_id).in_(chunk)).order_by(col(JobRunRow.id))
+        for j in s.exec(q):
+            out.setdefault(j.grant_id, []).append(j)
+    return out
+
+
+def _best_effort_shown(s: Session, since: int | None = None) -> tuple[list[BestEffortRow], int]:
     """What ``status`` lists of best-effort work: every live submission, and for a name with
-    none live its newest (as for grants), in submission order."""
+    none live its newest (as for grants; with ``since``, only if it ended then or later), in
+    submission order; and how many ``since`` left out."""
     latest: dict[str, BestEffortRow] = {}
     live: list[BestEffortRow] = []
     for r in s.exec(select(BestEffortRow).order_by(col(BestEffortRow.id))):
@@ -1276,7 +1312,12 @@ def _best_effort_shown(s: Session) -> list[BestEffortRow]:
         if r.state in BE_LIVE_STATES:
             live.append(r)
     named = {r.project for r in live}
-    return sorted(live + [r for r in latest.values() if r.project not in named], key=lambda r: r.id or 0)
+    done = [r for r in latest.values() if r.project not in named]
+    older = 0
+    if since is not None:
+        recent = [r for r in done if (r.ended_at if r.ended_at is not None else r.created_at) >= since]
+        older, done = len(done) - len(recent), recent
+    return sorted(live + done, key=lambda r: r.id or 0), older
 
 
 def _best_effort_status(s: Session, rows: list[BestEffortRow], down: str | None,

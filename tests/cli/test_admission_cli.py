@@ -179,10 +179,11 @@ def test_budget(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
 
 def test_status(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     empty = cli("status")
-    assert empty.exit_code == 0 and "no projects yet" in empty.stdout
+    assert empty.exit_code == 0 and "no projects live or ended in the last 7 days" in empty.stdout
+    assert "no projects yet" in cli("status", "--all").stdout
     cli("submit", write_spec(tmp_path, "a", hours=16))
     r = cli("status", now="2026-12-01T01:00:00Z")
-    assert r.exit_code == 0 and "a@" in r.stdout and "50%" in r.stdout
+    assert r.exit_code == 0 and "a@" in r.stdout and "50%" in r.stdout and "--all" not in r.stdout
     items = as_json(cli("status", "a", "--json", now="2026-12-01T01:00:00Z"))
     assert len(items) == 1
     it = items[0]
@@ -190,6 +191,19 @@ def test_status(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
             "used_gpu_hours", "jobs", "start_utc", "end_utc", "promised_start_utc", "promised_end_utc",
             "started_at_utc", "ended_at_utc"} <= set(it)
     assert it["progress"] == 0.5 and it["start_utc"] == "2026-12-01T00:00:00Z" and it["started_at_utc"] is None
+    # Cancelled, it is listed for 7 days after it ended; then only --all lists it, and the
+    # table says how many it left out.
+    cli("cancel", "a", now="2026-12-01T02:00:00Z")
+    cli("submit", write_spec(tmp_path, "b", hours=8), now="2026-12-09T00:00:00Z")
+    week = cli("status", now="2026-12-08T01:59:00Z")
+    assert "a@" in week.stdout and "cancelled" in week.stdout
+    later = cli("status", now="2026-12-09T00:00:00Z")
+    assert "a@" not in later.stdout and "b@" in later.stdout
+    assert "and 1 project that ended before 2026-12-02 00:00 UTC: `cellsched status --all`" in later.stdout
+    every = cli("status", "--all", now="2026-12-09T00:00:00Z")
+    assert "a@" in every.stdout and "b@" in every.stdout and "ended before" not in every.stdout
+    listed = as_json(cli("status", "--json", now="2026-12-09T00:00:00Z"))
+    assert [(i["older_not_listed"], i["listed_since_utc"]) for i in listed] == [(1, "2026-12-02T00:00:00Z")]
 
 
 def test_verify(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

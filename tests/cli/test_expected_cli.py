@@ -93,7 +93,8 @@ def test_plan_submit_and_status_say_the_expected_start(cli: Any, tmp_path: Path)
     items = {it["project"].split("@")[0]: it for it in json.loads(cli("status", "--json").stdout)}
     assert (items["b"]["expected_start"], items["b"]["expected_start_basis"]) == (T0 + 4 * H, basis)
     assert (items["a"]["expected_start"], items["a"]["expected_start_basis"]) == (T0, "started")
-    assert (items["old0"]["expected_start"], items["old0"]["expected_start_basis"]) == (None, None)
+    assert (items["old1"]["expected_start"], items["old1"]["expected_start_basis"]) == (None, None)
+    assert "old0" not in items  # ended 10 days ago: `status --all` lists it
     table = cli("status").stdout
     assert "expected (UTC)" in table
     row = next(r for r in table.splitlines() if r.startswith("b@"))

@@ -396,7 +396,7 @@ def test_unplaceable_group_is_recorded_as_a_breach_and_retried(env: Env, tmp_pat
     assert h.grant(g.id).breach_gs == 16 * 10
     h.run(T0 + 45)
     assert h.grant(g.id).breach_gs == 16 * 40  # brought up to date every 30 s
-    st = service.status(env, "too-wide", h.now)[0]
+    st = service.status(env, "too-wide", h.now)[0][0]
     assert st["breach_gpu_hours"] == pytest.approx(16 * 40 / 3600)
     h.run(T0 + 200)
     done = h.grant(g.id)

@@ -72,7 +72,12 @@ def test_the_api_answers_with_the_expected_start(env: Env, monkeypatch: pytest.M
     keys = ("project", "expected_start", "expected_start_utc", "expected_start_basis")
     assert [{k: it[k] for k in keys} for it in status] == [{k: it[k] for k in keys} for it in local]
     assert {it["project"].split("@")[0]: it["expected_start"] for it in status} == {
-        "old0": None, "old1": None, "old2": None, "a": T0, "b": T0 + 4 * H}
+        "old1": None, "old2": None, "a": T0, "b": T0 + 4 * H}  # old0 ended more than 7 days ago
+    assert {(it["older_not_listed"], it["listed_since"]) for it in status} == {(1, T0 - 7 * DAY)}
+    every = call("GET", "/api/status", "bob", params={"all": "true"})
+    assert [it["project"].split("@")[0] for it in every] == ["old0", "old1", "old2", "a", "b"]
+    assert [{k: it[k] for k in keys} for it in every] == [
+        {k: it[k] for k in keys} for it in ops.status(env, "bob", None, T0, everything=True)]
 
 
 def test_a_batch_of_waiting_submits_gets_one_replays_answers(env: Env) -> None:

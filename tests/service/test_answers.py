@@ -80,7 +80,7 @@ def test_status_lists_every_live_grant_and_cancel_says_which_it_ended(env: Env) 
                                         "project_id": "abl@ffffffffffff", "start": T0 + 100 * H,
                                         "end": T0 + 102 * H})
         s.add(twin)
-    items = service.status(env, None, T0)
+    items, _ = service.status(env, None, T0)
     assert sorted(i["project"] for i in items) == sorted([a.project_id, "abl@ffffffffffff"])
     with pytest.raises(BadInput, match=r"abl has 2 live grants \(abl@.*, abl@ffffffffffff\): cancel one by name@digest"):
         service.cancel(env, "abl", "alice", T0)
@@ -118,7 +118,7 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
 def test_dry_run_writes_nothing_and_answers_as_the_submit_then_does(env: Env, case: str) -> None:
     service.submit(env, spec("busy", team="pretraining", gpus=16, hours=16 * 10), "dave", T0)
     service.submit(env, spec("mine", hours=16), "alice", T0)
-    mine_id = service.status(env, "mine", T0)[0]["project"]
+    mine_id = service.status(env, "mine", T0)[0][0]["project"]
     s = {"granted": spec("new", hours=8),
          "delayed": spec("new", hours=2000),
          "refused": spec("new", gpus=12, hours=24),

@@ -70,7 +70,7 @@ def test_a_waiting_grant_is_expected_where_history_says_the_calendar_frees(env: 
     assert "team pretraining has fewer than 3" in d["expected_start_basis"]
 
     # status: the same figures, every grant with both keys.
-    items = {it["project"].split("@")[0]: it for it in ops.status(env, "alice", None, T0)}
+    items = {it["project"].split("@")[0]: it for it in ops.status(env, "alice", None, T0, everything=True)}
     assert {k: (v["expected_start"], v["expected_start_basis"]) for k, v in items.items()} == {
         "old0": (None, None), "old1": (None, None), "old2": (None, None),  # ended: nothing to expect
         "a": (T0, expected.STARTED),

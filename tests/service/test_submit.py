@@ -133,10 +133,47 @@ def test_budget_charges_each_month_by_its_part(env) -> None:  # type: ignore[no-
 def test_status_lists_every_project(env) -> None:  # type: ignore[no-untyped-def]
     a = service.submit(env, spec("a", gpus=16, hours=32, team="pretraining", owner="dave"), "dave", T0)
     b = service.submit(env, spec("b", gpus=8, hours=8), "alice", T0)
-    items = service.status(env, None, T0 + H)
+    items, _ = service.status(env, None, T0 + H)
     assert [i["project"] for i in items] == [a.project_id, b.project_id]
     assert items[0]["progress"] == 0.5 and items[1]["progress"] == 0.0
-    assert service.status(env, "b", T0)[0]["start"] == T0 + 2 * H
+    assert service.status(env, "b", T0)[0][0]["start"] == T0 + 2 * H
+
+
+def test_status_lists_live_work_and_what_ended_in_the_last_week(env) -> None:  # type: ignore[no-untyped-def]
+    """Without a project, a name whose newest grant is no longer live is listed only if it
+    ended in the last 7 days (status of a ledger of years is its live work, not its
+    history); ``everything`` (``--all``) lists every name, as before."""
+    from cellsched import ops
+
+    day = 24 * H
+    service.submit(env, spec("old", gpus=8, hours=8), "alice", T0)
+    service.cancel(env, "old", "alice", T0 + 1800)  # ended 8 days before now
+    service.submit(env, spec("recent", gpus=8, hours=8), "alice", T0 + 2 * day)
+    service.cancel(env, "recent", "alice", T0 + 2 * day + 600)  # 6 days before now
+    again = service.submit(env, spec("again", gpus=8, hours=8), "alice", T0)
+    service.cancel(env, "again", "alice", T0 + 600)
+    again2 = service.submit(env, spec("again", gpus=8, hours=16), "alice", T0 + 8 * day)  # live again
+    live = service.submit(env, spec("live", gpus=8, hours=8), "alice", T0 + 8 * day)
+    now = T0 + 8 * day + 60
+
+    items = ops.status(env, "alice", None, now)
+    names = sorted(i["project"].split("@")[0] for i in items)
+    assert names == ["again", "live", "recent"]
+    assert {i["project"] for i in items if i["project"].startswith("again")} == {again2.project_id}
+    assert again.project_id != again2.project_id and live.project_id in {i["project"] for i in items}
+    assert all(i["listed_since"] == now - 7 * day and i["older_not_listed"] == 1 for i in items)
+    assert items[0]["listed_since_utc"] == "2026-12-02T00:01:00Z"
+
+    every = ops.status(env, "alice", None, now, everything=True)
+    assert sorted(i["project"].split("@")[0] for i in every) == ["again", "live", "old", "recent"]
+    assert all(i["listed_since"] is None and i["older_not_listed"] == 0 for i in every)
+    # a project named is always found, however long ago it ended
+    (one,) = ops.status(env, "alice", "old", now)
+    assert one["state"] == "cancelled" and one["older_not_listed"] == 0
+    # a week later nothing but the live work is listed
+    later = ops.status(env, "alice", None, now + 7 * day)
+    assert sorted(i["project"].split("@")[0] for i in later) == ["again", "live"]
+    assert later[0]["older_not_listed"] == 2
 
 
 def test_verify_accepts_a_true_receipt(env) -> None:  # type: ignore[no-untyped-def]

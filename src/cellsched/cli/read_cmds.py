@@ -56,8 +56,10 @@ def budget(
 def status(
     project: Annotated[Optional[str], typer.Argument(help="One project (name or name@digest); all if omitted.")] = None,
     json_out: JsonFlag = False,
+    everything: Annotated[bool, typer.Option("--all", help="Also projects that ended more than 7 days ago.")] = False,
 ) -> None:
-    """Every project: state, window, progress; with a project, its jobs and attempts too.
+    """Every live project, and those that ended in the last 7 days: state, window, progress;
+    with a project, its jobs and attempts too.
 
     Best-effort work is its own section: tasks queued, running and done, preemptions,
     GPU-hours charged of its budget; with its name, every task.
@@ -65,12 +67,16 @@ def status(
     **Example**: cellsched status pythia-ablation
     """
     b = backend()
-    items = b.status(project)
+    items = b.status(project, everything) if everything else b.status(project)
     if json_out:
         emit_json(items)
         return
     if not items:
-        print("no projects yet (submit one with `cellsched submit projects/<name>.toml`)")
+        if everything:
+            print("no projects yet (submit one with `cellsched submit projects/<name>.toml`)")
+        else:  # (older ones would not be counted in an empty list: --all says)
+            print("no projects live or ended in the last 7 days (submit one with `cellsched submit "
+                  "projects/<name>.toml`; `cellsched status --all` lists older ones)")
         # Nothing to carry it in the list: ask for the daemon's state on its own.
         print_down(b.daemon())
         return
@@ -82,11 +88,14 @@ def status(
         best_effort.print_tasks(items[0])
         return
     borrowers = [it for it in items if best_effort.is_best_effort(it)]
+    older, since = items[0].get("older_not_listed") or 0, items[0].get("listed_since")
     items = [it for it in items if not best_effort.is_best_effort(it)]
     if items:
         print_status_table(items)
     if borrowers:
         best_effort.print_status(borrowers)
+    if older:  # (names no longer live, left out: ``--all`` lists them)
+        print(f"and {fmt.plural(older, 'project')} that ended before {fmt.when(since)}: `cellsched status --all`")
     if not items:
         print_down(borrowers[0]["daemon"])
         return

@@ -147,10 +147,10 @@ class Local:
 
         return ops.verify(self.read_env(), caller(), project, _now(), spec=spec, code_now=code_now)
 
-    def status(self, project: str | None) -> list[dict[str, Any]]:
+    def status(self, project: str | None, everything: bool = False) -> list[dict[str, Any]]:
         from cellsched import ops
 
-        return ops.status(self.read_env(), caller(), project, _now())
+        return ops.status(self.read_env(), caller(), project, _now(), everything)
 
     def budget(self, name: str) -> dict[str, Any]:
         from cellsched import ops
@@ -230,8 +230,11 @@ class Served:
                 "code_now": None if code_now is None else code_now.model_dump()}
         return self.remote.call("POST", "/api/verify", json=body)  # type: ignore[no-any-return]
 
-    def status(self, project: str | None) -> list[dict[str, Any]]:
-        return self.remote.call("GET", "/api/status", params={"project": project})  # type: ignore[no-any-return]
+    def status(self, project: str | None, everything: bool = False) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"project": project}
+        if everything:  # (a server from before --all answers without it)
+            params["all"] = "true"
+        return self.remote.call("GET", "/api/status", params=params)  # type: ignore[no-any-return]
 
     def budget(self, name: str) -> dict[str, Any]:
         return self.remote.call("GET", "/api/budget", params={"name": name})  # type: ignore[no-any-return]

@@ -154,10 +154,12 @@ def verify(body: VerifyIn, request: Request, who: Who) -> JSON:
 
 
 @router.get("/status", response_class=JSON, summary="cellsched status")
-def status(request: Request, who: Who, project: OptName = None) -> JSON:
+def status(request: Request, who: Who, project: OptName = None,
+           everything: Annotated[bool, Query(alias="all")] = False) -> JSON:
     """Every project's newest grant (or one project's), with progress and job attempts, then
-    best-effort submissions (items with ``kind`` "best-effort")."""
-    return JSON(ops.status(state_of(request).env, who.user, project, now_s()))
+    best-effort submissions (items with ``kind`` "best-effort"); names no longer live only if
+    they ended in the last 7 days, unless ``all``."""
+    return JSON(ops.status(state_of(request).env, who.user, project, now_s(), everything))
 
 
 @router.get("/budget", response_class=JSON, summary="cellsched budget")
