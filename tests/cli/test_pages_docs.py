@@ -265,3 +265,15 @@ def test_the_pages_show_commands() -> None:
     pages = {name for name, _ in documented_commands()}
     assert {"README.md", "docs/specs.md", "docs/cluster.md", "docs/server.md", "docs/daemon.md",
             "docs/lending.md", "docs/ledger.md", "docs/cluster-setup.md"} <= pages
+
+
+def test_metrics_md_queries_and_alerts_name_documented_metrics() -> None:
+    """The PromQL and alert rules use metrics of the page's tables (which test_metrics.py
+    holds equal to a real scrape)."""
+    text = page("docs/metrics.md")
+    tables = {n for line in text.splitlines() if line.startswith("| `cellsched_")
+              for n in re.findall(r"`(cellsched_[a-z_]+)`", line.split("|")[1])}
+    used = {n for b in fenced("docs/metrics.md", "promql") + fenced("docs/metrics.md", "yaml")
+            for n in re.findall(r"\b(cellsched_[a-z_]+)", b)}
+    used = {re.sub(r"_bucket$", "", n) for n in used}
+    assert used and used <= tables, used - tables
