@@ -253,3 +253,72 @@ def test_a_config_read_again_during_a_submit_does_not_bring_back_the_old_snapsho
         env.admission.put(held, ledger_version(s))
     out = service.submit(env, spec("wide", "evals", gpus=8, hours=8, owner="carol"), "carol", T0)
     assert not out.granted and out.refusal is not None and out.refusal.reason == "over_max_gpus"
+
+
+def test_a_team_taken_out_of_the_config_still_holds_its_gpus(env, cluster_file, ledger_url) -> None:  # type: ignore[no-untyped-def]
+    """The daemon runs a live grant whatever the config now says of its team, so admission
+    must still count its GPUs on the pool: taking team evals out of cluster.toml (or
+    renaming it) while its 8-GPU grant holds a node gives nobody that node."""
+    from cellsched.service import open_env
+
+    held = service.submit(env, spec("held", team="evals", owner="carol", gpus=8, hours=8 * 12), "carol", T0)
+    assert held.grant is not None and (held.grant.start, held.grant.end) == (T0, T0 + 12 * H)
+    text = cluster_file.read_text()
+    cut = text.index('[[teams]]\nname = "evals"')
+    cluster_file.write_text(text[:cut] + text[text.index("[[teams]]", cut + 1):])
+    later = open_env(cluster_file, ledger_url)
+    try:
+        assert later.cluster.team("evals") is None
+        out = service.submit(later, spec("wide", gpus=16, hours=16 * 8), "alice", T0)
+        assert out.grant is not None and out.grant.start == T0 + 12 * H, out  # not before evals' node is free
+        narrow = service.submit(later, spec("narrow", gpus=8, hours=8 * 8), "alice", T0)
+        assert narrow.grant is not None and narrow.grant.start == T0 and narrow.grant.nodes != held.grant.nodes
+    finally:
+        later.ledger.dispose()
+
+
+@pytest.mark.parametrize("period", ["month", "none"])
+def test_admission_reads_the_ledger_from_the_open_period_and_answers_as_from_all_of_it(
+        env, cluster_file, ledger_url, period) -> None:  # type: ignore[no-untyped-def]
+    """``load_schedule`` reads only grants ending after the open allowance period began (all
+    of them with a period of ``none``): months of grants before it change nothing admission
+    can ask (the team's charge of every period still open, the pool's free GPUs from now)."""
+    from cellsched.core.admission import Schedule
+    from cellsched.core.allowance import period_bounds
+    from cellsched.ledger.snapshot import charged_from, grant_of
+    from cellsched.service import load_schedule, open_env
+
+    cluster_file.write_text(cluster_file.read_text().replace(
+        "allowance_gpu_hours = 20000\n", f'allowance_gpu_hours = 200000\nperiod = "{period}"\n'))
+    e = open_env(cluster_file, ledger_url)
+    try:
+        day, t = 24 * H, T0 - 70 * 24 * H  # from mid-September: grants ending in three earlier months
+        while t < JAN + 10 * day:
+            gpus = 8 if (t // H) % 3 else 16
+            out = service.submit(e, spec(f"p{t}", team="pretraining", owner="dave", gpus=gpus, hours=gpus * 30),
+                                 "dave", t)
+            assert out.grant is not None
+            t += 31 * H
+        now = JAN + 5 * day + 7 * H
+        with e.ledger.read() as s:
+            got = load_schedule(s, e.cluster, now)
+            rows = list(s.exec(select(GrantRow).order_by(col(GrantRow.id))))
+        since = charged_from(got, now)
+        assert since == {"interp": JAN, "evals": JAN, "pretraining": None if period == "none" else JAN}
+        if period == "month":
+            assert sum(r.end <= JAN for r in rows) > 40  # most of the ledger is left unread
+        full = Schedule.empty(e.cluster)  # every grant, as before: the reference
+        for r in rows:
+            g = grant_of(r)
+            full.teams[g.team].book.charge(g.start, g.end, g.width)
+            if g.end > now:
+                full.pools[g.pool][1].reserve(max(g.start, now), g.end, g.width, g.nodes)
+        book, ref = got.teams["pretraining"].book, full.teams["pretraining"].book
+        open_from = period_bounds(now, book.period)[0]
+        assert {p: v for p, v in book.charged.items() if p >= open_from} == \
+               {p: v for p, v in ref.charged.items() if p >= open_from}
+        for k in range(0, 400):
+            at = now + k * H
+            assert got.pools["h100"][1].free_at(at) == full.pools["h100"][1].free_at(at), at
+    finally:
+        e.ledger.dispose()

@@ -9,9 +9,11 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlmodel import Session, col, func, or_, select
+from sqlmodel import Session, and_, col, func, or_, select
 
 from cellsched.core.admission import Grant, Schedule
+from cellsched.core.allowance import period_bounds
+from cellsched.core.calendar import FAR_PAST
 from cellsched.core.nodes import node_sizes
 from cellsched.ledger.breaches import breach_intervals
 from cellsched.ledger.tables import (
@@ -52,24 +54,35 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int,
     waiting), keyed by id in id order: the expected start's replay input, read here from the
     same rows (``ledger.history.live_grants`` reads the same set on its own)."""
     sched = Schedule.empty(cluster)
-    rows = list(s.exec(select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start)).order_by(col(GrantRow.id))))
+    # Per team, the windows that end after its open allowance period began: an older one
+    # reserves nothing ahead and charges only periods that are over, which admission never
+    # asks of. A ledger of years is read a period at a time.
+    teams = charged_from(sched, now)
+    since = [col(GrantRow.team) == name if t0 is None else and_(col(GrantRow.team) == name, col(GrantRow.end) > t0)
+             for name, t0 in teams.items()]
+    since.append(and_(col(GrantRow.team).not_in(list(teams)), col(GrantRow.end) > now))
+    q = select(GrantRow).where(col(GrantRow.end) > col(GrantRow.start), or_(*since))
+    rows = list(s.exec(q.order_by(col(GrantRow.id))))
     breaches = breach_intervals(s, rows)
     for row in rows:
         nodes = nodes_of(row) if row.end > now else None  # parsed once, for the live list and the calendar
         if live is not None and row.end > now and row.state in LIVE_STATES:
             live.append((row.id or 0, Grant(row.project, row.team, row.pool, row.width, row.start, row.end,
                                             None if nodes is None else tuple(nodes))))
-        if row.pool not in sched.pools or row.team not in sched.teams:
+        if row.pool not in sched.pools:
             continue  # config no longer names it; nothing of it can be admitted against
-        team = sched.teams[row.team]
-        team.book.charge(row.start, row.end, row.width)
-        for b0, b1, w in breaches.get(row.id or 0, ()):
-            team.book.refund(b0, b1, w)
+        # A team the config no longer names has no allowance to charge, but its grants
+        # still hold their GPUs: the daemon runs them whatever the config says of the team.
+        team = sched.teams.get(row.team)
+        if team is not None:
+            team.book.charge(row.start, row.end, row.width)
+            for b0, b1, w in breaches.get(row.id or 0, ()):
+                team.book.refund(b0, b1, w)
         lo = max(row.start, now)
         if row.end > lo:
             try:
                 sched.pools[row.pool][1].reserve(lo, row.end, row.width, None if nodes is None else tuple(nodes))
-                if team.calendar is not None:
+                if team is not None and team.calendar is not None:
                     team.calendar.reserve(lo, row.end, row.width)
             except ValueError:
                 pass  # the pool shrank below what was granted: a breach, shown by status
@@ -77,6 +90,18 @@ def load_schedule(s: Session, cluster: ClusterConfig, now: int,
     if lost:
         _block_lost_nodes(sched, cluster, rows, lost, now)
     return sched
+
+
+def charged_from(sched: Schedule, now: int) -> dict[str, int | None]:
+    """Per team of ``sched``: the instant its grants must end after to matter at ``now``,
+    the start of its allowance period open at ``now`` (None, every grant, for a period of
+    ``none``: all time is one period). Before it a window reserves nothing from now on and
+    charges only periods that are over."""
+    out: dict[str, int | None] = {}
+    for name, t in sched.teams.items():
+        p0 = period_bounds(now, t.book.period)[0]
+        out[name] = None if p0 == FAR_PAST else p0
+    return out
 
 
 def _block_lost_nodes(sched: Schedule, cluster: ClusterConfig, rows: list[GrantRow],
