@@ -271,6 +271,7 @@ def test_a_team_taken_out_of_the_config_still_holds_its_gpus(env, cluster_file, 
         assert later.cluster.team("evals") is None
         out = service.submit(later, spec("wide", gpus=16, hours=16 * 8), "alice", T0)
         assert out.grant is not None and out.grant.start == T0 + 12 * H, out  # not before evals' node is free
+        assert out.expected_start == T0 + 12 * H and "not estimated" not in (out.expected_basis or ""), out
         narrow = service.submit(later, spec("narrow", gpus=8, hours=8 * 8), "alice", T0)
         assert narrow.grant is not None and narrow.grant.start == T0 and narrow.grant.nodes != held.grant.nodes
     finally:
