@@ -255,6 +255,34 @@ def test_nothing_within_the_horizon() -> None:
     assert "horizon of 7 days" in out.message
 
 
+def test_no_capacity_that_is_the_teams_max_gpus_names_the_team_not_the_pool() -> None:
+    """The pool has 8 GPUs free; the team's own 8 GPUs (its max_gpus) are busy for 10 h, so
+    4 more fit only after the deadline: the sentence names the team's limit, and what is
+    available is what the team may still take (none), not the pool's free GPUs."""
+    s = cluster().pool("h100", 16, per_node=8).team("interp", max_gpus=8).schedule()
+    s.commit(grant("mine", "interp", "h100", 8, T0, T0 + 10 * H))
+    out = s.admit(req("p").gpus(4).hours(80).deadline(T0 + 24 * H).build(), T0)  # 20 h on 4
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window", out
+    assert out.message == ("team interp may hold at most 8 GPUs at once: beside its other grants, 4 more "
+                           "are free together for 20 h only from 2026-12-01 10:00 UTC, "
+                           "too late to end by your deadline 2026-12-02 00:00 UTC."), out.message
+    assert out.available == 0 and out.earliest_start == T0 + 10 * H
+    # Without the deadline nor room in the horizon, the same limit is named.
+    s2 = cluster().pool("h100", 16, per_node=8).team("interp", max_gpus=8).policy(horizon_days=3).schedule()
+    s2.commit(grant("mine", "interp", "h100", 8, T0, T0 + 5 * DAY))
+    out2 = s2.admit(req("p").gpus(4).hours(8).build(), T0)
+    assert isinstance(out2, Refusal) and out2.reason == "no_capacity_in_window", out2
+    assert "team interp may hold at most 8 GPUs at once" in out2.message and "horizon of 3 days" in out2.message
+
+
+def test_not_before_past_the_horizon_is_named_not_called_no_free_gpus() -> None:
+    s = cluster().pool("h100", 16, per_node=8).team("interp").policy(horizon_days=10).schedule()
+    out = s.admit(req("p").gpus(2).hours(8).not_before(T0 + 11 * DAY).build(), T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window", out
+    assert out.message == ("not_before 2026-12-12 00:00 UTC is past the horizon: admission looks for a "
+                           "window starting by 2026-12-11 00:00 UTC (10 days ahead)."), out.message
+
+
 # -- refusals carry alternatives that would be granted ----------------------------------
 
 

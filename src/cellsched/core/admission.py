@@ -431,28 +431,59 @@ class Schedule:
                 available=left,
                 earliest_start=start,
             )
-        if req.deadline is None:
-            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
+        # What is in the way: the pool's GPUs, or (when the pool alone has a window) the
+        # team's own grants under its max_gpus; or a not_before past the horizon.
+        team = self.teams[req.team]
+        tcal = team.calendar
+        end_by = horizon + duration if req.deadline is None else min(req.deadline, horizon + duration)
+        team_bound = tcal is not None and earliest <= horizon and any(
+            self.pools[p.name][1].earliest_fit(width, duration, earliest, end_by) is not None for p in pools)
+        who = f"{width} GPUs"
+        if team_bound:
+            who = (f"team {req.team} may hold at most {team.config.max_gpus} GPUs at once: beside its other "
+                   f"grants, {width} more")
+        if earliest > horizon:
+            what = (f"not_before {fmt_time(earliest)}" if req.not_before is not None and req.not_before >= earliest
+                    else f"the earliest start the notice allows, {fmt_time(earliest)},")
+            msg = (f"{what} is past the horizon: admission looks for a window starting by "
+                   f"{fmt_time(horizon)} ({self.policy.horizon_days} days ahead).")
+        elif req.deadline is None:
+            msg = f"{who} are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
         elif later is not None and later[1] >= req.deadline:
             msg = (
-                f"{width} GPUs are free together only from {fmt_time(later[1])}, "
+                f"{who} are free together only from {fmt_time(later[1])}, "
                 f"after your deadline {fmt_time(req.deadline)}."
             )
         elif later is not None:
             # Free before the deadline, but not for long enough to finish by it.
             msg = (
-                f"{width} GPUs are free together for {fmt_gh(duration)} h only from "
+                f"{who} are free together for {fmt_gh(duration)} h only from "
                 f"{fmt_time(later[1])}, too late to end by your deadline {fmt_time(req.deadline)}."
             )
         else:
-            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
+            msg = f"{who} are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
+        span = (earliest, earliest + duration)
+        room = None if tcal is None else tcal.min_free(*span)
+        available = max((self._widest_for(p, room, *span) for p in pools), default=0)
         return Refusal(
             "no_capacity_in_window",
             msg,
             needed=width,
-            available=max((self.pools[p.name][1].widest_fit(earliest, earliest + duration) for p in pools), default=0),
+            available=available,
             earliest_start=None if later is None else later[1],
         )
+
+    def _widest_for(self, pool: Pool, room: int | None, start: int, end: int) -> int:
+        """The widest grant the node rule fits in ``pool`` over [start, end), of at most
+        ``room`` GPUs (what the team's max_gpus leaves) when that is given."""
+        cal = self.pools[pool.name][1]
+        widest = cal.widest_fit(start, end)
+        if room is None or widest <= room:
+            return widest
+        for w in reversed(cal.admissible_widths(1, room + 1)):
+            if cal.earliest_fit(w, end - start, start, end) == start:
+                return w
+        return 0
 
     def _not_whole_nodes(self, req: Request, pools: list[Pool]) -> Refusal:
         """The width is wider than a node and not a whole number of nodes in any candidate
