@@ -158,6 +158,21 @@ def test_no_capacity_offers_a_later_deadline_a_narrower_width_and_another_pool()
     readmitted(s, r, out, T0)  # type: ignore[arg-type]
 
 
+def test_narrower_is_the_widest_granted_when_feasibility_is_not_monotone_in_width() -> None:
+    """8 GPUs for 24 GPU-hours by T0 + 10 h, with 6 GPUs free for the first 4 h and 2 after:
+    6 GPUs (4 h) fit the window, 3 to 5 (8 h to 4.8 h) and 7 do not. A bisection over 3..7
+    tries 5, then 3, and offers no narrower width at all; 6 is the one."""
+    s = cluster().pool("h100", 8).team("interp").team("other").schedule()
+    s.commit(grant("a", "other", "h100", 2, T0, T0 + 4 * H))
+    s.commit(grant("b", "other", "h100", 6, T0 + 4 * H, T0 + 30 * H))
+    r = req("p").gpus(8).hours(24).deadline(T0 + 10 * H).build()
+    out = s.admit(r, T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window"
+    k = kinds(out)
+    assert "narrower" in k and k["narrower"].width == 6 and k["narrower"].end == T0 + 4 * H, out.alternatives
+    readmitted(s, r, out, T0)
+
+
 def test_not_whole_nodes_and_unknown_pool() -> None:
     s = cluster().pool("h100", 32, per_node=8).team("interp").schedule()
     r = req("p").gpus(12).hours(48).build()

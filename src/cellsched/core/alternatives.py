@@ -181,9 +181,14 @@ def _message(ctx: _Ctx, kind: str, g: Grant, d: dict[str, Any]) -> str:
 
 
 def _widest(ctx: _Ctx, kind: str, lo: int, hi: int, extra: Changes = ()) -> Alternative | None:
-    """The widest width in [lo, hi) granted with ``extra`` changes: bisected over the widths
-    the node rule allows (feasibility is nearly monotone there), the answer admitted."""
+    """The widest width in [lo, hi) granted with ``extra`` changes. Feasibility is not
+    monotone in width (a narrower window is longer: it may run into a grant a wider one
+    ends before), so with at most ``SWEEP_WIDTHS`` widths the node rule allows, each is
+    tried from the widest down (exact: every width of a small cluster); with more, they are
+    bisected (nearly monotone there), the answer admitted."""
     widths = ctx.widths(lo, hi)
+    if len(widths) <= SWEEP_WIDTHS:
+        return _first(ctx, kind, reversed(widths), extra, tries=len(widths))
     best = None
     a, b = 0, len(widths) - 1
     while a <= b:
