@@ -36,6 +36,14 @@ first): every width of a small cluster; on a large one the widths around the req
 TRIES = 8
 """How many widths a search up (``wider``) or down (spreading over periods) admits at most."""
 
+TAKE_SLACK_S = 60
+"""An alternative must still be granted when submitted this long after the refusal
+(``submit --take`` plans, writes the changed spec, then submits it: seconds later). Only a
+window that starts at the earliest start ``now`` allows moves as time passes; with a
+deadline such an alternative is admitted again this much later (else not offered), and a
+deadline the alternative moves itself is set this much past the window's end (to the
+minute)."""
+
 
 def apply(req: Request, changes: Iterable[tuple[str, Any]]) -> Request:
     """The request with an alternative's changes made (what ``submit --take`` seals)."""
@@ -123,8 +131,12 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     if not isinstance(got, Grant):
         return None
     d = dict(changes)
+    # A start ``now`` bounds (not capacity, the allowance or not_before) moves with the clock.
+    moves = got.start < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
     if "deadline" in d and d["deadline"] is None and req.deadline is not None:
-        d["deadline"] = got.end  # the earliest deadline that works: where the window ends
+        # The earliest deadline that works: where the window ends, or (a window that moves
+        # with the clock) a minute past it, so that a submit a moment later is granted too.
+        d["deadline"] = got.end if not moves else -(-(got.end + TAKE_SLACK_S) // 60) * 60
     if "pool" in d:
         # Searched over more pools than the spec names: name the pool it landed in, unless
         # it is one of the spec's own (then the spec's search finds it again, first).
@@ -136,6 +148,12 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     current = {"gpus": req.width, "gpu_seconds": req.gpu_seconds, "pool": req.pool,
                "gpu_type": req.gpu_type, "deadline": req.deadline}
     d = {k: v for k, v in d.items() if current[k] != v}
+    if moves and d.get("deadline", req.deadline) is not None:
+        # Bound by a deadline, a window that moves with the clock may run into it or into
+        # another grant a moment later: granted then as well, or not offered.
+        later = ctx.sched.admit(apply(req, d.items()), ctx.now + TAKE_SLACK_S, alternatives=False)
+        if not isinstance(later, Grant):
+            return None
     if kind is None:
         kind = ("smaller" if "gpu_seconds" in d else "narrower" if got.width < req.width
                 else "wider" if got.width > req.width else "other_pool" if "pool" in d else "later_start")
@@ -143,7 +161,7 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     if "pool" in d and kind != "other_pool":
         msg = f"pool {got.pool}: {msg}"
     if "deadline" in d and kind != "later_start" and not (req.deadline is not None and got.end <= req.deadline):
-        msg += f" (move the deadline to {fmt.when(got.end)})"
+        msg += f" (move the deadline to {fmt.when(d['deadline'])})"
     return Alternative(kind, got.pool, got.width, got.start, got.end, got.gpu_seconds, msg,
                        tuple((k, d[k]) for k in ("gpus", "gpu_seconds", "pool", "gpu_type", "deadline") if k in d))
 
@@ -157,7 +175,7 @@ def _message(ctx: _Ctx, kind: str, g: Grant, d: dict[str, Any]) -> str:
     when, req = fmt.when, ctx.req
     window = f"from {when(g.start)} to {when(g.end)}"
     if kind == "later_start":
-        return f"start {when(g.start)} (move the deadline to {when(g.end)})"
+        return f"start {when(g.start)} (move the deadline to {when(d.get('deadline', g.end))})"
     if kind == "narrower" and req.deadline is not None and g.end <= req.deadline:
         return f"{g.width} GPUs in your window ({when(g.start)} to {when(g.end)})"
     if kind in ("narrower", "wider"):
@@ -248,7 +266,9 @@ def _smaller(ctx: _Ctx) -> Alternative | None:
     if ctx.max_s() is not None:
         cap = min(cap, ctx.max_s())  # type: ignore[type-var]
     if req.deadline is not None:
-        cap = min(cap, req.deadline - t)
+        # A window from the earliest start moves with the clock: room for a submit a moment later.
+        moves = t < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
+        cap = min(cap, req.deadline - t - (TAKE_SLACK_S if moves else 0))
     d = 0
     while d < cap:
         p0, p1 = period_bounds(t + d, book.period)
