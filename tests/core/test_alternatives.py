@@ -196,6 +196,20 @@ def test_alternatives_against_a_deadline_are_granted_when_taken_a_moment_later()
     assert k["later_start"].message == "start 2026-12-01 00:00 UTC (move the deadline to 2026-12-01 04:01 UTC)"
 
 
+def test_last_resort_offers_what_the_allowance_takes_before_a_one_hour_window() -> None:
+    """10 GPU-hours a month, windows of at most 12 h, a 3-day horizon (no window reaches
+    January): 13 GPU-hours on 1 GPU is too long, 2 GPUs overdraw December. The last sweep
+    offered 1 GPU-hour on 1 GPU (and, asked 12 GPUs, 8 GPU-hours on 8) although 10 GPU-hours
+    would be granted at those widths."""
+    s = cluster().pool("h100", 8).team("interp", hours=10).policy(max_grant_hours=12, horizon_days=3).schedule()
+    for width, offered in ((1, 1), (12, 8)):
+        r = req("p").gpus(width).hours(13).build()
+        out = s.admit(r, T0)
+        assert isinstance(out, Refusal), out
+        assert [(a.kind, a.width, a.gpu_seconds) for a in out.alternatives] == [("smaller", offered, 10 * H)], out
+        readmitted(s, r, out, T0)
+
+
 def test_not_whole_nodes_and_unknown_pool() -> None:
     s = cluster().pool("h100", 32, per_node=8).team("interp").schedule()
     r = req("p").gpus(12).hours(48).build()
