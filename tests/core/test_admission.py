@@ -283,6 +283,27 @@ def test_not_before_past_the_horizon_is_named_not_called_no_free_gpus() -> None:
                            "window starting by 2026-12-11 00:00 UTC (10 days ahead)."), out.message
 
 
+def test_over_allowance_names_the_period_that_is_short() -> None:
+    """On Dec 31 at noon, with January's 100 GPU-hours already granted, 20 GPU-hours on one
+    GPU by Jan 10 cannot fit: the earliest window crosses into January. The sentence said
+    "20 GPU-hours needed, team interp has 100 GPU-hours left this month": December's."""
+    s = cluster().pool("h100", 8).team("interp", hours=100).schedule()
+    s.commit(grant("jan", "interp", "h100", 1, JAN, JAN + 100 * H))
+    now = at(2026, 12, 31, 12)
+    out = s.admit(req("p").gpus(1).hours(20).deadline(JAN + 10 * DAY).build(), now)
+    assert isinstance(out, Refusal) and out.reason == "over_allowance", out
+    assert out.message == ("20 GPU-hours needed, team interp has 0 of its 100 GPU-hours left in January 2027, "
+                           "where the earliest window with the GPUs free (2026-12-31 12:00 UTC) puts 8 of them "
+                           "(windows are charged to each period by their part)."), out.message
+    assert out.available == 0 and out.earliest_start == now
+    # Within one period: that period, named.
+    s2 = cluster().pool("h100", 8).team("interp", hours=100, period="none").schedule()
+    s2.commit(grant("spent", "interp", "h100", 1, T0, T0 + 90 * H))
+    out2 = s2.admit(req("p").gpus(1).hours(20).deadline(T0 + 10 * DAY).build(), T0)
+    assert isinstance(out2, Refusal) and out2.reason == "over_allowance", out2
+    assert out2.message == "20 GPU-hours needed, team interp has 10 of its 100 GPU-hours left in total.", out2.message
+
+
 # -- refusals carry alternatives that would be granted ----------------------------------
 
 

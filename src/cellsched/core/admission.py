@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cellsched import fmt
-from cellsched.core.allowance import TeamBook, periods_touched_at_most
+from cellsched.core.allowance import TeamBook, period_bounds, periods_touched_at_most, split_by_period
 from cellsched.core.calendar import CapacityCalendar
 from cellsched.core.nodes import NodeCalendar, admissible_widths_near
 from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
@@ -420,13 +420,24 @@ class Schedule:
             later_from = max(earliest, last + 1)
         later = self._search(pools, req.team, width, duration, later_from, None, horizon, True)
         if capacity_only is not None:
+            from cellsched.core.alternatives import period_label
+
             pool, start = capacity_only
-            left = max(0, book.remaining(start))
+            # Name the period the earliest window with the GPUs free overdraws: a window is
+            # charged to each period by its part, and the short one may be the next.
+            short = book.shortfall(start, start + duration, width)
+            p0 = short[0] if short is not None else period_bounds(start, book.period)[0]
+            left = max(0, book.allowance - book.charged.get(p0, 0))
+            part = sum(gs for q, gs in split_by_period(start, start + duration, width, book.period) if q == p0)
+            where = "in total" if book.period == "none" else f"in {period_label(p0, book.period)}"
+            msg = (f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has {fmt_gh(left)} of its "
+                   f"{fmt_gh(book.allowance)} GPU-hours left {where}")
+            if part < width * duration:
+                msg += (f", where the earliest window with the GPUs free ({fmt_time(start)}) puts "
+                        f"{fmt_gh(part)} of them (windows are charged to each period by their part)")
             return Refusal(
                 "over_allowance",
-                f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has "
-                f"{fmt_gh(left)} GPU-hours left this {book.period} "
-                f"(allowance {fmt_gh(book.allowance)}).",
+                msg + ".",
                 needed=width * duration,
                 available=left,
                 earliest_start=start,
