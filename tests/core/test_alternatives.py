@@ -132,7 +132,15 @@ def test_longer_than_max_grant_offers_the_fewest_gpus_short_enough() -> None:
     r = req("p").gpus(4).hours(12 * 24).build()  # 12 GPUs would do, but the node rule: 16
     k = kinds(out := s.admit(r, T0))
     assert k["wider"].width == 16
+    # The sentence's hint follows the node rule too (it said "ask for at least 12 GPUs").
+    assert out.message.endswith("the longest grant is 24.0 h (ask for at least 16 GPUs)."), out.message  # type: ignore[union-attr]
     readmitted(s, r, out, T0)  # type: ignore[arg-type]
+    # 40 GPUs would do, but the pool has 32: no width makes it short enough (it said "ask
+    # for at least 40 GPUs"); the widest grant's window is named instead.
+    out = s.admit(req("p").gpus(4).hours(40 * 24).build(), T0)
+    assert isinstance(out, Refusal) and out.reason == "longer_than_max_grant"
+    assert out.message.endswith("the longest grant is 24.0 h (even the widest grant, 32 GPUs, would take "
+                                "30.0 h: ask for fewer GPU-hours)."), out.message
 
 
 def test_deadline_too_close_is_not_called_passed_and_offers_wider_or_a_later_deadline() -> None:

@@ -285,11 +285,21 @@ class Schedule:
         max_s = self.policy.max_grant_s
         if max_s is not None and duration > max_s:
             need = -(-req.gpu_seconds // max_s)
+            # The fewest GPUs that make it short enough, by the node rule, in a candidate
+            # pool and within the team's max_gpus; else what the widest grant would take.
+            cap = widest if max_gpus is None else min(widest, max_gpus)
+            wide = [w for p in pools for w in self.pools[p.name][1].admissible_widths(need, min(p.gpus, cap) + 1)[:1]]
+            if wide:
+                hint = f"ask for at least {min(wide)} GPUs"
+            else:
+                most = max((w for p in pools for w in self.pools[p.name][1].admissible_widths(
+                    max(1, min(p.gpus, cap) - p.gpus_per_node), min(p.gpus, cap) + 1)[-1:]), default=width)
+                hint = (f"even the widest grant, {most} GPUs, would take "
+                        f"{-(-req.gpu_seconds // most) / 3600:,.1f} h: ask for fewer GPU-hours")
             return Refusal(
                 "longer_than_max_grant",
                 f"{width} GPUs for {req.gpu_seconds / 3600:,.1f} GPU-hours is a window of "
-                f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h "
-                f"(ask for at least {need} GPUs).",
+                f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h ({hint}).",
                 needed=duration,
                 available=max_s,
             )
