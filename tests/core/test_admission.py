@@ -304,6 +304,20 @@ def test_over_allowance_names_the_period_that_is_short() -> None:
     assert out2.message == "20 GPU-hours needed, team interp has 10 of its 100 GPU-hours left in total.", out2.message
 
 
+def test_not_before_in_the_last_month_of_year_9999_is_refused_without_an_exception() -> None:
+    """A spec time may be as late as 9999-12-31. Period arithmetic there asked for the next
+    period's start in year 10000 (ValueError, a traceback from submit): refused instead."""
+    s = cluster().pool("h100", 16, per_node=8).team("interp", hours=1500).schedule()
+    late = at(9999, 12, 31)
+    for r, reason in ((req("p").gpus(8).hours(20000).not_before(late).build(), "over_allowance"),  # outright
+                      (req("p").gpus(2).hours(8).not_before(late).build(), "no_capacity_in_window"),
+                      (req("p").gpus(2).hours(8).not_before(at(9999, 12, 1)).deadline(late).build(),
+                       "no_capacity_in_window")):
+        out = s.admit(r, T0)
+        assert isinstance(out, Refusal) and out.reason == reason, out
+        assert out.alternatives == ()  # nothing with that not_before is within the horizon
+
+
 # -- refusals carry alternatives that would be granted ----------------------------------
 
 
