@@ -501,10 +501,9 @@ class Schedule:
         widest = cal.widest_fit(start, end)
         if room is None or widest <= room:
             return widest
-        for w in reversed(cal.admissible_widths(1, room + 1)):
-            if cal.earliest_fit(w, end - start, start, end) == start:
-                return w
-        return 0
+        # Every width the node rule allows up to the widest fit fits too (on its nodes).
+        below = cal.admissible_widths(max(1, room - cal.per_node), room + 1)
+        return below[-1] if below else 0
 
     def _not_whole_nodes(self, req: Request, pools: list[Pool]) -> Refusal:
         """The width is wider than a node and not a whole number of nodes in any candidate

@@ -333,6 +333,7 @@ def _sweep(ctx: _Ctx) -> Iterator[Alternative | None]:
         top = min(top, team.max_gpus)
     widths = sorted(ctx.widths(1, top + 1, pools), key=lambda w: (abs(w - req.width), -w))[:SWEEP_WIDTHS]
     anywhere: Changes = (("pool", None), ("gpu_type", None), ("deadline", None))
+
     def most(w: int) -> int:  # fewer GPU-hours than asked and more than one hour, else 0
         gs = _allowance_budget(ctx, w, -(-req.gpu_seconds // w) - 1)
         return gs if w * 3600 < gs < req.gpu_seconds else 0
