@@ -77,6 +77,17 @@ def test_submit_granted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped
     assert again.exit_code == 0 and "(already granted)" in again.stdout
 
 
+def test_submit_granted_in_a_later_period_names_that_period(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A grant whose window starts next month: what remains is January's, and the line said
+    "remaining this month" (December's was 1,400 after the first grant)."""
+    assert cli("submit", write_spec(tmp_path, "now", hours=100)).exit_code == 0
+    spec = write_spec(tmp_path, "later", extra="not_before = 2027-01-10T00:00:00Z")
+    for args in (("submit", spec, "--dry-run"), ("submit", spec)):
+        r = cli(*args)
+        assert r.exit_code == 0, r.output
+        assert "16 GPU-hours" in r.stdout and "team interp (remaining in January 2027: 1,484 of 1,500)" in r.stdout, r.stdout
+
+
 def test_submit_json_keys_and_utc_times(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r = cli("submit", write_spec(tmp_path, "a"), "--json")
     assert r.exit_code == 0, r.output

@@ -255,6 +255,69 @@ def test_nothing_within_the_horizon() -> None:
     assert "horizon of 7 days" in out.message
 
 
+def test_no_capacity_that_is_the_teams_max_gpus_names_the_team_not_the_pool() -> None:
+    """The pool has 8 GPUs free; the team's own 8 GPUs (its max_gpus) are busy for 10 h, so
+    4 more fit only after the deadline: the sentence names the team's limit, and what is
+    available is what the team may still take (none), not the pool's free GPUs."""
+    s = cluster().pool("h100", 16, per_node=8).team("interp", max_gpus=8).schedule()
+    s.commit(grant("mine", "interp", "h100", 8, T0, T0 + 10 * H))
+    out = s.admit(req("p").gpus(4).hours(80).deadline(T0 + 24 * H).build(), T0)  # 20 h on 4
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window", out
+    assert out.message == ("team interp may hold at most 8 GPUs at once: beside its other grants, 4 more "
+                           "are free together for 20 h only from 2026-12-01 10:00 UTC, "
+                           "too late to end by your deadline 2026-12-02 00:00 UTC."), out.message
+    assert out.available == 0 and out.earliest_start == T0 + 10 * H
+    # Without the deadline nor room in the horizon, the same limit is named.
+    s2 = cluster().pool("h100", 16, per_node=8).team("interp", max_gpus=8).policy(horizon_days=3).schedule()
+    s2.commit(grant("mine", "interp", "h100", 8, T0, T0 + 5 * DAY))
+    out2 = s2.admit(req("p").gpus(4).hours(8).build(), T0)
+    assert isinstance(out2, Refusal) and out2.reason == "no_capacity_in_window", out2
+    assert "team interp may hold at most 8 GPUs at once" in out2.message and "horizon of 3 days" in out2.message
+
+
+def test_not_before_past_the_horizon_is_named_not_called_no_free_gpus() -> None:
+    s = cluster().pool("h100", 16, per_node=8).team("interp").policy(horizon_days=10).schedule()
+    out = s.admit(req("p").gpus(2).hours(8).not_before(T0 + 11 * DAY).build(), T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window", out
+    assert out.message == ("not_before 2026-12-12 00:00 UTC is past the horizon: admission looks for a "
+                           "window starting by 2026-12-11 00:00 UTC (10 days ahead)."), out.message
+
+
+def test_over_allowance_names_the_period_that_is_short() -> None:
+    """On Dec 31 at noon, with January's 100 GPU-hours already granted, 20 GPU-hours on one
+    GPU by Jan 10 cannot fit: the earliest window crosses into January. The sentence said
+    "20 GPU-hours needed, team interp has 100 GPU-hours left this month": December's."""
+    s = cluster().pool("h100", 8).team("interp", hours=100).schedule()
+    s.commit(grant("jan", "interp", "h100", 1, JAN, JAN + 100 * H))
+    now = at(2026, 12, 31, 12)
+    out = s.admit(req("p").gpus(1).hours(20).deadline(JAN + 10 * DAY).build(), now)
+    assert isinstance(out, Refusal) and out.reason == "over_allowance", out
+    assert out.message == ("20 GPU-hours needed, team interp has 0 of its 100 GPU-hours left in January 2027, "
+                           "where the earliest window with the GPUs free (2026-12-31 12:00 UTC) puts 8 of them "
+                           "(windows are charged to each period by their part)."), out.message
+    assert out.available == 0 and out.earliest_start == now
+    # Within one period: that period, named.
+    s2 = cluster().pool("h100", 8).team("interp", hours=100, period="none").schedule()
+    s2.commit(grant("spent", "interp", "h100", 1, T0, T0 + 90 * H))
+    out2 = s2.admit(req("p").gpus(1).hours(20).deadline(T0 + 10 * DAY).build(), T0)
+    assert isinstance(out2, Refusal) and out2.reason == "over_allowance", out2
+    assert out2.message == "20 GPU-hours needed, team interp has 10 of its 100 GPU-hours left in total.", out2.message
+
+
+def test_not_before_in_the_last_month_of_year_9999_is_refused_without_an_exception() -> None:
+    """A spec time may be as late as 9999-12-31. Period arithmetic there asked for the next
+    period's start in year 10000 (ValueError, a traceback from submit): refused instead."""
+    s = cluster().pool("h100", 16, per_node=8).team("interp", hours=1500).schedule()
+    late = at(9999, 12, 31)
+    for r, reason in ((req("p").gpus(8).hours(20000).not_before(late).build(), "over_allowance"),  # outright
+                      (req("p").gpus(2).hours(8).not_before(late).build(), "no_capacity_in_window"),
+                      (req("p").gpus(2).hours(8).not_before(at(9999, 12, 1)).deadline(late).build(),
+                       "no_capacity_in_window")):
+        out = s.admit(r, T0)
+        assert isinstance(out, Refusal) and out.reason == reason, out
+        assert out.alternatives == ()  # nothing with that not_before is within the horizon
+
+
 # -- refusals carry alternatives that would be granted ----------------------------------
 
 

@@ -12,16 +12,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cellsched.core.admission import REASONS, Grant, Refusal, Request, Schedule
-from cellsched.core.alternatives import apply, explain
+from cellsched.core.alternatives import TAKE_SLACK_S, apply, explain
 
 
 def readmitted(s: Schedule, r: Request, out: Refusal, now: int) -> None:
-    """Every alternative of ``out``, its changes made to ``r``, is granted at its start."""
+    """Every alternative of ``out``, its changes made to ``r``, is granted at its start; and
+    still granted when submitted a moment later (``submit --take`` submits seconds after it
+    planned), up to ``TAKE_SLACK_S``."""
     for alt in out.alternatives:
         got = s.admit(apply(r, alt.changes), now)
         assert isinstance(got, Grant), (r, alt, got)
         assert (got.pool, got.width, got.start, got.end) == (alt.pool, alt.width, alt.start, alt.end), (alt, got)
         assert alt.message and "\n" not in alt.message
+        for later in (1, TAKE_SLACK_S):
+            got = s.admit(apply(r, alt.changes), now + later, alternatives=False)
+            assert isinstance(got, Grant), (r, alt, later, got)
 
 
 def some_variant_granted(s: Schedule, r: Request, now: int) -> bool:
@@ -127,7 +132,15 @@ def test_longer_than_max_grant_offers_the_fewest_gpus_short_enough() -> None:
     r = req("p").gpus(4).hours(12 * 24).build()  # 12 GPUs would do, but the node rule: 16
     k = kinds(out := s.admit(r, T0))
     assert k["wider"].width == 16
+    # The sentence's hint follows the node rule too (it said "ask for at least 12 GPUs").
+    assert out.message.endswith("the longest grant is 24.0 h (ask for at least 16 GPUs)."), out.message  # type: ignore[union-attr]
     readmitted(s, r, out, T0)  # type: ignore[arg-type]
+    # 40 GPUs would do, but the pool has 32: no width makes it short enough (it said "ask
+    # for at least 40 GPUs"); the widest grant's window is named instead.
+    out = s.admit(req("p").gpus(4).hours(40 * 24).build(), T0)
+    assert isinstance(out, Refusal) and out.reason == "longer_than_max_grant"
+    assert out.message.endswith("the longest grant is 24.0 h (even the widest grant, 32 GPUs, would take "
+                                "30.0 h: ask for fewer GPU-hours)."), out.message
 
 
 def test_deadline_too_close_is_not_called_passed_and_offers_wider_or_a_later_deadline() -> None:
@@ -137,7 +150,8 @@ def test_deadline_too_close_is_not_called_passed_and_offers_wider_or_a_later_dea
     assert isinstance(out, Refusal) and out.reason == "deadline_too_close"
     k = kinds(out)
     assert k["wider"].width == 3 and k["wider"].end <= T0 + 3 * H
-    assert k["later_start"].changes == (("deadline", T0 + 4 * H),)
+    # The window starts now and moves with the clock: the deadline a minute past its end.
+    assert k["later_start"].changes == (("deadline", T0 + 4 * H + 60),)
     readmitted(s, r, out, T0)
     passed = s.admit(req("p").deadline(T0 - 1).build(), T0)
     assert isinstance(passed, Refusal) and passed.reason == "deadline_passed" and "has passed" in passed.message
@@ -156,6 +170,52 @@ def test_no_capacity_offers_a_later_deadline_a_narrower_width_and_another_pool()
     assert k["narrower"].width == 4 and k["narrower"].end <= T0 + DAY
     assert k["other_pool"].pool == "a100" and k["other_pool"].start == T0
     readmitted(s, r, out, T0)  # type: ignore[arg-type]
+
+
+def test_narrower_is_the_widest_granted_when_feasibility_is_not_monotone_in_width() -> None:
+    """8 GPUs for 24 GPU-hours by T0 + 10 h, with 6 GPUs free for the first 4.5 h and 2
+    after: 6 GPUs (4 h) fit the window, 3 to 5 (8 h to 4.8 h) and 7 do not. A bisection over
+    3..7 tries 5, then 3, and offers no narrower width at all; 6 is the one."""
+    s = cluster().pool("h100", 8).team("interp").team("other").schedule()
+    s.commit(grant("a", "other", "h100", 2, T0, T0 + 4 * H + 1800))
+    s.commit(grant("b", "other", "h100", 6, T0 + 4 * H + 1800, T0 + 30 * H))
+    r = req("p").gpus(8).hours(24).deadline(T0 + 10 * H).build()
+    out = s.admit(r, T0)
+    assert isinstance(out, Refusal) and out.reason == "no_capacity_in_window"
+    k = kinds(out)
+    assert "narrower" in k and k["narrower"].width == 6 and k["narrower"].end == T0 + 4 * H, out.alternatives
+    readmitted(s, r, out, T0)
+
+
+def test_alternatives_against_a_deadline_are_granted_when_taken_a_moment_later() -> None:
+    """On an idle pool each alternative's window starts now. Offered exactly against the
+    clock (a later deadline where the window ends, 4 GPUs filling 2 h of room, 6 GPU-hours
+    ending at the deadline), each was refused deadline_too_close a second later, which is
+    when ``submit --take`` submits it."""
+    s = cluster().pool("h100", 16, per_node=8).team("interp").schedule()
+    for r in (req("p").gpus(2).hours(8).deadline(T0 + 3 * H).build(),  # 4 h on 2 GPUs, 3 h of room
+              req("p").gpus(2).hours(8).deadline(T0 + 2 * H).build(),  # 4 GPUs would fill the 2 h exactly
+              req("p").gpus(2).hours(8).deadline(T0 - H).build()):  # deadline passed
+        out = s.admit(r, T0)
+        assert isinstance(out, Refusal) and out.alternatives, out
+        readmitted(s, r, out, T0)
+    k = kinds(s.admit(req("p").gpus(2).hours(8).deadline(T0 + 2 * H).build(), T0))
+    assert k["wider"].width == 5 and k["smaller"].gpu_seconds == 3 * H, k
+    assert k["later_start"].message == "start 2026-12-01 00:00 UTC (move the deadline to 2026-12-01 04:01 UTC)"
+
+
+def test_last_resort_offers_what_the_allowance_takes_before_a_one_hour_window() -> None:
+    """10 GPU-hours a month, windows of at most 12 h, a 3-day horizon (no window reaches
+    January): 13 GPU-hours on 1 GPU is too long, 2 GPUs overdraw December. The last sweep
+    offered 1 GPU-hour on 1 GPU (and, asked 12 GPUs, 8 GPU-hours on 8) although 10 GPU-hours
+    would be granted at those widths."""
+    s = cluster().pool("h100", 8).team("interp", hours=10).policy(max_grant_hours=12, horizon_days=3).schedule()
+    for width, offered in ((1, 1), (12, 8)):
+        r = req("p").gpus(width).hours(13).build()
+        out = s.admit(r, T0)
+        assert isinstance(out, Refusal), out
+        assert [(a.kind, a.width, a.gpu_seconds) for a in out.alternatives] == [("smaller", offered, 10 * H)], out
+        readmitted(s, r, out, T0)
 
 
 def test_not_whole_nodes_and_unknown_pool() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cellsched import fmt
-from cellsched.core.allowance import TeamBook, periods_touched_at_most
+from cellsched.core.allowance import TeamBook, period_bounds, periods_touched_at_most, split_by_period
 from cellsched.core.calendar import CapacityCalendar
 from cellsched.core.nodes import NodeCalendar, admissible_widths_near
 from cellsched.spec.cluster import ClusterConfig, Policy, Pool, Team
@@ -285,11 +285,21 @@ class Schedule:
         max_s = self.policy.max_grant_s
         if max_s is not None and duration > max_s:
             need = -(-req.gpu_seconds // max_s)
+            # The fewest GPUs that make it short enough, by the node rule, in a candidate
+            # pool and within the team's max_gpus; else what the widest grant would take.
+            cap = widest if max_gpus is None else min(widest, max_gpus)
+            wide = [w for p in pools for w in self.pools[p.name][1].admissible_widths(need, min(p.gpus, cap) + 1)[:1]]
+            if wide:
+                hint = f"ask for at least {min(wide)} GPUs"
+            else:
+                most = max((w for p in pools for w in self.pools[p.name][1].admissible_widths(
+                    max(1, min(p.gpus, cap) - p.gpus_per_node), min(p.gpus, cap) + 1)[-1:]), default=width)
+                hint = (f"even the widest grant, {most} GPUs, would take "
+                        f"{-(-req.gpu_seconds // most) / 3600:,.1f} h: ask for fewer GPU-hours")
             return Refusal(
                 "longer_than_max_grant",
                 f"{width} GPUs for {req.gpu_seconds / 3600:,.1f} GPU-hours is a window of "
-                f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h "
-                f"(ask for at least {need} GPUs).",
+                f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h ({hint}).",
                 needed=duration,
                 available=max_s,
             )
@@ -420,39 +430,80 @@ class Schedule:
             later_from = max(earliest, last + 1)
         later = self._search(pools, req.team, width, duration, later_from, None, horizon, True)
         if capacity_only is not None:
+            from cellsched.core.alternatives import period_label
+
             pool, start = capacity_only
-            left = max(0, book.remaining(start))
+            # Name the period the earliest window with the GPUs free overdraws: a window is
+            # charged to each period by its part, and the short one may be the next.
+            short = book.shortfall(start, start + duration, width)
+            p0 = short[0] if short is not None else period_bounds(start, book.period)[0]
+            left = max(0, book.allowance - book.charged.get(p0, 0))
+            part = sum(gs for q, gs in split_by_period(start, start + duration, width, book.period) if q == p0)
+            where = "in total" if book.period == "none" else f"in {period_label(p0, book.period)}"
+            msg = (f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has {fmt_gh(left)} of its "
+                   f"{fmt_gh(book.allowance)} GPU-hours left {where}")
+            if part < width * duration:
+                msg += (f", where the earliest window with the GPUs free ({fmt_time(start)}) puts "
+                        f"{fmt_gh(part)} of them (windows are charged to each period by their part)")
             return Refusal(
                 "over_allowance",
-                f"{fmt_gh(width * duration)} GPU-hours needed, team {req.team} has "
-                f"{fmt_gh(left)} GPU-hours left this {book.period} "
-                f"(allowance {fmt_gh(book.allowance)}).",
+                msg + ".",
                 needed=width * duration,
                 available=left,
                 earliest_start=start,
             )
-        if req.deadline is None:
-            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
+        # What is in the way: the pool's GPUs, or (when the pool alone has a window) the
+        # team's own grants under its max_gpus; or a not_before past the horizon.
+        team = self.teams[req.team]
+        tcal = team.calendar
+        end_by = horizon + duration if req.deadline is None else min(req.deadline, horizon + duration)
+        team_bound = tcal is not None and earliest <= horizon and any(
+            self.pools[p.name][1].earliest_fit(width, duration, earliest, end_by) is not None for p in pools)
+        who = f"{width} GPUs"
+        if team_bound:
+            who = (f"team {req.team} may hold at most {team.config.max_gpus} GPUs at once: beside its other "
+                   f"grants, {width} more")
+        if earliest > horizon:
+            what = (f"not_before {fmt_time(earliest)}" if req.not_before is not None and req.not_before >= earliest
+                    else f"the earliest start the notice allows, {fmt_time(earliest)},")
+            msg = (f"{what} is past the horizon: admission looks for a window starting by "
+                   f"{fmt_time(horizon)} ({self.policy.horizon_days} days ahead).")
+        elif req.deadline is None:
+            msg = f"{who} are not free together for {duration / 3600:,.1f} h within the horizon of {self.policy.horizon_days} days."
         elif later is not None and later[1] >= req.deadline:
             msg = (
-                f"{width} GPUs are free together only from {fmt_time(later[1])}, "
+                f"{who} are free together only from {fmt_time(later[1])}, "
                 f"after your deadline {fmt_time(req.deadline)}."
             )
         elif later is not None:
             # Free before the deadline, but not for long enough to finish by it.
             msg = (
-                f"{width} GPUs are free together for {fmt_gh(duration)} h only from "
+                f"{who} are free together for {fmt_gh(duration)} h only from "
                 f"{fmt_time(later[1])}, too late to end by your deadline {fmt_time(req.deadline)}."
             )
         else:
-            msg = f"{width} GPUs are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
+            msg = f"{who} are not free together for {duration / 3600:,.1f} h before your deadline {fmt_time(req.deadline)}."
+        span = (earliest, earliest + duration)
+        room = None if tcal is None else tcal.min_free(*span)
+        available = max((self._widest_for(p, room, *span) for p in pools), default=0)
         return Refusal(
             "no_capacity_in_window",
             msg,
             needed=width,
-            available=max((self.pools[p.name][1].widest_fit(earliest, earliest + duration) for p in pools), default=0),
+            available=available,
             earliest_start=None if later is None else later[1],
         )
+
+    def _widest_for(self, pool: Pool, room: int | None, start: int, end: int) -> int:
+        """The widest grant the node rule fits in ``pool`` over [start, end), of at most
+        ``room`` GPUs (what the team's max_gpus leaves) when that is given."""
+        cal = self.pools[pool.name][1]
+        widest = cal.widest_fit(start, end)
+        if room is None or widest <= room:
+            return widest
+        # Every width the node rule allows up to the widest fit fits too (on its nodes).
+        below = cal.admissible_widths(max(1, room - cal.per_node), room + 1)
+        return below[-1] if below else 0
 
     def _not_whole_nodes(self, req: Request, pools: list[Pool]) -> Refusal:
         """The width is wider than a node and not a whole number of nodes in any candidate

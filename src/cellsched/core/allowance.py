@@ -24,6 +24,8 @@ def _bounds_cached(month_index: int, period: str) -> tuple[int, int]:
     y0, m0 = divmod(first, 12)
     y1, m1 = divmod(first + step, 12)
     start = dt.datetime(y0, m0 + 1, 1, tzinfo=UTC)
+    if y1 > dt.MAXYEAR:  # the last period of year 9999 (a spec's latest time) never ends
+        return int(start.timestamp()), FAR_FUTURE
     end = dt.datetime(y1, m1 + 1, 1, tzinfo=UTC)
     return int(start.timestamp()), int(end.timestamp())
 

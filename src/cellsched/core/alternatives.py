@@ -36,6 +36,14 @@ first): every width of a small cluster; on a large one the widths around the req
 TRIES = 8
 """How many widths a search up (``wider``) or down (spreading over periods) admits at most."""
 
+TAKE_SLACK_S = 60
+"""An alternative must still be granted when submitted this long after the refusal
+(``submit --take`` plans, writes the changed spec, then submits it: seconds later). Only a
+window that starts at the earliest start ``now`` allows moves as time passes; such an
+alternative is admitted again this much later (else not offered), a deadline the
+alternative moves itself is set this much past the window's end (to the minute), and a
+budget the allowance sets leaves room for a start this much later."""
+
 
 def apply(req: Request, changes: Iterable[tuple[str, Any]]) -> Request:
     """The request with an alternative's changes made (what ``submit --take`` seals)."""
@@ -123,8 +131,12 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     if not isinstance(got, Grant):
         return None
     d = dict(changes)
+    # A start ``now`` bounds (not capacity, the allowance or not_before) moves with the clock.
+    moves = got.start < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
     if "deadline" in d and d["deadline"] is None and req.deadline is not None:
-        d["deadline"] = got.end  # the earliest deadline that works: where the window ends
+        # The earliest deadline that works: where the window ends, or (a window that moves
+        # with the clock) a minute past it, so that a submit a moment later is granted too.
+        d["deadline"] = got.end if not moves else -(-(got.end + TAKE_SLACK_S) // 60) * 60
     if "pool" in d:
         # Searched over more pools than the spec names: name the pool it landed in, unless
         # it is one of the spec's own (then the spec's search finds it again, first).
@@ -136,6 +148,12 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     current = {"gpus": req.width, "gpu_seconds": req.gpu_seconds, "pool": req.pool,
                "gpu_type": req.gpu_type, "deadline": req.deadline}
     d = {k: v for k, v in d.items() if current[k] != v}
+    if moves:
+        # A window that moves with the clock may run into the deadline, another grant or a
+        # period's allowance a moment later: granted then as well, or not offered.
+        later = ctx.sched.admit(apply(req, d.items()), ctx.now + TAKE_SLACK_S, alternatives=False)
+        if not isinstance(later, Grant):
+            return None
     if kind is None:
         kind = ("smaller" if "gpu_seconds" in d else "narrower" if got.width < req.width
                 else "wider" if got.width > req.width else "other_pool" if "pool" in d else "later_start")
@@ -143,7 +161,7 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
     if "pool" in d and kind != "other_pool":
         msg = f"pool {got.pool}: {msg}"
     if "deadline" in d and kind != "later_start" and not (req.deadline is not None and got.end <= req.deadline):
-        msg += f" (move the deadline to {fmt.when(got.end)})"
+        msg += f" (move the deadline to {fmt.when(d['deadline'])})"
     return Alternative(kind, got.pool, got.width, got.start, got.end, got.gpu_seconds, msg,
                        tuple((k, d[k]) for k in ("gpus", "gpu_seconds", "pool", "gpu_type", "deadline") if k in d))
 
@@ -157,7 +175,7 @@ def _message(ctx: _Ctx, kind: str, g: Grant, d: dict[str, Any]) -> str:
     when, req = fmt.when, ctx.req
     window = f"from {when(g.start)} to {when(g.end)}"
     if kind == "later_start":
-        return f"start {when(g.start)} (move the deadline to {when(g.end)})"
+        return f"start {when(g.start)} (move the deadline to {when(d.get('deadline', g.end))})"
     if kind == "narrower" and req.deadline is not None and g.end <= req.deadline:
         return f"{g.width} GPUs in your window ({when(g.start)} to {when(g.end)})"
     if kind in ("narrower", "wider"):
@@ -181,9 +199,14 @@ def _message(ctx: _Ctx, kind: str, g: Grant, d: dict[str, Any]) -> str:
 
 
 def _widest(ctx: _Ctx, kind: str, lo: int, hi: int, extra: Changes = ()) -> Alternative | None:
-    """The widest width in [lo, hi) granted with ``extra`` changes: bisected over the widths
-    the node rule allows (feasibility is nearly monotone there), the answer admitted."""
+    """The widest width in [lo, hi) granted with ``extra`` changes. Feasibility is not
+    monotone in width (a narrower window is longer: it may run into a grant a wider one
+    ends before), so with at most ``SWEEP_WIDTHS`` widths the node rule allows, each is
+    tried from the widest down (exact: every width of a small cluster); with more, they are
+    bisected (nearly monotone there), the answer admitted."""
     widths = ctx.widths(lo, hi)
+    if len(widths) <= SWEEP_WIDTHS:
+        return _first(ctx, kind, reversed(widths), extra, tries=len(widths))
     best = None
     a, b = 0, len(widths) - 1
     while a <= b:
@@ -237,29 +260,44 @@ def _smaller(ctx: _Ctx) -> Alternative | None:
     """The same width for the most GPU-hours the allowance lets start at the earliest start
     (whole GPU-hours when that is at least one), by the deadline and within the longest grant."""
     req = ctx.req
-    w, t = req.width, ctx.earliest
-    book = ctx.sched.teams[req.team].book
+    t = ctx.earliest
     cap = req.duration - 1
-    if ctx.max_s() is not None:
-        cap = min(cap, ctx.max_s())  # type: ignore[type-var]
     if req.deadline is not None:
-        cap = min(cap, req.deadline - t)
-    d = 0
-    while d < cap:
-        p0, p1 = period_bounds(t + d, book.period)
-        room = book.allowance - book.charged.get(p0, 0)
-        span = p1 - (t + d)
-        if room >= w * span:
-            d += span
-            continue
-        d += max(0, room) // w
-        break
-    gs = w * min(d, cap)
-    if gs >= 3600:
-        gs -= gs % 3600
+        # A window from the earliest start moves with the clock: room for a submit a moment later.
+        moves = t < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
+        cap = min(cap, req.deadline - t - (TAKE_SLACK_S if moves else 0))
+    gs = _allowance_budget(ctx, req.width, cap)
     if gs <= 0:
         return None
     return _try(ctx, "smaller", (("gpu_seconds", gs),))
+
+
+def _allowance_budget(ctx: _Ctx, w: int, cap: int) -> int:
+    """GPU-seconds of ``w`` GPUs for a window from the earliest start that the allowance
+    takes, at most ``cap`` seconds long and within the longest grant (whole GPU-hours when
+    that is at least one). A start that moves with the clock is taken from anywhere in the
+    next ``TAKE_SLACK_S``: a later start puts more of the window in a later period."""
+    book = ctx.sched.teams[ctx.req.team].book
+    if ctx.max_s() is not None:
+        cap = min(cap, ctx.max_s())  # type: ignore[type-var]
+    t0 = ctx.earliest
+    starts = (t0, t0 + TAKE_SLACK_S) if t0 < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S else (t0,)
+    for t in starts:
+        d = 0
+        while d < cap:
+            p0, p1 = period_bounds(t + d, book.period)
+            room = book.allowance - book.charged.get(p0, 0)
+            span = p1 - (t + d)
+            if room >= w * span:
+                d += span
+                continue
+            d += max(0, room) // w
+            break
+        cap = min(d, cap)
+    gs = w * cap
+    if gs >= 3600:
+        gs -= gs % 3600
+    return gs
 
 
 def _spread(ctx: _Ctx) -> Alternative | None:
@@ -284,7 +322,9 @@ def _other_pool(ctx: _Ctx) -> Alternative | None:
 
 def _sweep(ctx: _Ctx) -> Iterator[Alternative | None]:
     """The last resort: every pool, widths nearest the asked one first, the same GPU-hours
-    with no deadline; else a one-hour window. Stops at the first granted."""
+    with no deadline; else as many whole GPU-hours as the allowance lets start at the
+    earliest start (within the longest grant); else a one-hour window. Stops at the first
+    granted."""
     req = ctx.req
     pools = [p for p, _ in ctx.sched.pools.values()]
     team = ctx.sched.teams[req.team].config
@@ -293,9 +333,17 @@ def _sweep(ctx: _Ctx) -> Iterator[Alternative | None]:
         top = min(top, team.max_gpus)
     widths = sorted(ctx.widths(1, top + 1, pools), key=lambda w: (abs(w - req.width), -w))[:SWEEP_WIDTHS]
     anywhere: Changes = (("pool", None), ("gpu_type", None), ("deadline", None))
-    for gs_of in (lambda w: req.gpu_seconds, lambda w: w * 3600):
+
+    def most(w: int) -> int:  # fewer GPU-hours than asked and more than one hour, else 0
+        gs = _allowance_budget(ctx, w, -(-req.gpu_seconds // w) - 1)
+        return gs if w * 3600 < gs < req.gpu_seconds else 0
+
+    for gs_of in (lambda w: req.gpu_seconds, most, lambda w: w * 3600):
         for w in widths:
-            alt = _try(ctx, None, (("gpus", w), ("gpu_seconds", gs_of(w)), *anywhere))
+            gs = gs_of(w)
+            if gs <= 0:
+                continue
+            alt = _try(ctx, None, (("gpus", w), ("gpu_seconds", gs), *anywhere))
             if alt is not None:
                 yield alt
                 return
