@@ -15,6 +15,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from cellsched.cli.app import app
+from doc_sessions import shape, steps_of
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "cli.md"
@@ -43,25 +44,8 @@ def console_blocks() -> list[tuple[str, str]]:
 def session() -> list[tuple[str, list[str]]]:
     """The first session's commands and the lines each prints."""
     (block,) = [b for h, b in console_blocks() if h == "A first session"]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:], []))
-        else:
-            steps[-1][1].append(line)
-    return steps
+    return steps_of(block)
 
-
-def shape(lines: list[str]) -> list[str]:
-    """What must agree: every word and figure; not the times, digests or column widths."""
-    out = []
-    for line in lines:
-        line = re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?", "<time>", line)
-        line = re.sub(r"[0-9a-f]{12,64}", "<hex>", line)
-        line = re.sub(r"━+", "━", line)
-        line = re.sub(r" +", " ", line).rstrip()
-        out.append(line)
-    return out
 
 
 def test_the_first_session_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

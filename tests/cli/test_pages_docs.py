@@ -19,6 +19,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from cellsched.cli.app import app
+from doc_sessions import shape, steps_of
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -41,25 +42,8 @@ def session(name: str, first: str) -> list[tuple[str, list[str]]]:
     """The console block of page ``name`` whose first command starts with ``first``: its
     commands and the lines each prints."""
     (block,) = [b for b in fenced(name, "console") if b.startswith(f"$ {first}")]
-    steps: list[tuple[str, list[str]]] = []
-    for line in block.splitlines():
-        if line.startswith("$ "):
-            steps.append((line[2:].split("  #")[0].strip(), []))
-        else:
-            steps[-1][1].append(line)
-    return steps
+    return steps_of(block)
 
-
-def shape(lines: list[str]) -> list[str]:
-    """What must agree: every word and figure; not the times, digests or column widths."""
-    out = []
-    for line in lines:
-        line = re.sub(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?", "<time>", line)
-        line = re.sub(r"[0-9a-f]{12,64}", "<hex>", line)
-        line = re.sub(r"━+", "━", line)
-        line = re.sub(r" +", " ", line).rstrip()
-        out.append(line)
-    return out
 
 
 @pytest.fixture
