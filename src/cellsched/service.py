@@ -229,6 +229,8 @@ class SubmitOutcome:
     refusal: Refusal | None = None
     existing: bool = False
     remaining_gs: int | None = None
+    # Which period ``remaining_gs`` is of, for people: "this month", "in January 2027", "in total".
+    remaining_period: str | None = None
     allowance_gs: int | None = None
     replaced: str | None = None
     code: dict[str, Any] | None = None  # the code snapshot (digest, files, bytes, ...) if any
@@ -269,6 +271,7 @@ class SubmitOutcome:
         if self.grant is not None:
             out["grant"] = grant_json(self.grant)
             out["remaining_gpu_hours"] = None if self.remaining_gs is None else self.remaining_gs / 3600
+            out["remaining_period"] = self.remaining_period
             out["allowance_gpu_hours"] = None if self.allowance_gs is None else self.allowance_gs / 3600
             out["expected_start"] = self.expected_start
             out["expected_start_basis"] = self.expected_basis
@@ -281,6 +284,17 @@ class SubmitOutcome:
         if self.replaced:
             out["replaced"] = self.replaced
         return out
+
+
+def period_phrase(t: int, period: str, now: int) -> str:
+    """The allowance period containing ``t`` as the charge line names it: ``this month``
+    when it is ``now``'s, else by name (``in January 2027``, ``in 2027-Q1``, ``in 2027``);
+    ``in total`` for a period of ``none``."""
+    if period == "none":
+        return "in total"
+    if period_bounds(t, period) == period_bounds(now, period):
+        return f"this {period}"
+    return f"in {alts.period_label(t, period)}"
 
 
 def _team_member(env: Env, team: str, caller: str, admins_too: bool = True) -> bool:
@@ -605,6 +619,7 @@ class _Batch:
                 return SubmitOutcome(
                     pid, d, True, row, existing=True, allowance_gs=held.book.allowance if held else None,
                     remaining_gs=held.book.remaining(row.start) if held else None, code=code_json,
+                    remaining_period=period_phrase(row.start, held.book.period, now) if held else None,
                 )
         pool = env.cluster.pool(spec.budget.pool) if spec.budget.pool else None
         unplaceable = None if pool is None else pool_without_nodes(s, pool)
@@ -651,6 +666,7 @@ class _Batch:
                       "created_at": now, "breach_gs": 0, "receipt": "", "nodes": nodes_json(decision.nodes)}
         book = sched.teams[spec.team].book
         plan.outcome.remaining_gs, plan.outcome.allowance_gs = book.remaining(decision.start), book.allowance
+        plan.outcome.remaining_period = period_phrase(decision.start, book.period, now)
         self._plan(plan)
         self.dirty = False  # with the plan written, the snapshot is the ledger's (a replace's cut too)
         return plan.outcome

@@ -93,7 +93,8 @@ def test_submit_json_keys_and_utc_times(cli, tmp_path: Path) -> None:  # type: i
     assert r.exit_code == 0, r.output
     data = as_json(r)
     assert set(data) == {"project", "digest", "decision", "existing", "grant", "remaining_gpu_hours",
-                         "allowance_gpu_hours", "expected_start", "expected_start_utc", "expected_start_basis"}
+                         "remaining_period", "allowance_gpu_hours", "expected_start", "expected_start_utc",
+                         "expected_start_basis"}
     assert (data["expected_start"], data["expected_start_basis"]) == (T0, "starts now")  # its window is now
     assert data["decision"] == "granted" and len(data["digest"]) == 64
     g = data["grant"]
@@ -102,6 +103,7 @@ def test_submit_json_keys_and_utc_times(cli, tmp_path: Path) -> None:  # type: i
             "start_utc", "end_utc", "promised_start_utc", "promised_end_utc"} <= set(g)
     assert (g["start"], g["start_utc"], g["end_utc"]) == (T0, "2026-12-01T00:00:00Z", "2026-12-01T02:00:00Z")
     assert data["remaining_gpu_hours"] == 1484 and data["allowance_gpu_hours"] == 1500
+    assert data["remaining_period"] == "this month"
 
 
 def test_submit_refused_says_why_and_what_would_be_granted(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -171,17 +171,12 @@ def print_answer(b: Any, data: dict, spec: Path | None = None) -> None:  # type:
             if delay["sooner"]:
                 print("  to start sooner: " + "; or ".join(a["message"] for a in delay["sooner"]))
         if data.get("remaining_gpu_hours") is not None and data.get("allowance_gpu_hours") is not None:
-            team = facts["teams"].get(g["team"])
-            period = team["period"] if team else "period"
-            when = "in total" if period == "none" else f"this {period}"
-            if team and period != "none":
-                # What remains is the period of the window's start: name it when it is not now's.
-                from cellsched.core.allowance import period_bounds
-                from cellsched.core.alternatives import period_label
-                from cellsched.runtime.clock import now_s
-
-                if period_bounds(g["start"], period) != period_bounds(now_s(), period):
-                    when = f"in {period_label(g['start'], period)}"
+            # What remains is of the period the window starts in (the service names it).
+            when = data.get("remaining_period")
+            if when is None:  # (a server from before it named it)
+                team = facts["teams"].get(g["team"])
+                period = team["period"] if team else "period"
+                when = "in total" if period == "none" else f"this {period}"
             charged = "would be charged" if would and not data["existing"] else "charged"
             print(f"  {gpu_hours(g['gpu_hours'])} GPU-hours {charged} to team {g['team']} "
                   f"(remaining {when}: {gpu_hours(data['remaining_gpu_hours'])} "
