@@ -527,6 +527,17 @@ def test_a_window_missed_entirely_is_expired_with_a_full_breach(env: Env, tmp_pa
 # -- logs -----------------------------------------------------------------------------------
 
 
+def test_logs_of_a_job_before_any_attempt_say_so_in_one_sentence() -> None:
+    from cellsched.errors import NotFound
+    from cellsched.runtime import logs as L
+
+    with pytest.raises(NotFound, match=r"^no attempts of job 'train': no job of this project has started yet$"):
+        L.pick([], "train", None)
+    with pytest.raises(NotFound, match=r"^no attempts of job 'eval' \(jobs with attempts: train\)$"):
+        L.pick([L.Attempt("train", 1, "running", 2)], "eval", None)
+    assert L.pick([], None, None) == []
+
+
 def test_logs_show_the_newest_attempt_and_follow_stops_when_the_grant_ends(env: Env, tmp_path: Path) -> None:
     import io
 

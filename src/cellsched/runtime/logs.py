@@ -136,6 +136,8 @@ def pick(runs: list[Attempt], job: str | None, attempt: int | None) -> list[Atte
         return list(latest.values())
     mine = [a for a in runs if a.job == job]
     if not mine:
+        if not runs:
+            raise NotFound(f"no attempts of job {job!r}: no job of this project has started yet")
         raise NotFound(f"no attempts of job {job!r} (jobs with attempts: {', '.join(sorted({a.job for a in runs}))})")
     if attempt is None:
         return [mine[-1]]
