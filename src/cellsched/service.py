@@ -1135,7 +1135,7 @@ class Budget:
     @property
     def remaining_gs(self) -> int:
         # A breach lies in the held part of a window (it is counted up to now), but the team
-        # did not get those GPU-seconds: they are given back (DESIGN §2).
+        # did not get those GPU-seconds: they are given back (docs/daemon.md, "Guarantee breaches").
         return self.allowance_gs - self.total("committed_gs") - self.total("held_gs") + self.total("breach_gs")
 
     def to_json(self) -> dict[str, Any]:
@@ -1148,7 +1148,7 @@ class Budget:
             "committed_gpu_hours": self.total("committed_gs") / h,
             "held_gpu_hours": self.total("held_gs") / h,
             "used_gpu_hours": self.total("used_gs") / h,
-            # breaches included (DESIGN §2); the split is on the lines (breach_gs), and per
+            # breaches included (docs/daemon.md, "Guarantee breaches"); the split is on the lines (breach_gs), and per
             # grant in ``status`` (breach_gpu_hours)
             "refunded_gpu_hours": self.total("all_refunded_gs") / h,
             # never below 0: an allowance lowered below what is already granted shows as

@@ -1,4 +1,4 @@
-"""Breaches are refunded (DESIGN §2): GPU-seconds the cluster did not provide go back to the
+"""Breaches are refunded (docs/daemon.md, "Guarantee breaches"): GPU-seconds the cluster did not provide go back to the
 team's allowance, in the period where they were lost, and show in ``budget``. On SQLite and
 PostgreSQL; the breaches are made by the real reconciler over the in-memory executor."""
 

@@ -1,7 +1,7 @@
 """Breach spans: when and how many GPUs of a grant's window the cluster did not provide.
 
 Read by admission's snapshot (``ledger.snapshot.load_schedule``), ``budget`` and the report, which
-all refund them to the team in the period they fall in (DESIGN §2)."""
+all refund them to the team in the period they fall in (docs/daemon.md, "Guarantee breaches")."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def grant_of(row: GrantRow) -> Grant:
 def load_schedule(s: Session, cluster: ClusterConfig, now: int,
                   live: list[tuple[int, Grant]] | None = None) -> Schedule:
     """The core's snapshot: every window still ahead reserved, every charge counted, every
-    breach refunded (DESIGN §2) to the period in which the GPUs were not provided.
+    breach refunded (docs/daemon.md, "Guarantee breaches") to the period in which the GPUs were not provided.
 
     ``live``, if given, is filled with every grant holding GPUs from ``now`` on (running or
     waiting), keyed by id in id order: the expected start's replay input, read here from the

@@ -142,7 +142,7 @@ class BreachRow(SQLModel, table=True):
 
     One row per increase of ``GrantRow.breach_gs``, written in the same transaction, covering
     ``[start, end)`` on ``width`` GPUs (``gpu_seconds = width * (end - start)``), so that per
-    grant ``sum(gpu_seconds) == breach_gs``. Append-only. DESIGN §2: lost hardware is
+    grant ``sum(gpu_seconds) == breach_gs``. Append-only. docs/daemon.md, "Guarantee breaches": lost hardware is
     refunded; the refund is credited to the team in the period(s) ``[start, end)`` falls in
     (``ledger.snapshot.load_schedule`` and ``service.budget``). ``GrantRow.refunded_gs`` stays the
     refund of a cut window only (reports derive the original end from it)."""
