@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam
+from sqlalchemy import bindparam, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
@@ -1221,12 +1221,10 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
 
 def _used_by_grant(s: Session, grant_ids: list[int], p0: int, p1: int) -> dict[int, int]:
     used: dict[int, int] = {}
-    if not grant_ids:
-        return used
-    for run in s.exec(select(JobRunRow).where(col(JobRunRow.grant_id).in_(grant_ids))):
-        if run.started_at is None or not (p0 <= run.started_at < p1):
-            continue
-        used[run.grant_id] = used.get(run.grant_id, 0) + run.gpu_seconds
+    for gid, runs in _job_runs(s, grant_ids).items():
+        for run in runs:
+            if run.started_at is not None and p0 <= run.started_at < p1:
+                used[gid] = used.get(gid, 0) + run.gpu_seconds
     return used
 
 
@@ -1289,8 +1287,6 @@ def _grants_shown(s: Session, since: int | None) -> tuple[list[GrantRow], list[G
     both), and for a name with none live its newest grant (with ``since``: only if it ended
     then or later); and how many names ``since`` left out. Asked of the database, so a
     ledger of years lists its live work without loading every grant it ever held."""
-    from sqlalchemy import func, or_
-
     live = list(s.exec(select(GrantRow).where(col(GrantRow.state).in_(LIVE_STATES))))
     newest = sa_select(func.max(GrantRow.id)).group_by(col(GrantRow.project))
     live_names = sa_select(GrantRow.project).where(col(GrantRow.state).in_(LIVE_STATES))

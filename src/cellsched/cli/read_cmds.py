@@ -67,7 +67,7 @@ def status(
     **Example**: cellsched status pythia-ablation
     """
     b = backend()
-    items = b.status(project, everything) if everything else b.status(project)
+    items = b.status(project, everything)
     if json_out:
         emit_json(items)
         return

@@ -69,6 +69,11 @@ class _Ctx:
     def earliest(self) -> int:
         return max(self.now + self.sched.policy.min_notice_s, self.req.not_before or self.now)
 
+    def moves(self, t: int) -> bool:
+        """Whether a window starting at ``t`` starts where the clock puts it (within
+        ``TAKE_SLACK_S`` of the earliest start ``now`` allows), so moves as time passes."""
+        return t < self.now + self.sched.policy.min_notice_s + TAKE_SLACK_S
+
     @property
     def horizon(self) -> int:
         return self.now + self.sched.policy.horizon_days * 86400
@@ -132,7 +137,7 @@ def _try(ctx: _Ctx, kind: str | None, changes: Changes) -> Alternative | None:
         return None
     d = dict(changes)
     # A start ``now`` bounds (not capacity, the allowance or not_before) moves with the clock.
-    moves = got.start < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
+    moves = ctx.moves(got.start)
     if "deadline" in d and d["deadline"] is None and req.deadline is not None:
         # The earliest deadline that works: where the window ends, or (a window that moves
         # with the clock) a minute past it, so that a submit a moment later is granted too.
@@ -264,8 +269,7 @@ def _smaller(ctx: _Ctx) -> Alternative | None:
     cap = req.duration - 1
     if req.deadline is not None:
         # A window from the earliest start moves with the clock: room for a submit a moment later.
-        moves = t < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S
-        cap = min(cap, req.deadline - t - (TAKE_SLACK_S if moves else 0))
+        cap = min(cap, req.deadline - t - (TAKE_SLACK_S if ctx.moves(t) else 0))
     gs = _allowance_budget(ctx, req.width, cap)
     if gs <= 0:
         return None
@@ -281,7 +285,7 @@ def _allowance_budget(ctx: _Ctx, w: int, cap: int) -> int:
     if ctx.max_s() is not None:
         cap = min(cap, ctx.max_s())  # type: ignore[type-var]
     t0 = ctx.earliest
-    starts = (t0, t0 + TAKE_SLACK_S) if t0 < ctx.now + ctx.sched.policy.min_notice_s + TAKE_SLACK_S else (t0,)
+    starts = (t0, t0 + TAKE_SLACK_S) if ctx.moves(t0) else (t0,)
     for t in starts:
         d = 0
         while d < cap:
