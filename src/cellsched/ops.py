@@ -304,11 +304,12 @@ def check_may_upload_code(env: Env, caller: str) -> None:
 
 
 def code_stored(env: Env, caller: str, digest: str, now: int) -> dict[str, Any]:
-    """Whether the ledger holds a code snapshot (so a client need not upload it again)."""
+    """Whether the ledger holds a code snapshot for a team of the caller (so a client need not
+    upload it again); another team's is not there, to this caller (``service.code_meta_for``)."""
     from cellsched import service
 
     with env.ledger.read() as s:
-        meta = service.code_meta(s, digest)
+        meta = service.code_meta_for(env, s, caller, digest)
     if meta is None:
         raise NotFound(f"no code snapshot sha256:{digest} in the ledger")
     return {"digest": digest, "stored": True, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0]}

@@ -40,6 +40,7 @@ from cellsched.ledger.tables import (
     BE_LIVE_STATES,
     LIVE_STATES,
     BestEffortRow,
+    CodeHolderRow,
     CodeRow,
     GrantRow,
     JobRunRow,
@@ -548,6 +549,7 @@ class _Plan:
     nodes: tuple[int, ...] = ()
     project: dict[str, Any] | None = None  # the cs_project row, if new
     code: dict[str, Any] | None = None  # the cs_code row, if new
+    holder: dict[str, Any] | None = None  # the cs_code_holder row, if the team is new to the code
     old: GrantRow | None = None  # the grant this one replaces
     granted: Grant | None = None  # the window as the snapshot took it
 
@@ -605,7 +607,7 @@ class _Batch:
         code_digest = None if spec.code is None else spec.code.digest
         if code_digest is not None or spec.replaces or spec.name in self.pending_names:
             self.flush()  # its reads must see the batch's writes so far
-        code_json, missing = _code_of(s, job, self.dry)
+        code_json, missing, hold = _code_of(env, s, job, self.dry)
         known = self.projects.get(pid)
         existing = known is not None and known == d
         if existing:
@@ -654,6 +656,8 @@ class _Batch:
             snap = job.snap  # once per digest: a new version whose code did not change shares it
             plan.code = {"digest": snap.digest, "size": snap.size, "files": snap.files,
                          "content_bytes": snap.content_bytes, "blob": snap.blob, "created_at": now}
+        if hold and code_digest is not None:
+            plan.holder = {"digest": code_digest, "team": spec.team, "since": now}
         if not existing:
             plan.project = {"id": pid, "name": spec.name, "digest": d, "team": spec.team, "owner": spec.owner,
                             "submitted_by": job.caller, "spec_json": canonical_json(spec), "created_at": now,
@@ -689,6 +693,9 @@ class _Batch:
         codes = [p.code for p in plans if p.code is not None]
         if codes:
             conn.execute(sa_insert(CodeRow.__table__), codes)  # type: ignore[attr-defined]
+        holders = [p.holder for p in plans if p.holder is not None]
+        if holders:
+            conn.execute(sa_insert(CodeHolderRow.__table__), holders)  # type: ignore[attr-defined]
         projects = [p.project for p in plans if p.project is not None]
         if projects:
             conn.execute(sa_insert(ProjectRow.__table__), projects)  # type: ignore[attr-defined]
@@ -730,25 +737,33 @@ class _Batch:
             events.append_many(s, todo)
 
 
-def _code_of(s: Session, job: _Submit, dry: bool) -> tuple[dict[str, Any] | None, bool]:
-    """The submit's ``code`` answer, and whether its snapshot is missing from the ledger (to
-    be stored with the submit). BadInput if it is missing and not given (unless ``dry``)."""
+def _code_of(env: Env, s: Session, job: _Submit, dry: bool) -> tuple[dict[str, Any] | None, bool, bool]:
+    """The submit's ``code`` answer; whether its snapshot is missing from the ledger (to be
+    stored with the submit); and whether the spec's team does not hold it yet (a grant makes
+    it a holder). BadInput if it is missing and not given (unless ``dry``).
+
+    A bare spec (the server's way) may name only a snapshot a team of the caller holds
+    (``CodeHolderRow``): one stored by another team is, to this caller, not there, and the
+    answer says no more than for a snapshot nobody uploaded (the digest is no secret)."""
     spec = job.spec
     code_digest = None if spec.code is None else spec.code.digest
-    code_json, missing = job.code_json, False
+    code_json, missing, hold = job.code_json, False, False
     if code_digest is not None:
         meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
+        if meta is not None and job.snap is None and not code_held(s, code_digest, caller_teams(env, job.caller)):
+            meta = None
         missing = meta is None
         if missing and job.snap is None and not dry:
             if job.code_source is not None:
                 raise BadInput(f"code: the snapshot sha256:{code_digest} was not uploaded "
                                f"(PUT /api/code/{code_digest} first)")
-            raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger "
+            raise BadInput(f"code: the snapshot sha256:{code_digest} is not in the ledger for team {spec.team} "
                            "(submit the spec file, so that its code is snapshotted)")
         if job.snap is None and job.code_source is not None and meta is not None:
             code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
                          "source": job.code_source}
-    return code_json, missing
+        hold = not code_held(s, code_digest, [spec.team])
+    return code_json, missing, hold
 
 
 def _name_in_use(s: Session, name: str, d: str) -> Refusal | None:
@@ -832,7 +847,7 @@ def best_effort_pool(env: Env, spec: ProjectSpec) -> Pool | Refusal:
 
 def _queue_best_effort(env: Env, s: Session, job: _Submit, write: bool) -> SubmitOutcome:
     spec, now, d, pid = job.spec, job.now, job.digest, job.pid
-    code_json, missing = _code_of(s, job, dry=not write)
+    code_json, missing, hold = _code_of(env, s, job, dry=not write)
 
     def refused(r: Refusal) -> SubmitOutcome:
         return SubmitOutcome(pid, d, False, refusal=r, code=code_json, kind="best-effort")
@@ -881,6 +896,8 @@ def _queue_best_effort(env: Env, s: Session, job: _Submit, write: bool) -> Submi
         snap = job.snap
         s.add(CodeRow(digest=snap.digest, size=snap.size, files=snap.files, content_bytes=snap.content_bytes,
                       blob=snap.blob, created_at=now))
+    if hold and spec.code is not None and spec.code.digest is not None:
+        s.add(CodeHolderRow(digest=spec.code.digest, team=spec.team, since=now))
     if s.get(ProjectRow, pid) is None:
         s.add(ProjectRow(id=pid, name=spec.name, digest=d, team=spec.team, owner=spec.owner,
                          submitted_by=job.caller, spec_json=canonical_json(spec), created_at=now, replaces=None))
@@ -929,17 +946,43 @@ def check_may_upload_code(env: Env, caller: str) -> None:
         raise Denied(f"{caller} may not upload code: only members of a team and admins")
 
 
+def caller_teams(env: Env, caller: str) -> list[str]:
+    """The teams ``caller`` is a member of (the cluster config's order)."""
+    return [t.name for t in env.cluster.teams if caller in t.members]
+
+
+def code_held(s: Session, code_digest: str, teams: list[str]) -> set[str]:
+    """Which of ``teams`` hold the stored code snapshot ``code_digest`` (``CodeHolderRow``)."""
+    if not teams:
+        return set()
+    return set(s.exec(select(CodeHolderRow.team).where(CodeHolderRow.digest == code_digest,
+                                                        col(CodeHolderRow.team).in_(teams))).all())
+
+
+def code_meta_for(env: Env, s: Session, caller: str, code_digest: str) -> tuple[int, int, int] | None:
+    """:func:`code_meta` as ``caller`` may see it: None unless a team of theirs holds it."""
+    meta = code_meta(s, code_digest)
+    if meta is None or not code_held(s, code_digest, caller_teams(env, caller)):
+        return None
+    return meta
+
+
 def store_code(env: Env, caller: str, code_digest: str, blob: bytes, now: int) -> dict[str, Any]:
     """Store an uploaded code snapshot under its content digest, after checking that the
-    archive's content has that digest (``executor._codepack.check``). Idempotent: a digest
-    already stored is left as it is. Only team members and admins may upload (Denied);
-    each new snapshot is an event (``code_stored``) naming who uploaded it."""
+    archive's content has that digest (``executor._codepack.check``), and make the caller's
+    teams its holders (``CodeHolderRow``: a team may name only code it holds). Idempotent: a
+    digest already stored is left as it is, but its archive is still checked when the upload
+    makes a new holder (having the bytes is what holding means). Only team members and
+    admins may upload (Denied); a new snapshot is an event (``code_stored``) naming who
+    uploaded it and for which teams, new holders of a stored one a ``code_held``."""
     from cellsched.executor import _codepack
 
     check_may_upload_code(env, caller)
+    teams = caller_teams(env, caller)
     with env.ledger.read() as s:
         meta = code_meta(s, code_digest)
-    if meta is None:
+        new_holders = set(teams) - (code_held(s, code_digest, teams) if meta is not None else set())
+    if meta is None or new_holders:
         _check_unpacked_size(blob)
         try:
             items = _codepack.check(blob, code_digest)
@@ -948,14 +991,18 @@ def store_code(env: Env, caller: str, code_digest: str, blob: bytes, now: int) -
         files, content = len(items), sum(len(e.data) for e in items if e.kind != "link")
         with env.ledger.write() as s:
             meta = code_meta(s, code_digest)
+            gain = [t for t in teams if t not in code_held(s, code_digest, teams)]
+            for team in gain:
+                s.add(CodeHolderRow(digest=code_digest, team=team, since=now))
             if meta is None:
                 s.add(CodeRow(digest=code_digest, size=len(blob), files=files, content_bytes=content,
                               blob=blob, created_at=now))
                 events.append(s, now, "code_stored", code_digest, caller,
-                              {"bytes": content, "files": files, "packed_bytes": len(blob)})
-                meta = (len(blob), files, content)
+                              {"bytes": content, "files": files, "packed_bytes": len(blob), "teams": gain})
                 return {"digest": code_digest, "stored": True, "files": files, "bytes": content,
                         "packed_bytes": len(blob)}
+            if gain:
+                events.append(s, now, "code_held", code_digest, caller, {"teams": gain})
     return {"digest": code_digest, "stored": False, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0]}
 
 

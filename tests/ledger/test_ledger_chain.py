@@ -260,12 +260,47 @@ def test_a_version_1_ledger_is_migrated_at_first_use(ledger_url: str) -> None:
     again = Ledger(ledger_url)
     again.ensure_schema()
     with again.read() as s:
-        assert schema_version(s) == SCHEMA_VERSION == 3
+        assert schema_version(s) == SCHEMA_VERSION == 4
         assert s.exec(select(GrantRow)).all() == []  # the column is there to read
         assert s.exec(select(LeaseRow)).all() == []
     again.dispose()
     third = Ledger(ledger_url)
     third.ensure_schema()
     with third.read() as s:
-        assert schema_version(s) == 3
+        assert schema_version(s) == 4
     third.dispose()
+
+
+def test_a_version_3_ledger_gives_each_team_the_code_its_specs_named(cluster_file: Path, ledger_url: str,
+                                                                      tmp_path: Path) -> None:
+    """Schema 4 lets a team name only code it holds. A ledger from before keeps working: each
+    team whose sealed spec named a stored snapshot holds it, and no other team does. A local
+    submit from the spec file makes its team a holder as it stores the code."""
+    from cellsched import service
+    from cellsched.ledger.tables import CodeHolderRow
+
+    t0 = 1_796_083_200
+    for name, team, owner in (("probe", "interp", "alice"), ("sweep", "evals", "carol")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "job.py").write_text(f"print({name!r})\n")
+        (tmp_path / name / f"{name}.toml").write_text(
+            f'name = "{name}"\nteam = "{team}"\nowner = "{owner}"\nproblem = "p"\n[code]\n'
+            '[budget]\ngpu_hours = 1\ngpus = 1\n[[jobs]]\nname = "j"\nrun = ["python", "job.py"]\ngpus = 1\n')
+    env = service.open_env(cluster_file, ledger_url)
+    assert service.submit(env, tmp_path / "probe" / "probe.toml", "alice", t0).granted
+    assert service.submit(env, tmp_path / "sweep" / "sweep.toml", "carol", t0).granted
+
+    def holders() -> set[tuple[str, str]]:
+        with env.ledger.read() as s:
+            return {(r.team, r.digest[:8]) for r in s.exec(select(CodeHolderRow))}
+
+    before = holders()
+    assert {team for team, _ in before} == {"interp", "evals"} and len({d for _, d in before}) == 2
+    with env.ledger.engine.begin() as conn:  # make it look like version 3
+        conn.exec_driver_sql("DROP TABLE cs_code_holder")
+        conn.exec_driver_sql("UPDATE cs_schema SET version = 3")
+    env.ledger.dispose()
+    env = service.open_env(cluster_file, ledger_url)
+    env.ledger.ensure_schema()
+    assert holders() == before
+    env.ledger.dispose()

@@ -300,6 +300,59 @@ def test_code_is_uploaded_once_and_granted(served: Served, tmp_path: Path) -> No
         assert c.put(f"/api/code/{'2' * 64}", content=blob).status_code == 403
 
 
+def test_a_team_may_name_only_code_a_member_of_it_uploaded(served: Served, tmp_path: Path) -> None:
+    """A code digest is no secret (a sealed spec carries it, the event log names it): a team
+    that names another team's stored snapshot is answered as if nobody had uploaded it, and
+    may use it only by uploading the archive itself. A teammate of the uploader needs no
+    upload."""
+    from cellsched.service import code_held
+    from cellsched.spec.load import load_sealed
+
+    path = spec_file(tmp_path / "p", "theirs", gpus=1, hours=1, code="[code]")
+    (tmp_path / "p" / "job.py").write_text("print('interp only')\n")
+    sealed = load_sealed(path)
+    assert sealed.code is not None
+    d, blob = sealed.code.digest, sealed.code.blob
+    ref = {"digest": d, "source": "dir p"}
+    with served.http("alice") as c:
+        assert c.put(f"/api/code/{d}", content=blob).json()["stored"] is True
+        out = c.post("/api/submit", json={"file": "theirs.toml", "text": path.read_text(), "code": ref}).json()
+        assert out["decision"] == "granted"
+    mine = spec_file(tmp_path / "q", "mine", team="evals", gpus=1, hours=1, code="[code]").read_text()
+    with served.http("carol") as c:  # team evals, naming interp's digest
+        r = c.post("/api/submit", json={"file": "mine.toml", "text": mine, "code": ref})
+        assert (r.status_code, r.json()["error"]) == (
+            400, f"code: the snapshot sha256:{d} was not uploaded (PUT /api/code/{d} first)")
+        assert c.get(f"/api/code/{d}").status_code == 404
+        plan = c.post("/api/plan", json={"file": "mine.toml", "text": mine, "code": ref}).json()
+        assert plan["code"]["files"] is None  # the client's words (it gave no count), nothing from the ledger
+        r = c.put(f"/api/code/{d}", content=_codepack_of(tmp_path / "fake", "print('a guess')\n"))
+        assert r.status_code == 400 and "archive content is sha256:" in r.json()["error"]
+        assert c.get(f"/api/code/{d}").status_code == 404
+        with served.env.ledger.read() as s:
+            assert code_held(s, d, ["interp", "evals"]) == {"interp"}
+        assert c.put(f"/api/code/{d}", content=blob).json()["stored"] is False  # the bytes: evals holds it
+        assert c.get(f"/api/code/{d}").json()["stored"] is True
+        out = c.post("/api/submit", json={"file": "mine.toml", "text": mine, "code": ref}).json()
+        assert out["decision"] == "granted" and out["code"]["files"] == 2
+    with served.env.ledger.read() as s:
+        assert code_held(s, d, ["interp", "evals", "pretraining"]) == {"interp", "evals"}
+        held = s.exec(select(EventRow).where(EventRow.kind == "code_held")).all()
+    assert [(e.subject, e.actor, json.loads(e.data)) for e in held] == [(d, "carol", {"teams": ["evals"]})]
+    with served.http("bob") as c:  # alice's teammate
+        assert c.get(f"/api/code/{d}").json()["stored"] is True
+    with served.http("dave") as c:
+        assert c.get(f"/api/code/{d}").status_code == 404
+
+
+def _codepack_of(where: Path, text: str) -> bytes:
+    from cellsched.executor import _codepack
+
+    where.mkdir(parents=True)
+    (where / "job.py").write_text(text)
+    return _codepack.pack(where)[1]
+
+
 def test_the_body_limits(env: Any, tmp_path: Path) -> None:
     """1 MB for every body but the code upload, which has its own (here 3 MiB)."""
     import os

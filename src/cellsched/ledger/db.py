@@ -363,7 +363,10 @@ class Ledger:
                     # Under the same lock as everything else: two processes never migrate twice.
                     for version in range(info.version + 1, SCHEMA_VERSION + 1):
                         for stmt in MIGRATIONS.get(version, ()):
-                            conn.exec_driver_sql(stmt)
+                            if callable(stmt):
+                                stmt(conn)
+                            else:
+                                conn.exec_driver_sql(stmt)
                     info.version = SCHEMA_VERSION
                     s.add(info)
                     s.flush()

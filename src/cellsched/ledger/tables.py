@@ -3,15 +3,41 @@ written in the same transaction as the event that explains them."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
+
+
+def _code_holders_from_projects(conn: Any) -> None:
+    """Schema 4: every team whose sealed spec names a stored code snapshot holds it (before
+    schema 4 any spec could name any stored snapshot; a team keeps the code it ran)."""
+    from sqlalchemy import text
+
+    rows = conn.execute(text("SELECT team, spec_json, created_at FROM cs_project WHERE spec_json LIKE :c"),
+                        {"c": '%"code"%'}).all()
+    stored = {r[0] for r in conn.execute(text("SELECT digest FROM cs_code")).all()}
+    first: dict[tuple[str, str], int] = {}
+    for team, spec_json, created_at in rows:
+        code = json.loads(spec_json).get("code") or {}
+        d = code.get("digest")
+        if d in stored:
+            first[(d, team)] = min(first.get((d, team), created_at), created_at)
+    if first:
+        conn.execute(text("INSERT INTO cs_code_holder (digest, team, since) VALUES (:d, :t, :s)"),
+                     [{"d": d, "t": t, "s": s} for (d, t), s in sorted(first.items())])
+
 
 # What each version adds to a ledger of the version before it (tables that are new in a
-# version need nothing: ``create_all`` makes them). Applied in order by ``Ledger.ensure_schema``.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+# version need nothing: ``create_all`` makes them): SQL statements, or a function of the
+# connection for what SQL alone cannot say. Applied in order by ``Ledger.ensure_schema``.
+MIGRATIONS: dict[int, tuple[str | Callable[[Any], None], ...]] = {
     2: ("ALTER TABLE cs_grant ADD COLUMN nodes VARCHAR",),
     3: ("ALTER TABLE cs_lease ADD COLUMN pass_ms FLOAT", "ALTER TABLE cs_lease ADD COLUMN pool_gpus VARCHAR"),
+    4: (_code_holders_from_projects,),
 }
 
 # Grant states. "granted" waits for its start; the daemon moves it through "reserving" to
@@ -198,6 +224,23 @@ class CodeRow(SQLModel, table=True):
     content_bytes: int
     blob: bytes
     created_at: int
+
+
+class CodeHolderRow(SQLModel, table=True):
+    """Which teams may name a stored code snapshot in a spec (appended in schema 4).
+
+    Content addressing stores a snapshot once, but its digest is no secret (a sealed spec
+    carries it, the event log names it), so the digest alone must not let a team run, and so
+    read, another team's code. A team holds a snapshot once one of its members proved to
+    have it: uploaded it (``PUT /api/code``, the archive checked against the digest even if
+    it is stored already), or submitted a spec from its files (a local submit). A spec's
+    ``code.digest`` is taken from a member of a team that holds it, and its team then holds
+    it too."""
+
+    __tablename__ = "cs_code_holder"
+    digest: str = Field(primary_key=True)
+    team: str = Field(primary_key=True)
+    since: int
 
 
 class NodeMapRow(SQLModel, table=True):
