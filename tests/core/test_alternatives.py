@@ -116,6 +116,19 @@ def test_wider_than_pool_offers_the_widest_that_fits_and_another_pool() -> None:
     readmitted(s, r, out, T0)  # type: ignore[arg-type]
 
 
+def test_wider_than_pool_names_the_widest_grant_when_the_node_rule_leaves_gpus_out() -> None:
+    """A pool of 20 GPUs on nodes of 8 takes at most 16 in one grant (whole nodes): the
+    refusal says so, and its ``available`` is what a grant can have, not the pool's size."""
+    s = cluster().pool("a100", 20, per_node=8).team("interp").schedule()
+    out = s.admit(req("p").gpus(24).hours(240).build(), T0)
+    assert isinstance(out, Refusal) and out.reason == "wider_than_pool" and (out.needed, out.available) == (24, 16)
+    assert out.message == ("24 GPUs requested, pool a100 has only 20 (the widest grant is 16: one wider than a "
+                           "node takes whole nodes).")
+    assert kinds(out)["narrower"].width == 16
+    even = cluster().pool("h100", 16, per_node=8).team("interp").schedule().admit(req("p").gpus(24).build(), T0)
+    assert isinstance(even, Refusal) and even.message == "24 GPUs requested, pool h100 has only 16."
+
+
 def test_over_max_gpus_offers_the_teams_width() -> None:
     s = cluster().pool("h100", 16, per_node=8).team("interp", max_gpus=6).schedule()
     r = req("p").gpus(8).hours(48).build()

@@ -268,11 +268,14 @@ class Schedule:
         widest = max(p.gpus for p in pools)
         if width > widest:
             where = f"pool {pools[0].name}" if len(pools) == 1 else "any matching pool"
+            # The widest grant the node rule lets a pool take (whole nodes only, past one).
+            most = max(self.pools[p.name][1].admissible_widths(1, p.gpus + 1)[-1] for p in pools)
+            rule = "" if most == widest else f" (the widest grant is {most}: one wider than a node takes whole nodes)"
             return Refusal(
                 "wider_than_pool",
-                f"{width} GPUs requested, {where} has only {widest}.",
+                f"{width} GPUs requested, {where} has only {widest}{rule}.",
                 needed=width,
-                available=widest,
+                available=most,
             )
         max_gpus = team.config.max_gpus
         if max_gpus is not None and width > max_gpus:
