@@ -301,7 +301,7 @@ class Schedule:
                         f"{-(-req.gpu_seconds // most) / 3600:,.1f} h: ask for fewer GPU-hours")
             return Refusal(
                 "longer_than_max_grant",
-                f"{width} GPUs for {req.gpu_seconds / 3600:,.1f} GPU-hours is a window of "
+                f"{fmt.plural(width, 'GPU')} for {req.gpu_seconds / 3600:,.1f} GPU-hours is a window of "
                 f"{duration / 3600:,.1f} h; the longest grant is {max_s / 3600:,.1f} h ({hint}).",
                 needed=duration,
                 available=max_s,
@@ -462,7 +462,7 @@ class Schedule:
         end_by = horizon + duration if req.deadline is None else min(req.deadline, horizon + duration)
         team_bound = tcal is not None and earliest <= horizon and any(
             self.pools[p.name][1].earliest_fit(width, duration, earliest, end_by) is not None for p in pools)
-        who = f"{width} GPUs"
+        who = fmt.plural(width, "GPU")
         if team_bound:
             who = (f"team {req.team} may hold at most {team.config.max_gpus} GPUs at once: beside its other "
                    f"grants, {width} more")

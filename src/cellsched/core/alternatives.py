@@ -182,18 +182,18 @@ def _message(ctx: _Ctx, kind: str, g: Grant, d: dict[str, Any]) -> str:
     if kind == "later_start":
         return f"start {when(g.start)} (move the deadline to {when(d.get('deadline', g.end))})"
     if kind == "narrower" and req.deadline is not None and g.end <= req.deadline:
-        return f"{g.width} GPUs in your window ({when(g.start)} to {when(g.end)})"
+        return f"{fmt.plural(g.width, 'GPU')} in your window ({when(g.start)} to {when(g.end)})"
     if kind in ("narrower", "wider"):
         return f"{fmt.plural(g.width, 'GPU')} for {fmt.duration(g.end - g.start)} {window}"
     if kind == "smaller":
-        return f"{fmt.gpu_seconds_as_hours(g.gpu_seconds)} GPU-hours on {g.width} GPUs from {when(g.start)}"
+        return f"{fmt.gpu_seconds_as_hours(g.gpu_seconds)} GPU-hours on {fmt.plural(g.width, 'GPU')} from {when(g.start)}"
     if kind == "team_width":
         cap = ctx.sched.teams[req.team].config.max_gpus
         return f"{fmt.plural(g.width, 'GPU')} (team {req.team} holds at most {cap} at once) {window}"
     if kind == "whole_nodes":
         per = ctx.sched.pools[g.pool][0].gpus_per_node
         shape = f"{g.width // per} whole nodes" if g.width > per else "one node"
-        return f"{g.width} GPUs on {shape} {window}"
+        return f"{fmt.plural(g.width, 'GPU')} on {shape} {window}"
     if kind == "other_pool":
         more = "" if "gpus" not in d else f" with {fmt.plural(g.width, 'GPU')}"
         return f"pool {g.pool}{more} {window}"

@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from cellsched.core.admission import Grant, pull_rule, start_waiting_now
 from cellsched.executor.base import GangResult, round_seconds
+from cellsched.fmt import plural
 from cellsched.ledger import events
 from cellsched.ledger.db import Ledger
 from cellsched.ledger.snapshot import grant_of, load_schedule, nodes_json, nodes_of, waiting_grants
@@ -186,7 +187,7 @@ class GrantWriter:
             if first and row.state == "reserving":
                 self._event(s, now, "placed", row, {
                     "reservation": rt.reservation, "width": row.width, "placement_delay_s": now - row.start})
-                out.append(f"placed {row.project_id} ({row.width} GPUs held)")
+                out.append(f"placed {row.project_id} ({plural(row.width, 'GPU')} held)")
             s.add(row)
             s.add(rt)
         return out

@@ -38,7 +38,7 @@ from cellsched.executor.base import (
 )
 from cellsched.core.admission import pull_rule
 from cellsched.executor.pools import pool_capacity
-from cellsched.fmt import gpu_h
+from cellsched.fmt import gpu_h, plural
 from cellsched.ledger.db import Deposed
 from cellsched.ledger.lifecycle import GrantWriter, ledger_id
 from cellsched.ledger.snapshot import (
@@ -320,7 +320,7 @@ class Reconciler:
         for a in actions:
             if isinstance(a, D.Begin):
                 if w.begin(gid, name, str(log_dir_for(self.logs_root, row)), now, a.unserved_since):
-                    res.add(f"reserving {pid} as {name} ({v.width} GPUs)")
+                    res.add(f"reserving {pid} as {name} ({plural(v.width, 'GPU')})")
                     self._reserve(name, v, row)
                     again.add(gid)
             elif isinstance(a, D.Missed):
@@ -339,7 +339,7 @@ class Reconciler:
                 self._was_placed[gid] = True
             elif isinstance(a, D.Activate):
                 if w.activate(gid, now):
-                    res.add(f"active {pid} ({v.width} GPUs ready)")
+                    res.add(f"active {pid} ({plural(v.width, 'GPU')} ready)")
             elif isinstance(a, D.OpenOutage):
                 if w.open_outage(gid, now, a.kind, a.since, a.message):
                     res.add(f"{a.kind} {pid}: {a.message}")
