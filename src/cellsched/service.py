@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_
+from sqlalchemy import and_, bindparam, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
@@ -1244,7 +1244,12 @@ def budget(env: Env, team_or_project: str, now: int) -> Budget:
         p0, p1 = period_bounds(now, cfg.period)
         out = Budget(cfg.name, cfg.period, p0, p1, cfg.allowance_gpu_seconds)
         out.best_effort, out.be_rows = be_ledger.use(s, cfg.name, cfg.best_effort_gpu_seconds, p0, p1, only)
-        rows = list(s.exec(select(GrantRow).where(GrantRow.team == cfg.name).order_by(col(GrantRow.id))).all())
+        # Only grants that may touch the period: a superset of the exact test below, which
+        # rests on nothing but the row (``end + refunded_gs`` bounds ``gross_end`` from above).
+        g = GrantRow
+        near = or_(and_(g.promised_end > p0, g.promised_start < p1),
+                   and_(g.start < p1, g.end + g.refunded_gs > p0))
+        rows = list(s.exec(select(GrantRow).where(GrantRow.team == cfg.name, near).order_by(col(GrantRow.id))).all())
         used = _used_by_grant(s, [r.id for r in rows if r.id is not None], p0, p1)
         breaches = breach_intervals(s, rows)
         for r in rows:
