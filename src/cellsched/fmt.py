@@ -38,12 +38,19 @@ def _utc(t: int | float) -> dt.datetime:
     return dt.datetime.fromtimestamp(int(t), dt.timezone.utc)
 
 
+def _ymd_hm(t: int | float, sep: str) -> tuple[str, dt.datetime]:
+    # Not strftime("%Y"): the C library does not pad years before 1000 (a spec may say 0001).
+    d = _utc(t)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}{sep}{d.hour:02d}:{d.minute:02d}", d
+
+
 def stamp(t: int | float | None, seconds: bool = False) -> str:
     """A time without its zone, for a table cell under a header that names it
     (:func:`header`): ``2026-12-02 14:00`` (``:05`` more with ``seconds``)."""
     if t is None:
         return NONE
-    return _utc(t).strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    s, d = _ymd_hm(t, " ")
+    return f"{s}:{d.second:02d}" if seconds else s
 
 
 def when(t: int | float | None, seconds: bool = False) -> str:
@@ -63,7 +70,10 @@ def header(name: str) -> str:
 
 def iso(t: int | float | None) -> str | None:
     """A time for programs: ISO 8601 UTC (``2026-12-02T14:00:00Z``), None for None."""
-    return None if t is None else _utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if t is None:
+        return None
+    s, d = _ymd_hm(t, "T")
+    return f"{s}:{d.second:02d}Z"
 
 
 # -- durations ------------------------------------------------------------------------------

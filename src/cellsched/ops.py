@@ -19,12 +19,12 @@ first call, so the thin client may use the request models.
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cellsched import fmt
 from cellsched.errors import BadInput, NotFound
 from cellsched.spec.load import MAX_BYTES, SUFFIXES, parse_document, validate
 from cellsched.spec.models import ProjectSpec
@@ -148,9 +148,7 @@ def sealed_spec(spec: SpecIn) -> ProjectSpec:
 
 def iso(t: float | None) -> str | None:
     """A time for programs: ISO 8601 UTC (the CLI's ``render.iso``)."""
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(int(t), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return fmt.iso(t)
 
 
 def _iso_times(data: dict[str, Any]) -> None:

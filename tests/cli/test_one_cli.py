@@ -70,6 +70,8 @@ def test_counts_and_times() -> None:
     assert fmt.span(t, t + 43200) == "2026-12-01 00:00 → 2026-12-01 12:00 UTC"
     assert fmt.header("start") == "start (UTC)" and fmt.stamp(t) == "2026-12-01 00:00"
     assert fmt.iso(t) == "2026-12-01T00:00:00Z" and fmt.iso(None) is None and fmt.when(None) == "-"
+    year_one = -62135596800 + 86400  # 0001-01-02: a spec's deadline may say it; 4 digits, as ISO 8601 has them
+    assert (fmt.when(year_one), fmt.iso(year_one)) == ("0001-01-02 00:00 UTC", "0001-01-02T00:00:00Z")
 
 
 def test_the_report_and_the_completion_report_do_not_import_the_cli_and_fmt_is_light() -> None:

@@ -35,12 +35,12 @@ checked over random ledgers and periods in ``tests/report/test_identities.py``.
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cellsched import fmt
 from cellsched.core.allowance import period_bounds
 from cellsched.core.calendar import FAR_FUTURE, FAR_PAST
 from cellsched.report.snapshot import GrantFact, RunFact, Snapshot
@@ -56,9 +56,7 @@ CALENDAR_MAX_DAYS = 90
 
 def utc(t: int | None) -> str | None:
     """ISO 8601 UTC for an epoch second (pure: no local zone, no clock)."""
-    if t is None:
-        return None
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return fmt.iso(t)
 
 
 def _ov(a0: int, a1: int, b0: int, b1: int) -> int:
