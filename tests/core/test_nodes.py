@@ -232,6 +232,51 @@ hour_ops = st.lists(
 )
 
 
+H = 3600
+long_ops = st.lists(
+    st.tuples(st.sampled_from(["reserve", "reserve", "reserve", "release"]), st.integers(0, 400 * H),
+              st.integers(H, 150 * H), st.sampled_from([1, 2, 4, 6, 8, 16, 24]), st.integers(0, 50)),
+    min_size=20, max_size=80,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=long_ops, qs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 5), st.integers(LEVEL_REACH * H, 220 * H),
+                                          st.integers(0, 420 * H), st.none() | st.integers(0, 700 * H)),
+                                min_size=1, max_size=8))
+def test_windows_longer_than_the_shared_ands_match_the_nodes(steps, qs):
+    """Windows of days (past the hours a chunk's shared ANDs reach, where ``earliest``
+    makes every start hour's ANDs at once after a few hours, ``window_ands``) on calendars of
+    hundreds of hours: ``earliest`` answers as asking every node's calendar does."""
+    cal = NodeCalendar(44, 8)
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+    for kind, a, length, width, pick in steps:
+        if kind == "release" and live:
+            s, e, w, ns = live.pop(pick % len(live))
+            cut = min(e, max(s, a))
+            if cut < e:
+                cal.release(cut, e, w, ns)
+            if cut > s:
+                live.append((s, cut, w, ns))
+        elif kind == "reserve" and cal.admits(width):
+            ns = cal.choose(width, a, a + length)
+            if ns is not None:
+                live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+    for v, k, d, start, deadline in qs:
+        limit = FAR_FUTURE if deadline is None else deadline - d
+        got = cal._hours_of(v).earliest(k, d, start, limit)
+        event("long path" if got is not None and got > start + 4 * H else "short")
+        assert got == plain_earliest(cal, v, k, d, start, limit), (v, k, d, start, limit)
+
+
+def test_window_ands_is_the_and_of_every_window():
+    vals = [0b1111, 0b0111, 0b1101, 0b1111, 0b1011, 0b1110, 0b1111]
+    for w in range(1, len(vals) + 1):
+        want = [reduce(lambda x, y: x & y, vals[a : a + w]) for a in range(len(vals) - w + 1)]
+        assert nodes_mod.window_ands(vals, w) == want, w
+    assert nodes_mod.window_ands(vals, 8) == []
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=hour_ops, qs=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(1, 30 * 3600),
                                           st.integers(0, 50 * 3600), st.none() | st.integers(0, 80 * 3600)),

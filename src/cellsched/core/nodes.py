@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from functools import reduce
-from itertools import compress, count, islice
+from itertools import accumulate, compress, count, islice
 from operator import and_, or_, xor
 
 from collections.abc import Collection
@@ -57,6 +57,25 @@ LEVEL_REACH = 64  # a chunk's shared ANDs reach this many hours past its end
 # COARSE[L] is the largest of 0-16, then every second to 32, every fourth to 64, not above L.
 _COARSE = (*range(17), *range(18, 33, 2), *range(36, 65, 4))
 COARSE = [max(x for x in _COARSE if x <= n) for n in range(65)]
+
+
+def window_ands(vals: list[int], w: int) -> list[int]:
+    """``out[a]`` = the AND of ``vals[a : a + w]`` for every a with a + w <= len(vals), in
+    about 3 ANDs per value however long ``w`` (van Herk / Gil-Werman: within blocks of w, the
+    ANDs from each value to its block's end and from its block's start; a window is the
+    first of one block's and the second of the next's)."""
+    n = len(vals)
+    if w <= 0 or n < w:
+        return [-1] * (n + 1) if w <= 0 else []
+    pre: list[int] = []
+    suf: list[int] = []
+    for b0 in range(0, n, w):
+        block = vals[b0 : b0 + w]
+        pre.extend(accumulate(block, and_))
+        s = list(accumulate(reversed(block), and_))
+        s.reverse()
+        suf.extend(s)
+    return list(map(and_, suf[: n - w + 1], pre[w - 1 :]))
 
 
 def node_sizes(gpus: int, per_node: int) -> list[int]:
@@ -506,6 +525,13 @@ class _Hours:
             return t  # the usual case for one node: no hours to scan
         nh = len(self.sure)
         inner = d // HOUR - 1  # hours any window of length d starting in an hour covers whole
+        # A window longer than the chunks' shared ANDs reach: each hour's candidates would AND
+        # ``inner`` masks, so after a few such hours the ANDs of every start hour up to the
+        # limit are made at once (``window_ands``: a few ANDs per hour instead of ``inner``).
+        long_left = 3 if inner > LEVEL_REACH else -1
+        ands: list[int] | None = None
+        good: list[int] = []  # then the hours whose candidates hold k, ascending
+        a0 = 0
         while t <= limit:
             i = t // HOUR - q0
             if i < 0:
@@ -515,11 +541,32 @@ class _Hours:
                 continue
             if i >= nh:
                 return t if self.tail.bit_count() >= k else None
-            j = self._next_hour(i, k, inner, limit // HOUR - q0)
+            if long_left == 0:
+                a0 = i + 1  # ands[x]: ``sure`` of hours a0 + x .. a0 + x + inner - 1 (``tail`` past the last)
+                last = min(limit // HOUR - q0, nh - 1) + 1
+                vals = self.sure[a0 : min(last + inner, nh)]
+                vals.extend([self.tail] * (last + inner - a0 - len(vals)))
+                ands = window_ands(vals, inner)
+                poss = map(or_, self.sure[i:last], self.part[i:last])
+                good = list(compress(range(i, last), map(k.__le__, map(int.bit_count, map(and_, poss, ands)))))
+                long_left = -1
+            if ands is not None:
+                x = bisect_left(good, i)
+                if x == len(good):
+                    t = (q0 + last) * HOUR  # no hour up to the limit (or the tail) has k candidates
+                    continue
+                j = good[x]
+            else:
+                j = self._next_hour(i, k, inner, limit // HOUR - q0)
             if j > i:
                 t = (q0 + j) * HOUR
                 continue
-            cand = self._candidates(i, inner)
+            if ands is not None:
+                cand = (self.sure[i] | self.part[i]) & ands[i + 1 - a0]
+            else:
+                if long_left > 0:
+                    long_left -= 1
+                cand = self._candidates(i, inner)
             if cand.bit_count() >= k:  # (the counts were for a window no longer than this one)
                 uk, ub = self.uk[i], self.ub[i]
                 while True:
