@@ -5,18 +5,25 @@ costs may stall everyone's submits or swell the ledger without limit. Through a 
 - a best-effort spec makes at most ``spec.models.TASKS_MAX`` tasks in all (one row each,
   written under the ledger's write lock): a spec of 1,000 jobs of ``count = 10000`` was
   ten million rows from 50 KB of text;
+- a window is at most the horizon long unless ``policy.max_grant_hours`` says otherwise: a
+  1-GPU window of 10,000,000 GPU-hours (a month of one GPU is within most allowances) ran
+  to the year 3167, and every admission snapshot built after it took ~40 s and 1.6 GB.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from server_harness import Served, example_cluster, start_server
 from sqlmodel import col, func, select
 
 from cellsched.ledger.tables import BestEffortTaskRow, EventRow
+
+HORIZON_S = 366 * 86400  # the default policy.horizon_days
 
 SPEC = """name = "{name}"
 team = "{team}"
@@ -89,3 +96,42 @@ def test_a_best_effort_spec_makes_at_most_10000_tasks(served: Served, tmp_path: 
     assert got.exit_code == 2, got.output
     assert got.output.strip().splitlines() == [
         f"cellsched: {path}: jobs: 10,002 tasks (the jobs' count, summed); a best-effort spec makes at most 10,000"]
+
+
+def test_a_window_is_at_most_the_horizon_long_by_default(served: Served, tmp_path: Path) -> None:
+    """A team may not hold GPUs for longer than admission looks ahead: one GPU for 8,785 h
+    (within interp's 1,500 GPU-hours a month, month by month) is refused, and the answer
+    says how many GPUs make the window short enough."""
+    with served.http("alice") as c:
+        out = c.post("/api/submit", json=spec("forever", "interp", 8_785)).json()
+        assert out["decision"] == "refused", out
+        r = out["refusal"]
+        assert (r["reason"], r["needed"], r["available"]) == ("longer_than_max_grant", 8_785 * 3600, HORIZON_S)
+        assert r["message"] == ("1 GPU for 8,785.0 GPU-hours is a window of 8,785.0 h; the longest grant is "
+                                "8,784.0 h (ask for at least 2 GPUs).")
+        assert [a["gpus"] for a in r["alternatives"]] == [2]
+        assert c.post("/api/submit", json=spec("year", "interp", 8_784)).json()["decision"] == "granted"
+    # the CLI's refusal, exit 1
+    path = tmp_path / "forever2.toml"
+    path.write_text(spec("forever2", "interp", 10_000_000)["text"])
+    got = served.cli("submit", str(path), "--json", user="alice")
+    assert got.exit_code == 1, got.output
+    assert json.loads(got.output)["refusal"]["reason"] == "longer_than_max_grant"
+
+
+def test_a_window_as_long_as_max_grant_hours_says(tmp_path: Path, ledger_url: str) -> None:
+    """An admin who wants longer windows says so: max_grant_hours past the horizon is taken."""
+    from cellsched.receipt import create_keys, key_paths
+    from cellsched.service import open_env
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(example_cluster().replace("grace_s = 5", "grace_s = 5\nmax_grant_hours = 20000"))
+    create_keys(*key_paths(path))
+    env = open_env(path, ledger_url)
+    try:
+        with start_server(env) as served, served.http("alice") as c:
+            out: dict[str, Any] = c.post("/api/submit", json=spec("long", "interp", 10_000)).json()
+            assert out["decision"] == "granted", out
+            assert out["grant"]["end"] - out["grant"]["start"] == 10_000 * 3600
+    finally:
+        env.ledger.dispose()
