@@ -135,3 +135,86 @@ def test_a_window_as_long_as_max_grant_hours_says(tmp_path: Path, ledger_url: st
             assert out["grant"]["end"] - out["grant"]["start"] == 10_000 * 3600
     finally:
         env.ledger.dispose()
+
+
+def preload(env: Any, grants: int, now: int) -> None:
+    """``grants`` windows of team interp over the 60 days from ``now``, each admitted by the
+    core (a calendar admission could have made), written in bulk."""
+    import random
+    import uuid
+
+    from sqlalchemy import insert
+
+    from cellsched.core.admission import Grant, Request, Schedule
+    from cellsched.ledger import events as ev
+    from cellsched.ledger.snapshot import nodes_json
+    from cellsched.ledger.tables import GrantRow, ProjectRow
+
+    sched, rng = Schedule.empty(env.cluster), random.Random(1)
+    projects, rows = [], []
+    for n in range(grants):
+        req = Request(f"g{n}", "interp", rng.choice((1, 2, 4, 8)), 3600 * rng.randrange(1, 3),
+                      not_before=now + rng.randrange(60 * 86400))
+        g = sched.admit(req, now, alternatives=False)
+        assert isinstance(g, Grant)
+        g = sched.commit(g)
+        digest = uuid.uuid4().hex * 2
+        pid = f"g{n}@{digest[:12]}"
+        projects.append({"id": pid, "name": f"g{n}", "digest": digest, "team": "interp", "owner": "t",
+                         "submitted_by": "alice", "spec_json": "{}", "created_at": now})
+        rows.append({"project_id": pid, "project": f"g{n}", "digest": digest, "team": "interp", "pool": g.pool,
+                     "width": g.width, "start": g.start, "end": g.end, "promised_start": g.start,
+                     "promised_end": g.end, "charged_gs": g.gpu_seconds, "created_at": now,
+                     "nodes": nodes_json(g.nodes), "state": "granted", "receipt": ""})
+    with env.ledger.write() as s:
+        s.execute(insert(ProjectRow), projects)
+        s.execute(insert(GrantRow), rows)
+        ev.append(s, now, "preloaded", "test", "test", {"grants": len(rows)})
+
+
+def test_a_flood_of_dashboard_pages_leaves_the_api_answering(served: Served) -> None:
+    """The dashboard needs no token, and a page of another period is drawn anew (about a
+    second on this ledger). Sixty such requests at once took every thread of the server's
+    pool: alice's ``whoami`` waited 9 s. Pages are now drawn one at a time, a few more wait
+    their turn without a thread, and the rest are told at once that the dashboard is busy."""
+    import threading
+    import time
+
+    import httpx
+
+    from cellsched.runtime.clock import now_s
+
+    now = now_s()
+    preload(served.env, 3000, now)
+    got: list[int] = []
+    lines: set[str] = set()
+
+    def page(i: int) -> None:
+        try:
+            r = httpx.get(f"{served.url}/?since={now + 60 * i}&until={now + 60 * 86400}", timeout=120)
+        except httpx.HTTPError:
+            got.append(0)
+            return
+        got.append(r.status_code)
+        if r.status_code == 503:
+            lines.add(r.text.split('id="error">')[1].split("<")[0])
+            assert r.headers["retry-after"] == "5"
+
+    flood = [threading.Thread(target=page, args=(i,)) for i in range(60)]
+    for t in flood:
+        t.start()
+    try:
+        time.sleep(1.0)
+        with served.http("alice") as c:
+            t0 = time.monotonic()
+            assert c.get("/api/whoami").json()["user"] == "alice"
+            took = time.monotonic() - t0
+        assert took < 3.0, f"whoami took {took:.1f} s behind the dashboard's pages"
+    finally:
+        for t in flood:
+            t.join(120)
+    assert sorted(set(got)) == [200, 503], got
+    assert lines == {"the dashboard is busy drawing other pages: reload in a few seconds"}
+    assert got.count(200) >= 1 + 8  # the page drawing and those that waited
+    busy = httpx.get(f"{served.url}/?since={now}&until={now + 86400}", timeout=60)
+    assert busy.status_code == 200  # the flood is over: pages are drawn again
