@@ -197,8 +197,7 @@ def test_a_flood_of_dashboard_pages_leaves_the_api_answering(served: Served) -> 
             return
         got.append(r.status_code)
         if r.status_code == 503:
-            lines.add(r.text.split('id="error">')[1].split("<")[0])
-            assert r.headers["retry-after"] == "5"
+            lines.add(r.text.split('id="error">')[1].split("<")[0] + f' (retry after {r.headers["retry-after"]})')
 
     flood = [threading.Thread(target=page, args=(i,)) for i in range(60)]
     for t in flood:
@@ -214,7 +213,51 @@ def test_a_flood_of_dashboard_pages_leaves_the_api_answering(served: Served) -> 
         for t in flood:
             t.join(120)
     assert sorted(set(got)) == [200, 503], got
-    assert lines == {"the dashboard is busy drawing other pages: reload in a few seconds"}
+    assert lines == {"the dashboard is busy drawing other pages: reload in a few seconds (retry after 5)"}
     assert got.count(200) >= 1 + 8  # the page drawing and those that waited
     busy = httpx.get(f"{served.url}/?since={now}&until={now + 86400}", timeout=60)
     assert busy.status_code == 200  # the flood is over: pages are drawn again
+
+
+def test_one_user_cannot_take_every_thread_of_the_server(served: Served) -> None:
+    """Sixty of carol's ``calendar`` requests at once (each reads the whole calendar: half a
+    second here) took every thread of the server's pool, and alice's ``whoami`` waited 4-7 s.
+    Now a user has at most 16 requests in progress; the others are answered 429 at once."""
+    import threading
+    import time
+
+    from cellsched.runtime.clock import now_s
+
+    preload(served.env, 3000, now_s())
+    got: list[int] = []
+    lines: set[str] = set()
+    with served.http("carol") as carol:
+        def ask(i: int) -> None:
+            r = carol.get(f"/api/calendar?days=366&fit=8x{i + 1}h")
+            got.append(r.status_code)
+            if r.status_code == 429:
+                lines.add(f'{r.json()["error"]} (exit {r.json()["exit_code"]}, retry after {r.headers["retry-after"]})')
+
+        flood = [threading.Thread(target=ask, args=(i,)) for i in range(60)]
+        for t in flood:
+            t.start()
+        try:
+            time.sleep(1.0)
+            with served.http("alice") as alice:
+                t0 = time.monotonic()
+                assert alice.get("/api/whoami").json()["user"] == "alice"
+                took = time.monotonic() - t0
+            assert took < 4.0, f"whoami took {took:.1f} s behind carol's requests"  # (0.4-1 s; before: 4-7 s)
+        finally:
+            for t in flood:
+                t.join(120)
+    assert sorted(set(got)) == [200, 429] and got.count(200) >= 16, got
+    assert lines == {"carol has 16 requests in progress already: wait for their answers (exit 1, retry after 1)"}
+    # her requests are answered again once the others are
+    with served.http("carol") as carol:
+        assert carol.get("/api/whoami").status_code == 200
+    # the CLI prints the line, exit 1
+    served.state.per_user_at_once = 0
+    out = served.cli("budget", "evals", user="carol")
+    assert (out.exit_code, out.output.strip()) == (
+        1, "cellsched: carol has 0 requests in progress already: wait for their answers"), out.output

@@ -31,3 +31,7 @@ class ServerState:
     pages_at_once: int = 1
     pages_waiting: int = 8
     pages: Any = None  # their server.dashboard.PageGate, made in the server's event loop
+    # Requests of one user in progress at once (the thread pool every route runs in has 40
+    # threads); the next is answered 429. ``in_progress``: user -> count (event loop only).
+    per_user_at_once: int = 16
+    in_progress: dict[str, int] = field(default_factory=dict)
