@@ -907,11 +907,11 @@ def _queue_best_effort(env: Env, s: Session, job: _Submit, write: bool) -> Submi
                          best_effort=be_ledger.submission_json(row, counts), be_use=after)
 
 
-def _be_use(s: Session, team: Team | None, now: int, only: str | None = None) -> BestEffortUse | None:
+def _be_use(s: Session, team: Team | None, now: int) -> BestEffortUse | None:
     if team is None:
         return None
     p0, p1 = period_bounds(now, team.period)
-    return be_ledger.use(s, team.name, team.best_effort_gpu_seconds, p0, p1, only)[0]
+    return be_ledger.use_of(s, team.name, team.best_effort_gpu_seconds, p0, p1)
 
 
 def live_version(env: Env, name: str) -> tuple[str, ProjectSpec | None] | None:

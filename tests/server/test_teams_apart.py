@@ -300,3 +300,50 @@ def test_status_stays_quick_over_a_long_best_effort_history(served: Served) -> N
     assert sorted(it["project"] for it in items) == recent
     assert {it["older_not_listed"] for it in items} == {names - len(recent)}
     assert took < 0.7, f"status took {took:.2f} s over {n:,} ended best-effort submissions"
+
+
+def test_a_best_effort_submit_stays_quick_over_its_teams_history(served: Served) -> None:
+    """A best-effort submit reads its team's use of the period under the ledger's write
+    lock. It loaded every submission of the period to add them up: after 100,000 queued and
+    cancelled ones (free: nothing ran), each of the team's submits held the lock that every
+    team's submits need for 1.5 s. The sums are the database's now."""
+    import time
+
+    from sqlalchemy import insert
+
+    from cellsched.core.allowance import period_bounds
+    from cellsched.ledger.tables import BestEffortRow, ProjectRow
+    from cellsched.runtime.clock import now_s
+
+    now = now_s()
+    p0 = period_bounds(now, "month")[0]
+    n = 100_000
+    # cancelled ones charged 5 s each (the last 1,000: 0), and two live ones: one charged
+    # part of its budget, one charged more than its budget (reserving nothing more)
+    rows = [{"project_id": f"s{i}@{i:012x}", "project": f"s{i}", "digest": f"{i:064x}", "team": "evals",
+             "pool": "h100", "max_gpus": 1, "budget_gs": 3600, "charged_gs": 5 if i < n - 1000 else 0,
+             "created_at": p0 + i % 3600, "state": "cancelled", "ended_at": p0 + i % 3600} for i in range(n)]
+    rows += [{"project_id": f"live{k}@{k:012x}", "project": f"live{k}", "digest": f"{n + k:064x}", "team": "evals",
+              "pool": "h100", "max_gpus": 1, "budget_gs": 7200, "charged_gs": c, "created_at": p0,
+              "state": "queued", "ended_at": None} for k, c in ((0, 1800), (1, 9000))]
+    with served.env.ledger.write() as s:
+        for k in range(0, len(rows), 5000):
+            s.execute(insert(ProjectRow), [
+                {"id": r["project_id"], "name": r["project"], "digest": r["digest"], "team": "evals", "owner": "c",
+                 "submitted_by": "carol", "spec_json": "{}", "created_at": r["created_at"]} for r in rows[k:k + 5000]])
+            s.execute(insert(BestEffortRow), rows[k:k + 5000])
+    charged = (n - 1000) * 5 + 1800 + 9000
+    reserved = 7200 - 1800
+    with served.http("carol") as c:
+        took = []
+        for i in range(2):
+            t0 = time.monotonic()
+            out = c.post("/api/submit", json=spec(f"new{i}", "evals", 1, best_effort=True)).json()
+            took.append(time.monotonic() - t0)
+            assert out["decision"] == "queued", out
+            left = 300 * 3600 - charged - reserved - 3600 * (i + 1)
+            assert round(out["best_effort_remaining_gpu_hours"] * 3600) == left
+        budget = c.get("/api/budget?name=evals").json()
+    assert round(budget["best_effort_charged_gpu_hours"] * 3600) == charged
+    assert round(budget["best_effort_reserved_gpu_hours"] * 3600) == reserved + 2 * 3600
+    assert min(took) < 0.5, f"a best-effort submit took {min(took):.2f} s over {n:,} submissions of the period"
