@@ -347,3 +347,63 @@ def test_a_best_effort_submit_stays_quick_over_its_teams_history(served: Served)
     assert round(budget["best_effort_charged_gpu_hours"] * 3600) == charged
     assert round(budget["best_effort_reserved_gpu_hours"] * 3600) == reserved + 2 * 3600
     assert min(took) < 0.5, f"a best-effort submit took {min(took):.2f} s over {n:,} submissions of the period"
+
+
+def _trickle(served: Served, user: str, digest: str) -> Any:
+    """A code upload that sends its head and one byte of a 1 MB body, then nothing."""
+    import socket
+
+    host, port = served.url.split("//")[1].split(":")
+    c = socket.create_connection((host, int(port)))
+    c.settimeout(30)
+    c.sendall((f"PUT /api/code/{digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.token(user)}\r\n"
+               "Content-Length: 1000000\r\n\r\n").encode() + b"x")
+    return c
+
+
+def _answer(c: Any) -> tuple[int, dict[str, Any]]:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+        more = c.recv(65536)
+        if not more:
+            break
+        data += more
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_a_slow_upload_cannot_keep_other_teams_from_uploading(served: Served) -> None:
+    """Two code uploads' bodies are read at a time. Carol sent two uploads' heads and one
+    byte each: alice's upload waited as long as carol liked (no answer in 10 s). Now a user
+    reads one upload at a time (a second is 429 at once), and a body that stops arriving is
+    answered 408 after ``upload_idle_s`` (30 s), its turn given up."""
+    import time
+
+    first = _trickle(served, "carol", "ab" * 32)
+    t0 = time.monotonic()
+    while "carol" not in served.state.uploading and time.monotonic() - t0 < 10:
+        time.sleep(0.01)  # (the server has her first upload: it is reading its body)
+    second = _trickle(served, "carol", "ac" * 32)
+    try:
+        assert _answer(second) == (429, {"exit_code": 1, "error": "carol is uploading code already: "
+                                                                 "one upload at a time"})
+        with served.http("alice", timeout=10) as alice:
+            t0 = time.monotonic()
+            r = alice.put(f"/api/code/{'cd' * 32}", content=b"not an archive")
+            assert r.status_code == 400 and r.json()["error"].startswith("code: not a code archive"), r.text
+            assert time.monotonic() - t0 < 5
+    finally:
+        first.close()
+        second.close()
+    served.state.upload_idle_s = 1.0
+    stalled = _trickle(served, "carol", "ab" * 32)
+    try:
+        t0 = time.monotonic()
+        assert _answer(stalled) == (408, {"exit_code": 2, "error": "code upload: no data for 1 s: its turn is given "
+                                                                   "up (send the archive again)"})
+        assert time.monotonic() - t0 < 10
+    finally:
+        stalled.close()
+    # and carol may upload again
+    with served.http("carol") as carol:
+        assert carol.put(f"/api/code/{'cd' * 32}", content=b"not an archive").status_code == 400

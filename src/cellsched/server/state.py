@@ -26,6 +26,12 @@ class ServerState:
     metrics: Any = None
     uploads_at_once: int = 2  # code upload bodies read at a time (each up to max_code_body)
     uploads: Any = None  # their asyncio.Semaphore, made in the server's event loop
+    # A user's uploads are read one at a time (``uploading``: users reading or waiting to);
+    # a body that sends nothing for ``upload_idle_s``, or is not in after ``upload_read_s``,
+    # gives up its turn (408): else two slow uploads kept every team from uploading.
+    uploading: set[str] = field(default_factory=set)
+    upload_idle_s: float = 30.0
+    upload_read_s: float = 900.0
     # Dashboard pages (no token needed, seconds each on a busy ledger): drawn this many at a
     # time, this many more wait their turn without a thread; any more are told it is busy.
     pages_at_once: int = 1
