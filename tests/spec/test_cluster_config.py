@@ -29,7 +29,8 @@ def test_a_small_cluster_is_valid() -> None:
     assert t is not None
     assert (t.period, t.max_gpus, t.members) == ("month", None, ("alice",))
     assert t.allowance_gpu_seconds == 1500 * 3600 and isinstance(t.allowance_gpu_seconds, int)
-    assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, True, None)
+    # no max_grant_hours: the longest grant is the horizon (366 days)
+    assert (c.policy.min_notice_s, c.policy.grace_s, c.policy.lend_idle, c.policy.max_grant_s) == (0, 60, True, 366 * 86400)
     assert c.policy.pull_forward == "hold_when_busy"
 
 

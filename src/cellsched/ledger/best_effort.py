@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
@@ -95,6 +96,21 @@ def use(s: Session, team: str, allowance_gs: int, p0: int, p1: int,
                        .order_by(col(BestEffortRow.id))).all())
     book = best_effort_use(allowance_gs, [(r.state in BE_LIVE_STATES, r.budget_gs, r.charged_gs) for r in rows])
     return book, [r for r in rows if only is None or r.project_id == only]
+
+
+def use_of(s: Session, team: str, allowance_gs: int, p0: int, p1: int) -> BestEffortUse:
+    """:func:`use`'s figures without its rows, summed by the database (the same sums as
+    :func:`core.allowance.best_effort_use`): a submit reads them under the ledger's write
+    lock, and a team's ended submissions have no bound (queuing and cancelling is free), so
+    loading them all held the lock every team's submits need (1.5 s over 100,000)."""
+    be = BestEffortRow.__table__.c  # type: ignore[attr-defined]
+    period = (be.team == team, be.created_at >= p0, be.created_at < p1)
+    unspent = case((be.budget_gs > be.charged_gs, be.budget_gs - be.charged_gs), else_=0)
+    charged, reserved = s.connection().execute(sa_select(
+        func.coalesce(func.sum(be.charged_gs), 0),
+        func.coalesce(func.sum(case((be.state.in_(BE_LIVE_STATES), unspent), else_=0)), 0),
+    ).where(*period)).one()
+    return BestEffortUse(allowance_gs, int(charged), int(reserved))
 
 
 def task_counts(s: Session, be_ids: Sequence[int]) -> dict[int, dict[str, Any]]:

@@ -22,10 +22,11 @@ import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from cellsched import ops
 from cellsched.runtime.clock import now_s
@@ -122,14 +123,44 @@ async def put_code(digest: Digest, request: Request, who: Who) -> JSON:
     digest. The archive's content must have that digest; storing one that is there already
     changes nothing. Members of a team and admins only: anyone else is refused before the
     body is read, and at most ``uploads_at_once`` (2) bodies are read at a time (each may be up
-    to the server's code body limit, 100 MiB by default)."""
+    to the server's code body limit, 100 MiB by default), one of them per user (429 for a
+    user's second); a body that stops arriving gives its turn up (408)."""
     state = state_of(request)
     ops.check_may_upload_code(state.env, who.user)
+    if who.user in state.uploading:
+        raise HTTPException(429, f"{who.user} is uploading code already: one upload at a time")
     if state.uploads is None:
         state.uploads = asyncio.Semaphore(state.uploads_at_once)
-    async with state.uploads:
-        blob = await request.body()
-        return JSON(await run_in_threadpool(ops.store_code, state.env, who.user, digest, blob, now_s()))
+    state.uploading.add(who.user)
+    try:
+        async with state.uploads:
+            blob = await _upload_body(request, state.upload_idle_s, state.upload_read_s)
+            return JSON(await run_in_threadpool(ops.store_code, state.env, who.user, digest, blob, now_s()))
+    finally:
+        state.uploading.discard(who.user)
+
+
+async def _upload_body(request: Request, idle_s: float, read_s: float) -> bytes:
+    """The request's body, or 408 if no data comes for ``idle_s`` or it is not all in after
+    ``read_s`` seconds (a turn of the upload slots is not held at the client's pace)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + read_s
+    chunks = []
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(idle_s, deadline - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except TimeoutError:
+            why = f"no data for {idle_s:g} s" if loop.time() < deadline else f"not all in after {read_s:g} s"
+            raise HTTPException(408, f"code upload: {why}: its turn is given up (send the archive again)") from None
+        except ClientDisconnect:  # nobody to answer: not a server error either
+            raise HTTPException(400, "code upload: the client went away") from None
+        chunks.append(chunk)
 
 
 @router.get("/code/{digest}", response_class=JSON, summary="is a code snapshot stored?")

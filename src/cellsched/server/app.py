@@ -161,7 +161,8 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = 2 if exc.status_code < 500 else 1
+        # 429 (too many of the caller's requests at once) is no bad input: refused for now, exit 1
+        code = 2 if exc.status_code < 500 and exc.status_code != 429 else 1
         return JSONResponse(error_body(str(exc.detail), code), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

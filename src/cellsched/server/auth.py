@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import pwd
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -54,12 +55,37 @@ def user_of_uid(uid: int) -> str:
         return f"uid:{uid}"
 
 
-async def identity(request: Request) -> Identity:
-    """FastAPI dependency: the caller, or 401. A token kept from a recent lookup is checked
-    here on the event loop (no I/O); otherwise the ledger is read in the thread pool, so a
-    lookup never blocks the event loop. Lookups are kept a few seconds
-    (``tokens.LOOKUP_TTL_S``): a token revoked other than through this server stops working
-    within that; through it, at once."""
+async def identity(request: Request) -> AsyncIterator[Identity]:
+    """FastAPI dependency: the caller, or 401; and the request counted as one of the
+    caller's in progress until it is answered, or 429 if they have
+    ``ServerState.per_user_at_once`` (16) in progress already: one user cannot take the
+    thread pool every route runs in (40 threads) from the others.
+
+    A token kept from a recent lookup is checked here on the event loop (no I/O); otherwise
+    the ledger is read in the thread pool, so a lookup never blocks the event loop. Lookups
+    are kept a few seconds (``tokens.LOOKUP_TTL_S``): a token revoked other than through
+    this server stops working within that; through it, at once."""
+    from cellsched.server.app import state_of
+
+    who = await _proven(request)
+    state = state_of(request)
+    busy = state.in_progress  # (touched on the event loop's thread only)
+    if busy.get(who.user, 0) >= state.per_user_at_once:
+        raise HTTPException(429, f"{who.user} has {state.per_user_at_once} requests in progress already: "
+                                 "wait for their answers", headers={"Retry-After": "1"})
+    busy[who.user] = busy.get(who.user, 0) + 1
+    try:
+        yield who
+    finally:
+        left = busy[who.user] - 1
+        if left:
+            busy[who.user] = left
+        else:
+            del busy[who.user]
+
+
+async def _proven(request: Request) -> Identity:
+    """The caller, or 401 (:func:`identity`)."""
     peer = request.scope.get(PEER_KEY)
     if peer is not None:
         return Identity(user_of_uid(int(peer["uid"])), "socket")

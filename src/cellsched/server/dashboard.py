@@ -13,6 +13,13 @@ figures (:class:`cellsched.server.metrics.Reports`): recomputed when the ledger'
 sequence has moved (at most every ``MIN_AGE_S``) and at least every ``MAX_AGE_S`` (held and
 used grow with the clock). Charts are drawn one page at a time (pyplot is process-global).
 
+Anyone who reaches the listener may ask for a page of any period, each a new computation,
+so page requests are served ``ServerState.pages_at_once`` (1) at a time in the server's
+thread pool, up to ``pages_waiting`` (8) more wait their turn on the event loop, holding no
+thread, and any more are answered 503 (one line) at once (:class:`PageGate`). Otherwise a
+flood of page requests takes every thread of the pool the API's routes run in too (sixty
+at once made an authenticated ``whoami`` wait 9 s).
+
 No authentication: the page shows what every team lead may see (teams' and pools'
 GPU-hours, project names and their windows), never specs, users, code or tokens; a
 browser cannot easily present a bearer token. Operators who want it private put the TCP
@@ -21,12 +28,14 @@ listener behind their proxy's authentication (docs/metrics.md).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
 from cellsched.errors import BadInput
 from cellsched.server.metrics import Cached, Reports, current_period
@@ -145,7 +154,8 @@ def _one_line(reports: Reports, status: int, line: str, root: str) -> HTMLRespon
     now = reports.clock()
     since, until = current_period(reports.env.cluster, now)
     body = f'<p class="empty" id="error">{html.escape(line)}</p>'
-    page = html.page("cellsched: " + ("not found" if status == 404 else "bad request"),
+    title = {404: "not found", 503: "busy"}.get(status, "bad request")
+    page = html.page("cellsched: " + title,
                      [html.Section("Dashboard", body, id="summary")])
     return _html(_with_nav(page, _nav(reports, None, since, until, True, root, None)), status)
 
@@ -165,13 +175,43 @@ def _serve(request: Request, team: str | None, root: str) -> HTMLResponse:
     return _html(_with_nav(cached.value, _nav(reports, team, since, until, is_current, root, cached)))
 
 
+class PageGate:
+    """Dashboard pages ``at_once`` at a time, and at most ``waiting`` more waiting their turn
+    (on the event loop: a waiting request holds no thread of the pool)."""
+
+    def __init__(self, at_once: int, waiting: int) -> None:
+        self.turns = asyncio.Semaphore(at_once)
+        self.limit = at_once + waiting
+        self.inside = 0  # requests drawing or waiting (only the event loop's thread counts)
+
+
+async def _gated(request: Request, team: str | None, root: str) -> HTMLResponse:
+    from cellsched.server.app import state_of
+
+    state = state_of(request)
+    if state.pages is None:
+        state.pages = PageGate(state.pages_at_once, state.pages_waiting)
+    gate: PageGate = state.pages
+    if gate.inside >= gate.limit:
+        busy = _one_line(state.metrics.reports, 503, "the dashboard is busy drawing other pages: "
+                         "reload in a few seconds", root)
+        busy.headers["Retry-After"] = "5"
+        return busy
+    gate.inside += 1
+    try:
+        async with gate.turns:
+            return await run_in_threadpool(_serve, request, team, root)
+    finally:
+        gate.inside -= 1
+
+
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def dashboard(request: Request) -> Any:
+async def dashboard(request: Request) -> Any:
     """The utilisation report for the current period (or ``?since=&until=``), all teams."""
-    return _serve(request, None, "")
+    return await _gated(request, None, "")
 
 
 @router.get("/team/{team}", response_class=HTMLResponse, include_in_schema=False)
-def team_page(team: str, request: Request) -> Any:
+async def team_page(team: str, request: Request) -> Any:
     """One team's utilisation report; 404 (one line) for a team not in the cluster config."""
-    return _serve(request, team, "../")
+    return await _gated(request, team, "../")

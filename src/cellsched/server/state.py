@@ -16,7 +16,8 @@ class ServerState:
     ``metrics`` is the server's own Prometheus registry and instruments
     (``cellsched.server.metrics.Metrics``), set by ``create_app``; ``max_body`` and
     ``max_code_body`` are the request size limits in bytes; ``uploads_at_once`` how many
-    code uploads' bodies are read at a time."""
+    code uploads' bodies are read at a time; ``pages_at_once`` and ``pages_waiting`` how many
+    dashboard pages are drawn at a time and how many more may wait."""
 
     env: Env
     started_at: float = field(default_factory=time.time)
@@ -25,3 +26,18 @@ class ServerState:
     metrics: Any = None
     uploads_at_once: int = 2  # code upload bodies read at a time (each up to max_code_body)
     uploads: Any = None  # their asyncio.Semaphore, made in the server's event loop
+    # A user's uploads are read one at a time (``uploading``: users reading or waiting to);
+    # a body that sends nothing for ``upload_idle_s``, or is not in after ``upload_read_s``,
+    # gives up its turn (408): else two slow uploads kept every team from uploading.
+    uploading: set[str] = field(default_factory=set)
+    upload_idle_s: float = 30.0
+    upload_read_s: float = 900.0
+    # Dashboard pages (no token needed, seconds each on a busy ledger): drawn this many at a
+    # time, this many more wait their turn without a thread; any more are told it is busy.
+    pages_at_once: int = 1
+    pages_waiting: int = 8
+    pages: Any = None  # their server.dashboard.PageGate, made in the server's event loop
+    # Requests of one user in progress at once (the thread pool every route runs in has 40
+    # threads); the next is answered 429. ``in_progress``: user -> count (event loop only).
+    per_user_at_once: int = 16
+    in_progress: dict[str, int] = field(default_factory=dict)

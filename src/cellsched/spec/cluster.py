@@ -138,8 +138,14 @@ class Policy(_Frozen):
         return v
 
     @property
-    def max_grant_s(self) -> int | None:
-        return None if self.max_grant_hours is None else round(self.max_grant_hours * 3600)
+    def max_grant_s(self) -> int:
+        """The longest window one grant may hold: ``max_grant_hours``, else the horizon. A
+        window far longer than admission looks ahead would only hold GPUs beyond any plan,
+        and each hour of it is an hour of the node calendars' index (a 1-GPU window of
+        10,000,000 GPU-hours made every admission snapshot cost ~40 s and 1.6 GB)."""
+        if self.max_grant_hours is None:
+            return self.horizon_days * 86400
+        return round(self.max_grant_hours * 3600)
 
 
 class ClusterConfig(_Frozen):

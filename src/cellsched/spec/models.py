@@ -25,6 +25,9 @@ from pydantic import (
 
 NAME_MAX = 63
 COUNT_MAX = 10_000  # runs of one best-effort job ("64 independent one-GPU trials")
+# Tasks of one best-effort spec in all (the jobs' count, summed): each is a ledger row written
+# under the ledger's write lock, so one spec's submit must stay cheap for the other teams.
+TASKS_MAX = 10_000
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -381,6 +384,10 @@ class ProjectSpec(_Frozen):
                 if job.after:
                     problems.append(f"jobs.{i}.after: best-effort tasks are independent, so no after "
                                     "(submit a later step as its own spec)")
+            tasks = sum(job.count for job in self.jobs)
+            if tasks > TASKS_MAX:
+                problems.append(f"jobs: {tasks:,} tasks (the jobs' count, summed); a best-effort spec makes at "
+                                f"most {TASKS_MAX:,}")
         else:
             if self.replaces is not None and self.replaces.partition("@")[0] != self.name:
                 problems.append(f"replaces: {self.replaces!r} names another project (this one is {self.name!r}; "
