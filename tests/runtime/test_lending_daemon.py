@@ -307,12 +307,15 @@ def test_a_restarted_daemon_follows_its_borrowers_and_none_runs_twice(env, tmp_p
     # the local Ray dies with the daemon: the running task's processes may live on, unseen;
     # it is not started again until they are proven gone
     h.ex.crash_cluster(orphans_until=T0 + 60)
-    h.restart()
+    h.restart(down_since=T0 + 41)  # the last daemon's last heartbeat
     h.run(T0 + 59)
     assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 1)
     h.run(T0 + 62)
     assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 2)
     assert tasks(env)[1].preemptions == 1  # lost, not failed: no retry used
+    # what no daemon saw is charged until the last one's heartbeat, not until it was proven gone
+    assert [(e["task"], e["outcome"], e["held_gpu_seconds"]) for e in be_events(env, "be_ended")][1:] == [
+        (t1.id, "lost", 41)]
     assert be_row(env, be).state == "queued"
     audit_ok(env)
 
@@ -349,3 +352,29 @@ def test_logs_lists_a_submission_s_attempts_where_its_ranks_write(env, tmp_path:
     assert [(f["job"], f["attempt"], f["state"]) for f in one["files"]] == [("trial-1", 1, "preempted")]
     with pytest.raises(service.Denied, match="only members of team evals"):
         ops.logs(env, "alice", "sweep", None, None, None, h.now)
+
+
+# -- promises at the edges (review of issue 16) ------------------------------------------------
+
+
+def test_a_borrower_whose_owner_is_cancelled_is_charged_what_it_held_after_a_daemon_restart(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A daemon that took over from an earlier one (``serve`` passes the earlier one's last
+    heartbeat): a borrower it started, whose group later goes away with its owner's (the
+    owner's grant cancelled), is charged the time it held, not nothing."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    be = queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"hold": Behaviour(None), "narrow": Behaviour(None), "trial-0": Behaviour(None)})
+    h.restart(down_since=T0 - 100)  # the previous daemon's last heartbeat
+    h.tick(T0)
+    h.tick(T0 + 1)
+    (t,) = tasks(env)
+    assert (t.state, t.lender, t.started_at) == ("running", 2, T0 + 1)
+    h.run(T0 + 40)
+    service.cancel(env, "owner", "alice", T0 + 40)
+    # the next tick releases the owner's group, its borrower with it; the one after sees it gone
+    h.run(T0 + 42)
+    (e,) = be_events(env, "be_ended")
+    assert (e["attempt"], e["outcome"], e["held_gpu_seconds"]) == (1, "preempted", 41)
+    assert be_row(env, be).charged_gs == 41
+    audit_ok(env)
