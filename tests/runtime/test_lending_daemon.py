@@ -220,8 +220,9 @@ def test_a_submission_whose_budget_is_spent_stops(env, tmp_path: Path) -> None: 
     h.run(T0 + 60)
     row = be_row(env, be)
     assert row.state == "exhausted" and [t.state for t in tasks(env)] == ["cancelled"] * 2
-    # two GPUs reach 100 GPU-seconds at T0+50: SIGTERM then, gone the tick after
-    assert row.charged_gs == 2 * 51
+    # two GPUs reach 100 GPU-seconds at T0+50: SIGTERM then, gone the tick after; they held
+    # 2 * 51, and the budget is the most that is charged
+    assert sum(t.held_gs for t in tasks(env)) == 2 * 51 and row.charged_gs == 100
 
 
 # -- any workload ---------------------------------------------------------------------------
@@ -378,3 +379,35 @@ def test_a_borrower_whose_owner_is_cancelled_is_charged_what_it_held_after_a_dae
     assert (e["attempt"], e["outcome"], e["held_gpu_seconds"]) == (1, "preempted", 41)
     assert be_row(env, be).charged_gs == 41
     audit_ok(env)
+
+
+def test_a_submission_is_never_charged_more_than_its_budget(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Its budget is "the most it may be charged in all": a task stopped because the budget is
+    spent holds its GPUs through its grace, and that time is not charged beyond the budget."""
+    be = queue(env, sweep(count=1, hours=100 / 3600, cap=1))  # 100 GPU-seconds
+    h = Harness(env, tmp_path, {"trial-0": Behaviour(None, ignores_sigterm=True)})
+    h.run(T0 + 100 + LEND_GRACE + 5)
+    row = be_row(env, be)
+    (t,) = tasks(env)
+    assert row.state == "exhausted" and t.held_gs == 100 + LEND_GRACE  # it held the grace too ...
+    assert row.charged_gs == row.budget_gs == 100  # ... but is charged its budget, no more
+
+
+def test_a_cancelled_submission_keeps_its_reservation_until_its_running_tasks_have_left(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Cancelling frees the unused allowance, but tasks still running are charged when they
+    leave: until then what they may still be charged stays reserved, so a submission made
+    meanwhile cannot take the team past its allowance."""
+    allowance = 300 * 3600
+    queue(env, sweep(count=2, hours=300, cap=2))  # the whole best-effort allowance
+    h = Harness(env, tmp_path, {f"trial-{i}": Behaviour(None, ignores_sigterm=True) for i in range(2)})
+    h.run(T0 + 20)
+    service.cancel(env, "sweep", "carol", T0 + 20)
+    left = service.budget(env, "evals", T0 + 20).best_effort.remaining
+    if left > 0:  # what `budget` says is left may be asked for
+        more = ProjectSpec.model_validate({**sweep().model_dump(mode="json", exclude_none=True), "name": "sweep2",
+                                           "budget": {"gpu_hours": left / 3600, "gpus": 1, "pool": "h100"}})
+        queue(env, more, T0 + 20)
+    h.run(T0 + 20 + LEND_GRACE + 2)
+    assert [t.state for t in tasks(env)][:2] == ["cancelled"] * 2
+    use = service.budget(env, "evals", h.now).best_effort
+    assert use.charged > 0 and use.charged + use.reserved <= allowance

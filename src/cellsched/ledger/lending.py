@@ -5,7 +5,8 @@ its rows and does nothing when the state has moved on, and appends the event tha
 Charging: a task's attempt holds ``gpus`` GPUs from its start (the group asked for) to its
 end (the group released); that is what the borrower is charged, preempted time and grace
 included, times the cluster's ``best_effort_rate`` (rounded up to a GPU-second), against its
-team's best-effort allowance. Nothing is charged to the lender."""
+team's best-effort allowance, never beyond the submission's budget. Nothing is charged to
+the lender."""
 
 from __future__ import annotations
 
@@ -115,6 +116,10 @@ class TaskWriter(GrantWriter):
             if t.state not in ("running", "preempting") or t.attempt != attempt:
                 return None
             held, charged = charge_of(t.gpus, t.started_at or now, now if held_until is None else held_until, rate)
+            # The budget is the most the submission is ever charged (what the team's
+            # allowance reserved for it): a task stopped once it was spent holds its GPUs
+            # through its grace, and that is the cluster's, not the team's.
+            charged = min(charged, max(0, be.budget_gs - be.charged_gs))
             t.held_gs += held
             be.charged_gs += charged
             preempted = t.state == "preempting"
