@@ -411,3 +411,22 @@ def test_a_cancelled_submission_keeps_its_reservation_until_its_running_tasks_ha
     assert [t.state for t in tasks(env)][:2] == ["cancelled"] * 2
     use = service.budget(env, "evals", h.now).best_effort
     assert use.charged > 0 and use.charged + use.reserved <= allowance
+
+
+def test_a_task_that_finishes_while_being_preempted_is_not_run_again(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM reaches a task that was finishing anyway (it exits 0 on its own within its
+    grace): it succeeded, and its work is not run a second time."""
+    start = T0 + 300
+    submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                        not_before=datetime.fromtimestamp(start, UTC)))
+    be = queue(env, sweep(count=1))
+    reclaim = start - LEND_GRACE - LEAD
+    # it would need 3 s to checkpoint after a SIGTERM, but it is done 1 s after the reclaim
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(reclaim + 1 - T0, term_delay=3)})
+    h.run(reclaim)
+    assert tasks(env)[0].state == "preempting"
+    h.run(start + 60, step=10)
+    (t,) = tasks(env)
+    assert (t.state, t.attempt, t.preemptions) == ("succeeded", 1, 0)
+    assert be_row(env, be).state == "done"
+    audit_ok(env)

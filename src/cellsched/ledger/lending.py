@@ -122,16 +122,18 @@ class TaskWriter(GrantWriter):
             charged = min(charged, max(0, be.budget_gs - be.charged_gs))
             t.held_gs += held
             be.charged_gs += charged
-            preempted = t.state == "preempting"
+            # "succeeded": it ended on its own, every rank 0, before any SIGTERM reached it
+            # (one that exits after a SIGTERM is "killed"): done, even if one was on its way.
+            preempted = t.state == "preempting" and outcome != "succeeded"
             if preempted or outcome == "lost":
                 t.preemptions += 1  # not the task's fault: it does not use up a retry
             failures = t.attempt - t.preemptions
-            if be.state != "queued":
+            if outcome == "succeeded":
+                state = "succeeded"
+            elif be.state != "queued":
                 state = "cancelled"
             elif preempted or outcome == "lost":
                 state = "queued"
-            elif outcome == "succeeded":
-                state = "succeeded"
             elif failures <= retries:
                 state = "queued"  # a retry, at its place
             else:
