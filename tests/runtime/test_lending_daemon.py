@@ -430,3 +430,45 @@ def test_a_task_that_finishes_while_being_preempted_is_not_run_again(env, tmp_pa
     assert (t.state, t.attempt, t.preemptions) == ("succeeded", 1, 0)
     assert be_row(env, be).state == "done"
     audit_ok(env)
+
+
+TWO_NODES = CLUSTER.replace("gpus = 8\ngpus_per_node = 8", "gpus = 16\ngpus_per_node = 8")
+
+
+def test_nothing_is_lent_on_a_lost_node(tmp_path: Path, ledger_url: str) -> None:
+    """A calendar node whose Ray node is gone (no spare took its index) has no GPUs to lend:
+    a task is not started there (its group could never be placed, and it would be charged
+    for the wait), and a borrower there is taken back."""
+    from cellsched.executor import MemoryExecutor
+    from cellsched.executor.base import NodeInfo
+    from cellsched.ledger.snapshot import nodes_of
+    from cellsched.receipt import create_keys, key_paths
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(TWO_NODES)
+    create_keys(*key_paths(path))
+    env = service.open_env(path, ledger_url)
+    try:
+        h100 = {"ray.io/accelerator-type": "H100"}
+        nodes = [NodeInfo("ray-a", "10.0.0.1", 8, h100), NodeInfo("ray-b", "10.0.0.2", 8, h100, alive=False)]
+        g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=600))  # all of node 0
+        be = queue(env, sweep(count=1))
+        h = Harness(env, tmp_path, {"train": Behaviour(None), "trial-0": Behaviour(None)})
+        h.ex = MemoryExecutor(h.ex._script, now=T0, nodes=nodes)
+        h.restart()
+        h.run(T0 + 60)
+        assert nodes_of(h.grant(g.id)) == [0] and h.grant(g.id).state == "active"
+        assert be_events(env, "be_started") == [] and tasks(env)[0].state == "queued"
+        assert be_row(env, be).charged_gs == 0
+        # the node is back: the task runs there; lost again: it is taken back, not left there
+        h.ex._nodes = [nodes[0], NodeInfo("ray-b", "10.0.0.2", 8, h100)]
+        h.run(T0 + 80)
+        (t,) = tasks(env)
+        assert (t.state, t.node) == ("running", 1)
+        h.ex._nodes = nodes
+        h.run(T0 + 100)
+        assert [e["why"] for e in be_events(env, "be_preempting")] == ["its GPUs are needed by a window"]
+        (t,) = tasks(env)
+        assert (t.state, t.preemptions) == ("queued", 1)
+    finally:
+        env.ledger.dispose()

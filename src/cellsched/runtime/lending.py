@@ -273,7 +273,11 @@ class Lender:
             if left <= 0:
                 continue
             wants.append(L.Want(q.id, tv.be.pool, tv.task.gpus, tv.be.id or 0, tv.be.max_gpus))
-        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, rec.settings.lend_min_run_s, lead=lead)
+        # A calendar node whose Ray node is gone lends nothing (a group pinned there is never
+        # placed), and its borrowers leave.
+        dead = [key for key, nid in rec._nodes.items() if nid is None]
+        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, rec.settings.lend_min_run_s, dead=dead,
+                   lead=lead)
         if not self.enabled:  # lending switched off: every borrower leaves
             p = L.Plan(tuple(b.task for b in borrows if not b.preempting), ())
         for tid in p.reclaim:
