@@ -472,3 +472,23 @@ def test_nothing_is_lent_on_a_lost_node(tmp_path: Path, ledger_url: str) -> None
         assert (t.state, t.preemptions) == ("queued", 1)
     finally:
         env.ledger.dispose()
+
+
+def test_an_idle_bundle_is_lent_once_when_a_tick_observes_its_grant_twice(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A grant that finishes early pulls a waiting one forward, and the tick observes every
+    grant again: the owner's idle bundle is still offered to one borrower only (the second
+    would be refused by the executor and recorded as a lost attempt, a preemption that
+    never was)."""
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    submit(env, project("early", [job("short", gpus=6)], gpus=6, window_s=600))
+    late = submit(env, project("late", [job("short", gpus=6)], gpus=6, window_s=300))
+    assert late.start >= T0 + 600  # it waits for early's window
+    h = Harness(env, tmp_path, {"narrow": Behaviour(None), "short": Behaviour(10), "trial-0": Behaviour(None),
+                                "trial-1": Behaviour(None)})
+    h.run(T0 + 9)
+    queue(env, sweep(count=2), T0 + 9)
+    h.tick(T0 + 10)  # early finishes, late moves up: every grant is observed again
+    assert h.grant(late.id).start == T0 + 10
+    assert [(t.state, t.lender, t.attempt, t.preemptions) for t in tasks(env)] == [
+        ("running", owner.id, 1, 0), ("queued", None, 0, 0)]
+    assert be_events(env, "be_ended") == []

@@ -325,6 +325,12 @@ class Lender:
                 self._reclaim(tv, now, why, res)
         return bool(there)
 
+    def withdraw(self, gid: int) -> None:
+        """Forget what grant ``gid`` offered earlier in this tick: a tick may observe a grant
+        more than once (a waiting grant moved up), and only its newest look counts (the same
+        bundles are never offered twice, nor ones it has since taken back)."""
+        self.slots = [sl for sl in self.slots if sl[0] != gid]
+
     def offer(self, gid: int, owner: str, pool: str, nodes: list[int], per_node: int, width: int,
               idle: Iterable[int], end: int) -> None:
         """A running grant's idle bundles (nothing of the owner runs there or is about to),

@@ -391,6 +391,7 @@ class Reconciler:
             elif isinstance(a, D.Notify):
                 self._notify(gid, pid, seen.project, res)
         g = seen.group
+        self.lender.withdraw(gid)
         if (self.lender.rest and row.state == "active" and g is not None and g.state == "ready"
                 and v.rt is not None and v.rt.term_sent_at is None
                 and not any(isinstance(a, (D.FinishEarly, D.Terminate, D.Expire)) for a in actions)):
