@@ -492,3 +492,34 @@ def test_an_idle_bundle_is_lent_once_when_a_tick_observes_its_grant_twice(env, t
     assert [(t.state, t.lender, t.attempt, t.preemptions) for t in tasks(env)] == [
         ("running", owner.id, 1, 0), ("queued", None, 0, 0)]
     assert be_events(env, "be_ended") == []
+
+
+def test_a_borrower_ended_in_the_ledger_but_not_released_is_released_by_the_next_daemon(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon wrote a borrower's end (charged, requeued) and died before releasing its
+    group: the next daemon releases it (the owner gets its bundle back), charges nothing
+    twice, and lends the bundle again under the task's next attempt."""
+    from cellsched.ledger.lending import TaskWriter
+
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    be = queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"hold": Behaviour(None), "narrow": Behaviour(None), "trial-0": Behaviour(None)})
+    h.run(T0 + 20)
+    (t,) = tasks(env)
+    first = t.name
+    assert t.state == "running" and t.lender == owner.id and first in h.ex.reservations()
+    # what _follow writes for a borrower reclaimed at T0+20 and gone at T0+30, then the crash
+    w = TaskWriter(env.ledger, None, "daemon")
+    assert w.preempting(t.id or 0, T0 + 20, "the owner needs its GPUs")
+    h.ex.terminate(first or "")
+    h.ex.advance(T0 + 30)
+    assert w.ended(t.id or 0, 1, T0 + 30, "killed", [-15], 0, 1.0) == "queued"
+    h.restart()
+    h.run(T0 + 32)
+    assert first not in h.ex.reservations()
+    (t,) = tasks(env)
+    assert (t.state, t.attempt, t.lender, t.preemptions) == ("running", 2, owner.id, 1)
+    assert t.name in h.ex.reservations()
+    assert be_row(env, be).charged_gs == 29 and [e["attempt"] for e in be_events(env, "be_ended")] == [1]
+    assert h.ex.overlaps() == []
+    audit_ok(env)
