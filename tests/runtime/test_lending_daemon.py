@@ -523,3 +523,18 @@ def test_a_borrower_ended_in_the_ledger_but_not_released_is_released_by_the_next
     assert be_row(env, be).charged_gs == 29 and [e["attempt"] for e in be_events(env, "be_ended")] == [1]
     assert h.ex.overlaps() == []
     audit_ok(env)
+
+
+def test_a_window_starts_when_it_would_without_lending_when_ticks_are_far_apart(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon may tick less often than ``lend_lead_s`` assumes (``serve --interval``, or a
+    long pass): the borrower's ranks keep its deadline themselves (SIGKILL at the window's
+    start), so its group is released at the tick at which the window's group is asked for."""
+    start = T0 + 300
+    g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                            not_before=datetime.fromtimestamp(start, UTC)))
+    queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(None, ignores_sigterm=True)},
+                capacity=8)
+    h.run(start + 8, step=7)  # reclaimed at T0+294 (SIGTERM ignored); the next tick is T0+301
+    assert h.grant(g.id).started_at == T0 + 301  # as without lending: the first tick after its start
+    assert [e["at"] for e in be_events(env, "be_ended")] == [T0 + 301]
