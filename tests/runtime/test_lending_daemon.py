@@ -317,6 +317,13 @@ def test_a_restarted_daemon_follows_its_borrowers_and_none_runs_twice(env, tmp_p
     # what no daemon saw is charged until the last one's heartbeat, not until it was proven gone
     assert [(e["task"], e["outcome"], e["held_gpu_seconds"]) for e in be_events(env, "be_ended")][1:] == [
         (t1.id, "lost", 41)]
+    # Ray goes away again under this daemon: the attempt it started is charged until it was
+    # proven gone (its orphaned processes died at T0+70), not until the last daemon's heartbeat
+    assert tasks(env)[1].started_at == T0 + 60  # proven gone at T0+60, started again at once
+    h.ex.crash_cluster(orphans_until=T0 + 70)
+    h.run(T0 + 70)
+    assert [(e["task"], e["attempt"], e["held_gpu_seconds"]) for e in be_events(env, "be_ended")][2:] == [
+        (t1.id, 2, 70 - 60)]
     assert be_row(env, be).state == "queued"
     audit_ok(env)
 

@@ -82,10 +82,10 @@ class Lender:
         self.slots: list[tuple[int, str, str, int, list[int]]] = []  # idle bundles offered
         self.sizes: dict[L.NodeKey, int] = {}
         self.holds: list[L.Hold] = []
-        # Tasks whose group was missing at this daemon's first look: gone with the last
-        # daemon (its local Ray), so held until that daemon's last heartbeat at most. None
-        # until the first tick.
-        self._gone_with_daemon: set[int] | None = None
+        # Task attempts whose group was missing at this daemon's first look: gone with the
+        # last daemon (its local Ray), so held until that daemon's last heartbeat at most.
+        # None until the first tick.
+        self._gone_with_daemon: set[tuple[int, int]] | None = None
 
     def on_nodes(self, pool: str, nodes: tuple[int, ...] | None) -> bool:
         """Did a borrower hold GPUs of these nodes of ``pool`` lately (None: any node)?"""
@@ -128,7 +128,7 @@ class Lender:
         running = [tv for tv in tasks if tv.task.state in ("running", "preempting")]
         first = self._gone_with_daemon is None
         if first:
-            self._gone_with_daemon = {tv.task.id or 0 for tv in running
+            self._gone_with_daemon = {(tv.task.id or 0, tv.task.attempt) for tv in running
                                       if tv.task.name is None or rec.ex.reservation_state(tv.task.name) == "missing"}
         for tv in running:
             rec._guard(res, f"task {tv.task.id}", lambda tv=tv: self._follow(tv, specs[tv.be.project_id], now, res))
@@ -160,7 +160,8 @@ class Lender:
             codes = list(r.exit_codes) if r is not None else []
             at = now
             down = self.rec.rules.down_since
-            if r is None and down is not None and t.started_at is not None and t.id in (self._gone_with_daemon or ()):
+            if (r is None and down is not None and t.started_at is not None
+                    and (t.id, t.attempt) in (self._gone_with_daemon or ())):
                 at = max(t.started_at, min(now, down))  # gone with the last daemon: charged until then
             new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate,
                                     held_until=at)
