@@ -421,8 +421,10 @@ def test_a_cancelled_submission_keeps_its_reservation_until_its_running_tasks_ha
 
 
 def test_a_task_that_finishes_while_being_preempted_is_not_run_again(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """SIGTERM reaches a task that was finishing anyway (it exits 0 on its own within its
-    grace): it succeeded, and its work is not run a second time."""
+    """A task reclaimed as it finishes on its own, which its executor reports ``succeeded``
+    (on Ray: it exited 0 before the SIGTERM reached it, e.g. after the daemon looked and
+    before it reclaimed; the twin also says so of a job whose own end comes before its
+    SIGTERM handling would), is done: its work is not run a second time."""
     start = T0 + 300
     submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
                         not_before=datetime.fromtimestamp(start, UTC)))
