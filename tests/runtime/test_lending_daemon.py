@@ -198,6 +198,26 @@ def test_a_grant_that_finishes_waits_for_its_borrowers_but_is_refunded_from_its_
     audit_ok(env)
 
 
+def test_a_grant_waiting_for_its_borrowers_across_a_daemon_restart_is_refunded_from_its_end(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon restarts while a finished grant waits for its borrower's grace: the window
+    is still cut, and refunded, from when its last job ended."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    queue(env, sweep(count=1))
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30)}.get(gang.job, Behaviour(None, ignores_sigterm=True))
+
+    h = Harness(env, tmp_path, script)
+    h.run(T0 + 32)
+    assert h.grant(owner.id).state == "active" and tasks(env)[0].state == "preempting"
+    h.restart()
+    h.run(T0 + 30 + LEND_GRACE + 2)
+    done = h.grant(owner.id)
+    assert done.state == "completed" and done.end == T0 + 30 and done.refunded_gs == 2 * (600 - 30)
+    audit_ok(env)
+
+
 def test_cancelling_a_submission_stops_its_running_tasks_and_charges_what_they_held(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     be = queue(env, sweep(count=3, cap=2))  # at most 2 GPUs at once: the third task waits
     h = Harness(env, tmp_path, {f"trial-{i}": Behaviour(None, ignores_sigterm=True) for i in range(3)})

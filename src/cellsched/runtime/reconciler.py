@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cellsched.executor.base import (
@@ -371,7 +372,10 @@ class Reconciler:
                 ends = [int(r.ended_at) for r in (seen.group.results if seen.group else ())]
                 t = min(v.end, max([now, *ends]))
                 # Borrowers in its idle bundles leave first (their grace); the window still
-                # ends, and is refunded, from when its last job did.
+                # ends, and is refunded, from when its last job did (as the ledger has it, if
+                # the wait began before this daemon did).
+                if gid not in self._finish_at and not ends and self.lender.lent_in(gid):
+                    t = min(t, self._last_end(gid) or t)
                 t = self._finish_at.setdefault(gid, t)
                 if self.lender.reclaim_bundles(gid, range(v.width), now, "the lending grant finished", res):
                     continue
@@ -498,6 +502,11 @@ class Reconciler:
                 relabel: Callable[[GangResult], str] | None = None) -> None:
         for m in self.writer.record_results(gid, results, now, relabel):
             res.add(m)
+
+    def _last_end(self, gid: int) -> int | None:
+        """When the grant's last attempt ended, as recorded."""
+        with self.env.ledger.read() as s:
+            return s.exec(select(func.max(JobRunRow.ended_at)).where(JobRunRow.grant_id == gid)).one()
 
     def _unlent(self, v: D.GrantView, name: str, a: D.Launch, launches: set[int], now: int,
                 res: TickResult) -> D.Launch | None:
