@@ -178,6 +178,34 @@ def test_an_idle_bundle_of_a_grant_is_lent_and_the_owner_takes_it_back_within_th
     audit_ok(env)
 
 
+@pytest.mark.parametrize("restart_at", [T0 + 35, T0 + 30 + LEND_GRACE])
+def test_an_owner_s_wait_for_its_borrower_is_refunded_in_full_across_a_daemon_restart(
+        env, tmp_path: Path, restart_at: int) -> None:  # type: ignore[no-untyped-def]
+    """A daemon takes over while the owner's job waits for a borrower to leave its bundle
+    (mid-wait, or at the tick the borrower leaves): the whole wait, from the reclaim the
+    last daemon made, is refunded."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1), job("wide", gpus=2, after=("narrow",))],
+                                gpus=2, window_s=600))
+    queue(env, sweep(count=1))
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30), "wide": Behaviour(20)}.get(
+            gang.job, Behaviour(None, ignores_sigterm=True))
+
+    h = Harness(env, tmp_path, script)
+    h.run(restart_at - 1)
+    assert tasks(env)[0].state == "preempting" and tasks(env)[0].reclaim_at == T0 + 30
+    h.restart()
+    h.run(T0 + 30 + LEND_GRACE + 2)
+    (wide,) = [r for r in h.runs(owner.id) if r.job == "wide"]
+    assert wide.started_at == T0 + 30 + LEND_GRACE  # SIGKILL at the grace, launched that tick
+    (d,) = be_events(env, "lending_delay")
+    assert (d["job"], d["delay_s"]) == ("wide", LEND_GRACE)
+    assert h.grant(owner.id).breach_gs == 2 * LEND_GRACE
+    audit_ok(env)
+
+
 def test_a_grant_that_finishes_waits_for_its_borrowers_but_is_refunded_from_its_end(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
     owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))

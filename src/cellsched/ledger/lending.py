@@ -98,7 +98,7 @@ class TaskWriter(GrantWriter):
             if got is None or got[0].state != "running":
                 return False
             t, be = got
-            t.state, t.reclaim_at = "preempting", now
+            t.state, t.reclaim_at, t.detail = "preempting", now, why
             s.add(t)
             self._task_event(s, now, "be_preempting", t, be, {"attempt": t.attempt, "why": why})
             return True

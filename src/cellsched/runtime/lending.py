@@ -80,6 +80,7 @@ class Lender:
         self.rest: list[L.Want] = []  # queued tasks no free GPUs were found for this tick
         self.held: dict[int, int] = {}  # per submission, GPUs its tasks hold
         self.slots: list[tuple[int, str, str, int, list[int]]] = []  # idle bundles offered
+        self.left: dict[int, list[TaskView]] = {}  # per lending grant, borrowers ended this tick
         self.sizes: dict[L.NodeKey, int] = {}
         self.holds: list[L.Hold] = []
         # Task attempts whose group was missing at this daemon's first look: gone with the
@@ -126,6 +127,7 @@ class Lender:
             if tv.task.node is not None:
                 self._lent_at[(tv.be.pool, tv.task.node)] = now
         running = [tv for tv in tasks if tv.task.state in ("running", "preempting")]
+        self.left = {}
         first = self._gone_with_daemon is None
         if first:
             self._gone_with_daemon = {(tv.task.id or 0, tv.task.attempt) for tv in running
@@ -166,6 +168,8 @@ class Lender:
             new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate,
                                     held_until=at)
             ex.release(t.name)
+            if new is not None and t.lender is not None:
+                self.left.setdefault(t.lender, []).append(tv)
             if new is not None:
                 held = t.gpus * max(0, now - (t.started_at or now))
                 res.add(f"{'preempted' if t.state == 'preempting' else outcome} {pid} "
@@ -316,6 +320,16 @@ class Lender:
                 for b in json.loads(t.bundles):
                     out[b] = tv
         return out
+
+    def reclaimed_for(self, gid: int, bundles: Iterable[int], why: str) -> int | None:
+        """When borrowers on these bundles of grant ``gid`` (leaving, or gone this tick) were
+        asked to leave for ``why``, the earliest; None if none was. The start of an owner's
+        wait that began before this daemon did."""
+        want = set(bundles)
+        ats = [tv.task.reclaim_at for tv in [*self.lent_in(gid).values(), *self.left.get(gid, ())]
+               if tv.task.state == "preempting" and tv.task.detail == why and tv.task.reclaim_at is not None
+               and want & set(json.loads(tv.task.bundles or "[]"))]
+        return min(ats, default=None)
 
     def reclaim_bundles(self, gid: int, bundles: Iterable[int], now: int, why: str, res: TickResult) -> bool:
         """SIGTERM the borrowers on these bundles of ``gid``; True if any is still there."""

@@ -514,6 +514,11 @@ class Reconciler:
         enough, else the borrowers are reclaimed and the launch waits (None) for their
         grace; the wait is refunded to the owner when it launches."""
         key = (v.id, a.job, a.attempt)
+        why = f"{v.project_id}/{a.job} needs its GPUs"
+        if key not in self._lend_wait:  # a wait begun before this daemon: from its reclaim
+            began = self.lender.reclaimed_for(v.id, a.bundles, why)
+            if began is not None:
+                self._lend_wait[key] = began
         lent = self.lender.lent_in(v.id)
         if set(a.bundles) & lent.keys():
             taken = launches | set(lent) | {b for rg in self.ex.running(name) for b in rg.bundles}
@@ -524,7 +529,7 @@ class Reconciler:
                 a = D.Launch(a.job, a.attempt, moved)
             else:
                 need = [b for b in a.bundles if b in lent][:len(a.bundles) - len(free)]
-                self.lender.reclaim_bundles(v.id, need, now, f"{v.project_id}/{a.job} needs its GPUs", res)
+                self.lender.reclaim_bundles(v.id, need, now, why, res)
                 self._lend_wait.setdefault(key, now)
                 return None
         since = self._lend_wait.pop(key, None)
