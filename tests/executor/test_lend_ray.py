@@ -85,3 +85,32 @@ def test_lend_a_bundle_and_give_it_back(rex: Any, ray_cluster: Any, tmp_path: Pa
     assert rex.release(owner) == []
     assert rex.reservation_state(f"{borrower}-2") == "missing"
     assert owner not in rex.reservations() and f"{borrower}-2" not in rex.reservations()
+
+
+def test_a_lend_cut_short_by_a_crash_is_finished_by_the_next_daemon(rex: Any, ray_cluster: Any, tmp_path: Path) -> None:
+    """The daemon died right after recording a lending (the KV record is written first) and
+    before the owner's rank left the bundle: the next daemon, which only follows the borrower
+    (its task is running in the ledger), gets it ready in that bundle, and no rank of the
+    owner is left holding the GPU."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    from cellsched.executor import RayExecutor
+    from cellsched.executor.ray_adapter import lend_key
+
+    tag = uuid.uuid4().hex[:8]
+    owner, borrower = f"cellsched/test/{tag}", f"cellsched/be/{tag}"
+    rex.reserve(owner, 2)
+    until(lambda: rex.reservation_state(owner) == "ready")
+    ray_cluster.get_actor(f"{owner}/rank-1")  # the owner's rank holds bundle 1's GPU
+    _internal_kv_put(lend_key(borrower, owner, (1,)), b"lent", overwrite=True, namespace=rex.namespace)
+    # the crash: a new daemon's executor
+    again = RayExecutor(peer_grace_s=2.0)
+    assert again.reservations() == sorted([owner, borrower])
+    until(lambda: again.reservation_state(borrower) == "ready", timeout=15)
+    with pytest.raises(ValueError):
+        ray_cluster.get_actor(f"{owner}/rank-1")
+    theirs = GangSpec(borrower, "be", "trial", 0, ["true"], (0,), str(tmp_path / "be-logs"))
+    again.launch(theirs)
+    assert result(again, borrower).outcome == "succeeded"
+    assert again.release(borrower) == []
+    until(lambda: again.reservation_state(owner) == "ready")  # its rank on bundle 1 is back

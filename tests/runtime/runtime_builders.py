@@ -65,10 +65,11 @@ class Harness:
         self._ticked = False
         self.rec = self.restart()
 
-    def restart(self, executor: Any = None) -> Reconciler:
-        """A new daemon (no memory) over the same ledger and the same cluster."""
+    def restart(self, executor: Any = None, down_since: int | None = None) -> Reconciler:
+        """A new daemon (no memory) over the same ledger and the same cluster (``down_since``:
+        the previous daemon's last heartbeat, as ``serve`` passes it)."""
         self.rec = Reconciler(self.env, executor or self.ex, clock=lambda: int(self.ex.now),
-                              settings=self.settings)
+                              settings=self.settings, down_since=down_since)
         return self.rec
 
     @property

@@ -178,6 +178,34 @@ def test_an_idle_bundle_of_a_grant_is_lent_and_the_owner_takes_it_back_within_th
     audit_ok(env)
 
 
+@pytest.mark.parametrize("restart_at", [T0 + 35, T0 + 30 + LEND_GRACE])
+def test_an_owner_s_wait_for_its_borrower_is_refunded_in_full_across_a_daemon_restart(
+        env, tmp_path: Path, restart_at: int) -> None:  # type: ignore[no-untyped-def]
+    """A daemon takes over while the owner's job waits for a borrower to leave its bundle
+    (mid-wait, or at the tick the borrower leaves): the whole wait, from the reclaim the
+    last daemon made, is refunded."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1), job("wide", gpus=2, after=("narrow",))],
+                                gpus=2, window_s=600))
+    queue(env, sweep(count=1))
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30), "wide": Behaviour(20)}.get(
+            gang.job, Behaviour(None, ignores_sigterm=True))
+
+    h = Harness(env, tmp_path, script)
+    h.run(restart_at - 1)
+    assert tasks(env)[0].state == "preempting" and tasks(env)[0].reclaim_at == T0 + 30
+    h.restart()
+    h.run(T0 + 30 + LEND_GRACE + 2)
+    (wide,) = [r for r in h.runs(owner.id) if r.job == "wide"]
+    assert wide.started_at == T0 + 30 + LEND_GRACE  # SIGKILL at the grace, launched that tick
+    (d,) = be_events(env, "lending_delay")
+    assert (d["job"], d["delay_s"]) == ("wide", LEND_GRACE)
+    assert h.grant(owner.id).breach_gs == 2 * LEND_GRACE
+    audit_ok(env)
+
+
 def test_a_grant_that_finishes_waits_for_its_borrowers_but_is_refunded_from_its_end(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
     owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
@@ -195,6 +223,26 @@ def test_a_grant_that_finishes_waits_for_its_borrowers_but_is_refunded_from_its_
     done = h.grant(owner.id)
     assert done.state == "completed" and done.end == T0 + 30 and done.refunded_gs == 2 * (600 - 30)
     assert tasks(env)[0].state in ("queued", "running")
+    audit_ok(env)
+
+
+def test_a_grant_waiting_for_its_borrowers_across_a_daemon_restart_is_refunded_from_its_end(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon restarts while a finished grant waits for its borrower's grace: the window
+    is still cut, and refunded, from when its last job ended."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    queue(env, sweep(count=1))
+
+    def script(gang: GangSpec) -> Behaviour:
+        return {"hold": Behaviour(None), "narrow": Behaviour(30)}.get(gang.job, Behaviour(None, ignores_sigterm=True))
+
+    h = Harness(env, tmp_path, script)
+    h.run(T0 + 32)
+    assert h.grant(owner.id).state == "active" and tasks(env)[0].state == "preempting"
+    h.restart()
+    h.run(T0 + 30 + LEND_GRACE + 2)
+    done = h.grant(owner.id)
+    assert done.state == "completed" and done.end == T0 + 30 and done.refunded_gs == 2 * (600 - 30)
     audit_ok(env)
 
 
@@ -220,8 +268,9 @@ def test_a_submission_whose_budget_is_spent_stops(env, tmp_path: Path) -> None: 
     h.run(T0 + 60)
     row = be_row(env, be)
     assert row.state == "exhausted" and [t.state for t in tasks(env)] == ["cancelled"] * 2
-    # two GPUs reach 100 GPU-seconds at T0+50: SIGTERM then, gone the tick after
-    assert row.charged_gs == 2 * 51
+    # two GPUs reach 100 GPU-seconds at T0+50: SIGTERM then, gone the tick after; they held
+    # 2 * 51, and the budget is the most that is charged
+    assert sum(t.held_gs for t in tasks(env)) == 2 * 51 and row.charged_gs == 100
 
 
 # -- any workload ---------------------------------------------------------------------------
@@ -307,12 +356,22 @@ def test_a_restarted_daemon_follows_its_borrowers_and_none_runs_twice(env, tmp_p
     # the local Ray dies with the daemon: the running task's processes may live on, unseen;
     # it is not started again until they are proven gone
     h.ex.crash_cluster(orphans_until=T0 + 60)
-    h.restart()
+    h.restart(down_since=T0 + 41)  # the last daemon's last heartbeat
     h.run(T0 + 59)
     assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 1)
     h.run(T0 + 62)
     assert [(t.state, t.attempt) for t in tasks(env)][1] == ("running", 2)
     assert tasks(env)[1].preemptions == 1  # lost, not failed: no retry used
+    # what no daemon saw is charged until the last one's heartbeat, not until it was proven gone
+    assert [(e["task"], e["outcome"], e["held_gpu_seconds"]) for e in be_events(env, "be_ended")][1:] == [
+        (t1.id, "lost", 41)]
+    # Ray goes away again under this daemon: the attempt it started is charged until it was
+    # proven gone (its orphaned processes died at T0+70), not until the last daemon's heartbeat
+    assert tasks(env)[1].started_at == T0 + 60  # proven gone at T0+60, started again at once
+    h.ex.crash_cluster(orphans_until=T0 + 70)
+    h.run(T0 + 70)
+    assert [(e["task"], e["attempt"], e["held_gpu_seconds"]) for e in be_events(env, "be_ended")][2:] == [
+        (t1.id, 2, 70 - 60)]
     assert be_row(env, be).state == "queued"
     audit_ok(env)
 
@@ -349,3 +408,190 @@ def test_logs_lists_a_submission_s_attempts_where_its_ranks_write(env, tmp_path:
     assert [(f["job"], f["attempt"], f["state"]) for f in one["files"]] == [("trial-1", 1, "preempted")]
     with pytest.raises(service.Denied, match="only members of team evals"):
         ops.logs(env, "alice", "sweep", None, None, None, h.now)
+
+
+# -- promises at the edges (review of issue 16) ------------------------------------------------
+
+
+def test_a_borrower_whose_owner_is_cancelled_is_charged_what_it_held_after_a_daemon_restart(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A daemon that took over from an earlier one (``serve`` passes the earlier one's last
+    heartbeat): a borrower it started, whose group later goes away with its owner's (the
+    owner's grant cancelled), is charged the time it held, not nothing."""
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    be = queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"hold": Behaviour(None), "narrow": Behaviour(None), "trial-0": Behaviour(None)})
+    h.restart(down_since=T0 - 100)  # the previous daemon's last heartbeat
+    h.tick(T0)
+    h.tick(T0 + 1)
+    (t,) = tasks(env)
+    assert (t.state, t.lender, t.started_at) == ("running", 2, T0 + 1)
+    h.run(T0 + 40)
+    service.cancel(env, "owner", "alice", T0 + 40)
+    # the next tick releases the owner's group, its borrower with it; the one after sees it gone
+    h.run(T0 + 42)
+    (e,) = be_events(env, "be_ended")
+    assert (e["attempt"], e["outcome"], e["held_gpu_seconds"]) == (1, "preempted", 41)
+    assert be_row(env, be).charged_gs == 41
+    audit_ok(env)
+
+
+def test_a_submission_is_never_charged_more_than_its_budget(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Its budget is "the most it may be charged in all": a task stopped because the budget is
+    spent holds its GPUs through its grace, and that time is not charged beyond the budget."""
+    be = queue(env, sweep(count=1, hours=100 / 3600, cap=1))  # 100 GPU-seconds
+    h = Harness(env, tmp_path, {"trial-0": Behaviour(None, ignores_sigterm=True)})
+    h.run(T0 + 100 + LEND_GRACE + 5)
+    row = be_row(env, be)
+    (t,) = tasks(env)
+    assert row.state == "exhausted" and t.held_gs == 100 + LEND_GRACE  # it held the grace too ...
+    assert row.charged_gs == row.budget_gs == 100  # ... but is charged its budget, no more
+
+
+def test_a_cancelled_submission_keeps_its_reservation_until_its_running_tasks_have_left(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Cancelling frees the unused allowance, but tasks still running are charged when they
+    leave: until then what they may still be charged stays reserved, so a submission made
+    meanwhile cannot take the team past its allowance."""
+    allowance = 300 * 3600
+    queue(env, sweep(count=2, hours=300, cap=2))  # the whole best-effort allowance
+    h = Harness(env, tmp_path, {f"trial-{i}": Behaviour(None, ignores_sigterm=True) for i in range(2)})
+    h.run(T0 + 20)
+    service.cancel(env, "sweep", "carol", T0 + 20)
+    left = service.budget(env, "evals", T0 + 20).best_effort.remaining
+    if left > 0:  # what `budget` says is left may be asked for
+        more = ProjectSpec.model_validate({**sweep().model_dump(mode="json", exclude_none=True), "name": "sweep2",
+                                           "budget": {"gpu_hours": left / 3600, "gpus": 1, "pool": "h100"}})
+        queue(env, more, T0 + 20)
+    h.run(T0 + 20 + LEND_GRACE + 2)
+    assert [t.state for t in tasks(env)][:2] == ["cancelled"] * 2
+    use = service.budget(env, "evals", h.now).best_effort
+    assert use.charged > 0 and use.charged + use.reserved <= allowance
+
+
+def test_a_task_that_finishes_while_being_preempted_is_not_run_again(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A task reclaimed as it finishes on its own, which its executor reports ``succeeded``
+    (on Ray: it exited 0 before the SIGTERM reached it, e.g. after the daemon looked and
+    before it reclaimed; the twin also says so of a job whose own end comes before its
+    SIGTERM handling would), is done: its work is not run a second time."""
+    start = T0 + 300
+    submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                        not_before=datetime.fromtimestamp(start, UTC)))
+    be = queue(env, sweep(count=1))
+    reclaim = start - LEND_GRACE - LEAD
+    # it would need 3 s to checkpoint after a SIGTERM, but it is done 1 s after the reclaim
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(reclaim + 1 - T0, term_delay=3)})
+    h.run(reclaim)
+    assert tasks(env)[0].state == "preempting"
+    h.run(start + 60, step=10)
+    (t,) = tasks(env)
+    assert (t.state, t.attempt, t.preemptions) == ("succeeded", 1, 0)
+    assert be_row(env, be).state == "done"
+    audit_ok(env)
+
+
+TWO_NODES = CLUSTER.replace("gpus = 8\ngpus_per_node = 8", "gpus = 16\ngpus_per_node = 8")
+
+
+def test_nothing_is_lent_on_a_lost_node(tmp_path: Path, ledger_url: str) -> None:
+    """A calendar node whose Ray node is gone (no spare took its index) has no GPUs to lend:
+    a task is not started there (its group could never be placed, and it would be charged
+    for the wait), and a borrower there is taken back."""
+    from cellsched.executor import MemoryExecutor
+    from cellsched.executor.base import NodeInfo
+    from cellsched.ledger.snapshot import nodes_of
+    from cellsched.receipt import create_keys, key_paths
+
+    path = tmp_path / "cluster.toml"
+    path.write_text(TWO_NODES)
+    create_keys(*key_paths(path))
+    env = service.open_env(path, ledger_url)
+    try:
+        h100 = {"ray.io/accelerator-type": "H100"}
+        nodes = [NodeInfo("ray-a", "10.0.0.1", 8, h100), NodeInfo("ray-b", "10.0.0.2", 8, h100, alive=False)]
+        g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=600))  # all of node 0
+        be = queue(env, sweep(count=1))
+        h = Harness(env, tmp_path, {"train": Behaviour(None), "trial-0": Behaviour(None)})
+        h.ex = MemoryExecutor(h.ex._script, now=T0, nodes=nodes)
+        h.restart()
+        h.run(T0 + 60)
+        assert nodes_of(h.grant(g.id)) == [0] and h.grant(g.id).state == "active"
+        assert be_events(env, "be_started") == [] and tasks(env)[0].state == "queued"
+        assert be_row(env, be).charged_gs == 0
+        # the node is back: the task runs there; lost again: it is taken back, not left there
+        h.ex._nodes = [nodes[0], NodeInfo("ray-b", "10.0.0.2", 8, h100)]
+        h.run(T0 + 80)
+        (t,) = tasks(env)
+        assert (t.state, t.node) == ("running", 1)
+        h.ex._nodes = nodes
+        h.run(T0 + 100)
+        assert [e["why"] for e in be_events(env, "be_preempting")] == ["its GPUs are needed by a window"]
+        (t,) = tasks(env)
+        assert (t.state, t.preemptions) == ("queued", 1)
+    finally:
+        env.ledger.dispose()
+
+
+def test_an_idle_bundle_is_lent_once_when_a_tick_observes_its_grant_twice(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A grant that finishes early pulls a waiting one forward, and the tick observes every
+    grant again: the owner's idle bundle is still offered to one borrower only (the second
+    would be refused by the executor and recorded as a lost attempt, a preemption that
+    never was)."""
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    submit(env, project("early", [job("short", gpus=6)], gpus=6, window_s=600))
+    late = submit(env, project("late", [job("short", gpus=6)], gpus=6, window_s=300))
+    assert late.start >= T0 + 600  # it waits for early's window
+    h = Harness(env, tmp_path, {"narrow": Behaviour(None), "short": Behaviour(10), "trial-0": Behaviour(None),
+                                "trial-1": Behaviour(None)})
+    h.run(T0 + 9)
+    queue(env, sweep(count=2), T0 + 9)
+    h.tick(T0 + 10)  # early finishes, late moves up: every grant is observed again
+    assert h.grant(late.id).start == T0 + 10
+    assert [(t.state, t.lender, t.attempt, t.preemptions) for t in tasks(env)] == [
+        ("running", owner.id, 1, 0), ("queued", None, 0, 0)]
+    assert be_events(env, "be_ended") == []
+
+
+def test_a_borrower_ended_in_the_ledger_but_not_released_is_released_by_the_next_daemon(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon wrote a borrower's end (charged, requeued) and died before releasing its
+    group: the next daemon releases it (the owner gets its bundle back), charges nothing
+    twice, and lends the bundle again under the task's next attempt."""
+    from cellsched.ledger.lending import TaskWriter
+
+    submit(env, project("filler", [job("hold", gpus=6)], gpus=6, window_s=600))
+    owner = submit(env, project("owner", [job("narrow", gpus=1)], gpus=2, window_s=600))
+    be = queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"hold": Behaviour(None), "narrow": Behaviour(None), "trial-0": Behaviour(None)})
+    h.run(T0 + 20)
+    (t,) = tasks(env)
+    first = t.name
+    assert t.state == "running" and t.lender == owner.id and first in h.ex.reservations()
+    # what _follow writes for a borrower reclaimed at T0+20 and gone at T0+30, then the crash
+    w = TaskWriter(env.ledger, None, "daemon")
+    assert w.preempting(t.id or 0, T0 + 20, "the owner needs its GPUs")
+    h.ex.terminate(first or "")
+    h.ex.advance(T0 + 30)
+    assert w.ended(t.id or 0, 1, T0 + 30, "killed", [-15], 0, 1.0) == "queued"
+    h.restart()
+    h.run(T0 + 32)
+    assert first not in h.ex.reservations()
+    (t,) = tasks(env)
+    assert (t.state, t.attempt, t.lender, t.preemptions) == ("running", 2, owner.id, 1)
+    assert t.name in h.ex.reservations()
+    assert be_row(env, be).charged_gs == 29 and [e["attempt"] for e in be_events(env, "be_ended")] == [1]
+    assert h.ex.overlaps() == []
+    audit_ok(env)
+
+
+def test_a_window_starts_when_it_would_without_lending_when_ticks_are_far_apart(env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon may tick less often than ``lend_lead_s`` assumes (``serve --interval``, or a
+    long pass): the borrower's ranks keep its deadline themselves (SIGKILL at the window's
+    start), so its group is released at the tick at which the window's group is asked for."""
+    start = T0 + 300
+    g = submit(env, project("big", [job("train", gpus=8)], gpus=8, window_s=100,
+                            not_before=datetime.fromtimestamp(start, UTC)))
+    queue(env, sweep(count=1))
+    h = Harness(env, tmp_path, {"train": Behaviour(50), "trial-0": Behaviour(None, ignores_sigterm=True)},
+                capacity=8)
+    h.run(start + 8, step=7)  # reclaimed at T0+294 (SIGTERM ignored); the next tick is T0+301
+    assert h.grant(g.id).started_at == T0 + 301  # as without lending: the first tick after its start
+    assert [e["at"] for e in be_events(env, "be_ended")] == [T0 + 301]

@@ -216,8 +216,16 @@ def test_cancel_cancels_queued_tasks_and_leaves_running_ones_to_the_daemon(env) 
     assert kinds(env) == ["be_queued", "be_cancelled"]
     with pytest.raises(NotFound, match="no live grant for project 'lr-sweep'"):
         service.cancel(env, "lr-sweep", "carol", T0 + 70)
-    # the budget's reservation is gone: only what was charged counts
-    assert service.budget(env, "evals", T0 + 70).to_json()["best_effort_remaining_gpu_hours"] == 300
+    # its running task is charged when it leaves: until then the budget stays reserved ...
+    assert service.budget(env, "evals", T0 + 70).to_json()["best_effort_remaining_gpu_hours"] == 100
+    with env.ledger.write() as s:  # ... the daemon stopped it (charged 50 GPU-seconds) ...
+        t = s.exec(select(BestEffortTaskRow).where(BestEffortTaskRow.state == "running")).one()
+        b = s.exec(select(BestEffortRow)).one()
+        t.state, b.charged_gs = "cancelled", 50
+        s.add(t)
+        s.add(b)
+    # ... and only what was charged counts
+    assert service.budget(env, "evals", T0 + 70).to_json()["best_effort_remaining_gpu_hours"] == 300 - 50 / 3600
     # the same digest again after a cancel: queued anew
     again = service.submit(env, sweep(jobs=[{"name": "trial", "run": "x", "count": 3}]), "carol", T0 + 80).to_json()
     assert again["decision"] == "queued" and not again["existing"] and again["best_effort"]["id"] != row.id

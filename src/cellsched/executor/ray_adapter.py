@@ -396,7 +396,18 @@ class RayExecutor:
         if found is None:
             return None
         pg, entry = found
-        lent = {} if "lender" in entry else self._lent_by(name)
+        owner = entry.get("lender")
+        if owner is not None:
+            # A lend cut short by a crash (recorded, the owner's ranks not yet gone): finish
+            # it, or this borrower's ranks wait forever for the GPUs the owner's still hold.
+            stale = self._named_ranks(owner, entry["lent"])
+            if stale:
+                theirs = self._handles.get(owner)
+                for b in stale if theirs is not None else ():
+                    theirs[b] = None
+                self._pings.pop(owner, None)
+                self._retire(owner, list(stale.values()), placed=True, wait=True)
+        lent = {} if owner is not None else self._lent_by(name)
         bundles = list(entry.get("lent") or range(len(entry["bundles"])))
         named = self._named_ranks(name, [i for i in range(len(bundles)) if i not in lent])
         # An actor gone (killed from outside, or never created) is made again.

@@ -90,11 +90,17 @@ def use(s: Session, team: str, allowance_gs: int, p0: int, p1: int,
         only: str | None = None) -> tuple[BestEffortUse, list[BestEffortRow]]:
     """The team's best-effort use of the period ``[p0, p1)`` (:func:`core.allowance.best_effort_use`:
     submissions count in the period they were submitted in) and those submissions, oldest
-    first (``only``: one project id's, for its line; the use is still the team's)."""
+    first (``only``: one project id's, for its line; the use is still the team's). A
+    submission that ended (cancelled) while tasks of its still hold GPUs keeps its budget
+    reserved until they have left: they are charged only then."""
     rows = list(s.exec(select(BestEffortRow).where(BestEffortRow.team == team)
                        .where(BestEffortRow.created_at >= p0, BestEffortRow.created_at < p1)
                        .order_by(col(BestEffortRow.id))).all())
-    book = best_effort_use(allowance_gs, [(r.state in BE_LIVE_STATES, r.budget_gs, r.charged_gs) for r in rows])
+    ended = [r.id for r in rows if r.state not in BE_LIVE_STATES]
+    leaving = set(s.exec(select(BestEffortTaskRow.be_id).where(col(BestEffortTaskRow.be_id).in_(ended))
+                         .where(col(BestEffortTaskRow.state).in_(("running", "preempting")))).all()) if ended else set()
+    book = best_effort_use(allowance_gs, [(r.state in BE_LIVE_STATES or r.id in leaving, r.budget_gs, r.charged_gs)
+                                          for r in rows])
     return book, [r for r in rows if only is None or r.project_id == only]
 
 

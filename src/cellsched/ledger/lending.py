@@ -5,7 +5,8 @@ its rows and does nothing when the state has moved on, and appends the event tha
 Charging: a task's attempt holds ``gpus`` GPUs from its start (the group asked for) to its
 end (the group released); that is what the borrower is charged, preempted time and grace
 included, times the cluster's ``best_effort_rate`` (rounded up to a GPU-second), against its
-team's best-effort allowance. Nothing is charged to the lender."""
+team's best-effort allowance, never beyond the submission's budget. Nothing is charged to
+the lender."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class TaskWriter(GrantWriter):
             if got is None or got[0].state != "running":
                 return False
             t, be = got
-            t.state, t.reclaim_at = "preempting", now
+            t.state, t.reclaim_at, t.detail = "preempting", now, why
             s.add(t)
             self._task_event(s, now, "be_preempting", t, be, {"attempt": t.attempt, "why": why})
             return True
@@ -115,18 +116,24 @@ class TaskWriter(GrantWriter):
             if t.state not in ("running", "preempting") or t.attempt != attempt:
                 return None
             held, charged = charge_of(t.gpus, t.started_at or now, now if held_until is None else held_until, rate)
+            # The budget is the most the submission is ever charged (what the team's
+            # allowance reserved for it): a task stopped once it was spent holds its GPUs
+            # through its grace, and that is the cluster's, not the team's.
+            charged = min(charged, max(0, be.budget_gs - be.charged_gs))
             t.held_gs += held
             be.charged_gs += charged
-            preempted = t.state == "preempting"
+            # "succeeded": it ended on its own, every rank 0, before any SIGTERM reached it
+            # (one that exits after a SIGTERM is "killed"): done, even if one was on its way.
+            preempted = t.state == "preempting" and outcome != "succeeded"
             if preempted or outcome == "lost":
                 t.preemptions += 1  # not the task's fault: it does not use up a retry
             failures = t.attempt - t.preemptions
-            if be.state != "queued":
+            if outcome == "succeeded":
+                state = "succeeded"
+            elif be.state != "queued":
                 state = "cancelled"
             elif preempted or outcome == "lost":
                 state = "queued"
-            elif outcome == "succeeded":
-                state = "succeeded"
             elif failures <= retries:
                 state = "queued"  # a retry, at its place
             else:

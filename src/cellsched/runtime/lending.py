@@ -80,8 +80,13 @@ class Lender:
         self.rest: list[L.Want] = []  # queued tasks no free GPUs were found for this tick
         self.held: dict[int, int] = {}  # per submission, GPUs its tasks hold
         self.slots: list[tuple[int, str, str, int, list[int]]] = []  # idle bundles offered
+        self.left: dict[int, list[TaskView]] = {}  # per lending grant, borrowers ended this tick
         self.sizes: dict[L.NodeKey, int] = {}
         self.holds: list[L.Hold] = []
+        # Task attempts whose group was missing at this daemon's first look: gone with the
+        # last daemon (its local Ray), so held until that daemon's last heartbeat at most.
+        # None until the first tick.
+        self._gone_with_daemon: set[tuple[int, int]] | None = None
 
     def on_nodes(self, pool: str, nodes: tuple[int, ...] | None) -> bool:
         """Did a borrower hold GPUs of these nodes of ``pool`` lately (None: any node)?"""
@@ -122,6 +127,11 @@ class Lender:
             if tv.task.node is not None:
                 self._lent_at[(tv.be.pool, tv.task.node)] = now
         running = [tv for tv in tasks if tv.task.state in ("running", "preempting")]
+        self.left = {}
+        first = self._gone_with_daemon is None
+        if first:
+            self._gone_with_daemon = {(tv.task.id or 0, tv.task.attempt) for tv in running
+                                      if tv.task.name is None or rec.ex.reservation_state(tv.task.name) == "missing"}
         for tv in running:
             rec._guard(res, f"task {tv.task.id}", lambda tv=tv: self._follow(tv, specs[tv.be.project_id], now, res))
         # Plan with what the ledger says now (the follow-ups above may have ended some).
@@ -152,11 +162,14 @@ class Lender:
             codes = list(r.exit_codes) if r is not None else []
             at = now
             down = self.rec.rules.down_since
-            if r is None and down is not None and t.started_at is not None:
+            if (r is None and down is not None and t.started_at is not None
+                    and (t.id, t.attempt) in (self._gone_with_daemon or ())):
                 at = max(t.started_at, min(now, down))  # gone with the last daemon: charged until then
             new = self.writer.ended(t.id or 0, t.attempt, now, outcome, codes, job.retries, self.rate,
                                     held_until=at)
             ex.release(t.name)
+            if new is not None and t.lender is not None:
+                self.left.setdefault(t.lender, []).append(tv)
             if new is not None:
                 held = t.gpus * max(0, now - (t.started_at or now))
                 res.add(f"{'preempted' if t.state == 'preempting' else outcome} {pid} "
@@ -265,7 +278,11 @@ class Lender:
             if left <= 0:
                 continue
             wants.append(L.Want(q.id, tv.be.pool, tv.task.gpus, tv.be.id or 0, tv.be.max_gpus))
-        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, rec.settings.lend_min_run_s, lead=lead)
+        # A calendar node whose Ray node is gone lends nothing (a group pinned there is never
+        # placed), and its borrowers leave.
+        dead = [key for key, nid in rec._nodes.items() if nid is None]
+        p = L.plan(now, sizes, holds, borrows, wants, held, self.grace, rec.settings.lend_min_run_s, dead=dead,
+                   lead=lead)
         if not self.enabled:  # lending switched off: every borrower leaves
             p = L.Plan(tuple(b.task for b in borrows if not b.preempting), ())
         for tid in p.reclaim:
@@ -304,6 +321,16 @@ class Lender:
                     out[b] = tv
         return out
 
+    def reclaimed_for(self, gid: int, bundles: Iterable[int], why: str) -> int | None:
+        """When borrowers on these bundles of grant ``gid`` (leaving, or gone this tick) were
+        asked to leave for ``why``, the earliest; None if none was. The start of an owner's
+        wait that began before this daemon did."""
+        want = set(bundles)
+        ats = [tv.task.reclaim_at for tv in [*self.lent_in(gid).values(), *self.left.get(gid, ())]
+               if tv.task.state == "preempting" and tv.task.detail == why and tv.task.reclaim_at is not None
+               and want & set(json.loads(tv.task.bundles or "[]"))]
+        return min(ats, default=None)
+
     def reclaim_bundles(self, gid: int, bundles: Iterable[int], now: int, why: str, res: TickResult) -> bool:
         """SIGTERM the borrowers on these bundles of ``gid``; True if any is still there."""
         lent = self.lent_in(gid)
@@ -312,6 +339,12 @@ class Lender:
             if tv.task.state == "running":
                 self._reclaim(tv, now, why, res)
         return bool(there)
+
+    def withdraw(self, gid: int) -> None:
+        """Forget what grant ``gid`` offered earlier in this tick: a tick may observe a grant
+        more than once (a waiting grant moved up), and only its newest look counts (the same
+        bundles are never offered twice, nor ones it has since taken back)."""
+        self.slots = [sl for sl in self.slots if sl[0] != gid]
 
     def offer(self, gid: int, owner: str, pool: str, nodes: list[int], per_node: int, width: int,
               idle: Iterable[int], end: int) -> None:

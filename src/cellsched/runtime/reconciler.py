@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from cellsched.executor.base import (
@@ -371,7 +372,10 @@ class Reconciler:
                 ends = [int(r.ended_at) for r in (seen.group.results if seen.group else ())]
                 t = min(v.end, max([now, *ends]))
                 # Borrowers in its idle bundles leave first (their grace); the window still
-                # ends, and is refunded, from when its last job did.
+                # ends, and is refunded, from when its last job did (as the ledger has it, if
+                # the wait began before this daemon did).
+                if gid not in self._finish_at and not ends and self.lender.lent_in(gid):
+                    t = min(t, self._last_end(gid) or t)
                 t = self._finish_at.setdefault(gid, t)
                 if self.lender.reclaim_bundles(gid, range(v.width), now, "the lending grant finished", res):
                     continue
@@ -391,6 +395,7 @@ class Reconciler:
             elif isinstance(a, D.Notify):
                 self._notify(gid, pid, seen.project, res)
         g = seen.group
+        self.lender.withdraw(gid)
         if (self.lender.rest and row.state == "active" and g is not None and g.state == "ready"
                 and v.rt is not None and v.rt.term_sent_at is None
                 and not any(isinstance(a, (D.FinishEarly, D.Terminate, D.Expire)) for a in actions)):
@@ -498,12 +503,22 @@ class Reconciler:
         for m in self.writer.record_results(gid, results, now, relabel):
             res.add(m)
 
+    def _last_end(self, gid: int) -> int | None:
+        """When the grant's last attempt ended, as recorded."""
+        with self.env.ledger.read() as s:
+            return s.exec(select(func.max(JobRunRow.ended_at)).where(JobRunRow.grant_id == gid)).one()
+
     def _unlent(self, v: D.GrantView, name: str, a: D.Launch, launches: set[int], now: int,
                 res: TickResult) -> D.Launch | None:
         """A launch on bundles lent to borrowers: onto other idle bundles if there are
         enough, else the borrowers are reclaimed and the launch waits (None) for their
         grace; the wait is refunded to the owner when it launches."""
         key = (v.id, a.job, a.attempt)
+        why = f"{v.project_id}/{a.job} needs its GPUs"
+        if key not in self._lend_wait:  # a wait begun before this daemon: from its reclaim
+            began = self.lender.reclaimed_for(v.id, a.bundles, why)
+            if began is not None:
+                self._lend_wait[key] = began
         lent = self.lender.lent_in(v.id)
         if set(a.bundles) & lent.keys():
             taken = launches | set(lent) | {b for rg in self.ex.running(name) for b in rg.bundles}
@@ -514,7 +529,7 @@ class Reconciler:
                 a = D.Launch(a.job, a.attempt, moved)
             else:
                 need = [b for b in a.bundles if b in lent][:len(a.bundles) - len(free)]
-                self.lender.reclaim_bundles(v.id, need, now, f"{v.project_id}/{a.job} needs its GPUs", res)
+                self.lender.reclaim_bundles(v.id, need, now, why, res)
                 self._lend_wait.setdefault(key, now)
                 return None
         since = self._lend_wait.pop(key, None)
