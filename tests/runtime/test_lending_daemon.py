@@ -462,6 +462,11 @@ def test_a_cancelled_submission_keeps_its_reservation_until_its_running_tasks_ha
         more = ProjectSpec.model_validate({**sweep().model_dump(mode="json", exclude_none=True), "name": "sweep2",
                                            "budget": {"gpu_hours": left / 3600, "gpus": 1, "pool": "h100"}})
         queue(env, more, T0 + 20)
+    else:  # a submit decides on the database's sums (not budget's rows): the same reservation
+        again = ProjectSpec.model_validate({**sweep().model_dump(mode="json", exclude_none=True), "name": "sweep2",
+                                            "budget": {"gpu_hours": 1, "gpus": 1, "pool": "h100"}})
+        out = service.submit(env, again, "carol", T0 + 20)
+        assert out.refusal is not None and out.refusal.reason == "over_best_effort_allowance", out.to_json()
     h.run(T0 + 20 + LEND_GRACE + 2)
     assert [t.state for t in tasks(env)][:2] == ["cancelled"] * 2
     use = service.budget(env, "evals", h.now).best_effort

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, or_
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
@@ -96,9 +96,7 @@ def use(s: Session, team: str, allowance_gs: int, p0: int, p1: int,
     rows = list(s.exec(select(BestEffortRow).where(BestEffortRow.team == team)
                        .where(BestEffortRow.created_at >= p0, BestEffortRow.created_at < p1)
                        .order_by(col(BestEffortRow.id))).all())
-    ended = [r.id for r in rows if r.state not in BE_LIVE_STATES]
-    leaving = set(s.exec(select(BestEffortTaskRow.be_id).where(col(BestEffortTaskRow.be_id).in_(ended))
-                         .where(col(BestEffortTaskRow.state).in_(("running", "preempting")))).all()) if ended else set()
+    leaving = set(s.connection().execute(_leaving(team, p0, p1)).scalars().all())
     book = best_effort_use(allowance_gs, [(r.state in BE_LIVE_STATES or r.id in leaving, r.budget_gs, r.charged_gs)
                                           for r in rows])
     return book, [r for r in rows if only is None or r.project_id == only]
@@ -112,11 +110,23 @@ def use_of(s: Session, team: str, allowance_gs: int, p0: int, p1: int) -> BestEf
     be = BestEffortRow.__table__.c  # type: ignore[attr-defined]
     period = (be.team == team, be.created_at >= p0, be.created_at < p1)
     unspent = case((be.budget_gs > be.charged_gs, be.budget_gs - be.charged_gs), else_=0)
+    holding = or_(be.state.in_(BE_LIVE_STATES), be.id.in_(_leaving(team, p0, p1)))
     charged, reserved = s.connection().execute(sa_select(
         func.coalesce(func.sum(be.charged_gs), 0),
-        func.coalesce(func.sum(case((be.state.in_(BE_LIVE_STATES), unspent), else_=0)), 0),
+        func.coalesce(func.sum(case((holding, unspent), else_=0)), 0),
     ).where(*period)).one()
     return BestEffortUse(allowance_gs, int(charged), int(reserved))
+
+
+def _leaving(team: str, p0: int, p1: int) -> Any:
+    """The team's submissions of ``[p0, p1)`` that ended while tasks of theirs still hold
+    GPUs (running, or preempted and not yet gone): they keep their budget reserved."""
+    be = BestEffortRow.__table__.c  # type: ignore[attr-defined]
+    task = BestEffortTaskRow.__table__.c  # type: ignore[attr-defined]
+    return (sa_select(task.be_id).distinct().join_from(BestEffortTaskRow.__table__, BestEffortRow.__table__,
+                                                       task.be_id == be.id)
+            .where(be.team == team, be.created_at >= p0, be.created_at < p1, be.state.not_in(BE_LIVE_STATES),
+                   task.state.in_(("running", "preempting"))))
 
 
 def task_counts(s: Session, be_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
