@@ -232,6 +232,33 @@ hour_ops = st.lists(
 )
 
 
+def apply_steps(cal, steps, between=None) -> int:  # type: ignore[no-untyped-def]
+    """Reserves (nodes the calendar chooses), partial releases of what is live, and forgets;
+    ``between(a, length)`` after each step. The last forget's time (0 if none)."""
+    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+    floor = 0
+    for kind, a, length, width, pick in steps:
+        a = max(a, floor)
+        if kind == "forget":
+            floor = a
+            cal.forget_before(floor)
+            live = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
+        elif kind == "release" and live:
+            s, e, w, ns = live.pop(pick % len(live))
+            cut = min(e, max(s, a))
+            if cut < e:
+                cal.release(cut, e, w, ns)
+            if cut > s:
+                live.append((s, cut, w, ns))
+        elif kind == "reserve" and cal.admits(width):
+            ns = cal.choose(width, a, a + length)
+            if ns is not None:
+                live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+        if between is not None:
+            between(a, length)
+    return floor
+
+
 H = 3600
 long_ops = st.lists(
     st.tuples(st.sampled_from(["reserve", "reserve", "reserve", "release"]), st.integers(0, 400 * H),
@@ -249,19 +276,7 @@ def test_windows_longer_than_the_shared_ands_match_the_nodes(steps, qs):
     makes every start hour's ANDs at once after a few hours, ``window_ands``) on calendars of
     hundreds of hours: ``earliest`` answers as asking every node's calendar does."""
     cal = NodeCalendar(44, 8)
-    live: list[tuple[int, int, int, tuple[int, ...]]] = []
-    for kind, a, length, width, pick in steps:
-        if kind == "release" and live:
-            s, e, w, ns = live.pop(pick % len(live))
-            cut = min(e, max(s, a))
-            if cut < e:
-                cal.release(cut, e, w, ns)
-            if cut > s:
-                live.append((s, cut, w, ns))
-        elif kind == "reserve" and cal.admits(width):
-            ns = cal.choose(width, a, a + length)
-            if ns is not None:
-                live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+    apply_steps(cal, steps)
     for v, k, d, start, deadline in qs:
         limit = FAR_FUTURE if deadline is None else deadline - d
         got = cal._hours_of(v).earliest(k, d, start, limit)
@@ -301,29 +316,12 @@ def _hour_index_matches_the_nodes(steps, qs, built_first):
     if built_first:
         for v in range(1, 9):
             cal._hours_of(v)
-    live: list[tuple[int, int, int, tuple[int, ...]]] = []
-    floor = 0
-    for kind, a, length, width, pick in steps:
-        a = max(a, floor)
-        if kind == "forget":
-            floor = a
-            cal.forget_before(floor)
-            live = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
-        elif kind == "release" and live:
-            s, e, w, ns = live.pop(pick % len(live))
-            cut = min(e, max(s, a))
-            if cut < e:
-                cal.release(cut, e, w, ns)
-            if cut > s:
-                live.append((s, cut, w, ns))
-        elif kind == "reserve" and cal.admits(width):
-            ns = cal.choose(width, a, a + length)
-            if ns is not None:
-                live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
-        if built_first:  # walks between the changes: what they cache must follow the changes
-            for v in (1, 4, 8):
-                cal._hours_of(v).soonest(a, a + length, 6)
-                cal._hours_of(v).reach(1, a)
+    def walk(a: int, length: int) -> None:  # walks between the changes: what they cache must follow them
+        for v in (1, 4, 8):
+            cal._hours_of(v).soonest(a, a + length, 6)
+            cal._hours_of(v).reach(1, a)
+
+    floor = apply_steps(cal, steps, walk if built_first else None)
     for v, k, d, start, deadline in qs:
         start = max(start, floor)
         h = cal._hours_of(v)
