@@ -232,17 +232,18 @@ hour_ops = st.lists(
 )
 
 
-def apply_steps(cal, steps, between=None) -> int:  # type: ignore[no-untyped-def]
-    """Reserves (nodes the calendar chooses), partial releases of what is live, and forgets;
-    ``between(a, length)`` after each step. The last forget's time (0 if none)."""
-    live: list[tuple[int, int, int, tuple[int, ...]]] = []
+def apply_steps(cal, steps, between=None, allowed=-1, live=None) -> int:  # type: ignore[no-untyped-def]
+    """Reserves (nodes the calendar chooses, of the mask ``allowed``), partial releases of
+    what is ``live`` (kept in that list), and forgets; ``between(a, length)`` after each
+    step. The last forget's time (0 if none)."""
+    live = [] if live is None else live
     floor = 0
     for kind, a, length, width, pick in steps:
         a = max(a, floor)
         if kind == "forget":
             floor = a
             cal.forget_before(floor)
-            live = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
+            live[:] = [(max(s, floor), e, w, ns) for s, e, w, ns in live if e > floor]
         elif kind == "release" and live:
             s, e, w, ns = live.pop(pick % len(live))
             cut = min(e, max(s, a))
@@ -251,8 +252,9 @@ def apply_steps(cal, steps, between=None) -> int:  # type: ignore[no-untyped-def
             if cut > s:
                 live.append((s, cut, w, ns))
         elif kind == "reserve" and cal.admits(width):
-            ns = cal.choose(width, a, a + length)
+            ns = cal.choose(width, a, a + length, allowed)
             if ns is not None:
+                assert all(allowed >> n & 1 for n in ns)
                 live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
         if between is not None:
             between(a, length)
@@ -396,22 +398,10 @@ def test_lost_nodes_move_their_grants(steps, dead, now, indexed, extra):
             cal._hours_of(v)
     live: list[tuple[int, int, int, tuple[int, ...]]] = []
 
-    def play(ops, allowed):
-        for kind, a, length, width, pick in ops:
-            if kind == "release" and live:
-                s, e, w, ns = live.pop(pick % len(live))
-                cut = min(e, max(s, a))
-                if cut < e:
-                    cal.release(cut, e, w, ns)
-                if cut > s:
-                    live.append((s, cut, w, ns))
-            elif kind == "reserve" and cal.admits(width):
-                ns = cal.choose(width, a, a + length, allowed)
-                if ns is not None:
-                    assert all(allowed >> n & 1 for n in ns)
-                    live.append((a, a + length, width, cal.reserve(a, a + length, width, ns)))
+    def play(ops, allowed):  # (no forgets: the recounts below start at 0)
+        apply_steps(cal, [op for op in ops if op[0] != "forget"], allowed=allowed, live=live)
 
-    play([op for op in steps if op[0] != "forget"], -1)
+    play(steps, -1)
     alive = [n for n in range(len(sizes)) if n not in dead]
     for i in sorted(range(len(live)), key=lambda i: (live[i][0], i)):
         s, e, w, ns = live[i]

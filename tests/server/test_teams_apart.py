@@ -172,14 +172,31 @@ def preload(env: Any, grants: int, now: int) -> None:
         ev.append(s, now, "preloaded", "test", "test", {"grants": len(rows)})
 
 
+def whoami_during(served: Served, request: Any, n: int = 60) -> float:
+    """Seconds alice's ``whoami`` takes a second after ``n`` threads began ``request(i)``
+    (all of them joined before it returns)."""
+    import threading
+    import time
+
+    flood = [threading.Thread(target=request, args=(i,)) for i in range(n)]
+    for t in flood:
+        t.start()
+    try:
+        time.sleep(1.0)
+        with served.http("alice") as c:
+            t0 = time.monotonic()
+            assert c.get("/api/whoami").json()["user"] == "alice"
+            return time.monotonic() - t0
+    finally:
+        for t in flood:
+            t.join(120)
+
+
 def test_a_flood_of_dashboard_pages_leaves_the_api_answering(served: Served) -> None:
     """The dashboard needs no token, and a page of another period is drawn anew (about a
     second on this ledger). Sixty such requests at once took every thread of the server's
     pool: alice's ``whoami`` waited 9 s. Pages are now drawn one at a time, a few more wait
     their turn without a thread, and the rest are told at once that the dashboard is busy."""
-    import threading
-    import time
-
     import httpx
 
     from cellsched.runtime.clock import now_s
@@ -199,19 +216,8 @@ def test_a_flood_of_dashboard_pages_leaves_the_api_answering(served: Served) -> 
         if r.status_code == 503:
             lines.add(r.text.split('id="error">')[1].split("<")[0] + f' (retry after {r.headers["retry-after"]})')
 
-    flood = [threading.Thread(target=page, args=(i,)) for i in range(60)]
-    for t in flood:
-        t.start()
-    try:
-        time.sleep(1.0)
-        with served.http("alice") as c:
-            t0 = time.monotonic()
-            assert c.get("/api/whoami").json()["user"] == "alice"
-            took = time.monotonic() - t0
-        assert took < 8.0, f"whoami took {took:.1f} s behind the dashboard's pages"  # (under 1 s; a bound for slow machines)
-    finally:
-        for t in flood:
-            t.join(120)
+    took = whoami_during(served, page)
+    assert took < 8.0, f"whoami took {took:.1f} s behind the dashboard's pages"  # (under 1 s; a bound for slow machines)
     assert sorted(set(got)) == [200, 503], got
     assert lines == {"the dashboard is busy drawing other pages: reload in a few seconds (retry after 5)"}
     assert got.count(200) >= 1 + 8  # the page drawing and those that waited
@@ -223,8 +229,6 @@ def test_one_user_cannot_take_every_thread_of_the_server(served: Served) -> None
     """Sixty of carol's ``calendar`` requests at once (each reads the whole calendar: half a
     second here) took every thread of the server's pool, and alice's ``whoami`` waited 4-7 s.
     Now a user has at most 16 requests in progress; the others are answered 429 at once."""
-    import threading
-    import time
 
     from cellsched.runtime.clock import now_s
 
@@ -238,19 +242,8 @@ def test_one_user_cannot_take_every_thread_of_the_server(served: Served) -> None
             if r.status_code == 429:
                 lines.add(f'{r.json()["error"]} (exit {r.json()["exit_code"]}, retry after {r.headers["retry-after"]})')
 
-        flood = [threading.Thread(target=ask, args=(i,)) for i in range(60)]
-        for t in flood:
-            t.start()
-        try:
-            time.sleep(1.0)
-            with served.http("alice") as alice:
-                t0 = time.monotonic()
-                assert alice.get("/api/whoami").json()["user"] == "alice"
-                took = time.monotonic() - t0
-            assert took < 8.0, f"whoami took {took:.1f} s behind carol's requests"  # (0.4-1 s; a bound for slow machines)
-        finally:
-            for t in flood:
-                t.join(120)
+        took = whoami_during(served, ask)
+        assert took < 8.0, f"whoami took {took:.1f} s behind carol's requests"  # (0.4-1 s; a bound for slow machines)
     assert sorted(set(got)) == [200, 429] and got.count(200) >= 16, got
     assert lines == {"carol has 16 requests in progress already: wait for their answers (exit 1, retry after 1)"}
     # her requests are answered again once the others are
