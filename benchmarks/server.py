@@ -123,7 +123,8 @@ class Server:
         env = {**os.environ, "CELLSCHED_NOW": str(now), "CELLSCHED_DB": db}
         env.pop("CELLSCHED_SERVER", None)
         self.proc = subprocess.Popen(
-            [*CELLSCHED, "--cluster", str(cluster), "server", "--listen", self.url,
+            # (the per-user submit rate lifted: the clients here are a few users submitting flat out)
+            [*CELLSCHED, "--cluster", str(cluster), "server", "--listen", self.url, "--submit-rate", "1000000/1000",
              "--log-level", "warning"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60

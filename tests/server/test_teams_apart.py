@@ -400,3 +400,38 @@ def test_a_slow_upload_cannot_keep_other_teams_from_uploading(served: Served) ->
     # and carol may upload again
     with served.http("carol") as carol:
         assert carol.put(f"/api/code/{'cd' * 32}", content=b"not an archive").status_code == 400
+
+
+def test_a_loop_of_submits_is_held_to_the_servers_rate(served: Served) -> None:
+    """Every submit, refused ones too, is an event of the ledger (about 580 bytes, 2-3 ms
+    each): a member's loop of them grew it without bound. A user now has a burst of
+    submits, then so many a second (here 3, then one every 100 s); past that a one-line 429,
+    exit 1, nothing written, and other users' submits go on."""
+    from cellsched.server.state import SubmitRate
+
+    served.state.submits = SubmitRate(3, 0.01)
+    with served.http("carol") as carol:
+        for i in range(3):  # 9,999 GPU-hours: over evals' allowance, refused, and written
+            assert carol.post("/api/submit", json=spec(f"big{i}", "evals", 9999)).json()["decision"] == "refused"
+        before = events(served)
+        r = carol.post("/api/submit", json=spec("big3", "evals", 9999))
+        wait = int(r.headers["retry-after"])
+        assert r.status_code == 429 and 90 <= wait <= 100  # (100 s less what a token grew since the burst)
+        assert r.json() == {"error": "carol is submitting faster than the server takes (3 at once, then 0.01 a "
+                                     f"second): wait {wait} s", "exit_code": 1}
+        assert events(served) == before
+        assert carol.post("/api/plan", json=spec("big3", "evals", 9999)).status_code == 200  # plans write nothing
+    with served.http("alice") as alice:
+        assert alice.post("/api/submit", json=spec("small", "interp", 1)).json()["decision"] == "granted"
+
+
+@pytest.mark.parametrize("rate", ["5", "0/1", "10/0", "10/-1", "x/1", "10/nan", "10/inf", "1.5/1"])
+def test_a_bad_submit_rate_is_one_line_before_the_server_starts(rate: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cellsched.cli.app import app
+
+    r = CliRunner().invoke(app, ["--cluster", str(tmp_path / "none.toml"), "server", "--listen", "http://127.0.0.1:0",
+                                 "--submit-rate", rate])
+    assert r.exit_code == 2 and r.output.startswith(f"cellsched: --submit-rate {rate}: give BURST/PER_S") and \
+        len(r.output.splitlines()) == 1, r.output

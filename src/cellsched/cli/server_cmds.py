@@ -22,6 +22,22 @@ from cellsched.fmt import emit_json, header, iso, stamp, table, when
 TIMES = ("created_at", "expires_at", "revoked_at")
 
 
+def _submit_rate(text: str) -> Any:
+    """``--submit-rate 120/1``: a burst of at least 1, then a positive rate a second."""
+    from cellsched.errors import BadInput
+    from cellsched.server.state import SubmitRate
+
+    burst, sep, per_s = text.partition("/")
+    try:
+        rate = SubmitRate(int(burst), float(per_s))
+    except ValueError:
+        rate = None
+    if not sep or rate is None or rate.burst < 1 or not 0 < rate.per_s < float("inf"):
+        raise BadInput(f"--submit-rate {text}: give BURST/PER_S, a whole burst of at least 1 and a positive rate "
+                       "(120/1: 120 at once, then one a second)")
+    return rate
+
+
 @handled
 def server(
     listen: Annotated[list[str], typer.Option(
@@ -32,6 +48,10 @@ def server(
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Allow plain http on a non-loopback address (only behind a TLS-terminating proxy).")] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    submit_rate: Annotated[str, typer.Option(
+        "--submit-rate", metavar="BURST/PER_S",
+        help="Submits one user may make: a burst, then so many a second (each is a ledger event); "
+             "past it a 429.")] = "120/1",
 ) -> None:
     """Serve the ledger over HTTP: the one process that owns it, the trust boundary between teams.
 
@@ -51,6 +71,7 @@ def server(
 
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise BadInput(f"--log-level {log_level}: use debug, info, warning or error")
+    rate = _submit_rate(submit_rate)
     os.umask(0o077)  # whatever the server creates (the ledger's WAL files) is its own
     listeners = [parse_listen(x, insecure) for x in listen]
     e = env()
@@ -61,7 +82,7 @@ def server(
     from cellsched.server.app import create_app
     from cellsched.server.state import ServerState
 
-    app = create_app(ServerState(e))
+    app = create_app(ServerState(e, submits=rate))
     running = Listeners(app, listeners, tls_cert, tls_key)
     log = logging.getLogger("cellsched.server")
     log.info("ledger %s, cluster config %s", _shown(e.ledger.url), e.cluster_path)

@@ -87,8 +87,24 @@ def validate(body: ValidateIn, who: Who) -> JSON:
     return JSON(ops.validate_specs(None, who.user, body.specs, now_s()))
 
 
+async def submitter(request: Request, who: Who) -> Identity:
+    """The caller of a submit, or 429 when they are past their rate (``ServerState.submits``:
+    a burst of 120, then one a second): every submit, refused ones too, is an event of the
+    ledger, so a loop of them would grow it without bound."""
+    import math
+
+    rate = state_of(request).submits
+    wait = rate.take(who.user, time.monotonic())
+    if wait > 0:
+        raise HTTPException(429, f"{who.user} is submitting faster than the server takes ({rate.burst} at once, then "
+                                 f"{rate.per_s:g} a second): wait {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
+    return who
+
+
 @router.post("/submit", response_class=JSON, summary="cellsched submit")
-def submit(body: ops.SpecIn, request: Request, who: Who, replace: bool = False) -> JSON:
+def submit(body: ops.SpecIn, request: Request, who: Annotated[Identity, Depends(submitter)],
+           replace: bool = False) -> JSON:
     """Seal and submit a spec: ``decision`` is ``granted`` or ``refused`` (the CLI's exit 1),
     both a 200; best-effort work is ``queued`` or ``refused`` (docs/lending.md). A spec with code names a snapshot uploaded first (``PUT /api/code/{digest}``).
     ``replace``: it replaces the live grant of its name (``submit --replace``)."""

@@ -41,3 +41,26 @@ class ServerState:
     # threads); the next is answered 429. ``in_progress``: user -> count (event loop only).
     per_user_at_once: int = 16
     in_progress: dict[str, int] = field(default_factory=dict)
+    # Submits of one user (each a ledger event, granted or refused): a burst of this many,
+    # then this many a second (a token bucket); the next is answered 429. A loop of refused
+    # submits otherwise grew the ledger by about 580 bytes an event, 2-3 ms apart.
+    submits: SubmitRate = field(default_factory=lambda: SubmitRate(120, 1.0))
+
+
+@dataclass
+class SubmitRate:
+    """A token bucket per user (touched on the event loop's thread only): ``take`` spends a
+    token and answers 0, or answers the seconds until one is there."""
+
+    burst: int
+    per_s: float
+    left: dict[str, tuple[float, float]] = field(default_factory=dict)  # user -> (tokens, when)
+
+    def take(self, user: str, now: float) -> float:
+        tokens, at = self.left.get(user, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.per_s)
+        if tokens >= 1.0:
+            self.left[user] = (tokens - 1.0, now)
+            return 0.0
+        self.left[user] = (tokens, now)
+        return (1.0 - tokens) / self.per_s
