@@ -168,16 +168,6 @@ class TaskWriter(GrantWriter):
         events.append(s, now, f"be_{state}", be.project_id, self.actor,
                       {"be": be.id, "charged_gpu_seconds": be.charged_gs, "cancelled_tasks": len(queued)})
 
-    def exhaust(self, be_id: int, now: int) -> bool:
-        """Its budget is spent (counting what running tasks hold): no more starts."""
-        with self.tx() as s:
-            be = s.get(BestEffortRow, be_id)
-            if be is None or be.state != "queued":
-                return False
-            self._close(s, be, now, "exhausted")
-            s.add(be)
-            return True
-
     def lending_delay(self, gid: int, job: str, attempt: int, gpus: int, delay: int, now: int) -> int:
         """The owner's launch waited ``delay`` s for borrowers to leave its bundles: those
         GPU-seconds of its window were not provided, and are refunded as a breach."""
