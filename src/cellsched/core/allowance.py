@@ -108,9 +108,10 @@ class BestEffortUse:
 
     A best-effort submission counts in the period it was submitted in, all of it: while it
     is live (queued: its tasks may still run) it **reserves** its whole budget, or what it
-    was charged if that is more (the last attempt is charged in full even past the budget);
-    once it has ended, only what it was **charged**. So ``remaining = allowance − charged of
-    the ended ones − reserved by the live ones``, never below 0. A submission is accepted only
+    was charged if that is more; once it has ended, only what it was **charged** (a cancelled
+    one whose tasks still hold GPUs reserves as a live one until they have left: they are
+    charged then). So ``remaining = allowance − charged of the ended ones − reserved by the
+    live ones``, never below 0 (summed by the ledger: ``ledger.best_effort.use_of``). A submission is accepted only
     if its budget fits in ``remaining``: the team can never be charged more than its
     allowance in a period, whatever its submissions' tasks do."""
 
@@ -130,9 +131,3 @@ class BestEffortUse:
     def overdrawn(self) -> int:
         return max(0, self.committed - self.allowance)
 
-
-def best_effort_use(allowance: int, submissions: list[tuple[bool, int, int]]) -> BestEffortUse:
-    """The period's use from its submissions, each ``(live, budget_gs, charged_gs)``."""
-    charged = sum(c for _, _, c in submissions)
-    reserved = sum(max(0, b - c) for live, b, c in submissions if live)
-    return BestEffortUse(allowance, charged, reserved)

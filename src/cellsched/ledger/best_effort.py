@@ -17,7 +17,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy import update as sa_update
 from sqlmodel import Session, col, select
 
-from cellsched.core.allowance import BestEffortUse, best_effort_use
+from cellsched.core.allowance import BestEffortUse
 from cellsched.ledger import events
 from cellsched.ledger.tables import BE_LIVE_STATES, BestEffortRow, BestEffortTaskRow
 from cellsched.spec.models import ProjectSpec
@@ -88,25 +88,24 @@ def live_named(s: Session, name: str, other_than: str | None = None) -> list[Bes
 
 def use(s: Session, team: str, allowance_gs: int, p0: int, p1: int,
         only: str | None = None) -> tuple[BestEffortUse, list[BestEffortRow]]:
-    """The team's best-effort use of the period ``[p0, p1)`` (:func:`core.allowance.best_effort_use`:
-    submissions count in the period they were submitted in) and those submissions, oldest
-    first (``only``: one project id's, for its line; the use is still the team's). A
-    submission that ended (cancelled) while tasks of its still hold GPUs keeps its budget
-    reserved until they have left: they are charged only then."""
-    rows = list(s.exec(select(BestEffortRow).where(BestEffortRow.team == team)
-                       .where(BestEffortRow.created_at >= p0, BestEffortRow.created_at < p1)
-                       .order_by(col(BestEffortRow.id))).all())
-    leaving = set(s.connection().execute(_leaving(team, p0, p1)).scalars().all())
-    book = best_effort_use(allowance_gs, [(r.state in BE_LIVE_STATES or r.id in leaving, r.budget_gs, r.charged_gs)
-                                          for r in rows])
-    return book, [r for r in rows if only is None or r.project_id == only]
+    """The team's best-effort use of the period ``[p0, p1)`` (:func:`use_of`) and its
+    submissions of the period, oldest first (``only``: one project id's, for its line; the
+    use is still the team's)."""
+    q = select(BestEffortRow).where(BestEffortRow.team == team, BestEffortRow.created_at >= p0,
+                                    BestEffortRow.created_at < p1)
+    if only is not None:
+        q = q.where(BestEffortRow.project_id == only)
+    return use_of(s, team, allowance_gs, p0, p1), list(s.exec(q.order_by(col(BestEffortRow.id))).all())
 
 
 def use_of(s: Session, team: str, allowance_gs: int, p0: int, p1: int) -> BestEffortUse:
-    """:func:`use`'s figures without its rows, summed by the database (the same sums as
-    :func:`core.allowance.best_effort_use`): a submit reads them under the ledger's write
-    lock, and a team's ended submissions have no bound (queuing and cancelling is free), so
-    loading them all held the lock every team's submits need (1.5 s over 100,000)."""
+    """The team's best-effort use of the period ``[p0, p1)`` (:class:`core.allowance.BestEffortUse`:
+    submissions count in the period they were submitted in), summed by the database: a
+    submit reads it under the ledger's write lock, and a team's ended submissions have no
+    bound (queuing and cancelling is free), so loading them all held the lock every team's
+    submits need (1.5 s over 100,000). A submission that ended (cancelled) while tasks of
+    its still hold GPUs keeps its budget reserved until they have left: they are charged
+    only then."""
     be = BestEffortRow.__table__.c  # type: ignore[attr-defined]
     period = (be.team == team, be.created_at >= p0, be.created_at < p1)
     unspent = case((be.budget_gs > be.charged_gs, be.budget_gs - be.charged_gs), else_=0)
