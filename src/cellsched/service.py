@@ -1339,14 +1339,22 @@ def _grants_shown(s: Session, since: int | None) -> tuple[list[GrantRow], list[G
     both), and for a name with none live its newest grant (with ``since``: only if it ended
     then or later); and how many names ``since`` left out. Asked of the database, so a
     ledger of years lists its live work without loading every grant it ever held."""
-    live = list(s.exec(select(GrantRow).where(col(GrantRow.state).in_(LIVE_STATES))))
-    newest = sa_select(func.max(GrantRow.id)).group_by(col(GrantRow.project))
-    live_names = sa_select(GrantRow.project).where(col(GrantRow.state).in_(LIVE_STATES))
-    # a name with none live (its newest grant is then not live either)
-    done_q = select(GrantRow).where(col(GrantRow.id).in_(newest), col(GrantRow.project).not_in(live_names))
-    if since is None:
+    ended = None if since is None else or_(col(GrantRow.end) >= since,
+                                           func.coalesce(col(GrantRow.ended_at), 0) >= since)
+    return _live_and_newest(s, GrantRow, LIVE_STATES, ended)
+
+
+def _live_and_newest(s: Session, row: Any, live_states: tuple[str, ...], ended: Any) -> tuple[list[Any], list[Any], int]:
+    """Rows of ``row``'s table (grants, best-effort submissions) as ``status`` lists them:
+    every live one, and for a name with none live its newest; with ``ended`` (the SQL test
+    of having ended recently enough) only those newest that pass it, and how many did not."""
+    live = list(s.exec(select(row).where(col(row.state).in_(live_states))))
+    newest = sa_select(func.max(row.id)).group_by(col(row.project))
+    live_names = sa_select(row.project).where(col(row.state).in_(live_states))
+    # a name with none live (its newest row is then not live either)
+    done_q = select(row).where(col(row.id).in_(newest), col(row.project).not_in(live_names))
+    if ended is None:
         return live, list(s.exec(done_q)), 0
-    ended = or_(col(GrantRow.end) >= since, func.coalesce(col(GrantRow.ended_at), 0) >= since)
     done = list(s.exec(done_q.where(ended)))
     left_out = s.exec(sa_select(func.count()).select_from(done_q.where(~ended).subquery())).one()[0]
     return live, done, int(left_out)
@@ -1372,17 +1380,8 @@ def _best_effort_shown(s: Session, since: int | None = None) -> tuple[list[BestE
     queuing and cancelling costs a team nothing, so the ended submissions have no bound, and
     reading them all made everyone's ``status`` slow (1.4 s over 100,000)."""
     be = BestEffortRow
-    live = list(s.exec(select(be).where(col(be.state).in_(BE_LIVE_STATES))))
-    newest = sa_select(func.max(be.id)).group_by(col(be.project))
-    live_names = sa_select(be.project).where(col(be.state).in_(BE_LIVE_STATES))
-    done_q = select(be).where(col(be.id).in_(newest), col(be.project).not_in(live_names))
-    older = 0
-    if since is None:
-        done = list(s.exec(done_q))
-    else:
-        ended = func.coalesce(col(be.ended_at), col(be.created_at)) >= since
-        done = list(s.exec(done_q.where(ended)))
-        older = int(s.exec(sa_select(func.count()).select_from(done_q.where(~ended).subquery())).one()[0])
+    ended = None if since is None else func.coalesce(col(be.ended_at), col(be.created_at)) >= since
+    live, done, older = _live_and_newest(s, be, BE_LIVE_STATES, ended)
     return sorted(live + done, key=lambda r: r.id or 0), older
 
 
