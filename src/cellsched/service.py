@@ -749,8 +749,10 @@ def _code_of(env: Env, s: Session, job: _Submit, dry: bool) -> tuple[dict[str, A
     code_digest = None if spec.code is None else spec.code.digest
     code_json, missing, hold = job.code_json, False, False
     if code_digest is not None:
+        mine = caller_teams(env, job.caller)
+        held = code_held(s, code_digest, [*mine, spec.team])
         meta = code_meta(s, code_digest)  # never the blob itself: it may be 100 MiB
-        if meta is not None and job.snap is None and not code_held(s, code_digest, caller_teams(env, job.caller)):
+        if meta is not None and job.snap is None and not held & set(mine):
             meta = None
         missing = meta is None
         if missing and job.snap is None and not dry:
@@ -762,7 +764,7 @@ def _code_of(env: Env, s: Session, job: _Submit, dry: bool) -> tuple[dict[str, A
         if job.snap is None and job.code_source is not None and meta is not None:
             code_json = {"digest": code_digest, "files": meta[1], "bytes": meta[2], "packed_bytes": meta[0],
                          "source": job.code_source}
-        hold = not code_held(s, code_digest, [spec.team])
+        hold = spec.team not in held
     return code_json, missing, hold
 
 
