@@ -111,9 +111,9 @@ class BestEffortUse:
     was charged if that is more; once it has ended, only what it was **charged** (a cancelled
     one whose tasks still hold GPUs reserves as a live one until they have left: they are
     charged then). So ``remaining = allowance − charged of the ended ones − reserved by the
-    live ones``, never below 0 (summed by the ledger: ``ledger.best_effort.use_of``). A submission is accepted only
-    if its budget fits in ``remaining``: the team can never be charged more than its
-    allowance in a period, whatever its submissions' tasks do."""
+    live ones``, never below 0 (summed by the ledger: ``ledger.best_effort.use_of``). A
+    submission is accepted only if its budget fits in ``remaining``: the team can never be
+    charged more than its allowance in a period, whatever its submissions' tasks do."""
 
     allowance: int
     charged: int  # charged to every submission of the period, live or ended
